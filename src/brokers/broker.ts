@@ -1,0 +1,82 @@
+/**
+ * The seam between publishing and delivery. One process publishes a frame to
+ * a stream; the broker gives it a position and hands it to the hub of every
+ * process (this one included), in position order.
+ *
+ * Positions are `<epoch>.<seq>`: `seq` increases by one per frame across all
+ * streams of a broker, so one cursor covers a subscription to many streams;
+ * `epoch` changes when the history behind the positions is lost (a restart
+ * of an in-memory broker, a Redis that lost its keys), so old cursors are
+ * recognised as gaps and answered with a refresh instead of silence.
+ */
+export interface Published {
+  readonly stream: string;
+  readonly position: string;
+  readonly seq: number;
+  /** The complete `<turbo-stream>` markup. */
+  readonly frame: string;
+  /** Per-transport encodings, made once per frame, shared by every subscriber. */
+  encoded?: { ws?: Buffer; sse?: Buffer };
+}
+
+export interface BrokerEvents {
+  /** Frames may have been missed (an outage); every live subscriber should refresh. */
+  gap(reason: string): void;
+  /** A logged-once notice about the broker's connection. */
+  log(level: "info" | "warn" | "error", message: string, error?: unknown): void;
+}
+
+export interface Broker {
+  /** A short name for logs and errors: "memory", "redis", "postgres". */
+  readonly kind: string;
+  /** Begin delivering every frame published through this broker, by any process, to `deliver`. */
+  start(deliver: (frame: Published) => void, events: BrokerEvents): Promise<void>;
+  /** Publish a frame; resolves once the broker has accepted it, with its position. */
+  publish(stream: string, frame: string): Promise<Published>;
+  /**
+   * Frames of `streams` after the position `after`, oldest first; `null` when
+   * the retained history no longer reaches back to `after` (or `after` comes
+   * from another epoch): the caller must send a refresh.
+   */
+  history(streams: readonly string[], after: string): Promise<Published[] | null>;
+  /** The position of the newest frame (or the epoch's start): what a page rendered now has seen. */
+  head(): Promise<string>;
+  /** Stop delivering and release connections. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** How long a broker keeps frames to replay. Both bounds hold: a frame goes when it is neither among the newest `frames` nor younger than `ageMs` (with a hard cap of `maxFrames`). */
+export interface HistoryOptions {
+  /** Frames kept per stream at least. Default 1,000. */
+  frames?: number;
+  /** Milliseconds every frame is kept at least. Default 5 minutes. */
+  ageMs?: number;
+  /** Hard cap per stream, whatever the age. Default 10 × `frames`. */
+  maxFrames?: number;
+}
+
+export const HISTORY_DEFAULTS = { frames: 1000, ageMs: 5 * 60_000, maxFrames: 10_000 } as const;
+
+export function resolveHistory(options: HistoryOptions = {}): Required<HistoryOptions> {
+  const frames = options.frames ?? HISTORY_DEFAULTS.frames;
+  return {
+    frames,
+    ageMs: options.ageMs ?? HISTORY_DEFAULTS.ageMs,
+    maxFrames: options.maxFrames ?? Math.max(frames, frames * 10),
+  };
+}
+
+export function formatPosition(epoch: string, seq: number): string {
+  return `${epoch}.${seq}`;
+}
+
+/** Parses a position; `null` for anything malformed (a garbage Last-Event-ID, say). */
+export function parsePosition(position: string): { epoch: string; seq: number } | null {
+  if (typeof position !== "string" || position.length > 64) return null;
+  const dot = position.lastIndexOf(".");
+  if (dot <= 0) return null;
+  const epoch = position.slice(0, dot);
+  const digits = position.slice(dot + 1);
+  if (!/^[A-Za-z0-9_-]+$/.test(epoch) || !/^\d{1,15}$/.test(digits)) return null;
+  return { epoch, seq: Number(digits) };
+}

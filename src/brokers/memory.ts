@@ -1,0 +1,117 @@
+import { randomBytes } from "node:crypto";
+import { ClosedError } from "../errors.js";
+import {
+  type Broker,
+  type BrokerEvents,
+  type HistoryOptions,
+  type Published,
+  formatPosition,
+  parsePosition,
+  resolveHistory,
+} from "./broker.js";
+
+interface StreamHistory {
+  frames: Published[];
+  times: number[];
+  /** seq of the newest frame evicted from this stream (0: none yet). */
+  floor: number;
+}
+
+/**
+ * The default broker: one process, history in memory. A restart starts a
+ * new epoch, so cursors from before it get a refresh.
+ */
+export class MemoryBroker implements Broker {
+  readonly kind = "memory";
+  readonly epoch = randomBytes(6).toString("base64url");
+  #seq = 0;
+  #state: "new" | "open" | "closed" = "new";
+  #deliver: ((frame: Published) => void) | null = null;
+  #streams = new Map<string, StreamHistory>();
+  #history: Required<HistoryOptions>;
+  #sweep: NodeJS.Timeout | null = null;
+
+  constructor(options: { history?: HistoryOptions } = {}) {
+    this.#history = resolveHistory(options.history);
+  }
+
+  async start(deliver: (frame: Published) => void, _events: BrokerEvents): Promise<void> {
+    if (this.#state === "closed") throw new ClosedError("memory broker");
+    this.#deliver = deliver;
+    this.#state = "open";
+    this.#sweep ??= setInterval(() => this.#evictAll(Date.now()), Math.min(this.#history.ageMs, 30_000));
+    this.#sweep.unref();
+  }
+
+  async publish(stream: string, frame: string): Promise<Published> {
+    if (this.#state === "closed") throw new ClosedError("memory broker");
+    const seq = ++this.#seq;
+    const published: Published = { stream, seq, position: formatPosition(this.epoch, seq), frame };
+    const now = Date.now();
+    let history = this.#streams.get(stream);
+    if (!history) {
+      history = { frames: [], times: [], floor: 0 };
+      this.#streams.set(stream, history);
+    }
+    history.frames.push(published);
+    history.times.push(now);
+    this.#evict(history, now);
+    this.#deliver?.(published);
+    return published;
+  }
+
+  async history(streams: readonly string[], after: string): Promise<Published[] | null> {
+    const cursor = parsePosition(after);
+    if (!cursor || cursor.epoch !== this.epoch || cursor.seq > this.#seq) return null;
+    const out: Published[] = [];
+    for (const name of streams) {
+      const history = this.#streams.get(name);
+      if (!history) continue;
+      this.#evict(history, Date.now());
+      if (cursor.seq < history.floor) return null;
+      // frames are in seq order: binary-search the first one after the cursor
+      let lo = 0;
+      let hi = history.frames.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (history.frames[mid]!.seq <= cursor.seq) lo = mid + 1;
+        else hi = mid;
+      }
+      for (let i = lo; i < history.frames.length; i++) out.push(history.frames[i]!);
+    }
+    if (streams.length > 1) out.sort((a, b) => a.seq - b.seq);
+    return out;
+  }
+
+  async head(): Promise<string> {
+    return formatPosition(this.epoch, this.#seq);
+  }
+
+  async close(): Promise<void> {
+    this.#state = "closed";
+    this.#deliver = null;
+    if (this.#sweep) clearInterval(this.#sweep);
+    this.#sweep = null;
+    this.#streams.clear();
+  }
+
+  #evict(history: StreamHistory, now: number): void {
+    const { frames: keep, ageMs, maxFrames } = this.#history;
+    let drop = 0;
+    const n = history.frames.length;
+    while (n - drop > keep && (n - drop > maxFrames || now - history.times[drop]! > ageMs)) drop++;
+    if (drop === 0) return;
+    history.floor = history.frames[drop - 1]!.seq;
+    history.frames.splice(0, drop);
+    history.times.splice(0, drop);
+  }
+
+  #evictAll(now: number): void {
+    for (const history of this.#streams.values()) this.#evict(history, now);
+  }
+}
+
+/** The in-memory broker: one process. */
+export function memoryBroker(options: { history?: HistoryOptions } = {}): Broker {
+  return new MemoryBroker(options);
+}

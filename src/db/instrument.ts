@@ -1,0 +1,211 @@
+import { Column, getTableColumns, is } from "drizzle-orm";
+import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
+import { SQLiteRelationalQuery } from "drizzle-orm/sqlite-core/query-builders/query";
+import type { SQLiteTable } from "drizzle-orm/sqlite-core";
+import { ConfigError } from "../errors.js";
+import { type AnyModelStreamClass, attachStream } from "../streams/registry.js";
+
+/**
+ * createTurbo instruments the app's Drizzle database so rows of bound tables
+ * carry `.stream`, and so the change feed hears of the app's own writes the
+ * moment they commit. It relies on three Drizzle internals, each pinned by a
+ * test (test/instrument.test.ts) so an upgrade that moves them fails loudly:
+ *
+ * - `db.session.prepareQuery(query, fields, executeMethod, arrayMode, customResultMapper)`
+ *   returns a prepared query whose `all` / `get` / `run` / `values` run it;
+ *   `fields` is `{ path, field }[]` for builder selects and `.returning()`.
+ * - `db.session.transaction(fn)` runs a better-sqlite3 transaction.
+ * - `SQLiteRelationalQuery.prototype._prepare()` builds `db.query.*` queries
+ *   and sets `customResultMapper` on the prepared query it returns.
+ */
+export interface Instrumentation {
+  /** Removes the hooks; the database behaves as before. Safe to call twice. */
+  restore(): void;
+}
+
+interface SelectedField {
+  path: string[];
+  field: unknown;
+}
+
+interface PreparedLike {
+  stmt?: { readonly?: boolean };
+  fields?: SelectedField[];
+  customResultMapper?: (rows: unknown[][], mapColumnValue?: (value: unknown) => unknown) => unknown;
+  all: (placeholders?: unknown) => unknown;
+  get: (placeholders?: unknown) => unknown;
+  run: (placeholders?: unknown) => unknown;
+  values: (placeholders?: unknown) => unknown;
+}
+
+interface SessionLike {
+  prepareQuery: (...args: unknown[]) => PreparedLike;
+  transaction: (...args: unknown[]) => unknown;
+  client?: { inTransaction?: boolean };
+}
+
+interface RelationalSelectionItem {
+  tsKey: string;
+  relationTableTsKey?: string;
+  selection: RelationalSelectionItem[];
+}
+
+export interface InstrumentOptions {
+  /** Which class, if any, is bound to a table. */
+  classFor(table: SQLiteTable): AnyModelStreamClass | undefined;
+  /** Called after a statement that may have written, outside any open transaction. */
+  onWrite(): void;
+}
+
+/** Sessions we instrumented -> their options (the relational-query hook is shared by the whole process). */
+const instrumented = new WeakMap<object, InstrumentOptions>();
+let relationalHookInstalled = false;
+
+export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unknown>>, options: InstrumentOptions): Instrumentation {
+  const session = (db as unknown as { session?: SessionLike }).session;
+  if (!session || typeof session.prepareQuery !== "function" || typeof session.transaction !== "function") {
+    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
+  }
+  if (instrumented.has(session)) {
+    throw new ConfigError("this Drizzle database is already used by a running turbocast instance; close() it first");
+  }
+  installRelationalHook();
+  instrumented.set(session, options);
+
+  const ownPrepare = Object.prototype.hasOwnProperty.call(session, "prepareQuery");
+  const ownTransaction = Object.prototype.hasOwnProperty.call(session, "transaction");
+  const prepareQuery = session.prepareQuery;
+  const transaction = session.transaction;
+  const client = session.client;
+  const afterStatement = (prepared: PreparedLike): void => {
+    if (prepared.stmt?.readonly === true) return;
+    if (client?.inTransaction) return;
+    options.onWrite();
+  };
+
+  session.prepareQuery = function (this: SessionLike, ...args: unknown[]): PreparedLike {
+    const prepared = prepareQuery.apply(this, args);
+    const fields = args[1] as SelectedField[] | undefined;
+    const table = wholeRowTable(fields);
+    const cls = table ? options.classFor(table) : undefined;
+    const { all, get, run, values } = prepared;
+    prepared.run = (p) => {
+      try {
+        return run.call(prepared, p);
+      } finally {
+        afterStatement(prepared);
+      }
+    };
+    prepared.values = (p) => {
+      try {
+        return values.call(prepared, p);
+      } finally {
+        afterStatement(prepared);
+      }
+    };
+    prepared.all = (p) => {
+      try {
+        const rows = all.call(prepared, p);
+        if (cls && Array.isArray(rows)) for (const row of rows) attachStream(row as object, cls);
+        return rows;
+      } finally {
+        afterStatement(prepared);
+      }
+    };
+    prepared.get = (p) => {
+      try {
+        const row = get.call(prepared, p);
+        if (cls && row && typeof row === "object") attachStream(row, cls);
+        return row;
+      } finally {
+        afterStatement(prepared);
+      }
+    };
+    return prepared;
+  };
+
+  session.transaction = function (this: SessionLike, ...args: unknown[]): unknown {
+    try {
+      return transaction.apply(this, args);
+    } finally {
+      // committed or rolled back: either way the feed may look (a rollback leaves nothing to find)
+      if (!client?.inTransaction) options.onWrite();
+    }
+  };
+
+  let restored = false;
+  return {
+    restore() {
+      if (restored) return;
+      restored = true;
+      instrumented.delete(session);
+      if (ownPrepare) session.prepareQuery = prepareQuery;
+      else delete (session as Partial<SessionLike>).prepareQuery;
+      if (ownTransaction) session.transaction = transaction;
+      else delete (session as Partial<SessionLike>).transaction;
+    },
+  };
+}
+
+/** The table whose every column, and nothing else, a builder select or returning() yields; else undefined (partial selects, joins, SQL expressions). */
+function wholeRowTable(fields: SelectedField[] | undefined): SQLiteTable | undefined {
+  if (!fields || fields.length === 0) return undefined;
+  let table: SQLiteTable | undefined;
+  for (const { path, field } of fields) {
+    if (path.length !== 1 || !is(field, Column)) return undefined;
+    const owner = (field as Column).table as SQLiteTable;
+    if (table === undefined) table = owner;
+    else if (owner !== table) return undefined;
+    if ((getTableColumns(table) as Record<string, Column>)[path[0]!] !== field) return undefined;
+  }
+  return table && Object.keys(getTableColumns(table)).length === fields.length ? table : undefined;
+}
+
+function installRelationalHook(): void {
+  if (relationalHookInstalled) return;
+  const proto = SQLiteRelationalQuery.prototype as unknown as {
+    _prepare?: (this: RelationalQueryLike, isOneTimeQuery?: boolean) => PreparedLike;
+  };
+  const original = proto._prepare;
+  if (typeof original !== "function") {
+    throw new ConfigError("this drizzle-orm version has no SQLiteRelationalQuery._prepare; turbocast needs to be updated for it");
+  }
+  relationalHookInstalled = true;
+  proto._prepare = function (this: RelationalQueryLike, isOneTimeQuery?: boolean): PreparedLike {
+    const prepared = original.call(this, isOneTimeQuery);
+    const options = instrumented.get(this.session);
+    const mapper = prepared.customResultMapper;
+    if (!options || !mapper) return prepared;
+    const rootTable = this.table;
+    const fullSchema = this.fullSchema;
+    const selection = (this._toSQL?.().query as { selection?: RelationalSelectionItem[] } | undefined)?.selection ?? [];
+    prepared.customResultMapper = (rows, mapColumnValue) => {
+      const result = mapper(rows, mapColumnValue);
+      const attach = (value: unknown, table: SQLiteTable, items: RelationalSelectionItem[]): void => {
+        if (!value || typeof value !== "object") return;
+        if (Array.isArray(value)) {
+          for (const item of value) attach(item, table, items);
+          return;
+        }
+        const row = value as Record<string, unknown>;
+        const cls = options.classFor(table);
+        if (cls && Object.keys(getTableColumns(table)).every((k) => k in row)) attachStream(row, cls);
+        for (const item of items) {
+          if (!item.relationTableTsKey) continue;
+          const related = fullSchema[item.relationTableTsKey] as SQLiteTable | undefined;
+          if (related) attach(row[item.tsKey], related, item.selection ?? []);
+        }
+      };
+      attach(result, rootTable, selection);
+      return result;
+    };
+    return prepared;
+  };
+}
+
+interface RelationalQueryLike {
+  session: object;
+  table: SQLiteTable;
+  fullSchema: Record<string, unknown>;
+  _toSQL?: () => { query: unknown };
+}

@@ -1,0 +1,143 @@
+import type { Broker, Published } from "../brokers/broker.js";
+import { parsePosition } from "../brokers/broker.js";
+import { buildFrame } from "../frames/frame.js";
+
+/** One transport connection as the hub sees it (one adapter per transport). */
+export interface Sink {
+  /** Sends one frame. Must not throw; a transport that cannot keep up closes itself. */
+  send(frame: Published): void;
+}
+
+export interface SubscribeOptions {
+  /** Replay every frame after this position first (render-time position, Last-Event-ID, resume parameter). */
+  cursor?: string | null;
+}
+
+const REFRESH_FRAME = buildFrame({ action: "refresh" });
+
+interface Entry {
+  sink: Sink;
+  streams: readonly string[];
+  /** Frames that arrived while history was being replayed; `null` once live. */
+  pending: Published[] | null;
+  /** seq of the newest frame sent; frames at or below it are duplicates. */
+  lastSeq: number;
+  closed: boolean;
+}
+
+/**
+ * Process-local fan-out: stream name -> subscribers. The broker calls
+ * `deliver` for every frame published anywhere; each frame is encoded once
+ * by its transport (memoised on the frame) and written to each subscriber.
+ */
+export class Hub {
+  #byStream = new Map<string, Set<Entry>>();
+  #broker: Broker;
+  #count = 0;
+
+  constructor(broker: Broker) {
+    this.#broker = broker;
+  }
+
+  /** Number of live subscriptions in this process. */
+  get size(): number {
+    return this.#count;
+  }
+
+  /**
+   * Subscribes a sink to streams. With a cursor, first replays every frame
+   * after it in order (or one refresh frame when history no longer reaches
+   * back that far), then goes live without gaps or duplicates: frames that
+   * arrive during the replay are held and sent after it, skipping any the
+   * replay already sent. Resolves with the unsubscribe function.
+   */
+  async subscribe(streams: readonly string[], sink: Sink, options: SubscribeOptions = {}): Promise<() => void> {
+    const entry: Entry = { sink, streams, pending: options.cursor ? [] : null, lastSeq: 0, closed: false };
+    for (const name of streams) {
+      let set = this.#byStream.get(name);
+      if (!set) this.#byStream.set(name, (set = new Set()));
+      set.add(entry);
+    }
+    this.#count++;
+    const unsubscribe = (): void => {
+      if (entry.closed) return;
+      entry.closed = true;
+      this.#count--;
+      for (const name of streams) {
+        const set = this.#byStream.get(name);
+        if (!set) continue;
+        set.delete(entry);
+        if (set.size === 0) this.#byStream.delete(name);
+      }
+    };
+    if (options.cursor) {
+      try {
+        await this.#replay(entry, options.cursor);
+      } catch (error) {
+        unsubscribe();
+        throw error;
+      }
+    }
+    return unsubscribe;
+  }
+
+  /** Called by the broker for every frame, in position order. The hot path. */
+  deliver(frame: Published): void {
+    const set = this.#byStream.get(frame.stream);
+    if (set === undefined) return;
+    for (const entry of set) {
+      if (entry.pending !== null) entry.pending.push(frame);
+      else if (frame.seq > entry.lastSeq) {
+        entry.lastSeq = frame.seq;
+        entry.sink.send(frame);
+      }
+    }
+  }
+
+  /** Frames may have been lost (broker outage): every subscriber gets one refresh. */
+  async refreshAll(): Promise<void> {
+    const refresh = await this.#refreshFrame();
+    const seen = new Set<Entry>();
+    for (const set of this.#byStream.values()) {
+      for (const entry of set) {
+        if (seen.has(entry)) continue;
+        seen.add(entry);
+        if (entry.pending !== null) entry.pending.push(refresh);
+        else entry.sink.send(refresh);
+      }
+    }
+  }
+
+  async #refreshFrame(): Promise<Published> {
+    const position = await this.#broker.head();
+    const seq = parsePosition(position)?.seq ?? 0;
+    return { stream: "", position, seq, frame: REFRESH_FRAME };
+  }
+
+  async #replay(entry: Entry, cursor: string): Promise<void> {
+    const missed = await this.#broker.history(entry.streams, cursor);
+    if (entry.closed) return;
+    if (missed === null) {
+      const refresh = await this.#refreshFrame();
+      if (entry.closed) return;
+      entry.sink.send(refresh);
+      entry.lastSeq = refresh.seq;
+    } else {
+      entry.lastSeq = parsePosition(cursor)?.seq ?? 0;
+      for (const frame of missed) {
+        if (frame.seq <= entry.lastSeq) continue;
+        entry.lastSeq = frame.seq;
+        entry.sink.send(frame);
+      }
+    }
+    const pending = entry.pending ?? [];
+    entry.pending = null;
+    for (const frame of pending) {
+      // a refresh queued by refreshAll() has stream "" and always goes out
+      if (frame.stream === "" || frame.seq > entry.lastSeq) {
+        entry.lastSeq = Math.max(entry.lastSeq, frame.seq);
+        entry.sink.send(frame);
+      }
+    }
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * Every error turbocast throws is a `TurbocastError` with a stable `code`.
+ * The README lists every code; tests match on `code`, never on message text.
+ */
+export class TurbocastError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** A row (or bare key) has no primary key value: nothing is rendered or sent. */
+export class MissingPrimaryKeyError extends TurbocastError {
+  constructor(table: string, columns: string[], options?: { cause?: unknown }) {
+    super(
+      "TURBOCAST_MISSING_PRIMARY_KEY",
+      `a row of table "${table}" has no value for its primary key (${columns.join(", ")}); ` +
+        `a stream needs the row's key: save the row first or pass the key`,
+      options,
+    );
+  }
+}
+
+/** A ModelStream names a table that has no primary key. */
+export class NoPrimaryKeyTableError extends TurbocastError {
+  constructor(table: string, streamClass: string) {
+    super(
+      "TURBOCAST_TABLE_WITHOUT_PRIMARY_KEY",
+      `${streamClass} binds table "${table}", which has no primary key; turbocast names a row's stream by its key`,
+    );
+  }
+}
+
+/** Two ModelStream classes bind one table. */
+export class DuplicateBindingError extends TurbocastError {
+  constructor(table: string, first: string, second: string) {
+    super(
+      "TURBOCAST_DUPLICATE_BINDING",
+      `table "${table}" is bound by both ${first} and ${second}; one ModelStream per table`,
+    );
+  }
+}
+
+/** Two stream classes claim the same stream name (prefix). */
+export class DuplicateStreamNameError extends TurbocastError {
+  constructor(name: string, first: string, second: string) {
+    super("TURBOCAST_DUPLICATE_STREAM_NAME", `stream name "${name}" is claimed by both ${first} and ${second}`);
+  }
+}
+
+/** A ModelStream class without `static model`, or a model that is not a Drizzle table. */
+export class InvalidStreamClassError extends TurbocastError {
+  constructor(message: string) {
+    super("TURBOCAST_INVALID_STREAM_CLASS", message);
+  }
+}
+
+/** A module in the streams folder failed to import. */
+export class StreamModuleError extends TurbocastError {
+  constructor(file: string, cause: unknown) {
+    super(
+      "TURBOCAST_STREAM_MODULE_FAILED",
+      `could not import stream module ${file}: ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+  }
+}
+
+/** A frame was asked for with bad options (target and targets, unknown action, bad method…). */
+export class FrameOptionsError extends TurbocastError {
+  constructor(message: string) {
+    super("TURBOCAST_INVALID_FRAME", message);
+  }
+}
+
+/** A template named in a broadcast failed to render. */
+export class TemplateRenderError extends TurbocastError {
+  constructor(template: string, cause: unknown) {
+    super(
+      "TURBOCAST_TEMPLATE_FAILED",
+      `template "${template}" failed to render: ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+  }
+}
+
+/** A stream class is used before any createTurbo() bound it (or after close()). */
+export class NotBoundError extends TurbocastError {
+  constructor(streamClass: string) {
+    super(
+      "TURBOCAST_NOT_BOUND",
+      `${streamClass} is not bound to a running turbocast instance: register it through createTurbo({ streams }) first`,
+    );
+  }
+}
+
+/** A stream name that no registered class serves. */
+export class UnknownStreamError extends TurbocastError {
+  constructor(name: string) {
+    super("TURBOCAST_UNKNOWN_STREAM", `no registered stream serves "${name}"`);
+  }
+}
+
+/** A signed stream name whose signature does not verify (tampered, truncated, foreign, expired). */
+export class BadSignatureError extends TurbocastError {
+  constructor(reason: string) {
+    super("TURBOCAST_BAD_SIGNATURE", `stream signature rejected: ${reason}`);
+  }
+}
+
+/** createTurbo was called with options it cannot run with. */
+export class ConfigError extends TurbocastError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_CONFIG", message, options);
+  }
+}
+
+/** A broker could not publish (its server is unreachable, or it is closed). */
+export class BrokerError extends TurbocastError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_BROKER", message, options);
+  }
+}
+
+/** The instance was closed; nothing more can be published through it. */
+export class ClosedError extends TurbocastError {
+  constructor(what: string) {
+    super("TURBOCAST_CLOSED", `${what} is closed`);
+  }
+}

@@ -1,0 +1,13 @@
+export { createTurbo } from "./turbo.js";
+export type { Turbo, TurboOptions, TurboDatabase } from "./turbo.js";
+export { Stream } from "./streams/stream.js";
+export type { TargetOptions, InsertOptions, ReplaceOptions, CustomActionOptions, StreamPart } from "./streams/stream.js";
+export { ModelStream } from "./streams/model-stream.js";
+export type { PrimaryKeyInput } from "./streams/model-stream.js";
+export { buildFrame, BUILTIN_ACTIONS } from "./frames/frame.js";
+export type { FrameSpec, BuiltinAction } from "./frames/frame.js";
+export { escapeHtml } from "./frames/escape.js";
+export { memoryBroker, MemoryBroker } from "./brokers/memory.js";
+export type { Broker, BrokerEvents, Published, HistoryOptions } from "./brokers/broker.js";
+export type { Logger } from "./logger.js";
+export * from "./errors.js";

@@ -1,0 +1,123 @@
+import type { InferSelectModel } from "drizzle-orm";
+import type { SQLiteTable } from "drizzle-orm/sqlite-core";
+import { FrameOptionsError, InvalidStreamClassError, MissingPrimaryKeyError } from "../errors.js";
+import { rowStreamName, tableStreamName } from "./names.js";
+import { runtimeOf } from "./runtime.js";
+import { Stream, type StreamInit } from "./stream.js";
+import { type TableInfo, isSQLiteTable, tableInfo } from "./table.js";
+
+/** A single primary-key value, or `{ column: value }` for composite keys. */
+export type PrimaryKeyInput = string | number | bigint | Record<string, unknown>;
+
+/**
+ * The stream of one row of a Drizzle table, or (`.all()`) of the whole table.
+ * One ModelStream per table: it receives every insert, update and delete of
+ * the table — made by any writer — through `onSave` and `onDelete`, after commit.
+ *
+ * Inside hooks and `userPassesTest`, `this` is the row's stream: `this.pk` is
+ * its key (a scalar, or an object for composite keys; `undefined` on the
+ * table-wide stream) and `this.entity` the row when known (`load()` fetches it).
+ *
+ * @example
+ * export class MessageStream extends ModelStream<typeof messages> {
+ *   static model = messages;
+ *   async onSave(message: Message, { created }: { created: boolean }) {
+ *     const room = RoomStream.for(message.roomId);
+ *     if (created) await room.append("messages/_message.njk", { message }, { target: "messages" });
+ *     else await room.replace("messages/_message.njk", { message }, { target: `message_${message.id}` });
+ *   }
+ * }
+ */
+export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Stream {
+  /** The Drizzle table this class is bound to. Required. */
+  static model: SQLiteTable;
+  /** Overrides the table name in this class's stream names (`row:<prefix>:<key>`, `all:<prefix>`). */
+  static streamPrefix?: string;
+
+  /** The row's primary key: a scalar for single-column keys, `{ column: value }` for composite ones; `undefined` on `.all()`. */
+  readonly pk: unknown;
+  /** The row, when the stream was made from one (`.for(row)`, hooks); see `load()`. */
+  entity: InferSelectModel<TTable> | undefined;
+  /** True for the table-wide stream from `.all()`. */
+  readonly isAll: boolean;
+
+  /** @internal Use `.for()` or `.all()`. */
+  constructor(init: StreamInit) {
+    super(init);
+    this.pk = init.pk;
+    this.entity = init.entity as InferSelectModel<TTable> | undefined;
+    this.isAll = init.all === true;
+  }
+
+  /** @internal */
+  static tableInfo(): TableInfo {
+    const model = (this as typeof ModelStream).model;
+    if (!isSQLiteTable(model)) {
+      throw new InvalidStreamClassError(`${this.name} extends ModelStream but its static model is not a Drizzle SQLite table`);
+    }
+    return tableInfo(model);
+  }
+
+  /** The base of this class's stream names: `streamPrefix`, else the table's name. */
+  static override baseName(): string {
+    return this.streamPrefix ?? this.tableInfo().name;
+  }
+
+  /**
+   * The stream of one row, from the row itself or its bare primary key.
+   * Throws MissingPrimaryKeyError (TURBOCAST_MISSING_PRIMARY_KEY) when the
+   * key is undefined or null — nothing is ever sent to `messages:undefined`.
+   */
+  static override for<T extends Stream>(this: abstract new (init: StreamInit) => T, entityOrPk?: unknown): T {
+    const cls = this as unknown as typeof ModelStream;
+    const info = cls.tableInfo();
+    const keys = info.keys;
+    const columnNames = keys.map((k) => k.key);
+    let values: unknown[];
+    let entity: Record<string, unknown> | undefined;
+    if (entityOrPk !== null && typeof entityOrPk === "object" && !(entityOrPk instanceof Date)) {
+      const record = entityOrPk as Record<string, unknown>;
+      values = keys.map((k) => record[k.key]);
+      // a full row (more than its key columns) is kept as the stream's entity
+      if (Object.keys(record).some((name) => !columnNames.includes(name))) entity = record;
+    } else {
+      if (keys.length > 1 && entityOrPk !== undefined && entityOrPk !== null) {
+        throw new FrameOptionsError(
+          `${cls.name}.for(): table "${info.name}" has a composite key (${columnNames.join(", ")}); pass a row or { ${columnNames.join(", ")} }`,
+        );
+      }
+      values = [entityOrPk];
+    }
+    if (values.some((v) => v === undefined || v === null || (typeof v === "number" && Number.isNaN(v)))) {
+      throw new MissingPrimaryKeyError(info.name, columnNames);
+    }
+    const parts = values.map((v) => (v instanceof Date ? String(v.getTime()) : String(v)));
+    const pk = keys.length === 1 ? values[0] : Object.fromEntries(keys.map((k, i) => [k.key, values[i]]));
+    const Ctor = this as unknown as new (init: StreamInit) => T;
+    return new Ctor({ name: rowStreamName(cls.baseName(), parts), parts, pk, entity });
+  }
+
+  /** The table-wide stream ("a room was created" goes here); `this.pk` is undefined on it. */
+  static all<T extends Stream>(this: abstract new (init: StreamInit) => T): T {
+    const cls = this as unknown as typeof ModelStream;
+    const Ctor = this as unknown as new (init: StreamInit) => T;
+    return new Ctor({ name: tableStreamName(cls.baseName()), all: true });
+  }
+
+  /** The row behind this stream, loaded through the app's database when not known yet. */
+  async load(): Promise<InferSelectModel<TTable> | undefined> {
+    if (this.entity !== undefined || this.isAll) return this.entity;
+    const cls = this.constructor as typeof ModelStream;
+    const info = cls.tableInfo();
+    const key = info.keys.length === 1 ? { [info.keys[0]!.key]: this.pk } : (this.pk as Record<string, unknown>);
+    const row = await runtimeOf(cls).loadRow(info.table, key);
+    this.entity = row as InferSelectModel<TTable> | undefined;
+    return this.entity;
+  }
+
+  /** Called after commit for every insert (`created: true`) and update of a row of the table. */
+  onSave(_entity: InferSelectModel<TTable>, _info: { created: boolean }): void | Promise<void> {}
+
+  /** Called after commit for every deleted row, with the row as it was. */
+  onDelete(_entity: InferSelectModel<TTable>): void | Promise<void> {}
+}

@@ -1,0 +1,40 @@
+import type { Published } from "../brokers/broker.js";
+import { NotBoundError } from "../errors.js";
+import type { FrameSpec } from "../frames/frame.js";
+
+/**
+ * What a stream class needs from the turbocast instance it is registered
+ * with: render a template, publish a frame, reach the database. Kept small
+ * so Stream and ModelStream stay free of transport and broker details.
+ */
+export interface StreamRuntime {
+  /** Renders a template through the app's nunjucks environment (autoescape on). */
+  render(template: string, context: object): string;
+  /** Publishes a frame to a stream; resolves with its position once the broker took it. */
+  publish(stream: string, frame: string): Promise<Published>;
+  /** Publishes one refresh per stream per debounce window (turbo-rails' debounced refresh). */
+  refresh(stream: string, spec: Pick<FrameSpec, "requestId">): Promise<Published>;
+  /** Loads a row by primary key through the app's Drizzle database. */
+  loadRow(table: unknown, pk: Record<string, unknown>): Promise<Record<string, unknown> | undefined>;
+}
+
+/**
+ * Stream classes are module-level singletons (imported once per process),
+ * while turbocast instances come and go (tests start many). A class is bound
+ * to the instance that registered it last; close() unbinds it.
+ */
+const bindings = new WeakMap<Function, StreamRuntime>();
+
+export function bindStreamClass(cls: Function, runtime: StreamRuntime): void {
+  bindings.set(cls, runtime);
+}
+
+export function unbindStreamClass(cls: Function, runtime: StreamRuntime): void {
+  if (bindings.get(cls) === runtime) bindings.delete(cls);
+}
+
+export function runtimeOf(cls: Function): StreamRuntime {
+  const runtime = bindings.get(cls);
+  if (!runtime) throw new NotBoundError(cls.name || "stream class");
+  return runtime;
+}

@@ -1,0 +1,152 @@
+import path from "node:path";
+import { and, eq } from "drizzle-orm";
+import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
+import type { SQLiteTable } from "drizzle-orm/sqlite-core";
+import type nunjucks from "nunjucks";
+import { type Broker, type HistoryOptions, type Published } from "./brokers/broker.js";
+import { memoryBroker } from "./brokers/memory.js";
+import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
+import { Hub } from "./delivery/hub.js";
+import { ClosedError, ConfigError } from "./errors.js";
+import { buildFrame } from "./frames/frame.js";
+import { type Logger, consoleLogger } from "./logger.js";
+import { discoverStreams } from "./streams/discover.js";
+import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
+import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
+import { tableInfo } from "./streams/table.js";
+import { type ViewsOption, resolveViews } from "./views/environment.js";
+
+/** A Drizzle database over better-sqlite3, with or without a schema. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type TurboDatabase = BetterSQLite3Database<any>;
+
+/** Options of createTurbo. Every default is listed here. */
+export interface TurboOptions {
+  /** The app's Drizzle better-sqlite3 database. Rows read through it carry `.stream`. */
+  db: TurboDatabase;
+  /**
+   * The folder scanned for exported Stream / ModelStream classes (recursively;
+   * `*.test.*` files and `_`-prefixed names are skipped), relative to the
+   * current directory — or the classes themselves. Default: `"streams"`.
+   */
+  streams?: string | readonly AnyStreamClass[];
+  /** A nunjucks Environment with autoescape on, or the templates folder. Required. */
+  views: ViewsOption;
+  /** Broker that carries frames to every process. Default: in-memory (one process). */
+  broker?: Broker;
+  /** Replay window of the default in-memory broker. Default: 1,000 frames and 5 minutes per stream. */
+  history?: HistoryOptions;
+  /** Refresh calls on one stream within this many ms become one frame. Default 500 (as turbo-rails). */
+  refreshDebounceMs?: number;
+  /** Where turbocast logs hook failures and broker outages. Default: console. */
+  logger?: Logger;
+}
+
+/** A running turbocast instance. */
+export interface Turbo {
+  readonly registry: StreamRegistry;
+  readonly broker: Broker;
+  readonly hub: Hub;
+  readonly views: nunjucks.Environment;
+  readonly logger: Logger;
+  /** Publishes an already built frame to a stream name (what every broadcast method ends in). */
+  publish(stream: string, frame: string): Promise<Published>;
+  /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts turbocast for an app: registers the stream classes, instruments the
+ * Drizzle database, starts the broker and the hub.
+ *
+ * A createTurbo that throws leaves nothing running.
+ *
+ * @example
+ * const turbo = await createTurbo({ db, views: env, streams: "streams" });
+ */
+export async function createTurbo(options: TurboOptions): Promise<Turbo> {
+  if (!options || typeof options !== "object") throw new ConfigError("createTurbo needs an options object");
+  const logger = options.logger ?? consoleLogger;
+  const views = resolveViews(options.views);
+  const db = options.db;
+  if (!db) throw new ConfigError("db is required: the app's Drizzle better-sqlite3 database");
+  const refreshDebounceMs = options.refreshDebounceMs ?? 500;
+
+  const registry = new StreamRegistry();
+  const streams = options.streams ?? "streams";
+  const classes = typeof streams === "string" ? await discoverStreams(path.resolve(streams)) : [...streams];
+  for (const cls of classes) registry.register(cls);
+
+  const broker = options.broker ?? memoryBroker({ history: options.history });
+  const hub = new Hub(broker);
+  let state: "open" | "closing" | "closed" = "open";
+  const cleanups: Array<() => unknown> = [];
+  const pendingRefresh = new Map<string, { promise: Promise<Published> }>();
+
+  const publish = (stream: string, frame: string): Promise<Published> => {
+    if (state !== "open") return Promise.reject(new ClosedError("turbocast instance"));
+    return broker.publish(stream, frame);
+  };
+
+  const runtime: StreamRuntime = {
+    render: (template, context) => views.render(template, context as object),
+    publish,
+    refresh(stream, spec) {
+      const pending = pendingRefresh.get(stream);
+      if (pending) return pending.promise;
+      const promise = new Promise<Published>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          pendingRefresh.delete(stream);
+          publish(stream, buildFrame({ action: "refresh", requestId: spec.requestId })).then(resolve, reject);
+        }, refreshDebounceMs);
+        cleanups.push(() => clearTimeout(timer));
+      });
+      pendingRefresh.set(stream, { promise });
+      return promise;
+    },
+    async loadRow(table, pk) {
+      const info = tableInfo(table as SQLiteTable);
+      const where = and(...info.keys.map((k) => eq(k.column, pk[k.key])));
+      return db.select().from(info.table).where(where).get() as Record<string, unknown> | undefined;
+    },
+  };
+
+  let instrumentation: Instrumentation | undefined;
+  try {
+    instrumentation = instrumentDatabase(db, {
+      classFor: (table) => registry.forTable(table),
+      onWrite: () => {},
+    });
+    await broker.start((frame) => hub.deliver(frame), {
+      gap: (reason) => {
+        logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
+        void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
+      },
+      log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
+    });
+  } catch (error) {
+    instrumentation?.restore();
+    await broker.close().catch(() => {});
+    throw error;
+  }
+  for (const cls of registry.classes) bindStreamClass(cls, runtime);
+
+  const turbo: Turbo = {
+    registry,
+    broker,
+    hub,
+    views,
+    logger,
+    publish,
+    async close() {
+      if (state !== "open") return;
+      state = "closing";
+      for (const cls of registry.classes) unbindStreamClass(cls, runtime);
+      for (const cleanup of cleanups.splice(0)) cleanup();
+      instrumentation?.restore();
+      await broker.close();
+      state = "closed";
+    },
+  };
+  return turbo;
+}
