@@ -1,0 +1,233 @@
+import { and, asc, eq } from "drizzle-orm";
+import express, { type NextFunction, type Request, type Response } from "express";
+import http from "node:http";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import nunjucks from "nunjucks";
+import { type Broker, type Turbo, createTurbo } from "turbocast";
+import { canSeeRoom } from "./access.js";
+import { type ChatDatabase, openDatabase, setAppDb } from "./db.js";
+import { type Room, type User, memberships, messages, rooms, users } from "./schema.js";
+import { clearedSessionCookie, sessionCookie, sessionUserId } from "./session.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const require = createRequire(import.meta.url);
+
+export interface ChatOptions {
+  /** SQLite file. Default: CHAT_DB or data/chat.db. */
+  dbFile?: string;
+  /** Signs session cookies and stream names. Default: TURBOCAST_SECRET, else a development secret. */
+  secret?: string;
+  /** Scale-out broker; default in-memory. */
+  broker?: Broker;
+}
+
+export interface ChatApp {
+  app: express.Express;
+  server: http.Server;
+  turbo: Turbo;
+  db: ChatDatabase;
+  close(): Promise<void>;
+}
+
+declare module "express-serve-static-core" {
+  interface Request {
+    user?: User | null;
+  }
+}
+
+/** Builds the demo chat app: Express, nunjucks views, turbocast on one http.Server. */
+export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp> {
+  const { sqlite, db } = openDatabase(options.dbFile);
+  setAppDb(db);
+  const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? "turbocast-demo-development-secret";
+
+  const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(root, "views")), { autoescape: true });
+  const userFromRequest = (req: http.IncomingMessage): User | null => {
+    const id = sessionUserId(req, secret);
+    return id === null ? null : (db.select().from(users).where(eq(users.id, id)).get() ?? null);
+  };
+
+  const turbo = await createTurbo({
+    db,
+    views,
+    streams: path.join(root, "streams"),
+    secret,
+    authenticate: (req) => userFromRequest(req),
+    ...(options.broker ? { broker: options.broker } : {}),
+  });
+
+  const app = express();
+  views.express(app);
+  app.set("view engine", "njk");
+  app.disable("x-powered-by");
+  app.use(express.urlencoded({ extended: false, limit: "16kb" }));
+  app.get("/assets/turbo.js", (_req, res) => res.sendFile(require.resolve("@hotwired/turbo/dist/turbo.es2017-esm.js")));
+  app.use("/assets", express.static(path.join(root, "public")));
+  app.use(turbo.middleware());
+  app.use((req, res, next) => {
+    req.user = userFromRequest(req);
+    res.locals.currentUser = req.user;
+    res.locals.turbocastClientUrl = turbo.clientScriptPath;
+    next();
+  });
+
+  const signedIn = (req: Request, res: Response, next: NextFunction) => {
+    if (req.user) return next();
+    if (req.method === "GET") return res.redirect(303, "/login");
+    res.status(401).render("error.njk", { status: 401, message: "Sign in first." });
+  };
+
+  /** The room, if the signed-in user may see it; otherwise answers 404 (a private room's existence is not revealed). */
+  const visibleRoom = (req: Request, res: Response): Room | undefined => {
+    const id = Number(req.params.id);
+    const room = Number.isInteger(id) ? db.select().from(rooms).where(eq(rooms.id, id)).get() : undefined;
+    if (room && canSeeRoom(db, req.user!.id, room)) return room;
+    res.status(404).render("error.njk", { status: 404, message: "No such room, or it is private." });
+    return undefined;
+  };
+
+  const wantsStream = (req: Request) => (req.get("accept") ?? "").includes("text/vnd.turbo-stream.html");
+
+  app.get("/login", (req, res) => {
+    if (req.user) return res.redirect(303, "/");
+    res.render("sessions/new.njk", {});
+  });
+
+  app.post("/login", (req, res) => {
+    const name = String(req.body?.name ?? "").trim();
+    if (!/^[\p{L}\p{N} _.-]{1,40}$/u.test(name)) {
+      return res.status(422).render("sessions/new.njk", { error: "Use 1 to 40 letters, digits, spaces, dots, dashes or underscores.", name });
+    }
+    const user = db.select().from(users).where(eq(users.name, name)).get() ?? db.insert(users).values({ name }).returning().get();
+    res.setHeader("Set-Cookie", sessionCookie(user.id, secret));
+    res.redirect(303, "/");
+  });
+
+  app.post("/logout", (_req, res) => {
+    res.setHeader("Set-Cookie", clearedSessionCookie());
+    res.redirect(303, "/login");
+  });
+
+  app.get("/", signedIn, (req, res) => {
+    const userId = req.user!.id;
+    const all = db.select().from(rooms).orderBy(asc(rooms.id)).all();
+    res.render("rooms/index.njk", {
+      rooms: all.filter((room) => canSeeRoom(db, userId, room)),
+      roomsStream: turbo.registry.forTable(rooms)!.all(),
+      myRoomsStream: turbo.registry.namedClass("user-rooms")!.for(userId),
+    });
+  });
+
+  app.post("/rooms", signedIn, (req, res) => {
+    const name = String(req.body?.name ?? "").trim().slice(0, 60);
+    if (!name) return res.status(422).render("error.njk", { status: 422, message: "A room needs a name." });
+    const transport = req.body?.transport === "websocket" ? "websocket" : "sse";
+    const isPrivate = req.body?.private === "1";
+    const room = db.transaction((tx) => {
+      const created = tx.insert(rooms).values({ name, transport, isPrivate, createdBy: req.user!.id }).returning().get();
+      if (isPrivate) tx.insert(memberships).values({ roomId: created.id, userId: req.user!.id }).run();
+      return created;
+    });
+    res.redirect(303, `/rooms/${room.id}`);
+  });
+
+  app.get("/rooms/:id", signedIn, (req, res) => {
+    const room = visibleRoom(req, res);
+    if (!room) return;
+    const list = db
+      .select({ message: messages, author: users })
+      .from(messages)
+      .leftJoin(users, eq(users.id, messages.userId))
+      .where(eq(messages.roomId, room.id))
+      .orderBy(asc(messages.id))
+      .all();
+    res.render("rooms/show.njk", { room, messages: list });
+  });
+
+  app.post("/rooms/:id/members", signedIn, (req, res) => {
+    const room = visibleRoom(req, res);
+    if (!room) return;
+    if (!room.isPrivate || room.createdBy !== req.user!.id) {
+      return res.status(403).render("error.njk", { status: 403, message: "Only the creator of a private room adds members." });
+    }
+    const member = db.select().from(users).where(eq(users.name, String(req.body?.name ?? "").trim())).get();
+    if (!member) return res.status(422).render("error.njk", { status: 422, message: "No user by that name." });
+    db.insert(memberships).values({ roomId: room.id, userId: member.id }).onConflictDoNothing().run();
+    res.redirect(303, `/rooms/${room.id}`);
+  });
+
+  app.post("/rooms/:id/messages", signedIn, (req, res) => {
+    const room = visibleRoom(req, res);
+    if (!room) return;
+    const body = String(req.body?.body ?? "").trim().slice(0, 2000);
+    if (body) db.insert(messages).values({ roomId: room.id, userId: req.user!.id, body }).run();
+    // the message itself arrives through the room's stream, in this page as in every other
+    if (wantsStream(req)) {
+      res.type("text/vnd.turbo-stream.html");
+      const form = views.render("messages/_form.njk", { room });
+      return res.send(`<turbo-stream action="replace" target="new_message"><template>${form}</template></turbo-stream>`);
+    }
+    res.redirect(303, `/rooms/${room.id}`);
+  });
+
+  /** The signed-in user's own message, or answers 404. */
+  const ownMessage = (req: Request, res: Response) => {
+    const id = Number(req.params.id);
+    const message = Number.isInteger(id)
+      ? db.select().from(messages).where(and(eq(messages.id, id), eq(messages.userId, req.user!.id))).get()
+      : undefined;
+    if (!message) res.status(404).render("error.njk", { status: 404, message: "No such message of yours." });
+    return message;
+  };
+
+  app.get("/messages/:id/edit", signedIn, (req, res) => {
+    const message = ownMessage(req, res);
+    if (message) res.render("messages/edit.njk", { message });
+  });
+
+  app.post("/messages/:id", signedIn, (req, res) => {
+    const message = ownMessage(req, res);
+    if (!message) return;
+    const body = String(req.body?.body ?? "").trim().slice(0, 2000);
+    if (!body) return res.status(422).render("messages/edit.njk", { message });
+    const updated = db.update(messages).set({ body, editedAt: new Date() }).where(eq(messages.id, message.id)).returning().get();
+    res.render("messages/_message.njk", { message: updated, author: req.user });
+  });
+
+  app.post("/messages/:id/delete", signedIn, (req, res) => {
+    const message = ownMessage(req, res);
+    if (!message) return;
+    db.delete(messages).where(eq(messages.id, message.id)).run();
+    if (wantsStream(req)) {
+      res.type("text/vnd.turbo-stream.html");
+      return res.send(`<turbo-stream action="remove" target="message_${message.id}"></turbo-stream>`);
+    }
+    res.redirect(303, `/rooms/${message.roomId}`);
+  });
+
+  app.use((_req, res) => {
+    res.status(404).render("error.njk", { status: 404, message: "Not found." });
+  });
+
+  const server = http.createServer(app);
+  turbo.listen(server);
+
+  let closed = false;
+  return {
+    app,
+    server,
+    turbo,
+    db,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await turbo.close();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      setAppDb(null);
+      sqlite.close();
+    },
+  };
+}
