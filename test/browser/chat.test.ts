@@ -1,0 +1,223 @@
+import { spawn } from "node:child_process";
+import type { Socket } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import path from "node:path";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ChatApp, createChatApp } from "../../src/app/app.js";
+import { closeServer, listen, tempDir, waitFor } from "../helpers.js";
+import { browserTestsEnabled, ensureOutputDir, launchChromium } from "./browser.js";
+
+const enabled = browserTestsEnabled();
+
+describe.skipIf(!enabled)("the chat app in Chromium", () => {
+  let chat: ChatApp;
+  let base: string;
+  let browser: Browser;
+  let tmp: { dir: string; cleanup: () => void };
+  let dbFile: string;
+  const contexts: BrowserContext[] = [];
+  /** Stream connections the server holds, so a test can cut them. */
+  const streamSockets = new Set<Socket>();
+
+  beforeAll(async () => {
+    tmp = tempDir("turbocast-chat-");
+    dbFile = path.join(tmp.dir, "chat.db");
+    chat = await createChatApp({ dbFile, secret: "browser-test-secret" });
+    chat.server.prependListener("upgrade", (_req: IncomingMessage, socket: Socket) => {
+      streamSockets.add(socket);
+      socket.once("close", () => streamSockets.delete(socket));
+    });
+    chat.server.prependListener("request", (req: IncomingMessage, res: ServerResponse) => {
+      if (req.url?.startsWith(chat.turbo.path) && req.headers.accept?.includes("text/event-stream")) {
+        streamSockets.add(req.socket);
+        res.once("close", () => streamSockets.delete(req.socket));
+      }
+    });
+    base = (await listen(chat.server)).url;
+    browser = await launchChromium();
+  });
+
+  afterAll(async () => {
+    for (const context of contexts) await context.close().catch(() => {});
+    await browser?.close();
+    await chat?.close();
+    if (chat) await closeServer(chat.server).catch(() => {});
+    tmp?.cleanup();
+  });
+
+  async function signIn(name: string): Promise<Page> {
+    const context = await browser.newContext();
+    contexts.push(context);
+    const page = await context.newPage();
+    page.on("pageerror", (error) => console.error(`[${name}] page error:`, error));
+    await page.goto(`${base}/login`);
+    await page.fill("input[name=name]", name);
+    await Promise.all([page.waitForURL(`${base}/`), page.click("button[type=submit]")]);
+    expect(await page.locator("#current-user").textContent()).toBe(name);
+    return page;
+  }
+
+  const roomId = (name: string) =>
+    (chat.db.$client.prepare("SELECT id FROM rooms WHERE name = ?").get(name) as { id: number }).id;
+
+  async function send(page: Page, body: string): Promise<void> {
+    await page.fill("#new_message input[name=body]", body);
+    await page.press("#new_message input[name=body]", "Enter");
+  }
+
+  const messageItems = (page: Page, text: string) => page.locator("#messages > li", { hasText: text });
+
+  for (const [label, room] of [
+    ["Server-Sent Events", "general"],
+    ["WebSocket", "random"],
+  ] as const) {
+    it(`delivers a message, its edit and its delete to another user over ${label}`, async () => {
+      const alice = await signIn("alice");
+      const bob = await signIn("bob");
+      const id = roomId(room);
+      await alice.goto(`${base}/rooms/${id}`);
+      await bob.goto(`${base}/rooms/${id}`);
+      expect(await bob.locator("#transport").textContent()).toBe(label === "WebSocket" ? "WebSocket" : "SSE");
+
+      const text = `hello over ${label} ${Date.now()}`;
+      await send(alice, text);
+      await waitFor(async () => (await messageItems(bob, text).count()) === 1, { message: "bob sees alice's message" });
+      // the form posts through Turbo: no full reload, the composer is cleared
+      await waitFor(async () => (await alice.inputValue("#new_message input[name=body]")) === "");
+      await waitFor(async () => (await messageItems(alice, text).count()) === 1);
+
+      const item = messageItems(alice, text);
+      await item.locator("a", { hasText: "Edit" }).click();
+      await alice.fill('input[aria-label="Edit message"]', `${text} (changed)`);
+      await alice.click("text=Save");
+      await waitFor(async () => (await messageItems(bob, `${text} (changed)`).locator(".edited").count()) === 1, {
+        message: "bob sees the edit",
+      });
+
+      await messageItems(alice, text).locator("button", { hasText: "Delete" }).click();
+      await waitFor(async () => (await messageItems(bob, text).count()) === 0, { message: "bob sees the delete" });
+      await waitFor(async () => (await messageItems(alice, text).count()) === 0);
+      // bob cannot edit alice's message: the owner actions stay hidden for him
+      expect(await bob.locator(".message .owner-actions").first().isVisible()).toBe(false);
+      await alice.context().close();
+      await bob.context().close();
+    });
+  }
+
+  it("shows a row written into the SQLite file by a separate process", async () => {
+    const bob = await signIn("bob");
+    const id = roomId("general");
+    await bob.goto(`${base}/rooms/${id}`);
+    const text = `from another process ${Date.now()}`;
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/chat-writer.ts", dbFile, String(id), "1", text], {
+        stdio: "inherit",
+      });
+      child.once("error", reject);
+      child.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`writer exited ${code}`))));
+    });
+    await waitFor(async () => (await messageItems(bob, text).count()) === 1, { message: "the external write appears" });
+    await bob.context().close();
+  });
+
+  it("gives a non-member nothing of a private room", async () => {
+    const alice = await signIn("alice");
+    const carol = await signIn("carol");
+    const secret = roomId("secret plans");
+    await alice.goto(`${base}/rooms/${secret}`);
+    // the room page itself refuses carol
+    const response = await carol.goto(`${base}/rooms/${secret}`);
+    expect(response!.status()).toBe(404);
+    expect(await carol.locator("#messages").count()).toBe(0);
+    // and alice's signed stream URL, replayed with carol's cookie, is refused
+    const src = await alice.locator("turbo-stream-source").getAttribute("src");
+    const status = await carol.evaluate(async (url) => (await fetch(url, { headers: { accept: "text/event-stream" } })).status, src!);
+    expect(status).toBe(403);
+    // carol's room list does not grow with a message or room in it
+    await carol.goto(`${base}/`);
+    await send(alice, `secret ${Date.now()}`);
+    expect(await carol.locator("#rooms").textContent()).not.toContain("secret plans");
+    await alice.context().close();
+    await carol.context().close();
+  });
+
+  for (const [label, room] of [
+    ["Server-Sent Events", "general"],
+    ["WebSocket", "random"],
+  ] as const) {
+    it(`catches up without reload after the server cuts the ${label} connection`, async () => {
+      const bob = await signIn("bob");
+      const id = roomId(room);
+      await bob.goto(`${base}/rooms/${id}`);
+      const marker = `before cut ${label} ${Date.now()}`;
+      chat.db.$client.prepare("INSERT INTO messages (room_id, user_id, body, created_at) VALUES (?, 1, ?, ?)").run(id, marker, Date.now());
+      await waitFor(async () => (await messageItems(bob, marker).count()) === 1);
+      await bob.evaluate(() => ((window as unknown as { __noReload: boolean }).__noReload = true));
+
+      await waitFor(() => streamSockets.size > 0, { message: "the page holds a stream connection" });
+      for (const socket of streamSockets) socket.destroy();
+      const texts = Array.from({ length: 5 }, (_, i) => `during cut ${label} ${i} ${Date.now()}`);
+      for (const text of texts) {
+        chat.db.$client.prepare("INSERT INTO messages (room_id, user_id, body, created_at) VALUES (?, 1, ?, ?)").run(id, text, Date.now());
+      }
+      for (const text of texts) {
+        await waitFor(async () => (await messageItems(bob, text).count()) === 1, { timeoutMs: 15_000, message: `caught up: ${text}` });
+      }
+      // nothing doubled, and the page was not reloaded
+      for (const text of [marker, ...texts]) expect(await messageItems(bob, text).count()).toBe(1);
+      expect(await bob.evaluate(() => (window as unknown as { __noReload?: boolean }).__noReload)).toBe(true);
+      await bob.context().close();
+    });
+  }
+
+  it("grows another user's room list live when a room is created", async () => {
+    const alice = await signIn("alice");
+    const bob = await signIn("bob");
+    await bob.goto(`${base}/`);
+    const name = `room ${Date.now()}`;
+    await alice.goto(`${base}/`);
+    await alice.fill('input[aria-label="Room name"]', name);
+    await Promise.all([alice.waitForURL(/\/rooms\/\d+$/), alice.click("text=Create")]);
+    await waitFor(async () => (await bob.locator("#rooms > li", { hasText: name }).count()) === 1, { message: "bob's list grows" });
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  it("keeps one subscription and one copy of each message across Turbo Drive visits and back/forward", async () => {
+    const alice = await signIn("alice");
+    const bob = await signIn("bob");
+    const id = roomId("general");
+    await bob.goto(`${base}/rooms/${id}`);
+    await bob.click("text=← Rooms");
+    await bob.waitForURL(`${base}/`);
+    await bob.click(`#rooms a[href="/rooms/${id}"]`);
+    await bob.waitForURL(`${base}/rooms/${id}`);
+    await bob.goBack();
+    await bob.waitForURL(`${base}/`);
+    await bob.goForward();
+    await bob.waitForURL(`${base}/rooms/${id}`);
+    await alice.goto(`${base}/rooms/${id}`);
+    const text = `after navigation ${Date.now()}`;
+    await send(alice, text);
+    await waitFor(async () => (await messageItems(bob, text).count()) === 1);
+    // give a duplicate subscription the chance to deliver a second copy: wait for a later frame
+    const later = `later ${Date.now()}`;
+    await send(alice, later);
+    await waitFor(async () => (await messageItems(bob, later).count()) === 1);
+    expect(await messageItems(bob, text).count()).toBe(1);
+    expect(await bob.locator("turbo-stream-source").count()).toBe(1);
+    await alice.context().close();
+    await bob.context().close();
+  });
+
+  it("saves a screenshot of a room page", async () => {
+    const alice = await signIn("alice");
+    await alice.goto(`${base}/rooms/${roomId("general")}`);
+    await send(alice, "Screenshots prove the page looks like an app.");
+    await waitFor(async () => (await messageItems(alice, "Screenshots prove").count()) >= 1);
+    const file = path.join(ensureOutputDir(), "room-page.png");
+    await alice.screenshot({ path: file, fullPage: true });
+    await alice.context().close();
+  });
+});
