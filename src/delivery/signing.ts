@@ -69,8 +69,10 @@ export class StreamSigner {
     // base64url decoding is lenient: insist the name re-encodes to exactly what was sent
     if (Buffer.from(name, "utf8").toString("base64url") !== encodedName) throw new BadSignatureError("malformed token");
     const given = Buffer.from(encodedMac, "base64url");
+    // the last of 43 characters carries 2 unused bits: four spellings decode to one MAC; accept only the canonical one
+    if (given.length !== MAC_LENGTH || given.toString("base64url") !== encodedMac) throw new BadSignatureError("malformed signature");
     const expected = this.#mac(expiry, name);
-    if (given.length !== MAC_LENGTH || !timingSafeEqual(given, expected)) throw new BadSignatureError("signature mismatch");
+    if (!timingSafeEqual(given, expected)) throw new BadSignatureError("signature mismatch");
     if (expiry !== "" && parseInt(expiry, 36) * 1000 <= this.#now()) throw new BadSignatureError("signature expired");
     return name;
   }
