@@ -12,6 +12,10 @@ export interface Connection extends Sink {
   readonly state: "open" | "closing" | "closed";
   /** Resolves once the connection is closed. */
   readonly closed: Promise<void>;
+  /** The hub is about to replay history into this connection: its backlog is not a sign of slowness. */
+  beginReplay(): void;
+  /** The replay is done; from now on the connection must keep up. */
+  endReplay(): void;
   /** Hands over the hub's unsubscribe; called at once when the connection closed already. */
   attach(unsubscribe: () => void): void;
   /** Keeps intermediaries from timing out an idle connection, and finds dead peers. */
@@ -46,5 +50,39 @@ export class ConnectionLifecycle {
     this.#unsubscribe = null;
     unsubscribe?.();
     this.#resolve();
+  }
+}
+
+/**
+ * The slow-consumer rule: a connection whose unsent bytes pass `max` is
+ * dropped. A replay writes a whole backlog at once, which says nothing about
+ * the client's speed, so it is exempt while it runs; what it left unsent is
+ * then allowed on top of `max` until the connection has drained down to
+ * `max` once. Memory per connection stays bounded by the backlog (itself
+ * bounded by the broker's history) plus `max`.
+ */
+export class BufferBound {
+  #max: number;
+  #replaying = false;
+  #allowance = 0;
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  beginReplay(): void {
+    this.#replaying = true;
+  }
+
+  endReplay(buffered: number): void {
+    this.#replaying = false;
+    this.#allowance = buffered > this.#max ? buffered : 0;
+  }
+
+  /** Whether `buffered` unsent bytes mean the subscriber cannot keep up. */
+  exceeded(buffered: number): boolean {
+    if (this.#replaying) return false;
+    if (this.#allowance > 0 && buffered <= this.#max) this.#allowance = 0;
+    return buffered > this.#max + this.#allowance;
   }
 }

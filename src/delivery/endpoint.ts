@@ -176,6 +176,7 @@ export class DeliveryEndpoint {
   }
 
   async #serveSubscription(req: Request, res: Response): Promise<void> {
+    if (this.#state !== "open") return answer(res, 503);
     if (req.method !== "GET") {
       res.set("Allow", "GET");
       return answer(res, 405);
@@ -187,7 +188,6 @@ export class DeliveryEndpoint {
     }
     const accept = req.headers.accept;
     if (accept !== undefined && !/text\/event-stream|\*\/\*/.test(accept)) return answer(res, 406);
-    if (this.#state !== "open") return answer(res, 503);
     let names: string[];
     let cursor: { cursor: string | null; refresh: boolean };
     try {
@@ -250,8 +250,10 @@ export class DeliveryEndpoint {
   }
 
   async #subscribe(connection: Connection, names: string[], cursor: string | null, refresh: boolean): Promise<void> {
+    connection.beginReplay();
     try {
       const unsubscribe = await this.#init.hub.subscribe(names, connection, { cursor, refresh });
+      connection.endReplay();
       connection.attach(unsubscribe);
     } catch (error) {
       // the broker could not replay (it is down): the client reconnects and resumes later

@@ -1,6 +1,6 @@
 import type { Response } from "express";
 import type { Published } from "../brokers/broker.js";
-import { type Connection, ConnectionLifecycle } from "./connection.js";
+import { BufferBound, type Connection, ConnectionLifecycle } from "./connection.js";
 import { sseBytes } from "./encode.js";
 
 const HEARTBEAT = Buffer.from(": heartbeat\n\n", "utf8");
@@ -16,19 +16,21 @@ export interface SseConnectionOptions {
  * A Server-Sent Events subscriber. Frames are written as memoised SSE
  * events (`id:` + `data:` lines); a heartbeat comment line keeps proxies
  * from timing the response out. Each write is checked against
- * `maxBufferedBytes` (what Node holds for this response and its socket): a
- * subscriber that stopped reading is destroyed, and EventSource reconnects
- * with Last-Event-ID and replays what it missed.
+ * `maxBufferedBytes` (what Node holds for this response and its socket, see
+ * BufferBound): a subscriber that stopped reading is destroyed, and
+ * EventSource reconnects with Last-Event-ID and replays what it missed.
  */
 export class SseConnection implements Connection {
   readonly transport = "sse" as const;
   #res: Response;
   #options: SseConnectionOptions;
   #life = new ConnectionLifecycle();
+  #bound: BufferBound;
 
   constructor(res: Response, options: SseConnectionOptions) {
     this.#res = res;
     this.#options = options;
+    this.#bound = new BufferBound(options.maxBufferedBytes);
     res.on("close", () => {
       this.#life.finish();
       options.onClose(this);
@@ -58,6 +60,14 @@ export class SseConnection implements Connection {
     res.socket?.setNoDelay(true);
   }
 
+  beginReplay(): void {
+    this.#bound.beginReplay();
+  }
+
+  endReplay(): void {
+    this.#bound.endReplay(this.#res.writableLength);
+  }
+
   attach(unsubscribe: () => void): void {
     this.#life.attach(unsubscribe);
   }
@@ -84,7 +94,7 @@ export class SseConnection implements Connection {
   #write(bytes: Buffer): void {
     const res = this.#res;
     res.write(bytes);
-    if (res.writableLength > this.#options.maxBufferedBytes) {
+    if (this.#bound.exceeded(res.writableLength)) {
       this.#life.state = "closing";
       res.destroy();
     }

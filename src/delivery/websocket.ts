@@ -1,6 +1,6 @@
 import type { WebSocket } from "ws";
 import type { Published } from "../brokers/broker.js";
-import { type Connection, ConnectionLifecycle } from "./connection.js";
+import { BufferBound, type Connection, ConnectionLifecycle } from "./connection.js";
 import { wsBytes } from "./encode.js";
 
 /** Close codes turbocast sends (RFC 6455 §7.4.1). */
@@ -22,19 +22,19 @@ export interface WebSocketConnectionOptions {
  * re-encodes it). Clients have nothing to say: any message closes the
  * socket with 1008. A ping per heartbeat; a peer that has not answered the
  * previous ping by the next one is terminated. A subscriber whose
- * `bufferedAmount` passes `maxBufferedBytes` is terminated too — it
- * resumes when it reconnects.
+ * `bufferedAmount` passes `maxBufferedBytes` (see BufferBound) is
+ * terminated too — it resumes when it reconnects.
  */
 export class WebSocketConnection implements Connection {
   readonly transport = "websocket" as const;
   #ws: WebSocket;
-  #options: WebSocketConnectionOptions;
   #life = new ConnectionLifecycle();
   #alive = true;
+  #bound: BufferBound;
 
   constructor(ws: WebSocket, options: WebSocketConnectionOptions) {
     this.#ws = ws;
-    this.#options = options;
+    this.#bound = new BufferBound(options.maxBufferedBytes);
     ws.on("pong", () => (this.#alive = true));
     ws.on("message", () => this.#closeWith(CloseCode.POLICY_VIOLATION, "turbocast subscriptions are receive-only"));
     // a socket error is followed by "close"; listening keeps it from being thrown
@@ -53,6 +53,14 @@ export class WebSocketConnection implements Connection {
     return this.#life.closed;
   }
 
+  beginReplay(): void {
+    this.#bound.beginReplay();
+  }
+
+  endReplay(): void {
+    this.#bound.endReplay(this.#ws.bufferedAmount);
+  }
+
   attach(unsubscribe: () => void): void {
     this.#life.attach(unsubscribe);
   }
@@ -61,7 +69,7 @@ export class WebSocketConnection implements Connection {
     if (this.#life.state !== "open") return;
     const ws = this.#ws;
     ws.send(wsBytes(frame), { binary: false });
-    if (ws.bufferedAmount > this.#options.maxBufferedBytes) this.terminate();
+    if (this.#bound.exceeded(ws.bufferedAmount)) this.terminate();
   }
 
   heartbeat(): void {

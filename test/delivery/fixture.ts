@@ -204,6 +204,8 @@ export function openSse(
     source.addEventListener("open", () => resolve(), { once: true });
     source.addEventListener("error", (event) => reject(Object.assign(new Error("EventSource failed"), { event })), { once: true });
   });
+  // a client nobody awaits the opening of must not fail the run with an unhandled rejection
+  opened.catch(() => {});
   return { source, messages, opened, attempts: () => attempts, lastEventIds };
 }
 
