@@ -1,4 +1,5 @@
 import type http from "node:http";
+import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
@@ -79,7 +80,7 @@ export interface Turbo {
    */
   middleware(): RequestHandler;
   /** Serves WebSocket subscriptions on `path` of the app's own server (no second port). Call it once per server. */
-  listen(server: http.Server): void;
+  listen(server: http.Server | https.Server): void;
   /**
    * The `<turbo-stream-source>` tag for `streamables`, as `turbo_stream_from`
    * renders it, for code that builds markup without nunjucks. Pass the

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import type http from "node:http";
+import type https from "node:https";
 import type { Duplex } from "node:stream";
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from "express";
 import { WebSocketServer } from "ws";
@@ -73,7 +74,7 @@ export class DeliveryEndpoint {
   #init: DeliveryInit;
   #state: "open" | "closing" | "closed" = "open";
   #connections = new Set<Connection>();
-  #servers = new Map<http.Server, (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void>();
+  #servers = new Map<http.Server | https.Server, (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void>();
   #wss: WebSocketServer;
   #heartbeat: NodeJS.Timeout;
   /** The app whose `trust proxy` decides req.host / req.protocol of upgrade requests. */
@@ -132,7 +133,7 @@ export class DeliveryEndpoint {
   }
 
   /** Attaches WebSocket upgrades on the path to `server`. Safe to call twice for one server. */
-  listen(server: http.Server): void {
+  listen(server: http.Server | https.Server): void {
     if (this.#state !== "open" || this.#servers.has(server)) return;
     this.#app ??= server.listeners("request").find(isExpressApp);
     const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -213,6 +214,8 @@ export class DeliveryEndpoint {
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     if (this.#state !== "open") return abortHandshake(socket, 503);
+    // not a WebSocket handshake at all: answered before authenticate() or the database is bothered
+    if (req.method !== "GET" || req.headers.upgrade?.toLowerCase() !== "websocket") return abortHandshake(socket, 400);
     // Give the upgrade request Express's request methods (req.get, req.host,
     // req.protocol honouring trust proxy) as Express does for its own requests.
     const app = this.#app ?? (defaultApp ??= express()) as unknown as ExpressAppLike;

@@ -1,3 +1,4 @@
+import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
 import { StreamSigner } from "../../src/delivery/signing.js";
 import { MAX_TOKEN_LENGTH } from "../../src/delivery/signing.js";
@@ -115,6 +116,28 @@ describe("refused subscriptions", () => {
     expect(post.status).toBe(405);
     expect(post.headers.get("allow")).toBe("GET");
     expect((await fetch(url, { headers: { Accept: "text/html" } })).status).toBe(406);
+  });
+
+  it("answers an upgrade that is not a WebSocket handshake with 400", async () => {
+    app = await startApp();
+    const path = query(token(RoomStream.for(1).name));
+    const rawUpgrade = (headers: Record<string, string>): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const req = http.request(`${app!.url}${path}`, { headers: { Connection: "Upgrade", ...headers } });
+        req.on("response", (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on("upgrade", (res, socket) => {
+          socket.destroy();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on("error", reject);
+        req.end();
+      });
+    expect(await rawUpgrade({ Upgrade: "h2c" })).toBe(400);
+    // a WebSocket upgrade without Sec-WebSocket-Key: ws refuses the handshake
+    expect(await rawUpgrade({ Upgrade: "websocket", "Sec-WebSocket-Version": "13" })).toBe(400);
   });
 
   it("keeps serving after every kind of bad input, and logs no error", async () => {
