@@ -125,10 +125,13 @@ export class DeliveryEndpoint {
         res.locals.turbocast = locals;
         runInRequest({ requestId }, next);
       };
-      this.#init.broker.head().then(proceed, (error: unknown) => {
-        this.#init.logger.warn("broker.head() failed; this page subscribes from the moment it connects", { error });
-        proceed(null);
-      });
+      this.#init.broker
+        .head()
+        .then(proceed, (error: unknown) => {
+          this.#init.logger.warn("broker.head() failed; this page subscribes from the moment it connects", { error });
+          proceed(null);
+        })
+        .catch(next);
     };
   }
 
