@@ -69,6 +69,10 @@ export interface Turbo {
   readonly hub: Hub;
   readonly views: nunjucks.Environment;
   readonly logger: Logger;
+  /** The subscription path (SSE and WebSocket), e.g. `/turbo-streams`. */
+  readonly path: string;
+  /** Where `middleware()` serves the optional client script that makes WebSocket sources reconnect: `<path>/client.js`. */
+  readonly clientScriptPath: string;
   /** Publishes an already built frame to a stream name (what every broadcast method ends in). */
   publish(stream: string, frame: string): Promise<Published>;
   /**
@@ -211,6 +215,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     hub,
     views,
     logger,
+    path: delivery.path,
+    clientScriptPath: `${delivery.path}/client.js`,
     publish,
     middleware: () => endpoint.middleware(),
     listen: (server) => endpoint.listen(server),

@@ -41,7 +41,7 @@ declare module "express-serve-static-core" {
 export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp> {
   const { sqlite, db } = openDatabase(options.dbFile);
   setAppDb(db);
-  const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? "turbocast-demo-development-secret";
+  const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? "turbocast-demo-development-secret-change-me-in-production";
 
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(root, "views")), { autoescape: true });
   const userFromRequest = (req: http.IncomingMessage): User | null => {

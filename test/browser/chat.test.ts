@@ -23,7 +23,7 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
   beforeAll(async () => {
     tmp = tempDir("turbocast-chat-");
     dbFile = path.join(tmp.dir, "chat.db");
-    chat = await createChatApp({ dbFile, secret: "browser-test-secret" });
+    chat = await createChatApp({ dbFile, secret: "browser-test-secret-browser-test-secret" });
     chat.server.prependListener("upgrade", (_req: IncomingMessage, socket: Socket) => {
       streamSockets.add(socket);
       socket.once("close", () => streamSockets.delete(socket));
