@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { BrokerError, ClosedError } from "../errors.js";
+import { BrokerError, ClosedError, ConfigError } from "../errors.js";
 import {
   type Broker,
   type BrokerEvents,
@@ -104,7 +104,7 @@ export class RedisBroker implements Broker {
 
   constructor(options: RedisBrokerOptions) {
     if (!options || typeof options.url !== "string" || options.url === "") {
-      throw new BrokerError('redisBroker needs { url }, for example redisBroker({ url: "redis://127.0.0.1:6379" })');
+      throw new ConfigError('redisBroker needs { url }, for example redisBroker({ url: "redis://127.0.0.1:6379" })');
     }
     this.#url = options.url;
     this.#target = redactUrl(options.url);
