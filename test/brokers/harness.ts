@@ -1,0 +1,167 @@
+import { type ChildProcess, fork } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Broker, BrokerEvents, Published } from "../../src/brokers/broker.js";
+import { Hub, type Sink } from "../../src/delivery/hub.js";
+import type { WorkerEvent, WorkerRequest } from "../fixtures/broker-worker.js";
+import { waitFor } from "../helpers.js";
+
+const WORKER = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "fixtures", "broker-worker.ts");
+
+/** What a broker told its app: every log line and every gap. */
+export interface RecordedEvents extends BrokerEvents {
+  readonly logs: Array<{ level: string; message: string }>;
+  readonly gaps: string[];
+}
+
+/**
+ * Broker events wired as createTurbo wires them — a gap refreshes every
+ * subscriber of the hub — and recorded.
+ */
+export function recordEvents(hub?: Hub): RecordedEvents {
+  const logs: Array<{ level: string; message: string }> = [];
+  const gaps: string[] = [];
+  return {
+    logs,
+    gaps,
+    gap(reason) {
+      gaps.push(reason);
+      void hub?.refreshAll();
+    },
+    log(level, message) {
+      logs.push({ level, message });
+    },
+  };
+}
+
+/** A sink that keeps every frame it is sent. */
+export function recordingSink(): Sink & { frames: Published[] } {
+  const frames: Published[] = [];
+  return { frames, send: (frame) => frames.push(frame) };
+}
+
+/** A started broker with a real Hub and recorded events, as one process of an app has them. */
+export async function startWithHub(broker: Broker): Promise<{ broker: Broker; hub: Hub; events: RecordedEvents; delivered: Published[] }> {
+  const hub = new Hub(broker);
+  const events = recordEvents(hub);
+  const delivered: Published[] = [];
+  await broker.start((frame) => {
+    delivered.push(frame);
+    hub.deliver(frame);
+  }, events);
+  return { broker, hub, events, delivered };
+}
+
+export const isRefresh = (frame: Published): boolean => frame.frame.includes('action="refresh"');
+
+export interface ReceivedFrame {
+  stream: string;
+  seq: number;
+  position: string;
+  frame: string;
+  /** performance.timeOrigin + performance.now() in the worker when the sink got it. */
+  at: number;
+}
+
+/**
+ * A child process running test/fixtures/broker-worker.ts: one app process
+ * with its own broker, Hub and subscribers, driven over IPC.
+ */
+export class BrokerWorker {
+  readonly frames = new Map<string, ReceivedFrame[]>();
+  readonly logs: Array<{ level: string; message: string }> = [];
+  readonly gaps: string[] = [];
+  #child: ChildProcess;
+  #pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+  #rid = 0;
+  #exit: Promise<number | null>;
+
+  private constructor(child: ChildProcess) {
+    this.#child = child;
+    this.#exit = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+    child.on("message", (message: WorkerEvent | { rid: number; ok: boolean; value?: unknown; error?: { message: string; code?: string } }) => {
+      if ("rid" in message) {
+        const pending = this.#pending.get(message.rid);
+        this.#pending.delete(message.rid);
+        if (message.ok) pending?.resolve(message.value);
+        else pending?.reject(Object.assign(new Error(message.error?.message ?? "worker request failed"), { code: message.error?.code }));
+        return;
+      }
+      if (message.event === "frame") {
+        const { id, ...frame } = message;
+        let list = this.frames.get(id);
+        if (!list) this.frames.set(id, (list = []));
+        list.push({ stream: frame.stream, seq: frame.seq, position: frame.position, frame: frame.frame, at: frame.at });
+      } else if (message.event === "log") this.logs.push({ level: message.level, message: message.message });
+      else if (message.event === "gap") this.gaps.push(message.reason);
+    });
+    child.once("exit", () => {
+      for (const pending of this.#pending.values()) pending.reject(new Error("worker exited"));
+      this.#pending.clear();
+    });
+  }
+
+  /** Forks a worker and starts its broker. */
+  static async start(kind: "redis" | "postgres", options: Record<string, unknown>): Promise<BrokerWorker> {
+    const child = fork(WORKER, [], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+    const worker = new BrokerWorker(child);
+    try {
+      await worker.request({ op: "start", kind, options });
+    } catch (error) {
+      worker.kill();
+      throw error;
+    }
+    return worker;
+  }
+
+  request<T = unknown>(request: WorkerRequest): Promise<T> {
+    const rid = ++this.#rid;
+    return new Promise<T>((resolve, reject) => {
+      this.#pending.set(rid, { resolve: resolve as (value: unknown) => void, reject });
+      this.#child.send({ rid, ...request });
+    });
+  }
+
+  subscribe(id: string, streams: string[], cursor?: string): Promise<void> {
+    return this.request({ op: "subscribe", id, streams, ...(cursor ? { cursor } : {}) });
+  }
+
+  received(id: string): ReceivedFrame[] {
+    return this.frames.get(id) ?? [];
+  }
+
+  /** Waits until subscriber `id` has received `count` frames. */
+  async waitForFrames(id: string, count: number, timeoutMs = 10_000): Promise<ReceivedFrame[]> {
+    await waitFor(() => this.received(id).length >= count, {
+      timeoutMs,
+      message: `subscriber ${id} got ${this.received(id).length} of ${count} frames`,
+    });
+    return this.received(id);
+  }
+
+  /** Closes the broker (twice: safe) and resolves with the exit code once the process ended by itself. */
+  async close(timeoutMs = 10_000): Promise<number | null> {
+    await this.request({ op: "close" });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), timeoutMs)));
+    const code = await Promise.race([this.#exit, timeout]);
+    clearTimeout(timer);
+    if (code === "timeout") {
+      this.kill();
+      throw new Error("the worker did not exit after its broker closed: something still holds the event loop");
+    }
+    return code;
+  }
+
+  kill(): void {
+    if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill("SIGKILL");
+  }
+}
+
+/** p50, p95 and max of a list of milliseconds, rounded to 0.01 ms. */
+export function percentiles(values: number[]): { p50: number; p95: number; max: number; n: number } {
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? NaN;
+  const round = (n: number) => Math.round(n * 100) / 100;
+  return { p50: round(at(0.5)), p95: round(at(0.95)), max: round(sorted[sorted.length - 1] ?? NaN), n: sorted.length };
+}
