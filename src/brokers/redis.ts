@@ -501,9 +501,14 @@ function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** Closes a connection now and resolves once its socket is gone (or after a second, whatever happens). */
+/** Closes a connection now; resolves once its socket is gone (at most a second later, whatever happens). */
 function disconnect(connection: Redis): Promise<void> {
-  if (connection.status === "end") return Promise.resolve();
+  // between attempts ('reconnecting') there is no socket: disconnect() just cancels the next attempt
+  const hasSocket = connection.status === "connecting" || connection.status === "connect" || connection.status === "ready";
+  if (!hasSocket) {
+    connection.disconnect();
+    return Promise.resolve();
+  }
   return new Promise<void>((resolve) => {
     const timer = setTimeout(resolve, 1_000);
     timer.unref();
