@@ -165,3 +165,74 @@ export function percentiles(values: number[]): { p50: number; p95: number; max: 
   const round = (n: number) => Math.round(n * 100) / 100;
   return { p50: round(at(0.5)), p95: round(at(0.95)), max: round(sorted[sorted.length - 1] ?? NaN), n: sorted.length };
 }
+
+export interface PublishOutcome {
+  n: number;
+  ok: boolean;
+  position?: string;
+  frame: string;
+  code?: string;
+  /** How long publish took to settle. */
+  ms: number;
+}
+
+/**
+ * Publishes frame after frame to `stream` (one every `intervalMs`, pacing
+ * only) until stopped, recording how each publish ended: the "stream of
+ * frames" an outage test breaks in the middle.
+ */
+export function publishLoop(broker: Broker, stream: string, intervalMs = 10): { outcomes: PublishOutcome[]; stop: () => Promise<void> } {
+  const outcomes: PublishOutcome[] = [];
+  let stopped = false;
+  const done = (async () => {
+    for (let n = 0; !stopped; n++) {
+      const frame = `<turbo-stream action="append" target="t"><template>n${n}</template></turbo-stream>`;
+      const started = performance.now();
+      try {
+        const published = await broker.publish(stream, frame);
+        outcomes.push({ n, ok: true, position: published.position, frame, ms: performance.now() - started });
+      } catch (error) {
+        outcomes.push({ n, ok: false, frame, code: (error as { code?: string }).code, ms: performance.now() - started });
+      }
+      await new Promise((resolve) => setTimeout(resolve, intervalMs));
+    }
+  })();
+  return {
+    outcomes,
+    stop: async () => {
+      stopped = true;
+      await done;
+    },
+  };
+}
+
+/**
+ * What every subscriber of an outage test must see: frames (refreshes aside)
+ * in strictly increasing seq order, each one a frame that was published, none
+ * twice.
+ */
+export function expectOrderedSubset(received: Published[], outcomes: PublishOutcome[]): void {
+  const frames = received.filter((f) => !isRefresh(f));
+  const published = new Map(outcomes.filter((o) => o.ok).map((o) => [o.position!, o.frame]));
+  for (let i = 1; i < frames.length; i++) {
+    if (!(frames[i]!.seq > frames[i - 1]!.seq)) throw new Error(`frame ${frames[i]!.position} arrived after ${frames[i - 1]!.position}`);
+  }
+  for (const f of frames) {
+    if (published.get(f.position) !== f.frame) throw new Error(`received ${f.position}, which was not published as such`);
+  }
+}
+
+/** Records unhandled rejections while `fn` runs (vitest would report them too, but not say which test). */
+export async function collectUnhandled(fn: () => Promise<void>): Promise<unknown[]> {
+  const seen: unknown[] = [];
+  const record = (reason: unknown) => seen.push(reason);
+  process.on("unhandledRejection", record);
+  try {
+    await fn();
+    // let rejections from the last turns surface
+    await new Promise((resolve) => setImmediate(resolve));
+  } finally {
+    process.off("unhandledRejection", record);
+  }
+  return seen;
+}
