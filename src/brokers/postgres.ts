@@ -182,8 +182,11 @@ export class PostgresBroker implements Broker {
   #lastGapAt = 0;
   #epoch: string | null = null;
   #epochLost = false;
-  /** seq of the newest frame delivered (the listener delivers seqs one by one from here). */
-  #delivered = 0;
+  /**
+   * seq of the newest frame delivered: the listener delivers seqs one by one
+   * from here. `null` right after a new epoch began, until its first notice.
+   */
+  #delivered: number | null = 0;
   #maxSeen = 0;
   #inbox: FrameNotice[] = [];
   #pumping = false;
@@ -541,8 +544,10 @@ export class PostgresBroker implements Broker {
       while (this.#inbox.length > 0 && this.#state === "open") {
         const notice = this.#inbox.shift()!;
         if (notice.e !== this.#epoch) this.#seen(notice.e, notice.s);
-        if (notice.s <= this.#delivered) continue;
-        if (notice.s === this.#delivered + 1 && notice.n !== undefined && notice.f !== undefined) {
+        if (this.#delivered !== null && notice.s <= this.#delivered) continue;
+        // a new epoch does not continue the old one's seqs: it starts at its first notice
+        const from = this.#delivered ?? notice.s - 1;
+        if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
           this.#hand({ stream: notice.n, seq: notice.s, position: formatPosition(notice.e, notice.s), frame: notice.f });
           continue;
         }
@@ -550,7 +555,7 @@ export class PostgresBroker implements Broker {
         if (!pool) return;
         let rows: Array<{ seq: string; stream: string; frame: string }>;
         try {
-          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [this.#delivered, notice.s])).rows;
+          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [from, notice.s])).rows;
         } catch (error) {
           // the refresh after recovery covers what could not be read
           if (isConnectionError(error)) this.#lost("its connection", error);
@@ -559,14 +564,16 @@ export class PostgresBroker implements Broker {
         }
         if (this.#state !== "open") return;
         let missing = false;
+        let expected = from + 1;
         for (const row of rows) {
           const seq = Number(row.seq);
-          if (seq <= this.#delivered) continue;
-          if (seq !== this.#delivered + 1) missing = true;
+          if (seq < expected) continue;
+          if (seq !== expected) missing = true;
           this.#hand({ stream: row.stream, seq, position: formatPosition(notice.e, seq), frame: row.frame });
+          expected = seq + 1;
         }
-        if (this.#delivered < notice.s) missing = true;
-        this.#delivered = Math.max(this.#delivered, notice.s);
+        if (expected <= notice.s) missing = true;
+        this.#delivered = notice.s;
         if (missing) this.#gap("frames were pruned before this process could read them");
       }
     } finally {
@@ -623,7 +630,7 @@ export class PostgresBroker implements Broker {
       if (this.#epoch !== null) {
         if (this.#state === "down") this.#epochLost = true;
         else this.#events?.log("warn", `postgres broker's tables lost their history (new epoch ${epoch}): older cursors get a refresh`);
-        this.#delivered = Math.min(this.#delivered, seq - 1);
+        this.#delivered = null;
       }
       this.#epoch = epoch;
     }

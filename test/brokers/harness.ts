@@ -18,7 +18,7 @@ export interface RecordedEvents extends BrokerEvents {
  * Broker events wired as createTurbo wires them — a gap refreshes every
  * subscriber of the hub — and recorded.
  */
-export function recordEvents(hub?: Hub): RecordedEvents {
+export function recordEvents(hub?: Hub, onLog?: (level: string, message: string) => void): RecordedEvents {
   const logs: Array<{ level: string; message: string }> = [];
   const gaps: string[] = [];
   return {
@@ -30,6 +30,7 @@ export function recordEvents(hub?: Hub): RecordedEvents {
     },
     log(level, message) {
       logs.push({ level, message });
+      onLog?.(level, message);
     },
   };
 }
@@ -41,9 +42,12 @@ export function recordingSink(): Sink & { frames: Published[] } {
 }
 
 /** A started broker with a real Hub and recorded events, as one process of an app has them. */
-export async function startWithHub(broker: Broker): Promise<{ broker: Broker; hub: Hub; events: RecordedEvents; delivered: Published[] }> {
+export async function startWithHub(
+  broker: Broker,
+  onLog?: (level: string, message: string) => void,
+): Promise<{ broker: Broker; hub: Hub; events: RecordedEvents; delivered: Published[] }> {
   const hub = new Hub(broker);
-  const events = recordEvents(hub);
+  const events = recordEvents(hub, onLog);
   const delivered: Published[] = [];
   await broker.start((frame) => {
     delivered.push(frame);
