@@ -35,10 +35,18 @@ export function recordEvents(hub?: Hub, onLog?: (level: string, message: string)
   };
 }
 
-/** A sink that keeps every frame it is sent. */
-export function recordingSink(): Sink & { frames: Published[] } {
+/** A sink that keeps every frame it is sent, and when (performance.now()) it came. */
+export function recordingSink(): Sink & { frames: Published[]; times: number[] } {
   const frames: Published[] = [];
-  return { frames, send: (frame) => frames.push(frame) };
+  const times: number[] = [];
+  return {
+    frames,
+    times,
+    send(frame) {
+      frames.push(frame);
+      times.push(performance.now());
+    },
+  };
 }
 
 /** A started broker with a real Hub and recorded events, as one process of an app has them. */
@@ -176,6 +184,8 @@ export interface PublishOutcome {
   position?: string;
   frame: string;
   code?: string;
+  /** performance.now() when publish was called. */
+  startedAt: number;
   /** How long publish took to settle. */
   ms: number;
 }
@@ -194,9 +204,10 @@ export function publishLoop(broker: Broker, stream: string, intervalMs = 10): { 
       const started = performance.now();
       try {
         const published = await broker.publish(stream, frame);
-        outcomes.push({ n, ok: true, position: published.position, frame, ms: performance.now() - started });
+        outcomes.push({ n, ok: true, position: published.position, frame, startedAt: started, ms: performance.now() - started });
       } catch (error) {
-        outcomes.push({ n, ok: false, frame, code: (error as { code?: string }).code, ms: performance.now() - started });
+        const code = (error as { code?: string }).code;
+        outcomes.push({ n, ok: false, frame, code, startedAt: started, ms: performance.now() - started });
       }
       await new Promise((resolve) => setTimeout(resolve, intervalMs));
     }
@@ -224,6 +235,21 @@ export function expectOrderedSubset(received: Published[], outcomes: PublishOutc
   for (const f of frames) {
     if (published.get(f.position) !== f.frame) throw new Error(`received ${f.position}, which was not published as such`);
   }
+}
+
+/**
+ * After an outage, a subscriber's refresh covers what it missed before it;
+ * every frame published after the refresh reached it must follow, in order.
+ */
+export function expectEverythingAfterRefresh(sink: { frames: Published[]; times: number[] }, outcomes: PublishOutcome[]): void {
+  const last = sink.frames.findLastIndex(isRefresh);
+  if (last < 0) throw new Error("the subscriber got no refresh");
+  const refreshedAt = sink.times[last]!;
+  const want = outcomes.filter((o) => o.ok && o.startedAt > refreshedAt).map((o) => o.position!);
+  if (want.length === 0) throw new Error("nothing was published after the refresh: the test proves nothing");
+  const got = sink.frames.slice(last + 1).map((f) => f.position);
+  const missing = want.filter((p) => !got.includes(p));
+  if (missing.length > 0) throw new Error(`published after the refresh but never received: ${missing.join(", ")}`);
 }
 
 /** Records unhandled rejections while `fn` runs (vitest would report them too, but not say which test). */
