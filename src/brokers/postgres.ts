@@ -195,7 +195,8 @@ export class PostgresBroker implements Broker {
   #timers = new Set<NodeJS.Timeout>();
   #intervals: NodeJS.Timeout[] = [];
 
-  constructor(options: PostgresBrokerOptions) {
+  constructor(options: PostgresBrokerOptions | string) {
+    if (typeof options === "string") options = { connectionString: options };
     if (!options || typeof options.connectionString !== "string" || options.connectionString === "") {
       throw new ConfigError(
         'postgresBroker needs { connectionString }, for example postgresBroker({ connectionString: "postgres://127.0.0.1:5432/app" })',
@@ -716,9 +717,11 @@ function errorMessage(error: unknown): string {
  * the outage is logged once, the broker reconnects with backoff, and
  * subscribers that may have missed frames get a refresh.
  *
+ * `postgresBroker(url)` is short for `postgresBroker({ connectionString: url })`.
+ *
  * @example
  * const turbo = await createTurbo({ db, views, broker: postgresBroker({ connectionString: process.env.DATABASE_URL! }) });
  */
-export function postgresBroker(options: PostgresBrokerOptions): Broker {
+export function postgresBroker(options: PostgresBrokerOptions | string): Broker {
   return new PostgresBroker(options);
 }

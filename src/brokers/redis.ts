@@ -102,7 +102,8 @@ export class RedisBroker implements Broker {
   #timers = new Set<NodeJS.Timeout>();
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
 
-  constructor(options: RedisBrokerOptions) {
+  constructor(options: RedisBrokerOptions | string) {
+    if (typeof options === "string") options = { url: options };
     if (!options || typeof options.url !== "string" || options.url === "") {
       throw new ConfigError('redisBroker needs { url }, for example redisBroker({ url: "redis://127.0.0.1:6379" })');
     }
@@ -530,9 +531,11 @@ function disconnect(connection: Redis): Promise<void> {
  * the outage is logged once, the broker reconnects with backoff, and
  * subscribers that may have missed frames get a refresh.
  *
+ * `redisBroker(url)` is short for `redisBroker({ url })`.
+ *
  * @example
  * const turbo = await createTurbo({ db, views, broker: redisBroker({ url: process.env.REDIS_URL! }) });
  */
-export function redisBroker(options: RedisBrokerOptions): Broker {
+export function redisBroker(options: RedisBrokerOptions | string): Broker {
   return new RedisBroker(options);
 }

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import type { Broker, Published } from "../../src/brokers/broker.js";
-import { postgresBroker } from "../../src/brokers/postgres.js";
+import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/postgres.js";
 import { waitFor } from "../helpers.js";
 import { collectUnhandled, expectEverythingAfterRefresh, expectOrderedSubset, isRefresh, publishLoop, recordingSink, startWithHub } from "./harness.js";
 import { PG_URL, describeWithServer, dropPostgresNamespace, pgClient, postgresUnavailable, uniqueName } from "./servers.js";
@@ -21,7 +21,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     for (const prefix of prefixes.splice(0)) await dropPostgresNamespace(PG_URL, prefix);
   });
 
-  function make(options: Parameters<typeof postgresBroker>[0]): Broker {
+  function make(options: PostgresBrokerOptions): Broker {
     const broker = postgresBroker({ maxBackoffMs: 200, ...options });
     brokers.push(broker);
     return broker;

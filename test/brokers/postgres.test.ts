@@ -1,7 +1,8 @@
 import type pg from "pg";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import { type Broker, parsePosition } from "../../src/brokers/broker.js";
-import { postgresBroker } from "../../src/brokers/postgres.js";
+import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/postgres.js";
+import * as index from "../../src/index.js";
 import { waitFor } from "../helpers.js";
 import { recordingSink, startWithHub } from "./harness.js";
 import { PG_URL, describeWithServer, dropPostgresNamespace, freePort, pgClient, postgresUnavailable, uniqueName } from "./servers.js";
@@ -29,7 +30,7 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     return { prefix, applicationName: prefix };
   }
 
-  function make(options: Parameters<typeof postgresBroker>[0]): Broker {
+  function make(options: PostgresBrokerOptions): Broker {
     const broker = postgresBroker(options);
     brokers.push(broker);
     return broker;
@@ -183,6 +184,11 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     expect((error as Error).message).not.toContain("secret");
     expect(Date.now() - started).toBeLessThan(3_000);
     await expect(unreachable.publish("a", frame("x"))).rejects.toMatchObject({ code: "TURBOCAST_CLOSED" });
+  });
+
+  it("is exported from the package, and takes a bare URL as well as options", () => {
+    expect(index.postgresBroker).toBe(postgresBroker);
+    expect(postgresBroker(PG_URL).kind).toBe("postgres");
   });
 
   it("rejects a missing connection string or an unsafe table prefix with TURBOCAST_CONFIG", () => {

@@ -1,7 +1,7 @@
 import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import { type Broker, parsePosition } from "../../src/brokers/broker.js";
-import { redisBroker } from "../../src/brokers/redis.js";
+import { type RedisBrokerOptions, redisBroker } from "../../src/brokers/redis.js";
 import { waitFor } from "../helpers.js";
 import { collectUnhandled, expectEverythingAfterRefresh, expectOrderedSubset, isRefresh, publishLoop, recordingSink, startWithHub } from "./harness.js";
 import { PrivateRedis, REDIS_URL, deleteRedisKeys, describeWithServer, redisClients, redisUnavailable, uniqueName } from "./servers.js";
@@ -24,7 +24,7 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
     for (const prefix of prefixes.splice(0)) await deleteRedisKeys(REDIS_URL, prefix);
   });
 
-  function make(options: Parameters<typeof redisBroker>[0]): Broker {
+  function make(options: RedisBrokerOptions): Broker {
     const broker = redisBroker({ maxBackoffMs: 100, commandTimeoutMs: 1_000, ...options });
     brokers.push(broker);
     return broker;

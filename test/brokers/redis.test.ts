@@ -1,8 +1,9 @@
 import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import { parsePosition } from "../../src/brokers/broker.js";
-import { redisBroker } from "../../src/brokers/redis.js";
+import { type RedisBrokerOptions, redisBroker } from "../../src/brokers/redis.js";
 import type { Broker } from "../../src/brokers/broker.js";
+import * as index from "../../src/index.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
 import { REDIS_URL, deleteRedisKeys, describeWithServer, freePort, redisClients, redisUnavailable, uniqueName } from "./servers.js";
@@ -29,7 +30,7 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
     return { keyPrefix: `${name}:`, connectionName: name };
   }
 
-  function make(options: Parameters<typeof redisBroker>[0]): Broker {
+  function make(options: RedisBrokerOptions): Broker {
     const broker = redisBroker(options);
     brokers.push(broker);
     return broker;
@@ -169,6 +170,11 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
     expect((error as Error).message).not.toContain("secret");
     expect(Date.now() - started).toBeLessThan(3_000);
     await expect(unreachable.publish("a", frame("x"))).rejects.toMatchObject({ code: "TURBOCAST_CLOSED" });
+  });
+
+  it("is exported from the package, and takes a bare URL as well as options", () => {
+    expect(index.redisBroker).toBe(redisBroker);
+    expect(redisBroker(REDIS_URL).kind).toBe("redis");
   });
 
   it("rejects a missing url with TURBOCAST_CONFIG", () => {
