@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { Redis } from "ioredis";
@@ -19,7 +19,7 @@ export function pgClient(url = PG_URL): pg.Client {
   return client;
 }
 
-const inCI = process.env.CI === "true" || process.env.CI === "1";
+export const inCI = process.env.CI === "true" || process.env.CI === "1";
 
 /** A name no other test (or test file running in parallel) uses. */
 export function uniqueName(prefix: string): string {
@@ -29,13 +29,15 @@ export function uniqueName(prefix: string): string {
 /** `null` when Redis answers PING at `url`, else why not. */
 export async function redisUnavailable(url = REDIS_URL): Promise<string | null> {
   const client = new Redis(url, { lazyConnect: true, retryStrategy: () => null, connectTimeout: 2_000, maxRetriesPerRequest: 0 });
-  client.on("error", () => {});
+  let cause: unknown;
+  client.on("error", (error: unknown) => (cause ??= error));
   try {
     await client.connect();
     await client.ping();
     return null;
   } catch (error) {
-    return `Redis at ${url}: ${error instanceof Error ? error.message : String(error)}`;
+    const reason = cause ?? error;
+    return `Redis at ${url}: ${(reason instanceof Error ? reason.message : String(reason)).replace(/\.$/, "")}`;
   } finally {
     client.disconnect();
   }
@@ -49,7 +51,7 @@ export async function postgresUnavailable(url = PG_URL): Promise<string | null> 
     await client.query("select 1");
     return null;
   } catch (error) {
-    return `PostgreSQL at ${url}: ${error instanceof Error ? error.message : String(error)}`;
+    return `PostgreSQL at ${url}: ${(error instanceof Error ? error.message : String(error)).replace(/\.$/, "")}`;
   } finally {
     await client.end().catch(() => {});
   }
@@ -121,6 +123,12 @@ export async function freePort(): Promise<number> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return port;
+}
+
+/** `null` when a redis-server binary can be started here (for PrivateRedis), else why not. */
+export function redisServerMissing(): string | null {
+  const result = spawnSync("redis-server", ["--version"], { stdio: "ignore" });
+  return result.error || result.status !== 0 ? "no redis-server binary on PATH to start a private Redis (scripts/services.sh installs it)" : null;
 }
 
 /**
