@@ -60,6 +60,8 @@ const DEFAULTS = {
 /** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
 const NOTIFY_LIMIT = 7_900;
 const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
+/** How long one prune may run (server-side statement_timeout). */
+const SWEEP_TIMEOUT_MS = 60_000;
 
 /** What the channel carries: a frame (inline when it fits), or a request that every process refresh its subscribers. */
 type Notice = { e: string; s: number; n?: string; f?: string } | { g: string; o: string; at: number };
@@ -192,6 +194,9 @@ export class PostgresBroker implements Broker {
   #pumping = false;
   #attempt = 0;
   #recovering = false;
+  #sweeping = false;
+  #refreshRequested = false;
+  #sweepFailing = false;
   #timers = new Set<NodeJS.Timeout>();
   #intervals: NodeJS.Timeout[] = [];
 
@@ -278,7 +283,11 @@ export class PostgresBroker implements Broker {
       try {
         result = await pool.query(this.#sql.publish, [stream, frame, this.#channel]);
       } catch (error) {
-        if (isConnectionError(error)) {
+        if (isTimeout(error)) {
+          // slow (a burst, a lock), not necessarily gone: the heartbeat tells
+          // an outage. The frame may be lost, so every process refreshes soon.
+          this.#requestRefreshSoon("a postgres publish timed out");
+        } else if (isConnectionError(error)) {
           this.#outage?.refused();
           this.#lost("its connection", error);
         } else if (attempt === 0 && isMissingTable(error)) {
@@ -323,7 +332,7 @@ export class PostgresBroker implements Broker {
         return { stream: f.stream, seq, position: formatPosition(row.epoch, seq), frame: f.frame };
       });
     } catch (error) {
-      if (isConnectionError(error)) this.#lost("its connection", error);
+      this.#queryFailed(error);
       return null;
     }
   }
@@ -339,7 +348,7 @@ export class PostgresBroker implements Broker {
           return formatPosition(row.epoch, Number(row.seq));
         }
       } catch (error) {
-        if (isConnectionError(error)) this.#lost("its connection", error);
+        this.#queryFailed(error);
       }
     }
     // PostgreSQL is unreachable: pages still render. The newest seq seen here
@@ -488,9 +497,29 @@ export class PostgresBroker implements Broker {
         await this.#pool!.query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)]);
         outage.lastRefusedAt = 0;
       } catch (error) {
-        if (isConnectionError(error)) this.#lost("its connection", error);
+        this.#queryFailed(error);
       }
     }
+  }
+
+  /** A query failed: a broken connection starts an outage; a timeout alone does not (the heartbeat decides). */
+  #queryFailed(error: unknown): void {
+    this.#lastError = error;
+    if (isConnectionError(error) && !isTimeout(error)) this.#lost("its connection", error);
+  }
+
+  /** Asks every process (this one too) to refresh, once, shortly: a frame may have been lost without an outage. */
+  #requestRefreshSoon(reason: string): void {
+    if (this.#refreshRequested) return;
+    this.#refreshRequested = true;
+    const at = Date.now();
+    this.#timer(500, () => {
+      this.#refreshRequested = false;
+      const pool = this.#pool;
+      if (this.#state !== "open" || !pool) return; // an outage's recovery asks for its own refresh
+      const request: Notice = { g: reason, o: this.#id, at };
+      pool.query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)]).catch((error: unknown) => this.#queryFailed(error));
+    });
   }
 
   #dropListener(): void {
@@ -558,9 +587,14 @@ export class PostgresBroker implements Broker {
         try {
           rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [from, notice.s])).rows;
         } catch (error) {
-          // the refresh after recovery covers what could not be read
-          if (isConnectionError(error)) this.#lost("its connection", error);
-          else this.#events?.log("error", `postgres broker could not read frames up to seq ${notice.s}`, error);
+          // frames that could not be read: this process's subscribers refresh
+          // (after the recovery, when the connection broke)
+          this.#queryFailed(error);
+          if (this.#state === "open") {
+            this.#delivered = notice.s;
+            this.#gap(`frames up to seq ${notice.s} could not be read: ${errorMessage(error)}`);
+            continue;
+          }
           return;
         }
         if (this.#state !== "open") return;
@@ -601,26 +635,37 @@ export class PostgresBroker implements Broker {
 
   async #sweep(): Promise<void> {
     const pool = this.#pool;
-    if (this.#state !== "open" || !pool) return;
+    if (this.#state !== "open" || !pool || this.#sweeping) return;
+    this.#sweeping = true;
     let client: pg.PoolClient | undefined;
     try {
       client = await pool.connect();
-      await client.query("begin");
+      // pruning a big table may take longer than a publish may: its own,
+      // longer timeout, enforced by the server too
+      const query = (text: string, values: unknown[] = []) =>
+        client!.query({ text, values, query_timeout: SWEEP_TIMEOUT_MS + 5_000 } as pg.QueryConfig);
+      await query("begin");
+      await query(`set local statement_timeout = ${SWEEP_TIMEOUT_MS}`);
       // one process sweeps at a time; the others skip this round
-      const { locked } = (await client.query<{ locked: boolean }>(this.#sql.sweepLock, [`${this.#prefix}_sweep`])).rows[0]!;
+      const locked = (await query(this.#sql.sweepLock, [`${this.#prefix}_sweep`])).rows[0]?.locked === true;
       if (locked) {
-        await client.query(this.#sql.prune, [this.#history.frames, this.#history.maxFrames, this.#history.ageMs]);
-        await client.query(this.#sql.expire, [this.#idleMs]);
+        await query(this.#sql.prune, [this.#history.frames, this.#history.maxFrames, this.#history.ageMs]);
+        await query(this.#sql.expire, [this.#idleMs]);
       }
-      await client.query("commit");
+      await query("commit");
       client.release();
+      this.#sweepFailing = false;
     } catch (error) {
       if (client) {
         await client.query("rollback").catch(() => {});
         client.release(error as Error);
       }
-      if (isConnectionError(error)) this.#lost("its connection", error);
-      else this.#events?.log("warn", "postgres broker could not prune old frames", error);
+      // a slow or failing prune is not an outage (the heartbeat and the
+      // listener tell those), and is logged once until a prune succeeds again
+      if (!this.#sweepFailing) this.#events?.log("warn", "postgres broker could not prune old frames; retrying every sweep", error);
+      this.#sweepFailing = true;
+    } finally {
+      this.#sweeping = false;
     }
   }
 
@@ -697,6 +742,11 @@ export function withDefaultUser(connectionString: string): string {
     return connectionString;
   }
   return url.toString();
+}
+
+/** node-postgres's own timeouts: a query read timeout, or no pooled connection in time. */
+function isTimeout(error: unknown): boolean {
+  return error instanceof Error && !(error as { code?: unknown }).code && /timeout/i.test(error.message);
 }
 
 function isMissingTable(error: unknown): boolean {
