@@ -381,7 +381,10 @@ export class PostgresBroker implements Broker {
       application_name: this.#applicationName,
       max: this.#poolSize,
       connectionTimeoutMillis: this.#commandTimeoutMs,
-      query_timeout: this.#commandTimeoutMs,
+      // the server gives up first (a publish it cancels was certainly not
+      // published); the client-side timeout is the backstop for a dead link
+      statement_timeout: this.#commandTimeoutMs,
+      query_timeout: this.#commandTimeoutMs + 1_000,
       idleTimeoutMillis: 30_000,
       keepAlive: true,
     });
@@ -744,9 +747,11 @@ export function withDefaultUser(connectionString: string): string {
   return url.toString();
 }
 
-/** node-postgres's own timeouts: a query read timeout, or no pooled connection in time. */
+/** A statement the server cancelled for its statement_timeout, or node-postgres's own timeouts (query read, pool wait). */
 function isTimeout(error: unknown): boolean {
-  return error instanceof Error && !(error as { code?: unknown }).code && /timeout/i.test(error.message);
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  return code === "57014" || (!code && /timeout/i.test(error.message));
 }
 
 function isMissingTable(error: unknown): boolean {

@@ -4,7 +4,7 @@ import { type Broker, parsePosition } from "../../src/brokers/broker.js";
 import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/postgres.js";
 import * as index from "../../src/index.js";
 import { waitFor } from "../helpers.js";
-import { recordingSink, startWithHub } from "./harness.js";
+import { isRefresh, recordingSink, startWithHub } from "./harness.js";
 import { PG_URL, describeWithServer, dropPostgresNamespace, freePort, pgClient, postgresUnavailable, uniqueName } from "./servers.js";
 
 const frame = (label: string) => `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
@@ -156,6 +156,33 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     await waitFor(() => sink.frames.length === 2);
     expect(sink.frames.map((f) => f.frame)).toEqual([frame("before"), frame("after")]);
     expect(events.logs.map((l) => l.message)).toEqual([expect.stringContaining("lost their history")]);
+  });
+
+  it("lets a publish stuck behind a lock time out without calling it an outage, and asks every process to refresh", async () => {
+    const ns = namespace();
+    const a = await startWithHub(make({ connectionString: PG_URL, ...ns, commandTimeoutMs: 300 }));
+    const b = await startWithHub(make({ connectionString: PG_URL, ...ns, applicationName: `${ns.applicationName}_b` }));
+    const sinkB = recordingSink();
+    await b.hub.subscribe(["s"], sinkB);
+    const locker = pgClient();
+    await locker.connect();
+    try {
+      await locker.query("begin");
+      await locker.query(`select * from "${ns.prefix}_meta" for update`);
+      const started = Date.now();
+      await expect(a.broker.publish("s", frame("stuck"))).rejects.toMatchObject({ code: "TURBOCAST_BROKER" });
+      expect(Date.now() - started).toBeLessThan(2_000);
+    } finally {
+      await locker.query("rollback");
+      await locker.end();
+    }
+    await waitFor(() => sinkB.frames.some(isRefresh), { message: "B refreshes" });
+    expect(a.events.logs).toEqual([]);
+    expect(b.events.gaps).toEqual(["a postgres publish timed out"]);
+    const next = await a.broker.publish("s", frame("next"));
+    await waitFor(() => sinkB.frames.some((f) => f.position === next.position));
+    // the server cancelled the stuck publish: it never went out late
+    expect(sinkB.frames.map((f) => (isRefresh(f) ? "refresh" : f.frame))).toEqual(["refresh", frame("next")]);
   });
 
   it("closes every connection, is safe to close twice, and refuses to publish afterwards", async () => {
