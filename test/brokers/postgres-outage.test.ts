@@ -1,15 +1,26 @@
 import type pg from "pg";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
-import type { Broker, Published } from "../../src/brokers/broker.js";
+import { type Broker, type Published, parsePosition } from "../../src/brokers/broker.js";
 import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/postgres.js";
 import { waitFor } from "../helpers.js";
 import { collectUnhandled, expectEverythingAfterRefresh, expectOrderedSubset, isRefresh, publishLoop, recordingSink, startWithHub } from "./harness.js";
-import { PG_URL, describeWithServer, dropPostgresNamespace, pgClient, postgresUnavailable, uniqueName } from "./servers.js";
+import {
+  PG_URL,
+  PrivatePostgres,
+  describeWithServer,
+  dropPostgresNamespace,
+  inCI,
+  pgClient,
+  postgresServerMissing,
+  postgresUnavailable,
+  uniqueName,
+} from "./servers.js";
 
 describeWithServer("postgres broker outages", await postgresUnavailable(), () => {
   let admin: pg.Client;
   let prefixes: string[] = [];
   let brokers: Broker[] = [];
+  let servers: PrivatePostgres[] = [];
 
   beforeAll(async () => {
     admin = pgClient();
@@ -18,6 +29,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
   afterAll(() => admin.end());
   afterEach(async () => {
     for (const broker of brokers.splice(0)) await broker.close();
+    for (const server of servers.splice(0)) await server.destroy();
     for (const prefix of prefixes.splice(0)) await dropPostgresNamespace(PG_URL, prefix);
   });
 
@@ -31,6 +43,67 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     admin.query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1", [applicationName]);
   const connections = async (applicationName: string): Promise<number> =>
     Number((await admin.query("select count(*) from pg_stat_activity where application_name = $1", [applicationName])).rows[0].count);
+
+  it("rides out a PostgreSQL restart in the middle of a stream of frames, and its history survives it", async (ctx) => {
+    const missing = postgresServerMissing();
+    if (missing && !inCI) {
+      console.warn(`[turbocast tests] skipping the PostgreSQL restart test: ${missing}`);
+      ctx.skip(missing);
+    }
+    if (missing) throw new Error(`${missing} — CI must run this test`);
+    const server = await PrivatePostgres.start();
+    servers.push(server);
+    const broker = make({ connectionString: server.url, prefix: "outage", maxBackoffMs: 100 });
+    const { hub, events } = await startWithHub(broker);
+    const sink = recordingSink();
+    await hub.subscribe(["s"], sink);
+
+    let lastBefore = "";
+    let headWhileDown = "";
+    let historyWhileDown: unknown = "not asked";
+    const loop = publishLoop(broker, "s");
+    const unhandled = await collectUnhandled(async () => {
+      await waitFor(() => sink.frames.length >= 10, { message: "frames flow before the outage" });
+      lastBefore = sink.frames.at(-1)!.position;
+
+      await server.crash();
+      await waitFor(() => loop.outcomes.filter((o) => !o.ok).length >= 20, { message: "publishes are refused while PostgreSQL is down" });
+      headWhileDown = await broker.head();
+      historyWhileDown = await broker.history(["s"], lastBefore);
+
+      await server.start();
+      await waitFor(() => events.logs.some((l) => l.level === "info"), { timeoutMs: 20_000, message: "reconnected" });
+      await waitFor(() => sink.frames.some(isRefresh), { message: "subscribers get a refresh" });
+      const recovered = loop.outcomes.length;
+      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, { message: "publishing works again" });
+      await loop.stop();
+      const lastOk = loop.outcomes.filter((o) => o.ok).at(-1)!;
+      await waitFor(() => sink.frames.some((f) => f.position === lastOk.position), { message: "frames after the recovery arrive" });
+    });
+
+    expect(unhandled).toEqual([]);
+    expect(events.logs.map((l) => l.level)).toEqual(["warn", "info"]);
+    expect(events.logs[0]!.message).toMatch(/postgres broker lost .* reconnecting/);
+    expect(events.logs[1]!.message).toMatch(/reconnected .* refused meanwhile\)$/); // and no new epoch: the data survived
+
+    const refused = loop.outcomes.filter((o) => !o.ok);
+    expect(new Set(refused.map((o) => o.code))).toEqual(new Set(["TURBOCAST_BROKER"]));
+    const durations = refused.slice(1).map((o) => o.ms).sort((a, b) => a - b);
+    expect(durations[Math.floor(durations.length / 2)]!).toBeLessThan(5);
+    expect(headWhileDown.split(".")[0]).toBe(lastBefore.split(".")[0]);
+    expect(historyWhileDown).toBeNull();
+
+    expectOrderedSubset(sink.frames, loop.outcomes);
+    expectEverythingAfterRefresh(sink, loop.outcomes);
+    // the frames table outlived the restart: a page from before the outage resumes without a refresh
+    const replay = await broker.history(["s"], lastBefore);
+    expect(replay).not.toBeNull();
+    const replayed = replay!.map((f) => f.position);
+    const before = parsePosition(lastBefore)!.seq;
+    const publishedAfter = loop.outcomes.filter((o) => o.ok && parsePosition(o.position!)!.seq > before).map((o) => o.position!);
+    expect(publishedAfter.length).toBeGreaterThanOrEqual(10);
+    expect(publishedAfter.filter((p) => !replayed.includes(p))).toEqual([]);
+  });
 
   it("rides out the termination of all its connections in the middle of a stream of frames", async () => {
     const prefix = uniqueName("tc");

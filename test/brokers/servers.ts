@@ -1,6 +1,9 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import net from "node:net";
+import os from "node:os";
+import path from "node:path";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { describe, it } from "vitest";
@@ -173,5 +176,99 @@ export class PrivateRedis {
     const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
     child.kill("SIGKILL");
     await exited;
+  }
+}
+
+/** The initdb and postgres binaries of the newest local PostgreSQL (Debian layout first, then PATH); null when there are none. */
+function postgresBinaries(): { initdb: string; postgres: string } | null {
+  const debian = "/usr/lib/postgresql";
+  if (existsSync(debian)) {
+    const versions = readdirSync(debian).sort((a, b) => Number(b) - Number(a));
+    for (const version of versions) {
+      const bin = path.join(debian, version, "bin");
+      if (existsSync(path.join(bin, "initdb")) && existsSync(path.join(bin, "postgres"))) {
+        return { initdb: path.join(bin, "initdb"), postgres: path.join(bin, "postgres") };
+      }
+    }
+  }
+  const found = spawnSync("initdb", ["--version"], { stdio: "ignore" });
+  return found.error || found.status !== 0 ? null : { initdb: "initdb", postgres: "postgres" };
+}
+
+/** `null` when a private PostgreSQL can be started here, else why not. */
+export function postgresServerMissing(): string | null {
+  if (!postgresBinaries()) return "no initdb/postgres binaries to start a private PostgreSQL (scripts/services.sh installs them)";
+  if (process.getuid?.() === 0 && spawnSync("runuser", ["--help"], { stdio: "ignore" }).error) {
+    return "running as root without runuser: PostgreSQL refuses to run as root";
+  }
+  return null;
+}
+
+/**
+ * A private PostgreSQL cluster in a temporary folder, as a child process,
+ * which a test may crash (SIGQUIT: every connection dropped at once, no
+ * checkpoint) and start again on the same port — a real server restart,
+ * without touching the shared server other tests use. PostgreSQL refuses to
+ * run as root, so under root it runs as the `postgres` user.
+ */
+export class PrivatePostgres {
+  readonly port: number;
+  readonly url: string;
+  #dir: string;
+  #child: ChildProcess | null = null;
+  #binaries: { initdb: string; postgres: string };
+
+  private constructor(port: number, dir: string, binaries: { initdb: string; postgres: string }) {
+    this.port = port;
+    this.#dir = dir;
+    this.#binaries = binaries;
+    this.url = `postgres://${encodeURIComponent(os.userInfo().username)}@127.0.0.1:${port}/postgres`;
+  }
+
+  static async start(): Promise<PrivatePostgres> {
+    const binaries = postgresBinaries();
+    if (!binaries) throw new Error("no PostgreSQL binaries");
+    const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-pg-"));
+    const server = new PrivatePostgres(await freePort(), dir, binaries);
+    if (process.getuid?.() === 0) chownSync(dir, Number(spawnSync("id", ["-u", "postgres"]).stdout.toString().trim()), 0);
+    const init = server.#run(binaries.initdb, ["-D", path.join(dir, "data"), "-A", "trust", "-U", os.userInfo().username, "--no-sync", "-E", "UTF8"]);
+    const code = await new Promise<number | null>((resolve) => init.once("exit", resolve));
+    if (code !== 0) throw new Error(`initdb failed with ${code}`);
+    await server.start();
+    return server;
+  }
+
+  async start(): Promise<void> {
+    if (this.#child) return;
+    const child = this.#run(this.#binaries.postgres, [
+      "-D", path.join(this.#dir, "data"), "-p", String(this.port), "-k", this.#dir,
+      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=40",
+    ]);
+    this.#child = child;
+    child.once("exit", () => {
+      if (this.#child === child) this.#child = null;
+    });
+    await waitFor(async () => (await postgresUnavailable(this.url)) === null, { timeoutMs: 20_000, message: `postgres on port ${this.port}` });
+  }
+
+  /** SIGQUIT to the postmaster: an immediate shutdown that drops every connection; the data stays. */
+  async crash(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    const pid = Number(readFileSync(path.join(this.#dir, "data", "postmaster.pid"), "utf8").split("\n")[0]);
+    process.kill(pid, "SIGQUIT");
+    await exited;
+  }
+
+  /** Stops the server and removes its folder. */
+  async destroy(): Promise<void> {
+    await this.crash();
+    rmSync(this.#dir, { recursive: true, force: true });
+  }
+
+  #run(command: string, args: string[]): ChildProcess {
+    const asRoot = process.getuid?.() === 0;
+    return spawn(asRoot ? "runuser" : command, asRoot ? ["-u", "postgres", "--", command, ...args] : args, { stdio: "ignore" });
   }
 }
