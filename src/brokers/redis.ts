@@ -118,6 +118,9 @@ export class RedisBroker implements Broker {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
     this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
     this.#connectionName = options.connectionName ?? DEFAULTS.connectionName;
+    if (!/^[!-~]+$/.test(this.#connectionName)) {
+      throw new ConfigError(`redisBroker connectionName "${this.#connectionName}" must be printable ASCII without spaces (CLIENT SETNAME)`);
+    }
   }
 
   /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */

@@ -177,8 +177,9 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
     expect(redisBroker(REDIS_URL).kind).toBe("redis");
   });
 
-  it("rejects a missing url with TURBOCAST_CONFIG", () => {
+  it("rejects a missing url or an unusable connection name with TURBOCAST_CONFIG", () => {
     // @ts-expect-error url is required
     expect(() => redisBroker({})).toThrow(expect.objectContaining({ code: "TURBOCAST_CONFIG" }));
+    expect(() => redisBroker({ url: REDIS_URL, connectionName: "has space" })).toThrow(expect.objectContaining({ code: "TURBOCAST_CONFIG" }));
   });
 });
