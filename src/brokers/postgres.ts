@@ -486,6 +486,7 @@ export class PostgresBroker implements Broker {
     if (this.#isClosed()) return;
     this.#recovering = false;
     this.#attempt = 0;
+    this.#lastError = undefined;
     this.#state = "open";
     const outage = this.#outage!;
     const refusedAt = outage.lastRefusedAt;

@@ -377,6 +377,8 @@ export class RedisBroker implements Broker {
 
   #maybeOpen(): void {
     if (!this.#cmdUp || !this.#subLive || this.#epoch === null) return;
+    // the next outage's log line names its own cause, not this one's
+    this.#lastError = undefined;
     if (this.#state === "connecting") {
       this.#state = "open";
       this.#opened?.resolve();
