@@ -1,0 +1,783 @@
+import { randomBytes } from "node:crypto";
+import os from "node:os";
+import pg from "pg";
+import { BrokerError, ClosedError, ConfigError } from "../errors.js";
+import {
+  type Broker,
+  type BrokerEvents,
+  type HistoryOptions,
+  type Published,
+  formatPosition,
+  parsePosition,
+  resolveHistory,
+} from "./broker.js";
+import { EPOCH_SEQ_MARGIN, OutageLog, backoffMs, redactUrl } from "./connection.js";
+
+/** Options of postgresBroker. Every default is listed here. */
+export interface PostgresBrokerOptions {
+  /** `postgres://user:password@host:port/database`. Required. */
+  connectionString: string;
+  /**
+   * Prefix of the broker's tables, created when missing: `<prefix>_frames`,
+   * `<prefix>_meta`, `<prefix>_floors`. Brokers that share it share frames.
+   * Lowercase letters, digits and `_`. Default `"turbocast"`.
+   */
+  prefix?: string;
+  /** LISTEN/NOTIFY channel. Same rules as `prefix`. Default: the prefix. */
+  channel?: string;
+  /** Replay window per stream. Default: at least 1,000 frames and 5 minutes, at most 10,000 frames. */
+  history?: HistoryOptions;
+  /**
+   * A stream with no new frame for this long is dropped whole, so streams of
+   * rows nobody touches stop costing rows; a cursor from before a dropped
+   * stream's last frame gets a refresh. Default 24 hours, never less than `history.ageMs`.
+   */
+  idleMs?: number;
+  /** `application_name` of the broker's connections (shown by `pg_stat_activity`). Default `"turbocast"`. */
+  applicationName?: string;
+  /** Pooled connections for publish, history and head (plus one for LISTEN). Default 4. */
+  poolSize?: number;
+  /** A query that takes longer fails (a stuck connection counts as an outage). Default 2,000 ms. */
+  commandTimeoutMs?: number;
+  /** `start()` fails with TURBOCAST_BROKER when PostgreSQL cannot be reached for this long. Default 10,000 ms. */
+  connectTimeoutMs?: number;
+  /** Reconnect delays double from 50 ms up to this. Default 2,000 ms. */
+  maxBackoffMs?: number;
+  /** How often old frames are pruned. Default: half of `history.ageMs`, between 1 and 30 seconds. */
+  sweepIntervalMs?: number;
+}
+
+const DEFAULTS = {
+  prefix: "turbocast",
+  idleMs: 24 * 60 * 60_000,
+  applicationName: "turbocast",
+  poolSize: 4,
+  commandTimeoutMs: 2_000,
+  connectTimeoutMs: 10_000,
+  maxBackoffMs: 2_000,
+} as const;
+
+/** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
+const NOTIFY_LIMIT = 7_900;
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
+/** How long one prune may run (server-side statement_timeout). */
+const SWEEP_TIMEOUT_MS = 60_000;
+
+/** What the channel carries: a frame (inline when it fits), or a request that every process refresh its subscribers. */
+type Notice = { e: string; s: number; n?: string; f?: string } | { g: string; o: string; at: number };
+type FrameNotice = { e: string; s: number; n?: string; f?: string };
+
+type State = "new" | "connecting" | "open" | "down" | "closed";
+
+/**
+ * The SQL of one broker namespace. Frames live in `<prefix>_frames`; the
+ * epoch and the seq counter in the single row of `<prefix>_meta`; each
+ * stream's floor (the newest seq pruned from it) in `<prefix>_floors`, and
+ * `expired_floor` in meta is the newest seq of any stream dropped whole.
+ */
+function statements(prefix: string) {
+  const frames = `"${prefix}_frames"`;
+  const meta = `"${prefix}_meta"`;
+  const floors = `"${prefix}_floors"`;
+  return {
+    schema: `
+      create table if not exists ${frames} (
+        seq bigint primary key,
+        stream text not null,
+        frame text not null,
+        at timestamptz not null default now()
+      );
+      create index if not exists "${prefix}_frames_stream_seq" on ${frames} (stream, seq);
+      create table if not exists ${meta} (
+        id smallint primary key check (id = 1),
+        epoch text not null,
+        seq bigint not null,
+        expired_floor bigint not null default 0
+      );
+      create table if not exists ${floors} (stream text primary key, floor bigint not null);`,
+    // a new epoch's seqs start above every earlier one's (see EPOCH_SEQ_MARGIN)
+    createEpoch: `
+      insert into ${meta} (id, epoch, seq)
+      values (1, $1, greatest($2::bigint, (extract(epoch from clock_timestamp()) * 10000)::bigint,
+                               (select coalesce(max(seq), 0) from ${frames})))
+      on conflict (id) do nothing`,
+    head: `select epoch, seq::text as seq from ${meta} where id = 1`,
+    // One statement, one transaction: the row lock taken by the update is held
+    // until commit, so publishers are serialized and commit order (which is
+    // NOTIFY delivery order) equals seq order. A rollback undoes the
+    // increment too, so seqs have no holes.
+    publish: `
+      with m as (update ${meta} set seq = seq + 1 where id = 1 returning epoch, seq),
+           f as (insert into ${frames} (seq, stream, frame) select seq, $1, $2 from m),
+           p as (select json_build_object('e', epoch, 's', seq, 'n', $1::text, 'f', $2::text)::text as full,
+                        json_build_object('e', epoch, 's', seq)::text as short from m)
+      select m.epoch, m.seq::text as seq,
+             pg_notify($3, case when octet_length(p.full) < ${NOTIFY_LIMIT} then p.full else p.short end)
+      from m, p`,
+    fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
+    // read frames first, floors after: a prune in between can only raise the
+    // floor, so a cursor that passes the later check saw complete frames
+    historyFrames: `select seq::text as seq, stream, frame from ${frames} where stream = any($1) and seq > $2 order by seq`,
+    historyFloor: `
+      select epoch, seq::text as seq,
+             greatest(expired_floor, (select coalesce(max(floor), 0) from ${floors} where stream = any($1)))::text as floor
+      from ${meta} where id = 1`,
+    sweepLock: `select pg_try_advisory_xact_lock(hashtext($1)) as locked`,
+    prune: `
+      with ranked as (
+        select seq, at, row_number() over (partition by stream order by seq desc) as rn from ${frames}
+      ), doomed as (
+        delete from ${frames} f using ranked r
+        where f.seq = r.seq and r.rn > $1 and (r.rn > $2 or r.at < now() - $3 * interval '1 millisecond')
+        returning f.stream, f.seq
+      )
+      insert into ${floors} (stream, floor) select stream, max(seq) from doomed group by stream
+      on conflict (stream) do update set floor = greatest(${floors}.floor, excluded.floor)`,
+    expire: `
+      with idle as (
+        select stream, max(seq) as last from ${frames} group by stream having max(at) < now() - $1 * interval '1 millisecond'
+      ), gone as (
+        delete from ${frames} f using idle i where f.stream = i.stream
+      ), forgotten as (
+        delete from ${floors} fl using idle i where fl.stream = i.stream
+      )
+      update ${meta} set expired_floor = greatest(expired_floor, (select coalesce(max(last), 0) from idle)) where id = 1`,
+  };
+}
+
+/**
+ * A broker on PostgreSQL LISTEN/NOTIFY: frames are stored in a table and
+ * announced on a channel, so every process's subscribers get every frame in
+ * order — frames over NOTIFY's 8000-byte limit too (the notice then carries
+ * the seq and the listener reads the frame) — and a subscriber that
+ * reconnects to another process resumes from the table.
+ *
+ * Connections: a pool for publish, history and head, and one client that
+ * LISTENs. While PostgreSQL is unreachable publishes fail at once with a
+ * BrokerError (nothing is queued), the outage is logged once, the broker
+ * reconnects with backoff, and then every subscriber gets a refresh.
+ */
+export class PostgresBroker implements Broker {
+  readonly kind = "postgres";
+  #connectionString: string;
+  #target: string;
+  #prefix: string;
+  #channel: string;
+  #sql: ReturnType<typeof statements>;
+  #history: Required<HistoryOptions>;
+  #idleMs: number;
+  #applicationName: string;
+  #poolSize: number;
+  #commandTimeoutMs: number;
+  #connectTimeoutMs: number;
+  #maxBackoffMs: number;
+  #sweepIntervalMs: number;
+  #id = randomBytes(6).toString("base64url");
+
+  #state: State = "new";
+  #pool: pg.Pool | null = null;
+  #listener: pg.Client | null = null;
+  #deliver: ((frame: Published) => void) | null = null;
+  #events: BrokerEvents | null = null;
+  #outage: OutageLog | null = null;
+  #lastError: unknown = undefined;
+  #lastGapAt = 0;
+  #epoch: string | null = null;
+  #epochLost = false;
+  /**
+   * seq of the newest frame delivered: the listener delivers seqs one by one
+   * from here. `null` right after a new epoch began, until its first notice.
+   */
+  #delivered: number | null = 0;
+  #maxSeen = 0;
+  #inbox: FrameNotice[] = [];
+  #pumping = false;
+  #attempt = 0;
+  #recovering = false;
+  #sweeping = false;
+  #refreshRequested = false;
+  #sweepFailing = false;
+  #timers = new Set<NodeJS.Timeout>();
+  #intervals: NodeJS.Timeout[] = [];
+
+  constructor(options: PostgresBrokerOptions | string) {
+    if (typeof options === "string") options = { connectionString: options };
+    if (!options || typeof options.connectionString !== "string" || options.connectionString === "") {
+      throw new ConfigError(
+        'postgresBroker needs { connectionString }, for example postgresBroker({ connectionString: "postgres://127.0.0.1:5432/app" })',
+      );
+    }
+    this.#connectionString = withDefaultUser(options.connectionString);
+    this.#target = redactUrl(options.connectionString);
+    this.#prefix = options.prefix ?? DEFAULTS.prefix;
+    this.#channel = options.channel ?? this.#prefix;
+    for (const [name, value] of [["prefix", this.#prefix], ["channel", this.#channel]] as const) {
+      if (!IDENTIFIER.test(value)) {
+        throw new ConfigError(`postgresBroker ${name} "${value}" must be lowercase letters, digits and _ (at most 41 characters)`);
+      }
+    }
+    this.#sql = statements(this.#prefix);
+    this.#history = resolveHistory(options.history);
+    this.#idleMs = Math.max(options.idleMs ?? DEFAULTS.idleMs, this.#history.ageMs);
+    this.#applicationName = options.applicationName ?? DEFAULTS.applicationName;
+    this.#poolSize = options.poolSize ?? DEFAULTS.poolSize;
+    this.#commandTimeoutMs = options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
+    this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
+    this.#sweepIntervalMs = options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(this.#history.ageMs / 2)));
+  }
+
+  /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
+  get state(): State {
+    return this.#state;
+  }
+
+  async start(deliver: (frame: Published) => void, events: BrokerEvents): Promise<void> {
+    if (this.#state === "closed") throw new ClosedError("postgres broker");
+    if (this.#state !== "new") throw new BrokerError("postgres broker was already started");
+    this.#state = "connecting";
+    this.#deliver = deliver;
+    this.#events = events;
+    this.#outage = new OutageLog("postgres", this.#target, events);
+    this.#pool = this.#createPool();
+
+    const deadline = Date.now() + this.#connectTimeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#connect();
+        break;
+      } catch (error) {
+        this.#lastError = error;
+        this.#dropListener();
+        if (this.#isClosed()) throw new ClosedError("postgres broker");
+        if (!isConnectionError(error) || Date.now() >= deadline) {
+          await this.close();
+          throw new BrokerError(`postgres broker could not start on ${this.#target}: ${errorMessage(error)}`, { cause: error });
+        }
+        await this.#sleep(Math.min(backoffMs(attempt, this.#maxBackoffMs), Math.max(0, deadline - Date.now())));
+        if (this.#isClosed()) throw new ClosedError("postgres broker");
+      }
+    }
+    this.#state = "open";
+    void this.#pump();
+    this.#every(this.#sweepIntervalMs, () => void this.#sweep());
+    // a LISTEN connection that silently died (a cut network) would never say so: ask it now and then
+    this.#every(Math.max(1_000, this.#commandTimeoutMs * 2), () => void this.#heartbeat());
+  }
+
+  async publish(stream: string, frame: string): Promise<Published> {
+    if (this.#state === "closed") throw new ClosedError("postgres broker");
+    if (typeof stream !== "string" || typeof frame !== "string") {
+      throw new BrokerError("publish(stream, frame) takes two strings");
+    }
+    const pool = this.#pool;
+    if (this.#state === "new" || this.#state === "connecting" || !pool) {
+      throw new BrokerError("postgres broker is not started: await broker.start() first");
+    }
+    if (this.#state === "down") {
+      this.#outage?.refused();
+      throw new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
+    }
+    for (let attempt = 0; ; attempt++) {
+      let result: pg.QueryResult<{ epoch: string; seq: string }>;
+      try {
+        result = await pool.query(this.#sql.publish, [stream, frame, this.#channel]);
+      } catch (error) {
+        if (isTimeout(error)) {
+          // slow (a burst, a lock), not necessarily gone: the heartbeat tells
+          // an outage. The frame may be lost, so every process refreshes soon.
+          this.#requestRefreshSoon("a postgres publish timed out");
+        } else if (isConnectionError(error)) {
+          this.#outage?.refused();
+          this.#lost("its connection", error);
+        } else if (attempt === 0 && isMissingTable(error)) {
+          // someone dropped the tables: recreate them (a new epoch) and try once more
+          await this.#ensureSchema(pool).catch(() => {});
+          continue;
+        }
+        throw new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error });
+      }
+      const row = result.rows[0];
+      if (!row) {
+        // the meta row is gone (history lost): start a new epoch and try once more
+        if (attempt === 0) {
+          await this.#ensureSchema(pool).catch(() => {});
+          continue;
+        }
+        throw new BrokerError(`postgres broker could not publish to "${stream}": its meta row is missing`);
+      }
+      const seq = Number(row.seq);
+      this.#seen(row.epoch, seq);
+      return { stream, seq, position: formatPosition(row.epoch, seq), frame };
+    }
+  }
+
+  async history(streams: readonly string[], after: string): Promise<Published[] | null> {
+    if (this.#state === "closed") throw new ClosedError("postgres broker");
+    const cursor = parsePosition(after);
+    const pool = this.#pool;
+    // while PostgreSQL is unreachable nothing can be replayed: a refresh is the honest answer
+    if (!cursor || !pool || this.#state !== "open") return null;
+    if (streams.length === 0) return [];
+    try {
+      const frames = await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.historyFrames, [
+        streams,
+        cursor.seq,
+      ]);
+      const meta = await pool.query<{ epoch: string; seq: string; floor: string }>(this.#sql.historyFloor, [streams]);
+      const row = meta.rows[0];
+      if (!row || row.epoch !== cursor.epoch || cursor.seq > Number(row.seq) || cursor.seq < Number(row.floor)) return null;
+      return frames.rows.map((f) => {
+        const seq = Number(f.seq);
+        return { stream: f.stream, seq, position: formatPosition(row.epoch, seq), frame: f.frame };
+      });
+    } catch (error) {
+      this.#queryFailed(error);
+      return null;
+    }
+  }
+
+  async head(): Promise<string> {
+    if (this.#state === "closed") throw new ClosedError("postgres broker");
+    const pool = this.#pool;
+    if (pool && this.#state === "open") {
+      try {
+        const row = (await pool.query<{ epoch: string; seq: string }>(this.#sql.head)).rows[0];
+        if (row) {
+          this.#seen(row.epoch, Number(row.seq));
+          return formatPosition(row.epoch, Number(row.seq));
+        }
+      } catch (error) {
+        this.#queryFailed(error);
+      }
+    }
+    // PostgreSQL is unreachable: pages still render. The newest seq seen here
+    // is at or below the true head, which is safe (a cursor too low replays more).
+    if (this.#epoch === null) throw new BrokerError("postgres broker is not started: await broker.start() first");
+    return formatPosition(this.#epoch, this.#maxSeen);
+  }
+
+  async close(): Promise<void> {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+    for (const interval of this.#intervals) clearInterval(interval);
+    this.#intervals = [];
+    this.#deliver = null;
+    this.#inbox = [];
+    const listener = this.#listener;
+    const pool = this.#pool;
+    this.#listener = null;
+    this.#pool = null;
+    await Promise.all([listener?.end().catch(() => {}), pool?.end().catch(() => {})]);
+  }
+
+  // --- connecting ----------------------------------------------------------
+
+  #createPool(): pg.Pool {
+    const pool = new pg.Pool({
+      connectionString: this.#connectionString,
+      application_name: this.#applicationName,
+      max: this.#poolSize,
+      connectionTimeoutMillis: this.#commandTimeoutMs,
+      // the server gives up first (a publish it cancels was certainly not
+      // published); the client-side timeout is the backstop for a dead link
+      statement_timeout: this.#commandTimeoutMs,
+      query_timeout: this.#commandTimeoutMs + 1_000,
+      idleTimeoutMillis: 30_000,
+      keepAlive: true,
+    });
+    // an idle pooled connection that dies (a restart, pg_terminate_backend)
+    // is dropped by the pool; without this listener it would crash the process
+    pool.on("error", (error) => {
+      this.#lastError = error;
+    });
+    return pool;
+  }
+
+  /** LISTEN first, then read the head: every frame after it arrives as a notice. Returns nothing; sets epoch and delivered. */
+  async #connect(): Promise<void> {
+    const pool = this.#pool!;
+    const listener = new pg.Client({
+      connectionString: this.#connectionString,
+      application_name: this.#applicationName,
+      connectionTimeoutMillis: this.#commandTimeoutMs,
+      query_timeout: this.#commandTimeoutMs,
+      keepAlive: true,
+    });
+    this.#listener = listener;
+    listener.on("error", (error) => {
+      if (this.#listener === listener) this.#lost("its LISTEN connection", error);
+    });
+    listener.on("end", () => {
+      if (this.#listener === listener) this.#lost("its LISTEN connection", this.#lastError);
+    });
+    listener.on("notification", (message) => {
+      if (this.#listener === listener && message.channel === this.#channel) this.#onNotice(message.payload ?? "");
+    });
+    await listener.connect();
+    await listener.query(`listen "${this.#channel}"`);
+    const { epoch, seq } = await this.#ensureSchema(pool);
+    if (this.#isClosed()) return;
+    if (this.#epoch !== null && this.#epoch !== epoch) this.#epochLost = true;
+    this.#epoch = epoch;
+    this.#maxSeen = Math.max(this.#maxSeen, seq);
+    // frames between the last one delivered and this head were missed; the
+    // refresh that follows a reconnect covers them
+    this.#delivered = seq;
+    this.#inbox = this.#inbox.filter((notice) => notice.s > seq);
+  }
+
+  /** Creates the tables and the epoch when missing; returns the current epoch and head seq. */
+  async #ensureSchema(pool: pg.Pool): Promise<{ epoch: string; seq: number }> {
+    const client = await pool.connect();
+    let failure: unknown;
+    try {
+      await client.query("begin");
+      // concurrent `create table if not exists` can collide on the catalog: one process at a time
+      await client.query("select pg_advisory_xact_lock(hashtext($1))", [`${this.#prefix}_schema`]);
+      await client.query(this.#sql.schema);
+      const minSeq = this.#maxSeen > 0 ? this.#maxSeen + EPOCH_SEQ_MARGIN : 0;
+      await client.query(this.#sql.createEpoch, [randomBytes(6).toString("base64url"), minSeq]);
+      const row = (await client.query<{ epoch: string; seq: string }>(this.#sql.head)).rows[0]!;
+      await client.query("commit");
+      return { epoch: row.epoch, seq: Number(row.seq) };
+    } catch (error) {
+      failure = error;
+      await client.query("rollback").catch(() => {});
+      throw error;
+    } finally {
+      // a connection that failed is destroyed rather than returned to the pool
+      client.release(failure !== undefined && isConnectionError(failure) ? (failure as Error) : undefined);
+    }
+  }
+
+  // --- outages -------------------------------------------------------------
+
+  #lost(what: string, error: unknown): void {
+    this.#lastError = error;
+    if (this.#state === "open") this.#state = "down";
+    if (this.#state !== "down") return;
+    this.#outage?.begin(what, error);
+    this.#inbox = [];
+    this.#dropListener();
+    this.#scheduleRecovery();
+  }
+
+  #scheduleRecovery(): void {
+    if (this.#recovering || this.#isClosed()) return;
+    this.#recovering = true;
+    this.#attempt++;
+    this.#timer(backoffMs(this.#attempt, this.#maxBackoffMs), () => void this.#recover());
+  }
+
+  async #recover(): Promise<void> {
+    if (this.#isClosed()) return;
+    try {
+      await this.#connect();
+    } catch (error) {
+      this.#lastError = error;
+      this.#dropListener();
+      this.#recovering = false;
+      this.#scheduleRecovery();
+      return;
+    }
+    if (this.#isClosed()) return;
+    this.#recovering = false;
+    this.#attempt = 0;
+    this.#lastError = undefined;
+    this.#state = "open";
+    const outage = this.#outage!;
+    const refusedAt = outage.lastRefusedAt;
+    outage.end(this.#epochLost ? `its tables had lost their history (new epoch ${this.#epoch}): older cursors get a refresh` : undefined);
+    this.#epochLost = false;
+    this.#gap("the postgres connection was interrupted");
+    void this.#pump();
+    if (refusedAt > 0) {
+      // publishes refused here were lost for every process: ask them all to refresh
+      const request: Notice = { g: "postgres publishes were refused during an outage", o: this.#id, at: refusedAt };
+      try {
+        await this.#pool!.query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)]);
+        outage.lastRefusedAt = 0;
+      } catch (error) {
+        this.#queryFailed(error);
+      }
+    }
+  }
+
+  /** A query failed: a broken connection starts an outage; a timeout alone does not (the heartbeat decides). */
+  #queryFailed(error: unknown): void {
+    this.#lastError = error;
+    if (isConnectionError(error) && !isTimeout(error)) this.#lost("its connection", error);
+  }
+
+  /** Asks every process (this one too) to refresh, once, shortly: a frame may have been lost without an outage. */
+  #requestRefreshSoon(reason: string): void {
+    if (this.#refreshRequested) return;
+    this.#refreshRequested = true;
+    const at = Date.now();
+    this.#timer(500, () => {
+      this.#refreshRequested = false;
+      const pool = this.#pool;
+      if (this.#state !== "open" || !pool) return; // an outage's recovery asks for its own refresh
+      const request: Notice = { g: reason, o: this.#id, at };
+      pool.query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)]).catch((error: unknown) => this.#queryFailed(error));
+    });
+  }
+
+  #dropListener(): void {
+    const listener = this.#listener;
+    this.#listener = null;
+    listener?.end().catch(() => {});
+  }
+
+  async #heartbeat(): Promise<void> {
+    const listener = this.#listener;
+    if (this.#state !== "open" || !listener) return;
+    try {
+      await listener.query("select 1");
+    } catch (error) {
+      if (this.#listener === listener) this.#lost("its LISTEN connection", error);
+    }
+  }
+
+  // --- delivery ------------------------------------------------------------
+
+  #onNotice(payload: string): void {
+    // notices only come from the current LISTEN connection; while it is being
+    // (re)established they wait in the inbox, and #connect drops those at or
+    // below the head it reads
+    if (this.#state === "closed") return;
+    let notice: Notice;
+    try {
+      notice = JSON.parse(payload) as Notice;
+    } catch {
+      return;
+    }
+    if ("g" in notice) {
+      // our own request needs no second refresh here if one went out after the last refused publish
+      if (notice.o === this.#id && this.#lastGapAt > notice.at) return;
+      this.#gap(notice.g);
+      return;
+    }
+    this.#inbox.push(notice);
+    if (this.#state === "open") void this.#pump();
+  }
+
+  /**
+   * Delivers notices strictly in seq order. NOTIFY arrives in commit order,
+   * which is seq order; a notice without its frame (too large to inline), or
+   * one that skips seqs, makes the pump read the missing frames from the
+   * table first. Frames the table no longer has mean a gap.
+   */
+  async #pump(): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (this.#inbox.length > 0 && this.#state === "open") {
+        const notice = this.#inbox.shift()!;
+        if (notice.e !== this.#epoch) this.#seen(notice.e, notice.s);
+        if (this.#delivered !== null && notice.s <= this.#delivered) continue;
+        // a new epoch does not continue the old one's seqs: it starts at its first notice
+        const from = this.#delivered ?? notice.s - 1;
+        if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
+          this.#hand({ stream: notice.n, seq: notice.s, position: formatPosition(notice.e, notice.s), frame: notice.f });
+          continue;
+        }
+        const pool = this.#pool;
+        if (!pool) return;
+        let rows: Array<{ seq: string; stream: string; frame: string }>;
+        try {
+          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [from, notice.s])).rows;
+        } catch (error) {
+          // frames that could not be read: this process's subscribers refresh
+          // (after the recovery, when the connection broke)
+          this.#queryFailed(error);
+          if (this.#state === "open") {
+            this.#delivered = notice.s;
+            this.#gap(`frames up to seq ${notice.s} could not be read: ${errorMessage(error)}`);
+            continue;
+          }
+          return;
+        }
+        if (this.#state !== "open") return;
+        let missing = false;
+        let expected = from + 1;
+        for (const row of rows) {
+          const seq = Number(row.seq);
+          if (seq < expected) continue;
+          if (seq !== expected) missing = true;
+          this.#hand({ stream: row.stream, seq, position: formatPosition(notice.e, seq), frame: row.frame });
+          expected = seq + 1;
+        }
+        if (expected <= notice.s) missing = true;
+        this.#delivered = notice.s;
+        if (missing) this.#gap("frames were pruned before this process could read them");
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #hand(frame: Published): void {
+    this.#delivered = frame.seq;
+    this.#maxSeen = Math.max(this.#maxSeen, frame.seq);
+    try {
+      this.#deliver?.(frame);
+    } catch (error) {
+      this.#events?.log("error", `delivering a frame of "${frame.stream}" failed`, error);
+    }
+  }
+
+  #gap(reason: string): void {
+    this.#lastGapAt = Date.now();
+    this.#events?.gap(reason);
+  }
+
+  // --- retention -----------------------------------------------------------
+
+  async #sweep(): Promise<void> {
+    const pool = this.#pool;
+    if (this.#state !== "open" || !pool || this.#sweeping) return;
+    this.#sweeping = true;
+    let client: pg.PoolClient | undefined;
+    try {
+      client = await pool.connect();
+      // pruning a big table may take longer than a publish may: its own,
+      // longer timeout, enforced by the server too
+      const query = (text: string, values: unknown[] = []) =>
+        client!.query({ text, values, query_timeout: SWEEP_TIMEOUT_MS + 5_000 } as pg.QueryConfig);
+      await query("begin");
+      await query(`set local statement_timeout = ${SWEEP_TIMEOUT_MS}`);
+      // one process sweeps at a time; the others skip this round
+      const locked = (await query(this.#sql.sweepLock, [`${this.#prefix}_sweep`])).rows[0]?.locked === true;
+      if (locked) {
+        await query(this.#sql.prune, [this.#history.frames, this.#history.maxFrames, this.#history.ageMs]);
+        await query(this.#sql.expire, [this.#idleMs]);
+      }
+      await query("commit");
+      client.release();
+      this.#sweepFailing = false;
+    } catch (error) {
+      if (client) {
+        await client.query("rollback").catch(() => {});
+        client.release(error as Error);
+      }
+      // a slow or failing prune is not an outage (the heartbeat and the
+      // listener tell those), and is logged once until a prune succeeds again
+      if (!this.#sweepFailing) this.#events?.log("warn", "postgres broker could not prune old frames; retrying every sweep", error);
+      this.#sweepFailing = true;
+    } finally {
+      this.#sweeping = false;
+    }
+  }
+
+  // --- helpers -------------------------------------------------------------
+
+  #seen(epoch: string, seq: number): void {
+    if (epoch !== this.#epoch) {
+      if (this.#epoch !== null) {
+        if (this.#state === "down") this.#epochLost = true;
+        else this.#events?.log("warn", `postgres broker's tables lost their history (new epoch ${epoch}): older cursors get a refresh`);
+        this.#delivered = null;
+      }
+      this.#epoch = epoch;
+    }
+    this.#maxSeen = Math.max(this.#maxSeen, seq);
+  }
+
+  /** (A method, not a field read, so TypeScript does not narrow it away across awaits.) */
+  #isClosed(): boolean {
+    return this.#state === "closed";
+  }
+
+  #timer(ms: number, fn: () => void): void {
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      fn();
+    }, ms);
+    timer.unref();
+    this.#timers.add(timer);
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.#timer(ms, resolve));
+  }
+
+  #every(ms: number, fn: () => void): void {
+    const interval = setInterval(fn, ms);
+    interval.unref();
+    this.#intervals.push(interval);
+  }
+}
+
+/**
+ * True for failures of the connection rather than of the statement: socket
+ * errors, timeouts, and the SQLSTATE classes 08 (connection exception) and
+ * 57P (operator intervention: shutdown, pg_terminate_backend), 53300 (too many connections).
+ */
+function isConnectionError(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) {
+    return code.startsWith("08") || code.startsWith("57P") || code === "53300";
+  }
+  return true;
+}
+
+/**
+ * Like libpq (psql), connect as the OS user when neither the URL nor PGUSER
+ * nor USER names one; node-postgres alone would send no user at all where
+ * USER is unset (containers, CI runners, services).
+ */
+export function withDefaultUser(connectionString: string): string {
+  if (process.env.PGUSER || process.env.USER) return connectionString;
+  let url: URL;
+  try {
+    url = new URL(connectionString);
+  } catch {
+    return connectionString;
+  }
+  if (url.username !== "" || !/^postgres(ql)?:$/.test(url.protocol)) return connectionString;
+  try {
+    url.username = encodeURIComponent(os.userInfo().username);
+  } catch {
+    return connectionString;
+  }
+  return url.toString();
+}
+
+/** A statement the server cancelled for its statement_timeout, or node-postgres's own timeouts (query read, pool wait). */
+function isTimeout(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  return code === "57014" || (!code && /timeout/i.test(error.message));
+}
+
+function isMissingTable(error: unknown): boolean {
+  return error instanceof Error && (error as { code?: unknown }).code === "42P01";
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A broker on PostgreSQL LISTEN/NOTIFY for several processes (or machines):
+ * every process's subscribers get every frame, in order — frames over
+ * NOTIFY's 8000-byte limit too — and a subscriber that reconnects to another
+ * process resumes from the frames table.
+ *
+ * Outages never crash the app: publishes fail fast with TURBOCAST_BROKER,
+ * the outage is logged once, the broker reconnects with backoff, and
+ * subscribers that may have missed frames get a refresh.
+ *
+ * `postgresBroker(url)` is short for `postgresBroker({ connectionString: url })`.
+ *
+ * @example
+ * const turbo = await createTurbo({ db, views, broker: postgresBroker({ connectionString: process.env.DATABASE_URL! }) });
+ */
+export function postgresBroker(options: PostgresBrokerOptions | string): Broker {
+  return new PostgresBroker(options);
+}

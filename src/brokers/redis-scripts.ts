@@ -1,0 +1,129 @@
+import { createHash } from "node:crypto";
+
+/**
+ * The Redis broker's Lua scripts. Redis runs each script atomically, so one
+ * script that takes the next seq, stores the frame and PUBLISHes it makes
+ * publish order equal seq order for every subscriber of every process.
+ *
+ * Keys (under the broker's prefix):
+ * - `meta`: a hash `{ epoch, seq }`. Both live in one key so they can only be
+ *   lost together: a Redis that lost `seq` has lost `epoch` too, and the next
+ *   script starts a new epoch instead of reusing old positions.
+ * - `clock`: a sorted set of checkpoints, Redis time in ms -> the seq taken at
+ *   that time, at most one per `clockStepMs`. It tells how old a cursor is, so
+ *   a cursor older than `idleMs` — whose streams may have expired whole — is
+ *   answered with a gap.
+ * - `s:<stream>`: one sorted set per stream, scored by seq, members
+ *   `<seq>:<ms>:<frame>`, plus one marker member `~floor` scored with the seq
+ *   of the newest frame evicted from the stream (0 while none was). Frame
+ *   members start with a digit, so the marker cannot collide with one, and its
+ *   score is below every retained frame's, so a range read that starts below
+ *   the floor returns the marker first: that is how a trimmed cursor shows.
+ *   The key expires `idleMs` after the stream's newest frame.
+ *
+ * Seqs stay below 1e14: Lua formats numbers with 14 significant digits.
+ */
+
+const NOW_AND_META = `
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local now = now_ms()
+-- a missing meta hash means a new epoch; its seqs start after every earlier
+-- epoch's (see EPOCH_SEQ_MARGIN in connection.ts)
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  local start = now * 10
+  local min = tonumber(ARGV[2])
+  if min > start then start = min end
+  redis.call('HSET', KEYS[1], 'seq', start)
+end
+`;
+
+/**
+ * KEYS: meta, clock, s:<stream>.
+ * ARGV: epoch candidate, min seq of a new epoch, stream, frame, frames to keep,
+ * ageMs, maxFrames, idleMs, channel, clockStepMs.
+ * Returns { epoch, seq }.
+ */
+export const PUBLISH_SCRIPT = `${NOW_AND_META}
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+
+local key = KEYS[3]
+if redis.call('EXISTS', key) == 0 then redis.call('ZADD', key, 0, '~floor') end
+redis.call('ZADD', key, seq, seq .. ':' .. now .. ':' .. ARGV[4])
+
+-- retention: a frame goes when it is beyond the newest maxFrames, or beyond
+-- the newest 'keep' and older than ageMs; the oldest are ranks 1.. (0 is the marker)
+local n = redis.call('ZCARD', key) - 1
+local keep, age, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local evicted = -1
+if n > cap then
+  local last = redis.call('ZRANGE', key, n - cap, n - cap, 'WITHSCORES')
+  evicted = tonumber(last[2])
+  redis.call('ZREMRANGEBYRANK', key, 1, n - cap)
+  n = cap
+end
+while n > keep do
+  local oldest = redis.call('ZRANGE', key, 1, 1, 'WITHSCORES')
+  local member = oldest[1]
+  local first = string.find(member, ':', 1, true)
+  local second = string.find(member, ':', first + 1, true)
+  if now - tonumber(string.sub(member, first + 1, second - 1)) <= age then break end
+  evicted = tonumber(oldest[2])
+  redis.call('ZREMRANGEBYRANK', key, 1, 1)
+  n = n - 1
+end
+if evicted >= 0 then redis.call('ZADD', key, evicted, '~floor') end
+redis.call('PEXPIRE', key, ARGV[8])
+
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[10]) then
+  redis.call('ZADD', KEYS[2], now, seq)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[8])))
+end
+
+redis.call('PUBLISH', ARGV[9], cjson.encode({ e = epoch, s = seq, n = ARGV[3], f = ARGV[4] }))
+return { epoch, seq }
+`;
+
+/**
+ * KEYS: meta. ARGV: epoch candidate, min seq of a new epoch.
+ * Returns { epoch, seq } (creating the epoch when Redis has none).
+ */
+export const HEAD_SCRIPT = `${NOW_AND_META}
+return { redis.call('HGET', KEYS[1], 'epoch'), tonumber(redis.call('HGET', KEYS[1], 'seq')) }
+`;
+
+/**
+ * KEYS: meta, clock, s:<stream>… ARGV: epoch of the cursor, seq of the cursor, idleMs.
+ * Returns { 'ok', members of stream 1, members of stream 2, … } with the frames
+ * after the cursor, or { reason } when the history no longer reaches back to it.
+ */
+export const HISTORY_SCRIPT = `
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch or epoch ~= ARGV[1] then return { 'epoch' } end
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local after = tonumber(ARGV[2])
+if after > head then return { 'ahead' } end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- every frame published before now - idleMs has a seq below the first
+-- checkpoint taken after it; with no such checkpoint, below the head
+local checkpoint = redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[3]), '+inf', 'LIMIT', 0, 1)
+local horizon = head
+if #checkpoint > 0 then horizon = tonumber(checkpoint[1]) - 1 end
+if after < horizon then return { 'idle' } end
+local out = { 'ok' }
+for i = 3, #KEYS do
+  local members = redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. ARGV[2], '+inf')
+  if members[1] == '~floor' then return { 'trimmed' } end
+  out[#out + 1] = members
+end
+return out
+`;
+
+export function sha1(text: string): string {
+  return createHash("sha1").update(text).digest("hex");
+}

@@ -1,0 +1,546 @@
+import { randomBytes } from "node:crypto";
+import { Redis } from "ioredis";
+import { BrokerError, ClosedError, ConfigError } from "../errors.js";
+import {
+  type Broker,
+  type BrokerEvents,
+  type HistoryOptions,
+  type Published,
+  formatPosition,
+  parsePosition,
+  resolveHistory,
+} from "./broker.js";
+import { EPOCH_SEQ_MARGIN, OutageLog, backoffMs, redactUrl } from "./connection.js";
+import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, sha1 } from "./redis-scripts.js";
+
+/** Options of redisBroker. Every default is listed here. */
+export interface RedisBrokerOptions {
+  /** `redis://[user:password@]host:port[/db]` or `rediss://…`. Required. */
+  url: string;
+  /** Prefix of every key and of the pub/sub channel; brokers that share it share frames. Default `"turbocast:"`. */
+  keyPrefix?: string;
+  /** Replay window per stream. Default: at least 1,000 frames and 5 minutes, at most 10,000 frames. */
+  history?: HistoryOptions;
+  /**
+   * A stream with no new frame for this long is dropped whole (its key
+   * expires), so streams of rows nobody touches stop costing memory; a cursor
+   * older than this gets a refresh. Default 24 hours, never less than `history.ageMs`.
+   */
+  idleMs?: number;
+  /** A publish, history read or head read that takes longer fails, and the connection is recycled. Default 2,000 ms. */
+  commandTimeoutMs?: number;
+  /** `start()` fails with TURBOCAST_BROKER when Redis cannot be reached for this long. Default 10,000 ms. */
+  connectTimeoutMs?: number;
+  /** Reconnect delays double from 50 ms up to this. Default 2,000 ms. */
+  maxBackoffMs?: number;
+  /** `CLIENT SETNAME` of the broker's two connections (shown by `CLIENT LIST`). Default `"turbocast"`. */
+  connectionName?: string;
+}
+
+const DEFAULTS = {
+  keyPrefix: "turbocast:",
+  idleMs: 24 * 60 * 60_000,
+  commandTimeoutMs: 2_000,
+  connectTimeoutMs: 10_000,
+  maxBackoffMs: 2_000,
+  connectionName: "turbocast",
+} as const;
+
+/** What the PUBLISH channel carries: a frame, or a request that every process refresh its subscribers. */
+type Message = { e: string; s: number; n: string; f: string } | { g: string; o: string; at: number };
+
+type State = "new" | "connecting" | "open" | "down" | "closed";
+
+/**
+ * A broker on Redis: frames go through one pub/sub channel to every process,
+ * and each stream's recent frames are kept in Redis, so a subscriber that
+ * reconnects to any process resumes from its cursor.
+ *
+ * Two connections: one for commands (publish, history, head), one subscribed
+ * to the channel. Either may drop; while the command connection is down
+ * publishes fail at once with a BrokerError (nothing is queued, so memory
+ * stays flat), and after the subscription is restored every subscriber of
+ * this process gets a refresh (it may have missed frames). If publishes were
+ * refused, the broker asks every process to refresh once it is back.
+ */
+export class RedisBroker implements Broker {
+  readonly kind = "redis";
+  #url: string;
+  #target: string;
+  #prefix: string;
+  #channel: string;
+  #history: Required<HistoryOptions>;
+  #idleMs: number;
+  #clockStepMs: number;
+  #commandTimeoutMs: number;
+  #connectTimeoutMs: number;
+  #maxBackoffMs: number;
+  #connectionName: string;
+  /** Identifies this broker's own refresh requests on the channel. */
+  #id = randomBytes(6).toString("base64url");
+
+  #state: State = "new";
+  #cmd: Redis | null = null;
+  #sub: Redis | null = null;
+  #cmdUp = false;
+  #subLive = false;
+  /** The subscription dropped since the last refresh: this process's subscribers may have missed frames. */
+  #subMissed = false;
+  #deliver: ((frame: Published) => void) | null = null;
+  #events: BrokerEvents | null = null;
+  #outage: OutageLog | null = null;
+  #lastError: unknown = undefined;
+  /** Wall-clock ms of the last refresh this broker asked its own subscribers for. */
+  #lastGapAt = 0;
+  #epoch: string | null = null;
+  /** The epoch changed during the current outage (Redis lost its data): said when the outage ends. */
+  #epochLost = false;
+  /** seq of the newest frame delivered in the current epoch (frames at or below it are duplicates). */
+  #delivered = 0;
+  /** The newest seq this broker has seen in any way: head() falls back to it while Redis is unreachable. */
+  #maxSeen = 0;
+  #timers = new Set<NodeJS.Timeout>();
+  #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
+
+  constructor(options: RedisBrokerOptions | string) {
+    if (typeof options === "string") options = { url: options };
+    if (!options || typeof options.url !== "string" || options.url === "") {
+      throw new ConfigError('redisBroker needs { url }, for example redisBroker({ url: "redis://127.0.0.1:6379" })');
+    }
+    this.#url = options.url;
+    this.#target = redactUrl(options.url);
+    this.#prefix = options.keyPrefix ?? DEFAULTS.keyPrefix;
+    this.#channel = `${this.#prefix}frames`;
+    this.#history = resolveHistory(options.history);
+    this.#idleMs = Math.max(options.idleMs ?? DEFAULTS.idleMs, this.#history.ageMs);
+    this.#clockStepMs = Math.max(1, Math.floor(this.#idleMs / 8));
+    this.#commandTimeoutMs = options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
+    this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
+    this.#connectionName = options.connectionName ?? DEFAULTS.connectionName;
+    if (!/^[!-~]+$/.test(this.#connectionName)) {
+      throw new ConfigError(`redisBroker connectionName "${this.#connectionName}" must be printable ASCII without spaces (CLIENT SETNAME)`);
+    }
+  }
+
+  /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
+  get state(): State {
+    return this.#state;
+  }
+
+  async start(deliver: (frame: Published) => void, events: BrokerEvents): Promise<void> {
+    if (this.#state === "closed") throw new ClosedError("redis broker");
+    if (this.#state !== "new") throw new BrokerError("redis broker was already started");
+    this.#state = "connecting";
+    this.#deliver = deliver;
+    this.#events = events;
+    this.#outage = new OutageLog("redis", this.#target, events);
+
+    const opened = new Promise<void>((resolve, reject) => (this.#opened = { resolve, reject }));
+    const timeout = this.#timer(this.#connectTimeoutMs, () => {
+      this.#opened?.reject(
+        new BrokerError(`redis broker could not reach ${this.#target} within ${this.#connectTimeoutMs} ms`, {
+          cause: this.#lastError,
+        }),
+      );
+    });
+    this.#cmd = this.#connect("cmd");
+    this.#sub = this.#connect("sub");
+    try {
+      await opened;
+    } catch (error) {
+      await this.close();
+      throw error;
+    } finally {
+      this.#clearTimer(timeout);
+      this.#opened = null;
+    }
+  }
+
+  async publish(stream: string, frame: string): Promise<Published> {
+    if (this.#state === "closed") throw new ClosedError("redis broker");
+    if (typeof stream !== "string" || typeof frame !== "string") {
+      throw new BrokerError("publish(stream, frame) takes two strings");
+    }
+    const cmd = this.#cmd;
+    if (this.#state === "new" || this.#state === "connecting" || !cmd) {
+      throw new BrokerError("redis broker is not started: await broker.start() first");
+    }
+    if (!this.#cmdUp) {
+      this.#outage?.refused();
+      throw new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
+    }
+    let reply: unknown;
+    try {
+      reply = await this.#run(
+        cmd,
+        PUBLISH_SCRIPT,
+        [`${this.#prefix}meta`, `${this.#prefix}clock`, this.#streamKey(stream)],
+        [
+          this.#newEpoch(),
+          this.#newEpochMinSeq(),
+          stream,
+          frame,
+          this.#history.frames,
+          this.#history.ageMs,
+          this.#history.maxFrames,
+          this.#idleMs,
+          this.#channel,
+          this.#clockStepMs,
+        ],
+      );
+    } catch (error) {
+      this.#commandFailed(error);
+      // a publish lost to the connection is a frame nobody gets: counted, so
+      // every process is asked to refresh once Redis is back
+      if (!isReplyError(error)) this.#outage?.refused();
+      throw new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error });
+    }
+    const [epoch, seq] = reply as [string, number];
+    this.#seen(epoch, seq);
+    return { stream, seq, position: formatPosition(epoch, seq), frame };
+  }
+
+  async history(streams: readonly string[], after: string): Promise<Published[] | null> {
+    if (this.#state === "closed") throw new ClosedError("redis broker");
+    const cursor = parsePosition(after);
+    const cmd = this.#cmd;
+    // while Redis is unreachable nothing can be replayed: a refresh is the honest answer
+    if (!cursor || !cmd || !this.#cmdUp) return null;
+    if (streams.length === 0) return [];
+    let reply: unknown;
+    try {
+      reply = await this.#run(
+        cmd,
+        HISTORY_SCRIPT,
+        [`${this.#prefix}meta`, `${this.#prefix}clock`, ...streams.map((s) => this.#streamKey(s))],
+        [cursor.epoch, String(cursor.seq), this.#idleMs],
+      );
+    } catch (error) {
+      this.#commandFailed(error);
+      return null;
+    }
+    const [status, ...lists] = reply as [string, ...string[][]];
+    if (status !== "ok") return null;
+    const out: Published[] = [];
+    lists.forEach((members, i) => {
+      const stream = streams[i]!;
+      for (const member of members) {
+        const first = member.indexOf(":");
+        const second = member.indexOf(":", first + 1);
+        const seq = Number(member.slice(0, first));
+        out.push({ stream, seq, position: formatPosition(cursor.epoch, seq), frame: member.slice(second + 1) });
+      }
+    });
+    if (streams.length > 1) out.sort((a, b) => a.seq - b.seq);
+    return out;
+  }
+
+  async head(): Promise<string> {
+    if (this.#state === "closed") throw new ClosedError("redis broker");
+    const cmd = this.#cmd;
+    if (cmd && this.#cmdUp) {
+      try {
+        const [epoch, seq] = (await this.#run(cmd, HEAD_SCRIPT, [`${this.#prefix}meta`], [
+          this.#newEpoch(),
+          this.#newEpochMinSeq(),
+        ])) as [string, number];
+        this.#seen(epoch, seq);
+        return formatPosition(epoch, seq);
+      } catch (error) {
+        this.#commandFailed(error);
+      }
+    }
+    // Redis is unreachable: pages still render. The newest seq seen here is at
+    // or below the true head, which is safe (a cursor too low replays more).
+    if (this.#epoch === null) throw new BrokerError("redis broker is not started: await broker.start() first");
+    return formatPosition(this.#epoch, this.#maxSeen);
+  }
+
+  async close(): Promise<void> {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    this.#opened?.reject(new ClosedError("redis broker"));
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+    this.#deliver = null;
+    const connections = [this.#cmd, this.#sub].filter((c): c is Redis => c !== null);
+    this.#cmd = null;
+    this.#sub = null;
+    this.#cmdUp = false;
+    this.#subLive = false;
+    await Promise.all(connections.map((connection) => disconnect(connection)));
+  }
+
+  // --- connections ---------------------------------------------------------
+
+  #connect(role: "cmd" | "sub"): Redis {
+    const connection = new Redis(this.#url, {
+      lazyConnect: true,
+      connectionName: this.#connectionName,
+      // nothing waits for a connection: a publish while Redis is away fails
+      // at once instead of piling up in memory, and a publish whose reply was
+      // lost is not sent twice (it may have gone through: a second send would
+      // be a duplicate frame under a new seq)
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
+      // the subscription is restored by hand, so the refresh goes out only once it is live again
+      autoResubscribe: false,
+      commandTimeout: role === "cmd" ? this.#commandTimeoutMs : undefined,
+      connectTimeout: Math.max(1_000, this.#commandTimeoutMs),
+      retryStrategy: (attempt) => backoffMs(attempt, this.#maxBackoffMs),
+    });
+    connection.on("error", (error: unknown) => {
+      this.#lastError = error;
+    });
+    connection.on("ready", () => {
+      if (this.#state === "closed") return;
+      if (role === "cmd") void this.#onCommandReady(connection);
+      else void this.#onSubscriberReady(connection);
+    });
+    connection.on("close", () => {
+      if (this.#state === "closed") return;
+      if (role === "cmd") {
+        this.#cmdUp = false;
+        this.#lost("its connection", this.#lastError);
+      } else {
+        if (this.#subLive) this.#subMissed = true;
+        this.#subLive = false;
+        this.#lost("its subscription", this.#lastError);
+      }
+    });
+    // 'end' means ioredis gave up on this connection (it does on some
+    // connector errors); keep trying ourselves
+    connection.on("end", () => {
+      if (this.#state === "closed") return;
+      this.#timer(this.#maxBackoffMs, () => connection.connect().catch(() => {}));
+    });
+    if (role === "sub") connection.on("message", (_channel: string, text: string) => this.#onMessage(text));
+    connection.connect().catch(() => {
+      // failures surface through 'error'/'close' and are retried by retryStrategy
+    });
+    return connection;
+  }
+
+  async #onCommandReady(cmd: Redis): Promise<void> {
+    // learn (or create) the epoch before anything is published or delivered;
+    // after an outage this is also where a Redis that lost its data shows
+    let head: [string, number];
+    try {
+      head = (await this.#run(cmd, HEAD_SCRIPT, [`${this.#prefix}meta`], [
+        this.#newEpoch(),
+        this.#newEpochMinSeq(),
+      ])) as [string, number];
+    } catch (error) {
+      this.#lastError = error;
+      if (this.#state !== "closed") cmd.disconnect(true);
+      return;
+    }
+    if (this.#state === "closed" || cmd !== this.#cmd || cmd.status !== "ready") return;
+    const [epoch, seq] = head;
+    this.#seen(epoch, seq);
+    this.#cmdUp = true;
+    const outage = this.#outage!;
+    if (outage.lastRefusedAt > 0) {
+      // publishes refused here were lost for every process: ask them all to refresh
+      const request: Message = { g: "redis publishes were refused during an outage", o: this.#id, at: outage.lastRefusedAt };
+      try {
+        await cmd.publish(this.#channel, JSON.stringify(request));
+        outage.lastRefusedAt = 0;
+      } catch (error) {
+        this.#lastError = error;
+        this.#cmdUp = false;
+        if (!this.#isClosed()) cmd.disconnect(true);
+        return;
+      }
+    }
+    this.#maybeOpen();
+  }
+
+  async #onSubscriberReady(sub: Redis): Promise<void> {
+    try {
+      await sub.subscribe(this.#channel);
+    } catch (error) {
+      this.#lastError = error;
+      if (this.#state !== "closed") sub.disconnect(true);
+      return;
+    }
+    if (this.#state === "closed" || sub !== this.#sub) return;
+    this.#subLive = true;
+    if (this.#subMissed) {
+      this.#subMissed = false;
+      this.#gap("the redis subscription was interrupted");
+    }
+    this.#maybeOpen();
+  }
+
+  #maybeOpen(): void {
+    if (!this.#cmdUp || !this.#subLive || this.#epoch === null) return;
+    // the next outage's log line names its own cause, not this one's
+    this.#lastError = undefined;
+    if (this.#state === "connecting") {
+      this.#state = "open";
+      this.#opened?.resolve();
+    } else if (this.#state === "down") {
+      this.#state = "open";
+      this.#outage?.end(this.#epochLost ? `Redis had lost the broker's keys (new epoch ${this.#epoch}): older cursors get a refresh` : undefined);
+      this.#epochLost = false;
+    }
+  }
+
+  #lost(what: string, error: unknown): void {
+    if (this.#state === "open") this.#state = "down";
+    if (this.#state === "down") this.#outage?.begin(what, error);
+  }
+
+  /** A command failed: if the connection looks stuck (a timeout), recycle it so the outage is noticed and healed. */
+  #commandFailed(error: unknown): void {
+    this.#lastError = error;
+    if (error instanceof Error && /timed out/i.test(error.message)) this.#cmd?.disconnect(true);
+  }
+
+  #onMessage(text: string): void {
+    if (this.#state === "closed" || !this.#subLive) return;
+    let message: Message;
+    try {
+      message = JSON.parse(text) as Message;
+    } catch {
+      return;
+    }
+    if ("g" in message) {
+      // our own request needs no second refresh here if one went out after the last refused publish
+      if (message.o === this.#id && this.#lastGapAt > message.at) return;
+      this.#gap(message.g);
+      return;
+    }
+    const { e: epoch, s: seq, n: stream, f: frame } = message;
+    // until the first head read the epoch is unknown and nobody is subscribed yet
+    if (this.#epoch === null) return;
+    if (epoch === this.#epoch && seq <= this.#delivered) return;
+    this.#seen(epoch, seq);
+    this.#delivered = seq;
+    const published: Published = { stream, seq, position: formatPosition(epoch, seq), frame };
+    try {
+      this.#deliver?.(published);
+    } catch (error) {
+      this.#events?.log("error", `delivering a frame of "${stream}" failed`, error);
+    }
+  }
+
+  #gap(reason: string): void {
+    this.#lastGapAt = Date.now();
+    this.#events?.gap(reason);
+  }
+
+  // --- helpers -------------------------------------------------------------
+
+  /** Records a seq read from Redis; a new epoch means Redis lost the broker's keys. */
+  #seen(epoch: string, seq: number): void {
+    if (epoch !== this.#epoch) {
+      if (this.#epoch === null) {
+        // first contact: every frame up to here was published before this broker started
+        this.#delivered = seq;
+      } else {
+        // during an outage this is said once, in the line that ends it
+        if (this.#state === "down") this.#epochLost = true;
+        else this.#events?.log("warn", `redis at ${this.#target} lost the broker's keys (new epoch ${epoch}): older cursors get a refresh`);
+        // a new epoch's seqs start above the old ones; this keeps it so even if clocks disagree
+        this.#delivered = Math.min(this.#delivered, seq - 1);
+      }
+      this.#epoch = epoch;
+    }
+    this.#maxSeen = Math.max(this.#maxSeen, seq);
+  }
+
+  /** (A method, not a field read, so TypeScript does not narrow it away across awaits.) */
+  #isClosed(): boolean {
+    return this.#state === "closed";
+  }
+
+  #newEpoch(): string {
+    return randomBytes(6).toString("base64url");
+  }
+
+  #newEpochMinSeq(): number {
+    return this.#maxSeen > 0 ? this.#maxSeen + EPOCH_SEQ_MARGIN : 0;
+  }
+
+  #streamKey(stream: string): string {
+    return `${this.#prefix}s:${stream}`;
+  }
+
+  /** EVALSHA, falling back to EVAL when Redis does not know the script (first use, or after a restart). */
+  async #run(cmd: Redis, script: string, keys: string[], args: Array<string | number>): Promise<unknown> {
+    try {
+      return await cmd.evalsha(sha1(script), keys.length, ...keys, ...args);
+    } catch (error) {
+      if (error instanceof Error && error.message.startsWith("NOSCRIPT")) {
+        return await cmd.eval(script, keys.length, ...keys, ...args);
+      }
+      throw error;
+    }
+  }
+
+  #timer(ms: number, fn: () => void): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      fn();
+    }, ms);
+    timer.unref();
+    this.#timers.add(timer);
+    return timer;
+  }
+
+  #clearTimer(timer: NodeJS.Timeout): void {
+    clearTimeout(timer);
+    this.#timers.delete(timer);
+  }
+}
+
+/** An error Redis itself answered with (a script error, OOM): the connection is fine. */
+function isReplyError(error: unknown): boolean {
+  return error instanceof Error && error.name === "ReplyError";
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** Closes a connection now; resolves once its socket is gone (at most a second later, whatever happens). */
+function disconnect(connection: Redis): Promise<void> {
+  // between attempts ('reconnecting') there is no socket: disconnect() just cancels the next attempt
+  const hasSocket = connection.status === "connecting" || connection.status === "connect" || connection.status === "ready";
+  if (!hasSocket) {
+    connection.disconnect();
+    return Promise.resolve();
+  }
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, 1_000);
+    timer.unref();
+    connection.once("end", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    connection.disconnect();
+  });
+}
+
+/**
+ * A broker on Redis pub/sub for several processes (or machines): every
+ * process's subscribers get every frame, in order, and a subscriber that
+ * reconnects to another process resumes from its cursor out of the history
+ * kept in Redis.
+ *
+ * Outages never crash the app: publishes fail fast with TURBOCAST_BROKER,
+ * the outage is logged once, the broker reconnects with backoff, and
+ * subscribers that may have missed frames get a refresh.
+ *
+ * `redisBroker(url)` is short for `redisBroker({ url })`.
+ *
+ * @example
+ * const turbo = await createTurbo({ db, views, broker: redisBroker({ url: process.env.REDIS_URL! }) });
+ */
+export function redisBroker(options: RedisBrokerOptions | string): Broker {
+  return new RedisBroker(options);
+}
