@@ -10,4 +10,6 @@ export { escapeHtml } from "./frames/escape.js";
 export { memoryBroker, MemoryBroker } from "./brokers/memory.js";
 export type { Broker, BrokerEvents, Published, HistoryOptions } from "./brokers/broker.js";
 export type { Logger } from "./logger.js";
+export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
+export type { CaptureOptions, FeedState } from "./changes/feed.js";
 export * from "./errors.js";

@@ -1,10 +1,12 @@
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
+import type Database from "better-sqlite3";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type nunjucks from "nunjucks";
 import { type Broker, type HistoryOptions, type Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
+import { type CaptureOptions, ChangeFeed } from "./changes/feed.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { Hub } from "./delivery/hub.js";
 import { ClosedError, ConfigError } from "./errors.js";
@@ -40,6 +42,13 @@ export interface TurboOptions {
   refreshDebounceMs?: number;
   /** Where turbocast logs hook failures and broker outages. Default: console. */
   logger?: Logger;
+  /**
+   * Change capture: triggers on every bound table feed a change log that is
+   * drained into `onSave` / `onDelete`. Defaults: `pollIntervalMs` 100,
+   * `batchSize` 100, `leaseMs` 30,000, `retain` `{ count: 10_000, ageMs: 3_600_000 }`
+   * (see CaptureOptions for each).
+   */
+  capture?: CaptureOptions;
 }
 
 /** A running turbocast instance. */
@@ -49,6 +58,8 @@ export interface Turbo {
   readonly hub: Hub;
   readonly views: nunjucks.Environment;
   readonly logger: Logger;
+  /** The change feed that calls the hooks (`state`, `drain()` to dispatch everything committed so far). */
+  readonly feed: ChangeFeed;
   /** Publishes an already built frame to a stream name (what every broadcast method ends in). */
   publish(stream: string, frame: string): Promise<Published>;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
@@ -57,9 +68,11 @@ export interface Turbo {
 
 /**
  * Starts turbocast for an app: registers the stream classes, instruments the
- * Drizzle database, starts the broker and the hub.
+ * Drizzle database, starts the broker and the hub, installs change capture
+ * on every bound table (in one transaction) and starts the change feed.
  *
- * A createTurbo that throws leaves nothing running.
+ * A createTurbo that throws leaves nothing running and no trigger installed
+ * by it.
  *
  * @example
  * const turbo = await createTurbo({ db, views: env, streams: "streams" });
@@ -80,6 +93,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
   let state: "open" | "closing" | "closed" = "open";
+  let closing: Promise<void> | undefined;
   const cleanups: Array<() => unknown> = [];
   const pendingRefresh = new Map<string, { promise: Promise<Published> }>();
 
@@ -111,11 +125,15 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     },
   };
 
+  const client = sqliteClient(db);
+  const feed = new ChangeFeed({ client, registry, logger, options: options.capture });
+
   let instrumentation: Instrumentation | undefined;
+  let bound = false;
   try {
     instrumentation = instrumentDatabase(db, {
       classFor: (table) => registry.forTable(table),
-      onWrite: () => {},
+      onWrite: () => feed.notify(),
     });
     await broker.start((frame) => hub.deliver(frame), {
       gap: (reason) => {
@@ -124,12 +142,17 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       },
       log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
     });
+    for (const cls of registry.classes) bindStreamClass(cls, runtime);
+    bound = true;
+    // last: from here on hooks may run, so everything they use is in place
+    feed.start();
   } catch (error) {
+    await feed.close();
+    if (bound) for (const cls of registry.classes) unbindStreamClass(cls, runtime);
     instrumentation?.restore();
     await broker.close().catch(() => {});
     throw error;
   }
-  for (const cls of registry.classes) bindStreamClass(cls, runtime);
 
   const turbo: Turbo = {
     registry,
@@ -137,16 +160,32 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     hub,
     views,
     logger,
+    feed,
     publish,
-    async close() {
-      if (state !== "open") return;
-      state = "closing";
-      for (const cls of registry.classes) unbindStreamClass(cls, runtime);
-      for (const cleanup of cleanups.splice(0)) cleanup();
-      instrumentation?.restore();
-      await broker.close();
-      state = "closed";
+    close() {
+      closing ??= (async () => {
+        // first: the change being dispatched may still publish
+        await feed.close();
+        state = "closing";
+        for (const cls of registry.classes) unbindStreamClass(cls, runtime);
+        for (const cleanup of cleanups.splice(0)) cleanup();
+        instrumentation?.restore();
+        await broker.close();
+        state = "closed";
+      })();
+      return closing;
     },
   };
   return turbo;
+}
+
+/** The better-sqlite3 connection under a Drizzle database. */
+function sqliteClient(db: TurboDatabase): Database.Database {
+  const candidate =
+    (db as unknown as { $client?: unknown }).$client ?? (db as unknown as { session?: { client?: unknown } }).session?.client;
+  const client = candidate as Partial<Database.Database> | undefined;
+  if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
+    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
+  }
+  return client as Database.Database;
 }
