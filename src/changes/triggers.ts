@@ -19,6 +19,13 @@ import { LOG_TABLE, NAMESPACE, quoteIdent, quoteLiteral } from "./sql.js";
  * longer matches what sqlite_master holds and the triggers are recreated.
  */
 
+/** A column as the triggers copy it. */
+export interface TriggerColumn {
+  name: string;
+  /** Copy it blob-safe (see `encodesBlobs`). */
+  blobSafe: boolean;
+}
+
 /** A bound table as capture sees it: SQL names only. */
 export interface CaptureTable {
   /** The table's SQL name (what the log records and the registry looks up). */
@@ -27,6 +34,30 @@ export interface CaptureTable {
   keys: readonly string[];
   /** SQL names of the columns the Drizzle table declares (to warn about ones the database lacks). */
   columns: readonly string[];
+  /** SQL names of the columns whose Drizzle type writes blobs (blob modes, custom types), whatever the declared type. */
+  blobColumns: readonly string[];
+}
+
+/**
+ * Whether a column's values are copied blob-safe. json_object() refuses a
+ * blob — inside a trigger that would fail the app's own write — so "blob
+ * columns" get `CASE typeof(x) WHEN 'blob' ...`: columns of BLOB affinity
+ * (declared BLOB, or no type), ANY columns of STRICT tables, and columns
+ * whose Drizzle type writes blobs. The rest are copied as is: the CASE costs
+ * compile time in every statement that fires the trigger, and Drizzle
+ * prepares every query anew. The price: a blob forced by raw SQL into a
+ * column declared INTEGER, TEXT, REAL or NUMERIC of a non-STRICT table makes
+ * that write fail ("JSON cannot hold BLOB values"; "malformed JSON" since
+ * SQLite 3.45) — declare such a column BLOB.
+ */
+export function encodesBlobs(column: { type: string; rowidAlias: boolean; drizzleBlob: boolean }, strict: boolean): boolean {
+  if (column.rowidAlias) return false;
+  if (column.drizzleBlob) return true;
+  const type = column.type.toUpperCase();
+  if (strict) return type === "BLOB" || type === "ANY";
+  // SQLite's affinity rules, in their order: INT, then CHAR/CLOB/TEXT, then BLOB or no type
+  if (type.includes("INT") || type.includes("CHAR") || type.includes("CLOB") || type.includes("TEXT")) return false;
+  return type === "" || type.includes("BLOB");
 }
 
 export type TriggerKind = "ins" | "upd" | "del";
@@ -36,14 +67,12 @@ export function triggerName(table: string, kind: TriggerKind): string {
 }
 
 /**
- * A value as it goes into the row JSON. json_object() refuses blobs (and an
- * error there would fail the app's own write), so a blob — in any column,
- * SQLite lets every column hold one — becomes `["<HEX>"]`. No other value can
- * appear as a JSON array in the row (text stays a JSON string), so the
- * decoder knows it for a blob.
+ * A value as it goes into the row JSON. In a blob-safe column a blob becomes
+ * `["<HEX>"]`; no other value can appear as a JSON array in the row (text
+ * stays a JSON string), so the decoder knows it for a blob.
  */
-function jsonValue(ref: string): string {
-  return `CASE typeof(${ref}) WHEN 'blob' THEN json_array(hex(${ref})) ELSE ${ref} END`;
+function jsonValue(ref: string, blobSafe: boolean): string {
+  return blobSafe ? `CASE typeof(${ref}) WHEN 'blob' THEN json_array(hex(${ref})) ELSE ${ref} END` : ref;
 }
 
 /**
@@ -52,18 +81,17 @@ function jsonValue(ref: string): string {
  * recreate, so it must stay byte-stable (no leading blanks, no IF NOT EXISTS:
  * SQLite stores the statement as written, minus those).
  */
-export function triggerStatements(table: string, columns: readonly string[], keys: readonly string[]): Map<string, string> {
+export function triggerStatements(table: string, columns: readonly TriggerColumn[]): Map<string, string> {
   const t = quoteIdent(table);
   const log = quoteIdent(LOG_TABLE);
   const name = quoteLiteral(table);
   const body = (op: string, rowAlias: "NEW" | "OLD"): string => {
-    const pk = `json_array(${keys.map((k) => jsonValue(`${rowAlias}.${quoteIdent(k)}`)).join(", ")})`;
-    const row = `json_object(${columns.map((c) => `${quoteLiteral(c)}, ${jsonValue(`${rowAlias}.${quoteIdent(c)}`)}`).join(", ")})`;
-    return `BEGIN INSERT INTO ${log} (tbl, op, pk, row_json) VALUES (${name}, '${op}', ${pk}, ${row}); END`;
+    const row = `json_object(${columns.map((c) => `${quoteLiteral(c.name)}, ${jsonValue(`${rowAlias}.${quoteIdent(c.name)}`, c.blobSafe)}`).join(", ")})`;
+    return `BEGIN INSERT INTO ${log} (tbl, op, row_json, at) VALUES (${name}, '${op}', ${row}, unixepoch()); END`;
   };
   // An UPDATE that changes no column is not a change (turbo-rails #610: no-op saves broadcast).
   // COLLATE BINARY: under a NOCASE column 'a' -> 'A' is still a change the page should show.
-  const changed = columns.map((c) => `NEW.${quoteIdent(c)} IS NOT OLD.${quoteIdent(c)} COLLATE BINARY`).join(" OR ");
+  const changed = columns.map(({ name: c }) => `NEW.${quoteIdent(c)} IS NOT OLD.${quoteIdent(c)} COLLATE BINARY`).join(" OR ");
   const ins = triggerName(table, "ins");
   const upd = triggerName(table, "upd");
   const del = triggerName(table, "del");
@@ -104,7 +132,8 @@ export function syncTriggers(client: Database.Database, tables: readonly Capture
     for (const ddl of LOG_DDL) client.exec(ddl);
     const result: TriggerSync = { created: [], dropped: [], missingTables: [], missingColumns: [], captured: [], schemaVersion: 0 };
     const objectType = client.prepare(`SELECT type FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN ('table', 'view')`).pluck();
-    const tableColumns = client.prepare(`SELECT name, hidden FROM pragma_table_xinfo(?)`);
+    const tableColumns = client.prepare(`SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)`);
+    const tableKind = client.prepare(`SELECT strict, wr AS withoutRowid FROM pragma_table_list WHERE name = ? COLLATE NOCASE AND schema = 'main'`);
     const wanted = new Map<string, string>();
     for (const table of tables) {
       const type = objectType.get(table.name) as string | undefined;
@@ -114,17 +143,23 @@ export function syncTriggers(client: Database.Database, tables: readonly Capture
       }
       if (type === "view") throw new CaptureInstallError(table.name, "it is a view; bind a table");
       // hidden: 0 ordinary, 1 virtual-table hidden column, 2/3 generated (readable in triggers)
-      const columns = (tableColumns.all(table.name) as Array<{ name: string; hidden: number }>)
-        .filter((c) => c.hidden !== 1)
-        .map((c) => c.name);
-      const present = new Set(columns.map((c) => c.toLowerCase()));
+      const info = (tableColumns.all(table.name) as Array<{ name: string; type: string; pk: number; hidden: number }>).filter((c) => c.hidden !== 1);
+      const kind = tableKind.get(table.name) as { strict: number; withoutRowid: number } | undefined;
+      const keyColumns = info.filter((c) => c.pk > 0);
+      const drizzleBlobs = new Set(table.blobColumns.map((c) => c.toLowerCase()));
+      const columns: TriggerColumn[] = info.map((c) => {
+        const rowidAlias = kind?.withoutRowid === 0 && keyColumns.length === 1 && c.pk > 0 && c.type.toUpperCase() === "INTEGER";
+        const drizzleBlob = drizzleBlobs.has(c.name.toLowerCase());
+        return { name: c.name, blobSafe: encodesBlobs({ type: c.type, rowidAlias, drizzleBlob }, kind?.strict === 1) };
+      });
+      const present = new Set(columns.map((c) => c.name.toLowerCase()));
       const missingKeys = table.keys.filter((k) => !present.has(k.toLowerCase()));
       if (missingKeys.length > 0) {
         throw new CaptureInstallError(table.name, `its primary-key column(s) ${missingKeys.join(", ")} do not exist in the database`);
       }
       const missing = table.columns.filter((c) => !present.has(c.toLowerCase()));
       if (missing.length > 0) result.missingColumns.push({ table: table.name, columns: missing });
-      for (const [name, sql] of triggerStatements(table.name, columns, table.keys)) wanted.set(name, sql);
+      for (const [name, sql] of triggerStatements(table.name, columns)) wanted.set(name, sql);
       result.captured.push(table.name);
     }
     const existing = client
