@@ -258,6 +258,16 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     expect(error!.details).toMatchObject({ code: "TURBOCAST_HOOK_FAILED", table: "kinds", key: 1, seq: 1 });
   });
 
+  it("gives up waiting for an async hook after hookTimeoutMs, logs it, and goes on", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { hookTimeoutMs: 100 } });
+    recorder.behaviour = (call) => (call.entity.body === "hang" ? new Promise(() => {}) : Promise.resolve());
+    app.db.insert(items).values([{ body: "hang" }, { body: "next" }]).run();
+    await waitFor(() => recorder.calls.length === 2);
+    expect(bodies()).toEqual(["hang", "next"]);
+    const [error] = app.log.filter((e) => e.level === "error");
+    expect(error!.message).toMatch(/ItemStream\.onSave failed for table "items" key 1 \(change 1\): did not settle within 100 ms/);
+  });
+
   it("decodes every column type through the Drizzle column, equal to what db.select() reads", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"));
     const { db } = app;
@@ -528,7 +538,7 @@ describe("lifecycle", () => {
   it("rejects bad capture options at once", async () => {
     const sqlite = new Database(path.join(tmp.dir, "app.db"));
     try {
-      for (const capture of [{ batchSize: 0 }, { pollIntervalMs: 2.5 }, { leaseMs: -1 }, { retain: { count: -1 } }]) {
+      for (const capture of [{ batchSize: 0 }, { pollIntervalMs: 2.5 }, { leaseMs: -1 }, { hookTimeoutMs: 0 }, { retain: { count: -1 } }]) {
         const error = await createTurbo({ db: drizzle(sqlite), views, streams: [], capture, logger: memoryLogger() }).catch((e: unknown) => e);
         expect(error).toBeInstanceOf(ConfigError);
         expect((error as ConfigError).message).toMatch(/capture\./);

@@ -42,12 +42,20 @@ export interface CaptureOptions {
    * Default `{ count: 10_000, ageMs: 3_600_000 }`.
    */
   retain?: { count?: number; ageMs?: number };
+  /**
+   * How long, in ms, the feed waits for an async hook before logging it as
+   * failed and going on with the next change (the hook is not cancelled).
+   * Changes are dispatched one at a time, in order, so a hook that never
+   * settles would otherwise stall dispatch for every process. Default 10,000.
+   */
+  hookTimeoutMs?: number;
 }
 
 export interface ResolvedCaptureOptions {
   pollIntervalMs: number;
   batchSize: number;
   leaseMs: number;
+  hookTimeoutMs: number;
   retain: { count: number; ageMs: number };
 }
 
@@ -55,6 +63,7 @@ export const CAPTURE_DEFAULTS: ResolvedCaptureOptions = Object.freeze({
   pollIntervalMs: 100,
   batchSize: 100,
   leaseMs: 30_000,
+  hookTimeoutMs: 10_000,
   retain: Object.freeze({ count: 10_000, ageMs: 60 * 60_000 }),
 });
 
@@ -76,6 +85,7 @@ export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCap
     pollIntervalMs: options.pollIntervalMs ?? CAPTURE_DEFAULTS.pollIntervalMs,
     batchSize: options.batchSize ?? CAPTURE_DEFAULTS.batchSize,
     leaseMs: options.leaseMs ?? CAPTURE_DEFAULTS.leaseMs,
+    hookTimeoutMs: options.hookTimeoutMs ?? CAPTURE_DEFAULTS.hookTimeoutMs,
     retain: {
       count: options.retain?.count ?? CAPTURE_DEFAULTS.retain.count,
       ageMs: options.retain?.ageMs ?? CAPTURE_DEFAULTS.retain.ageMs,
@@ -89,6 +99,7 @@ export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCap
   check("pollIntervalMs", resolved.pollIntervalMs, 1);
   check("batchSize", resolved.batchSize, 1);
   check("leaseMs", resolved.leaseMs, 1);
+  check("hookTimeoutMs", resolved.hookTimeoutMs, 1);
   check("retain.count", resolved.retain.count, 0);
   check("retain.ageMs", resolved.retain.ageMs, 0);
   return resolved;
@@ -417,16 +428,33 @@ export class ChangeFeed {
       const entity = attachStream(rowDecoder(cls.tableInfo())(change.row), cls);
       const stream = cls.for(entity) as ModelStream;
       stream.entity = entity as ModelStream["entity"];
+      let result: unknown;
       if (change.op === "delete") {
         what = `${cls.name}.onDelete`;
-        await stream.onDelete(entity as never);
+        result = stream.onDelete(entity as never);
       } else {
         what = `${cls.name}.onSave`;
-        await stream.onSave(entity as never, { created: change.op === "insert" });
+        result = stream.onSave(entity as never, { created: change.op === "insert" });
       }
+      // most hooks are synchronous (they fire broadcasts and return): no timer for those
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") await this.#settled(Promise.resolve(result));
     } catch (error) {
       const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
       this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
+    }
+  }
+
+  /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
+  async #settled(result: Promise<unknown>): Promise<void> {
+    const ms = this.#options.hookTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)), ms);
+    });
+    try {
+      await Promise.race([result, timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
