@@ -153,6 +153,23 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     ]);
   });
 
+  it("treats an upsert by what it did: an insert, an update, or nothing", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"));
+    const upsert = (body: string) =>
+      app!.db.insert(items).values({ id: 1, body }).onConflictDoUpdate({ target: items.id, set: { body } }).run();
+    upsert("new");
+    upsert("changed");
+    upsert("changed");
+    app.db.insert(items).values({ id: 1, body: "ignored" }).onConflictDoNothing().run();
+    app.db.insert(items).values({ id: 2, body: "marker" }).run();
+    await waitFor(() => bodies().includes("marker"));
+    expect(recorder.calls.map((c) => [c.created, c.entity.body])).toEqual([
+      [true, "new"],
+      [false, "changed"],
+      [true, "marker"],
+    ]);
+  });
+
   it("dispatches writes made on db.$client, bypassing Drizzle (found by the poll)", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20 } });
     app.sqlite.prepare("INSERT INTO items (body) VALUES (?)").run("bypass");
