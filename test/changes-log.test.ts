@@ -47,6 +47,32 @@ describe("triggers", () => {
     expect(second).toMatchObject({ created: [], dropped: [], schemaVersion: first.schemaVersion });
   });
 
+  it("while running, rewrite only what this process's view changed: no tug of war between two app versions", () => {
+    const db = open();
+    db.exec(`CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)`);
+    const notes: CaptureTable = { name: "notes", keys: ["id"], columns: ["id", "body"], blobColumns: [] };
+    const triggers = () => db.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").pluck().all();
+    // A (new version) binds items and notes; B (old version) only items, and starts later: it drops notes' triggers
+    const a = syncTriggers(db, [items, notes]);
+    const b = syncTriggers(db, [items]);
+    expect(b.dropped.sort()).toEqual(["_turbocast_notes_del", "_turbocast_notes_ins", "_turbocast_notes_upd"]);
+    // A sees the schema change and puts back what is missing; B, running, leaves them alone
+    const a2 = syncTriggers(db, [items, notes], { previous: a.wanted });
+    expect(a2.created.sort()).toEqual(["_turbocast_notes_del", "_turbocast_notes_ins", "_turbocast_notes_upd"]);
+    expect(syncTriggers(db, [items], { previous: b.wanted })).toMatchObject({ created: [], dropped: [] });
+    expect(triggers()).toHaveLength(6);
+    // a trigger written differently by another version is left alone while the columns stay the same...
+    db.exec(`DROP TRIGGER _turbocast_items_ins; CREATE TRIGGER _turbocast_items_ins AFTER INSERT ON items BEGIN SELECT 1; END`);
+    expect(syncTriggers(db, [items], { previous: b.wanted }).created).toEqual([]);
+    // ...and rewritten when a migration changes them
+    db.exec(`ALTER TABLE items ADD COLUMN extra TEXT`);
+    expect(syncTriggers(db, [items], { previous: b.wanted }).created.sort()).toEqual([
+      "_turbocast_items_del",
+      "_turbocast_items_ins",
+      "_turbocast_items_upd",
+    ]);
+  });
+
   it("quote every name: a table and columns with quotes and spaces are captured", () => {
     const db = open();
     db.exec(`CREATE TABLE "we""ird t'able" ("k ey" TEXT PRIMARY KEY, "c""ol" TEXT, "s'q" INTEGER)`);

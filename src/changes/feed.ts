@@ -162,6 +162,8 @@ export class ChangeFeed {
   #failing = new Set<string>();
   #warnedUnbound = new Set<string>();
   #missingTables = new Set<string>();
+  /** The triggers the last sync wanted (see SyncOptions). */
+  #wanted: Map<string, string> | undefined;
 
   constructor(init: ChangeFeedInit) {
     this.#client = init.client;
@@ -248,8 +250,9 @@ export class ChangeFeed {
   }
 
   #sync(): TriggerSync {
-    const result = syncTriggers(this.#client, this.#tables());
+    const result = syncTriggers(this.#client, this.#tables(), { previous: this.#wanted });
     this.#schemaVersion = result.schemaVersion;
+    this.#wanted = result.wanted;
     for (const table of result.missingTables) {
       if (this.#missingTables.has(table)) continue;
       this.#missingTables.add(table);

@@ -115,26 +115,46 @@ export interface TriggerSync {
   captured: string[];
   /** `PRAGMA schema_version` after the sync, read under the same write lock. */
   schemaVersion: number;
+  /** Every trigger this sync wanted, by name: pass it back as `previous` on the next (runtime) sync. */
+  wanted: Map<string, string>;
+}
+
+/**
+ * How a sync treats triggers it did not expect.
+ *
+ * - At start (no `previous`): the database is made to match this app — stale
+ *   triggers are recreated, those of tables it does not bind are dropped.
+ * - After a schema change while running (`previous`: what the last sync
+ *   wanted): only what this process's own view changed is rewritten — a
+ *   trigger that is missing, or whose table's columns changed. A trigger
+ *   another process wrote differently, or bound to a table this one does not
+ *   bind, is left alone: two app versions sharing a file during a rolling
+ *   deploy must not rewrite each other's triggers on every poll.
+ */
+export interface SyncOptions {
+  previous?: ReadonlyMap<string, string>;
 }
 
 /**
  * Makes the database's turbocast triggers match the bound tables, in one
  * IMMEDIATE transaction: creates the change log if needed, (re)creates each
  * bound table's triggers whose text differs from what they should be, and
- * drops every `_turbocast_*` trigger not wanted (tables no longer bound). On
- * any failure nothing is changed. A no-op when everything already matches.
+ * drops every `_turbocast_*` trigger not wanted (tables no longer bound) —
+ * at start; see SyncOptions for a sync while running. On any failure nothing
+ * is changed. A no-op when everything already matches.
  *
  * Throws CaptureInstallError for a bound name that is a view, or a table
  * SQLite will not put triggers on.
  */
-export function syncTriggers(client: Database.Database, tables: readonly CaptureTable[]): TriggerSync {
+export function syncTriggers(client: Database.Database, tables: readonly CaptureTable[], options: SyncOptions = {}): TriggerSync {
+  const { previous } = options;
   const run = client.transaction((): TriggerSync => {
     for (const ddl of LOG_DDL) client.exec(ddl);
-    const result: TriggerSync = { created: [], dropped: [], missingTables: [], missingColumns: [], captured: [], schemaVersion: 0 };
+    const wanted = new Map<string, string>();
+    const result: TriggerSync = { created: [], dropped: [], missingTables: [], missingColumns: [], captured: [], schemaVersion: 0, wanted };
     const objectType = client.prepare(`SELECT type FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN ('table', 'view')`).pluck();
     const tableColumns = client.prepare(`SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)`);
     const tableKind = client.prepare(`SELECT strict, wr AS withoutRowid FROM pragma_table_list WHERE name = ? COLLATE NOCASE AND schema = 'main'`);
-    const wanted = new Map<string, string>();
     for (const table of tables) {
       const type = objectType.get(table.name) as string | undefined;
       if (type === undefined) {
@@ -167,13 +187,15 @@ export function syncTriggers(client: Database.Database, tables: readonly Capture
       .all(`${NAMESPACE.replaceAll("_", "\\_")}%`) as Array<{ name: string; sql: string }>;
     const current = new Map(existing.map((t) => [t.name, t.sql]));
     for (const { name } of existing) {
-      if (wanted.has(name)) continue;
+      if (wanted.has(name) || previous) continue;
       client.exec(`DROP TRIGGER ${quoteIdent(name)}`);
       result.dropped.push(name);
     }
     for (const [name, sql] of wanted) {
-      if (current.get(name) === sql) continue;
-      if (current.has(name)) client.exec(`DROP TRIGGER ${quoteIdent(name)}`);
+      const stored = current.get(name);
+      if (stored === sql) continue;
+      if (stored !== undefined && previous?.get(name) === sql) continue;
+      if (stored !== undefined) client.exec(`DROP TRIGGER ${quoteIdent(name)}`);
       try {
         client.exec(sql);
       } catch (error) {
