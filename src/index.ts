@@ -11,5 +11,6 @@ export { memoryBroker, MemoryBroker } from "./brokers/memory.js";
 export type { Broker, BrokerEvents, Published, HistoryOptions } from "./brokers/broker.js";
 export type { Logger } from "./logger.js";
 export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
+export { dropCaptureTriggers } from "./changes/triggers.js";
 export type { CaptureOptions, FeedState } from "./changes/feed.js";
 export * from "./errors.js";

@@ -9,6 +9,7 @@ import {
   type Broker,
   CaptureInstallError,
   ConfigError,
+  dropCaptureTriggers,
   HookError,
   NotBoundError,
   TemplateRenderError,
@@ -435,6 +436,27 @@ describe("triggers follow the schema", () => {
     app.db.update(notes).set({ mood: "calm" }).where(eq(notes.id, 2)).run();
     await waitFor(() => saves("notes").length === 3);
     expect(saves("notes")[2]!.entity).toEqual({ id: 2, body: "after", mood: "calm" });
+  });
+
+  it("lets a migration drop a column of a bound table after dropCaptureTriggers, and puts the triggers back", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20 } });
+    const other = new Database(app.file);
+    try {
+      other.exec("ALTER TABLE items ADD COLUMN legacy TEXT");
+      await waitFor(() => triggerSql(app!.sqlite, "_turbocast_items_ins").includes("'legacy'"));
+      expect(() => other.exec("ALTER TABLE items DROP COLUMN legacy")).toThrow(/trigger/);
+      other.transaction(() => {
+        expect(dropCaptureTriggers(other, "items").sort()).toEqual(["_turbocast_items_del", "_turbocast_items_ins", "_turbocast_items_upd"]);
+        other.exec("ALTER TABLE items DROP COLUMN legacy");
+      })();
+    } finally {
+      other.close();
+    }
+    await waitFor(() => triggerSql(app!.sqlite, "_turbocast_items_ins") !== undefined);
+    expect(triggerSql(app.sqlite, "_turbocast_items_ins")).not.toContain("legacy");
+    app.db.insert(items).values({ body: "after the migration" }).run();
+    await waitFor(() => recorder.calls.length === 1);
+    expect(recorder.calls[0]!.entity).toEqual({ id: 1, body: "after the migration", version: 0 });
   });
 
   it("drops the triggers of tables no longer bound, and leaves matching triggers alone", async () => {

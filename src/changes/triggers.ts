@@ -15,8 +15,12 @@ import { LOG_TABLE, NAMESPACE, quoteIdent, quoteLiteral } from "./sql.js";
  *   _turbocast_<table>_del   AFTER DELETE: the old row
  *
  * The trigger text is the signature: it lists the table's actual columns, so
- * when a migration adds, renames or drops a column the generated SQL no
- * longer matches what sqlite_master holds and the triggers are recreated.
+ * when a migration adds or renames a column the generated SQL no longer
+ * matches what sqlite_master holds and the triggers are recreated. SQLite
+ * refuses `ALTER TABLE ... DROP COLUMN` on a column a trigger names: a
+ * migration that drops a column of a bound table drops the table's triggers
+ * first, in the same transaction (`dropCaptureTriggers`); they come back at
+ * the next poll or start.
  */
 
 /** A column as the triggers copy it. */
@@ -208,4 +212,27 @@ export function syncTriggers(client: Database.Database, tables: readonly Capture
     return result;
   });
   return run.immediate();
+}
+
+/**
+ * Drops turbocast's triggers of one table (or of every table), for a
+ * migration that must drop a column of a bound table: SQLite refuses to drop
+ * a column a trigger names. Run it in the migration's transaction; a running
+ * app puts the triggers back (with the new columns) within one poll interval,
+ * and any app does at start. Writes made in between are not captured. In SQL:
+ * `DROP TRIGGER IF EXISTS "_turbocast_<table>_ins";` and likewise `_upd`, `_del`.
+ *
+ * @example
+ * dropCaptureTriggers(sqlite, "messages");
+ * sqlite.exec("ALTER TABLE messages DROP COLUMN legacy");
+ */
+export function dropCaptureTriggers(client: Database.Database, table?: string): string[] {
+  const names = client
+    .prepare(`SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE ? ESCAPE '\\'`)
+    .pluck()
+    .all(`${NAMESPACE.replaceAll("_", "\\_")}%`) as string[];
+  const kinds: TriggerKind[] = ["ins", "upd", "del"];
+  const dropped = table === undefined ? names : names.filter((n) => kinds.some((k) => n === triggerName(table, k)));
+  for (const name of dropped) client.exec(`DROP TRIGGER IF EXISTS ${quoteIdent(name)}`);
+  return dropped;
 }
