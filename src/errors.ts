@@ -138,6 +138,15 @@ export class InvalidStreamableError extends TurbocastError {
   }
 }
 
+/** Change capture could not be installed on a bound table: it is a view, SQLite refused its trigger, or its key column is missing. */
+export class CaptureInstallError extends TurbocastError {
+  readonly table: string;
+  constructor(table: string, reason: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_CAPTURE_INSTALL_FAILED", `cannot capture changes of table "${table}": ${reason}`, options);
+    this.table = table;
+  }
+}
+
 /**
  * A subscription request was refused. `status` is the HTTP status answered
  * (400 malformed, 403 refused, 414 URL too long, 500 authenticate failed,
@@ -148,5 +157,27 @@ export class SubscriptionRefusedError extends TurbocastError {
   constructor(status: number, reason: string, options?: { cause?: unknown }) {
     super("TURBOCAST_SUBSCRIPTION_REFUSED", `subscription refused (${status}): ${reason}`, options);
     this.status = status;
+  }
+}
+
+/**
+ * A change could not be dispatched: its row did not decode, or its stream's
+ * onSave / onDelete (or a template it rendered) threw. Logged, never thrown:
+ * the change feed goes on with the next change.
+ */
+export class HookError extends TurbocastError {
+  readonly table: string;
+  readonly key: unknown;
+  readonly seq: number;
+  constructor(what: string, change: { table: string; key: unknown; seq: number }, cause: unknown) {
+    super(
+      "TURBOCAST_HOOK_FAILED",
+      `${what} failed for table "${change.table}" key ${JSON.stringify(change.key)} (change ${change.seq}): ` +
+        `${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+    this.table = change.table;
+    this.key = change.key;
+    this.seq = change.seq;
   }
 }

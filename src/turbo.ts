@@ -2,11 +2,13 @@ import type http from "node:http";
 import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
+import type Database from "better-sqlite3";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type nunjucks from "nunjucks";
 import { type Broker, type HistoryOptions, type Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
+import { type CaptureOptions, ChangeFeed } from "./changes/feed.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { Hub } from "./delivery/hub.js";
@@ -60,6 +62,13 @@ export interface TurboOptions extends DeliveryOptions {
   refreshDebounceMs?: number;
   /** Where turbocast logs hook failures and broker outages. Default: console. */
   logger?: Logger;
+  /**
+   * Change capture: triggers on every bound table feed a change log that is
+   * drained into `onSave` / `onDelete`. Defaults: `pollIntervalMs` 100,
+   * `batchSize` 100, `leaseMs` 30,000, `hookTimeoutMs` 10,000,
+   * `retain` `{ count: 10_000, ageMs: 3_600_000 }` (see CaptureOptions for each).
+   */
+  capture?: CaptureOptions;
 }
 
 /** A running turbocast instance. */
@@ -73,6 +82,8 @@ export interface Turbo {
   readonly path: string;
   /** Where `middleware()` serves the optional client script that makes WebSocket sources reconnect: `<path>/client.js`. */
   readonly clientScriptPath: string;
+  /** The change feed that calls the hooks (`state`, `drain()` to dispatch everything committed so far). */
+  readonly feed: ChangeFeed;
   /** Publishes an already built frame to a stream name (what every broadcast method ends in). */
   publish(stream: string, frame: string): Promise<Published>;
   /**
@@ -107,9 +118,11 @@ export interface Turbo {
 
 /**
  * Starts turbocast for an app: registers the stream classes, instruments the
- * Drizzle database, starts the broker and the hub.
+ * Drizzle database, starts the broker and the hub, installs change capture
+ * on every bound table (in one transaction) and starts the change feed.
  *
- * A createTurbo that throws leaves nothing running.
+ * A createTurbo that throws leaves nothing running and no trigger installed
+ * by it.
  *
  * @example
  * const turbo = await createTurbo({ db, views: env, streams: "streams" });
@@ -135,6 +148,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
   let state: "open" | "closing" | "closed" = "open";
+  let closing: Promise<void> | undefined;
   const cleanups: Array<() => unknown> = [];
   const pendingRefresh = new Map<string, { promise: Promise<Published> }>();
 
@@ -170,11 +184,29 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
   let latestPosition: string | null = null;
+  const client = sqliteClient(db);
+  const feed = new ChangeFeed({ client, registry, logger, options: options.capture });
+  const renderer = new StreamSourceRenderer({
+    registry,
+    signer,
+    path: delivery.path,
+    transport: delivery.transport,
+    maxStreams: delivery.maxStreamsPerSubscription,
+    latestPosition: () => latestPosition,
+  });
+  const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
+  const streamFrom = turboStreamFromGlobal((streamables, opts) => renderer.render(undefined, null, streamables, opts));
+  const removeGlobal = (): void => {
+    const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
+    if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
+  };
+
   let instrumentation: Instrumentation | undefined;
+  let bound = false;
   try {
     instrumentation = instrumentDatabase(db, {
       classFor: (table) => registry.forTable(table),
-      onWrite: () => {},
+      onWrite: () => feed.notify(),
     });
     await broker.start(
       (frame) => {
@@ -190,24 +222,20 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       },
     );
     latestPosition ??= await broker.head();
+    views.addGlobal("turbo_stream_from", streamFrom);
+    for (const cls of registry.classes) bindStreamClass(cls, runtime);
+    bound = true;
+    // last: from here on hooks may run, so everything they use is in place
+    feed.start();
   } catch (error) {
+    await feed.close();
+    await endpoint.close();
+    removeGlobal();
+    if (bound) for (const cls of registry.classes) unbindStreamClass(cls, runtime);
     instrumentation?.restore();
     await broker.close().catch(() => {});
     throw error;
   }
-  for (const cls of registry.classes) bindStreamClass(cls, runtime);
-
-  const renderer = new StreamSourceRenderer({
-    registry,
-    signer,
-    path: delivery.path,
-    transport: delivery.transport,
-    maxStreams: delivery.maxStreamsPerSubscription,
-    latestPosition: () => latestPosition,
-  });
-  const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
-  const streamFrom = turboStreamFromGlobal((streamables, opts) => renderer.render(undefined, null, streamables, opts));
-  views.addGlobal("turbo_stream_from", streamFrom);
 
   const turbo: Turbo = {
     registry,
@@ -217,6 +245,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     logger,
     path: delivery.path,
     clientScriptPath: `${delivery.path}/client.js`,
+    feed,
     publish,
     middleware: () => endpoint.middleware(),
     listen: (server) => endpoint.listen(server),
@@ -227,18 +256,32 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       return renderer.render(req, null, streamables, opts);
     },
     signStreamName: (name) => signer.sign(name),
-    async close() {
-      if (state !== "open") return;
-      state = "closing";
-      await endpoint.close();
-      const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
-      if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
-      for (const cls of registry.classes) unbindStreamClass(cls, runtime);
-      for (const cleanup of cleanups.splice(0)) cleanup();
-      instrumentation?.restore();
-      await broker.close();
-      state = "closed";
+    close() {
+      closing ??= (async () => {
+        // first: the change being dispatched may still publish to live subscribers
+        await feed.close();
+        state = "closing";
+        await endpoint.close();
+        removeGlobal();
+        for (const cls of registry.classes) unbindStreamClass(cls, runtime);
+        for (const cleanup of cleanups.splice(0)) cleanup();
+        instrumentation?.restore();
+        await broker.close();
+        state = "closed";
+      })();
+      return closing;
     },
   };
   return turbo;
+}
+
+/** The better-sqlite3 connection under a Drizzle database. */
+function sqliteClient(db: TurboDatabase): Database.Database {
+  const candidate =
+    (db as unknown as { $client?: unknown }).$client ?? (db as unknown as { session?: { client?: unknown } }).session?.client;
+  const client = candidate as Partial<Database.Database> | undefined;
+  if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
+    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
+  }
+  return client as Database.Database;
 }
