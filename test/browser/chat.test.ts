@@ -96,7 +96,7 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
       });
       // one broadcast template for everyone; edit/delete show only on the author's own page
       expect(await messageItems(bob, text).locator(".owner-actions").isVisible()).toBe(false);
-      expect(await messageItems(alice, text).locator(".owner-actions").isVisible()).toBe(true);
+      await waitFor(() => messageItems(alice, text).locator(".owner-actions").isVisible(), { message: "alice sees her own actions" });
 
       await messageItems(alice, text).locator("button", { hasText: "Delete" }).click();
       await waitFor(async () => (await messageItems(bob, text).count()) === 0, { message: "bob sees the delete" });
