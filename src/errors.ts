@@ -105,8 +105,11 @@ export class UnknownStreamError extends TurbocastError {
 
 /** A signed stream name whose signature does not verify (tampered, truncated, foreign, expired). */
 export class BadSignatureError extends TurbocastError {
-  constructor(reason: string) {
+  /** True when the signature is genuine but past its expiry (`signatureTtlMs`). */
+  readonly expired: boolean;
+  constructor(reason: string, options?: { expired?: boolean }) {
     super("TURBOCAST_BAD_SIGNATURE", `stream signature rejected: ${reason}`);
+    this.expired = options?.expired === true;
   }
 }
 

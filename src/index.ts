@@ -8,6 +8,7 @@ export { buildFrame, BUILTIN_ACTIONS } from "./frames/frame.js";
 export type { FrameSpec, BuiltinAction } from "./frames/frame.js";
 export { escapeHtml } from "./frames/escape.js";
 export { memoryBroker, MemoryBroker } from "./brokers/memory.js";
+export type { MemoryBrokerOptions } from "./brokers/memory.js";
 export { redisBroker, RedisBroker } from "./brokers/redis.js";
 export type { RedisBrokerOptions } from "./brokers/redis.js";
 export { postgresBroker, PostgresBroker } from "./brokers/postgres.js";

@@ -13,7 +13,7 @@ import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { Hub } from "./delivery/hub.js";
 import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
-import { currentRequestId } from "./delivery/request-context.js";
+import { currentRequestId, outsideRequest } from "./delivery/request-context.js";
 import { resolveSecret } from "./delivery/secret.js";
 import { StreamSigner } from "./delivery/signing.js";
 import { ClosedError, ConfigError } from "./errors.js";
@@ -149,12 +149,26 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const hub = new Hub(broker);
   let state: "open" | "closing" | "closed" = "open";
   let closing: Promise<void> | undefined;
-  const cleanups: Array<() => unknown> = [];
-  const pendingRefresh = new Map<string, { promise: Promise<Published> }>();
+  /** Debounced refreshes by stream and request id (turbo-rails' key): a refresh never carries another request's id. */
+  const pendingRefresh = new Map<string, { promise: Promise<Published>; timer: NodeJS.Timeout; reject: (error: unknown) => void }>();
+  /** Consecutive failed publishes: the first is logged, the rest are counted, so an outage is not one line per frame. */
+  let failedPublishes = 0;
 
   const publish = (stream: string, frame: string): Promise<Published> => {
-    if (state !== "open") return Promise.reject(new ClosedError("turbocast instance"));
-    return broker.publish(stream, frame);
+    const published = state !== "open" ? Promise.reject(new ClosedError("turbocast instance")) : broker.publish(stream, frame);
+    // A hook may fire a broadcast without awaiting it: its rejection (a broker
+    // outage) must be logged here, never become an unhandled rejection that
+    // takes the process down. Callers who await still see the error.
+    published.then(
+      () => {
+        if (failedPublishes > 1) logger.info(`broadcasts work again after ${failedPublishes} failed`);
+        failedPublishes = 0;
+      },
+      (error: unknown) => {
+        if (failedPublishes++ === 0) logger.warn(`broadcast to ${stream} failed; further failures are counted until one succeeds`, { error });
+      },
+    );
+    return published;
   };
 
   const runtime: StreamRuntime = {
@@ -163,16 +177,21 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     refresh(stream, spec) {
       // a refresh caused by a request names it, so the page that made it can ignore it
       const requestId = spec.requestId ?? currentRequestId();
-      const pending = pendingRefresh.get(stream);
+      const key = `${stream}\u0000${requestId ?? ""}`;
+      const pending = pendingRefresh.get(key);
       if (pending) return pending.promise;
-      const promise = new Promise<Published>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          pendingRefresh.delete(stream);
-          publish(stream, buildFrame({ action: "refresh", requestId })).then(resolve, reject);
-        }, refreshDebounceMs);
-        cleanups.push(() => clearTimeout(timer));
+      let resolve!: (published: Published) => void;
+      let reject!: (error: unknown) => void;
+      const promise = new Promise<Published>((res, rej) => {
+        resolve = res;
+        reject = rej;
       });
-      pendingRefresh.set(stream, { promise });
+      promise.catch(() => {}); // logged by publish(); an un-awaited refresh must not crash the process
+      const timer = setTimeout(() => {
+        pendingRefresh.delete(key);
+        publish(stream, buildFrame({ action: "refresh", requestId })).then(resolve, reject);
+      }, refreshDebounceMs);
+      pendingRefresh.set(key, { promise, timer, reject });
       return promise;
     },
     async loadRow(table, pk) {
@@ -206,7 +225,9 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   try {
     instrumentation = instrumentDatabase(db, {
       classFor: (table) => registry.forTable(table),
-      onWrite: () => feed.notify(),
+      // drains run outside the writing request's scope: a hook dispatching
+      // other requests' (or processes') changes must not carry its request id
+      onWrite: () => outsideRequest(() => feed.notify()),
     });
     await broker.start(
       (frame) => {
@@ -264,7 +285,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         await endpoint.close();
         removeGlobal();
         for (const cls of registry.classes) unbindStreamClass(cls, runtime);
-        for (const cleanup of cleanups.splice(0)) cleanup();
+        for (const pending of pendingRefresh.values()) {
+          clearTimeout(pending.timer);
+          pending.reject(new ClosedError("turbocast instance"));
+        }
+        pendingRefresh.clear();
         instrumentation?.restore();
         await broker.close();
         state = "closed";

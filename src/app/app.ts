@@ -37,11 +37,22 @@ declare module "express-serve-static-core" {
   }
 }
 
+/**
+ * The demo's fixed secret signs cookies and stream names on a developer's
+ * machine only: anyone can read it here, so production must set its own.
+ */
+function developmentSecret(): string {
+  if (process.env.NODE_ENV === "production") {
+    throw new Error("set TURBOCAST_SECRET (32+ random characters) to run the chat with NODE_ENV=production");
+  }
+  return "turbocast-demo-development-secret-not-for-production";
+}
+
 /** Builds the demo chat app: Express, nunjucks views, turbocast on one http.Server. */
 export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp> {
   const { sqlite, db } = openDatabase(options.dbFile);
   setAppDb(db);
-  const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? "turbocast-demo-development-secret-change-me-in-production";
+  const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? developmentSecret();
 
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(root, "views")), { autoescape: true });
   const userFromRequest = (req: http.IncomingMessage): User | null => {

@@ -29,17 +29,21 @@ export class MemoryBroker implements Broker {
   #deliver: ((frame: Published) => void) | null = null;
   #streams = new Map<string, StreamHistory>();
   #history: Required<HistoryOptions>;
+  #idleMs: number;
+  /** seq of the newest frame of any stream forgotten for being idle: older cursors get a refresh. */
+  #forgottenFloor = 0;
   #sweep: NodeJS.Timeout | null = null;
 
-  constructor(options: { history?: HistoryOptions } = {}) {
+  constructor(options: MemoryBrokerOptions = {}) {
     this.#history = resolveHistory(options.history);
+    this.#idleMs = Math.max(options.idleMs ?? DEFAULT_IDLE_MS, this.#history.ageMs);
   }
 
   async start(deliver: (frame: Published) => void, _events: BrokerEvents): Promise<void> {
     if (this.#state === "closed") throw new ClosedError("memory broker");
     this.#deliver = deliver;
     this.#state = "open";
-    this.#sweep ??= setInterval(() => this.#evictAll(Date.now()), Math.min(this.#history.ageMs, 30_000));
+    this.#sweep ??= setInterval(() => this.#evictAll(Date.now()), Math.max(10, Math.min(this.#history.ageMs, 30_000)));
     this.#sweep.unref();
   }
 
@@ -63,6 +67,7 @@ export class MemoryBroker implements Broker {
   async history(streams: readonly string[], after: string): Promise<Published[] | null> {
     const cursor = parsePosition(after);
     if (!cursor || cursor.epoch !== this.epoch || cursor.seq > this.#seq) return null;
+    if (cursor.seq < this.#forgottenFloor) return null;
     const out: Published[] = [];
     for (const name of streams) {
       const history = this.#streams.get(name);
@@ -107,11 +112,31 @@ export class MemoryBroker implements Broker {
   }
 
   #evictAll(now: number): void {
-    for (const history of this.#streams.values()) this.#evict(history, now);
+    for (const [name, history] of this.#streams) {
+      this.#evict(history, now);
+      // A stream silent for idleMs is forgotten whole, so streams nobody
+      // writes to any more stop costing memory. Its newest seq becomes a
+      // broker-wide floor: a cursor older than it may have missed that
+      // stream's frames, so it gets a refresh — never a silent gap.
+      const newest = history.times[history.times.length - 1];
+      if (newest === undefined || now - newest > this.#idleMs) {
+        this.#forgottenFloor = Math.max(this.#forgottenFloor, history.frames.at(-1)?.seq ?? history.floor);
+        this.#streams.delete(name);
+      }
+    }
   }
 }
 
+export interface MemoryBrokerOptions {
+  /** Replay window per stream. Default: at least 1,000 frames and 5 minutes. */
+  history?: HistoryOptions;
+  /** A stream with no frame for this long is forgotten whole (cursors older than its last frame get a refresh). Default 1 hour, never less than `history.ageMs`. */
+  idleMs?: number;
+}
+
+const DEFAULT_IDLE_MS = 60 * 60_000;
+
 /** The in-memory broker: one process. */
-export function memoryBroker(options: { history?: HistoryOptions } = {}): Broker {
+export function memoryBroker(options: MemoryBrokerOptions = {}): Broker {
   return new MemoryBroker(options);
 }

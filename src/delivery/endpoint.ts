@@ -6,6 +6,7 @@ import express, { type NextFunction, type Request, type RequestHandler, type Res
 import { WebSocketServer } from "ws";
 import type { Broker } from "../brokers/broker.js";
 import { ClosedError, SubscriptionRefusedError } from "../errors.js";
+import { buildFrame } from "../frames/frame.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { StreamSourceRenderer, TurboLocals } from "../views/helpers.js";
@@ -15,7 +16,7 @@ import type { ResolvedDeliveryOptions } from "./options.js";
 import { readRequestId, runInRequest } from "./request-context.js";
 import type { StreamSigner } from "./signing.js";
 import { SseConnection } from "./sse.js";
-import { authorize, parseSubscriptionUrl, sseCursor } from "./subscription.js";
+import { EXPIRED_STATUS, authorize, parseSubscriptionUrl, sseCursor } from "./subscription.js";
 import { WebSocketConnection } from "./websocket.js";
 
 /** How long close() waits for clients to answer the WebSocket close handshake before cutting them off. */
@@ -181,7 +182,7 @@ export class DeliveryEndpoint {
   }
 
   async #serveSubscription(req: Request, res: Response): Promise<void> {
-    if (this.#state !== "open") return answer(res, 503);
+    if (this.#state !== "open") return this.#answerSse(res, 503);
     if (req.method !== "GET") {
       res.set("Allow", "GET");
       return answer(res, 405);
@@ -201,11 +202,11 @@ export class DeliveryEndpoint {
       const lastEventId = req.headers["last-event-id"];
       cursor = sseCursor(typeof lastEventId === "string" ? lastEventId : undefined, parsed.after);
     } catch (error) {
-      if (error instanceof SubscriptionRefusedError) return answer(res, error.status);
+      if (error instanceof SubscriptionRefusedError) return this.#answerSse(res, error.status);
       throw error;
     }
     if (res.destroyed || res.writableEnded) return;
-    if (this.#state !== "open") return answer(res, 503);
+    if (this.#state !== "open") return this.#answerSse(res, 503);
     const connection = new SseConnection(res, {
       retryMs: this.#init.options.retryMs,
       maxBufferedBytes: this.#init.options.maxBufferedBytes,
@@ -214,6 +215,21 @@ export class DeliveryEndpoint {
     this.#connections.add(connection);
     connection.start();
     await this.#subscribe(connection, names, cursor.cursor, cursor.refresh);
+  }
+
+  /**
+   * Answers an SSE request that will not be subscribed. EventSource stops
+   * reconnecting for good on any non-200 answer, so only definite refusals
+   * (400, 403, 414…) get their status; a transient failure (500, 503: closing
+   * for a deploy, a throwing authenticate) gets an empty 200 stream with a
+   * `retry:` so the page comes back by itself, and a genuine but expired
+   * signature gets one refresh frame so the page reloads with fresh ones.
+   */
+  #answerSse(res: Response, status: number): void {
+    if (status !== EXPIRED_STATUS && status !== 500 && status !== 503) return answer(res, status);
+    res.status(200).set({ "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no" });
+    const body = status === EXPIRED_STATUS ? `data: ${REFRESH_FRAME}\n\n` : "";
+    res.end(`retry: ${status === EXPIRED_STATUS ? this.#init.options.retryMs : TRANSIENT_RETRY_MS}\n\n${body}`);
   }
 
   async #upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -235,7 +251,9 @@ export class DeliveryEndpoint {
         checkOrigin: () => originAllowed(request, this.#init.options.allowedOrigins),
       });
     } catch (error) {
-      if (error instanceof SubscriptionRefusedError) return abortHandshake(socket, error.status);
+      if (error instanceof SubscriptionRefusedError) {
+        return abortHandshake(socket, error.status === EXPIRED_STATUS ? 403 : error.status);
+      }
       throw error;
     }
     if (this.#state !== "open") return abortHandshake(socket, 503);
@@ -312,6 +330,11 @@ function safeHost(req: Request): string | undefined {
     return undefined;
   }
 }
+
+const REFRESH_FRAME = buildFrame({ action: "refresh" });
+
+/** Retry delay an SSE client is told after a transient failure (closing, a throwing authenticate or userPassesTest). */
+const TRANSIENT_RETRY_MS = 5000;
 
 function answer(res: Response, status: number): void {
   res.status(status).set("Cache-Control", "no-store").type("text/plain").send(STATUS_TEXT[status] ?? "Error");

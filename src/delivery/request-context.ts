@@ -28,3 +28,8 @@ export function runInRequest<T>(scope: RequestScope, fn: () => T): T {
 export function currentRequestId(): string | undefined {
   return storage.getStore()?.requestId;
 }
+
+/** Runs `fn` outside any request scope (timers it schedules carry no request id). */
+export function outsideRequest<T>(fn: () => T): T {
+  return storage.exit(fn);
+}

@@ -73,7 +73,7 @@ export class StreamSigner {
     if (given.length !== MAC_LENGTH || given.toString("base64url") !== encodedMac) throw new BadSignatureError("malformed signature");
     const expected = this.#mac(expiry, name);
     if (!timingSafeEqual(given, expected)) throw new BadSignatureError("signature mismatch");
-    if (expiry !== "" && parseInt(expiry, 36) * 1000 <= this.#now()) throw new BadSignatureError("signature expired");
+    if (expiry !== "" && parseInt(expiry, 36) * 1000 <= this.#now()) throw new BadSignatureError("signature expired", { expired: true });
     return name;
   }
 

@@ -1,11 +1,19 @@
 import type { Request } from "express";
 import { parsePosition } from "../brokers/broker.js";
-import { SubscriptionRefusedError } from "../errors.js";
+import { BadSignatureError, SubscriptionRefusedError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Stream } from "../streams/stream.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
 import { MAX_TOKEN_LENGTH, type StreamSigner } from "./signing.js";
+
+/**
+ * Internal status of a subscription whose signatures are genuine but expired
+ * (`signatureTtlMs`). SSE answers it with one refresh frame — the reloaded
+ * page carries fresh signatures — because EventSource gives up for good on
+ * any non-200 answer; a WebSocket upgrade gets 403.
+ */
+export const EXPIRED_STATUS = 410;
 
 /**
  * The query of a subscription URL: `?s=<signed name>&s=<signed name>&after=<position>`.
@@ -80,6 +88,8 @@ export async function authorize(req: Request, parsed: ParsedSubscription, contex
     try {
       names.push(context.signer.verify(token));
     } catch (error) {
+      // a genuine token past its expiry: the page is stale, not hostile (see EXPIRED_STATUS)
+      if (error instanceof BadSignatureError && error.expired) throw refuse(EXPIRED_STATUS, "signature expired", error);
       throw refuse(403, "bad signature", error);
     }
   }
@@ -105,8 +115,9 @@ export async function authorize(req: Request, parsed: ParsedSubscription, contex
       try {
         return (await stream.userPassesTest(user ?? null)) === true;
       } catch (error) {
-        context.logger.warn(`userPassesTest of ${stream.name} threw; the subscription is refused`, { error });
-        return false;
+        // a throw is not a "no" (a busy database, a bug): answered as a transient failure the client retries
+        context.logger.warn(`userPassesTest of ${stream.name} threw; the subscription is answered as a server error`, { error });
+        throw refuse(500, "userPassesTest threw", error);
       }
     }),
   );

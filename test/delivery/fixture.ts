@@ -53,6 +53,13 @@ export class VaultStream extends Stream {
   }
 }
 
+/** A plain named stream whose check throws (a busy database, a bug). */
+export class ThrowingStream extends Stream {
+  override userPassesTest(): boolean {
+    throw new Error("database is locked");
+  }
+}
+
 export const SECRET = "test-secret-0123456789abcdef0123456789";
 
 const TEMPLATES: Record<string, string> = {
@@ -107,7 +114,7 @@ export async function startApp(options: Partial<TurboOptions> & { trustProxy?: b
   const turbo = await createTurbo({
     db,
     views,
-    streams: [RoomStream, MessageStream, LobbyStream, VaultStream],
+    streams: [RoomStream, MessageStream, LobbyStream, VaultStream, ThrowingStream],
     secret: SECRET,
     logger,
     authenticate: (req) => {

@@ -23,10 +23,12 @@ describe("turbo.close()", () => {
     expect(await ended).toContain('target="last"');
     expect(await client.closed).toEqual({ code: 1001, reason: "server shutting down" });
     expect(app.turbo.hub.size).toBe(0);
-    // detached: the server no longer upgrades on the path, and the middleware answers 503
+    // detached: the server no longer upgrades on the path, and the middleware
+    // tells a reconnecting EventSource to come back later (a 503 would make it give up for good)
     expect(app.server.listenerCount("upgrade")).toBe(0);
     const late = await fetch(`${app.url}${sseSrc}`, { headers: { Accept: "text/event-stream" } });
-    expect(late.status).toBe(503);
+    expect(late.status).toBe(200);
+    expect(await late.text()).toBe("retry: 5000\n\n");
     await app.turbo.close(); // twice is fine
     expect(() => app.turbo.listen(app.server)).toThrow(/closed/);
     await app.close();

@@ -2,7 +2,7 @@ import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
 import { StreamSigner } from "../../src/delivery/signing.js";
 import { MAX_TOKEN_LENGTH } from "../../src/delivery/signing.js";
-import { LobbyStream, RoomStream, SECRET, type TestApp, VaultStream, openSse, openWs, startApp, toWs, upgradeStatus, waitFor } from "./fixture.js";
+import { LobbyStream, RoomStream, SECRET, ThrowingStream, type TestApp, VaultStream, openSse, openWs, startApp, toWs, upgradeStatus, waitFor } from "./fixture.js";
 
 let app: TestApp | undefined;
 
@@ -89,7 +89,35 @@ describe("refused subscriptions", () => {
     const expiring = signer.sign(RoomStream.for(1).name);
     expect(await statuses(query(expiring))).toEqual({ sse: 200, ws: 101 });
     now -= 120_000;
-    expect(await statuses(query(signer.sign(RoomStream.for(1).name)))).toEqual({ sse: 403, ws: 403 });
+    const expired = signer.sign(RoomStream.for(1).name);
+    expect(await statuses(query(expired))).toEqual({ sse: 200, ws: 403 });
+    // SSE: one refresh frame (the reloaded page carries fresh signatures) instead of a
+    // status that would make EventSource give up for good
+    const response = await fetch(`${app.url}${query(expired)}`, { headers: { Accept: "text/event-stream" } });
+    expect(await response.text()).toBe(`retry: 1000\n\ndata: <turbo-stream action="refresh"></turbo-stream>\n\n`);
+    // a forged expiry is still a bad signature
+    const [name, , mac] = expired.split(".");
+    expect(await statuses(query(`${name}.${(Math.floor(Date.now() / 1000) + 999).toString(36)}.${mac}`))).toEqual({ sse: 403, ws: 403 });
+  });
+
+  it("answers a throwing authenticate or userPassesTest as a transient failure the page retries", async () => {
+    app = await startApp({
+      authenticate: (req) => {
+        if (req.get("x-user") === "boom") throw new Error("session store down");
+        return null;
+      },
+    });
+    const src = query(token(ThrowingStream.for().name));
+    for (const [url, headers] of [
+      [query(token(RoomStream.for(1).name)), { "x-user": "boom" }],
+      [src, {}],
+    ] as const) {
+      const response = await fetch(`${app.url}${url}`, { headers: { Accept: "text/event-stream", ...headers } });
+      expect(response.status).toBe(200);
+      expect(await response.text()).toBe("retry: 5000\n\n");
+    }
+    expect(await upgradeStatus(toWs(`${app.url}${src}`))).toBe(500);
+    expect(app.logger.entries.map((e) => e.message).join("\n")).toMatch(/authenticate\(req\) threw[\s\S]*userPassesTest of named:throwing threw/);
   });
 
   it("answers malformed queries with 400", async () => {

@@ -1,0 +1,136 @@
+import Database from "better-sqlite3";
+import { drizzle } from "drizzle-orm/better-sqlite3";
+import nunjucks from "nunjucks";
+import path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import type { Broker, BrokerEvents, Published } from "../src/brokers/broker.js";
+import { MemoryBroker } from "../src/brokers/memory.js";
+import { runInRequest } from "../src/delivery/request-context.js";
+import { BrokerError, ClosedError, type Turbo, createTurbo } from "../src/index.js";
+import { RoomStream } from "./fixtures/streams-basic/rooms.js";
+import { DDL } from "./fixtures/schema.js";
+import { tempDir, waitFor } from "./helpers.js";
+
+const SECRET = "robustness-secret-0123456789abcdef012345";
+
+/** A memory broker whose server can be "down": publish() then rejects, as Redis's and PostgreSQL's do in an outage. */
+class FlakyBroker implements Broker {
+  readonly kind = "flaky";
+  readonly inner = new MemoryBroker();
+  down = false;
+  start(deliver: (frame: Published) => void, events: BrokerEvents) {
+    return this.inner.start(deliver, events);
+  }
+  publish(stream: string, frame: string) {
+    return this.down ? Promise.reject(new BrokerError("broker unreachable")) : this.inner.publish(stream, frame);
+  }
+  history(streams: readonly string[], after: string) {
+    return this.inner.history(streams, after);
+  }
+  head() {
+    return this.inner.head();
+  }
+  close() {
+    return this.inner.close();
+  }
+}
+
+function logger() {
+  const entries: Array<{ level: string; message: string }> = [];
+  const log = (level: string) => (message: string) => void entries.push({ level, message });
+  return { entries, info: log("info"), warn: log("warn"), error: log("error") };
+}
+
+let cleanup: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const fn of cleanup.reverse()) await fn();
+  cleanup = [];
+});
+
+async function start(options: { broker?: Broker; refreshDebounceMs?: number } = {}) {
+  const tmp = tempDir();
+  const sqlite = new Database(path.join(tmp.dir, "app.db"));
+  sqlite.exec(DDL);
+  const log = logger();
+  const turbo: Turbo = await createTurbo({
+    db: drizzle(sqlite),
+    views: new nunjucks.Environment(null, { autoescape: true }),
+    streams: [RoomStream],
+    secret: SECRET,
+    logger: log,
+    ...options,
+  });
+  const frames: Published[] = [];
+  await turbo.hub.subscribe([RoomStream.for(1).name], { send: (f) => frames.push(f) });
+  cleanup.push(() => turbo.close(), () => sqlite.close(), tmp.cleanup);
+  return { turbo, log, frames };
+}
+
+describe("a broker outage", () => {
+  it("never turns an un-awaited broadcast into an unhandled rejection, and logs once per outage", async () => {
+    const broker = new FlakyBroker();
+    const { log, frames } = await start({ broker, refreshDebounceMs: 5 });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on("unhandledRejection", onUnhandled);
+    cleanup.push(() => process.off("unhandledRejection", onUnhandled));
+
+    broker.down = true;
+    // a hook that fires and forgets, as DESIGN's example does
+    for (let i = 0; i < 50; i++) void RoomStream.for(1).remove({ target: `m${i}` });
+    void RoomStream.for(1).refresh();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // and an awaiting caller still sees the error
+    await expect(RoomStream.for(1).remove({ target: "x" })).rejects.toThrow(BrokerError);
+    expect(unhandled).toEqual([]);
+    expect(log.entries.filter((e) => e.level === "warn")).toHaveLength(1);
+
+    broker.down = false;
+    await RoomStream.for(1).remove({ target: "back" });
+    expect(frames.map((f) => f.frame)).toEqual([`<turbo-stream action="remove" target="back"></turbo-stream>`]);
+    expect(log.entries.at(-1)).toEqual({ level: "info", message: "broadcasts work again after 52 failed" });
+  });
+});
+
+describe("debounced refreshes", () => {
+  it("never give one request's refresh another request's id", async () => {
+    const { frames } = await start({ refreshDebounceMs: 20 });
+    const stream = RoomStream.for(1);
+    const [a1, a2, b, none] = await Promise.all([
+      runInRequest({ requestId: "req-a" }, () => stream.refresh()),
+      runInRequest({ requestId: "req-a" }, () => stream.refresh()),
+      runInRequest({ requestId: "req-b" }, () => stream.refresh()),
+      stream.refresh(),
+    ]);
+    expect(a1).toBe(a2);
+    expect(new Set([a1, b, none]).size).toBe(3);
+    expect(frames.map((f) => f.frame).sort()).toEqual([
+      `<turbo-stream action="refresh" request-id="req-a"></turbo-stream>`,
+      `<turbo-stream action="refresh" request-id="req-b"></turbo-stream>`,
+      `<turbo-stream action="refresh"></turbo-stream>`,
+    ]);
+  });
+
+  it("are settled with ClosedError, not left hanging, when the instance closes", async () => {
+    const { turbo } = await start({ refreshDebounceMs: 60_000 });
+    const pending = RoomStream.for(1).refresh();
+    await turbo.close();
+    await expect(pending).rejects.toThrow(ClosedError);
+  });
+});
+
+describe("the memory broker", () => {
+  it("forgets a stream idle for idleMs, and answers cursors older than its last frame with a gap", async () => {
+    const broker = new MemoryBroker({ history: { frames: 1000, ageMs: 10 }, idleMs: 30 });
+    await broker.start(() => {}, { gap: () => {}, log: () => {} });
+    cleanup.push(() => broker.close());
+    const start = await broker.head();
+    await broker.publish("quiet", "1");
+    const afterQuiet = await broker.head();
+    expect(await broker.history(["quiet"], start)).toHaveLength(1);
+    await waitFor(async () => (await broker.history(["quiet"], start)) === null, { message: "the idle stream is forgotten" });
+    // a cursor taken after its last frame is unaffected
+    await broker.publish("busy", "2");
+    expect((await broker.history(["busy", "quiet"], afterQuiet))!.map((f) => f.frame)).toEqual(["2"]);
+  });
+});
