@@ -145,11 +145,10 @@ async function sseClient(
   worker: number,
   url: string,
   route: (attempt: number) => Promise<string> | string = () => url,
-): Promise<Client & { source: EventSource; lastEventIds: Array<string | null>; errors: () => number }> {
+): Promise<Client & { source: EventSource; lastEventIds: Array<string | null> }> {
   const received: Received[] = [];
   const lastEventIds: Array<string | null> = [];
   let attempts = 0;
-  let errors = 0;
   const source = new EventSource(url, {
     fetch: async (_input, init) => {
       const target = await route(++attempts);
@@ -158,27 +157,28 @@ async function sseClient(
     },
   });
   source.onmessage = (event) => received.push({ position: event.lastEventId, frame: event.data });
-  source.onerror = () => void errors++;
   await new Promise<void>((resolve, reject) => {
     source.addEventListener("open", () => resolve(), { once: true });
     source.addEventListener("error", () => reject(new Error(`${label}: EventSource failed to open ${url}`)), { once: true });
   });
   clients.push({ label, worker, received, close: () => source.close() });
-  return { label, worker, received, source, lastEventIds, errors: () => errors, close: () => source.close() };
+  return { label, worker, received, source, lastEventIds, close: () => source.close() };
 }
 
 const POSITION = / data-turbocast-position="([^"]+)"/;
 
 async function wsClient(label: string, worker: number, url: string): Promise<Client & { closed: Promise<unknown> }> {
+  // openWs records every message from the first one on, replayed frames that arrive with the handshake included
   const { ws, messages, closed } = await openWs(url);
-  const received: Received[] = [];
-  // openWs records raw messages; turn each into (position, frame) as it arrives
-  const original = messages.push.bind(messages);
-  messages.push = (...items: string[]) => {
-    for (const item of items) received.push({ position: POSITION.exec(item)?.[1] ?? "", frame: item.replace(POSITION, "") });
-    return original(...items);
+  const client = {
+    label,
+    worker,
+    get received(): Received[] {
+      return messages.map((m) => ({ position: POSITION.exec(m)?.[1] ?? "", frame: m.replace(POSITION, "") }));
+    },
+    closed,
+    close: () => ws.close(),
   };
-  const client = { label, worker, received, closed, close: () => ws.close() };
   clients.push(client);
   return client;
 }
