@@ -2,14 +2,18 @@
  * `npm run bench`: every figure of bench/RESULTS.md, measured in one run on
  * this machine, turbocast side by side with a bare `ws` server and Socket.IO.
  *
- *   npm run bench              full run (N up to 10,000), writes bench/RESULTS.md and bench/fanout.svg
- *   npm run bench -- --quick   smaller run, writes bench/out/RESULTS.md and bench/out/fanout.svg
+ *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
+ *   npm run bench -- --quick           smaller run, written to bench/out/ instead
+ *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse)
  */
+import { execSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { execSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { log } from "./lib/log.js";
+import { renderReport } from "./lib/report.js";
+import type { Results } from "./lib/results.js";
+import { fanoutSvg } from "./lib/svg.js";
 import { Target, type TargetSpec } from "./lib/target.js";
 import { runFanout } from "./sections/fanout.js";
 import { runThroughput } from "./sections/throughput.js";
@@ -21,6 +25,7 @@ const WS_NS = quick ? [1000, 5000] : [1000, 5000, 10000];
 const SSE_NS = quick ? [1000] : [1000, 5000];
 
 const SPECS: TargetSpec[] = [
+  { key: "raw-tcp", label: "raw TCP (floor)", server: "raw-tcp", protocol: "tcp", ns: WS_NS },
   { key: "bare-ws", label: "bare ws", server: "bare-ws", protocol: "ws", ns: WS_NS },
   { key: "socketio", label: "Socket.IO", server: "socketio", protocol: "sio", ns: WS_NS },
   { key: "tc-ws", label: "turbocast WS", server: "turbocast", protocol: "ws", ns: WS_NS },
@@ -29,39 +34,68 @@ const SPECS: TargetSpec[] = [
 
 const outDir = fileURLToPath(new URL(quick ? "./out/" : "./", import.meta.url));
 
-function environment(): Record<string, string> {
-  const fdLimit = (() => {
-    try {
-      return execSync('bash -c \'ulimit -n "$(ulimit -Hn)" 2>/dev/null; echo "$(ulimit -n) (hard $(ulimit -Hn))"\'').toString().trim();
-    } catch {
-      return "unknown";
-    }
-  })();
-  return {
-    node: process.version,
-    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? "?"}`,
-    memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB`,
-    fdLimit,
-    date: new Date().toISOString(),
-    mode: quick ? "quick" : "full",
-  };
+function fdLimit(): { soft: number; hard: number } {
+  try {
+    const [soft, hard] = execSync('bash -c \'ulimit -n "$(ulimit -Hn)" 2>/dev/null; echo "$(ulimit -n) $(ulimit -Hn)"\'')
+      .toString()
+      .trim()
+      .split(" ")
+      .map((x) => (x === "unlimited" ? Number.POSITIVE_INFINITY : Number(x)));
+    return { soft: soft!, hard: hard! };
+  } catch {
+    return { soft: Number.NaN, hard: Number.NaN };
+  }
 }
 
 async function main(): Promise<void> {
-  const env = environment();
-  log(`turbocast bench (${env.mode}); fd limit per process: ${env.fdLimit}`);
-  const specs = SPECS.filter((s) => !only || only.includes(s.key));
+  const fd = fdLimit();
+  const results: Results = {
+    env: {
+      node: process.version,
+      cpus: `${os.cpus().length} × ${os.cpus()[0]?.model?.trim() ?? "?"}`,
+      memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB RAM`,
+      fdLimit: `${fd.soft} (hard limit ${fd.hard})`,
+      date: new Date().toISOString(),
+      mode: quick ? "quick" : "full",
+    },
+    labels: Object.fromEntries(SPECS.map((s) => [s.key, s.label])),
+    fanout: [],
+    memory: [],
+    throughput: [],
+    endToEnd: null,
+    render: null,
+    writeCost: null,
+    clock: [],
+    missing: [],
+    notes: [],
+  };
+  log(`turbocast bench (${results.env.mode}); file descriptors per process: ${results.env.fdLimit}`);
+
+  // each process holds N sockets plus a few dozen descriptors of its own
+  const specs = SPECS.filter((s) => !only || only.includes(s.key)).map((s) => {
+    const reachable = s.ns.filter((n) => n + 64 <= fd.soft);
+    for (const n of s.ns.filter((x) => !reachable.includes(x))) {
+      results.missing.push(`${s.label} at N = ${n.toLocaleString("en-US")}: the file-descriptor limit (${fd.soft}, hard ${fd.hard}) is too low for one process to hold that many sockets.`);
+    }
+    return { ...s, ns: reachable };
+  });
+
   const targets: Target[] = [];
-  const results: Record<string, unknown> = { env };
   try {
     for (const spec of specs) {
       const t = new Target(spec);
-      targets.push(t);
       log(`starting ${spec.label}`);
-      await t.start();
+      try {
+        await t.start();
+        targets.push(t);
+      } catch (error) {
+        await t.stop();
+        const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+        results.missing.push(`${spec.label}: its server did not start (${reason}).`);
+        log(`  skipped: ${reason}`);
+      }
     }
-    log("fan-out and idle memory");
-    const throughputTargets: Target[] = [];
+    log("fan-out and idle memory, largest N first");
     const fanout = await runFanout(
       targets,
       { warmup: 5, rounds: quick ? 2 : 3, perRound: 10 },
@@ -69,7 +103,6 @@ async function main(): Promise<void> {
         afterStage: async (n, active) => {
           if (n !== 1000) return;
           log("throughput at 1,000 subscribers");
-          throughputTargets.push(...active);
           results.throughput = await runThroughput(active, {
             startRate: 50,
             factor: quick ? 1.5 : 1.25,
@@ -82,6 +115,9 @@ async function main(): Promise<void> {
     );
     results.fanout = fanout.cells;
     results.memory = fanout.memory;
+    for (const cell of fanout.cells) {
+      if (cell.connectFailures > 0) results.notes.push(`${results.labels[cell.target]} at N = ${cell.n}: ${cell.connectFailures} connections failed to open.`);
+    }
     results.clock = targets.map((t) => ({
       target: t.spec.key,
       server: { offset: t.server.clockOffset, uncertainty: t.server.clockUncertainty },
@@ -90,9 +126,16 @@ async function main(): Promise<void> {
   } finally {
     await Promise.all(targets.map((t) => t.stop()));
   }
+
+  if (!results.endToEnd) results.missing.push("End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.");
+  if (!results.render) results.missing.push("Render cost: needs a turbocast server (delivery).");
+  if (!results.writeCost) results.missing.push("Write cost: needs change capture.");
+
   mkdirSync(outDir, { recursive: true });
   writeFileSync(`${outDir}results.json`, `${JSON.stringify(results, null, 2)}\n`);
-  log(`wrote ${outDir}results.json`);
+  writeFileSync(`${outDir}fanout.svg`, fanoutSvg(results));
+  writeFileSync(`${outDir}RESULTS.md`, renderReport(results, "fanout.svg"));
+  log(`wrote ${outDir}RESULTS.md, fanout.svg and results.json`);
 }
 
 await main();

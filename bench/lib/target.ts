@@ -51,10 +51,9 @@ export class Target {
   }
 
   async start(): Promise<void> {
-    [this.server, this.clients] = await Promise.all([
-      Child.spawn("procs/server.ts", { name: `${this.spec.key} server`, nodeFlags: ["--expose-gc"], args: [this.spec.server] }),
-      Child.spawn("procs/clients.ts", { name: `${this.spec.key} clients` }),
-    ]);
+    // one after the other, so a failed start leaves nothing running that stop() cannot reach
+    this.server = await Child.spawn("procs/server.ts", { name: `${this.spec.key} server`, nodeFlags: ["--expose-gc"], args: [this.spec.server] });
+    this.clients = await Child.spawn("procs/clients.ts", { name: `${this.spec.key} clients` });
     const info = await this.server.request<{ port: number; origin: string; urls: Partial<Record<Protocol, string>> }>("start");
     const url = info.urls[this.spec.protocol];
     if (!url) throw new Error(`${this.spec.key}: the ${this.spec.server} server has no ${this.spec.protocol} URL`);

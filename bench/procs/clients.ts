@@ -10,12 +10,13 @@
  * plain http GET whose body is split into events by hand.
  */
 import http from "node:http";
+import net from "node:net";
 import WebSocket from "ws";
 import { now } from "../lib/clock.js";
 import { broadcastId } from "../lib/frame.js";
 import { emit, serve } from "../lib/ipc.js";
 
-export type Protocol = "ws" | "sio" | "sse";
+export type Protocol = "tcp" | "ws" | "sio" | "sse";
 
 export interface ClientsConfig {
   protocol: Protocol;
@@ -150,8 +151,45 @@ function openSse(url: string): Promise<Connection> {
   });
 }
 
+/** The raw TCP floor's wire format: a 4-byte length, then the frame. */
+function openTcp(url: string): Promise<Connection> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    let closing = false;
+    let carry: Buffer | null = null;
+    const socket = net.connect(Number(port), hostname, () => {
+      resolve({
+        close() {
+          closing = true;
+          socket.destroy();
+        },
+      });
+    });
+    socket.on("data", (chunk: Buffer) => {
+      const t = now();
+      const data = carry === null ? chunk : Buffer.concat([carry, chunk]);
+      let start = 0;
+      while (data.length - start >= 4) {
+        const length = data.readUInt32BE(start);
+        if (data.length - start - 4 < length) break;
+        const id = broadcastId(data.subarray(start + 4, start + 4 + length));
+        if (id >= 0) received(id, t);
+        start += 4 + length;
+      }
+      carry = start >= data.length ? null : Buffer.from(data.subarray(start));
+    });
+    socket.once("error", (error) => {
+      if (!closing) reject(error);
+    });
+    socket.once("close", () => {
+      if (!closing) unexpectedCloses++;
+    });
+  });
+}
+
 function open(): Promise<Connection> {
   if (!config) throw new Error("configure first");
+  if (config.protocol === "tcp") return openTcp(config.url);
   if (config.protocol === "sse") return openSse(config.url);
   return openWs(config.url, config.origin, config.protocol === "sio");
 }

@@ -1,7 +1,7 @@
 /**
  * One server under test, in its own process (started with --expose-gc so
  * memory is measured after a full collection). The kind is the first
- * argument: bare-ws, socketio, turbocast.
+ * argument: raw-tcp, bare-ws, socketio, turbocast.
  */
 import { now, sleep } from "../lib/clock.js";
 import { benchFrame } from "../lib/frame.js";
@@ -16,6 +16,8 @@ async function load(): Promise<BenchServer> {
       return (await import("../servers/bare-ws.js")).bareWsServer();
     case "socketio":
       return (await import("../servers/socketio.js")).socketIoServer();
+    case "raw-tcp":
+      return (await import("../servers/raw-tcp.js")).rawTcpServer();
     case "turbocast":
       return (await import("../servers/turbocast.js")).turbocastServer();
     default:
