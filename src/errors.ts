@@ -130,3 +130,23 @@ export class ClosedError extends TurbocastError {
     super("TURBOCAST_CLOSED", `${what} is closed`);
   }
 }
+
+/** `turbo_stream_from` / `turbo.streamSource` was given nothing to subscribe to, or something that is not a streamable. */
+export class InvalidStreamableError extends TurbocastError {
+  constructor(message: string) {
+    super("TURBOCAST_INVALID_STREAMABLE", message);
+  }
+}
+
+/**
+ * A subscription request was refused. `status` is the HTTP status answered
+ * (400 malformed, 403 refused, 414 URL too long, 500 authenticate failed,
+ * 503 closing); the client sees only the status, never the reason.
+ */
+export class SubscriptionRefusedError extends TurbocastError {
+  readonly status: number;
+  constructor(status: number, reason: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_SUBSCRIPTION_REFUSED", `subscription refused (${status}): ${reason}`, options);
+    this.status = status;
+  }
+}

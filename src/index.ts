@@ -10,4 +10,7 @@ export { escapeHtml } from "./frames/escape.js";
 export { memoryBroker, MemoryBroker } from "./brokers/memory.js";
 export type { Broker, BrokerEvents, Published, HistoryOptions } from "./brokers/broker.js";
 export type { Logger } from "./logger.js";
+export type { DeliveryOptions, Transport, Authenticate } from "./delivery/options.js";
+export { CloseCode } from "./delivery/websocket.js";
+export type { Streamable, StreamSourceOptions, TurboLocals } from "./views/helpers.js";
 export * from "./errors.js";

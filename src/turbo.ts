@@ -1,3 +1,5 @@
+import type http from "node:http";
+import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
@@ -6,7 +8,12 @@ import type nunjucks from "nunjucks";
 import { type Broker, type HistoryOptions, type Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
+import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { Hub } from "./delivery/hub.js";
+import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
+import { currentRequestId } from "./delivery/request-context.js";
+import { resolveSecret } from "./delivery/secret.js";
+import { StreamSigner } from "./delivery/signing.js";
 import { ClosedError, ConfigError } from "./errors.js";
 import { buildFrame } from "./frames/frame.js";
 import { type Logger, consoleLogger } from "./logger.js";
@@ -15,13 +22,26 @@ import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
 import { tableInfo } from "./streams/table.js";
 import { type ViewsOption, resolveViews } from "./views/environment.js";
+import {
+  type StreamSourceOptions,
+  StreamSourceRenderer,
+  type Streamable,
+  localsOf,
+  turboStreamFromGlobal,
+} from "./views/helpers.js";
+import type { Request, RequestHandler, Response } from "express";
 
 /** A Drizzle database over better-sqlite3, with or without a schema. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type TurboDatabase = BetterSQLite3Database<any>;
 
-/** Options of createTurbo. Every default is listed here. */
-export interface TurboOptions {
+/**
+ * Options of createTurbo. Every default is listed here; the delivery options
+ * (secret, secretFile, signatureTtlMs, authenticate, path, transport,
+ * allowedOrigins, heartbeatMs, retryMs, maxBufferedBytes,
+ * maxStreamsPerSubscription, maxUrlLength) are documented on DeliveryOptions.
+ */
+export interface TurboOptions extends DeliveryOptions {
   /** The app's Drizzle better-sqlite3 database. Rows read through it carry `.stream`. */
   db: TurboDatabase;
   /**
@@ -51,6 +71,24 @@ export interface Turbo {
   readonly logger: Logger;
   /** Publishes an already built frame to a stream name (what every broadcast method ends in). */
   publish(stream: string, frame: string): Promise<Published>;
+  /**
+   * Express middleware; mount it before the routes (and after the session
+   * middleware `authenticate` relies on). It serves SSE subscriptions on
+   * `path` and the client script on `path/client.js`, and, for every other
+   * request, takes the broker position before the route reads data, records
+   * X-Turbo-Request-Id, and leaves `res.locals.turbocast` for `turbo_stream_from`.
+   */
+  middleware(): RequestHandler;
+  /** Serves WebSocket subscriptions on `path` of the app's own server (no second port). Call it once per server. */
+  listen(server: http.Server | https.Server): void;
+  /**
+   * The `<turbo-stream-source>` tag for `streamables`, as `turbo_stream_from`
+   * renders it, for code that builds markup without nunjucks. Pass the
+   * request or response of a request that went through `middleware()`.
+   */
+  streamSource(target: Request | Response | null, streamables: readonly Streamable[], options?: StreamSourceOptions): string;
+  /** The signed token of a stream name, for clients other than `<turbo-stream-source>` (`?s=<token>`). */
+  signStreamName(name: string): string;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -71,6 +109,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const db = options.db;
   if (!db) throw new ConfigError("db is required: the app's Drizzle better-sqlite3 database");
   const refreshDebounceMs = options.refreshDebounceMs ?? 500;
+  const delivery = resolveDeliveryOptions(options);
+  const signer = new StreamSigner({
+    secret: resolveSecret({ secret: options.secret, secretFile: options.secretFile }),
+    ttlMs: delivery.signatureTtlMs,
+  });
 
   const registry = new StreamRegistry();
   const streams = options.streams ?? "streams";
@@ -92,12 +135,14 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     render: (template, context) => views.render(template, context as object),
     publish,
     refresh(stream, spec) {
+      // a refresh caused by a request names it, so the page that made it can ignore it
+      const requestId = spec.requestId ?? currentRequestId();
       const pending = pendingRefresh.get(stream);
       if (pending) return pending.promise;
       const promise = new Promise<Published>((resolve, reject) => {
         const timer = setTimeout(() => {
           pendingRefresh.delete(stream);
-          publish(stream, buildFrame({ action: "refresh", requestId: spec.requestId })).then(resolve, reject);
+          publish(stream, buildFrame({ action: "refresh", requestId })).then(resolve, reject);
         }, refreshDebounceMs);
         cleanups.push(() => clearTimeout(timer));
       });
@@ -111,25 +156,46 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     },
   };
 
+  /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
+  let latestPosition: string | null = null;
   let instrumentation: Instrumentation | undefined;
   try {
     instrumentation = instrumentDatabase(db, {
       classFor: (table) => registry.forTable(table),
       onWrite: () => {},
     });
-    await broker.start((frame) => hub.deliver(frame), {
+    await broker.start(
+      (frame) => {
+        latestPosition = frame.position;
+        hub.deliver(frame);
+      },
+      {
       gap: (reason) => {
         logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
         void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
       },
       log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
-    });
+      },
+    );
+    latestPosition ??= await broker.head();
   } catch (error) {
     instrumentation?.restore();
     await broker.close().catch(() => {});
     throw error;
   }
   for (const cls of registry.classes) bindStreamClass(cls, runtime);
+
+  const renderer = new StreamSourceRenderer({
+    registry,
+    signer,
+    path: delivery.path,
+    transport: delivery.transport,
+    maxStreams: delivery.maxStreamsPerSubscription,
+    latestPosition: () => latestPosition,
+  });
+  const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
+  const streamFrom = turboStreamFromGlobal((streamables, opts) => renderer.render(undefined, null, streamables, opts));
+  views.addGlobal("turbo_stream_from", streamFrom);
 
   const turbo: Turbo = {
     registry,
@@ -138,9 +204,21 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     views,
     logger,
     publish,
+    middleware: () => endpoint.middleware(),
+    listen: (server) => endpoint.listen(server),
+    streamSource(target, streamables, opts) {
+      const locals = localsOf(target);
+      if (locals) return locals.streamSource(streamables, opts);
+      const req = target && !("locals" in target) ? (target as Request) : undefined;
+      return renderer.render(req, null, streamables, opts);
+    },
+    signStreamName: (name) => signer.sign(name),
     async close() {
       if (state !== "open") return;
       state = "closing";
+      await endpoint.close();
+      const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
+      if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
       for (const cls of registry.classes) unbindStreamClass(cls, runtime);
       for (const cleanup of cleanups.splice(0)) cleanup();
       instrumentation?.restore();

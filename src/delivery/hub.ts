@@ -11,6 +11,12 @@ export interface Sink {
 export interface SubscribeOptions {
   /** Replay every frame after this position first (render-time position, Last-Event-ID, resume parameter). */
   cursor?: string | null;
+  /**
+   * Start with one refresh frame, whatever the cursor: the client sent a
+   * cursor that cannot be trusted (a garbage Last-Event-ID), so what it
+   * missed is unknown.
+   */
+  refresh?: boolean;
 }
 
 const REFRESH_FRAME = buildFrame({ action: "refresh" });
@@ -52,7 +58,8 @@ export class Hub {
    * replay already sent. Resolves with the unsubscribe function.
    */
   async subscribe(streams: readonly string[], sink: Sink, options: SubscribeOptions = {}): Promise<() => void> {
-    const entry: Entry = { sink, streams, pending: options.cursor ? [] : null, lastSeq: 0, closed: false };
+    const replay = options.refresh === true || Boolean(options.cursor);
+    const entry: Entry = { sink, streams, pending: replay ? [] : null, lastSeq: 0, closed: false };
     for (const name of streams) {
       let set = this.#byStream.get(name);
       if (!set) this.#byStream.set(name, (set = new Set()));
@@ -70,9 +77,9 @@ export class Hub {
         if (set.size === 0) this.#byStream.delete(name);
       }
     };
-    if (options.cursor) {
+    if (replay) {
       try {
-        await this.#replay(entry, options.cursor);
+        await this.#replay(entry, options.refresh === true ? null : (options.cursor ?? null));
       } catch (error) {
         unsubscribe();
         throw error;
@@ -114,8 +121,9 @@ export class Hub {
     return { stream: "", position, seq, frame: REFRESH_FRAME };
   }
 
-  async #replay(entry: Entry, cursor: string): Promise<void> {
-    const missed = await this.#broker.history(entry.streams, cursor);
+  /** Replays after `cursor`; a `null` cursor (or one past history) gets a refresh. */
+  async #replay(entry: Entry, cursor: string | null): Promise<void> {
+    const missed = cursor === null ? null : await this.#broker.history(entry.streams, cursor);
     if (entry.closed) return;
     if (missed === null) {
       const refresh = await this.#refreshFrame();
@@ -123,7 +131,7 @@ export class Hub {
       entry.sink.send(refresh);
       entry.lastSeq = refresh.seq;
     } else {
-      entry.lastSeq = parsePosition(cursor)?.seq ?? 0;
+      entry.lastSeq = cursor === null ? 0 : (parsePosition(cursor)?.seq ?? 0);
       for (const frame of missed) {
         if (frame.seq <= entry.lastSeq) continue;
         entry.lastSeq = frame.seq;

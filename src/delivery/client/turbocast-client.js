@@ -1,0 +1,143 @@
+/*
+ * turbocast client — optional, no build step. Served by turbo.middleware()
+ * at <path>/client.js (default /turbo-streams/client.js).
+ *
+ * Turbo's standard <turbo-stream-source> opens one WebSocket for a ws:/wss:
+ * src and never reopens it. With this script loaded, such an element keeps
+ * its subscription: when the socket closes it reconnects with exponential
+ * backoff (0.5 s doubling to 30 s, with jitter) and resumes after the last
+ * frame it received, which the server marks on every WebSocket frame with a
+ * data-turbocast-position attribute — so nothing is missed and nothing is
+ * applied twice. SSE sources need none of this: EventSource reconnects and
+ * resumes with Last-Event-ID by itself.
+ *
+ * Load it before Turbo, as a classic script:
+ *   <script src="/turbo-streams/client.js"></script>
+ *   <script type="module" src="/turbo.js"></script>
+ * Loaded after Turbo, it still applies to every element connected from then on.
+ */
+(function () {
+  "use strict";
+  if (typeof window === "undefined" || window.__turbocastClient) return;
+  window.__turbocastClient = true;
+
+  var POSITION = /^\s*<turbo-stream\b[^>]*?\sdata-turbocast-position="([A-Za-z0-9._-]+)"/i;
+  var MIN_DELAY_MS = 500;
+  var MAX_DELAY_MS = 30000;
+  /* Close codes after which reconnecting cannot help (the server refused what this client did). */
+  var FINAL_CODES = { 1003: true, 1008: true, 1009: true };
+
+  /**
+   * What Turbo's StreamObserver sees instead of a WebSocket: an EventTarget
+   * that dispatches a "message" event per frame and survives reconnects.
+   */
+  function ResumingSocket(src) {
+    var target = new EventTarget();
+    var url = new URL(src, window.location.href);
+    var position = url.searchParams.get("after");
+    var socket = null;
+    var attempt = 0;
+    var timer = null;
+    var closed = false;
+
+    function connect() {
+      timer = null;
+      if (closed) return;
+      if (position) url.searchParams.set("after", position);
+      socket = new WebSocket(url.toString());
+      socket.onopen = function () {
+        attempt = 0;
+        target.dispatchEvent(new Event("open"));
+      };
+      socket.onmessage = function (event) {
+        if (typeof event.data !== "string") return;
+        var match = POSITION.exec(event.data);
+        if (match) position = match[1];
+        target.dispatchEvent(new MessageEvent("message", { data: event.data }));
+      };
+      socket.onclose = function (event) {
+        socket = null;
+        if (closed || FINAL_CODES[event.code]) return;
+        var delay = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * Math.pow(2, attempt++));
+        timer = setTimeout(connect, delay / 2 + Math.random() * (delay / 2));
+      };
+    }
+
+    target.close = function () {
+      closed = true;
+      if (timer) clearTimeout(timer);
+      if (socket) socket.close();
+    };
+    target.reconnectNow = function () {
+      if (closed || socket) return;
+      if (timer) clearTimeout(timer);
+      attempt = 0;
+      connect();
+    };
+    target.position = function () {
+      return position;
+    };
+    connect();
+    return target;
+  }
+
+  var live = new Set();
+  /* A network that comes back should not wait out a long backoff. */
+  window.addEventListener("online", function () {
+    live.forEach(function (source) {
+      source.reconnectNow();
+    });
+  });
+
+  /*
+   * Turbo defines its elements (upgrading those already in the page) a moment
+   * before it sets window.Turbo, in the same module evaluation: a microtask
+   * later it is there.
+   */
+  function connectToTurbo(source) {
+    if (window.Turbo) return window.Turbo.connectStreamSource(source);
+    queueMicrotask(function () {
+      if (!live.has(source)) return;
+      if (window.Turbo) return window.Turbo.connectStreamSource(source);
+      document.addEventListener(
+        "turbo:load",
+        function () {
+          if (live.has(source) && window.Turbo) window.Turbo.connectStreamSource(source);
+        },
+        { once: true },
+      );
+    });
+  }
+
+  function patch(ElementClass) {
+    var proto = ElementClass.prototype;
+    if (proto.__turbocastPatched) return;
+    proto.__turbocastPatched = true;
+    var connected = proto.connectedCallback;
+    var disconnected = proto.disconnectedCallback;
+    proto.connectedCallback = function () {
+      var src = this.getAttribute("src") || "";
+      if (!/^wss?:/i.test(src)) return connected.call(this);
+      var source = ResumingSocket(src);
+      this.streamSource = source;
+      live.add(source);
+      connectToTurbo(source);
+    };
+    proto.disconnectedCallback = function () {
+      if (this.streamSource) live.delete(this.streamSource);
+      return disconnected.call(this);
+    };
+  }
+
+  var existing = window.customElements.get("turbo-stream-source");
+  if (existing) {
+    patch(existing);
+  } else {
+    /* Patch Turbo's class before it is defined, so elements already in the page are upgraded with the patch. */
+    var define = window.customElements.define;
+    window.customElements.define = function (name, constructor, options) {
+      if (name === "turbo-stream-source") patch(constructor);
+      return define.call(this, name, constructor, options);
+    };
+  }
+})();

@@ -1,0 +1,54 @@
+import type { Published } from "../brokers/broker.js";
+
+/**
+ * Wire encodings, made once per frame and per transport and memoised on the
+ * frame (`published.encoded`), so delivering to N subscribers is N writes of
+ * one shared Buffer — no per-subscriber encoding on the hot path.
+ */
+
+const SAFE_ID = /^[A-Za-z0-9._-]+$/;
+const LINE_BREAK = /\r\n|\r|\n/;
+
+/**
+ * One SSE event: `id: <position>`, one `data:` line per line of the frame,
+ * a blank line. No `event:` field: Turbo listens to "message". CR, LF and
+ * CRLF all end a line in SSE, so each becomes its own `data:` line (the
+ * browser joins them with LF). An id with CR/LF would end the field early
+ * and forge another: refused.
+ */
+export function encodeSse(frame: Published): Buffer {
+  if (!SAFE_ID.test(frame.position)) throw new TypeError(`refusing to send an SSE id with unsafe characters: ${JSON.stringify(frame.position)}`);
+  let text = `id: ${frame.position}\n`;
+  for (const line of frame.frame.split(LINE_BREAK)) text += `data: ${line}\n`;
+  return Buffer.from(`${text}\n`, "utf8");
+}
+
+/** The attribute that carries a frame's position on WebSocket messages (Turbo ignores unknown attributes). */
+export const POSITION_ATTRIBUTE = "data-turbocast-position";
+const OPENING_TAG = /^\s*<turbo-stream(?=[\s/>])/i;
+
+/**
+ * One WebSocket text message: the frame, with its position as an attribute
+ * of the opening `<turbo-stream>` tag, where the client script reads it to
+ * resume after a reconnect. Turbo ignores the attribute, and a page without
+ * the client script is unaffected. A frame that does not start with
+ * `<turbo-stream` is sent as it is.
+ */
+export function encodeWs(frame: Published): Buffer {
+  const match = SAFE_ID.test(frame.position) ? OPENING_TAG.exec(frame.frame) : null;
+  if (!match) return Buffer.from(frame.frame, "utf8");
+  const at = match[0].length;
+  return Buffer.from(`${frame.frame.slice(0, at)} ${POSITION_ATTRIBUTE}="${frame.position}"${frame.frame.slice(at)}`, "utf8");
+}
+
+/** The SSE bytes of a frame, encoded by the first subscriber that needs them. */
+export function sseBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  return (encoded.sse ??= encodeSse(frame));
+}
+
+/** The WebSocket bytes of a frame, encoded by the first subscriber that needs them. */
+export function wsBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  return (encoded.ws ??= encodeWs(frame));
+}

@@ -1,0 +1,113 @@
+import type { Request } from "express";
+import { ConfigError } from "../errors.js";
+
+/** How a `<turbo-stream-source>` connects: Server-Sent Events or WebSocket. */
+export type Transport = "sse" | "websocket";
+
+/**
+ * Who is subscribing. Receives the subscription request: for SSE the Express
+ * request (after every middleware mounted before `turbo.middleware()`); for
+ * WebSocket the upgrade request, which Express middleware never sees — it has
+ * Express's request methods (`req.get`, `req.host`, `req.ip`) but no
+ * `req.session` or `req.cookies`: read cookies from `req.headers.cookie`.
+ */
+export type Authenticate = (req: Request) => unknown;
+
+/** The delivery options of createTurbo. Every default is listed here and applied in `resolveDeliveryOptions`. */
+export interface DeliveryOptions {
+  /**
+   * Signs stream names (HMAC-SHA256); at least 32 characters. Required when
+   * NODE_ENV=production (ConfigError otherwise). Elsewhere, when absent, a
+   * secret is generated once and kept in `secretFile`.
+   */
+  secret?: string;
+  /** Where the development secret is kept. Default `".turbocast-secret"` in the current directory. */
+  secretFile?: string;
+  /** Signed stream names expire this many ms after the page was rendered. Default: never (as turbo-rails). */
+  signatureTtlMs?: number;
+  /** Gives the user of a subscription, passed to every stream's `userPassesTest`. May be async. Default `() => null`. */
+  authenticate?: Authenticate;
+  /** The one path serving SSE (GET), WebSocket upgrades and `client.js`. Default `"/turbo-streams"`. */
+  path?: string;
+  /** Transport of `turbo_stream_from` when a call does not choose. Default `"sse"`. */
+  transport?: Transport;
+  /**
+   * Origins (`"https://app.example.com"`) allowed to open WebSockets besides the
+   * app's own (an Origin whose host is the request's Host, or X-Forwarded-Host
+   * under Express's trust proxy). Default `[]`.
+   */
+  allowedOrigins?: readonly string[];
+  /** SSE comment lines and WebSocket pings this often; a WebSocket that missed the last ping's pong is terminated. Default 15,000. */
+  heartbeatMs?: number;
+  /** The SSE `retry:` sent to EventSource (its reconnect delay), ms. Default 1,000. */
+  retryMs?: number;
+  /** A subscriber whose unsent bytes pass this bound is disconnected (it resumes when it reconnects). Default 1 MiB. */
+  maxBufferedBytes?: number;
+  /** Most streams in one subscription (one `turbo_stream_from`). Default 20. */
+  maxStreamsPerSubscription?: number;
+  /** Longest subscription URL (path and query) accepted; longer gets 414. Default 8,192. */
+  maxUrlLength?: number;
+}
+
+export type ResolvedDeliveryOptions = Required<Omit<DeliveryOptions, "secret" | "secretFile" | "signatureTtlMs">> & {
+  signatureTtlMs: number | undefined;
+};
+
+export const DELIVERY_DEFAULTS = {
+  path: "/turbo-streams",
+  transport: "sse",
+  allowedOrigins: [],
+  heartbeatMs: 15_000,
+  retryMs: 1_000,
+  maxBufferedBytes: 1024 * 1024,
+  maxStreamsPerSubscription: 20,
+  maxUrlLength: 8_192,
+} as const;
+
+/** Applies the defaults and refuses what cannot work, naming the option. */
+export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDeliveryOptions {
+  const path = options.path ?? DELIVERY_DEFAULTS.path;
+  if (typeof path !== "string" || !/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$/.test(path) || (path.length > 1 && path.endsWith("/"))) {
+    throw new ConfigError(`path must be an absolute URL path without query or trailing slash, got ${JSON.stringify(path)}`);
+  }
+  const transport = options.transport ?? DELIVERY_DEFAULTS.transport;
+  if (transport !== "sse" && transport !== "websocket") {
+    throw new ConfigError(`transport must be "sse" or "websocket", got ${JSON.stringify(transport)}`);
+  }
+  const authenticate = options.authenticate ?? (() => null);
+  if (typeof authenticate !== "function") throw new ConfigError("authenticate must be a function (req) => user | null");
+  const allowedOrigins = (options.allowedOrigins ?? DELIVERY_DEFAULTS.allowedOrigins).map((origin) => {
+    let url: URL;
+    try {
+      url = new URL(origin);
+    } catch (error) {
+      throw new ConfigError(`allowedOrigins: ${JSON.stringify(origin)} is not an origin like "https://app.example.com"`, { cause: error });
+    }
+    return url.origin;
+  });
+  const positive = (name: keyof DeliveryOptions, value: number | undefined, fallback: number): number => {
+    const n = value ?? fallback;
+    if (typeof n !== "number" || !Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${String(n)}`);
+    return n;
+  };
+  const signatureTtlMs =
+    options.signatureTtlMs === undefined ? undefined : positive("signatureTtlMs", options.signatureTtlMs, 0);
+  const maxStreamsPerSubscription = positive(
+    "maxStreamsPerSubscription",
+    options.maxStreamsPerSubscription,
+    DELIVERY_DEFAULTS.maxStreamsPerSubscription,
+  );
+  if (!Number.isInteger(maxStreamsPerSubscription)) throw new ConfigError("maxStreamsPerSubscription must be an integer");
+  return {
+    path,
+    transport,
+    authenticate,
+    allowedOrigins,
+    signatureTtlMs,
+    heartbeatMs: positive("heartbeatMs", options.heartbeatMs, DELIVERY_DEFAULTS.heartbeatMs),
+    retryMs: positive("retryMs", options.retryMs, DELIVERY_DEFAULTS.retryMs),
+    maxBufferedBytes: positive("maxBufferedBytes", options.maxBufferedBytes, DELIVERY_DEFAULTS.maxBufferedBytes),
+    maxStreamsPerSubscription,
+    maxUrlLength: positive("maxUrlLength", options.maxUrlLength, DELIVERY_DEFAULTS.maxUrlLength),
+  };
+}

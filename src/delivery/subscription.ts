@@ -1,0 +1,130 @@
+import type { Request } from "express";
+import { parsePosition } from "../brokers/broker.js";
+import { SubscriptionRefusedError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { StreamRegistry } from "../streams/registry.js";
+import type { Stream } from "../streams/stream.js";
+import type { ResolvedDeliveryOptions } from "./options.js";
+import { MAX_TOKEN_LENGTH, type StreamSigner } from "./signing.js";
+
+/**
+ * The query of a subscription URL: `?s=<signed name>&s=<signed name>&after=<position>`.
+ * `s` carries one signed stream name per occurrence; `after` is the
+ * position the page was rendered at (or, on a WebSocket reconnect by the
+ * client script, the last position it received).
+ */
+export const STREAM_PARAM = "s";
+export const AFTER_PARAM = "after";
+
+export interface ParsedSubscription {
+  tokens: string[];
+  after: string | null;
+}
+
+const refuse = (status: number, reason: string, cause?: unknown): SubscriptionRefusedError =>
+  new SubscriptionRefusedError(status, reason, cause === undefined ? undefined : { cause });
+
+/**
+ * Reads the signed names and the position from a request URL, checking the
+ * bounds before anything else is done with them. Throws
+ * SubscriptionRefusedError: 414 for a URL over `maxUrlLength`, 400 for a
+ * malformed query (no stream, an empty or over-long token, too many
+ * streams, a repeated or malformed `after`).
+ */
+export function parseSubscriptionUrl(rawUrl: string, options: Pick<ResolvedDeliveryOptions, "maxUrlLength" | "maxStreamsPerSubscription">): ParsedSubscription {
+  if (rawUrl.length > options.maxUrlLength) throw refuse(414, `URL of ${rawUrl.length} characters`);
+  let params: URLSearchParams;
+  try {
+    params = new URL(rawUrl, "http://turbocast.invalid").searchParams;
+  } catch (error) {
+    throw refuse(400, "unparseable URL", error);
+  }
+  const tokens = params.getAll(STREAM_PARAM);
+  if (tokens.length === 0) throw refuse(400, `no ${STREAM_PARAM}= parameter`);
+  if (tokens.length > options.maxStreamsPerSubscription) {
+    throw refuse(400, `${tokens.length} streams; at most ${options.maxStreamsPerSubscription}`);
+  }
+  for (const token of tokens) {
+    if (token.length === 0 || token.length > MAX_TOKEN_LENGTH) throw refuse(400, `a signed stream name of ${token.length} characters`);
+  }
+  const afters = params.getAll(AFTER_PARAM);
+  if (afters.length > 1) throw refuse(400, `${AFTER_PARAM}= given ${afters.length} times`);
+  const after = afters[0] ?? null;
+  if (after !== null && parsePosition(after) === null) throw refuse(400, `malformed ${AFTER_PARAM}= position`);
+  return { tokens, after };
+}
+
+export interface AuthorizeContext {
+  signer: StreamSigner;
+  registry: StreamRegistry;
+  authenticate: (req: Request) => unknown;
+  logger: Logger;
+  /** WebSocket upgrades: whether the Origin may subscribe (checked after the signatures). */
+  checkOrigin?: () => boolean;
+}
+
+/**
+ * Decides a subscription, in the order of DESIGN.md "Subscribing": every
+ * signature is verified before any stream is looked up; then the Origin of
+ * a WebSocket upgrade is checked; then the names are
+ * resolved to streams; then the user is authenticated and every stream's
+ * `userPassesTest` must pass. Every refusal is the same 403, so a client
+ * learns nothing about which stream exists or which check failed. A name
+ * that verifies but that no class serves (a class removed since the page
+ * was rendered) is refused with that same 403 rather than a 404.
+ * Resolves with the distinct stream names.
+ */
+export async function authorize(req: Request, parsed: ParsedSubscription, context: AuthorizeContext): Promise<string[]> {
+  const names: string[] = [];
+  for (const token of parsed.tokens) {
+    try {
+      names.push(context.signer.verify(token));
+    } catch (error) {
+      throw refuse(403, "bad signature", error);
+    }
+  }
+  if (context.checkOrigin && !context.checkOrigin()) throw refuse(403, "foreign Origin");
+  const unique = [...new Set(names)];
+  const streams: Stream[] = [];
+  for (const name of unique) {
+    try {
+      streams.push(context.registry.resolve(name));
+    } catch (error) {
+      throw refuse(403, `unknown stream ${JSON.stringify(name)}`, error);
+    }
+  }
+  let user: unknown;
+  try {
+    user = await context.authenticate(req);
+  } catch (error) {
+    context.logger.error("authenticate(req) threw; the subscription is refused with 500", { error });
+    throw refuse(500, "authenticate failed", error);
+  }
+  const verdicts = await Promise.all(
+    streams.map(async (stream) => {
+      try {
+        return (await stream.userPassesTest(user ?? null)) === true;
+      } catch (error) {
+        context.logger.warn(`userPassesTest of ${stream.name} threw; the subscription is refused`, { error });
+        return false;
+      }
+    }),
+  );
+  const failed = verdicts.indexOf(false);
+  if (failed !== -1) throw refuse(403, `userPassesTest refused ${JSON.stringify(unique[failed])}`);
+  return unique;
+}
+
+/**
+ * The cursor an SSE reconnect asks for: Last-Event-ID wins over the URL
+ * position. A Last-Event-ID that is not a position we could have sent
+ * (garbage, a proxy's, an over-long one) cannot say what the client missed,
+ * so it gets one refresh frame — never a 400, which would stop EventSource
+ * from ever reconnecting.
+ */
+export function sseCursor(lastEventId: string | undefined, after: string | null): { cursor: string | null; refresh: boolean } {
+  if (lastEventId !== undefined && lastEventId !== "") {
+    return parsePosition(lastEventId) === null ? { cursor: null, refresh: true } : { cursor: lastEventId, refresh: false };
+  }
+  return { cursor: after, refresh: false };
+}

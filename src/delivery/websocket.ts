@@ -1,0 +1,99 @@
+import type { WebSocket } from "ws";
+import type { Published } from "../brokers/broker.js";
+import { BufferBound, type Connection, ConnectionLifecycle } from "./connection.js";
+import { wsBytes } from "./encode.js";
+
+/** Close codes turbocast sends (RFC 6455 §7.4.1). */
+export const CloseCode = {
+  /** The server is shutting down (turbo.close()); the client script reconnects. */
+  GOING_AWAY: 1001,
+  /** The client sent a message: subscriptions are receive-only. */
+  POLICY_VIOLATION: 1008,
+} as const;
+
+export interface WebSocketConnectionOptions {
+  maxBufferedBytes: number;
+  onClose: (connection: WebSocketConnection) => void;
+}
+
+/**
+ * A WebSocket subscriber. Each frame goes out as one text message (the
+ * memoised Buffer, sent with `binary: false`, so ws neither copies nor
+ * re-encodes it). Clients have nothing to say: any message closes the
+ * socket with 1008. A ping per heartbeat; a peer that has not answered the
+ * previous ping by the next one is terminated. A subscriber whose
+ * `bufferedAmount` passes `maxBufferedBytes` (see BufferBound) is
+ * terminated too — it resumes when it reconnects.
+ */
+export class WebSocketConnection implements Connection {
+  readonly transport = "websocket" as const;
+  #ws: WebSocket;
+  #life = new ConnectionLifecycle();
+  #alive = true;
+  #bound: BufferBound;
+
+  constructor(ws: WebSocket, options: WebSocketConnectionOptions) {
+    this.#ws = ws;
+    this.#bound = new BufferBound(options.maxBufferedBytes);
+    ws.on("pong", () => (this.#alive = true));
+    ws.on("message", () => this.#closeWith(CloseCode.POLICY_VIOLATION, "turbocast subscriptions are receive-only"));
+    // a socket error is followed by "close"; listening keeps it from being thrown
+    ws.on("error", () => {});
+    ws.on("close", () => {
+      this.#life.finish();
+      options.onClose(this);
+    });
+  }
+
+  get state(): "open" | "closing" | "closed" {
+    return this.#life.state;
+  }
+
+  get closed(): Promise<void> {
+    return this.#life.closed;
+  }
+
+  beginReplay(): void {
+    this.#bound.beginReplay();
+  }
+
+  endReplay(): void {
+    this.#bound.endReplay(this.#ws.bufferedAmount);
+  }
+
+  attach(unsubscribe: () => void): void {
+    this.#life.attach(unsubscribe);
+  }
+
+  send(frame: Published): void {
+    if (this.#life.state !== "open") return;
+    const ws = this.#ws;
+    ws.send(wsBytes(frame), { binary: false });
+    if (this.#bound.exceeded(ws.bufferedAmount)) this.terminate();
+  }
+
+  heartbeat(): void {
+    if (this.#life.state !== "open") return;
+    if (!this.#alive) {
+      this.terminate();
+      return;
+    }
+    this.#alive = false;
+    this.#ws.ping();
+  }
+
+  close(): void {
+    this.#closeWith(CloseCode.GOING_AWAY, "server shutting down");
+  }
+
+  terminate(): void {
+    if (this.#life.state === "open") this.#life.state = "closing";
+    this.#ws.terminate();
+  }
+
+  #closeWith(code: number, reason: string): void {
+    if (this.#life.state !== "open") return;
+    this.#life.state = "closing";
+    this.#ws.close(code, reason);
+  }
+}

@@ -1,0 +1,260 @@
+import { writeFileSync } from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import Database from "better-sqlite3";
+import { eq } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/better-sqlite3";
+import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import { EventSource } from "eventsource";
+import express from "express";
+import nunjucks from "nunjucks";
+import WebSocket from "ws";
+import { ModelStream, Stream, createTurbo, type Turbo, type TurboOptions } from "../../src/index.js";
+import type { Logger } from "../../src/logger.js";
+import { closeServer, listen, tempDir, waitFor } from "../helpers.js";
+
+export const rooms = sqliteTable("rooms", {
+  id: integer("id").primaryKey(),
+  name: text("name").notNull(),
+  private: integer("private", { mode: "boolean" }).notNull().default(false),
+});
+
+export const messages = sqliteTable("messages", {
+  id: integer("id").primaryKey(),
+  roomId: integer("room_id").notNull(),
+  body: text("body").notNull(),
+});
+
+export interface TestUser {
+  name: string;
+}
+
+/** Rooms: anyone may watch a public room; a private one only "alice" (an async check that loads the row). */
+export class RoomStream extends ModelStream<typeof rooms> {
+  static override model = rooms;
+  override async userPassesTest(user: unknown): Promise<boolean> {
+    const room = await this.load();
+    if (!room) return false;
+    return !room.private || (user as TestUser | null)?.name === "alice";
+  }
+}
+
+export class MessageStream extends ModelStream<typeof messages> {
+  static override model = messages;
+}
+
+/** A plain named stream everyone may watch. */
+export class LobbyStream extends Stream {}
+
+/** A plain named stream nobody may watch (a sync refusal). */
+export class VaultStream extends Stream {
+  override userPassesTest(): boolean {
+    return false;
+  }
+}
+
+export const SECRET = "test-secret-0123456789abcdef0123456789";
+
+const TEMPLATES: Record<string, string> = {
+  "room.njk": `<h1>{{ room.name }}</h1>{{ turbo_stream_from(room, "lobby", transport=transport) }}<div id="messages"></div>`,
+  "_message.njk": `<p id="message_{{ message.id }}">{{ message.body }}</p>`,
+  "lobby.njk": `{{ turbo_stream_from("lobby") }}`,
+  "none.njk": `{{ turbo_stream_from() }}`,
+  "row.njk": `{{ turbo_stream_from(row) }}`,
+};
+
+/** Records what turbocast logs, so a test can assert nothing went wrong. */
+export function recordingLogger(): Logger & { entries: Array<{ level: string; message: string }> } {
+  const entries: Array<{ level: string; message: string }> = [];
+  return {
+    entries,
+    info: (message) => entries.push({ level: "info", message }),
+    warn: (message) => entries.push({ level: "warn", message }),
+    error: (message) => entries.push({ level: "error", message }),
+  };
+}
+
+export interface TestApp {
+  turbo: Turbo;
+  app: express.Express;
+  server: http.Server;
+  url: string;
+  port: number;
+  db: ReturnType<typeof drizzle>;
+  sqlite: Database.Database;
+  logger: ReturnType<typeof recordingLogger>;
+  /** Every socket the server accepted (to cut connections from the server side). */
+  sockets: Set<import("node:net").Socket>;
+  /** GETs a page and returns the `src` of its `<turbo-stream-source>`, unescaped. */
+  pageSrc(pathname: string, headers?: Record<string, string>): Promise<string>;
+  close(): Promise<void>;
+}
+
+/** A real Express app on 127.0.0.1:0 over a temporary SQLite file, with turbocast mounted. */
+export async function startApp(options: Partial<TurboOptions> & { trustProxy?: boolean } = {}): Promise<TestApp> {
+  const { dir, cleanup } = tempDir("turbocast-delivery-");
+  for (const [name, src] of Object.entries(TEMPLATES)) writeFileSync(path.join(dir, name), src);
+  const sqlite = new Database(path.join(dir, "app.db"));
+  sqlite.exec(`
+    create table rooms (id integer primary key, name text not null, private integer not null default 0);
+    create table messages (id integer primary key, room_id integer not null, body text not null);
+    insert into rooms (id, name, private) values (1, 'General', 0), (2, 'Secret plans', 1), (3, 'Random', 0);
+  `);
+  const db = drizzle(sqlite);
+  const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(dir), { autoescape: true });
+  const logger = recordingLogger();
+  const { trustProxy, ...turboOptions } = options;
+  const turbo = await createTurbo({
+    db,
+    views,
+    streams: [RoomStream, MessageStream, LobbyStream, VaultStream],
+    secret: SECRET,
+    logger,
+    authenticate: (req) => {
+      const name = req.get("x-user");
+      return name ? { name } : null;
+    },
+    ...turboOptions,
+  });
+
+  const app = express();
+  if (trustProxy) app.set("trust proxy", true);
+  views.express(app);
+  app.set("view engine", "njk");
+  app.use(turbo.middleware());
+  app.get("/rooms/:id", (req, res) => {
+    const room = db.select().from(rooms).where(eq(rooms.id, Number(req.params.id))).get();
+    if (!room) return void res.sendStatus(404);
+    res.render("room.njk", { room, transport: req.query.transport === "websocket" ? "websocket" : "sse" });
+  });
+  app.post("/rooms/:id/messages", express.json(), async (req, res) => {
+    // the Drizzle write; then what MessageStream's hook does once change capture lands
+    const message = db
+      .insert(messages)
+      .values({ roomId: Number(req.params.id), body: String(req.body.body) })
+      .returning()
+      .get();
+    await RoomStream.for(message.roomId).append("_message.njk", { message }, { target: "messages" });
+    res.status(201).json(message);
+  });
+  app.get("/lobby", (_req, res) => res.render("lobby.njk"));
+
+  const server = http.createServer(app);
+  const sockets = new Set<import("node:net").Socket>();
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  turbo.listen(server);
+  const { url, port } = await listen(server);
+
+  return {
+    turbo,
+    app,
+    server,
+    url,
+    port,
+    db,
+    sqlite,
+    logger,
+    sockets,
+    async pageSrc(pathname, headers = {}) {
+      const response = await fetch(`${url}${pathname}`, { headers });
+      const html = await response.text();
+      const match = /<turbo-stream-source src="([^"]*)"/.exec(html);
+      if (!match) throw new Error(`no <turbo-stream-source> in ${pathname}: ${html}`);
+      return unescapeHtml(match[1]!);
+    },
+    async close() {
+      await turbo.close();
+      await closeServer(server);
+      sqlite.close();
+      cleanup();
+    },
+  };
+}
+
+export function unescapeHtml(value: string): string {
+  return value
+    .replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'")
+    .replace(/&lt;/g, "<")
+    .replace(/&gt;/g, ">")
+    .replace(/&amp;/g, "&");
+}
+
+/** An EventSource client that records every message; `headers` are sent on every (re)connect. */
+export function openSse(
+  url: string,
+  options: { headers?: Record<string, string>; beforeFetch?: (attempt: number) => Promise<void> | void } = {},
+): { source: EventSource; messages: Array<{ id: string; data: string }>; opened: Promise<void>; attempts: () => number; lastEventIds: Array<string | undefined> } {
+  const messages: Array<{ id: string; data: string }> = [];
+  const lastEventIds: Array<string | undefined> = [];
+  let attempts = 0;
+  const source = new EventSource(url, {
+    fetch: async (input, init) => {
+      attempts++;
+      await options.beforeFetch?.(attempts);
+      lastEventIds.push(init.headers["Last-Event-ID"] ?? (init.headers as Record<string, string>)["last-event-id"]);
+      return fetch(input, { ...init, headers: { ...init.headers, ...options.headers } });
+    },
+  });
+  source.onmessage = (event) => messages.push({ id: event.lastEventId, data: event.data });
+  const opened = new Promise<void>((resolve, reject) => {
+    source.addEventListener("open", () => resolve(), { once: true });
+    source.addEventListener("error", (event) => reject(Object.assign(new Error("EventSource failed"), { event })), { once: true });
+  });
+  // a client nobody awaits the opening of must not fail the run with an unhandled rejection
+  opened.catch(() => {});
+  return { source, messages, opened, attempts: () => attempts, lastEventIds };
+}
+
+/** A `ws` client that records every text message; resolves once open, rejects with the HTTP status of a refused upgrade. */
+export async function openWs(
+  url: string,
+  options: { headers?: Record<string, string>; origin?: string } = {},
+): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<{ code: number; reason: string }> }> {
+  const ws = new WebSocket(url, { headers: options.headers, origin: options.origin });
+  const messages: string[] = [];
+  ws.on("message", (data, isBinary) => {
+    if (!isBinary) messages.push(data.toString("utf8"));
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })),
+  );
+  await new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("unexpected-response", (_req, res) => {
+      reject(Object.assign(new Error(`upgrade refused with ${res.statusCode}`), { status: res.statusCode }));
+      res.resume();
+      ws.terminate();
+    });
+    ws.once("error", reject);
+  });
+  return { ws, messages, closed };
+}
+
+/** The HTTP status a WebSocket upgrade to `url` is answered with (101 when it opens). */
+export async function upgradeStatus(url: string, options: { headers?: Record<string, string>; origin?: string } = {}): Promise<number> {
+  try {
+    const { ws } = await openWs(url, options);
+    ws.terminate();
+    return 101;
+  } catch (error) {
+    const status = (error as { status?: number }).status;
+    if (status === undefined) throw error;
+    return status;
+  }
+}
+
+/** `http://…/turbo-streams?…` -> `ws://…/turbo-streams?…` */
+export function toWs(url: string): string {
+  return url.replace(/^http/, "ws");
+}
+
+/** Position of a WebSocket message (the attribute the client script reads). */
+export function wsPosition(message: string): string | undefined {
+  return /data-turbocast-position="([^"]+)"/.exec(message)?.[1];
+}
+
+export { waitFor };
