@@ -150,3 +150,34 @@ export class SubscriptionRefusedError extends TurbocastError {
     this.status = status;
   }
 }
+
+/** Change capture could not be installed on a bound table (a view, a virtual table, a locked or read-only database). */
+export class CaptureInstallError extends TurbocastError {
+  readonly table: string;
+  constructor(table: string, reason: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_CAPTURE_INSTALL_FAILED", `cannot capture changes of table "${table}": ${reason}`, options);
+    this.table = table;
+  }
+}
+
+/**
+ * A change could not be dispatched: its row did not decode, or its stream's
+ * onSave / onDelete (or a template it rendered) threw. Logged, never thrown:
+ * the change feed goes on with the next change.
+ */
+export class HookError extends TurbocastError {
+  readonly table: string;
+  readonly key: unknown;
+  readonly seq: number;
+  constructor(what: string, change: { table: string; key: unknown; seq: number }, cause: unknown) {
+    super(
+      "TURBOCAST_HOOK_FAILED",
+      `${what} failed for table "${change.table}" key ${JSON.stringify(change.key)} (change ${change.seq}): ` +
+        `${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+    this.table = change.table;
+    this.key = change.key;
+    this.seq = change.seq;
+  }
+}

@@ -13,4 +13,6 @@ export type { Logger } from "./logger.js";
 export type { DeliveryOptions, Transport, Authenticate } from "./delivery/options.js";
 export { CloseCode } from "./delivery/websocket.js";
 export type { Streamable, StreamSourceOptions, TurboLocals } from "./views/helpers.js";
+export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
+export type { CaptureOptions, FeedState } from "./changes/feed.js";
 export * from "./errors.js";

@@ -2,11 +2,13 @@ import type http from "node:http";
 import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
+import type Database from "better-sqlite3";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type nunjucks from "nunjucks";
 import { type Broker, type HistoryOptions, type Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
+import { type CaptureOptions, ChangeFeed } from "./changes/feed.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { Hub } from "./delivery/hub.js";
@@ -60,6 +62,13 @@ export interface TurboOptions extends DeliveryOptions {
   refreshDebounceMs?: number;
   /** Where turbocast logs hook failures and broker outages. Default: console. */
   logger?: Logger;
+  /**
+   * Change capture: triggers on every bound table feed a change log that is
+   * drained into `onSave` / `onDelete`. Defaults: `pollIntervalMs` 100,
+   * `batchSize` 100, `leaseMs` 30,000, `retain` `{ count: 10_000, ageMs: 3_600_000 }`
+   * (see CaptureOptions for each).
+   */
+  capture?: CaptureOptions;
 }
 
 /** A running turbocast instance. */
@@ -69,6 +78,8 @@ export interface Turbo {
   readonly hub: Hub;
   readonly views: nunjucks.Environment;
   readonly logger: Logger;
+  /** The change feed that calls the hooks (`state`, `drain()` to dispatch everything committed so far). */
+  readonly feed: ChangeFeed;
   /** Publishes an already built frame to a stream name (what every broadcast method ends in). */
   publish(stream: string, frame: string): Promise<Published>;
   /**
@@ -95,9 +106,11 @@ export interface Turbo {
 
 /**
  * Starts turbocast for an app: registers the stream classes, instruments the
- * Drizzle database, starts the broker and the hub.
+ * Drizzle database, starts the broker and the hub, installs change capture
+ * on every bound table (in one transaction) and starts the change feed.
  *
- * A createTurbo that throws leaves nothing running.
+ * A createTurbo that throws leaves nothing running and no trigger installed
+ * by it.
  *
  * @example
  * const turbo = await createTurbo({ db, views: env, streams: "streams" });
@@ -123,6 +136,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
   let state: "open" | "closing" | "closed" = "open";
+  let closing: Promise<void> | undefined;
   const cleanups: Array<() => unknown> = [];
   const pendingRefresh = new Map<string, { promise: Promise<Published> }>();
 
@@ -156,35 +170,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     },
   };
 
+  const client = sqliteClient(db);
+  const feed = new ChangeFeed({ client, registry, logger, options: options.capture });
+
   /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
   let latestPosition: string | null = null;
-  let instrumentation: Instrumentation | undefined;
-  try {
-    instrumentation = instrumentDatabase(db, {
-      classFor: (table) => registry.forTable(table),
-      onWrite: () => {},
-    });
-    await broker.start(
-      (frame) => {
-        latestPosition = frame.position;
-        hub.deliver(frame);
-      },
-      {
-      gap: (reason) => {
-        logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
-        void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
-      },
-      log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
-      },
-    );
-    latestPosition ??= await broker.head();
-  } catch (error) {
-    instrumentation?.restore();
-    await broker.close().catch(() => {});
-    throw error;
-  }
-  for (const cls of registry.classes) bindStreamClass(cls, runtime);
-
   const renderer = new StreamSourceRenderer({
     registry,
     signer,
@@ -193,9 +183,50 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     maxStreams: delivery.maxStreamsPerSubscription,
     latestPosition: () => latestPosition,
   });
-  const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
   const streamFrom = turboStreamFromGlobal((streamables, opts) => renderer.render(undefined, null, streamables, opts));
-  views.addGlobal("turbo_stream_from", streamFrom);
+  const removeGlobal = (): void => {
+    const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
+    if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
+  };
+
+  let instrumentation: Instrumentation | undefined;
+  let bound = false;
+  try {
+    instrumentation = instrumentDatabase(db, {
+      classFor: (table) => registry.forTable(table),
+      onWrite: () => feed.notify(),
+    });
+    await broker.start(
+      (frame) => {
+        latestPosition = frame.position;
+        hub.deliver(frame);
+      },
+      {
+        gap: (reason) => {
+          logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
+          void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
+        },
+        log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
+      },
+    );
+    latestPosition ??= await broker.head();
+    for (const cls of registry.classes) bindStreamClass(cls, runtime);
+    bound = true;
+    // a template rendered by a hook may call turbo_stream_from
+    views.addGlobal("turbo_stream_from", streamFrom);
+    // last: from here on hooks may run, so everything they use is in place
+    feed.start();
+  } catch (error) {
+    await feed.close();
+    removeGlobal();
+    if (bound) for (const cls of registry.classes) unbindStreamClass(cls, runtime);
+    instrumentation?.restore();
+    await broker.close().catch(() => {});
+    throw error;
+  }
+
+  // subscriptions are served only by the endpoint, which hooks never touch
+  const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
 
   const turbo: Turbo = {
     registry,
@@ -203,6 +234,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     hub,
     views,
     logger,
+    feed,
     publish,
     middleware: () => endpoint.middleware(),
     listen: (server) => endpoint.listen(server),
@@ -213,18 +245,32 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       return renderer.render(req, null, streamables, opts);
     },
     signStreamName: (name) => signer.sign(name),
-    async close() {
-      if (state !== "open") return;
-      state = "closing";
-      await endpoint.close();
-      const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
-      if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
-      for (const cls of registry.classes) unbindStreamClass(cls, runtime);
-      for (const cleanup of cleanups.splice(0)) cleanup();
-      instrumentation?.restore();
-      await broker.close();
-      state = "closed";
+    close() {
+      closing ??= (async () => {
+        // first: the change being dispatched may still publish
+        await feed.close();
+        state = "closing";
+        await endpoint.close();
+        removeGlobal();
+        for (const cls of registry.classes) unbindStreamClass(cls, runtime);
+        for (const cleanup of cleanups.splice(0)) cleanup();
+        instrumentation?.restore();
+        await broker.close();
+        state = "closed";
+      })();
+      return closing;
     },
   };
   return turbo;
+}
+
+/** The better-sqlite3 connection under a Drizzle database. */
+function sqliteClient(db: TurboDatabase): Database.Database {
+  const candidate =
+    (db as unknown as { $client?: unknown }).$client ?? (db as unknown as { session?: { client?: unknown } }).session?.client;
+  const client = candidate as Partial<Database.Database> | undefined;
+  if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
+    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
+  }
+  return client as Database.Database;
 }

@@ -1,3 +1,4 @@
+import type { Logger } from "../src/logger.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -43,4 +44,19 @@ export async function listen(server: http.Server): Promise<{ port: number; url: 
 export async function closeServer(server: http.Server): Promise<void> {
   server.closeAllConnections?.();
   await new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+/** A logger that keeps what it is told, for assertions. */
+export interface LogEntry {
+  level: "info" | "warn" | "error";
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+export function memoryLogger(): Logger & { entries: LogEntry[] } {
+  const entries: LogEntry[] = [];
+  const at = (level: LogEntry["level"]) => (message: string, details?: Record<string, unknown>) => {
+    entries.push({ level, message, details });
+  };
+  return { entries, info: at("info"), warn: at("warn"), error: at("error") };
 }

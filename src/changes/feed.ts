@@ -1,0 +1,429 @@
+import { randomBytes } from "node:crypto";
+import os from "node:os";
+import type Database from "better-sqlite3";
+import { ClosedError, ConfigError, HookError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { ModelStream } from "../streams/model-stream.js";
+import { type AnyModelStreamClass, type StreamRegistry, attachStream } from "../streams/registry.js";
+import { rowDecoder } from "./decode.js";
+import { type ChangeRecord, ChangeLog } from "./log.js";
+import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
+
+/** How writes to bound tables reach `onSave` / `onDelete` (createTurbo's `capture` option). */
+export interface CaptureOptions {
+  /**
+   * How often, in ms, to look for changes this process did not write through
+   * its Drizzle db: other processes, other connections, the sqlite3 shell, raw
+   * `db.$client` statements, and claims left by a crashed process. One cheap
+   * indexed read per tick; the timer does not keep the process alive. Writes
+   * made through the app's Drizzle db are dispatched right after they commit,
+   * whatever this is. Default 100.
+   */
+  pollIntervalMs?: number;
+  /**
+   * Changes claimed (and completed) per write transaction. The feed yields to
+   * the event loop between batches, so a 1,000-row UPDATE never blocks it for
+   * long. Default 100.
+   */
+  batchSize?: number;
+  /**
+   * How long, in ms, a claim stays valid without renewal. A live feed renews
+   * its claims every `leaseMs / 3` while it dispatches; the claims of a
+   * process that died between claim and completion are taken over once this
+   * expires. Default 30,000.
+   */
+  leaseMs?: number;
+  /**
+   * Dispatched changes kept in the log (from which delivery can resume). A
+   * done change is deleted once it is older than `ageMs` or no longer among
+   * the newest `count` changes; pending changes are never deleted. Pruning
+   * runs at most once a second. Default `{ count: 10_000, ageMs: 3_600_000 }`.
+   */
+  retain?: { count?: number; ageMs?: number };
+}
+
+export interface ResolvedCaptureOptions {
+  pollIntervalMs: number;
+  batchSize: number;
+  leaseMs: number;
+  retain: { count: number; ageMs: number };
+}
+
+export const CAPTURE_DEFAULTS: ResolvedCaptureOptions = Object.freeze({
+  pollIntervalMs: 100,
+  batchSize: 100,
+  leaseMs: 30_000,
+  retain: Object.freeze({ count: 10_000, ageMs: 60 * 60_000 }),
+});
+
+/** At most one prune per this many ms: it scans the retained log. */
+const PRUNE_INTERVAL_MS = 1000;
+
+export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCaptureOptions {
+  if (typeof options !== "object" || options === null) throw new ConfigError("capture must be an options object");
+  const resolved: ResolvedCaptureOptions = {
+    pollIntervalMs: options.pollIntervalMs ?? CAPTURE_DEFAULTS.pollIntervalMs,
+    batchSize: options.batchSize ?? CAPTURE_DEFAULTS.batchSize,
+    leaseMs: options.leaseMs ?? CAPTURE_DEFAULTS.leaseMs,
+    retain: {
+      count: options.retain?.count ?? CAPTURE_DEFAULTS.retain.count,
+      ageMs: options.retain?.ageMs ?? CAPTURE_DEFAULTS.retain.ageMs,
+    },
+  };
+  const check = (name: string, value: number, min: number): void => {
+    if (!Number.isInteger(value) || value < min) {
+      throw new ConfigError(`capture.${name} must be an integer of at least ${min}, got ${String(value)}`);
+    }
+  };
+  check("pollIntervalMs", resolved.pollIntervalMs, 1);
+  check("batchSize", resolved.batchSize, 1);
+  check("leaseMs", resolved.leaseMs, 1);
+  check("retain.count", resolved.retain.count, 0);
+  check("retain.ageMs", resolved.retain.ageMs, 0);
+  return resolved;
+}
+
+export type FeedState = "idle" | "running" | "closing" | "closed";
+
+export interface ChangeFeedInit {
+  /** The app's own better-sqlite3 connection (its journal mode and busy timeout are left as they are). */
+  client: Database.Database;
+  registry: StreamRegistry;
+  logger: Logger;
+  options?: CaptureOptions;
+}
+
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * Drains the change log into the hooks of the bound stream classes, in seq
+ * order, each change exactly once across every process sharing the file:
+ *
+ * 1. claim a batch in one write transaction (marking the previous batch done
+ *    in the same one) — a claim is only taken while no other live feed holds
+ *    claims, so processes take turns and order holds across them;
+ * 2. decode each row through its Drizzle columns, give it `.stream`, and
+ *    await `onSave(entity, { created })` / `onDelete(entity)`; a failure is
+ *    logged as a HookError and the feed goes on;
+ * 3. yield to the event loop, and go on until nothing is left.
+ *
+ * A drain starts right after the app's own writes commit (`notify()`), and
+ * when the poll sees work written by anyone else. A crash between claim and
+ * completion loses nothing: the claim's lease expires and a live feed (or the
+ * restarted app) dispatches it. `start()` and `close()` are safe to call twice.
+ */
+export class ChangeFeed {
+  /** Who holds a claim, as recorded in the log: host, pid and a per-feed nonce. */
+  readonly owner = `${os.hostname()}/${process.pid}/${randomBytes(4).toString("hex")}`;
+  readonly #client: Database.Database;
+  readonly #registry: StreamRegistry;
+  readonly #logger: Logger;
+  readonly #options: ResolvedCaptureOptions;
+  #state: FeedState = "idle";
+  #log: ChangeLog | null = null;
+  #schemaVersion = -1;
+  #timer: NodeJS.Timeout | null = null;
+  #immediate: NodeJS.Immediate | null = null;
+  #pass: Promise<void> | null = null;
+  #again = false;
+  #closed: Promise<void> | null = null;
+  #renewTimer: NodeJS.Timeout | null = null;
+  /** Highest seq dispatched by this feed and not yet marked done (0: none). */
+  #doneUpTo = 0;
+  /** Highest seq this feed holds a claim on. */
+  #claimedUpTo = 0;
+  #prunePending = false;
+  #lastPrune = 0;
+  /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
+  #failing = new Set<string>();
+  #warnedUnbound = new Set<string>();
+  #missingTables = new Set<string>();
+
+  constructor(init: ChangeFeedInit) {
+    this.#client = init.client;
+    this.#registry = init.registry;
+    this.#logger = init.logger;
+    this.#options = resolveCaptureOptions(init.options);
+  }
+
+  get state(): FeedState {
+    return this.#state;
+  }
+
+  /**
+   * Installs (or updates) the triggers of every bound table in one
+   * transaction, then starts polling and dispatches whatever was committed
+   * while no feed ran. Throws CaptureInstallError with nothing changed and
+   * nothing running when a trigger cannot be installed.
+   */
+  start(): void {
+    if (this.#state === "running") return;
+    if (this.#state !== "idle") throw new ClosedError("change feed");
+    this.#sync();
+    this.#log = new ChangeLog(this.#client);
+    this.#state = "running";
+    this.#timer = setInterval(this.#tick, this.#options.pollIntervalMs);
+    this.#timer.unref();
+    this.#schedule();
+  }
+
+  /** The app's own write committed: drain soon (once per event-loop turn, however many writes). */
+  notify(): void {
+    this.#schedule();
+  }
+
+  /** Dispatches every change this feed can claim now; resolves when done. Resolves at once when not running. */
+  drain(): Promise<void> {
+    if (this.#state !== "running") return Promise.resolve();
+    if (this.#pass) {
+      this.#again = true;
+      return this.#pass;
+    }
+    if (this.#immediate) clearImmediate(this.#immediate);
+    this.#immediate = null;
+    this.#startPass();
+    return this.#pass ?? Promise.resolve();
+  }
+
+  /**
+   * Stops polling, waits for the change being dispatched, marks what was
+   * dispatched done and gives back claims not dispatched yet (another process
+   * or the next start takes them). Triggers stay: changes committed while the
+   * app is down are dispatched when it starts again.
+   */
+  close(): Promise<void> {
+    if (this.#closed) return this.#closed;
+    if (this.#state === "idle") {
+      this.#state = "closed";
+      this.#closed = Promise.resolve();
+      return this.#closed;
+    }
+    this.#state = "closing";
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    if (this.#immediate) clearImmediate(this.#immediate);
+    this.#immediate = null;
+    this.#closed = (async () => {
+      await this.#pass;
+      this.#finishClaims();
+      this.#state = "closed";
+    })();
+    return this.#closed;
+  }
+
+  #tables(): CaptureTable[] {
+    return this.#registry.modelClasses.map((cls) => {
+      const info = cls.tableInfo();
+      return {
+        name: info.name,
+        keys: info.keys.map((k) => k.column.name),
+        columns: Object.values(info.columns).map((c) => c.name),
+      };
+    });
+  }
+
+  #sync(): TriggerSync {
+    const result = syncTriggers(this.#client, this.#tables());
+    this.#schemaVersion = result.schemaVersion;
+    for (const table of result.missingTables) {
+      if (this.#missingTables.has(table)) continue;
+      this.#missingTables.add(table);
+      this.#logger.warn(`table "${table}" does not exist yet; its changes are captured once it is created`, { table });
+    }
+    for (const table of result.captured) {
+      if (this.#missingTables.delete(table)) this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
+    }
+    for (const { table, columns } of result.missingColumns) {
+      this.#logger.warn(`table "${table}" has no column ${columns.join(", ")} that its Drizzle schema declares; hooks see undefined`, { table, columns });
+    }
+    return result;
+  }
+
+  /** A migration changed the schema: bring the triggers up to date (a no-op if they are). */
+  #resync(): void {
+    try {
+      const result = this.#sync();
+      if (result.created.length > 0 || result.dropped.length > 0) {
+        this.#logger.info("change capture triggers updated after a schema change", { created: result.created, dropped: result.dropped });
+      }
+      this.#recovered("sync");
+    } catch (error) {
+      // #schemaVersion is unchanged, so the next tick tries again
+      this.#failed("sync", "could not update change capture triggers after a schema change", error, "error");
+    }
+  }
+
+  #tick = (): void => {
+    if (this.#state !== "running" || this.#pass || this.#immediate) return;
+    // A transaction the app left open (a raw BEGIN across an await) is not committed: look next tick.
+    if (this.#client.inTransaction) return;
+    try {
+      const now = Date.now();
+      const poll = this.#log!.poll(this.owner, now - this.#options.leaseMs);
+      if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
+      if (poll.claimable) this.#schedule();
+      else this.#maybePrune(now);
+      this.#recovered("poll");
+    } catch (error) {
+      this.#failed("poll", "change feed could not poll the database; retrying", error);
+    }
+  };
+
+  #schedule(): void {
+    if (this.#state !== "running") return;
+    if (this.#pass) {
+      this.#again = true;
+      return;
+    }
+    this.#immediate ??= setImmediate(this.#startPass);
+  }
+
+  #startPass = (): void => {
+    this.#immediate = null;
+    if (this.#state !== "running" || this.#pass) return;
+    this.#pass = this.#passes().finally(() => {
+      this.#pass = null;
+    });
+  };
+
+  async #passes(): Promise<void> {
+    do {
+      this.#again = false;
+      await this.#drainOnce();
+    } while (this.#again && this.#state === "running");
+  }
+
+  async #drainOnce(): Promise<void> {
+    const log = this.#log!;
+    const { batchSize, leaseMs } = this.#options;
+    try {
+      for (;;) {
+        if (this.#state !== "running" || this.#client.inTransaction) break;
+        const now = Date.now();
+        const poll = log.poll(this.owner, now - leaseMs);
+        if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
+        if (!poll.claimable) break;
+        // reached only with the previous batch fully dispatched: complete it as the next one is claimed
+        const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, now - leaseMs, batchSize);
+        if (this.#doneUpTo > 0) this.#prunePending = true;
+        this.#doneUpTo = 0;
+        this.#claimedUpTo = batch.length > 0 ? batch[batch.length - 1]!.seq : 0;
+        if (batch.length === 0) break;
+        this.#holdClaims();
+        for (const change of batch) {
+          await this.#dispatch(change);
+          this.#doneUpTo = change.seq;
+          if (this.#state !== "running") break;
+        }
+        // a short batch took everything there was; writes since then notify or show up in the poll
+        if (batch.length < batchSize) break;
+        await yieldToEventLoop();
+      }
+      this.#recovered("drain");
+    } catch (error) {
+      this.#failed("drain", "change feed could not claim changes (is the database locked?); retrying", error);
+    } finally {
+      this.#finishClaims();
+    }
+  }
+
+  /** Marks what was dispatched done, gives back claims not dispatched, stops renewing. */
+  #finishClaims(): void {
+    if (this.#renewTimer) clearInterval(this.#renewTimer);
+    this.#renewTimer = null;
+    // inside a transaction the app holds open, our writes would share its fate: do them later
+    if (this.#client.inTransaction || !this.#log) return;
+    const now = Date.now();
+    try {
+      if (this.#doneUpTo > 0) {
+        this.#log.complete(this.owner, this.#doneUpTo, now);
+        this.#prunePending = true;
+        if (this.#claimedUpTo <= this.#doneUpTo) this.#claimedUpTo = 0;
+        this.#doneUpTo = 0;
+      }
+      // only when a drain stopped mid-batch (close, an error): the rest goes back to the pool
+      if (this.#claimedUpTo > 0) {
+        this.#log.release(this.owner);
+        this.#claimedUpTo = 0;
+      }
+      this.#maybePrune(now);
+    } catch (error) {
+      // kept in #doneUpTo / #claimedUpTo: the next drain completes them (or the lease expires)
+      this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
+    }
+  }
+
+  /** Renews this feed's claims every leaseMs / 3 while it dispatches, so a slow hook is not taken for a dead process. */
+  #holdClaims(): void {
+    if (this.#renewTimer) return;
+    this.#renewTimer = setInterval(() => {
+      if (this.#client.inTransaction) return;
+      try {
+        this.#log!.renew(this.owner, Date.now());
+      } catch (error) {
+        this.#failed("renew", "change feed could not renew its claims", error);
+      }
+    }, Math.max(1, Math.floor(this.#options.leaseMs / 3)));
+    this.#renewTimer.unref();
+  }
+
+  #maybePrune(now: number): void {
+    if (!this.#prunePending || now - this.#lastPrune < PRUNE_INTERVAL_MS || this.#client.inTransaction) return;
+    this.#prunePending = false;
+    this.#lastPrune = now;
+    try {
+      this.#log!.prune(now, this.#options.retain);
+    } catch (error) {
+      this.#failed("prune", "change feed could not prune the change log", error);
+    }
+  }
+
+  async #dispatch(change: ChangeRecord): Promise<void> {
+    const cls = this.#registry.forTableName(change.table);
+    if (!cls) {
+      // captured while the table was bound (or by another app version); nobody here handles it
+      if (!this.#warnedUnbound.has(change.table)) {
+        this.#warnedUnbound.add(change.table);
+        this.#logger.warn(`changes of table "${change.table}" are skipped: no ModelStream is bound to it`, { table: change.table });
+      }
+      return;
+    }
+    let what = `decoding a row of ${cls.name}`;
+    try {
+      const entity = attachStream(rowDecoder(cls.tableInfo())(change.row), cls);
+      const stream = cls.for(entity) as ModelStream;
+      stream.entity = entity as ModelStream["entity"];
+      if (change.op === "delete") {
+        what = `${cls.name}.onDelete`;
+        await stream.onDelete(entity as never);
+      } else {
+        what = `${cls.name}.onSave`;
+        await stream.onSave(entity as never, { created: change.op === "insert" });
+      }
+    } catch (error) {
+      const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.pk), seq: change.seq }, error);
+      this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
+    }
+  }
+
+  #failed(kind: string, message: string, error: unknown, level: "warn" | "error" = "warn"): void {
+    if (this.#failing.has(kind)) return;
+    this.#failing.add(kind);
+    this.#logger[level](message, { error });
+  }
+
+  #recovered(kind: string): void {
+    if (this.#failing.size > 0 && this.#failing.delete(kind)) this.#logger.info(`change feed ${kind} works again`);
+  }
+}
+
+/** The logged form of a change's key: the bare value, or `{ column: value }` for composite keys. */
+function keyOf(cls: AnyModelStreamClass, pk: string): unknown {
+  try {
+    const values = JSON.parse(pk) as unknown[];
+    const keys = cls.tableInfo().keys;
+    return keys.length === 1 ? values[0] : Object.fromEntries(keys.map((k, i) => [k.key, values[i]]));
+  } catch {
+    return pk;
+  }
+}

@@ -1,0 +1,194 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import Database from "better-sqlite3";
+import { drizzle } from "drizzle-orm/better-sqlite3";
+import nunjucks from "nunjucks";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { type CaptureOptions, type Turbo, createTurbo } from "../src/index.js";
+import { DDL, schema } from "./fixtures/capture/schema.js";
+import { captureStreams, recorder } from "./fixtures/capture/streams.js";
+import { memoryLogger, tempDir, waitFor } from "./helpers.js";
+
+const root = path.resolve(import.meta.dirname, "..");
+const worker = path.join(import.meta.dirname, "fixtures", "capture", "worker.ts");
+
+interface Worker {
+  child: ChildProcess;
+  messages: unknown[];
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const children = new Set<ChildProcess>();
+
+function startWorker(...args: string[]): Worker {
+  const child = spawn(process.execPath, ["--import", "tsx", worker, ...args], { cwd: root, stdio: ["ignore", "ignore", "pipe", "ipc"] });
+  children.add(child);
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
+  const messages: unknown[] = [];
+  child.on("message", (message) => messages.push(message));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on("exit", (code, signal) => {
+      children.delete(child);
+      resolve({ code, signal });
+    });
+  });
+  return { child, messages, stderr: () => stderr, exited };
+}
+
+const received = (w: Worker, key: string) => () => w.messages.some((m) => typeof m === "object" && m !== null && key in m);
+
+interface Dispatched {
+  pid: number;
+  hook: string;
+  created?: boolean;
+  id: number;
+  body: string;
+  version: number;
+}
+
+const readLines = (file: string): Dispatched[] =>
+  existsSync(file)
+    ? readFileSync(file, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as Dispatched)
+    : [];
+
+let tmp: { dir: string; cleanup: () => void };
+let file: string;
+const opened: Array<{ turbo?: Turbo; sqlite: Database.Database }> = [];
+
+/** The database file, created in WAL mode with the capture schema (no turbocast yet). */
+function createDatabase(): void {
+  const sqlite = new Database(file);
+  sqlite.pragma("journal_mode = WAL");
+  sqlite.exec(DDL);
+  sqlite.close();
+}
+
+async function startApp(capture?: CaptureOptions): Promise<{ turbo: Turbo; sqlite: Database.Database }> {
+  const sqlite = new Database(file);
+  const turbo = await createTurbo({
+    db: drizzle(sqlite, { schema }),
+    views: new nunjucks.Environment(null, { autoescape: true }),
+    streams: captureStreams,
+    logger: memoryLogger(),
+    capture,
+  });
+  const app = { turbo, sqlite };
+  opened.push(app);
+  return app;
+}
+
+beforeEach(() => {
+  tmp = tempDir("turbocast-processes-");
+  file = path.join(tmp.dir, "app.db");
+  recorder.reset();
+});
+
+afterEach(async () => {
+  for (const child of children) child.kill("SIGKILL");
+  for (const { turbo, sqlite } of opened.splice(0)) {
+    await turbo?.close();
+    sqlite.close();
+  }
+  recorder.reset();
+  tmp.cleanup();
+});
+
+describe("change capture across processes", () => {
+  it("dispatches writes made by a second Node process", async () => {
+    createDatabase();
+    await startApp({ pollIntervalMs: 50 });
+    const writer = startWorker("write", file, "3", "from-child");
+    expect(await writer.exited).toEqual({ code: 0, signal: null });
+    await waitFor(() => recorder.calls.length === 3);
+    expect(recorder.calls.map((c) => [c.created, c.entity.body])).toEqual([
+      [true, "from-child-0"],
+      [true, "from-child-1"],
+      [true, "from-child-2"],
+    ]);
+  });
+
+  it("dispatches, on restart, a change committed by a process killed right after the commit", async () => {
+    createDatabase();
+    const doomed = startWorker("commit-and-die", file, "last words");
+    const { signal } = await doomed.exited;
+    expect(signal, doomed.stderr()).toBe("SIGKILL");
+    const check = new Database(file);
+    expect(check.prepare("SELECT op, claimed_by, done_at FROM _turbocast_changes").all()).toEqual([
+      { op: "insert", claimed_by: null, done_at: null },
+    ]);
+    check.close();
+
+    await startApp();
+    await waitFor(() => recorder.calls.length === 1);
+    expect(recorder.calls[0]!.entity).toMatchObject({ body: "last words" });
+  });
+
+  it("takes over the claim of a process killed while dispatching once its lease expires", async () => {
+    createDatabase();
+    const out = path.join(tmp.dir, "dying.jsonl");
+    const dying = startWorker("serve", file, out, JSON.stringify({ capture: { pollIntervalMs: 20, leaseMs: 60_000 } }));
+    await waitFor(received(dying, "ready"), { timeoutMs: 15_000, message: dying.stderr() });
+    const writer = new Database(file);
+    writer.prepare("INSERT INTO items (body) VALUES ('hang here')").run();
+    writer.close();
+    await waitFor(() => readLines(out).length === 1, { message: "the hook started in the child" });
+    dying.child.kill("SIGKILL");
+    await dying.exited;
+
+    const check = new Database(file);
+    const claim = check.prepare("SELECT claimed_by, claimed_at, done_at FROM _turbocast_changes").get() as {
+      claimed_by: string;
+      claimed_at: number;
+      done_at: number | null;
+    };
+    check.close();
+    expect(claim.claimed_by).toContain(`/${dying.child.pid}/`);
+    expect(claim.done_at).toBeNull();
+
+    const leaseMs = 400;
+    let dispatchedAt = 0;
+    recorder.behaviour = () => void (dispatchedAt = Date.now());
+    await startApp({ pollIntervalMs: 20, leaseMs });
+    await waitFor(() => recorder.calls.length === 1);
+    expect(recorder.calls[0]!.entity).toMatchObject({ body: "hang here" });
+    expect(dispatchedAt - claim.claimed_at).toBeGreaterThanOrEqual(leaseMs);
+  });
+
+  it("two processes draining one file dispatch each change exactly once, in seq order", async () => {
+    createDatabase();
+    const rows = 150;
+    const outs = [path.join(tmp.dir, "a.jsonl"), path.join(tmp.dir, "b.jsonl")];
+    const workers = outs.map((out, i) =>
+      startWorker("serve", file, out, JSON.stringify({ capture: { pollIntervalMs: 10, batchSize: 7 }, write: { count: rows, prefix: `w${i}` } })),
+    );
+    for (const w of workers) await waitFor(received(w, "written"), { timeoutMs: 30_000, message: w.stderr() });
+    // every change of both writers, inserts and updates: 2 per row
+    await waitFor(() => outs.flatMap(readLines).length >= 4 * rows, { timeoutMs: 15_000 });
+    const check = new Database(file);
+    await waitFor(() => check.prepare("SELECT count(*) FROM _turbocast_changes WHERE done_at IS NULL").pluck().get() === 0);
+    const owners = check.prepare("SELECT DISTINCT claimed_by FROM _turbocast_changes").pluck().all();
+    check.close();
+    for (const w of workers) w.child.send("close");
+    for (const w of workers) expect(await w.exited).toEqual({ code: 0, signal: null });
+
+    const [a, b] = outs.map(readLines) as [Dispatched[], Dispatched[]];
+    const all = [...a, ...b];
+    const keys = all.map((d) => `${d.id}@${d.version}`);
+    expect(new Set(keys).size).toBe(4 * rows);
+    expect(keys).toHaveLength(4 * rows);
+    expect(all.filter((d) => d.created === true).every((d) => d.version === 0)).toBe(true);
+    expect(all.filter((d) => d.created === false).every((d) => d.version === 1)).toBe(true);
+    // both took part, and each one's share arrived in id order for inserts (seq order within a process)
+    expect(owners.length).toBe(2);
+    for (const share of [a, b]) {
+      const inserted = share.filter((d) => d.created).map((d) => d.id);
+      expect(inserted).toEqual([...inserted].sort((x, y) => x - y));
+    }
+  });
+});

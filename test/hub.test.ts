@@ -1,0 +1,110 @@
+import { describe, expect, it } from "vitest";
+import type { Broker, Published } from "../src/brokers/broker.js";
+import { parsePosition } from "../src/brokers/broker.js";
+import { MemoryBroker } from "../src/brokers/memory.js";
+import { Hub } from "../src/delivery/hub.js";
+
+async function setup(history?: ConstructorParameters<typeof MemoryBroker>[0]) {
+  const broker = new MemoryBroker(history);
+  const hub = new Hub(broker);
+  await broker.start((f) => hub.deliver(f), { gap: () => void hub.refreshAll(), log: () => {} });
+  return { broker, hub };
+}
+
+const recorder = () => {
+  const frames: Published[] = [];
+  return { frames, sink: { send: (f: Published) => frames.push(f) } };
+};
+
+describe("memory broker", () => {
+  it("gives every frame a position with one seq across streams", async () => {
+    const { broker } = await setup();
+    const a = await broker.publish("a", "1");
+    const b = await broker.publish("b", "2");
+    expect(parsePosition(b.position)!.seq).toBe(parsePosition(a.position)!.seq + 1);
+    expect(parsePosition(a.position)!.epoch).toBe(broker.epoch);
+    expect(await broker.head()).toBe(b.position);
+  });
+
+  it("returns history after a cursor across several streams, in order", async () => {
+    const { broker } = await setup();
+    const start = await broker.head();
+    await broker.publish("a", "1");
+    await broker.publish("b", "2");
+    await broker.publish("c", "3");
+    await broker.publish("a", "4");
+    expect((await broker.history(["a", "b"], start))!.map((f) => f.frame)).toEqual(["1", "2", "4"]);
+  });
+
+  it("answers null (a gap) for a cursor past retention, from another epoch, malformed or from the future", async () => {
+    const { broker } = await setup({ history: { frames: 2, ageMs: 0, maxFrames: 2 } });
+    const start = await broker.head();
+    for (let i = 0; i < 5; i++) await broker.publish("a", String(i));
+    expect(await broker.history(["a"], start)).toBeNull();
+    const recent = await broker.history(["a"], `${broker.epoch}.3`);
+    expect(recent!.map((f) => f.frame)).toEqual(["3", "4"]);
+    expect(await broker.history(["a"], "otherepoch.3")).toBeNull();
+    expect(await broker.history(["a"], "garbage")).toBeNull();
+    expect(await broker.history(["a"], `${broker.epoch}.999`)).toBeNull();
+  });
+});
+
+describe("hub", () => {
+  it("delivers each frame to the subscribers of its stream only", async () => {
+    const { broker, hub } = await setup();
+    const one = recorder();
+    const two = recorder();
+    await hub.subscribe(["a"], one.sink);
+    const off = await hub.subscribe(["a", "b"], two.sink);
+    await broker.publish("a", "x");
+    await broker.publish("b", "y");
+    await broker.publish("c", "z");
+    off();
+    await broker.publish("b", "w");
+    expect(one.frames.map((f) => f.frame)).toEqual(["x"]);
+    expect(two.frames.map((f) => f.frame)).toEqual(["x", "y"]);
+    expect(hub.size).toBe(1);
+  });
+
+  it("replays from a cursor, then goes live without gaps or duplicates", async () => {
+    const { broker, hub } = await setup();
+    const cursor = await broker.head();
+    await broker.publish("a", "1");
+    await broker.publish("a", "2");
+    // frames published while the replay's history read is in flight are held, then sent once
+    const slowBroker: Broker = Object.create(broker);
+    slowBroker.history = async (streams, after) => {
+      const frames = await broker.history(streams, after);
+      await broker.publish("a", "3");
+      return frames;
+    };
+    const slowHub = new Hub(slowBroker);
+    await broker.start((f) => {
+      hub.deliver(f);
+      slowHub.deliver(f);
+    }, { gap: () => {}, log: () => {} });
+    const rec = recorder();
+    await slowHub.subscribe(["a"], rec.sink, { cursor });
+    await broker.publish("a", "4");
+    expect(rec.frames.map((f) => f.frame)).toEqual(["1", "2", "3", "4"]);
+  });
+
+  it("sends one refresh instead of a silent gap", async () => {
+    const { broker, hub } = await setup({ history: { frames: 1, ageMs: 0, maxFrames: 1 } });
+    const cursor = await broker.head();
+    await broker.publish("a", "1");
+    await broker.publish("a", "2");
+    const rec = recorder();
+    await hub.subscribe(["a"], rec.sink, { cursor });
+    await broker.publish("a", "3");
+    expect(rec.frames.map((f) => f.frame)).toEqual([`<turbo-stream action="refresh"></turbo-stream>`, "3"]);
+  });
+
+  it("refreshAll sends every subscriber exactly one refresh", async () => {
+    const { hub } = await setup();
+    const rec = recorder();
+    await hub.subscribe(["a", "b"], rec.sink);
+    await hub.refreshAll();
+    expect(rec.frames.map((f) => f.frame)).toEqual([`<turbo-stream action="refresh"></turbo-stream>`]);
+  });
+});
