@@ -52,3 +52,20 @@ export function wsBytes(frame: Published): Buffer {
   const encoded = (frame.encoded ??= {});
   return (encoded.ws ??= encodeWs(frame));
 }
+
+/**
+ * The SSE event of a frame as one HTTP/1.1 chunk, `<size in hex>\r\n<event>\r\n`:
+ * exactly the bytes a chunked response writes for it, ready to go to the
+ * socket in one write (see SseConnection.send). Memoised like the others.
+ */
+export function sseChunkBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  if (encoded.sseChunk) return encoded.sseChunk;
+  const event = sseBytes(frame);
+  const head = `${event.length.toString(16)}\r\n`;
+  const chunk = Buffer.allocUnsafe(head.length + event.length + 2);
+  chunk.write(head, 0, "latin1");
+  event.copy(chunk, head.length);
+  chunk.write("\r\n", head.length + event.length, "latin1");
+  return (encoded.sseChunk = chunk);
+}
