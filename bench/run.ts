@@ -17,6 +17,9 @@ import { fanoutSvg } from "./lib/svg.js";
 import { Target, type TargetSpec } from "./lib/target.js";
 import { runFanout } from "./sections/fanout.js";
 import { runThroughput } from "./sections/throughput.js";
+import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
+import { Child } from "./lib/ipc.js";
+import type { WriteCost } from "./lib/results.js";
 
 const quick = process.argv.includes("--quick");
 const only = process.argv.find((a) => a.startsWith("--targets="))?.slice("--targets=".length).split(",");
@@ -110,6 +113,15 @@ async function main(): Promise<void> {
             maxRate: 20_000,
             maxLagGrowthMs: 25,
           });
+          const tc = active.find((t) => t.spec.key === "tc-ws");
+          if (!tc) return;
+          log("end to end at 1,000 subscribers: Drizzle insert -> capture -> onSave -> render -> received");
+          results.endToEnd = await runEndToEnd(tc, { warmup: 5, samples: quick ? 20 : 30 });
+          log("render cost at 1,000 subscribers, then at 1");
+          const renders = [await runRenderCost(tc, 20)];
+          await tc.resize(1);
+          renders.unshift(await runRenderCost(tc, 20));
+          results.render = renders;
         },
       },
     );
@@ -127,9 +139,20 @@ async function main(): Promise<void> {
     await Promise.all(targets.map((t) => t.stop()));
   }
 
+  log("write cost: Drizzle inserts per second with and without change capture");
+  const writer = await Child.spawn("procs/write-cost.ts", { name: "write-cost" });
+  try {
+    const inserts = quick ? 2000 : 5000;
+    const workloads = await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds: quick ? 3 : 5 }, 600_000);
+    results.writeCost = { inserts, workloads };
+  } catch (error) {
+    results.missing.push(`Write cost: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`);
+  } finally {
+    await writer.stop();
+  }
+
   if (!results.endToEnd) results.missing.push("End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.");
   if (!results.render) results.missing.push("Render cost: needs a turbocast server (delivery).");
-  if (!results.writeCost) results.missing.push("Write cost: needs change capture.");
 
   mkdirSync(outDir, { recursive: true });
   writeFileSync(`${outDir}results.json`, `${JSON.stringify(results, null, 2)}\n`);

@@ -34,13 +34,19 @@ export interface EndToEnd {
 export interface RenderCost {
   n: number;
   broadcasts: number;
+  /** Template renders counted through the wrapped nunjucks environment during those broadcasts. */
   renders: number;
+  /** Publish (append, which renders) to last delivery. */
+  samples: BroadcastSample[];
 }
 
 export interface WriteCost {
-  /** Inserts per second through Drizzle, one per statement, per round. */
-  without: number[];
-  with: number[];
-  rows: number;
-  description: string;
+  /** Inserts per round. */
+  inserts: number;
+  workloads: Array<{
+    workload: "per-turn" | "burst";
+    /** Inserts per second, one figure per round. */
+    without: number[];
+    with: number[];
+  }>;
 }
