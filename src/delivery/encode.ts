@@ -1,3 +1,4 @@
+import * as ws from "ws";
 import type { Published } from "../brokers/broker.js";
 
 /**
@@ -68,4 +69,23 @@ export function sseChunkBytes(frame: Published): Buffer {
   event.copy(chunk, head.length);
   chunk.write("\r\n", head.length + event.length, "latin1");
   return (encoded.sseChunk = chunk);
+}
+
+/**
+ * ws's frame builder (exported by ws, though not by its type definitions):
+ * what `ws.send()` runs for every message and every socket.
+ */
+const buildWsFrame = (ws as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } }).Sender.frame;
+
+/**
+ * The complete WebSocket frame of a frame's text message (header and
+ * payload, unmasked, as a server sends it) in one Buffer, built once by ws's
+ * own frame builder: each subscriber then costs one socket write instead of
+ * a header built per socket and two corked writes (see WebSocketConnection.send).
+ */
+export function wsFrameBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  if (encoded.wsFrame) return encoded.wsFrame;
+  const parts = buildWsFrame(wsBytes(frame), { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true });
+  return (encoded.wsFrame = parts.length === 1 ? parts[0]! : Buffer.concat(parts));
 }

@@ -3,9 +3,11 @@ import net from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Response } from "express";
 import type { Published } from "../../src/brokers/broker.js";
-import { encodeSse, sseChunkBytes } from "../../src/delivery/encode.js";
+import WebSocket, { WebSocketServer } from "ws";
+import { encodeSse, sseChunkBytes, wsBytes, wsFrameBytes } from "../../src/delivery/encode.js";
 import { SseConnection } from "../../src/delivery/sse.js";
-import { closeServer, listen } from "../helpers.js";
+import { WebSocketConnection } from "../../src/delivery/websocket.js";
+import { closeServer, listen, waitFor } from "../helpers.js";
 
 const published = (frame: string, seq: number): Published => ({ stream: "named:lobby", position: `ep0ch.${seq}`, seq, frame });
 
@@ -99,4 +101,61 @@ describe("SSE frames on the socket", () => {
       else expect(seen).toContain(`${Buffer.byteLength(two).toString(16)}\r\n${two}\r\n`);
     });
   }
+});
+
+describe("WebSocket frames built once", () => {
+  let server: http.Server | undefined;
+  afterEach(async () => {
+    if (server) await closeServer(server);
+    server = undefined;
+  });
+
+  it("builds the complete unmasked text frame once: header, then the payload", () => {
+    const short = published("<turbo-stream></turbo-stream>", 1);
+    const payload = wsBytes(short);
+    expect(wsFrameBytes(short)).toEqual(Buffer.concat([Buffer.from([0x81, payload.length]), payload]));
+    expect(wsFrameBytes(short)).toBe(wsFrameBytes(short));
+    const long = published(`<turbo-stream>${"x".repeat(1000)}</turbo-stream>`, 2);
+    const longPayload = wsBytes(long);
+    const header = Buffer.from([0x81, 126, longPayload.length >> 8, longPayload.length & 0xff]);
+    expect(wsFrameBytes(long)).toEqual(Buffer.concat([header, longPayload]));
+  });
+
+  // pins the ws internal the hot path relies on (Socket.IO relies on it too): an upgrade of ws that moves it fails here
+  it("hands each frame to ws's Sender as one write; messages, pings and the close frame stay in order", async () => {
+    server = http.createServer();
+    const wss = new WebSocketServer({ server, perMessageDeflate: false });
+    const writes: Buffer[] = [];
+    wss.on("connection", (ws) => {
+      const sender = (ws as unknown as { _sender: { sendFrame: (list: Buffer[], cb?: unknown) => void } })._sender;
+      expect(typeof sender.sendFrame).toBe("function");
+      const sendFrame = sender.sendFrame.bind(sender);
+      sender.sendFrame = (list, cb) => {
+        writes.push(...list);
+        sendFrame(list, cb);
+      };
+      const connection = new WebSocketConnection(ws, { maxBufferedBytes: 1 << 20, onClose: () => {} });
+      connection.send(published("<turbo-stream>one</turbo-stream>", 1));
+      connection.heartbeat();
+      connection.send(published("<turbo-stream>two</turbo-stream>", 2));
+      connection.close();
+      connection.send(published("<turbo-stream>after close</turbo-stream>", 3));
+    });
+    const { port } = await listen(server);
+    const client = new WebSocket(`ws://127.0.0.1:${port}/`);
+    const events: string[] = [];
+    client.on("message", (data) => events.push(`message ${String(data)}`));
+    client.on("ping", () => events.push("ping"));
+    client.on("close", (code) => events.push(`close ${code}`));
+    await waitFor(() => events.some((e) => e.startsWith("close")));
+    expect(events).toEqual([
+      'message <turbo-stream data-turbocast-position="ep0ch.1">one</turbo-stream>',
+      "ping",
+      'message <turbo-stream data-turbocast-position="ep0ch.2">two</turbo-stream>',
+      "close 1001",
+    ]);
+    const frameTwo = wsFrameBytes(published("<turbo-stream>two</turbo-stream>", 2));
+    expect(writes.some((w) => w.equals(frameTwo))).toBe(true);
+    wss.close();
+  });
 });
