@@ -103,7 +103,7 @@ function fanoutTable(results: Results, targets: string[], note: string): string[
     "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   // the N at which the last-named target (the one the table is about) was measured
-  const subject = targets[targets.length - 1];
+  const subject = [...targets].reverse().find((t) => results.fanout.some((c) => c.target === t));
   const ns = [...new Set(results.fanout.filter((c) => c.target === subject).map((c) => c.n))].sort((a, b) => a - b);
   for (const n of ns) {
     const bare = find(results, "bare-ws", n);

@@ -51,10 +51,11 @@ export function fanoutSvg(results: Results): string {
   ns.forEach((n, i) => {
     const x0 = 20 + i * panelW + 44;
     const w = panelW - 64;
+    // one slot per server in every panel, so a server sits in the same place throughout
     const cells = present
-      .map((k) => {
+      .map((k, slotIndex) => {
         const cell = results.fanout.find((c) => c.target === k && c.n === n);
-        return cell ? { k, s: cellStats(cell) } : null;
+        return cell ? { k, slotIndex, s: cellStats(cell) } : null;
       })
       .filter((c): c is NonNullable<typeof c> => c !== null && Number.isFinite(c.s.p50));
     const max = Math.max(...cells.map((c) => (Number.isFinite(c.s.p99) ? c.s.p99 : c.s.p50)), 1);
@@ -65,10 +66,10 @@ export function fanoutSvg(results: Results): string {
       parts.push(`<text x="${x0 - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#666">${+v.toFixed(2)}</text>`);
     }
     parts.push(`<line x1="${x0}" x2="${x0 + w}" y1="${bottom}" y2="${bottom}" stroke="#999"/>`);
-    const slot = w / Math.max(cells.length, 1);
+    const slot = w / Math.max(present.length, 1);
     const barW = Math.min(34, slot * 0.7);
-    cells.forEach((c, j) => {
-      const cx = x0 + slot * (j + 0.5);
+    cells.forEach((c) => {
+      const cx = x0 + slot * (c.slotIndex + 0.5);
       const color = COLORS[c.k] ?? "#888";
       parts.push(
         `<rect x="${(cx - barW / 2).toFixed(1)}" y="${y(c.s.p50).toFixed(1)}" width="${barW.toFixed(1)}" height="${(bottom - y(c.s.p50)).toFixed(1)}" fill="${color}"><title>${esc(results.labels[c.k] ?? c.k)}: median ${c.s.p50.toFixed(1)} ms, p99 ${c.s.p99.toFixed(1)} ms</title></rect>`,
