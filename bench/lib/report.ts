@@ -64,7 +64,9 @@ export function checks(results: Results): Check[] {
       const r = sio.p50 / tc.p50;
       out.push({
         goal: `fan-out at ${n.toLocaleString("en-US")} at least 1.3× faster than Socket.IO (p50)`,
-        measured: `Socket.IO ${ms(sio.p50)} ms / turbocast ${ms(tc.p50)} ms = ${times(r)}`,
+        measured:
+          `Socket.IO ${ms(sio.p50)} ms / turbocast ${ms(tc.p50)} ms = ${times(r)} ` +
+          `(server loop ${times(sio.loop / tc.loop)}, server CPU per broadcast ${times(sio.cpu / tc.cpu)})`,
         met: r >= 1.3,
       });
     }
@@ -127,8 +129,9 @@ export function renderReport(results: Results, chartFile: string): string {
   out.push("# turbocast benchmarks", "");
   out.push(
     `Measured by \`npm run bench\` (${env.mode} run) on ${env.date}: Node ${env.node}, ${env.cpus}, ${env.memory}, ` +
-      `file descriptors per process ${env.fdLimit}. The machine is shared and noisy: read the ratios, which compare ` +
-      "servers measured side by side in the same run, rather than the absolute numbers.",
+      `file descriptors per process ${env.fdLimit}; load average (1 / 5 / 15 min) ${env.loadBefore} at the start, ` +
+      `${env.loadAfter} at the end. The machine is shared and noisy (other work ran on its two cores during the run): read the ratios, ` +
+      "which compare servers measured side by side in the same run, rather than the absolute numbers.",
     "",
   );
   out.push(
@@ -164,7 +167,7 @@ export function renderReport(results: Results, chartFile: string): string {
   out.push("## Throughput at 1,000 subscribers", "");
   out.push(
     "The publish rate rises step by step until delivery falls behind: a broadcast does not reach every subscriber, " +
-      "or the lag (scheduled publish to last delivery) of a window's last quarter exceeds its first quarter's by more than 25 ms. " +
+      "or the lag (scheduled publish to last delivery) of a window's last quarter exceeds its first quarter's by more than 25 ms, or 100 ms at all. " +
       "CPU columns are the share of one core each process used at the highest sustained rate: when the client " +
       "process is near 100%, the subscribers, not the server, set the limit.",
     "",
@@ -267,11 +270,43 @@ export function renderReport(results: Results, chartFile: string): string {
     for (const m of results.missing) out.push(`- ${m}`);
     out.push("");
   }
+  out.push("## What limits these numbers", "");
+  for (const n of [...new Set(results.fanout.filter((c) => c.target === "raw-tcp").map((c) => c.n))].sort((a, b) => a - b)) {
+    const floor = find(results, "raw-tcp", n);
+    const bare = find(results, "bare-ws", n);
+    const sio = find(results, "socketio", n);
+    const tc = find(results, "tc-ws", n);
+    if (!floor) continue;
+    const parts = [
+      `- N = ${int(n)}: one \`write()\` per subscriber (raw TCP) takes ${ms(floor.p50)} ms, ${ms((floor.cpu / n) * 1000)} µs of CPU per subscriber`,
+    ];
+    if (bare) parts.push(`bare ws is ${times(bare.p50 / floor.p50)} that floor`);
+    if (sio) parts.push(`Socket.IO ${times(sio.p50 / floor.p50)}`);
+    if (tc) parts.push(`turbocast WS ${times(tc.p50 / floor.p50)}`);
+    out.push(`${parts.join(", ")}.`);
+  }
+  out.push(
+    "",
+    "On this machine most of a broadcast's time is the kernel's: each subscriber costs one system call that also " +
+      "carries the data through loopback TCP into the receiving socket. What a server adds on top is its own " +
+      "per-subscriber work, which the *server CPU* column shows best (it is also what sets the throughput). The " +
+      "subscribers' process does work of the same order per message (parsing every WebSocket frame with `ws`), so " +
+      "publish-to-last-delivery cannot drop much below the time that process needs for N messages, whichever server sends them.",
+    "",
+  );
   out.push("## Notes", "");
   const worstClock = Math.max(...results.clock.flatMap((c) => [Math.abs(c.server.offset), Math.abs(c.clients.offset)]), 0);
   const worstUnc = Math.max(...results.clock.flatMap((c) => [c.server.uncertainty, c.clients.uncertainty]), 0);
   out.push(
     `- Clock offsets between processes, measured and corrected: at most ${worstClock.toFixed(3)} ms (± ${worstUnc.toFixed(3)} ms).`,
+  );
+  out.push(
+    "- Each server runs with its defaults for keeping connections alive: turbocast pings WebSocket subscribers and writes " +
+      "an SSE comment every 15 s, Socket.IO pings every 25 s, the bare ws and raw TCP servers send nothing. Those bursts " +
+      "(N writes each) are part of running each server and may land in a measurement.",
+    "- Subscribers: `ws` clients (UTF-8 validation and compression off) for the WebSocket servers, raw Engine.IO packets " +
+      "over `ws` for Socket.IO, an http GET split into events by hand for SSE, length-prefixed reads for raw TCP; " +
+      "turbocast's subscribe to the signed URLs of a `<turbo-stream-source>` the app rendered.",
   );
   for (const n of results.notes) out.push(`- ${n}`);
   out.push("");

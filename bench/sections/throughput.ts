@@ -15,6 +15,8 @@ export interface ThroughputOptions {
   maxRate: number;
   /** How far the lag may grow across a window before the target counts as behind, ms. */
   maxLagGrowthMs: number;
+  /** The most the lag of the window's last quarter may be at all, ms (a standing queue is behind too). */
+  maxLagMs: number;
 }
 
 export interface ThroughputStep {
@@ -41,7 +43,7 @@ export interface ThroughputResult {
  * Raises the publish rate step by step until delivery falls behind: some
  * broadcast does not reach every subscriber, or the lag of the window's last
  * quarter exceeds its first quarter's by more than `maxLagGrowthMs` (a queue
- * that grows). A failed step is tried once more before a target is done, so a
+ * that grows) or `maxLagMs` at all (a queue that stands). A failed step is tried once more before a target is done, so a
  * single noisy moment does not end its ramp. Targets take turns per step.
  */
 export async function runThroughput(targets: Target[], options: ThroughputOptions): Promise<ThroughputResult[]> {
@@ -80,6 +82,6 @@ async function oneStep(t: Target, rate: number, options: ThroughputOptions): Pro
   const incomplete = lags.length - complete.length;
   const lagStart = median(lags.slice(0, quarter).filter(Number.isFinite));
   const lagEnd = median(lags.slice(-quarter).filter(Number.isFinite));
-  const ok = incomplete === 0 && lagEnd - lagStart <= options.maxLagGrowthMs;
+  const ok = incomplete === 0 && lagEnd - lagStart <= options.maxLagGrowthMs && lagEnd <= options.maxLagMs;
   return { rate, ok, lagStart, lagEnd, incomplete, serverCpu, clientCpu };
 }
