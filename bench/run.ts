@@ -109,7 +109,7 @@ async function main(): Promise<void> {
           if (n !== 1000) return;
           log("throughput at 1,000 subscribers");
           results.throughput = await runThroughput(active, {
-            startRate: 50,
+            startRate: 10,
             factor: quick ? 1.5 : 1.25,
             windowMs: quick ? 1000 : 2000,
             maxRate: 20_000,

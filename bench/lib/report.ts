@@ -178,7 +178,7 @@ export function renderReport(results: Results, chartFile: string): string {
   for (const t of results.throughput) {
     const step = [...t.steps].reverse().find((s) => s.ok && s.rate === t.sustained);
     out.push(
-      `| ${label(t.target)} | ${int(t.sustained)} | ${bareTp ? times(t.sustained / bareTp) : "—"} | ` +
+      `| ${label(t.target)} | ${t.sustained > 0 ? int(t.sustained) : `< ${int(t.steps[0]?.rate ?? Number.NaN)}`} | ${bareTp ? times(t.sustained / bareTp) : "—"} | ` +
         `${step ? `${Math.round(step.serverCpu * 100)}%` : "—"} | ${step ? `${Math.round(step.clientCpu * 100)}%` : "—"} |`,
     );
   }
