@@ -90,7 +90,15 @@ export interface Turbo {
    * X-Turbo-Request-Id, and leaves `res.locals.turbocast` for `turbo_stream_from`.
    */
   middleware(): RequestHandler;
-  /** Serves WebSocket subscriptions on `path` of the app's own server (no second port). Call it once per server. */
+  /**
+   * Serves WebSocket subscriptions on `path` of the app's own server (no
+   * second port). Throws ClosedError after close().
+   *
+   * @example
+   * const server = http.createServer(app);
+   * turbo.listen(server);
+   * server.listen(3000);
+   */
   listen(server: http.Server | https.Server): void;
   /**
    * The `<turbo-stream-source>` tag for `streamables`, as `turbo_stream_from`

@@ -5,7 +5,7 @@ import type { Duplex } from "node:stream";
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from "express";
 import { WebSocketServer } from "ws";
 import type { Broker } from "../brokers/broker.js";
-import { SubscriptionRefusedError } from "../errors.js";
+import { ClosedError, SubscriptionRefusedError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { StreamSourceRenderer, TurboLocals } from "../views/helpers.js";
@@ -125,16 +125,20 @@ export class DeliveryEndpoint {
         res.locals.turbocast = locals;
         runInRequest({ requestId }, next);
       };
-      this.#init.broker.head().then(proceed, (error: unknown) => {
-        this.#init.logger.warn("broker.head() failed; this page subscribes from the moment it connects", { error });
-        proceed(null);
-      });
+      this.#init.broker
+        .head()
+        .then(proceed, (error: unknown) => {
+          this.#init.logger.warn("broker.head() failed; this page subscribes from the moment it connects", { error });
+          proceed(null);
+        })
+        .catch(next);
     };
   }
 
   /** Attaches WebSocket upgrades on the path to `server`. Safe to call twice for one server. */
   listen(server: http.Server | https.Server): void {
-    if (this.#state !== "open" || this.#servers.has(server)) return;
+    if (this.#state !== "open") throw new ClosedError("turbocast instance");
+    if (this.#servers.has(server)) return;
     this.#app ??= server.listeners("request").find(isExpressApp);
     const onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
       if (pathnameOf(req.url) !== this.#init.options.path) {

@@ -28,6 +28,7 @@ describe("turbo.close()", () => {
     const late = await fetch(`${app.url}${sseSrc}`, { headers: { Accept: "text/event-stream" } });
     expect(late.status).toBe(503);
     await app.turbo.close(); // twice is fine
+    expect(() => app.turbo.listen(app.server)).toThrow(/closed/);
     await app.close();
   });
 
