@@ -151,7 +151,7 @@ export class SubscriptionRefusedError extends TurbocastError {
   }
 }
 
-/** Change capture could not be installed on a bound table (a view, a virtual table, a locked or read-only database). */
+/** Change capture could not be installed on a bound table: it is a view, SQLite refused its trigger, or its key column is missing. */
 export class CaptureInstallError extends TurbocastError {
   readonly table: string;
   constructor(table: string, reason: string, options?: { cause?: unknown }) {

@@ -14,5 +14,6 @@ export type { DeliveryOptions, Transport, Authenticate } from "./delivery/option
 export { CloseCode } from "./delivery/websocket.js";
 export type { Streamable, StreamSourceOptions, TurboLocals } from "./views/helpers.js";
 export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
+export { dropCaptureTriggers } from "./changes/triggers.js";
 export type { CaptureOptions, FeedState } from "./changes/feed.js";
 export * from "./errors.js";

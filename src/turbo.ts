@@ -65,8 +65,8 @@ export interface TurboOptions extends DeliveryOptions {
   /**
    * Change capture: triggers on every bound table feed a change log that is
    * drained into `onSave` / `onDelete`. Defaults: `pollIntervalMs` 100,
-   * `batchSize` 100, `leaseMs` 30,000, `retain` `{ count: 10_000, ageMs: 3_600_000 }`
-   * (see CaptureOptions for each).
+   * `batchSize` 100, `leaseMs` 30,000, `hookTimeoutMs` 10,000,
+   * `retain` `{ count: 10_000, ageMs: 3_600_000 }` (see CaptureOptions for each).
    */
   capture?: CaptureOptions;
 }

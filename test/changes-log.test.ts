@@ -4,7 +4,7 @@ import { getTableConfig, integer, sqliteTable, text } from "drizzle-orm/sqlite-c
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { rowDecoder } from "../src/changes/decode.js";
 import { ChangeLog } from "../src/changes/log.js";
-import { type CaptureTable, syncTriggers, triggerName, triggerStatements } from "../src/changes/triggers.js";
+import { type CaptureTable, encodesBlobs, syncTriggers, triggerName, triggerStatements } from "../src/changes/triggers.js";
 import { CaptureInstallError } from "../src/errors.js";
 import { tableInfo } from "../src/streams/table.js";
 import { tempDir } from "./helpers.js";
@@ -29,7 +29,7 @@ afterEach(() => {
   tmp.cleanup();
 });
 
-const items: CaptureTable = { name: "items", keys: ["id"], columns: ["id", "body"] };
+const items: CaptureTable = { name: "items", keys: ["id"], columns: ["id", "body"], blobColumns: [] };
 
 describe("triggers", () => {
   it("are stored exactly as generated, so a second sync changes nothing", () => {
@@ -38,22 +38,82 @@ describe("triggers", () => {
     const first = syncTriggers(db, [items]);
     expect(first.created.sort()).toEqual(["_turbocast_items_del", "_turbocast_items_ins", "_turbocast_items_upd"]);
     const stored = db.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'").all() as Array<{ name: string; sql: string }>;
-    const expected = triggerStatements("items", ["id", "body"], ["id"]);
+    const expected = triggerStatements("items", [
+      { name: "id", blobSafe: false },
+      { name: "body", blobSafe: false },
+    ]);
     for (const { name, sql } of stored) expect(sql).toBe(expected.get(name));
     const second = syncTriggers(db, [items]);
     expect(second).toMatchObject({ created: [], dropped: [], schemaVersion: first.schemaVersion });
   });
 
+  it("while running, rewrite only what this process's view changed: no tug of war between two app versions", () => {
+    const db = open();
+    db.exec(`CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)`);
+    const notes: CaptureTable = { name: "notes", keys: ["id"], columns: ["id", "body"], blobColumns: [] };
+    const triggers = () => db.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").pluck().all();
+    // A (new version) binds items and notes; B (old version) only items, and starts later: it drops notes' triggers
+    const a = syncTriggers(db, [items, notes]);
+    const b = syncTriggers(db, [items]);
+    expect(b.dropped.sort()).toEqual(["_turbocast_notes_del", "_turbocast_notes_ins", "_turbocast_notes_upd"]);
+    // A sees the schema change and puts back what is missing; B, running, leaves them alone
+    const a2 = syncTriggers(db, [items, notes], { previous: a.wanted });
+    expect(a2.created.sort()).toEqual(["_turbocast_notes_del", "_turbocast_notes_ins", "_turbocast_notes_upd"]);
+    expect(syncTriggers(db, [items], { previous: b.wanted })).toMatchObject({ created: [], dropped: [] });
+    expect(triggers()).toHaveLength(6);
+    // a trigger written differently by another version is left alone while the columns stay the same...
+    db.exec(`DROP TRIGGER _turbocast_items_ins; CREATE TRIGGER _turbocast_items_ins AFTER INSERT ON items BEGIN SELECT 1; END`);
+    expect(syncTriggers(db, [items], { previous: b.wanted }).created).toEqual([]);
+    // ...and rewritten when a migration changes them
+    db.exec(`ALTER TABLE items ADD COLUMN extra TEXT`);
+    expect(syncTriggers(db, [items], { previous: b.wanted }).created.sort()).toEqual([
+      "_turbocast_items_del",
+      "_turbocast_items_ins",
+      "_turbocast_items_upd",
+    ]);
+  });
+
   it("quote every name: a table and columns with quotes and spaces are captured", () => {
     const db = open();
     db.exec(`CREATE TABLE "we""ird t'able" ("k ey" TEXT PRIMARY KEY, "c""ol" TEXT, "s'q" INTEGER)`);
-    const table: CaptureTable = { name: `we"ird t'able`, keys: ["k ey"], columns: ["k ey", `c"ol`, "s'q"] };
+    const table: CaptureTable = { name: `we"ird t'able`, keys: ["k ey"], columns: ["k ey", `c"ol`, "s'q"], blobColumns: [] };
     syncTriggers(db, [table]);
     expect(syncTriggers(db, [table]).created).toEqual([]);
     db.prepare(`INSERT INTO "we""ird t'able" VALUES (?, ?, ?)`).run("a'b\"c", "v", 3);
-    const row = db.prepare("SELECT tbl, op, pk, row_json FROM _turbocast_changes").get();
-    expect(row).toEqual({ tbl: `we"ird t'able`, op: "insert", pk: `["a'b\\"c"]`, row_json: `{"k ey":"a'b\\"c","c\\"ol":"v","s'q":3}` });
+    const row = db.prepare("SELECT tbl, op, row_json FROM _turbocast_changes").get();
+    expect(row).toEqual({ tbl: `we"ird t'able`, op: "insert", row_json: `{"k ey":"a'b\\"c","c\\"ol":"v","s'q":3}` });
     expect(triggerName(`we"ird t'able`, "ins")).toBe(`_turbocast_we"ird t'able_ins`);
+  });
+
+  it("copy blob columns blob-safe: BLOB affinity, STRICT BLOB/ANY, Drizzle blob types; the rest as is", () => {
+    const db = open();
+    db.exec(`CREATE TABLE loose (id INTEGER PRIMARY KEY, n INTEGER, t VARCHAR(9), b BLOB, u, r REAL, x NUMERIC, d TEXT);
+      CREATE TABLE tight (id INTEGER PRIMARY KEY, n INT, t TEXT, b BLOB, a ANY) STRICT;
+      CREATE TABLE keyed (id INTEGER PRIMARY KEY, t BLOB) WITHOUT ROWID;`);
+    const table = (name: string, columns: string[], blobColumns: string[] = []): CaptureTable => ({ name, keys: ["id"], columns, blobColumns });
+    syncTriggers(db, [
+      // `d` is declared TEXT, but its Drizzle type writes Buffers
+      table("loose", ["id", "n", "t", "b", "u", "r", "x", "d"], ["d"]),
+      table("tight", ["id", "n", "t", "b", "a"]),
+      table("keyed", ["id", "t"]),
+    ]);
+    const safe = (name: string): string[] => {
+      const sql = db.prepare("SELECT sql FROM sqlite_schema WHERE name = ?").pluck().get(`_turbocast_${name}_ins`) as string;
+      return [...sql.matchAll(/CASE typeof\(NEW\."(\w+)"\)/g)].map((m) => m[1]!);
+    };
+    expect(safe("loose")).toEqual(["b", "u", "d"]);
+    expect(safe("tight")).toEqual(["b", "a"]);
+    // no rowid alias in a WITHOUT ROWID table: its INTEGER key is an ordinary column
+    expect(safe("keyed")).toEqual(["t"]);
+    db.exec(`INSERT INTO loose (id, b, u, d) VALUES (1, x'03', x'04', x'05')`);
+    expect(db.prepare("SELECT row_json FROM _turbocast_changes").pluck().get()).toBe(
+      `{"id":1,"n":null,"t":null,"b":["03"],"u":["04"],"r":null,"x":null,"d":["05"]}`,
+    );
+    // the documented price: a blob forced into a column declared TEXT fails that write, loudly
+    // ("JSON cannot hold BLOB values" before SQLite 3.45, "malformed JSON" since JSONB)
+    expect(() => db.exec(`INSERT INTO loose (id, t) VALUES (2, x'06')`)).toThrow(/JSON cannot hold BLOB values|malformed JSON/);
+    expect(encodesBlobs({ type: "bytea", rowidAlias: false, drizzleBlob: false }, false)).toBe(false);
+    expect(encodesBlobs({ type: "", rowidAlias: false, drizzleBlob: false }, false)).toBe(true);
   });
 
   it("count a change of case under a NOCASE column as a change, and equal values as none", () => {
@@ -67,7 +127,7 @@ describe("triggers", () => {
   it("sync is one transaction: a view among the bound tables leaves no trigger and no log behind", () => {
     const db = open();
     db.exec(`CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); CREATE VIEW shown AS SELECT * FROM items`);
-    const shown: CaptureTable = { name: "shown", keys: ["id"], columns: ["id", "body"] };
+    const shown: CaptureTable = { name: "shown", keys: ["id"], columns: ["id", "body"], blobColumns: [] };
     expect(() => syncTriggers(db, [items, shown])).toThrow(CaptureInstallError);
     expect(db.prepare("SELECT name FROM sqlite_schema WHERE name LIKE '%turbocast%'").all()).toEqual([]);
   });
@@ -94,8 +154,22 @@ describe("the change log", () => {
     const insert = db.prepare("INSERT INTO items (body) VALUES (?)");
     for (let i = 0; i < n; i++) insert.run(`b${i}`);
   }
+  const cursor = (db: Database.Database) => db.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get();
 
-  it("lets one feed claim at a time, so feeds take turns in seq order", () => {
+  it("is append-only: a change is one row with its table, operation, row and time", () => {
+    const db = open();
+    seed(db, 1);
+    db.exec("UPDATE items SET body = 'x'; DELETE FROM items");
+    const rows = db.prepare("SELECT seq, tbl, op, row_json, at FROM _turbocast_changes").all() as Array<{ at: number }>;
+    expect(rows.map((r) => ({ ...r, at: typeof r.at }))).toEqual([
+      { seq: 1, tbl: "items", op: "insert", row_json: `{"id":1,"body":"b0"}`, at: "number" },
+      { seq: 2, tbl: "items", op: "update", row_json: `{"id":1,"body":"x"}`, at: "number" },
+      { seq: 3, tbl: "items", op: "delete", row_json: `{"id":1,"body":"x"}`, at: "number" },
+    ]);
+    expect(Math.abs(rows[0]!.at - Date.now() / 1000)).toBeLessThan(5);
+  });
+
+  it("lets one feed hold the cursor at a time, so feeds take turns in seq order", () => {
     const a = open();
     const b = open();
     seed(a, 5);
@@ -103,62 +177,69 @@ describe("the change log", () => {
     const logB = new ChangeLog(b);
     const now = 1_000_000;
     const lease = 30_000;
-    const first = logA.completeAndClaim("A", 0, now, now - lease, 2);
-    expect(first.map((c) => c.seq)).toEqual([1, 2]);
-    // A holds live claims: B may not claim, not even the later changes
-    expect(logB.poll("B", now - lease).claimable).toBe(false);
-    expect(logB.completeAndClaim("B", 0, now, now - lease, 10)).toEqual([]);
-    // A completes its batch and claims nothing more: B's turn
-    expect(logA.completeAndClaim("A", 2, now, now - lease, 0)).toEqual([]);
-    expect(logB.poll("B", now - lease).claimable).toBe(true);
-    const rest = logB.completeAndClaim("B", 0, now, now - lease, 10);
-    expect(rest.map((c) => [c.seq, c.table, c.op, c.pk, JSON.parse(c.row).body])).toEqual([
-      [3, "items", "insert", "[3]", "b2"],
-      [4, "items", "insert", "[4]", "b3"],
-      [5, "items", "insert", "[5]", "b4"],
+    const first = logA.completeAndClaim("A", 0, now, lease, 2);
+    expect(first.map((c) => [c.seq, c.table, c.op, JSON.parse(c.row).body])).toEqual([
+      [1, "items", "insert", "b0"],
+      [2, "items", "insert", "b1"],
     ]);
+    expect(cursor(a)).toEqual({ done_seq: 0, owner: "A", claimed_seq: 2, lease_until: now + lease });
+    // A holds the cursor: B may not claim, not even the later changes
+    expect(logB.poll("B", now).claimable).toBe(false);
+    expect(logB.completeAndClaim("B", 0, now, lease, 10)).toEqual([]);
+    // A completes its batch and takes the next one in the same transaction
+    expect(logA.completeAndClaim("A", 2, now, lease, 2).map((c) => c.seq)).toEqual([3, 4]);
+    expect(logA.complete("A", 4)).toBe(true);
+    expect(cursor(a)).toEqual({ done_seq: 4, owner: null, claimed_seq: null, lease_until: null });
+    // B's turn
+    expect(logB.poll("B", now).claimable).toBe(true);
+    expect(logB.completeAndClaim("B", 0, now, lease, 10).map((c) => c.seq)).toEqual([5]);
+    expect(logB.complete("B", 5)).toBe(true);
+    expect(logA.poll("A", now).claimable).toBe(false);
   });
 
-  it("hands an expired claim to another feed, and a released one at once", () => {
+  it("hands the range of a feed whose lease ran out to another feed, from the last completed change", () => {
     const a = open();
     const b = open();
     seed(a, 3);
     const logA = new ChangeLog(a);
     const logB = new ChangeLog(b);
     const lease = 30_000;
-    logA.completeAndClaim("A", 0, 1000, 1000 - lease, 10);
-    expect(logB.completeAndClaim("B", 0, 1000 + lease - 1, 1000 - 1, 10)).toEqual([]);
+    logA.completeAndClaim("A", 0, 1000, lease, 10);
+    expect(logB.completeAndClaim("B", 0, 1000 + lease - 1, lease, 10)).toEqual([]);
     // A renews: still alive
-    logA.renew("A", 20_000);
-    expect(logB.completeAndClaim("B", 0, 1000 + lease, 1000, 10)).toEqual([]);
-    // A goes silent past its lease: B takes every change over
+    logA.renew("A", 20_000 + lease);
+    expect(logB.completeAndClaim("B", 0, 1000 + lease, lease, 10)).toEqual([]);
+    // A dispatched 1 (not recorded), then went silent past its lease: B takes 1..3 over
     const later = 20_000 + lease;
-    expect(logB.completeAndClaim("B", 0, later, later - lease, 10).map((c) => c.seq)).toEqual([1, 2, 3]);
-    expect(logB.release("B")).toBe(3);
-    expect(logA.completeAndClaim("A", 0, later, later - lease, 1).map((c) => c.seq)).toEqual([1]);
+    expect(logB.poll("B", later).claimable).toBe(true);
+    expect(logB.completeAndClaim("B", 0, later, lease, 10).map((c) => c.seq)).toEqual([1, 2, 3]);
+    // A wakes up: its claim is gone, its completion changes nothing
+    expect(logA.complete("A", 3)).toBe(false);
+    expect(cursor(a)).toMatchObject({ done_seq: 0, owner: "B" });
   });
 
-  it("prunes done changes by count and age, never pending ones nor the newest", () => {
+  it("prunes dispatched changes by count and age, never pending ones nor the newest", () => {
     const db = open();
     seed(db, 10);
     const log = new ChangeLog(db);
-    const now = 5_000_000;
-    log.completeAndClaim("A", 0, now, now - 1, 6);
-    log.complete("A", 6, now);
+    const now = Date.now();
+    log.completeAndClaim("A", 0, now, 1000, 6);
+    log.complete("A", 6);
     const seqs = () => db.prepare("SELECT seq FROM _turbocast_changes ORDER BY seq").pluck().all();
-    // newest 7 seqs kept by count (4..10); done ones older than that go
+    // the newest 7 seqs are kept by count (4..10); dispatched ones before them go
     expect(log.prune(now, { count: 7, ageMs: 3_600_000 })).toBe(3);
     expect(seqs()).toEqual([4, 5, 6, 7, 8, 9, 10]);
-    // by age: every done change, pending ones stay
-    expect(log.prune(now + 10, { count: 10_000, ageMs: 5 })).toBe(3);
+    // by age: every dispatched change; the pending ones stay
+    expect(log.prune(now + 2000, { count: 10_000, ageMs: 0 })).toBe(3);
     expect(seqs()).toEqual([7, 8, 9, 10]);
-    // the newest row stays even when done and old, so seq is never handed out twice
-    log.completeAndClaim("A", 0, now, now - 1, 10);
-    log.complete("A", 10, now);
-    log.prune(now + 10, { count: 0, ageMs: 0 });
+    // the newest row stays even when dispatched and old, so seq is never handed out twice
+    log.completeAndClaim("A", 0, now, 1000, 10);
+    log.complete("A", 10);
+    log.prune(now + 2000, { count: 0, ageMs: 0 });
     expect(seqs()).toEqual([10]);
     db.prepare("INSERT INTO items (body) VALUES ('next')").run();
     expect(seqs()).toEqual([10, 11]);
+    expect(log.poll("A", now).claimable).toBe(true);
   });
 });
 

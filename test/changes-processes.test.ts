@@ -119,9 +119,8 @@ describe("change capture across processes", () => {
     const { signal } = await doomed.exited;
     expect(signal, doomed.stderr()).toBe("SIGKILL");
     const check = new Database(file);
-    expect(check.prepare("SELECT op, claimed_by, done_at FROM _turbocast_changes").all()).toEqual([
-      { op: "insert", claimed_by: null, done_at: null },
-    ]);
+    expect(check.prepare("SELECT seq, op FROM _turbocast_changes").all()).toEqual([{ seq: 1, op: "insert" }]);
+    expect(check.prepare("SELECT done_seq, owner FROM _turbocast_cursor").get()).toEqual({ done_seq: 0, owner: null });
     check.close();
 
     await startApp();
@@ -132,32 +131,36 @@ describe("change capture across processes", () => {
   it("takes over the claim of a process killed while dispatching once its lease expires", async () => {
     createDatabase();
     const out = path.join(tmp.dir, "dying.jsonl");
-    const dying = startWorker("serve", file, out, JSON.stringify({ capture: { pollIntervalMs: 20, leaseMs: 60_000 } }));
+    const leaseMs = 1000;
+    const dying = startWorker("serve", file, out, JSON.stringify({ capture: { pollIntervalMs: 20, leaseMs } }));
     await waitFor(received(dying, "ready"), { timeoutMs: 15_000, message: dying.stderr() });
     const writer = new Database(file);
     writer.prepare("INSERT INTO items (body) VALUES ('hang here')").run();
     writer.close();
     await waitFor(() => readLines(out).length === 1, { message: "the hook started in the child" });
+    // the hook hangs, but the child is alive: it keeps renewing its claim, so nobody takes it over
+    const check = new Database(file);
+    const cursor = () => check.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get() as {
+      done_seq: number;
+      owner: string | null;
+      claimed_seq: number | null;
+      lease_until: number;
+    };
+    const first = cursor().lease_until;
+    await waitFor(() => cursor().lease_until > first, { message: "the live child renews its lease" });
     dying.child.kill("SIGKILL");
     await dying.exited;
-
-    const check = new Database(file);
-    const claim = check.prepare("SELECT claimed_by, claimed_at, done_at FROM _turbocast_changes").get() as {
-      claimed_by: string;
-      claimed_at: number;
-      done_at: number | null;
-    };
+    const claim = cursor();
     check.close();
-    expect(claim.claimed_by).toContain(`/${dying.child.pid}/`);
-    expect(claim.done_at).toBeNull();
+    expect(claim).toMatchObject({ done_seq: 0, claimed_seq: 1 });
+    expect(claim.owner).toContain(`/${dying.child.pid}/`);
 
-    const leaseMs = 400;
     let dispatchedAt = 0;
     recorder.behaviour = () => void (dispatchedAt = Date.now());
-    await startApp({ pollIntervalMs: 20, leaseMs });
+    await startApp({ pollIntervalMs: 20 });
     await waitFor(() => recorder.calls.length === 1);
     expect(recorder.calls[0]!.entity).toMatchObject({ body: "hang here" });
-    expect(dispatchedAt - claim.claimed_at).toBeGreaterThanOrEqual(leaseMs);
+    expect(dispatchedAt).toBeGreaterThanOrEqual(claim.lease_until);
   });
 
   it("two processes draining one file dispatch each change exactly once, in seq order", async () => {
@@ -171,8 +174,7 @@ describe("change capture across processes", () => {
     // every change of both writers, inserts and updates: 2 per row
     await waitFor(() => outs.flatMap(readLines).length >= 4 * rows, { timeoutMs: 15_000 });
     const check = new Database(file);
-    await waitFor(() => check.prepare("SELECT count(*) FROM _turbocast_changes WHERE done_at IS NULL").pluck().get() === 0);
-    const owners = check.prepare("SELECT DISTINCT claimed_by FROM _turbocast_changes").pluck().all();
+    await waitFor(() => check.prepare("SELECT max(seq) = (SELECT done_seq FROM _turbocast_cursor) FROM _turbocast_changes").pluck().get() === 1);
     check.close();
     for (const w of workers) w.child.send("close");
     for (const w of workers) expect(await w.exited).toEqual({ code: 0, signal: null });
@@ -185,8 +187,8 @@ describe("change capture across processes", () => {
     expect(all.filter((d) => d.created === true).every((d) => d.version === 0)).toBe(true);
     expect(all.filter((d) => d.created === false).every((d) => d.version === 1)).toBe(true);
     // both took part, and each one's share arrived in id order for inserts (seq order within a process)
-    expect(owners.length).toBe(2);
     for (const share of [a, b]) {
+      expect(share.length).toBeGreaterThan(0);
       const inserted = share.filter((d) => d.created).map((d) => d.id);
       expect(inserted).toEqual([...inserted].sort((x, y) => x - y));
     }

@@ -9,6 +9,7 @@ import {
   type Broker,
   CaptureInstallError,
   ConfigError,
+  dropCaptureTriggers,
   HookError,
   NotBoundError,
   TemplateRenderError,
@@ -56,8 +57,10 @@ async function openApp(file: string, options: Partial<TurboOptions> = {}): Promi
 
 const saves = (table = "items"): HookCall[] => recorder.calls.filter((c) => c.table === table);
 const bodies = (): unknown[] => saves().map((c) => c.entity.body);
-const logRows = (sqlite: Database.Database): Array<{ seq: number; tbl: string; op: string; row_json: string; claimed_by: string | null; done_at: number | null }> =>
-  sqlite.prepare("SELECT * FROM _turbocast_changes ORDER BY seq").all() as never;
+const logRows = (sqlite: Database.Database): Array<{ seq: number; tbl: string; op: string; row_json: string; done: 0 | 1 }> =>
+  sqlite
+    .prepare("SELECT seq, tbl, op, row_json, seq <= (SELECT done_seq FROM _turbocast_cursor) AS done FROM _turbocast_changes ORDER BY seq")
+    .all() as never;
 const turbocastObjects = (sqlite: Database.Database): string[] =>
   (sqlite.prepare("SELECT name FROM sqlite_schema WHERE name LIKE '\\_turbocast\\_%' ESCAPE '\\' ORDER BY name").pluck().all() as string[]);
 
@@ -118,11 +121,8 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     ]);
     // .stream stays invisible to JSON
     expect(JSON.stringify(recorder.calls[0]!.entity)).toBe(`{"id":1,"body":"first","version":0}`);
-    expect(logRows(app.sqlite).map((r) => [r.op, r.done_at !== null])).toEqual([
-      ["insert", true],
-      ["update", true],
-      ["delete", true],
-    ]);
+    await waitFor(() => logRows(app!.sqlite).every((r) => r.done === 1));
+    expect(logRows(app.sqlite).map((r) => r.op)).toEqual(["insert", "update", "delete"]);
   });
 
   it("dispatches the app's own writes right after commit, without waiting for the poll", async () => {
@@ -151,6 +151,23 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
       ["onSave", true, "raw two", 0],
       ["onSave", false, "raw two", 1],
       ["onDelete", undefined, "raw one", 0],
+    ]);
+  });
+
+  it("treats an upsert by what it did: an insert, an update, or nothing", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"));
+    const upsert = (body: string) =>
+      app!.db.insert(items).values({ id: 1, body }).onConflictDoUpdate({ target: items.id, set: { body } }).run();
+    upsert("new");
+    upsert("changed");
+    upsert("changed");
+    app.db.insert(items).values({ id: 1, body: "ignored" }).onConflictDoNothing().run();
+    app.db.insert(items).values({ id: 2, body: "marker" }).run();
+    await waitFor(() => bodies().includes("marker"));
+    expect(recorder.calls.map((c) => [c.created, c.entity.body])).toEqual([
+      [true, "new"],
+      [false, "changed"],
+      [true, "marker"],
     ]);
   });
 
@@ -245,7 +262,28 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     expect(errors[1]!.details!.error).toBeInstanceOf(TemplateRenderError);
     expect(new HookError("x", { table: "t", key: 1, seq: 1 }, new Error("y")).code).toBe("TURBOCAST_HOOK_FAILED");
     // every change is done: a failing hook is not retried forever
-    expect(logRows(app.sqlite).every((r) => r.done_at !== null)).toBe(true);
+    await waitFor(() => logRows(app!.sqlite).every((r) => r.done === 1));
+  });
+
+  it("logs a row its Drizzle column cannot decode, like a hook failure, and goes on", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"));
+    app.db.run(sql`INSERT INTO kinds (id, blob_doc) VALUES (1, CAST('not json' AS BLOB))`);
+    app.db.insert(kinds).values({ id: 2 }).run();
+    await waitFor(() => recorder.calls.length === 1);
+    expect(recorder.calls[0]!.entity.id).toBe(2);
+    const [error] = app.log.filter((e) => e.level === "error");
+    expect(error!.message).toMatch(/decoding a row of KindStream failed for table "kinds" key 1 \(change 1\)/);
+    expect(error!.details).toMatchObject({ code: "TURBOCAST_HOOK_FAILED", table: "kinds", key: 1, seq: 1 });
+  });
+
+  it("gives up waiting for an async hook after hookTimeoutMs, logs it, and goes on", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { hookTimeoutMs: 100 } });
+    recorder.behaviour = (call) => (call.entity.body === "hang" ? new Promise(() => {}) : Promise.resolve());
+    app.db.insert(items).values([{ body: "hang" }, { body: "next" }]).run();
+    await waitFor(() => recorder.calls.length === 2);
+    expect(bodies()).toEqual(["hang", "next"]);
+    const [error] = app.log.filter((e) => e.level === "error");
+    expect(error!.message).toMatch(/ItemStream\.onSave failed for table "items" key 1 \(change 1\): did not settle within 100 ms/);
   });
 
   it("decodes every column type through the Drizzle column, equal to what db.select() reads", async () => {
@@ -298,12 +336,15 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     expect(recorder.calls[4]!).toMatchObject({ hook: "onDelete", entity: { ...one, flag: false } });
   });
 
-  it("a blob written into any column by raw SQL breaks neither the write nor the feed", async () => {
+  it("captures blobs written by raw SQL into blob columns, of any Drizzle mode", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"));
-    app.db.run(sql`INSERT INTO kinds (id, note, price) VALUES (9, x'00ff10', x'')`);
+    app.db.run(sql`INSERT INTO kinds (id, bytes, blob_doc, big, where_at) VALUES (9, x'00ff10', CAST('{"ok":false}' AS BLOB), CAST('42' AS BLOB), '1,2')`);
     await waitFor(() => recorder.calls.length === 1);
     expect(recorder.calls[0]!.entity).toEqual(app.db.select().from(kinds).get());
-    expect([...(recorder.calls[0]!.entity.note as Buffer)]).toEqual([0, 255, 16]);
+    expect([...(recorder.calls[0]!.entity.bytes as Buffer)]).toEqual([0, 255, 16]);
+    expect(recorder.calls[0]!.entity.big).toBe(42n);
+    expect(recorder.calls[0]!.entity.blobDoc).toEqual({ ok: false });
+    expect(recorder.calls[0]!.entity.where).toEqual({ x: 1, y: 2 });
   });
 
   it("writes to tables no stream binds reach no hook and leave no log row", async () => {
@@ -397,12 +438,33 @@ describe("triggers follow the schema", () => {
     expect(saves("notes")[2]!.entity).toEqual({ id: 2, body: "after", mood: "calm" });
   });
 
+  it("lets a migration drop a column of a bound table after dropCaptureTriggers, and puts the triggers back", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20 } });
+    const other = new Database(app.file);
+    try {
+      other.exec("ALTER TABLE items ADD COLUMN legacy TEXT");
+      await waitFor(() => triggerSql(app!.sqlite, "_turbocast_items_ins").includes("'legacy'"));
+      expect(() => other.exec("ALTER TABLE items DROP COLUMN legacy")).toThrow(/trigger/);
+      other.transaction(() => {
+        expect(dropCaptureTriggers(other, "items").sort()).toEqual(["_turbocast_items_del", "_turbocast_items_ins", "_turbocast_items_upd"]);
+        other.exec("ALTER TABLE items DROP COLUMN legacy");
+      })();
+    } finally {
+      other.close();
+    }
+    await waitFor(() => triggerSql(app!.sqlite, "_turbocast_items_ins") !== undefined);
+    expect(triggerSql(app.sqlite, "_turbocast_items_ins")).not.toContain("legacy");
+    app.db.insert(items).values({ body: "after the migration" }).run();
+    await waitFor(() => recorder.calls.length === 1);
+    expect(recorder.calls[0]!.entity).toEqual({ id: 1, body: "after the migration", version: 0 });
+  });
+
   it("drops the triggers of tables no longer bound, and leaves matching triggers alone", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"));
     const before = app.sqlite.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").all();
     expect(turbocastObjects(app.sqlite)).toEqual([
       "_turbocast_changes",
-      "_turbocast_changes_pending",
+      "_turbocast_cursor",
       ...["items", "kinds", "notes", "tags"].flatMap((t) => [`_turbocast_${t}_del`, `_turbocast_${t}_ins`, `_turbocast_${t}_upd`]),
     ]);
     const schemaVersion = app.sqlite.pragma("schema_version", { simple: true });
@@ -417,7 +479,7 @@ describe("triggers follow the schema", () => {
     app = await openApp(path.join(tmp.dir, "app.db"), { streams: [ItemStream] });
     expect(turbocastObjects(app.sqlite)).toEqual([
       "_turbocast_changes",
-      "_turbocast_changes_pending",
+      "_turbocast_cursor",
       "_turbocast_items_del",
       "_turbocast_items_ins",
       "_turbocast_items_upd",
@@ -491,10 +553,11 @@ describe("lifecycle", () => {
     expect(app.turbo.feed.state).toBe("closed");
     await app.turbo.close(); // twice is fine
     expect(bodies()).toEqual(["slow"]);
-    expect(logRows(app.sqlite).map((r) => [JSON.parse(r.row_json).body, r.done_at !== null, r.claimed_by])).toEqual([
-      ["slow", true, expect.any(String)],
-      ["queued", false, null],
+    expect(logRows(app.sqlite).map((r) => [JSON.parse(r.row_json).body, r.done])).toEqual([
+      ["slow", 1],
+      ["queued", 0],
     ]);
+    expect(app.sqlite.prepare("SELECT owner FROM _turbocast_cursor").pluck().get()).toBeNull();
     app.sqlite.close();
     app = await openApp(path.join(tmp.dir, "app.db"));
     await waitFor(() => recorder.calls.length === 2);
@@ -514,7 +577,7 @@ describe("lifecycle", () => {
   it("rejects bad capture options at once", async () => {
     const sqlite = new Database(path.join(tmp.dir, "app.db"));
     try {
-      for (const capture of [{ batchSize: 0 }, { pollIntervalMs: 2.5 }, { leaseMs: -1 }, { retain: { count: -1 } }]) {
+      for (const capture of [{ batchSize: 0 }, { pollIntervalMs: 2.5 }, { leaseMs: -1 }, { hookTimeoutMs: 0 }, { retain: { count: -1 } }]) {
         const error = await createTurbo({ db: drizzle(sqlite), views, streams: [], capture, logger: memoryLogger() }).catch((e: unknown) => e);
         expect(error).toBeInstanceOf(ConfigError);
         expect((error as ConfigError).message).toMatch(/capture\./);

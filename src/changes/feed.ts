@@ -27,25 +27,35 @@ export interface CaptureOptions {
    */
   batchSize?: number;
   /**
-   * How long, in ms, a claim stays valid without renewal. A live feed renews
-   * its claims every `leaseMs / 3` while it dispatches; the claims of a
-   * process that died between claim and completion are taken over once this
-   * expires. Default 30,000.
+   * How long, in ms, a claim on the log stays valid without renewal. A live
+   * feed renews it every `leaseMs / 3` while it dispatches; the claim of a
+   * process that died between claim and completion is taken over once it
+   * runs out (so its changes are dispatched, late rather than never).
+   * Default 30,000.
    */
   leaseMs?: number;
   /**
    * Dispatched changes kept in the log (from which delivery can resume). A
-   * done change is deleted once it is older than `ageMs` or no longer among
-   * the newest `count` changes; pending changes are never deleted. Pruning
-   * runs at most once a second. Default `{ count: 10_000, ageMs: 3_600_000 }`.
+   * dispatched change is deleted once it is older than `ageMs` (whole
+   * seconds) or no longer among the newest `count` changes; pending changes
+   * are never deleted. Pruning runs at most once a second.
+   * Default `{ count: 10_000, ageMs: 3_600_000 }`.
    */
   retain?: { count?: number; ageMs?: number };
+  /**
+   * How long, in ms, the feed waits for an async hook before logging it as
+   * failed and going on with the next change (the hook is not cancelled).
+   * Changes are dispatched one at a time, in order, so a hook that never
+   * settles would otherwise stall dispatch for every process. Default 10,000.
+   */
+  hookTimeoutMs?: number;
 }
 
 export interface ResolvedCaptureOptions {
   pollIntervalMs: number;
   batchSize: number;
   leaseMs: number;
+  hookTimeoutMs: number;
   retain: { count: number; ageMs: number };
 }
 
@@ -53,11 +63,21 @@ export const CAPTURE_DEFAULTS: ResolvedCaptureOptions = Object.freeze({
   pollIntervalMs: 100,
   batchSize: 100,
   leaseMs: 30_000,
+  hookTimeoutMs: 10_000,
   retain: Object.freeze({ count: 10_000, ageMs: 60 * 60_000 }),
 });
 
 /** At most one prune per this many ms: it scans the retained log. */
 const PRUNE_INTERVAL_MS = 1000;
+
+/**
+ * Drains for the app's own writes start at most this often. A write after a
+ * quiet spell is drained on the next turn of the event loop; under a stream
+ * of writes (one per request, say) each drain takes every change of the last
+ * couple of milliseconds in one claim instead of claiming them one by one —
+ * the claim and completion writes would otherwise cost more than the insert.
+ */
+const DRAIN_SPACING_MS = 2;
 
 export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCaptureOptions {
   if (typeof options !== "object" || options === null) throw new ConfigError("capture must be an options object");
@@ -65,6 +85,7 @@ export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCap
     pollIntervalMs: options.pollIntervalMs ?? CAPTURE_DEFAULTS.pollIntervalMs,
     batchSize: options.batchSize ?? CAPTURE_DEFAULTS.batchSize,
     leaseMs: options.leaseMs ?? CAPTURE_DEFAULTS.leaseMs,
+    hookTimeoutMs: options.hookTimeoutMs ?? CAPTURE_DEFAULTS.hookTimeoutMs,
     retain: {
       count: options.retain?.count ?? CAPTURE_DEFAULTS.retain.count,
       ageMs: options.retain?.ageMs ?? CAPTURE_DEFAULTS.retain.ageMs,
@@ -78,6 +99,7 @@ export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCap
   check("pollIntervalMs", resolved.pollIntervalMs, 1);
   check("batchSize", resolved.batchSize, 1);
   check("leaseMs", resolved.leaseMs, 1);
+  check("hookTimeoutMs", resolved.hookTimeoutMs, 1);
   check("retain.count", resolved.retain.count, 0);
   check("retain.ageMs", resolved.retain.ageMs, 0);
   return resolved;
@@ -100,8 +122,8 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  * order, each change exactly once across every process sharing the file:
  *
  * 1. claim a batch in one write transaction (marking the previous batch done
- *    in the same one) — a claim is only taken while no other live feed holds
- *    claims, so processes take turns and order holds across them;
+ *    in the same one) by moving the log's cursor — one feed holds it at a
+ *    time, so processes take turns and order holds across them;
  * 2. decode each row through its Drizzle columns, give it `.stream`, and
  *    await `onSave(entity, { created })` / `onDelete(entity)`; a failure is
  *    logged as a HookError and the feed goes on;
@@ -124,20 +146,24 @@ export class ChangeFeed {
   #schemaVersion = -1;
   #timer: NodeJS.Timeout | null = null;
   #immediate: NodeJS.Immediate | null = null;
+  #delayed: NodeJS.Timeout | null = null;
+  #lastPassStart = -Infinity;
   #pass: Promise<void> | null = null;
   #again = false;
   #closed: Promise<void> | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   /** Highest seq dispatched by this feed and not yet marked done (0: none). */
   #doneUpTo = 0;
-  /** Highest seq this feed holds a claim on. */
-  #claimedUpTo = 0;
+  /** Whether this feed holds the log's cursor (claimed changes not yet completed). */
+  #holding = false;
   #prunePending = false;
   #lastPrune = 0;
   /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
   #failing = new Set<string>();
   #warnedUnbound = new Set<string>();
   #missingTables = new Set<string>();
+  /** The triggers the last sync wanted (see SyncOptions). */
+  #wanted: Map<string, string> | undefined;
 
   constructor(init: ChangeFeedInit) {
     this.#client = init.client;
@@ -179,8 +205,7 @@ export class ChangeFeed {
       this.#again = true;
       return this.#pass;
     }
-    if (this.#immediate) clearImmediate(this.#immediate);
-    this.#immediate = null;
+    this.#unschedule();
     this.#startPass();
     return this.#pass ?? Promise.resolve();
   }
@@ -201,8 +226,7 @@ export class ChangeFeed {
     this.#state = "closing";
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    if (this.#immediate) clearImmediate(this.#immediate);
-    this.#immediate = null;
+    this.#unschedule();
     this.#closed = (async () => {
       await this.#pass;
       this.#finishClaims();
@@ -218,13 +242,17 @@ export class ChangeFeed {
         name: info.name,
         keys: info.keys.map((k) => k.column.name),
         columns: Object.values(info.columns).map((c) => c.name),
+        blobColumns: Object.values(info.columns)
+          .filter((c) => c.columnType.startsWith("SQLiteBlob") || c.columnType === "SQLiteBigInt" || c.columnType === "SQLiteCustomColumn")
+          .map((c) => c.name),
       };
     });
   }
 
   #sync(): TriggerSync {
-    const result = syncTriggers(this.#client, this.#tables());
+    const result = syncTriggers(this.#client, this.#tables(), { previous: this.#wanted });
     this.#schemaVersion = result.schemaVersion;
+    this.#wanted = result.wanted;
     for (const table of result.missingTables) {
       if (this.#missingTables.has(table)) continue;
       this.#missingTables.add(table);
@@ -254,12 +282,12 @@ export class ChangeFeed {
   }
 
   #tick = (): void => {
-    if (this.#state !== "running" || this.#pass || this.#immediate) return;
+    if (this.#state !== "running" || this.#pass || this.#immediate || this.#delayed) return;
     // A transaction the app left open (a raw BEGIN across an await) is not committed: look next tick.
     if (this.#client.inTransaction) return;
     try {
       const now = Date.now();
-      const poll = this.#log!.poll(this.owner, now - this.#options.leaseMs);
+      const poll = this.#log!.poll(this.owner, now);
       if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
       if (poll.claimable) this.#schedule();
       else this.#maybePrune(now);
@@ -275,12 +303,23 @@ export class ChangeFeed {
       this.#again = true;
       return;
     }
-    this.#immediate ??= setImmediate(this.#startPass);
+    if (this.#immediate || this.#delayed) return;
+    const wait = this.#lastPassStart + DRAIN_SPACING_MS - performance.now();
+    if (wait <= 0) this.#immediate = setImmediate(this.#startPass);
+    else this.#delayed = setTimeout(this.#startPass, wait);
+  }
+
+  #unschedule(): void {
+    if (this.#immediate) clearImmediate(this.#immediate);
+    if (this.#delayed) clearTimeout(this.#delayed);
+    this.#immediate = null;
+    this.#delayed = null;
   }
 
   #startPass = (): void => {
-    this.#immediate = null;
+    this.#unschedule();
     if (this.#state !== "running" || this.#pass) return;
+    this.#lastPassStart = performance.now();
     this.#pass = this.#passes().finally(() => {
       this.#pass = null;
     });
@@ -300,14 +339,14 @@ export class ChangeFeed {
       for (;;) {
         if (this.#state !== "running" || this.#client.inTransaction) break;
         const now = Date.now();
-        const poll = log.poll(this.owner, now - leaseMs);
+        const poll = log.poll(this.owner, now);
         if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
         if (!poll.claimable) break;
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
-        const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, now - leaseMs, batchSize);
+        const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
         if (this.#doneUpTo > 0) this.#prunePending = true;
         this.#doneUpTo = 0;
-        this.#claimedUpTo = batch.length > 0 ? batch[batch.length - 1]!.seq : 0;
+        this.#holding = batch.length > 0;
         if (batch.length === 0) break;
         this.#holdClaims();
         for (const change of batch) {
@@ -327,28 +366,27 @@ export class ChangeFeed {
     }
   }
 
-  /** Marks what was dispatched done, gives back claims not dispatched, stops renewing. */
+  /**
+   * Marks what was dispatched done and gives the cursor back — with the
+   * changes not dispatched yet when a drain stopped mid-batch (close, an
+   * error), for any feed to take at once. Stops renewing.
+   */
   #finishClaims(): void {
     if (this.#renewTimer) clearInterval(this.#renewTimer);
     this.#renewTimer = null;
     // inside a transaction the app holds open, our writes would share its fate: do them later
-    if (this.#client.inTransaction || !this.#log) return;
+    if (this.#client.inTransaction || !this.#log || !this.#holding) return;
     const now = Date.now();
     try {
-      if (this.#doneUpTo > 0) {
-        this.#log.complete(this.owner, this.#doneUpTo, now);
-        this.#prunePending = true;
-        if (this.#claimedUpTo <= this.#doneUpTo) this.#claimedUpTo = 0;
-        this.#doneUpTo = 0;
+      if (!this.#log.complete(this.owner, this.#doneUpTo)) {
+        this.#logger.warn("change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs");
       }
-      // only when a drain stopped mid-batch (close, an error): the rest goes back to the pool
-      if (this.#claimedUpTo > 0) {
-        this.#log.release(this.owner);
-        this.#claimedUpTo = 0;
-      }
+      if (this.#doneUpTo > 0) this.#prunePending = true;
+      this.#doneUpTo = 0;
+      this.#holding = false;
       this.#maybePrune(now);
     } catch (error) {
-      // kept in #doneUpTo / #claimedUpTo: the next drain completes them (or the lease expires)
+      // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
   }
@@ -359,7 +397,7 @@ export class ChangeFeed {
     this.#renewTimer = setInterval(() => {
       if (this.#client.inTransaction) return;
       try {
-        this.#log!.renew(this.owner, Date.now());
+        this.#log!.renew(this.owner, Date.now() + this.#options.leaseMs);
       } catch (error) {
         this.#failed("renew", "change feed could not renew its claims", error);
       }
@@ -393,16 +431,33 @@ export class ChangeFeed {
       const entity = attachStream(rowDecoder(cls.tableInfo())(change.row), cls);
       const stream = cls.for(entity) as ModelStream;
       stream.entity = entity as ModelStream["entity"];
+      let result: unknown;
       if (change.op === "delete") {
         what = `${cls.name}.onDelete`;
-        await stream.onDelete(entity as never);
+        result = stream.onDelete(entity as never);
       } else {
         what = `${cls.name}.onSave`;
-        await stream.onSave(entity as never, { created: change.op === "insert" });
+        result = stream.onSave(entity as never, { created: change.op === "insert" });
       }
+      // most hooks are synchronous (they fire broadcasts and return): no timer for those
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") await this.#settled(Promise.resolve(result));
     } catch (error) {
-      const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.pk), seq: change.seq }, error);
+      const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
       this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
+    }
+  }
+
+  /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
+  async #settled(result: Promise<unknown>): Promise<void> {
+    const ms = this.#options.hookTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)), ms);
+    });
+    try {
+      await Promise.race([result, timeout]);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -417,13 +472,13 @@ export class ChangeFeed {
   }
 }
 
-/** The logged form of a change's key: the bare value, or `{ column: value }` for composite keys. */
-function keyOf(cls: AnyModelStreamClass, pk: string): unknown {
+/** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */
+function keyOf(cls: AnyModelStreamClass, rowJson: string): unknown {
   try {
-    const values = JSON.parse(pk) as unknown[];
+    const row = JSON.parse(rowJson) as Record<string, unknown>;
     const keys = cls.tableInfo().keys;
-    return keys.length === 1 ? values[0] : Object.fromEntries(keys.map((k, i) => [k.key, values[i]]));
+    return keys.length === 1 ? row[keys[0]!.column.name] : Object.fromEntries(keys.map((k) => [k.key, row[k.column.name]]));
   } catch {
-    return pk;
+    return undefined;
   }
 }

@@ -1,36 +1,49 @@
 import type Database from "better-sqlite3";
-import { LOG_TABLE, quoteIdent } from "./sql.js";
+import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
 
 /**
- * The change log, `_turbocast_changes`: the triggers append one row per
- * changed row of a bound table, in the writer's own transaction; the change
- * feed claims, dispatches and completes them.
+ * The change log and its cursor.
  *
- *   seq         INTEGER PRIMARY KEY   commit order (SQLite has one writer at a time)
- *   tbl, op     the table's SQL name; 'insert' | 'update' | 'delete'
- *   pk          JSON array of the primary-key values (the Drizzle key's order)
- *   row_json    JSON object, column name -> value (NEW row; OLD row for a delete)
- *   claimed_by  feed that is dispatching it (NULL: nobody yet)
- *   claimed_at  ms since epoch; a claim older than the lease belongs to a dead feed
- *   done_at     ms since epoch when it was dispatched (NULL: pending)
+ * `_turbocast_changes` is append-only: the triggers add one row per changed
+ * row of a bound table, in the writer's own transaction, and nothing but
+ * pruning ever touches it again (no per-row claim flags, no index to keep up:
+ * the writer's hot path is one append to the end of a rowid b-tree).
  *
- * Pending rows are found through a partial index that holds only them, so the
- * poll and the claim stay cheap however long the retained history is. `seq`
- * is never reused: pruning always keeps the newest row, so the next rowid
- * stays above every seq ever handed out.
+ *   seq       INTEGER PRIMARY KEY   commit order (SQLite has one writer at a time)
+ *   tbl, op   the table's SQL name; 'insert' | 'update' | 'delete'
+ *   row_json  JSON object, column name -> value (the NEW row; the OLD row for a delete)
+ *   at        unixepoch() when it was written (for pruning by age)
+ *
+ * `_turbocast_cursor` is one row saying how far dispatch got, and who is
+ * dispatching the next range:
+ *
+ *   done_seq     every change up to it was dispatched
+ *   owner        the feed dispatching (done_seq, claimed_seq], or NULL
+ *   lease_until  ms since epoch; past it, the owner is presumed dead and any
+ *                feed takes the range over from done_seq
+ *
+ * A claim is one IMMEDIATE transaction that moves the cursor, so two feeds
+ * can never hold the same change; and because one feed holds the cursor at
+ * a time, changes are dispatched in seq order across processes, not only
+ * within one. `seq` is never reused — the newest row is never pruned, so the
+ * next rowid stays above `done_seq`.
  */
 export const LOG_DDL = [
   `CREATE TABLE IF NOT EXISTS ${quoteIdent(LOG_TABLE)} (
   seq INTEGER PRIMARY KEY,
   tbl TEXT NOT NULL,
   op TEXT NOT NULL,
-  pk TEXT NOT NULL,
   row_json TEXT NOT NULL,
-  claimed_by TEXT,
-  claimed_at INTEGER,
-  done_at INTEGER
+  at INTEGER NOT NULL
 )`,
-  `CREATE INDEX IF NOT EXISTS ${quoteIdent(`${LOG_TABLE}_pending`)} ON ${quoteIdent(LOG_TABLE)} (seq) WHERE done_at IS NULL`,
+  `CREATE TABLE IF NOT EXISTS ${quoteIdent(CURSOR_TABLE)} (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  done_seq INTEGER NOT NULL,
+  owner TEXT,
+  claimed_seq INTEGER,
+  lease_until INTEGER
+)`,
+  `INSERT OR IGNORE INTO ${quoteIdent(CURSOR_TABLE)} (id, done_seq) VALUES (1, 0)`,
 ];
 
 export type ChangeOp = "insert" | "update" | "delete";
@@ -40,8 +53,6 @@ export interface ChangeRecord {
   seq: number;
   table: string;
   op: ChangeOp;
-  /** JSON array of the key values. */
-  pk: string;
   /** JSON object of the row's columns. */
   row: string;
 }
@@ -53,100 +64,101 @@ export interface PollResult {
   claimable: boolean;
 }
 
+interface CursorRow {
+  doneSeq: number;
+  owner: string | null;
+  leaseUntil: number | null;
+}
+
 const T = quoteIdent(LOG_TABLE);
+const C = quoteIdent(CURSOR_TABLE);
 
-/**
- * A change is claimable when nobody claimed it or its claim expired. Feeds
- * take turns: while another live feed holds claims, nobody else claims, so
- * changes are dispatched in seq order across processes, not only within one.
- */
-const CLAIMABLE = `done_at IS NULL AND (claimed_by IS NULL OR claimed_at <= :expired)`;
-const OTHERS_HOLD_CLAIMS = `EXISTS (SELECT 1 FROM ${T} WHERE done_at IS NULL AND claimed_by <> :owner AND claimed_at > :expired)`;
-
-/** Prepared statements over the change log of one connection. Create it once the table exists. */
+/** Prepared statements over the change log of one connection. Create it once the tables exist. */
 export class ChangeLog {
   readonly #poll: Database.Statement;
-  readonly #claim: Database.Statement;
-  readonly #complete: Database.Statement;
+  readonly #cursor: Database.Statement;
+  readonly #advance: Database.Statement;
+  readonly #pending: Database.Statement;
+  readonly #take: Database.Statement;
+  readonly #let: Database.Statement;
   readonly #renew: Database.Statement;
-  readonly #release: Database.Statement;
   readonly #prune: Database.Statement;
-  readonly #completeAndClaim: Database.Transaction<
-    (owner: string, doneUpTo: number, now: number, expired: number, limit: number) => ChangeRecord[]
-  >;
+  readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
 
   constructor(client: Database.Database) {
     this.#poll = client.prepare(
       `SELECT (SELECT schema_version FROM pragma_schema_version) AS schemaVersion,
-        EXISTS (SELECT 1 FROM ${T} WHERE ${CLAIMABLE}) AND NOT ${OTHERS_HOLD_CLAIMS} AS claimable`,
+        coalesce((SELECT max(seq) FROM ${T}), 0) AS maxSeq, done_seq AS doneSeq, owner, lease_until AS leaseUntil
+       FROM ${C} WHERE id = 1`,
     );
-    this.#claim = client.prepare(
-      `UPDATE ${T} SET claimed_by = :owner, claimed_at = :now
-       WHERE seq IN (SELECT seq FROM ${T} WHERE ${CLAIMABLE} ORDER BY seq LIMIT :limit)
-         AND NOT ${OTHERS_HOLD_CLAIMS}
-       RETURNING seq, tbl AS "table", op, pk, row_json AS "row"`,
+    this.#cursor = client.prepare(`SELECT done_seq AS doneSeq, owner, lease_until AS leaseUntil FROM ${C} WHERE id = 1`);
+    this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
+    this.#pending = client.prepare(
+      `SELECT seq, tbl AS "table", op, row_json AS "row" FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`,
     );
-    this.#complete = client.prepare(
-      `UPDATE ${T} SET done_at = :now WHERE done_at IS NULL AND claimed_by = :owner AND seq <= :upTo`,
+    this.#take = client.prepare(`UPDATE ${C} SET owner = :owner, claimed_seq = :upTo, lease_until = :until WHERE id = 1`);
+    this.#let = client.prepare(
+      `UPDATE ${C} SET done_seq = max(done_seq, :upTo), owner = NULL, claimed_seq = NULL, lease_until = NULL WHERE id = 1 AND owner = :owner`,
     );
-    this.#renew = client.prepare(`UPDATE ${T} SET claimed_at = :now WHERE done_at IS NULL AND claimed_by = :owner`);
-    this.#release = client.prepare(
-      `UPDATE ${T} SET claimed_by = NULL, claimed_at = NULL WHERE done_at IS NULL AND claimed_by = :owner`,
-    );
+    this.#renew = client.prepare(`UPDATE ${C} SET lease_until = :until WHERE id = 1 AND owner = :owner`);
     this.#prune = client.prepare(
       `DELETE FROM ${T}
-       WHERE done_at IS NOT NULL
+       WHERE seq <= (SELECT done_seq FROM ${C} WHERE id = 1)
          AND seq < (SELECT max(seq) FROM ${T})
-         AND (seq <= (SELECT max(seq) FROM ${T}) - :count OR done_at <= :cutoff)`,
+         AND (seq <= (SELECT max(seq) FROM ${T}) - :count OR at <= :cutoff)`,
     );
-    // one write transaction per batch: the previous batch is completed as the next one is claimed
-    this.#completeAndClaim = client.transaction(
-      (owner: string, doneUpTo: number, now: number, expired: number, limit: number): ChangeRecord[] => {
-        if (doneUpTo > 0) this.#complete.run({ owner, now, upTo: doneUpTo });
-        return this.#claim.all({ owner, now, expired, limit }) as ChangeRecord[];
-      },
-    );
+    this.#claim = client.transaction((owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] => {
+      if (doneUpTo > 0) this.#advance.run({ owner, upTo: doneUpTo });
+      const cursor = this.#cursor.get() as CursorRow;
+      if (cursor.owner !== null && cursor.owner !== owner && (cursor.leaseUntil ?? 0) > now) return [];
+      // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
+      const batch = this.#pending.all({ after: cursor.doneSeq, limit }) as ChangeRecord[];
+      if (batch.length === 0) {
+        if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
+        return [];
+      }
+      this.#take.run({ owner, upTo: batch[batch.length - 1]!.seq, until: now + leaseMs });
+      return batch;
+    });
   }
 
-  /** One cheap indexed read: is there work for this feed, and did the schema change? */
-  poll(owner: string, expired: number): PollResult {
-    const row = this.#poll.get({ owner, expired }) as { schemaVersion: number; claimable: number };
-    return { schemaVersion: row.schemaVersion, claimable: row.claimable === 1 };
+  /** One cheap read: is there work for this feed, and did the schema change? */
+  poll(owner: string, now: number): PollResult & { doneSeq: number; maxSeq: number } {
+    const row = this.#poll.get() as CursorRow & { schemaVersion: number; maxSeq: number };
+    const free = row.owner === null || row.owner === owner || (row.leaseUntil ?? 0) <= now;
+    return { schemaVersion: row.schemaVersion, claimable: free && row.maxSeq > row.doneSeq, doneSeq: row.doneSeq, maxSeq: row.maxSeq };
   }
 
   /**
-   * Marks this feed's claimed changes up to `doneUpTo` done (0: none), then
-   * claims up to `limit` changes, oldest first, in one write transaction.
-   * Returns them in seq order; empty when nothing is claimable or another
-   * feed holds live claims.
+   * In one IMMEDIATE write transaction (the write lock is taken up front, so
+   * the claim never fails on a stale read snapshot): marks this feed's
+   * changes up to `doneUpTo` done (0: none), then takes the cursor for the
+   * next `limit` changes and returns them in seq order. Empty when there is
+   * nothing to dispatch or another live feed holds the cursor.
    */
-  completeAndClaim(owner: string, doneUpTo: number, now: number, expired: number, limit: number): ChangeRecord[] {
-    // IMMEDIATE: take the write lock up front, so the claim never fails on a stale read snapshot
-    const claimed = this.#completeAndClaim.immediate(owner, doneUpTo, now, expired, limit);
-    // RETURNING gives no order guarantee
-    return claimed.length > 1 ? claimed.sort((a, b) => a.seq - b.seq) : claimed;
-  }
-
-  /** Marks this feed's claimed changes up to `upTo` done. Returns how many. */
-  complete(owner: string, upTo: number, now: number): number {
-    return this.#complete.run({ owner, now, upTo }).changes;
-  }
-
-  /** Extends this feed's claims: it is alive and still dispatching. */
-  renew(owner: string, now: number): void {
-    this.#renew.run({ owner, now });
-  }
-
-  /** Gives back this feed's claims that were not dispatched (on close), for any feed to take at once. */
-  release(owner: string): number {
-    return this.#release.run({ owner }).changes;
+  completeAndClaim(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] {
+    return this.#claim.immediate(owner, doneUpTo, now, leaseMs, limit);
   }
 
   /**
-   * Deletes done changes that are older than `ageMs` or not among the newest
-   * `count`; pending changes and the newest row always stay.
+   * Marks this feed's changes up to `upTo` done and gives the cursor back, so
+   * any feed may dispatch what follows at once. False when the cursor is no
+   * longer this feed's (its lease ran out and another feed took it over).
+   */
+  complete(owner: string, upTo: number): boolean {
+    return this.#let.run({ owner, upTo }).changes === 1;
+  }
+
+  /** Extends this feed's hold on the cursor: it is alive and still dispatching. */
+  renew(owner: string, until: number): void {
+    this.#renew.run({ owner, until });
+  }
+
+  /**
+   * Deletes dispatched changes that are older than `ageMs` or not among the
+   * newest `count`; pending changes and the newest row always stay.
    */
   prune(now: number, retain: { count: number; ageMs: number }): number {
-    return this.#prune.run({ count: retain.count, cutoff: now - retain.ageMs }).changes;
+    return this.#prune.run({ count: retain.count, cutoff: Math.floor((now - retain.ageMs) / 1000) }).changes;
   }
 }

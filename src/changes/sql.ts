@@ -15,3 +15,6 @@ export const NAMESPACE = "_turbocast_";
 
 /** The change log: one row per captured insert, update or delete. */
 export const LOG_TABLE = `${NAMESPACE}changes`;
+
+/** How far dispatch got, and which feed is dispatching next. */
+export const CURSOR_TABLE = `${NAMESPACE}cursor`;
