@@ -243,9 +243,10 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       },
     );
     latestPosition ??= await broker.head();
-    views.addGlobal("turbo_stream_from", streamFrom);
     for (const cls of registry.classes) bindStreamClass(cls, runtime);
     bound = true;
+    // a template rendered by a hook may call turbo_stream_from
+    views.addGlobal("turbo_stream_from", streamFrom);
     // last: from here on hooks may run, so everything they use is in place
     feed.start();
   } catch (error) {

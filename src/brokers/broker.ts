@@ -15,8 +15,12 @@ export interface Published {
   readonly seq: number;
   /** The complete `<turbo-stream>` markup. */
   readonly frame: string;
-  /** Per-transport encodings, made once per frame, shared by every subscriber. */
-  encoded?: { ws?: Buffer; sse?: Buffer };
+  /**
+   * Per-transport encodings, made once per frame, shared by every subscriber
+   * (`wsFrame`: the complete WebSocket frame; `sseChunk`: the SSE event framed
+   * as one HTTP/1.1 chunk).
+   */
+  encoded?: { ws?: Buffer; wsFrame?: Buffer; sse?: Buffer; sseChunk?: Buffer };
 }
 
 export interface BrokerEvents {

@@ -1,3 +1,4 @@
+import * as ws from "ws";
 import type { Published } from "../brokers/broker.js";
 
 /**
@@ -51,4 +52,40 @@ export function sseBytes(frame: Published): Buffer {
 export function wsBytes(frame: Published): Buffer {
   const encoded = (frame.encoded ??= {});
   return (encoded.ws ??= encodeWs(frame));
+}
+
+/**
+ * The SSE event of a frame as one HTTP/1.1 chunk, `<size in hex>\r\n<event>\r\n`:
+ * exactly the bytes a chunked response writes for it, ready to go to the
+ * socket in one write (see SseConnection.send). Memoised like the others.
+ */
+export function sseChunkBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  if (encoded.sseChunk) return encoded.sseChunk;
+  const event = sseBytes(frame);
+  const head = `${event.length.toString(16)}\r\n`;
+  const chunk = Buffer.allocUnsafe(head.length + event.length + 2);
+  chunk.write(head, 0, "latin1");
+  event.copy(chunk, head.length);
+  chunk.write("\r\n", head.length + event.length, "latin1");
+  return (encoded.sseChunk = chunk);
+}
+
+/**
+ * ws's frame builder (exported by ws, though not by its type definitions):
+ * what `ws.send()` runs for every message and every socket.
+ */
+const buildWsFrame = (ws as unknown as { Sender: { frame(data: Buffer, options: object): Buffer[] } }).Sender.frame;
+
+/**
+ * The complete WebSocket frame of a frame's text message (header and
+ * payload, unmasked, as a server sends it) in one Buffer, built once by ws's
+ * own frame builder: each subscriber then costs one socket write instead of
+ * a header built per socket and two corked writes (see WebSocketConnection.send).
+ */
+export function wsFrameBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  if (encoded.wsFrame) return encoded.wsFrame;
+  const parts = buildWsFrame(wsBytes(frame), { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true });
+  return (encoded.wsFrame = parts.length === 1 ? parts[0]! : Buffer.concat(parts));
 }

@@ -1,0 +1,52 @@
+import type { FanoutCell, MemoryCell } from "../sections/fanout.js";
+import type { ThroughputResult } from "../sections/throughput.js";
+import type { BroadcastSample } from "./target.js";
+
+/** Everything one run measured; written to results.json and rendered into RESULTS.md and fanout.svg. */
+export interface Results {
+  env: Record<string, string>;
+  labels: Record<string, string>;
+  fanout: FanoutCell[];
+  memory: MemoryCell[];
+  throughput: ThroughputResult[];
+  endToEnd: EndToEnd | null;
+  render: RenderCost[] | null;
+  writeCost: WriteCost | null;
+  clock: Array<{ target: string; server: ClockOffset; clients: ClockOffset }>;
+  /** What could not be measured, and why. */
+  missing: string[];
+  notes: string[];
+}
+
+export interface ClockOffset {
+  offset: number;
+  uncertainty: number;
+}
+
+export interface EndToEnd {
+  n: number;
+  /** Drizzle insert -> capture -> onSave -> render -> frame at every subscriber. */
+  samples: BroadcastSample[];
+  /** turbocast WS fan-out alone (broadcastRaw of a built frame), interleaved with the inserts. */
+  fanoutSamples: BroadcastSample[];
+}
+
+export interface RenderCost {
+  n: number;
+  broadcasts: number;
+  /** Template renders counted through the wrapped nunjucks environment during those broadcasts. */
+  renders: number;
+  /** Publish (append, which renders) to last delivery. */
+  samples: BroadcastSample[];
+}
+
+export interface WriteCost {
+  /** Inserts per round. */
+  inserts: number;
+  workloads: Array<{
+    workload: "per-turn" | "burst";
+    /** Inserts per second, one figure per round. */
+    without: number[];
+    with: number[];
+  }>;
+}

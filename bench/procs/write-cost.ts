@@ -1,0 +1,106 @@
+/**
+ * Write cost of change capture, in a process of its own: Drizzle inserts per
+ * second into a SQLite file with turbocast's capture running and without it,
+ * in alternating rounds (a fresh file per round: WAL, synchronous=NORMAL).
+ * With capture a round ends only when every insert has reached its onSave
+ * hook (a no-op that counts), so the figure includes the triggers, the
+ * change-log claims and the dispatch. The method follows the capture
+ * branch's bench/capture.ts.
+ *
+ * Workloads:
+ *   per-turn  one insert per turn of the event loop, as requests arrive
+ *             (each insert is claimed and completed on its own)
+ *   burst     inserts back to back in one turn, drained in batches after
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import Database from "better-sqlite3";
+import { drizzle } from "drizzle-orm/better-sqlite3";
+import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import nunjucks from "nunjucks";
+import { ModelStream, createTurbo } from "../../src/index.js";
+import { silentLogger } from "../../src/logger.js";
+import { serve } from "../lib/ipc.js";
+
+const messages = sqliteTable("messages", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  roomId: integer("room_id").notNull(),
+  body: text("body").notNull(),
+  createdAt: integer("created_at", { mode: "timestamp_ms" }).notNull(),
+});
+const DDL = "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL)";
+
+let dispatched = 0;
+class MessageStream extends ModelStream<typeof messages> {
+  static override model = messages;
+  override onSave(): void {
+    dispatched++;
+  }
+}
+
+export type Workload = "per-turn" | "burst";
+export type Mode = "without" | "with";
+
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-write-cost-"));
+process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+let files = 0;
+
+/** One round: `n` inserts; returns inserts per second. */
+async function round(mode: Mode, workload: Workload, n: number): Promise<number> {
+  const sqlite = new Database(path.join(dir, `${files++}.db`));
+  sqlite.pragma("journal_mode = WAL");
+  sqlite.pragma("synchronous = NORMAL");
+  sqlite.exec(DDL);
+  const db = drizzle(sqlite);
+  const turbo =
+    mode === "with"
+      ? await createTurbo({
+          db,
+          views: new nunjucks.Environment(null, { autoescape: true }),
+          streams: [MessageStream],
+          secret: "bench-secret-0123456789abcdef0123456789",
+          secretFile: path.join(dir, ".turbocast-secret"),
+          logger: silentLogger,
+        })
+      : undefined;
+  dispatched = 0;
+  const row = (i: number) => ({ roomId: i % 10, body: `message number ${i} with a little text`, createdAt: new Date() });
+  const started = process.hrtime.bigint();
+  if (workload === "per-turn") {
+    for (let i = 0; i < n; i++) {
+      db.insert(messages).values(row(i)).run();
+      await turn();
+    }
+  } else {
+    for (let i = 0; i < n; i++) db.insert(messages).values(row(i)).run();
+  }
+  if (turbo) {
+    await turbo.feed.drain();
+    if (dispatched !== n) throw new Error(`expected ${n} inserts dispatched to onSave, got ${dispatched}`);
+  }
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  await turbo?.close();
+  sqlite.close();
+  return n / seconds;
+}
+
+serve({
+  async measure(args: { inserts: number; rounds: number }) {
+    // warm up both paths (JIT, page cache)
+    for (const mode of ["without", "with"] as const) {
+      for (const workload of ["per-turn", "burst"] as const) await round(mode, workload, Math.min(1000, args.inserts));
+    }
+    const out: Array<{ workload: Workload; without: number[]; with: number[] }> = [];
+    for (const workload of ["per-turn", "burst"] as const) {
+      const result = { workload, without: [] as number[], with: [] as number[] };
+      for (let r = 0; r < args.rounds; r++) {
+        const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
+        for (const mode of order) result[mode].push(await round(mode, workload, args.inserts));
+      }
+      out.push(result);
+    }
+    return out;
+  },
+});

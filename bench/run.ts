@@ -1,0 +1,168 @@
+/**
+ * `npm run bench`: every figure of bench/RESULTS.md, measured in one run on
+ * this machine, turbocast side by side with a bare `ws` server and Socket.IO.
+ *
+ *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
+ *   npm run bench -- --quick           smaller run, written to bench/out/ instead
+ *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse)
+ */
+import { execSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { fileURLToPath } from "node:url";
+import { log } from "./lib/log.js";
+import { renderReport } from "./lib/report.js";
+import type { Results } from "./lib/results.js";
+import { fanoutSvg } from "./lib/svg.js";
+import { Target, type TargetSpec } from "./lib/target.js";
+import { runFanout } from "./sections/fanout.js";
+import { runThroughput } from "./sections/throughput.js";
+import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
+import { Child } from "./lib/ipc.js";
+import type { WriteCost } from "./lib/results.js";
+
+const quick = process.argv.includes("--quick");
+const only = process.argv.find((a) => a.startsWith("--targets="))?.slice("--targets=".length).split(",");
+
+const WS_NS = quick ? [1000, 5000] : [1000, 5000, 10000];
+const SSE_NS = quick ? [1000] : [1000, 5000];
+
+const SPECS: TargetSpec[] = [
+  { key: "raw-tcp", label: "raw TCP (floor)", server: "raw-tcp", protocol: "tcp", ns: WS_NS },
+  { key: "bare-ws", label: "bare ws", server: "bare-ws", protocol: "ws", ns: WS_NS },
+  { key: "socketio", label: "Socket.IO", server: "socketio", protocol: "sio", ns: WS_NS },
+  { key: "tc-ws", label: "turbocast WS", server: "turbocast", protocol: "ws", ns: WS_NS },
+  { key: "tc-sse", label: "turbocast SSE", server: "turbocast", protocol: "sse", ns: SSE_NS },
+];
+
+const outDir = fileURLToPath(new URL(quick ? "./out/" : "./", import.meta.url));
+
+function fdLimit(): { soft: number; hard: number } {
+  try {
+    const [soft, hard] = execSync('bash -c \'ulimit -n "$(ulimit -Hn)" 2>/dev/null; echo "$(ulimit -n) $(ulimit -Hn)"\'')
+      .toString()
+      .trim()
+      .split(" ")
+      .map((x) => (x === "unlimited" ? Number.POSITIVE_INFINITY : Number(x)));
+    return { soft: soft!, hard: hard! };
+  } catch {
+    return { soft: Number.NaN, hard: Number.NaN };
+  }
+}
+
+async function main(): Promise<void> {
+  const fd = fdLimit();
+  const results: Results = {
+    env: {
+      node: process.version,
+      cpus: `${os.cpus().length} × ${os.cpus()[0]?.model?.trim() ?? "?"}`,
+      memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB RAM`,
+      fdLimit: `${fd.soft} (hard limit ${fd.hard})`,
+      date: new Date().toISOString(),
+      mode: quick ? "quick" : "full",
+      loadBefore: os.loadavg().map((x) => x.toFixed(2)).join(" / "),
+    },
+    labels: Object.fromEntries(SPECS.map((s) => [s.key, s.label])),
+    fanout: [],
+    memory: [],
+    throughput: [],
+    endToEnd: null,
+    render: null,
+    writeCost: null,
+    clock: [],
+    missing: [],
+    notes: [],
+  };
+  log(`turbocast bench (${results.env.mode}); file descriptors per process: ${results.env.fdLimit}`);
+
+  // each process holds N sockets plus a few dozen descriptors of its own
+  const specs = SPECS.filter((s) => !only || only.includes(s.key)).map((s) => {
+    const reachable = s.ns.filter((n) => n + 64 <= fd.soft);
+    for (const n of s.ns.filter((x) => !reachable.includes(x))) {
+      results.missing.push(`${s.label} at N = ${n.toLocaleString("en-US")}: the file-descriptor limit (${fd.soft}, hard ${fd.hard}) is too low for one process to hold that many sockets.`);
+    }
+    return { ...s, ns: reachable };
+  });
+
+  const targets: Target[] = [];
+  try {
+    for (const spec of specs) {
+      const t = new Target(spec);
+      log(`starting ${spec.label}`);
+      try {
+        await t.start();
+        targets.push(t);
+      } catch (error) {
+        await t.stop();
+        const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+        results.missing.push(`${spec.label}: its server did not start (${reason}).`);
+        log(`  skipped: ${reason}`);
+      }
+    }
+    log("fan-out and idle memory, largest N first");
+    const fanout = await runFanout(
+      targets,
+      // many short turns rather than a few long ones: a burst of load from a neighbour lands on every server alike
+      { warmup: 5, rounds: quick ? 10 : 15, perRound: 2 },
+      {
+        afterStage: async (n, active) => {
+          if (n !== 1000) return;
+          log("throughput at 1,000 subscribers");
+          results.throughput = await runThroughput(active, {
+            startRate: 10,
+            factor: quick ? 1.5 : 1.25,
+            windowMs: quick ? 1000 : 2000,
+            maxRate: 20_000,
+            maxLagGrowthMs: 25,
+            maxLagMs: 100,
+          });
+          const tc = active.find((t) => t.spec.key === "tc-ws");
+          if (!tc) return;
+          log("end to end at 1,000 subscribers: Drizzle insert -> capture -> onSave -> render -> received");
+          results.endToEnd = await runEndToEnd(tc, { warmup: 5, samples: quick ? 20 : 30 });
+          log("render cost at 1,000 subscribers, then at 1");
+          const renders = [await runRenderCost(tc, 20)];
+          await tc.resize(1);
+          renders.unshift(await runRenderCost(tc, 20));
+          results.render = renders;
+        },
+      },
+    );
+    results.fanout = fanout.cells;
+    results.memory = fanout.memory;
+    for (const cell of fanout.cells) {
+      if (cell.connectFailures > 0) results.notes.push(`${results.labels[cell.target]} at N = ${cell.n}: ${cell.connectFailures} connections failed to open.`);
+    }
+    results.clock = targets.map((t) => ({
+      target: t.spec.key,
+      server: { offset: t.server.clockOffset, uncertainty: t.server.clockUncertainty },
+      clients: { offset: t.clients.clockOffset, uncertainty: t.clients.clockUncertainty },
+    }));
+  } finally {
+    await Promise.all(targets.map((t) => t.stop()));
+  }
+
+  log("write cost: Drizzle inserts per second with and without change capture");
+  const writer = await Child.spawn("procs/write-cost.ts", { name: "write-cost" });
+  try {
+    const inserts = quick ? 2000 : 5000;
+    const workloads = await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds: quick ? 3 : 5 }, 600_000);
+    results.writeCost = { inserts, workloads };
+  } catch (error) {
+    results.missing.push(`Write cost: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`);
+  } finally {
+    await writer.stop();
+  }
+
+  if (!results.endToEnd) results.missing.push("End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.");
+  if (!results.render) results.missing.push("Render cost: needs a turbocast server (delivery).");
+
+  results.env.loadAfter = os.loadavg().map((x) => x.toFixed(2)).join(" / ");
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(`${outDir}results.json`, `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(`${outDir}fanout.svg`, fanoutSvg(results));
+  writeFileSync(`${outDir}RESULTS.md`, renderReport(results, "fanout.svg"));
+  log(`wrote ${outDir}RESULTS.md, fanout.svg and results.json`);
+}
+
+await main();
