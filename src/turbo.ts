@@ -214,7 +214,16 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     latestPosition: () => latestPosition,
   });
   const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
-  const streamFrom = turboStreamFromGlobal((streamables, opts) => renderer.render(undefined, null, streamables, opts));
+  let warnedMiddleware = false;
+  const streamFrom = turboStreamFromGlobal(
+    views,
+    (streamables, opts) => renderer.render(undefined, null, streamables, opts),
+    () => {
+      if (warnedMiddleware) return;
+      warnedMiddleware = true;
+      logger.warn("turbo_stream_from rendered in a request that did not pass through turbo.middleware(): mount app.use(turbo.middleware()) before your routes, or pages miss frames and SSE subscriptions get 404");
+    },
+  );
   const removeGlobal = (): void => {
     const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
     if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;

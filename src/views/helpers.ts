@@ -158,14 +158,25 @@ export function localsOf(target: Request | Response | undefined | null): TurboLo
  * to `fallback` — the newest position this process has seen, and no request,
  * so only SSE sources can be built there.
  */
-export function turboStreamFromGlobal(fallback: (streamables: readonly Streamable[], options: StreamSourceOptions) => string) {
-  return function turbo_stream_from(this: { ctx?: Record<string, unknown> } | undefined, ...args: unknown[]): nunjucks.runtime.SafeString {
+export function turboStreamFromGlobal(
+  views: nunjucks.Environment,
+  fallback: (streamables: readonly Streamable[], options: StreamSourceOptions) => string,
+  onMissingMiddleware: () => void,
+) {
+  // Mark the tag safe with the app's own nunjucks: a SafeString from
+  // turbocast's copy of nunjucks is not one to an app that has another copy,
+  // which would print the tag as escaped text and subscribe to nothing.
+  const markSafe = views.getFilter("safe") as (value: string) => unknown;
+  return function turbo_stream_from(this: { ctx?: Record<string, unknown> } | undefined, ...args: unknown[]): unknown {
     const { streamables, options } = splitKeywords(args);
-    const locals = this?.ctx?.turbocast as TurboLocals | undefined;
-    const markup =
-      locals && typeof locals.streamSource === "function"
-        ? locals.streamSource(streamables as Streamable[], options)
-        : fallback(streamables as Streamable[], options);
-    return new nunjucks.runtime.SafeString(markup);
+    const ctx = this?.ctx;
+    const locals = ctx?.turbocast as TurboLocals | undefined;
+    if (locals && typeof locals.streamSource === "function") {
+      return markSafe(locals.streamSource(streamables as Streamable[], options));
+    }
+    // rendered by Express (its settings are in the context) yet without the
+    // middleware's locals: the position is a guess and the SSE route is not mounted
+    if (ctx && "settings" in ctx && "_locals" in ctx) onMissingMiddleware();
+    return markSafe(fallback(streamables as Streamable[], options));
   };
 }
