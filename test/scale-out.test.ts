@@ -373,7 +373,7 @@ describe.each(kinds)("scale-out at full stack: three app workers on one $kind br
       expect(ws.received.at(-1)!.position).toBe(seen);
 
       // A must not die holding a claim on the change log (its lease would delay the others, not lose anything)
-      await waitFor(dispatched, { message: "every change dispatched before A dies" });
+      await waitFor(dispatched, { timeoutMs: 15_000, message: "every change dispatched before A dies" });
       a.kill();
       expect(await a.exited).toEqual({ code: null, signal: "SIGKILL" });
       await ws.closed;
@@ -404,7 +404,7 @@ describe.each(kinds)("scale-out at full stack: three app workers on one $kind br
       expect(sse.received.map((r) => r.frame)).toEqual(frames);
       expect(sse.received.map((r) => r.position)).toEqual([...ws.received, ...ws2.received].map((r) => r.position));
 
-      await waitFor(dispatched, { message: "every change dispatched" });
+      await waitFor(dispatched, { timeoutMs: 15_000, message: "every change dispatched" });
       const hooks = workers.flatMap((w) => w.hooks);
       expect(hooks.map((h) => `${h.op}:${h.body}`).sort()).toEqual(["m0", "m1", "m2", "m3", "m4", "m5", "elsewhere"].map((b) => `insert:${b}`).sort());
       console.info(
