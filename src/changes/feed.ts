@@ -79,6 +79,16 @@ const PRUNE_INTERVAL_MS = 1000;
  */
 const DRAIN_SPACING_MS = 2;
 
+/**
+ * A drain that dispatched changes keeps the cursor this long before marking
+ * them done: when the app writes again meanwhile (a stream of requests), the
+ * next drain marks them done in the same transaction that claims the next
+ * changes — one write per drain instead of two. A crash in this window
+ * dispatches that last batch again once the lease runs out, as a crash
+ * mid-batch does.
+ */
+const FINISH_DELAY_MS = 10;
+
 export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCaptureOptions {
   if (typeof options !== "object" || options === null) throw new ConfigError("capture must be an options object");
   const resolved: ResolvedCaptureOptions = {
@@ -130,9 +140,12 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  * 3. yield to the event loop, and go on until nothing is left.
  *
  * A drain starts right after the app's own writes commit (`notify()`), and
- * when the poll sees work written by anyone else. A crash between claim and
- * completion loses nothing: the claim's lease expires and a live feed (or the
- * restarted app) dispatches it. `start()` and `close()` are safe to call twice.
+ * when the poll sees work written by anyone else. The last batch of a drain
+ * is marked done by the next drain's claim, or FINISH_DELAY_MS later (then
+ * the cursor is given back), or by `drain()` / `close()`. A crash between
+ * claim and completion loses nothing: the claim's lease expires and a live
+ * feed (or the restarted app) dispatches that batch (again, for the changes
+ * whose hooks ran). `start()` and `close()` are safe to call twice.
  */
 export class ChangeFeed {
   /** Who holds a claim, as recorded in the log: host, pid and a per-feed nonce. */
@@ -152,6 +165,8 @@ export class ChangeFeed {
   #again = false;
   #closed: Promise<void> | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
+  /** Marks dispatched changes done and gives the cursor back when no drain did so within FINISH_DELAY_MS. */
+  #finishTimer: NodeJS.Timeout | null = null;
   /** Highest seq dispatched by this feed and not yet marked done (0: none). */
   #doneUpTo = 0;
   /** Whether this feed holds the log's cursor (claimed changes not yet completed). */
@@ -198,16 +213,20 @@ export class ChangeFeed {
     this.#schedule();
   }
 
-  /** Dispatches every change this feed can claim now; resolves when done. Resolves at once when not running. */
-  drain(): Promise<void> {
-    if (this.#state !== "running") return Promise.resolve();
+  /**
+   * Dispatches every change this feed can claim now, and marks them done;
+   * resolves when done. Resolves at once when not running.
+   */
+  async drain(): Promise<void> {
+    if (this.#state !== "running") return;
     if (this.#pass) {
       this.#again = true;
-      return this.#pass;
+    } else {
+      this.#unschedule();
+      this.#startPass();
     }
-    this.#unschedule();
-    this.#startPass();
-    return this.#pass ?? Promise.resolve();
+    await this.#pass;
+    if (this.#state === "running" && !this.#pass) this.#finishClaims();
   }
 
   /**
@@ -227,6 +246,8 @@ export class ChangeFeed {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
     this.#unschedule();
+    if (this.#finishTimer) clearTimeout(this.#finishTimer);
+    this.#finishTimer = null;
     this.#closed = (async () => {
       await this.#pass;
       this.#finishClaims();
@@ -306,8 +327,15 @@ export class ChangeFeed {
     if (this.#immediate || this.#delayed) return;
     const wait = this.#lastPassStart + DRAIN_SPACING_MS - performance.now();
     if (wait <= 0) this.#immediate = setImmediate(this.#startPass);
-    else this.#delayed = setTimeout(this.#startPass, wait);
+    else this.#delayed = setTimeout(this.#startSpaced, wait);
   }
+
+  /** Node's timers count whole milliseconds of the loop's cached clock, so they fire up to 1 ms early: wait out the rest. */
+  #startSpaced = (): void => {
+    const wait = this.#lastPassStart + DRAIN_SPACING_MS - performance.now();
+    if (wait > 0) this.#delayed = setTimeout(this.#startSpaced, wait);
+    else this.#startPass();
+  };
 
   #unschedule(): void {
     if (this.#immediate) clearImmediate(this.#immediate);
@@ -362,9 +390,25 @@ export class ChangeFeed {
     } catch (error) {
       this.#failed("drain", "change feed could not claim changes (is the database locked?); retrying", error);
     } finally {
-      this.#finishClaims();
+      // a drain that dispatched everything it claimed keeps the cursor a moment (FINISH_DELAY_MS)
+      if (this.#holding && this.#state === "running" && !this.#failing.has("drain")) this.#finishLater();
+      else this.#finishClaims();
     }
   }
+
+  #finishLater(): void {
+    if (this.#finishTimer) this.#finishTimer.refresh();
+    else this.#finishTimer = setTimeout(this.#finishIdle, FINISH_DELAY_MS);
+  }
+
+  #finishIdle = (): void => {
+    this.#finishTimer = null;
+    if (this.#state !== "running" || !this.#holding) return;
+    // a drain to come marks them done as it claims (or keeps the cursor again)
+    if (this.#pass || this.#immediate || this.#delayed) return;
+    if (this.#client.inTransaction) this.#finishLater();
+    else this.#finishClaims();
+  };
 
   /**
    * Marks what was dispatched done and gives the cursor back — with the
@@ -372,6 +416,8 @@ export class ChangeFeed {
    * error), for any feed to take at once. Stops renewing.
    */
   #finishClaims(): void {
+    if (this.#finishTimer) clearTimeout(this.#finishTimer);
+    this.#finishTimer = null;
     if (this.#renewTimer) clearInterval(this.#renewTimer);
     this.#renewTimer = null;
     // inside a transaction the app holds open, our writes would share its fate: do them later
