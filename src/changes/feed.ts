@@ -4,7 +4,7 @@ import type Database from "better-sqlite3";
 import { ClosedError, ConfigError, HookError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
-import { type AnyModelStreamClass, type StreamRegistry, attachStream } from "../streams/registry.js";
+import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
 import { rowDecoder } from "./decode.js";
 import { type ChangeRecord, ChangeLog } from "./log.js";
 import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
@@ -378,7 +378,9 @@ export class ChangeFeed {
         if (batch.length === 0) break;
         this.#holdClaims();
         for (const change of batch) {
-          await this.#dispatch(change);
+          // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
+          const pending = this.#dispatch(change);
+          if (pending) await pending;
           this.#doneUpTo = change.seq;
           if (this.#state !== "running") break;
         }
@@ -462,7 +464,8 @@ export class ChangeFeed {
     }
   }
 
-  async #dispatch(change: ChangeRecord): Promise<void> {
+  /** Runs the change's hook; returns a promise only for an async hook (settled, never rejecting). */
+  #dispatch(change: ChangeRecord): Promise<void> | undefined {
     const cls = this.#registry.forTableName(change.table);
     if (!cls) {
       // captured while the table was bound (or by another app version); nobody here handles it
@@ -474,8 +477,11 @@ export class ChangeFeed {
     }
     let what = `decoding a row of ${cls.name}`;
     try {
-      const entity = attachStream(rowDecoder(cls.tableInfo())(change.row), cls);
+      const entity = rowDecoder(cls.tableInfo())(change.row);
       const stream = cls.for(entity) as ModelStream;
+      // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
+      // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
+      Object.defineProperty(entity, "stream", { value: stream, configurable: true, enumerable: false, writable: false });
       stream.entity = entity as ModelStream["entity"];
       let result: unknown;
       if (change.op === "delete") {
@@ -486,11 +492,18 @@ export class ChangeFeed {
         result = stream.onSave(entity as never, { created: change.op === "insert" });
       }
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
-      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") await this.#settled(Promise.resolve(result));
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
+        return this.#settled(Promise.resolve(result)).catch((error: unknown) => this.#hookFailed(cls, change, what, error));
+      }
     } catch (error) {
-      const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
-      this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
+      this.#hookFailed(cls, change, what, error);
     }
+    return undefined;
+  }
+
+  #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, what: string, error: unknown): void {
+    const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
+    this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
   }
 
   /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */

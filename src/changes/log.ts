@@ -93,9 +93,8 @@ export class ChangeLog {
     );
     this.#cursor = client.prepare(`SELECT done_seq AS doneSeq, owner, lease_until AS leaseUntil FROM ${C} WHERE id = 1`);
     this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
-    this.#pending = client.prepare(
-      `SELECT seq, tbl AS "table", op, row_json AS "row" FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`,
-    );
+    // rows as arrays: better-sqlite3 builds an object per row property by property, at about twice the cost
+    this.#pending = client.prepare(`SELECT seq, tbl, op, row_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`).raw(true);
     this.#take = client.prepare(`UPDATE ${C} SET owner = :owner, claimed_seq = :upTo, lease_until = :until WHERE id = 1`);
     this.#let = client.prepare(
       `UPDATE ${C} SET done_seq = max(done_seq, :upTo), owner = NULL, claimed_seq = NULL, lease_until = NULL WHERE id = 1 AND owner = :owner`,
@@ -112,7 +111,8 @@ export class ChangeLog {
       const cursor = this.#cursor.get() as CursorRow;
       if (cursor.owner !== null && cursor.owner !== owner && (cursor.leaseUntil ?? 0) > now) return [];
       // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
-      const batch = this.#pending.all({ after: cursor.doneSeq, limit }) as ChangeRecord[];
+      const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
+      const batch = rows.map(([seq, table, op, row]): ChangeRecord => ({ seq, table, op, row }));
       if (batch.length === 0) {
         if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
         return [];
