@@ -367,11 +367,15 @@ export class ChangeFeed {
       for (;;) {
         if (this.#state !== "running" || this.#client.inTransaction) break;
         const now = Date.now();
-        const poll = log.poll(this.owner, now);
-        if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
-        if (!poll.claimable) break;
+        // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
+        if (!this.#holding && !log.poll(this.owner, now).claimable) {
+          if (log.schemaVersion !== this.#schemaVersion) this.#resync();
+          break;
+        }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
         const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
+        // a migration (by this app's own db too): triggers follow before the next change is dispatched
+        if (log.schemaVersion !== this.#schemaVersion) this.#resync();
         if (this.#doneUpTo > 0) this.#prunePending = true;
         this.#doneUpTo = 0;
         this.#holding = batch.length > 0;

@@ -83,6 +83,7 @@ export class ChangeLog {
   readonly #let: Database.Statement;
   readonly #renew: Database.Statement;
   readonly #prune: Database.Statement;
+  #schemaVersion = -1;
   readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
 
   constructor(client: Database.Database) {
@@ -91,7 +92,10 @@ export class ChangeLog {
         coalesce((SELECT max(seq) FROM ${T}), 0) AS maxSeq, done_seq AS doneSeq, owner, lease_until AS leaseUntil
        FROM ${C} WHERE id = 1`,
     );
-    this.#cursor = client.prepare(`SELECT done_seq AS doneSeq, owner, lease_until AS leaseUntil FROM ${C} WHERE id = 1`);
+    this.#cursor = client.prepare(
+      `SELECT done_seq AS doneSeq, owner, lease_until AS leaseUntil, (SELECT schema_version FROM pragma_schema_version) AS schemaVersion
+       FROM ${C} WHERE id = 1`,
+    );
     this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
     // rows as arrays: better-sqlite3 builds an object per row property by property, at about twice the cost
     this.#pending = client.prepare(`SELECT seq, tbl, op, row_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`).raw(true);
@@ -108,7 +112,8 @@ export class ChangeLog {
     );
     this.#claim = client.transaction((owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] => {
       if (doneUpTo > 0) this.#advance.run({ owner, upTo: doneUpTo });
-      const cursor = this.#cursor.get() as CursorRow;
+      const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
+      this.#schemaVersion = cursor.schemaVersion;
       if (cursor.owner !== null && cursor.owner !== owner && (cursor.leaseUntil ?? 0) > now) return [];
       // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
       const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
@@ -122,9 +127,15 @@ export class ChangeLog {
     });
   }
 
+  /** `PRAGMA schema_version` as the last poll or claim read it (-1: neither ran yet). */
+  get schemaVersion(): number {
+    return this.#schemaVersion;
+  }
+
   /** One cheap read: is there work for this feed, and did the schema change? */
   poll(owner: string, now: number): PollResult & { doneSeq: number; maxSeq: number } {
     const row = this.#poll.get() as CursorRow & { schemaVersion: number; maxSeq: number };
+    this.#schemaVersion = row.schemaVersion;
     const free = row.owner === null || row.owner === owner || (row.leaseUntil ?? 0) <= now;
     return { schemaVersion: row.schemaVersion, claimable: free && row.maxSeq > row.doneSeq, doneSeq: row.doneSeq, maxSeq: row.maxSeq };
   }
