@@ -5,7 +5,7 @@ import { ClosedError, ConfigError, HookError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
 import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
-import { rowDecoder } from "./decode.js";
+import { type RowDecoder, rowDecoder } from "./decode.js";
 import { type ChangeRecord, ChangeLog } from "./log.js";
 import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
 
@@ -176,6 +176,8 @@ export class ChangeFeed {
   /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
   #failing = new Set<string>();
   #warnedUnbound = new Set<string>();
+  /** Each bound class's row decoder (rowDecoder's own cache is keyed by TableInfo, which costs a lookup to get). */
+  #decoders = new Map<AnyModelStreamClass, RowDecoder>();
   #missingTables = new Set<string>();
   /** The triggers the last sync wanted (see SyncOptions). */
   #wanted: Map<string, string> | undefined;
@@ -479,9 +481,11 @@ export class ChangeFeed {
       }
       return;
     }
-    let what = `decoding a row of ${cls.name}`;
+    let step: "decode" | "onSave" | "onDelete" = "decode";
     try {
-      const entity = rowDecoder(cls.tableInfo())(change.row);
+      let decode = this.#decoders.get(cls);
+      if (!decode) this.#decoders.set(cls, (decode = rowDecoder(cls.tableInfo())));
+      const entity = decode(change.row);
       const stream = cls.for(entity) as ModelStream;
       // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
       // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
@@ -489,23 +493,25 @@ export class ChangeFeed {
       stream.entity = entity as ModelStream["entity"];
       let result: unknown;
       if (change.op === "delete") {
-        what = `${cls.name}.onDelete`;
+        step = "onDelete";
         result = stream.onDelete(entity as never);
       } else {
-        what = `${cls.name}.onSave`;
+        step = "onSave";
         result = stream.onSave(entity as never, { created: change.op === "insert" });
       }
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
-        return this.#settled(Promise.resolve(result)).catch((error: unknown) => this.#hookFailed(cls, change, what, error));
+        const hook = step;
+        return this.#settled(Promise.resolve(result)).catch((error: unknown) => this.#hookFailed(cls, change, hook, error));
       }
     } catch (error) {
-      this.#hookFailed(cls, change, what, error);
+      this.#hookFailed(cls, change, step, error);
     }
     return undefined;
   }
 
-  #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, what: string, error: unknown): void {
+  #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: "decode" | "onSave" | "onDelete", error: unknown): void {
+    const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
     const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
     this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
   }
