@@ -376,6 +376,7 @@ export class ChangeFeed {
         }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
         const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
+        if (log.lostClaim) this.#warnLostClaim();
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
         if (log.schemaVersion !== this.#schemaVersion) this.#resync();
         if (this.#doneUpTo > 0) this.#prunePending = true;
@@ -407,6 +408,8 @@ export class ChangeFeed {
   #finishLater(): void {
     if (this.#finishTimer) this.#finishTimer.refresh();
     else this.#finishTimer = setTimeout(this.#finishIdle, FINISH_DELAY_MS);
+    // under a steady stream of writes #finishClaims may not run for a long time: prune here too
+    this.#maybePrune(Date.now());
   }
 
   #finishIdle = (): void => {
@@ -432,9 +435,7 @@ export class ChangeFeed {
     if (this.#client.inTransaction || !this.#log || !this.#holding) return;
     const now = Date.now();
     try {
-      if (!this.#log.complete(this.owner, this.#doneUpTo)) {
-        this.#logger.warn("change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs");
-      }
+      if (!this.#log.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
       if (this.#doneUpTo > 0) this.#prunePending = true;
       this.#doneUpTo = 0;
       this.#holding = false;
@@ -443,6 +444,10 @@ export class ChangeFeed {
       // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
+  }
+
+  #warnLostClaim(): void {
+    this.#logger.warn("change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs");
   }
 
   /** Renews this feed's claims every leaseMs / 3 while it dispatches, so a slow hook is not taken for a dead process. */

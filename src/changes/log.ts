@@ -84,6 +84,7 @@ export class ChangeLog {
   readonly #renew: Database.Statement;
   readonly #prune: Database.Statement;
   #schemaVersion = -1;
+  #lostClaim = false;
   readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
 
   constructor(client: Database.Database) {
@@ -111,7 +112,7 @@ export class ChangeLog {
          AND (seq <= (SELECT max(seq) FROM ${T}) - :count OR at <= :cutoff)`,
     );
     this.#claim = client.transaction((owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] => {
-      if (doneUpTo > 0) this.#advance.run({ owner, upTo: doneUpTo });
+      this.#lostClaim = doneUpTo > 0 && this.#advance.run({ owner, upTo: doneUpTo }).changes === 0;
       const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
       this.#schemaVersion = cursor.schemaVersion;
       if (cursor.owner !== null && cursor.owner !== owner && (cursor.leaseUntil ?? 0) > now) return [];
@@ -130,6 +131,15 @@ export class ChangeLog {
   /** `PRAGMA schema_version` as the last poll or claim read it (-1: neither ran yet). */
   get schemaVersion(): number {
     return this.#schemaVersion;
+  }
+
+  /**
+   * Whether the last `completeAndClaim` could not mark this feed's changes
+   * done because the cursor was no longer this feed's (its lease ran out
+   * and another feed took the range over).
+   */
+  get lostClaim(): boolean {
+    return this.#lostClaim;
   }
 
   /** One cheap read: is there work for this feed, and did the schema change? */
