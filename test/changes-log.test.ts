@@ -213,9 +213,14 @@ describe("the change log", () => {
     const later = 20_000 + lease;
     expect(logB.poll("B", later).claimable).toBe(true);
     expect(logB.completeAndClaim("B", 0, later, lease, 10).map((c) => c.seq)).toEqual([1, 2, 3]);
-    // A wakes up: its claim is gone, its completion changes nothing
+    // A wakes up: its claim is gone, its completion changes nothing — whether on its own or with its next claim
+    expect(logA.completeAndClaim("A", 3, later, lease, 10)).toEqual([]);
+    expect(logA.lostClaim).toBe(true);
     expect(logA.complete("A", 3)).toBe(false);
     expect(cursor(a)).toMatchObject({ done_seq: 0, owner: "B" });
+    expect(logB.completeAndClaim("B", 3, later, lease, 10)).toEqual([]);
+    expect(logB.lostClaim).toBe(false);
+    expect(cursor(a)).toMatchObject({ done_seq: 3, owner: null });
   });
 
   it("prunes dispatched changes by count and age, never pending ones nor the newest", () => {

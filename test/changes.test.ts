@@ -518,6 +518,34 @@ describe("the change log", () => {
     expect(logRows(app.sqlite).map((r) => r.seq)).toEqual(Array.from({ length: 10 }, (_, i) => 31 + i));
   });
 
+  it("marks a drain's last batch done by the next claim, or soon after, and at once on drain()", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"));
+    const cursor = () => app!.sqlite.prepare("SELECT done_seq AS done, owner FROM _turbocast_cursor").get() as { done: number; owner: string | null };
+    app.db.insert(items).values({ body: "a" }).run();
+    await waitFor(() => recorder.calls.length === 1);
+    // dispatched; the feed keeps the cursor a moment, for the next drain to mark it done as it claims
+    app.db.insert(items).values({ body: "b" }).run();
+    await waitFor(() => recorder.calls.length === 2);
+    await waitFor(() => cursor().owner === null, { message: "cursor given back when no drain followed" });
+    expect(cursor()).toEqual({ done: 2, owner: null });
+    app.db.insert(items).values({ body: "c" }).run();
+    await app.turbo.feed.drain();
+    expect(cursor()).toEqual({ done: 3, owner: null });
+  });
+
+  it("prunes under a steady stream of writes, while the feed keeps the cursor from drain to drain", async () => {
+    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20, retain: { count: 10, ageMs: 3_600_000 } } });
+    const oldest = (): number => app!.sqlite.prepare("SELECT min(seq) FROM _turbocast_changes").pluck().get() as number;
+    const deadline = Date.now() + 5000;
+    let i = 0;
+    // a write every millisecond or so: each drain's last batch is marked done by the next drain's claim
+    for (; (i < 50 || oldest() === 1) && Date.now() < deadline; i++) {
+      app.db.insert(items).values({ body: `n${i}` }).run();
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    expect(oldest(), `pruned while ${i} writes kept coming`).toBeGreaterThan(1);
+  });
+
   it("prunes dispatched changes older than the retained age, keeping the newest row so seq is never reused", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20, retain: { count: 10_000, ageMs: 0 } } });
     for (let i = 0; i < 5; i++) app.db.insert(items).values({ body: `n${i}` }).run();

@@ -4,8 +4,8 @@ import type Database from "better-sqlite3";
 import { ClosedError, ConfigError, HookError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
-import { type AnyModelStreamClass, type StreamRegistry, attachStream } from "../streams/registry.js";
-import { rowDecoder } from "./decode.js";
+import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
+import { type RowDecoder, rowDecoder } from "./decode.js";
 import { type ChangeRecord, ChangeLog } from "./log.js";
 import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
 
@@ -79,6 +79,16 @@ const PRUNE_INTERVAL_MS = 1000;
  */
 const DRAIN_SPACING_MS = 2;
 
+/**
+ * A drain that dispatched changes keeps the cursor this long before marking
+ * them done: when the app writes again meanwhile (a stream of requests), the
+ * next drain marks them done in the same transaction that claims the next
+ * changes — one write per drain instead of two. A crash in this window
+ * dispatches that last batch again once the lease runs out, as a crash
+ * mid-batch does.
+ */
+const FINISH_DELAY_MS = 10;
+
 export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCaptureOptions {
   if (typeof options !== "object" || options === null) throw new ConfigError("capture must be an options object");
   const resolved: ResolvedCaptureOptions = {
@@ -130,9 +140,12 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  * 3. yield to the event loop, and go on until nothing is left.
  *
  * A drain starts right after the app's own writes commit (`notify()`), and
- * when the poll sees work written by anyone else. A crash between claim and
- * completion loses nothing: the claim's lease expires and a live feed (or the
- * restarted app) dispatches it. `start()` and `close()` are safe to call twice.
+ * when the poll sees work written by anyone else. The last batch of a drain
+ * is marked done by the next drain's claim, or FINISH_DELAY_MS later (then
+ * the cursor is given back), or by `drain()` / `close()`. A crash between
+ * claim and completion loses nothing: the claim's lease expires and a live
+ * feed (or the restarted app) dispatches that batch (again, for the changes
+ * whose hooks ran). `start()` and `close()` are safe to call twice.
  */
 export class ChangeFeed {
   /** Who holds a claim, as recorded in the log: host, pid and a per-feed nonce. */
@@ -152,6 +165,8 @@ export class ChangeFeed {
   #again = false;
   #closed: Promise<void> | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
+  /** Marks dispatched changes done and gives the cursor back when no drain did so within FINISH_DELAY_MS. */
+  #finishTimer: NodeJS.Timeout | null = null;
   /** Highest seq dispatched by this feed and not yet marked done (0: none). */
   #doneUpTo = 0;
   /** Whether this feed holds the log's cursor (claimed changes not yet completed). */
@@ -161,6 +176,8 @@ export class ChangeFeed {
   /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
   #failing = new Set<string>();
   #warnedUnbound = new Set<string>();
+  /** Each bound class's row decoder (rowDecoder's own cache is keyed by TableInfo, which costs a lookup to get). */
+  #decoders = new Map<AnyModelStreamClass, RowDecoder>();
   #missingTables = new Set<string>();
   /** The triggers the last sync wanted (see SyncOptions). */
   #wanted: Map<string, string> | undefined;
@@ -198,16 +215,20 @@ export class ChangeFeed {
     this.#schedule();
   }
 
-  /** Dispatches every change this feed can claim now; resolves when done. Resolves at once when not running. */
-  drain(): Promise<void> {
-    if (this.#state !== "running") return Promise.resolve();
+  /**
+   * Dispatches every change this feed can claim now, and marks them done;
+   * resolves when done. Resolves at once when not running.
+   */
+  async drain(): Promise<void> {
+    if (this.#state !== "running") return;
     if (this.#pass) {
       this.#again = true;
-      return this.#pass;
+    } else {
+      this.#unschedule();
+      this.#startPass();
     }
-    this.#unschedule();
-    this.#startPass();
-    return this.#pass ?? Promise.resolve();
+    await this.#pass;
+    if (this.#state === "running" && !this.#pass) this.#finishClaims();
   }
 
   /**
@@ -227,6 +248,8 @@ export class ChangeFeed {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
     this.#unschedule();
+    if (this.#finishTimer) clearTimeout(this.#finishTimer);
+    this.#finishTimer = null;
     this.#closed = (async () => {
       await this.#pass;
       this.#finishClaims();
@@ -306,8 +329,15 @@ export class ChangeFeed {
     if (this.#immediate || this.#delayed) return;
     const wait = this.#lastPassStart + DRAIN_SPACING_MS - performance.now();
     if (wait <= 0) this.#immediate = setImmediate(this.#startPass);
-    else this.#delayed = setTimeout(this.#startPass, wait);
+    else this.#delayed = setTimeout(this.#startSpaced, wait);
   }
+
+  /** Node's timers count whole milliseconds of the loop's cached clock, so they fire up to 1 ms early: wait out the rest. */
+  #startSpaced = (): void => {
+    const wait = this.#lastPassStart + DRAIN_SPACING_MS - performance.now();
+    if (wait > 0) this.#delayed = setTimeout(this.#startSpaced, wait);
+    else this.#startPass();
+  };
 
   #unschedule(): void {
     if (this.#immediate) clearImmediate(this.#immediate);
@@ -339,18 +369,25 @@ export class ChangeFeed {
       for (;;) {
         if (this.#state !== "running" || this.#client.inTransaction) break;
         const now = Date.now();
-        const poll = log.poll(this.owner, now);
-        if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
-        if (!poll.claimable) break;
+        // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
+        if (!this.#holding && !log.poll(this.owner, now).claimable) {
+          if (log.schemaVersion !== this.#schemaVersion) this.#resync();
+          break;
+        }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
         const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
+        if (log.lostClaim) this.#warnLostClaim();
+        // a migration (by this app's own db too): triggers follow before the next change is dispatched
+        if (log.schemaVersion !== this.#schemaVersion) this.#resync();
         if (this.#doneUpTo > 0) this.#prunePending = true;
         this.#doneUpTo = 0;
         this.#holding = batch.length > 0;
         if (batch.length === 0) break;
         this.#holdClaims();
         for (const change of batch) {
-          await this.#dispatch(change);
+          // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
+          const pending = this.#dispatch(change);
+          if (pending) await pending;
           this.#doneUpTo = change.seq;
           if (this.#state !== "running") break;
         }
@@ -362,9 +399,27 @@ export class ChangeFeed {
     } catch (error) {
       this.#failed("drain", "change feed could not claim changes (is the database locked?); retrying", error);
     } finally {
-      this.#finishClaims();
+      // a drain that dispatched everything it claimed keeps the cursor a moment (FINISH_DELAY_MS)
+      if (this.#holding && this.#state === "running" && !this.#failing.has("drain")) this.#finishLater();
+      else this.#finishClaims();
     }
   }
+
+  #finishLater(): void {
+    if (this.#finishTimer) this.#finishTimer.refresh();
+    else this.#finishTimer = setTimeout(this.#finishIdle, FINISH_DELAY_MS);
+    // under a steady stream of writes #finishClaims may not run for a long time: prune here too
+    this.#maybePrune(Date.now());
+  }
+
+  #finishIdle = (): void => {
+    this.#finishTimer = null;
+    if (this.#state !== "running" || !this.#holding) return;
+    // a drain to come marks them done as it claims (or keeps the cursor again)
+    if (this.#pass || this.#immediate || this.#delayed) return;
+    if (this.#client.inTransaction) this.#finishLater();
+    else this.#finishClaims();
+  };
 
   /**
    * Marks what was dispatched done and gives the cursor back — with the
@@ -372,15 +427,15 @@ export class ChangeFeed {
    * error), for any feed to take at once. Stops renewing.
    */
   #finishClaims(): void {
+    if (this.#finishTimer) clearTimeout(this.#finishTimer);
+    this.#finishTimer = null;
     if (this.#renewTimer) clearInterval(this.#renewTimer);
     this.#renewTimer = null;
     // inside a transaction the app holds open, our writes would share its fate: do them later
     if (this.#client.inTransaction || !this.#log || !this.#holding) return;
     const now = Date.now();
     try {
-      if (!this.#log.complete(this.owner, this.#doneUpTo)) {
-        this.#logger.warn("change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs");
-      }
+      if (!this.#log.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
       if (this.#doneUpTo > 0) this.#prunePending = true;
       this.#doneUpTo = 0;
       this.#holding = false;
@@ -389,6 +444,10 @@ export class ChangeFeed {
       // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
+  }
+
+  #warnLostClaim(): void {
+    this.#logger.warn("change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs");
   }
 
   /** Renews this feed's claims every leaseMs / 3 while it dispatches, so a slow hook is not taken for a dead process. */
@@ -416,7 +475,8 @@ export class ChangeFeed {
     }
   }
 
-  async #dispatch(change: ChangeRecord): Promise<void> {
+  /** Runs the change's hook; returns a promise only for an async hook (settled, never rejecting). */
+  #dispatch(change: ChangeRecord): Promise<void> | undefined {
     const cls = this.#registry.forTableName(change.table);
     if (!cls) {
       // captured while the table was bound (or by another app version); nobody here handles it
@@ -426,25 +486,39 @@ export class ChangeFeed {
       }
       return;
     }
-    let what = `decoding a row of ${cls.name}`;
+    let step: "decode" | "onSave" | "onDelete" = "decode";
     try {
-      const entity = attachStream(rowDecoder(cls.tableInfo())(change.row), cls);
+      let decode = this.#decoders.get(cls);
+      if (!decode) this.#decoders.set(cls, (decode = rowDecoder(cls.tableInfo())));
+      const entity = decode(change.row);
       const stream = cls.for(entity) as ModelStream;
+      // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
+      // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
+      Object.defineProperty(entity, "stream", { value: stream, configurable: true, enumerable: false, writable: false });
       stream.entity = entity as ModelStream["entity"];
       let result: unknown;
       if (change.op === "delete") {
-        what = `${cls.name}.onDelete`;
+        step = "onDelete";
         result = stream.onDelete(entity as never);
       } else {
-        what = `${cls.name}.onSave`;
+        step = "onSave";
         result = stream.onSave(entity as never, { created: change.op === "insert" });
       }
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
-      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") await this.#settled(Promise.resolve(result));
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
+        const hook = step;
+        return this.#settled(Promise.resolve(result)).catch((error: unknown) => this.#hookFailed(cls, change, hook, error));
+      }
     } catch (error) {
-      const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
-      this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
+      this.#hookFailed(cls, change, step, error);
     }
+    return undefined;
+  }
+
+  #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: "decode" | "onSave" | "onDelete", error: unknown): void {
+    const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
+    const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
+    this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
   }
 
   /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */

@@ -83,6 +83,8 @@ export class ChangeLog {
   readonly #let: Database.Statement;
   readonly #renew: Database.Statement;
   readonly #prune: Database.Statement;
+  #schemaVersion = -1;
+  #lostClaim = false;
   readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
 
   constructor(client: Database.Database) {
@@ -91,11 +93,13 @@ export class ChangeLog {
         coalesce((SELECT max(seq) FROM ${T}), 0) AS maxSeq, done_seq AS doneSeq, owner, lease_until AS leaseUntil
        FROM ${C} WHERE id = 1`,
     );
-    this.#cursor = client.prepare(`SELECT done_seq AS doneSeq, owner, lease_until AS leaseUntil FROM ${C} WHERE id = 1`);
-    this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
-    this.#pending = client.prepare(
-      `SELECT seq, tbl AS "table", op, row_json AS "row" FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`,
+    this.#cursor = client.prepare(
+      `SELECT done_seq AS doneSeq, owner, lease_until AS leaseUntil, (SELECT schema_version FROM pragma_schema_version) AS schemaVersion
+       FROM ${C} WHERE id = 1`,
     );
+    this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
+    // rows as arrays: better-sqlite3 builds an object per row property by property, at about twice the cost
+    this.#pending = client.prepare(`SELECT seq, tbl, op, row_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`).raw(true);
     this.#take = client.prepare(`UPDATE ${C} SET owner = :owner, claimed_seq = :upTo, lease_until = :until WHERE id = 1`);
     this.#let = client.prepare(
       `UPDATE ${C} SET done_seq = max(done_seq, :upTo), owner = NULL, claimed_seq = NULL, lease_until = NULL WHERE id = 1 AND owner = :owner`,
@@ -108,11 +112,13 @@ export class ChangeLog {
          AND (seq <= (SELECT max(seq) FROM ${T}) - :count OR at <= :cutoff)`,
     );
     this.#claim = client.transaction((owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] => {
-      if (doneUpTo > 0) this.#advance.run({ owner, upTo: doneUpTo });
-      const cursor = this.#cursor.get() as CursorRow;
+      this.#lostClaim = doneUpTo > 0 && this.#advance.run({ owner, upTo: doneUpTo }).changes === 0;
+      const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
+      this.#schemaVersion = cursor.schemaVersion;
       if (cursor.owner !== null && cursor.owner !== owner && (cursor.leaseUntil ?? 0) > now) return [];
       // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
-      const batch = this.#pending.all({ after: cursor.doneSeq, limit }) as ChangeRecord[];
+      const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
+      const batch = rows.map(([seq, table, op, row]): ChangeRecord => ({ seq, table, op, row }));
       if (batch.length === 0) {
         if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
         return [];
@@ -122,9 +128,24 @@ export class ChangeLog {
     });
   }
 
+  /** `PRAGMA schema_version` as the last poll or claim read it (-1: neither ran yet). */
+  get schemaVersion(): number {
+    return this.#schemaVersion;
+  }
+
+  /**
+   * Whether the last `completeAndClaim` could not mark this feed's changes
+   * done because the cursor was no longer this feed's (its lease ran out
+   * and another feed took the range over).
+   */
+  get lostClaim(): boolean {
+    return this.#lostClaim;
+  }
+
   /** One cheap read: is there work for this feed, and did the schema change? */
   poll(owner: string, now: number): PollResult & { doneSeq: number; maxSeq: number } {
     const row = this.#poll.get() as CursorRow & { schemaVersion: number; maxSeq: number };
+    this.#schemaVersion = row.schemaVersion;
     const free = row.owner === null || row.owner === owner || (row.leaseUntil ?? 0) <= now;
     return { schemaVersion: row.schemaVersion, claimable: free && row.maxSeq > row.doneSeq, doneSeq: row.doneSeq, maxSeq: row.maxSeq };
   }

@@ -1,0 +1,34 @@
+/**
+ * The bench's write-cost measurement on its own, repeated: spawns
+ * bench/procs/write-cost.ts (as `npm run bench` does) `runs` times and prints
+ * the per-turn and burst slowdowns (median without / median with) of each run,
+ * then the median slowdown over the runs.
+ *
+ * Run: npx tsx bench/write-cost-quick.ts [runs=3] [inserts=5000] [rounds=5]
+ * Not part of npm test.
+ */
+import { Child } from "./lib/ipc.js";
+import type { WriteCost } from "./lib/results.js";
+
+const [runs = 3, inserts = 5000, rounds = 5] = process.argv.slice(2).map(Number);
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const ratios: Record<string, number[]> = {};
+for (let run = 0; run < runs; run++) {
+  const writer = await Child.spawn("procs/write-cost.ts", { name: "write-cost" });
+  try {
+    const workloads = await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds }, 600_000);
+    const line = workloads.map((w) => {
+      const r = median(w.without) / median(w.with);
+      (ratios[w.workload] ??= []).push(r);
+      return `${w.workload} ${Math.round(median(w.without))}/${Math.round(median(w.with))} = ${r.toFixed(3)}x`;
+    });
+    console.log(`run ${run + 1}: ${line.join("  ")}`);
+  } finally {
+    await writer.stop();
+  }
+}
+console.log(Object.entries(ratios).map(([w, rs]) => `${w} median ${median(rs).toFixed(3)}x [${rs.map((r) => r.toFixed(2)).join(", ")}]`).join("\n"));
