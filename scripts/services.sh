@@ -47,7 +47,10 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "select 1 from pg_database w
   psql -h 127.0.0.1 -U postgres -d postgres -c "create database test" >/dev/null
 fi
 
+# --- the sqlite3 shell (a writer outside the app, in the capture tests) ---
+if ! command -v sqlite3 >/dev/null; then apt_install sqlite3; fi
+
 # --- Chromium ----------------------------------------------------------
 if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
 
-echo "services: redis, postgresql $pg_version and chromium ready"
+echo "services: redis, postgresql $pg_version, sqlite3 and chromium ready"
