@@ -4,8 +4,8 @@
  * in alternating rounds (a fresh file per round: WAL, synchronous=NORMAL).
  * With capture a round ends only when every insert has reached its onSave
  * hook (a no-op that counts), so the figure includes the triggers, the
- * change-log claims and the dispatch. The method follows the capture
- * branch's bench/capture.ts.
+ * change-log claims and the dispatch. `npx tsx bench/write-cost-quick.ts`
+ * runs it on its own, repeated.
  *
  * Workloads:
  *   per-turn  one insert per turn of the event loop, as requests arrive

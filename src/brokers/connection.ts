@@ -93,3 +93,36 @@ export class OutageLog {
     return refused;
   }
 }
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * A broker's pending timers (reconnects, heartbeats, refresh requests):
+ * unref'd so they never keep a process alive, and all cleared by close().
+ */
+export class TimerSet {
+  #timers = new Set<NodeJS.Timeout>();
+
+  /** Runs `fn` once after `ms`. */
+  set(ms: number, fn: () => void): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      this.#timers.delete(timer);
+      fn();
+    }, ms);
+    timer.unref();
+    this.#timers.add(timer);
+    return timer;
+  }
+
+  clear(timer: NodeJS.Timeout): void {
+    clearTimeout(timer);
+    this.#timers.delete(timer);
+  }
+
+  clearAll(): void {
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+  }
+}

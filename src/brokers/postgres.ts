@@ -11,7 +11,7 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import { EPOCH_SEQ_MARGIN, OutageLog, backoffMs, redactUrl } from "./connection.js";
+import { EPOCH_SEQ_MARGIN, OutageLog, TimerSet, backoffMs, errorMessage, redactUrl } from "./connection.js";
 
 /** Options of postgresBroker. Every default is listed here. */
 export interface PostgresBrokerOptions {
@@ -197,7 +197,7 @@ export class PostgresBroker implements Broker {
   #sweeping = false;
   #refreshRequested = false;
   #sweepFailing = false;
-  #timers = new Set<NodeJS.Timeout>();
+  #timers = new TimerSet();
   #intervals: NodeJS.Timeout[] = [];
 
   constructor(options: PostgresBrokerOptions | string) {
@@ -360,8 +360,7 @@ export class PostgresBroker implements Broker {
   async close(): Promise<void> {
     if (this.#state === "closed") return;
     this.#state = "closed";
-    for (const timer of this.#timers) clearTimeout(timer);
-    this.#timers.clear();
+    this.#timers.clearAll();
     for (const interval of this.#intervals) clearInterval(interval);
     this.#intervals = [];
     this.#deliver = null;
@@ -692,13 +691,8 @@ export class PostgresBroker implements Broker {
     return this.#state === "closed";
   }
 
-  #timer(ms: number, fn: () => void): void {
-    const timer = setTimeout(() => {
-      this.#timers.delete(timer);
-      fn();
-    }, ms);
-    timer.unref();
-    this.#timers.add(timer);
+  #timer(ms: number, fn: () => void): NodeJS.Timeout {
+    return this.#timers.set(ms, fn);
   }
 
   #sleep(ms: number): Promise<void> {
@@ -757,10 +751,6 @@ function isTimeout(error: unknown): boolean {
 
 function isMissingTable(error: unknown): boolean {
   return error instanceof Error && (error as { code?: unknown }).code === "42P01";
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /**

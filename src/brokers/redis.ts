@@ -10,7 +10,7 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import { EPOCH_SEQ_MARGIN, OutageLog, backoffMs, redactUrl } from "./connection.js";
+import { EPOCH_SEQ_MARGIN, OutageLog, TimerSet, backoffMs, errorMessage, redactUrl } from "./connection.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, sha1 } from "./redis-scripts.js";
 
 /** Options of redisBroker. Every default is listed here. */
@@ -99,7 +99,7 @@ export class RedisBroker implements Broker {
   #delivered = 0;
   /** The newest seq this broker has seen in any way: head() falls back to it while Redis is unreachable. */
   #maxSeen = 0;
-  #timers = new Set<NodeJS.Timeout>();
+  #timers = new TimerSet();
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
 
   constructor(options: RedisBrokerOptions | string) {
@@ -261,8 +261,7 @@ export class RedisBroker implements Broker {
     if (this.#state === "closed") return;
     this.#state = "closed";
     this.#opened?.reject(new ClosedError("redis broker"));
-    for (const timer of this.#timers) clearTimeout(timer);
-    this.#timers.clear();
+    this.#timers.clearAll();
     this.#deliver = null;
     const connections = [this.#cmd, this.#sub].filter((c): c is Redis => c !== null);
     this.#cmd = null;
@@ -483,28 +482,17 @@ export class RedisBroker implements Broker {
   }
 
   #timer(ms: number, fn: () => void): NodeJS.Timeout {
-    const timer = setTimeout(() => {
-      this.#timers.delete(timer);
-      fn();
-    }, ms);
-    timer.unref();
-    this.#timers.add(timer);
-    return timer;
+    return this.#timers.set(ms, fn);
   }
 
   #clearTimer(timer: NodeJS.Timeout): void {
-    clearTimeout(timer);
-    this.#timers.delete(timer);
+    this.#timers.clear(timer);
   }
 }
 
 /** An error Redis itself answered with (a script error, OOM): the connection is fine. */
 function isReplyError(error: unknown): boolean {
   return error instanceof Error && error.name === "ReplyError";
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** Closes a connection now; resolves once its socket is gone (at most a second later, whatever happens). */
