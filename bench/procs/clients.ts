@@ -5,16 +5,17 @@
  * of the N deliveries arrived (wall clock, see lib/clock.ts).
  *
  * Clients are as cheap as they can be, so that they are not the bottleneck:
- * `ws` with UTF-8 validation off and no compression; Socket.IO spoken as raw
- * Engine.IO packets over `ws` (no socket.io-client per connection); SSE as a
- * plain http GET whose body is split into events by hand.
+ * WebSocket and SSE spoken over plain `net` sockets by the small parsers of
+ * lib/wire.ts (not `ws` or `http`, whose per-message stream machinery made
+ * the subscriber process, not the server, the slower half); Socket.IO as raw
+ * Engine.IO packets over that WebSocket (no socket.io-client per
+ * connection). Every server's subscribers run the same code.
  */
-import http from "node:http";
 import net from "node:net";
-import WebSocket from "ws";
 import { now } from "../lib/clock.js";
 import { broadcastId } from "../lib/frame.js";
 import { emit, serve } from "../lib/ipc.js";
+import { type WireConnection, openEventStream, openWebSocket } from "../lib/wire.js";
 
 export type Protocol = "tcp" | "ws" | "sio" | "sse";
 
@@ -60,95 +61,72 @@ function received(id: number, t: number): void {
 
 function openWs(url: string, origin: string | undefined, sio: boolean): Promise<Connection> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: false, skipUTF8Validation: true, origin, handshakeTimeout: 30_000 });
     let settled = false;
     let closing = false;
-    const ready = (): void => {
+    const ready = (connection: WireConnection): void => {
       if (settled) return;
       settled = true;
       resolve({
         close() {
           closing = true;
-          ws.terminate();
+          connection.destroy();
         },
       });
     };
-    ws.on("message", (data: Buffer) => {
-      const t = now();
-      if (sio) {
-        // Engine.IO packet types: 0 open, 2 ping, 4 message (+ Socket.IO 0 connect, 2 event)
-        const type = data[0];
-        if (type === 0x32 && data.length === 1) ws.send("3");
-        else if (type === 0x30) ws.send("40");
-        else if (type === 0x34 && data[1] === 0x30) ready();
-        else if (type === 0x34 && data[1] === 0x32) {
-          const id = broadcastId(data);
-          if (id >= 0) received(id, t);
+    openWebSocket(url, origin, {
+      message(data, connection) {
+        const t = now();
+        if (sio) {
+          // Engine.IO packet types: 0 open, 2 ping, 4 message (+ Socket.IO 0 connect, 2 event)
+          const type = data[0];
+          if (type === 0x32 && data.length === 1) connection.send("3");
+          else if (type === 0x30) connection.send("40");
+          else if (type === 0x34 && data[1] === 0x30) ready(connection);
+          else if (type === 0x34 && data[1] === 0x32) {
+            const id = broadcastId(data);
+            if (id >= 0) received(id, t);
+          }
+          return;
         }
-        return;
-      }
-      const id = broadcastId(data);
-      if (id >= 0) received(id, t);
-    });
-    ws.once("open", () => {
-      if (!sio) ready();
-    });
-    ws.once("error", (error) => {
-      if (!settled) {
+        const id = broadcastId(data);
+        if (id >= 0) received(id, t);
+      },
+      closed() {
+        if (!settled) {
+          settled = true;
+          reject(new Error("closed during the handshake"));
+        } else if (!closing) unexpectedCloses++;
+      },
+    }).then(
+      (connection) => {
+        if (!sio) ready(connection);
+      },
+      (error: unknown) => {
+        if (settled) return;
         settled = true;
         reject(error);
-      }
-    });
-    ws.once("close", () => {
-      if (!settled) {
-        settled = true;
-        reject(new Error("closed during the handshake"));
-      } else if (!closing) unexpectedCloses++;
-    });
+      },
+    );
   });
 }
 
-function openSse(url: string): Promise<Connection> {
-  return new Promise((resolve, reject) => {
-    let closing = false;
-    const req = http.get(url, { agent: false, headers: { accept: "text/event-stream" } }, (res) => {
-      req.setTimeout(0); // the connect timeout below; an idle stream is fine
-      if (res.statusCode !== 200) {
-        reject(new Error(`SSE GET answered ${res.statusCode}`));
-        res.resume();
-        return;
-      }
-      // events end with a blank line; a chunk may hold part of one, or several
-      let carry: Buffer | null = null;
-      res.on("data", (chunk: Buffer) => {
-        const t = now();
-        let data = carry === null ? chunk : Buffer.concat([carry, chunk]);
-        let start = 0;
-        for (;;) {
-          const end = data.indexOf("\n\n", start, "latin1");
-          if (end < 0) break;
-          const id = broadcastId(data.subarray(start, end));
-          if (id >= 0) received(id, t);
-          start = end + 2;
-        }
-        carry = start >= data.length ? null : Buffer.from(data.subarray(start));
-        data = chunk; // drop the reference to the concatenation
-      });
-      res.once("close", () => {
-        if (!closing) unexpectedCloses++;
-      });
-      resolve({
-        close() {
-          closing = true;
-          req.destroy();
-        },
-      });
-    });
-    req.once("error", (error) => {
-      if (!closing) reject(error);
-    });
-    req.setTimeout(30_000, () => req.destroy(new Error("SSE connect timed out")));
+async function openSse(url: string): Promise<Connection> {
+  let closing = false;
+  const connection = await openEventStream(url, {
+    message(event) {
+      const id = broadcastId(event);
+      if (id >= 0) received(id, now());
+    },
+    closed() {
+      if (!closing) unexpectedCloses++;
+    },
   });
+  return {
+    close() {
+      closing = true;
+      connection.destroy();
+    },
+  };
 }
 
 /** The raw TCP floor's wire format: a 4-byte length, then the frame. */
