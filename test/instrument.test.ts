@@ -5,7 +5,8 @@ import { SQLiteRelationalQuery } from "drizzle-orm/sqlite-core/query-builders/qu
 import nunjucks from "nunjucks";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { MissingPrimaryKeyError, type Turbo, createTurbo } from "../src/index.js";
+import { cachingPrepare } from "../src/db/instrument.js";
+import { MissingPrimaryKeyError, type Turbo, createTurbo, dropCaptureTriggers } from "../src/index.js";
 import { silentLogger } from "../src/logger.js";
 import { MessageStream } from "./fixtures/streams-basic/nested/messages.js";
 import { MembershipStream } from "./fixtures/streams-basic/nested/messages.js";
@@ -136,5 +137,117 @@ describe("the Drizzle internals turbocast hooks into (pinned)", () => {
     expect(typeof query._prepare().customResultMapper).toBe("function");
     expect(Array.isArray(query._toSQL().query.selection)).toBe(true);
     sqlite.close();
+  });
+});
+
+describe("write statements are prepared once per database (the capture trigger is compiled once)", () => {
+  let turbo: Turbo;
+  let sqlite: Database.Database;
+  let db: ReturnType<typeof drizzle<typeof schema>>;
+  let cleanup: () => void;
+  let prepared: string[];
+
+  beforeEach(async () => {
+    const tmp = tempDir();
+    cleanup = tmp.cleanup;
+    sqlite = new Database(path.join(tmp.dir, "app.db"));
+    sqlite.pragma("journal_mode = WAL");
+    sqlite.exec(DDL);
+    sqlite.exec(`INSERT INTO rooms (id, name) VALUES (1, 'general')`);
+    prepared = [];
+    const prepare = sqlite.prepare.bind(sqlite);
+    sqlite.prepare = ((source: string) => {
+      prepared.push(source);
+      return prepare(source);
+    }) as typeof sqlite.prepare;
+    db = drizzle(sqlite, { schema });
+    const env = new nunjucks.Environment(null, { autoescape: true });
+    turbo = await createTurbo({ db, views: env, streams: [RoomStream, MessageStream, MembershipStream], logger: silentLogger, capture: { pollIntervalMs: 10 } });
+  });
+
+  afterEach(async () => {
+    await turbo.close();
+    sqlite.close();
+    cleanup();
+  });
+
+  const insertMessage = (body: string) => db.insert(messages).values({ roomId: 1, body, createdAt: new Date(0) }).run();
+  const logged = () => (sqlite.prepare(`SELECT count(*) FROM _turbocast_changes WHERE tbl = 'messages'`).pluck().get() as number);
+
+  it("inserts, updates and deletes reuse one statement per SQL text; reads and returning() are prepared each time", async () => {
+    prepared.length = 0;
+    for (let i = 0; i < 5; i++) insertMessage(`m${i}`);
+    for (let i = 0; i < 3; i++) db.update(messages).set({ body: `edited ${i}` }).where(eq(messages.id, 1)).run();
+    for (let i = 0; i < 3; i++) db.select().from(messages).all();
+    const inserted = [0, 1].map((i) => db.insert(messages).values({ roomId: 1, body: `r${i}`, createdAt: new Date(0) }).returning().get());
+    const count = (fragment: string) => prepared.filter((s) => s.startsWith(fragment)).length;
+    expect(count('insert into "messages"')).toBe(1 + 2); // five plain inserts share one statement; each returning() prepares
+    expect(count('update "messages"')).toBe(1);
+    expect(count('select "id"')).toBe(3);
+    // the statement that returned rows in array mode for returning() left nothing behind in a plain select
+    expect(inserted.map((m) => m.body)).toEqual(["r0", "r1"]);
+    const rows = db.select().from(messages).all();
+    expect(rows).toHaveLength(7);
+    expect(rows[0]).toMatchObject({ id: 1, body: "edited 2" });
+    await turbo.feed.drain();
+    expect(logged()).toBe(5 + 3 + 2);
+  });
+
+  it("a cached statement follows the capture triggers when they are dropped and recreated", async () => {
+    insertMessage("before");
+    expect(logged()).toBe(1);
+    dropCaptureTriggers(sqlite, "messages");
+    insertMessage("while the triggers are gone");
+    expect(logged()).toBe(1);
+    // the feed's poll sees the schema change and puts the triggers back
+    const deadline = Date.now() + 5000;
+    while (sqlite.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = '_turbocast_messages_ins'`).pluck().get() === 0) {
+      if (Date.now() > deadline) throw new Error("triggers not recreated");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    insertMessage("after");
+    expect(logged()).toBe(2);
+    expect(prepared.filter((s) => s.startsWith('insert into "messages"'))).toHaveLength(1);
+  });
+});
+
+describe("cachingPrepare", () => {
+  const fakeClient = (reader: (sql: string) => boolean) => {
+    const made: string[] = [];
+    const statements = new Map<string, { reader: boolean; busy: boolean }>();
+    return {
+      made,
+      statements,
+      prepare(sql: string) {
+        made.push(sql);
+        const statement = { reader: reader(sql), busy: false };
+        statements.set(sql, statement);
+        return statement;
+      },
+    };
+  };
+
+  it("keeps the most recently used write statements, up to its size", () => {
+    const client = fakeClient(() => false);
+    const prepare = cachingPrepare(client, 2);
+    prepare("a");
+    prepare("b");
+    prepare("a"); // a is now the most recent
+    prepare("c"); // evicts b
+    prepare("a");
+    prepare("b");
+    expect(client.made).toEqual(["a", "b", "c", "b"]);
+  });
+
+  it("never caches statements that return rows, and never hands out a busy one", () => {
+    const client = fakeClient((sql) => sql.startsWith("select"));
+    const prepare = cachingPrepare(client);
+    prepare("select 1");
+    prepare("select 1");
+    const first = prepare("insert 1");
+    client.statements.get("insert 1")!.busy = true;
+    const second = prepare("insert 1");
+    expect(second).not.toBe(first);
+    expect(client.made).toEqual(["select 1", "select 1", "insert 1", "insert 1"]);
   });
 });

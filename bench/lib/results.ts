@@ -45,8 +45,11 @@ export interface WriteCost {
   inserts: number;
   workloads: Array<{
     workload: "per-turn" | "burst";
-    /** Inserts per second, one figure per round. */
+    /** Inserts per second, one figure per round: bare Drizzle. */
     without: number[];
+    /** Bare Drizzle plus turbocast's prepared-statement cache alone (no capture). Absent in runs before it was measured. */
+    cached?: number[];
+    /** With turbocast and change capture. */
     with: number[];
   }>;
 }

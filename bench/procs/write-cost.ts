@@ -2,6 +2,9 @@
  * Write cost of change capture, in a process of its own: Drizzle inserts per
  * second into a SQLite file with turbocast's capture running and without it,
  * in alternating rounds (a fresh file per round: WAL, synchronous=NORMAL).
+ * A third mode, *cached*, is bare Drizzle with only turbocast's cache of
+ * prepared write statements (src/db/instrument.ts) and no capture: it shows
+ * how much of the difference is that cache rather than capture itself.
  * With capture a round ends only when every insert has reached its onSave
  * hook (a no-op that counts), so the figure includes the triggers, the
  * change-log claims and the dispatch. `npx tsx bench/write-cost-quick.ts`
@@ -19,6 +22,7 @@ import Database from "better-sqlite3";
 import { drizzle } from "drizzle-orm/better-sqlite3";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import nunjucks from "nunjucks";
+import { instrumentDatabase } from "../../src/db/instrument.js";
 import { ModelStream, createTurbo } from "../../src/index.js";
 import { silentLogger } from "../../src/logger.js";
 import { serve } from "../lib/ipc.js";
@@ -40,7 +44,7 @@ class MessageStream extends ModelStream<typeof messages> {
 }
 
 export type Workload = "per-turn" | "burst";
-export type Mode = "without" | "with";
+export type Mode = "without" | "cached" | "with";
 
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-write-cost-"));
@@ -54,6 +58,7 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
   sqlite.pragma("synchronous = NORMAL");
   sqlite.exec(DDL);
   const db = drizzle(sqlite);
+  const cacheOnly = mode === "cached" ? instrumentDatabase(db, { classFor: () => undefined, onWrite: () => {} }) : undefined;
   const turbo =
     mode === "with"
       ? await createTurbo({
@@ -82,6 +87,7 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await turbo?.close();
+  cacheOnly?.restore();
   sqlite.close();
   return n / seconds;
 }
@@ -89,14 +95,14 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
 serve({
   async measure(args: { inserts: number; rounds: number }) {
     // warm up both paths (JIT, page cache)
-    for (const mode of ["without", "with"] as const) {
+    for (const mode of ["without", "cached", "with"] as const) {
       for (const workload of ["per-turn", "burst"] as const) await round(mode, workload, Math.min(1000, args.inserts));
     }
-    const out: Array<{ workload: Workload; without: number[]; with: number[] }> = [];
+    const out: Array<{ workload: Workload; without: number[]; cached: number[]; with: number[] }> = [];
     for (const workload of ["per-turn", "burst"] as const) {
-      const result = { workload, without: [] as number[], with: [] as number[] };
+      const result = { workload, without: [] as number[], cached: [] as number[], with: [] as number[] };
       for (let r = 0; r < args.rounds; r++) {
-        const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
+        const order: Mode[] = r % 2 === 0 ? ["without", "cached", "with"] : ["with", "cached", "without"];
         for (const mode of order) result[mode].push(await round(mode, workload, args.inserts));
       }
       out.push(result);

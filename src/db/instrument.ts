@@ -17,6 +17,8 @@ import { type AnyModelStreamClass, attachStream } from "../streams/registry.js";
  * - `db.session.transaction(fn)` runs a better-sqlite3 transaction.
  * - `SQLiteRelationalQuery.prototype._prepare()` builds `db.query.*` queries
  *   and sets `customResultMapper` on the prepared query it returns.
+ * - `prepareQuery` prepares through `this.client.prepare(sql)`, which the
+ *   instrumentation answers from a cache of write statements (see cachingPrepare).
  */
 export interface Instrumentation {
   /** Removes the hooks; the database behaves as before. Safe to call twice. */
@@ -38,10 +40,56 @@ interface PreparedLike {
   values: (placeholders?: unknown) => unknown;
 }
 
+interface StatementLike {
+  readonly reader: boolean;
+  readonly busy: boolean;
+}
+
+interface ClientLike {
+  inTransaction?: boolean;
+  prepare(sql: string): StatementLike;
+}
+
 interface SessionLike {
   prepareQuery: (...args: unknown[]) => PreparedLike;
   transaction: (...args: unknown[]) => unknown;
-  client?: { inTransaction?: boolean };
+  client?: ClientLike;
+}
+
+/** Write statements kept prepared per instrumented database (least recently used dropped first). */
+export const STATEMENT_CACHE_SIZE = 256;
+
+/**
+ * better-sqlite3's `prepare`, remembering the statements that return no
+ * rows (INSERT, UPDATE, DELETE without RETURNING) by their SQL text.
+ *
+ * Drizzle prepares every query anew, and preparing a write to a captured
+ * table compiles its capture trigger too: about as much work again as the
+ * write itself (see bench/RESULTS.md, "Write cost"). A cached statement is
+ * compiled once; SQLite recompiles it by itself after any schema change
+ * (a migration, triggers recreated). Only statements without rows are
+ * kept: Drizzle switches a statement that returns rows into array mode
+ * (`raw()`), which another query with the same SQL must not inherit. A
+ * statement still running (re-entered from a user-defined function) is not
+ * handed out twice: that call gets a fresh one.
+ */
+export function cachingPrepare(client: ClientLike, size = STATEMENT_CACHE_SIZE): (sql: string) => StatementLike {
+  const cache = new Map<string, StatementLike>();
+  return (sql) => {
+    const cached = cache.get(sql);
+    if (cached !== undefined && !cached.busy) {
+      // most recently used last: Map iteration order is insertion order
+      cache.delete(sql);
+      cache.set(sql, cached);
+      return cached;
+    }
+    const statement = client.prepare(sql);
+    if (!statement.reader && cached === undefined) {
+      cache.set(sql, statement);
+      if (cache.size > size) cache.delete(cache.keys().next().value!);
+    }
+    return statement;
+  };
 }
 
 interface RelationalSelectionItem {
@@ -77,6 +125,11 @@ export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unkn
   const prepareQuery = session.prepareQuery;
   const transaction = session.transaction;
   const client = session.client;
+  // Drizzle's prepareQuery reads `this.client.prepare`: run it on a view of the session whose client caches
+  const cachingSession: SessionLike | undefined =
+    client && typeof client.prepare === "function"
+      ? Object.create(session, { client: { value: Object.assign(Object.create(client) as ClientLike, { prepare: cachingPrepare(client) }) } })
+      : undefined;
   const afterStatement = (prepared: PreparedLike): void => {
     if (prepared.stmt?.readonly === true) return;
     if (client?.inTransaction) return;
@@ -84,7 +137,7 @@ export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unkn
   };
 
   session.prepareQuery = function (this: SessionLike, ...args: unknown[]): PreparedLike {
-    const prepared = prepareQuery.apply(this, args);
+    const prepared = prepareQuery.apply(this === session && cachingSession ? cachingSession : this, args);
     const fields = args[1] as SelectedField[] | undefined;
     const table = wholeRowTable(fields);
     const cls = table ? options.classFor(table) : undefined;
