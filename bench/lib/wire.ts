@@ -44,10 +44,9 @@ interface OpenOptions {
  * with the socket, the head's status code and header block, and the bytes
  * after it.
  */
-function request(url: URL, options: OpenOptions): Promise<{ socket: net.Socket; status: number; head: string; rest: Buffer }> {
+function request(url: URL, options: OpenOptions): Promise<{ socket: WireSocket; status: number; head: string; rest: Buffer }> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(Number(url.port), url.hostname);
-    socket.setNoDelay(true);
+    const socket = connect(url);
     let received: Buffer = Buffer.alloc(0);
     const fail = (error: Error): void => {
       cleanup();
@@ -57,8 +56,8 @@ function request(url: URL, options: OpenOptions): Promise<{ socket: net.Socket; 
     const timer = setTimeout(() => fail(new Error(`no response within ${options.timeoutMs} ms`)), options.timeoutMs);
     const onError = (error: Error): void => fail(error);
     const onClose = (): void => fail(new Error("closed before the response head"));
-    const onData = (chunk: Buffer): void => {
-      received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
+    socket.reader = (chunk: Buffer): void => {
+      received = Buffer.concat([received, chunk]);
       const end = received.indexOf(HEADER_END);
       if (end < 0) {
         if (received.length > 16_384) fail(new Error("response head over 16 KB"));
@@ -71,11 +70,10 @@ function request(url: URL, options: OpenOptions): Promise<{ socket: net.Socket; 
     };
     const cleanup = (): void => {
       clearTimeout(timer);
-      socket.off("data", onData);
+      socket.reader = ignore;
       socket.off("error", onError);
       socket.off("close", onClose);
     };
-    socket.on("data", onData);
     socket.on("error", onError);
     socket.on("close", onClose);
     socket.once("connect", () => {
@@ -83,6 +81,36 @@ function request(url: URL, options: OpenOptions): Promise<{ socket: net.Socket; 
       socket.write(`GET ${path} HTTP/1.1\r\nHost: ${url.host}\r\n${options.headers.map((h) => `${h}\r\n`).join("")}\r\n`, "latin1");
     });
   });
+}
+
+const ignore = (): void => {};
+
+/** A socket whose incoming bytes go to `reader`, a view into a buffer shared by every socket: copy what you keep. */
+type WireSocket = net.Socket & { reader: (chunk: Buffer) => void };
+
+/**
+ * Reads go straight into one buffer shared by all sockets (net's `onread`
+ * option): no Buffer allocated and no Readable stream event per message.
+ * Safe because every reader is synchronous and copies what it keeps.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(256 * 1024);
+
+function connect(url: URL): WireSocket {
+  let socket: WireSocket;
+  socket = net.connect({
+    port: Number(url.port),
+    host: url.hostname,
+    onread: {
+      buffer: READ_BUFFER,
+      callback: (nread: number, buffer: Buffer) => {
+        socket.reader(buffer.subarray(0, nread));
+        return true;
+      },
+    },
+  }) as WireSocket;
+  socket.reader = ignore;
+  socket.setNoDelay(true);
+  return socket;
 }
 
 function header(head: string, name: string): string | undefined {
@@ -183,7 +211,7 @@ export async function openWebSocket(rawUrl: string, origin: string | undefined, 
     }
     if (at < data.length) carry = Buffer.from(data.subarray(at));
   };
-  socket.on("data", parse);
+  socket.reader = parse;
   socket.on("error", () => {});
   socket.once("close", () => {
     if (!destroyed) handlers.closed();
@@ -256,7 +284,7 @@ export async function openEventStream(rawUrl: string, handlers: WireHandlers, ti
     if (at < data.length) carry = Buffer.from(data.subarray(at));
   };
   const read = chunked ? dechunk : events;
-  socket.on("data", read);
+  socket.reader = read;
   socket.on("error", () => {});
   socket.once("close", () => {
     if (!destroyed) handlers.closed();
