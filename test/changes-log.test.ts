@@ -1,3 +1,6 @@
+import { spawn } from "node:child_process";
+import os from "node:os";
+import { newOwner, ownerMayBeAlive } from "../src/changes/owner.js";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { getTableConfig, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
@@ -260,5 +263,27 @@ describe("row decoding", () => {
     const decode = rowDecoder(tableInfo(table));
     expect(decode(`{"id":1,"on_flag":1,"label":["00FF"],"unknown":5}`)).toEqual({ id: 1, on: true, label: Buffer.from([0, 255]) });
     expect(decode(`{"id":2,"on_flag":null}`)).toEqual({ id: 2, on: null, label: undefined });
+  });
+});
+
+describe("claim owners", () => {
+  it("name this host, its pid namespace, the pid and a nonce; only a gone pid on this host and namespace counts as dead", async () => {
+    const owner = newOwner();
+    const [host, namespace, pid, nonce] = owner.split("/");
+    expect(host).toBe(os.hostname());
+    expect(pid).toBe(String(process.pid));
+    expect(nonce).toMatch(/^[0-9a-f]{8}$/);
+    expect(newOwner()).not.toBe(owner);
+    expect(ownerMayBeAlive(owner)).toBe(true);
+
+    const child = spawn(process.execPath, ["-e", ""]);
+    await new Promise((resolve) => child.once("exit", resolve));
+    const gone = `${host}/${namespace}/${child.pid}/00000000`;
+    // Linux names the namespace; elsewhere ("-") nothing is known dead and leases decide
+    expect(ownerMayBeAlive(gone)).toBe(namespace === "-");
+    expect(ownerMayBeAlive(`another-host/${namespace}/${child.pid}/00000000`)).toBe(true);
+    expect(ownerMayBeAlive(`${host}/pid:[1]/${child.pid}/00000000`)).toBe(true);
+    expect(ownerMayBeAlive(`${host}/${child.pid}/00000000`)).toBe(true); // the format before namespaces
+    expect(ownerMayBeAlive(`${host}/${namespace}/not-a-pid/00000000`)).toBe(true);
   });
 });

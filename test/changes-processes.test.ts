@@ -128,17 +128,16 @@ describe("change capture across processes", () => {
     expect(recorder.calls[0]!.entity).toMatchObject({ body: "last words" });
   });
 
-  it("takes over the claim of a process killed while dispatching once its lease expires", async () => {
+  it("takes over at once the claim of a process on this host killed while dispatching, without waiting for its lease", async () => {
     createDatabase();
     const out = path.join(tmp.dir, "dying.jsonl");
-    const leaseMs = 1000;
+    const leaseMs = 60_000;
     const dying = startWorker("serve", file, out, JSON.stringify({ capture: { pollIntervalMs: 20, leaseMs } }));
     await waitFor(received(dying, "ready"), { timeoutMs: 15_000, message: dying.stderr() });
     const writer = new Database(file);
     writer.prepare("INSERT INTO items (body) VALUES ('hang here')").run();
     writer.close();
     await waitFor(() => readLines(out).length === 1, { message: "the hook started in the child" });
-    // the hook hangs, but the child is alive: it keeps renewing its claim, so nobody takes it over
     const check = new Database(file);
     const cursor = () => check.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get() as {
       done_seq: number;
@@ -146,21 +145,62 @@ describe("change capture across processes", () => {
       claimed_seq: number | null;
       lease_until: number;
     };
-    const first = cursor().lease_until;
-    await waitFor(() => cursor().lease_until > first, { message: "the live child renews its lease" });
+    // the hook hangs, but the child is alive: a feed on the same host, which could check its pid, leaves its claim alone
+    const logger = memoryLogger();
+    const sqlite = new Database(file);
+    const turbo = await createTurbo({
+      db: drizzle(sqlite, { schema }),
+      views: new nunjucks.Environment(null, { autoescape: true }),
+      streams: captureStreams,
+      logger,
+      capture: { pollIntervalMs: 20, leaseMs },
+    });
+    opened.push({ turbo, sqlite });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(recorder.calls).toHaveLength(0);
+
+    let dispatchedAt = 0;
+    recorder.behaviour = () => void (dispatchedAt = Date.now());
+    // its lease has a minute to run: only the pid check can free the claim in time
     dying.child.kill("SIGKILL");
     await dying.exited;
+    const killedAt = Date.now();
     const claim = cursor();
     check.close();
     expect(claim).toMatchObject({ done_seq: 0, claimed_seq: 1 });
     expect(claim.owner).toContain(`/${dying.child.pid}/`);
 
-    let dispatchedAt = 0;
-    recorder.behaviour = () => void (dispatchedAt = Date.now());
-    await startApp({ pollIntervalMs: 20 });
     await waitFor(() => recorder.calls.length === 1);
     expect(recorder.calls[0]!.entity).toMatchObject({ body: "hang here" });
-    expect(dispatchedAt).toBeGreaterThanOrEqual(claim.lease_until);
+    expect(dispatchedAt).toBeLessThan(claim.lease_until);
+    expect(dispatchedAt - killedAt).toBeLessThan(5000);
+    expect(logger.entries.some((e) => e.level === "warn" && e.message.includes("its process on this host is gone") && e.message.includes(claim.owner!))).toBe(true);
+  });
+
+  it("waits out the lease of a claim made on another host before taking it over", async () => {
+    createDatabase();
+    const sqlite = new Database(file);
+    const logger = memoryLogger();
+    const turbo = await createTurbo({
+      db: drizzle(sqlite, { schema }),
+      views: new nunjucks.Environment(null, { autoescape: true }),
+      streams: captureStreams,
+      logger,
+      capture: { pollIntervalMs: 20 },
+    });
+    opened.push({ turbo, sqlite });
+    // another host's feed claimed seq 1 and vanished (its pid means nothing here)
+    const leaseUntil = Date.now() + 1200;
+    const foreign = "some-other-host/pid:[4026531836]/4242/cafebabe";
+    sqlite.transaction(() => {
+      sqlite.prepare("INSERT INTO items (body) VALUES ('claimed elsewhere')").run();
+      sqlite.prepare("UPDATE _turbocast_cursor SET owner = ?, claimed_seq = 1, lease_until = ?").run(foreign, leaseUntil);
+    })();
+    let dispatchedAt = 0;
+    recorder.behaviour = () => void (dispatchedAt = Date.now());
+    await waitFor(() => recorder.calls.length === 1, { timeoutMs: 10_000 });
+    expect(dispatchedAt).toBeGreaterThanOrEqual(leaseUntil);
+    expect(logger.entries.some((e) => e.level === "warn" && e.message.includes("its lease ran out") && e.message.includes(foreign))).toBe(true);
   });
 
   it("two processes draining one file dispatch each change exactly once, in seq order", async () => {

@@ -1,12 +1,11 @@
-import { randomBytes } from "node:crypto";
-import os from "node:os";
 import type Database from "better-sqlite3";
 import { ClosedError, ConfigError, HookError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
 import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
 import { type RowDecoder, rowDecoder } from "./decode.js";
-import { type ChangeRecord, ChangeLog } from "./log.js";
+import { type ChangeRecord, ChangeLog, type TakeOver } from "./log.js";
+import { newOwner } from "./owner.js";
 import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
 
 /** How writes to bound tables reach `onSave` / `onDelete` (createTurbo's `capture` option). */
@@ -30,7 +29,8 @@ export interface CaptureOptions {
    * How long, in ms, a claim on the log stays valid without renewal. A live
    * feed renews it every `leaseMs / 3` while it dispatches; the claim of a
    * process that died between claim and completion is taken over once it
-   * runs out (so its changes are dispatched, late rather than never).
+   * runs out (so its changes are dispatched, late rather than never) — or
+   * at once when that process ran on this host and is gone (see owner.ts).
    * Default 30,000.
    */
   leaseMs?: number;
@@ -148,8 +148,8 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  * whose hooks ran). `start()` and `close()` are safe to call twice.
  */
 export class ChangeFeed {
-  /** Who holds a claim, as recorded in the log: host, pid and a per-feed nonce. */
-  readonly owner = `${os.hostname()}/${process.pid}/${randomBytes(4).toString("hex")}`;
+  /** Who holds a claim, as recorded in the log: host, pid namespace, pid and a per-feed nonce (see owner.ts). */
+  readonly owner = newOwner();
   readonly #client: Database.Database;
   readonly #registry: StreamRegistry;
   readonly #logger: Logger;
@@ -377,6 +377,7 @@ export class ChangeFeed {
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
         const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
         if (log.lostClaim) this.#warnLostClaim();
+        if (log.tookOver) this.#reportTakeOver(log.tookOver);
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
         if (log.schemaVersion !== this.#schemaVersion) this.#resync();
         if (this.#doneUpTo > 0) this.#prunePending = true;
@@ -444,6 +445,15 @@ export class ChangeFeed {
       // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
+  }
+
+  #reportTakeOver({ from, why, after }: TakeOver): void {
+    const reason = why === "gone" ? "its process on this host is gone" : "its lease ran out";
+    this.#logger.warn(`change feed took over changes claimed by ${from} (${reason}); changes after seq ${after} it may have dispatched are dispatched again`, {
+      from,
+      reason: why,
+      after,
+    });
   }
 
   #warnLostClaim(): void {

@@ -1,4 +1,5 @@
 import type Database from "better-sqlite3";
+import { ownerMayBeAlive } from "./owner.js";
 import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
 
 /**
@@ -20,7 +21,8 @@ import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
  *   done_seq     every change up to it was dispatched
  *   owner        the feed dispatching (done_seq, claimed_seq], or NULL
  *   lease_until  ms since epoch; past it, the owner is presumed dead and any
- *                feed takes the range over from done_seq
+ *                feed takes the range over from done_seq — at once when the
+ *                owner ran on this host and its process is gone (owner.ts)
  *
  * A claim is one IMMEDIATE transaction that moves the cursor, so two feeds
  * can never hold the same change; and because one feed holds the cursor at
@@ -57,6 +59,15 @@ export interface ChangeRecord {
   row: string;
 }
 
+/** A claim this feed took over from another: whose, why, and from which seq its changes are dispatched again. */
+export interface TakeOver {
+  from: string;
+  /** "expired": its lease ran out; "gone": it ran on this host and its process no longer exists. */
+  why: "expired" | "gone";
+  /** done_seq when taken: changes after it that the other feed had dispatched are dispatched again. */
+  after: number;
+}
+
 export interface PollResult {
   /** `PRAGMA schema_version`: changes when any connection alters the schema (a migration). */
   schemaVersion: number;
@@ -85,9 +96,12 @@ export class ChangeLog {
   readonly #prune: Database.Statement;
   #schemaVersion = -1;
   #lostClaim = false;
+  #tookOver: TakeOver | null = null;
+  readonly #mayBeAlive: (owner: string) => boolean;
   readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
 
-  constructor(client: Database.Database) {
+  constructor(client: Database.Database, options: { mayBeAlive?: (owner: string) => boolean } = {}) {
+    this.#mayBeAlive = options.mayBeAlive ?? ownerMayBeAlive;
     this.#poll = client.prepare(
       `SELECT (SELECT schema_version FROM pragma_schema_version) AS schemaVersion,
         coalesce((SELECT max(seq) FROM ${T}), 0) AS maxSeq, done_seq AS doneSeq, owner, lease_until AS leaseUntil
@@ -115,7 +129,9 @@ export class ChangeLog {
       this.#lostClaim = doneUpTo > 0 && this.#advance.run({ owner, upTo: doneUpTo }).changes === 0;
       const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
       this.#schemaVersion = cursor.schemaVersion;
-      if (cursor.owner !== null && cursor.owner !== owner && (cursor.leaseUntil ?? 0) > now) return [];
+      this.#tookOver = null;
+      const held = this.#heldBy(cursor, owner, now);
+      if (held === "live") return [];
       // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
       const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
       const batch = rows.map(([seq, table, op, row]): ChangeRecord => ({ seq, table, op, row }));
@@ -124,6 +140,7 @@ export class ChangeLog {
         return [];
       }
       this.#take.run({ owner, upTo: batch[batch.length - 1]!.seq, until: now + leaseMs });
+      if (held !== "free") this.#tookOver = { from: cursor.owner!, why: held, after: cursor.doneSeq };
       return batch;
     });
   }
@@ -142,12 +159,27 @@ export class ChangeLog {
     return this.#lostClaim;
   }
 
+  /**
+   * Set by the last `completeAndClaim` that took the cursor over from
+   * another feed (its lease had run out, or its process is gone), else null.
+   */
+  get tookOver(): TakeOver | null {
+    return this.#tookOver;
+  }
+
   /** One cheap read: is there work for this feed, and did the schema change? */
   poll(owner: string, now: number): PollResult & { doneSeq: number; maxSeq: number } {
     const row = this.#poll.get() as CursorRow & { schemaVersion: number; maxSeq: number };
     this.#schemaVersion = row.schemaVersion;
-    const free = row.owner === null || row.owner === owner || (row.leaseUntil ?? 0) <= now;
-    return { schemaVersion: row.schemaVersion, claimable: free && row.maxSeq > row.doneSeq, doneSeq: row.doneSeq, maxSeq: row.maxSeq };
+    const free = row.maxSeq > row.doneSeq && this.#heldBy(row, owner, now) !== "live";
+    return { schemaVersion: row.schemaVersion, claimable: free, doneSeq: row.doneSeq, maxSeq: row.maxSeq };
+  }
+
+  /** Whether another live feed holds the cursor; else why this one may take it. */
+  #heldBy(cursor: CursorRow, owner: string, now: number): "free" | "live" | "expired" | "gone" {
+    if (cursor.owner === null || cursor.owner === owner) return "free";
+    if ((cursor.leaseUntil ?? 0) <= now) return "expired";
+    return this.#mayBeAlive(cursor.owner) ? "live" : "gone";
   }
 
   /**
