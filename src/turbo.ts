@@ -204,7 +204,19 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
   let latestPosition: string | null = null;
   const client = sqliteClient(db);
-  const feed = new ChangeFeed({ client, registry, logger, options: options.capture });
+  const feed = new ChangeFeed({
+    client,
+    registry,
+    logger,
+    options: options.capture,
+    onOtherFeed:
+      broker.kind === "memory"
+        ? () =>
+            logger.warn(
+              "another process dispatches this database's changes, but this one uses the in-memory broker: broadcasts made in one process never reach the subscribers of another. Use redisBroker() or postgresBroker() when several processes share the database",
+            )
+        : undefined,
+  });
   const renderer = new StreamSourceRenderer({
     registry,
     signer,

@@ -373,6 +373,34 @@ describe("writers other than the app's Drizzle db", () => {
     ]);
   });
 
+  it("warns once when another feed dispatches the same file's changes while this one uses the in-memory broker", async () => {
+    const otherFeedWarning = (log: LogEntry[]) => log.filter((e) => e.level === "warn" && e.message.includes("uses the in-memory broker"));
+    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 10 } });
+    // writers that do not dispatch (another connection, a script) are not another feed
+    const writer = new Database(app.file);
+    for (let i = 0; i < 3; i++) writer.prepare("INSERT INTO items (body) VALUES (?)").run(`plain ${i}`);
+    await app.db.insert(items).values({ body: "own" });
+    await waitFor(() => recorder.calls.length === 4);
+    expect(otherFeedWarning(app.log)).toEqual([]);
+
+    // a second app on the same file: each dispatches some changes, so each sees the other's work
+    const second = await openApp(app.file, { capture: { pollIntervalMs: 10 } });
+    try {
+      for (let i = 0; i < 20; i++) {
+        await (i % 2 === 0 ? app : second).db.insert(items).values({ body: `turn ${i}` });
+        writer.prepare("INSERT INTO items (body) VALUES (?)").run(`other ${i}`);
+        await new Promise((resolve) => setTimeout(resolve, 15));
+      }
+      await waitFor(() => recorder.calls.length === 44);
+      await waitFor(() => otherFeedWarning(app!.log).length + otherFeedWarning(second.log).length > 0, { message: "neither app warned" });
+      expect(otherFeedWarning(app.log).length).toBeLessThanOrEqual(1);
+      expect(otherFeedWarning(second.log).length).toBeLessThanOrEqual(1);
+    } finally {
+      writer.close();
+      await second.close();
+    }
+  });
+
   // The sqlite3 shell comes from Debian's sqlite3 package (scripts/services.sh installs it). CI must
   // run this test; elsewhere it is skipped, loudly, when the shell is missing (the second-connection
   // test above still covers writes by another connection).

@@ -123,6 +123,13 @@ export interface ChangeFeedInit {
   registry: StreamRegistry;
   logger: Logger;
   options?: CaptureOptions;
+  /**
+   * Called once, the first time the log shows that another feed (another
+   * process, or another turbocast instance on the same file) dispatched
+   * changes: createTurbo warns when its broker cannot reach that feed's
+   * subscribers (the in-memory one).
+   */
+  onOtherFeed?: () => void;
 }
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -154,6 +161,10 @@ export class ChangeFeed {
   readonly #registry: StreamRegistry;
   readonly #logger: Logger;
   readonly #options: ResolvedCaptureOptions;
+  readonly #onOtherFeed: (() => void) | undefined;
+  /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
+  #seenDone = -1;
+  #otherFeedSeen = false;
   #state: FeedState = "idle";
   #log: ChangeLog | null = null;
   #schemaVersion = -1;
@@ -187,6 +198,7 @@ export class ChangeFeed {
     this.#registry = init.registry;
     this.#logger = init.logger;
     this.#options = resolveCaptureOptions(init.options);
+    this.#onOtherFeed = init.onOtherFeed;
   }
 
   get state(): FeedState {
@@ -311,6 +323,7 @@ export class ChangeFeed {
     try {
       const now = Date.now();
       const poll = this.#log!.poll(this.owner, now);
+      this.#sawDone(poll.doneSeq, 0);
       if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
       if (poll.claimable) this.#schedule();
       else this.#maybePrune(now);
@@ -370,12 +383,17 @@ export class ChangeFeed {
         if (this.#state !== "running" || this.#client.inTransaction) break;
         const now = Date.now();
         // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
-        if (!this.#holding && !log.poll(this.owner, now).claimable) {
-          if (log.schemaVersion !== this.#schemaVersion) this.#resync();
-          break;
+        if (!this.#holding) {
+          const poll = log.poll(this.owner, now);
+          this.#sawDone(poll.doneSeq, 0);
+          if (!poll.claimable) {
+            if (log.schemaVersion !== this.#schemaVersion) this.#resync();
+            break;
+          }
         }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
         const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
+        this.#sawDone(log.doneSeq, this.#doneUpTo);
         if (log.lostClaim) this.#warnLostClaim();
         if (log.tookOver) this.#reportTakeOver(log.tookOver);
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
@@ -437,6 +455,7 @@ export class ChangeFeed {
     const now = Date.now();
     try {
       if (!this.#log.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
+      this.#sawDone(this.#doneUpTo, this.#doneUpTo);
       if (this.#doneUpTo > 0) this.#prunePending = true;
       this.#doneUpTo = 0;
       this.#holding = false;
@@ -445,6 +464,15 @@ export class ChangeFeed {
       // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
+  }
+
+  /** The log's done_seq was `observed` after this feed marked changes up to `own` done (0: none). */
+  #sawDone(observed: number, own: number): void {
+    if (this.#seenDone >= 0 && observed > Math.max(this.#seenDone, own) && !this.#otherFeedSeen) {
+      this.#otherFeedSeen = true;
+      this.#onOtherFeed?.();
+    }
+    this.#seenDone = Math.max(this.#seenDone, observed, own);
   }
 
   #reportTakeOver({ from, why, after }: TakeOver): void {

@@ -97,6 +97,7 @@ export class ChangeLog {
   #schemaVersion = -1;
   #lostClaim = false;
   #tookOver: TakeOver | null = null;
+  #doneSeq = -1;
   readonly #mayBeAlive: (owner: string) => boolean;
   readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
 
@@ -129,6 +130,7 @@ export class ChangeLog {
       this.#lostClaim = doneUpTo > 0 && this.#advance.run({ owner, upTo: doneUpTo }).changes === 0;
       const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
       this.#schemaVersion = cursor.schemaVersion;
+      this.#doneSeq = cursor.doneSeq;
       this.#tookOver = null;
       const held = this.#heldBy(cursor, owner, now);
       if (held === "live") return [];
@@ -157,6 +159,11 @@ export class ChangeLog {
    */
   get lostClaim(): boolean {
     return this.#lostClaim;
+  }
+
+  /** `done_seq` as the last claim read it, after marking this feed's changes done (-1: no claim yet). */
+  get doneSeq(): number {
+    return this.#doneSeq;
   }
 
   /**
