@@ -13,7 +13,7 @@ import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { Hub } from "./delivery/hub.js";
 import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
-import { currentRequestId, outsideRequest } from "./delivery/request-context.js";
+import { currentRequestId, outsideRequest, runInRequest } from "./delivery/request-context.js";
 import { resolveSecret } from "./delivery/secret.js";
 import { StreamSigner } from "./delivery/signing.js";
 import { ClosedError, ConfigError } from "./errors.js";
@@ -216,6 +216,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
               "another process dispatches this database's changes, but this one uses the in-memory broker: broadcasts made in one process never reach the subscribers of another. Use redisBroker() or postgresBroker() when several processes share the database",
             )
         : undefined,
+    requests: { current: currentRequestId, run: (requestId, fn) => runInRequest({ requestId }, fn) },
   });
   const renderer = new StreamSourceRenderer({
     registry,

@@ -6,6 +6,7 @@ import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js
 import { type RowDecoder, rowDecoder } from "./decode.js";
 import { type ChangeRecord, ChangeLog, type TakeOver } from "./log.js";
 import { newOwner } from "./owner.js";
+import { type RequestScopeAccess, RequestNotes } from "./request-notes.js";
 import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
 
 /** How writes to bound tables reach `onSave` / `onDelete` (createTurbo's `capture` option). */
@@ -130,6 +131,12 @@ export interface ChangeFeedInit {
    * subscribers (the in-memory one).
    */
   onOtherFeed?: () => void;
+  /**
+   * The request scope (X-Turbo-Request-Id): a change this process wrote
+   * inside a request is dispatched inside that request's id, so a refresh
+   * its hook broadcasts carries `request-id` (see RequestNotes).
+   */
+  requests?: RequestScopeAccess;
 }
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -162,6 +169,8 @@ export class ChangeFeed {
   readonly #logger: Logger;
   readonly #options: ResolvedCaptureOptions;
   readonly #onOtherFeed: (() => void) | undefined;
+  readonly #requests: RequestScopeAccess | undefined;
+  #notes: RequestNotes | null = null;
   /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
   #seenDone = -1;
   #otherFeedSeen = false;
@@ -199,6 +208,7 @@ export class ChangeFeed {
     this.#logger = init.logger;
     this.#options = resolveCaptureOptions(init.options);
     this.#onOtherFeed = init.onOtherFeed;
+    this.#requests = init.requests;
   }
 
   get state(): FeedState {
@@ -216,6 +226,10 @@ export class ChangeFeed {
     if (this.#state !== "idle") throw new ClosedError("change feed");
     this.#sync();
     this.#log = new ChangeLog(this.#client);
+    if (this.#requests) {
+      this.#notes = new RequestNotes(this.#client, this.#requests, this.owner.slice(this.owner.lastIndexOf("/") + 1));
+      this.#notes.install();
+    }
     this.#state = "running";
     this.#timer = setInterval(this.#tick, this.#options.pollIntervalMs);
     this.#timer.unref();
@@ -265,6 +279,7 @@ export class ChangeFeed {
     this.#closed = (async () => {
       await this.#pass;
       this.#finishClaims();
+      this.#notes?.uninstall();
       this.#state = "closed";
     })();
     return this.#closed;
@@ -473,6 +488,7 @@ export class ChangeFeed {
       this.#onOtherFeed?.();
     }
     this.#seenDone = Math.max(this.#seenDone, observed, own);
+    this.#notes?.prune(this.#seenDone);
   }
 
   #reportTakeOver({ from, why, after }: TakeOver): void {
@@ -535,12 +551,14 @@ export class ChangeFeed {
       Object.defineProperty(entity, "stream", { value: stream, configurable: true, enumerable: false, writable: false });
       stream.entity = entity as ModelStream["entity"];
       let result: unknown;
+      const requestId = this.#notes?.take(change);
       if (change.op === "delete") {
         step = "onDelete";
-        result = stream.onDelete(entity as never);
+        result = requestId === undefined ? stream.onDelete(entity as never) : this.#notes!.run(requestId, () => stream.onDelete(entity as never));
       } else {
         step = "onSave";
-        result = stream.onSave(entity as never, { created: change.op === "insert" });
+        const info = { created: change.op === "insert" };
+        result = requestId === undefined ? stream.onSave(entity as never, info) : this.#notes!.run(requestId, () => stream.onSave(entity as never, info));
       }
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {

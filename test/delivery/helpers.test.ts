@@ -3,7 +3,9 @@ import nunjucks from "nunjucks";
 import { eq } from "drizzle-orm";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError, InvalidStreamableError, MissingPrimaryKeyError, UnknownStreamError } from "../../src/errors.js";
-import { LobbyStream, MessageStream, RoomStream, type TestApp, rooms, startApp, unescapeHtml } from "./fixture.js";
+import Database from "better-sqlite3";
+import { ModelStream } from "../../src/index.js";
+import { LobbyStream, MessageStream, RoomStream, type TestApp, messages, rooms, startApp, unescapeHtml, waitFor } from "./fixture.js";
 
 let app: TestApp | undefined;
 
@@ -135,5 +137,69 @@ describe("turbo_stream_from", () => {
     const body = (await response.json()) as { frame: string; requestId: string };
     expect(body.requestId).toBe("3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60");
     expect(body.frame).toBe('<turbo-stream action="refresh" request-id="3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60"></turbo-stream>');
+  });
+});
+
+/** A hook that refreshes the message's room page, as `broadcasts_refreshes` does in turbo-rails. */
+class RefreshingMessageStream extends ModelStream<typeof messages> {
+  static override model = messages;
+  override async onSave(message: typeof messages.$inferSelect): Promise<void> {
+    await RoomStream.for(message.roomId).refresh();
+  }
+}
+
+describe("refreshes broadcast by hooks of captured writes", () => {
+  it("carry the X-Turbo-Request-Id of the request that made the write, and only that one", async () => {
+    app = await startApp({ refreshDebounceMs: 1, streams: [RoomStream, RefreshingMessageStream, LobbyStream] });
+    const frames: string[] = [];
+    await app.turbo.hub.subscribe([RoomStream.for(1).name], { send: (published) => void frames.push(published.frame) });
+    const db = app.db;
+    app.app.post("/say", (req, res) => {
+      db.insert(messages).values({ roomId: 1, body: String(req.query.body) }).run();
+      res.sendStatus(204);
+    });
+    app.app.post("/fail", (_req, res) => {
+      try {
+        db.transaction((tx) => {
+          tx.insert(messages).values({ roomId: 1, body: "rolled back" }).run();
+          throw new Error("validation failed");
+        });
+      } catch {
+        res.sendStatus(422);
+      }
+    });
+    const post = (pathname: string, requestId?: string) =>
+      fetch(`${app!.url}${pathname}`, { method: "POST", headers: requestId ? { "X-Turbo-Request-Id": requestId } : {} });
+    const next = async (): Promise<string> => {
+      const count = frames.length;
+      await waitFor(() => frames.length > count);
+      return frames.at(-1)!;
+    };
+
+    let frame = next();
+    expect((await post("/say?body=a", "3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60")).status).toBe(204);
+    expect(await frame).toBe('<turbo-stream action="refresh" request-id="3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60"></turbo-stream>');
+
+    frame = next();
+    await post("/say?body=b");
+    expect(await frame).toBe('<turbo-stream action="refresh"></turbo-stream>');
+
+    // a write by another connection (another process, the shell) names no request
+    const other = new Database(app.sqlite.name);
+    try {
+      frame = next();
+      other.prepare("INSERT INTO messages (room_id, body) VALUES (1, 'from elsewhere')").run();
+      expect(await frame).toBe('<turbo-stream action="refresh"></turbo-stream>');
+
+      // a rolled-back write noted its seq; the next write to take that seq, by someone else, must not inherit the id
+      expect((await post("/fail", "req-rolled-back")).status).toBe(422);
+      frame = next();
+      other.prepare("INSERT INTO messages (room_id, body) VALUES (1, 'same seq, other writer')").run();
+      expect(await frame).toBe('<turbo-stream action="refresh"></turbo-stream>');
+    } finally {
+      other.close();
+    }
+    expect(frames).toHaveLength(4);
+    expect(app.logger.entries.filter((e) => e.level !== "info")).toEqual([]);
   });
 });
