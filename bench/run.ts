@@ -103,7 +103,7 @@ async function main(): Promise<void> {
     const fanout = await runFanout(
       targets,
       // many short turns rather than a few long ones: a burst of load from a neighbour lands on every server alike
-      { warmup: 5, rounds: quick ? 10 : 15, perRound: 2 },
+      { warmup: 5, rounds: quick ? 10 : 25, perRound: 2 },
       {
         afterStage: async (n, active) => {
           if (n !== 1000) return;

@@ -213,10 +213,10 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       broker.kind === "memory"
         ? () =>
             logger.warn(
-              "another process dispatches this database's changes, but this one uses the in-memory broker: broadcasts made in one process never reach the subscribers of another. Use redisBroker() or postgresBroker() when several processes share the database",
+              "another turbocast instance (another process, or another createTurbo in this one) dispatches this database's changes, but this one uses the in-memory broker: its broadcasts reach only its own subscribers. Use redisBroker() or postgresBroker() when several processes share the database",
             )
         : undefined,
-    requests: { current: currentRequestId, run: (requestId, fn) => runInRequest({ requestId }, fn) },
+    requests: { current: currentRequestId, run: (requestId, fn) => runInRequest({ requestId }, fn), outside: outsideRequest },
   });
   const renderer = new StreamSourceRenderer({
     registry,

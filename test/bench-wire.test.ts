@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { WebSocketServer } from "ws";
 import { openEventStream, openWebSocket, type WireConnection } from "../bench/lib/wire.js";
+import { waitFor } from "./helpers.js";
 
 // The bench counts deliveries with these hand-written clients: they must see every message whole.
 
@@ -18,18 +19,6 @@ async function listen(server: http.Server): Promise<number> {
     return new Promise((resolve) => server.close(() => resolve()));
   });
   return (server.address() as AddressInfo).port;
-}
-
-function until(check: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  return new Promise((resolve, reject) => {
-    const poll = (): void => {
-      if (check()) resolve();
-      else if (Date.now() > deadline) reject(new Error("timed out"));
-      else setTimeout(poll, 5);
-    };
-    poll();
-  });
 }
 
 describe("bench wire clients", () => {
@@ -61,7 +50,7 @@ describe("bench wire clients", () => {
       closed: () => {},
     });
     cleanups.push(() => connection?.destroy());
-    await until(() => got.length === 6 && pongs === 1);
+    await waitFor(() => got.length === 6 && pongs === 1);
     expect(got.map((m) => [m[0], m.length])).toEqual([
       ["a", 10],
       ["b", 125],
@@ -73,7 +62,7 @@ describe("bench wire clients", () => {
     expect(got[5]).toBe("f1f2");
     expect(origin).toBe(`http://127.0.0.1:${port}`);
     connection.send("hello from the client");
-    await until(() => fromClient.length === 1);
+    await waitFor(() => fromClient.length === 1);
     expect(fromClient).toEqual(["hello from the client"]);
   });
 
@@ -92,7 +81,7 @@ describe("bench wire clients", () => {
     let closed = false;
     const connection = await openWebSocket(`ws://127.0.0.1:${port}/yes`, undefined, { message: () => {}, closed: () => (closed = true) });
     cleanups.push(() => connection.destroy());
-    await until(() => closed);
+    await waitFor(() => closed);
   });
 
   it("SSE: events split across and joined within HTTP chunks arrive one by one", async () => {
@@ -110,7 +99,7 @@ describe("bench wire clients", () => {
     const events: string[] = [];
     const connection = await openEventStream(`http://127.0.0.1:${port}/s?a=b`, { message: (e) => events.push(e.toString()), closed: () => {} });
     cleanups.push(() => connection.destroy());
-    await until(() => events.length === 5);
+    await waitFor(() => events.length === 5);
     expect(events.slice(0, 4)).toEqual(["id: 1\ndata: one", "id: 2\ndata: two", "id: 3\ndata: three", "id: 4\ndata: four"]);
     expect(events[4]).toBe(`data: ${"x".repeat(20_000)}`);
   });

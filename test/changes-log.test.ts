@@ -1,12 +1,12 @@
 import { spawn } from "node:child_process";
 import os from "node:os";
-import { newOwner, ownerMayBeAlive } from "../src/changes/owner.js";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { getTableConfig, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { rowDecoder } from "../src/changes/decode.js";
 import { ChangeLog } from "../src/changes/log.js";
+import { newOwner, ownerMayBeAlive } from "../src/changes/owner.js";
 import { type CaptureTable, encodesBlobs, syncTriggers, triggerName, triggerStatements } from "../src/changes/triggers.js";
 import { CaptureInstallError } from "../src/errors.js";
 import { tableInfo } from "../src/streams/table.js";
@@ -267,9 +267,9 @@ describe("row decoding", () => {
 });
 
 describe("claim owners", () => {
-  it("name this host, its pid namespace, the pid and a nonce; only a gone pid on this host and namespace counts as dead", async () => {
+  it("name this host, its boot, its pid namespace, the pid and a nonce; only a gone pid of this host, boot and namespace counts as dead", async () => {
     const owner = newOwner();
-    const [host, namespace, pid, nonce] = owner.split("/");
+    const [host, boot, namespace, pid, nonce] = owner.split("/");
     expect(host).toBe(os.hostname());
     expect(pid).toBe(String(process.pid));
     expect(nonce).toMatch(/^[0-9a-f]{8}$/);
@@ -278,12 +278,13 @@ describe("claim owners", () => {
 
     const child = spawn(process.execPath, ["-e", ""]);
     await new Promise((resolve) => child.once("exit", resolve));
-    const gone = `${host}/${namespace}/${child.pid}/00000000`;
-    // Linux names the namespace; elsewhere ("-") nothing is known dead and leases decide
-    expect(ownerMayBeAlive(gone)).toBe(namespace === "-");
-    expect(ownerMayBeAlive(`another-host/${namespace}/${child.pid}/00000000`)).toBe(true);
-    expect(ownerMayBeAlive(`${host}/pid:[1]/${child.pid}/00000000`)).toBe(true);
-    expect(ownerMayBeAlive(`${host}/${child.pid}/00000000`)).toBe(true); // the format before namespaces
-    expect(ownerMayBeAlive(`${host}/${namespace}/not-a-pid/00000000`)).toBe(true);
+    const gone = `${host}/${boot}/${namespace}/${child.pid}/00000000`;
+    // Linux names the boot and the namespace; elsewhere ("-") nothing is known dead and leases decide
+    expect(ownerMayBeAlive(gone)).toBe(boot === "-" || namespace === "-");
+    expect(ownerMayBeAlive(`another-host/${boot}/${namespace}/${child.pid}/00000000`)).toBe(true);
+    expect(ownerMayBeAlive(`${host}/another-boot/${namespace}/${child.pid}/00000000`)).toBe(true);
+    expect(ownerMayBeAlive(`${host}/${boot}/pid:[1]/${child.pid}/00000000`)).toBe(true);
+    expect(ownerMayBeAlive(`${host}/${child.pid}/00000000`)).toBe(true); // an older format
+    expect(ownerMayBeAlive(`${host}/${boot}/${namespace}/not-a-pid/00000000`)).toBe(true);
   });
 });

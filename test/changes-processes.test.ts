@@ -156,7 +156,7 @@ describe("change capture across processes", () => {
       capture: { pollIntervalMs: 20, leaseMs },
     });
     opened.push({ turbo, sqlite });
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await turbo.feed.drain(); // claims nothing: the cursor is the live child's
     expect(recorder.calls).toHaveLength(0);
 
     let dispatchedAt = 0;
@@ -191,7 +191,7 @@ describe("change capture across processes", () => {
     opened.push({ turbo, sqlite });
     // another host's feed claimed seq 1 and vanished (its pid means nothing here)
     const leaseUntil = Date.now() + 1200;
-    const foreign = "some-other-host/pid:[4026531836]/4242/cafebabe";
+    const foreign = "some-other-host/5b1f3c2e-8d4a-4f6b-9c0d-2e7a1b3c4d5e/pid:[4026531836]/4242/cafebabe";
     sqlite.transaction(() => {
       sqlite.prepare("INSERT INTO items (body) VALUES ('claimed elsewhere')").run();
       sqlite.prepare("UPDATE _turbocast_cursor SET owner = ?, claimed_seq = 1, lease_until = ?").run(foreign, leaseUntil);

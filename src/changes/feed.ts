@@ -157,12 +157,15 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  * when the poll sees work written by anyone else. The last batch of a drain
  * is marked done by the next drain's claim, or FINISH_DELAY_MS later (then
  * the cursor is given back), or by `drain()` / `close()`. A crash between
- * claim and completion loses nothing: the claim's lease expires and a live
- * feed (or the restarted app) dispatches that batch (again, for the changes
- * whose hooks ran). `start()` and `close()` are safe to call twice.
+ * claim and completion loses nothing: a live feed (or the restarted app)
+ * takes the claim over — at once when the dead process ran on this machine
+ * (owner.ts), else when its lease expires — and dispatches that batch
+ * (again, for the changes whose hooks ran). Hooks run outside any request,
+ * except a change this process wrote inside one (RequestNotes).
+ * `start()` and `close()` are safe to call twice.
  */
 export class ChangeFeed {
-  /** Who holds a claim, as recorded in the log: host, pid namespace, pid and a per-feed nonce (see owner.ts). */
+  /** Who holds a claim, as recorded in the log: host, boot, pid namespace, pid and a per-feed nonce (see owner.ts). */
   readonly owner = newOwner();
   readonly #client: Database.Database;
   readonly #registry: StreamRegistry;
@@ -227,11 +230,13 @@ export class ChangeFeed {
     this.#sync();
     this.#log = new ChangeLog(this.#client);
     if (this.#requests) {
-      this.#notes = new RequestNotes(this.#client, this.#requests, this.owner.slice(this.owner.lastIndexOf("/") + 1));
+      this.#notes = new RequestNotes(this.#client, this.#requests);
       this.#notes.install();
     }
     this.#state = "running";
-    this.#timer = setInterval(this.#tick, this.#options.pollIntervalMs);
+    const poll = (): NodeJS.Timeout => setInterval(this.#tick, this.#options.pollIntervalMs);
+    // started inside a request (lazily), the timer would carry its id into every tick
+    this.#timer = this.#requests ? this.#requests.outside(poll) : poll();
     this.#timer.unref();
     this.#schedule();
   }
@@ -378,7 +383,9 @@ export class ChangeFeed {
     this.#unschedule();
     if (this.#state !== "running" || this.#pass) return;
     this.#lastPassStart = performance.now();
-    this.#pass = this.#passes().finally(() => {
+    // drain() may be called inside a request: no hook may inherit its id (only its own changes' notes give one)
+    const passes = this.#requests ? this.#requests.outside(() => this.#passes()) : this.#passes();
+    this.#pass = passes.finally(() => {
       this.#pass = null;
     });
   };
@@ -418,9 +425,10 @@ export class ChangeFeed {
         this.#holding = batch.length > 0;
         if (batch.length === 0) break;
         this.#holdClaims();
+        const requestIds = this.#notes?.take(batch[0]!.seq, batch[batch.length - 1]!.seq) ?? null;
         for (const change of batch) {
           // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
-          const pending = this.#dispatch(change);
+          const pending = this.#dispatch(change, requestIds?.get(change.seq));
           if (pending) await pending;
           this.#doneUpTo = change.seq;
           if (this.#state !== "running") break;
@@ -488,7 +496,8 @@ export class ChangeFeed {
       this.#onOtherFeed?.();
     }
     this.#seenDone = Math.max(this.#seenDone, observed, own);
-    this.#notes?.prune(this.#seenDone);
+    // another feed dispatched up to `observed`: notes of those changes are no use here
+    if (observed > own) this.#notes?.forget(observed);
   }
 
   #reportTakeOver({ from, why, after }: TakeOver): void {
@@ -530,7 +539,7 @@ export class ChangeFeed {
   }
 
   /** Runs the change's hook; returns a promise only for an async hook (settled, never rejecting). */
-  #dispatch(change: ChangeRecord): Promise<void> | undefined {
+  #dispatch(change: ChangeRecord, requestId: string | undefined): Promise<void> | undefined {
     const cls = this.#registry.forTableName(change.table);
     if (!cls) {
       // captured while the table was bound (or by another app version); nobody here handles it
@@ -550,16 +559,9 @@ export class ChangeFeed {
       // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
       Object.defineProperty(entity, "stream", { value: stream, configurable: true, enumerable: false, writable: false });
       stream.entity = entity as ModelStream["entity"];
-      let result: unknown;
-      const requestId = this.#notes?.take(change);
-      if (change.op === "delete") {
-        step = "onDelete";
-        result = requestId === undefined ? stream.onDelete(entity as never) : this.#notes!.run(requestId, () => stream.onDelete(entity as never));
-      } else {
-        step = "onSave";
-        const info = { created: change.op === "insert" };
-        result = requestId === undefined ? stream.onSave(entity as never, info) : this.#notes!.run(requestId, () => stream.onSave(entity as never, info));
-      }
+      step = change.op === "delete" ? "onDelete" : "onSave";
+      // passes run outside any request (#startPass): a change written in one runs inside its id again
+      const result = requestId === undefined ? runHook(stream, entity, change.op) : this.#requests!.run(requestId, () => runHook(stream, entity, change.op));
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
         const hook = step;
@@ -600,6 +602,11 @@ export class ChangeFeed {
   #recovered(kind: string): void {
     if (this.#failing.size > 0 && this.#failing.delete(kind)) this.#logger.info(`change feed ${kind} works again`);
   }
+}
+
+/** Calls the change's hook on its stream; returns what the hook returned (a promise for an async one). */
+function runHook(stream: ModelStream, entity: Record<string, unknown>, op: ChangeRecord["op"]): unknown {
+  return op === "delete" ? stream.onDelete(entity as never) : stream.onSave(entity as never, { created: op === "insert" });
 }
 
 /** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */

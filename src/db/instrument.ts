@@ -42,7 +42,6 @@ interface PreparedLike {
 
 interface StatementLike {
   readonly reader: boolean;
-  readonly busy: boolean;
 }
 
 interface ClientLike {
@@ -59,32 +58,39 @@ interface SessionLike {
 /** Write statements kept prepared per instrumented database (least recently used dropped first). */
 export const STATEMENT_CACHE_SIZE = 256;
 
+/** Longer statements are not kept: a multi-row INSERT has one text per row count, and few are run twice. */
+export const CACHED_SQL_MAX_LENGTH = 4096;
+
+const WRITE_STATEMENT = /^\s*(?:insert|replace|update|delete)\b/i;
+
 /**
- * better-sqlite3's `prepare`, remembering the statements that return no
- * rows (INSERT, UPDATE, DELETE without RETURNING) by their SQL text.
+ * better-sqlite3's `prepare`, remembering the statements that write and
+ * return no rows (INSERT, REPLACE, UPDATE, DELETE without RETURNING) by
+ * their SQL text.
  *
  * Drizzle prepares every query anew, and preparing a write to a captured
  * table compiles its capture trigger too: about as much work again as the
  * write itself (see bench/RESULTS.md, "Write cost"). A cached statement is
  * compiled once; SQLite recompiles it by itself after any schema change
- * (a migration, triggers recreated). Only statements without rows are
- * kept: Drizzle switches a statement that returns rows into array mode
- * (`raw()`), which another query with the same SQL must not inherit. A
- * statement still running (re-entered from a user-defined function) is not
- * handed out twice: that call gets a fresh one.
+ * (a migration, triggers recreated). Only writes without rows are kept:
+ * Drizzle switches a statement that returns rows into array mode (`raw()`),
+ * which another query with the same SQL must not inherit; DDL runs once.
+ * A write statement is never in use when it is handed out again: `run()`
+ * finishes before it returns, and SQLite refuses to run a statement from
+ * inside a user function.
  */
 export function cachingPrepare(client: ClientLike, size = STATEMENT_CACHE_SIZE): (sql: string) => StatementLike {
   const cache = new Map<string, StatementLike>();
   return (sql) => {
     const cached = cache.get(sql);
-    if (cached !== undefined && !cached.busy) {
+    if (cached !== undefined) {
       // most recently used last: Map iteration order is insertion order
       cache.delete(sql);
       cache.set(sql, cached);
       return cached;
     }
     const statement = client.prepare(sql);
-    if (!statement.reader && cached === undefined) {
+    if (!statement.reader && sql.length <= CACHED_SQL_MAX_LENGTH && WRITE_STATEMENT.test(sql)) {
       cache.set(sql, statement);
       if (cache.size > size) cache.delete(cache.keys().next().value!);
     }

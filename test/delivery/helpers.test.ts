@@ -1,9 +1,10 @@
 import http from "node:http";
-import nunjucks from "nunjucks";
+import Database from "better-sqlite3";
 import { eq } from "drizzle-orm";
+import nunjucks from "nunjucks";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError, InvalidStreamableError, MissingPrimaryKeyError, UnknownStreamError } from "../../src/errors.js";
-import Database from "better-sqlite3";
+import { runInRequest } from "../../src/delivery/request-context.js";
 import { ModelStream } from "../../src/index.js";
 import { LobbyStream, MessageStream, RoomStream, type TestApp, messages, rooms, startApp, unescapeHtml, waitFor } from "./fixture.js";
 
@@ -161,7 +162,7 @@ describe("refreshes broadcast by hooks of captured writes", () => {
     app.app.post("/fail", (_req, res) => {
       try {
         db.transaction((tx) => {
-          tx.insert(messages).values({ roomId: 1, body: "rolled back" }).run();
+          tx.insert(messages).values({ id: 50, roomId: 1, body: "the same row" }).run();
           throw new Error("validation failed");
         });
       } catch {
@@ -191,15 +192,31 @@ describe("refreshes broadcast by hooks of captured writes", () => {
       other.prepare("INSERT INTO messages (room_id, body) VALUES (1, 'from elsewhere')").run();
       expect(await frame).toBe('<turbo-stream action="refresh"></turbo-stream>');
 
-      // a rolled-back write noted its seq; the next write to take that seq, by someone else, must not inherit the id
+      // a rolled-back write's seq is reused by the next write: the same row, by someone else, inherits nothing
+      const seqBefore = app.sqlite.prepare("SELECT max(seq) FROM _turbocast_changes").pluck().get() as number;
       expect((await post("/fail", "req-rolled-back")).status).toBe(422);
       frame = next();
-      other.prepare("INSERT INTO messages (room_id, body) VALUES (1, 'same seq, other writer')").run();
+      other.prepare("INSERT INTO messages (id, room_id, body) VALUES (50, 1, 'the same row')").run();
+      expect(await frame).toBe('<turbo-stream action="refresh"></turbo-stream>');
+      expect(app.sqlite.prepare("SELECT max(seq) FROM _turbocast_changes").pluck().get()).toBe(seqBefore + 1);
+
+      // drain() awaited inside a request dispatches others' changes outside it
+      frame = next();
+      const poll = app.turbo.feed;
+      await runInRequest({ requestId: "req-drainer" }, async () => {
+        other.prepare("INSERT INTO messages (room_id, body) VALUES (1, 'drained in a request')").run();
+        await poll.drain();
+      });
       expect(await frame).toBe('<turbo-stream action="refresh"></turbo-stream>');
     } finally {
       other.close();
     }
-    expect(frames).toHaveLength(4);
+    expect(frames).toHaveLength(5);
     expect(app.logger.entries.filter((e) => e.level !== "info")).toEqual([]);
+    // close() takes its TEMP trigger and table away
+    const temp = () => app!.sqlite.prepare("SELECT name FROM sqlite_temp_schema WHERE name LIKE '\\_turbocast\\_%' ESCAPE '\\'").pluck().all();
+    expect((temp() as string[]).sort()).toEqual(["_turbocast_request_note", "_turbocast_request_notes"]);
+    await app.turbo.close();
+    expect(temp()).toEqual([]);
   });
 });
