@@ -226,9 +226,11 @@ describe("change capture across processes", () => {
     expect(keys).toHaveLength(4 * rows);
     expect(all.filter((d) => d.created === true).every((d) => d.version === 0)).toBe(true);
     expect(all.filter((d) => d.created === false).every((d) => d.version === 1)).toBe(true);
-    // both took part, and each one's share arrived in id order for inserts (seq order within a process)
+    // each one's share arrived in id order for inserts (seq order within a process). Which feed
+    // dispatches what is up to timing: one that keeps finding work keeps the cursor, and on a loaded
+    // machine it may take every change (still each exactly once); usually both take part.
+    console.log(`[two processes] dispatched ${a.length} + ${b.length} changes`);
     for (const share of [a, b]) {
-      expect(share.length).toBeGreaterThan(0);
       const inserted = share.filter((d) => d.created).map((d) => d.id);
       expect(inserted).toEqual([...inserted].sort((x, y) => x - y));
     }

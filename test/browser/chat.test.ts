@@ -5,8 +5,11 @@ import path from "node:path";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ChatApp, createChatApp } from "../../src/app/app.js";
-import { closeServer, listen, tempDir, waitFor } from "../helpers.js";
+import { closeServer, listen, tempDir, waitFor as waitForOnce } from "../helpers.js";
 import { browserTestsEnabled, ensureOutputDir, launchChromium } from "./browser.js";
+
+/** The shared waitFor with a longer default: a browser on a CI machine busy with other test files can take seconds per step. */
+const waitFor: typeof waitForOnce = (check, options = {}) => waitForOnce(check, { timeoutMs: 15_000, ...options });
 
 const enabled = browserTestsEnabled();
 
@@ -61,12 +64,21 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
   const roomId = (name: string) =>
     (chat.db.$client.prepare("SELECT id FROM rooms WHERE name = ?").get(name) as { id: number }).id;
 
+  const messageItems = (page: Page, text: string) => page.locator("#messages > li", { hasText: text });
+
+  /**
+   * Posts a message and waits until the page has its own copy and a fresh
+   * form: text typed before the previous post's response replaced the form
+   * would be lost with it.
+   */
   async function send(page: Page, body: string): Promise<void> {
     await page.fill("#new_message input[name=body]", body);
     await page.press("#new_message input[name=body]", "Enter");
+    await waitFor(async () => (await page.inputValue("#new_message input[name=body]")) === "" && (await messageItems(page, body).count()) >= 1, {
+      message: `the post of ${JSON.stringify(body)} went through`,
+    });
   }
 
-  const messageItems = (page: Page, text: string) => page.locator("#messages > li", { hasText: text });
 
   for (const [label, room] of [
     ["Server-Sent Events", "general"],
