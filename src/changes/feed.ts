@@ -234,9 +234,8 @@ export class ChangeFeed {
       this.#notes.install();
     }
     this.#state = "running";
-    const poll = (): NodeJS.Timeout => setInterval(this.#tick, this.#options.pollIntervalMs);
     // started inside a request (lazily), the timer would carry its id into every tick
-    this.#timer = this.#requests ? this.#requests.outside(poll) : poll();
+    this.#timer = this.#outsideRequests(() => setInterval(this.#tick, this.#options.pollIntervalMs));
     this.#timer.unref();
     this.#schedule();
   }
@@ -384,8 +383,7 @@ export class ChangeFeed {
     if (this.#state !== "running" || this.#pass) return;
     this.#lastPassStart = performance.now();
     // drain() may be called inside a request: no hook may inherit its id (only its own changes' notes give one)
-    const passes = this.#requests ? this.#requests.outside(() => this.#passes()) : this.#passes();
-    this.#pass = passes.finally(() => {
+    this.#pass = this.#outsideRequests(() => this.#passes()).finally(() => {
       this.#pass = null;
     });
   };
@@ -487,6 +485,10 @@ export class ChangeFeed {
       // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
+  }
+
+  #outsideRequests<T>(fn: () => T): T {
+    return this.#requests ? this.#requests.outside(fn) : fn();
   }
 
   /** The log's done_seq was `observed` after this feed marked changes up to `own` done (0: none). */
