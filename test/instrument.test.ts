@@ -5,7 +5,7 @@ import { SQLiteRelationalQuery } from "drizzle-orm/sqlite-core/query-builders/qu
 import nunjucks from "nunjucks";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { CACHED_SQL_MAX_LENGTH, cachingPrepare } from "../src/db/instrument.js";
+import { CACHED_SQL_MAX_LENGTH, cachingPrepare, instrumentDatabase, relationalPrototypeOf } from "../src/db/instrument.js";
 import { MissingPrimaryKeyError, type Turbo, createTurbo, dropCaptureTriggers } from "../src/index.js";
 import { silentLogger } from "../src/logger.js";
 import { MessageStream } from "./fixtures/streams-basic/nested/messages.js";
@@ -137,6 +137,34 @@ describe("the Drizzle internals turbocast hooks into (pinned)", () => {
     expect(typeof query._prepare().customResultMapper).toBe("function");
     expect(Array.isArray(query._toSQL().query.selection)).toBe(true);
     sqlite.close();
+  });
+});
+
+describe("relational queries of an app with its own copy of drizzle-orm", () => {
+  it("are hooked through the prototype its db's queries have, not only the one turbocast imports", () => {
+    const sqlite = new Database(":memory:");
+    sqlite.exec(DDL);
+    const real = drizzle(sqlite, { schema });
+    // pinned: for the same copy, the db leads to the class turbocast imports
+    expect(relationalPrototypeOf(real)).toBe(SQLiteRelationalQuery.prototype);
+    expect(relationalPrototypeOf(drizzle(sqlite))).toBeUndefined(); // no schema: no relational queries
+
+    // another copy: a class turbocast never imported, reached only through db.query
+    const original = function (this: unknown) {
+      return { customResultMapper: (rows: unknown[]) => rows, all: () => [], get: () => undefined, run: () => undefined, values: () => [] };
+    };
+    class OtherCopyBase {}
+    (OtherCopyBase.prototype as unknown as { _prepare: unknown })._prepare = original;
+    class OtherCopyQuery extends OtherCopyBase {}
+    const fake = { session: (real as unknown as { session: unknown }).session, query: { notes: { findMany: () => new OtherCopyQuery() } } };
+    expect(relationalPrototypeOf(fake)).toBe(OtherCopyBase.prototype);
+    const instrumentation = instrumentDatabase(fake as never, { classFor: () => undefined, onWrite: () => {} });
+    try {
+      expect((OtherCopyBase.prototype as unknown as { _prepare: unknown })._prepare).not.toBe(original);
+    } finally {
+      instrumentation.restore();
+      sqlite.close();
+    }
   });
 });
 

@@ -113,7 +113,8 @@ export interface InstrumentOptions {
 
 /** Sessions we instrumented -> their options (the relational-query hook is shared by the whole process). */
 const instrumented = new WeakMap<object, InstrumentOptions>();
-let relationalHookInstalled = false;
+/** Relational-query prototypes whose `_prepare` is hooked: the one turbocast imports and, when an app has its own copy of drizzle-orm, the app's. */
+const hookedPrototypes = new WeakSet<object>();
 
 export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unknown>>, options: InstrumentOptions): Instrumentation {
   const session = (db as unknown as { session?: SessionLike }).session;
@@ -123,7 +124,10 @@ export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unkn
   if (instrumented.has(session)) {
     throw new ConfigError("this Drizzle database is already used by a running turbocast instance; close() it first");
   }
-  installRelationalHook();
+  installRelationalHook(SQLiteRelationalQuery.prototype);
+  // an app may load another copy of drizzle-orm than turbocast does (a symlinked install, a version apart)
+  const appPrototype = relationalPrototypeOf(db);
+  if (appPrototype) installRelationalHook(appPrototype);
   instrumented.set(session, options);
 
   const ownPrepare = Object.prototype.hasOwnProperty.call(session, "prepareQuery");
@@ -220,16 +224,32 @@ function wholeRowTable(fields: SelectedField[] | undefined): SQLiteTable | undef
   return table && Object.keys(getTableColumns(table)).length === fields.length ? table : undefined;
 }
 
-function installRelationalHook(): void {
-  if (relationalHookInstalled) return;
-  const proto = SQLiteRelationalQuery.prototype as unknown as {
+/**
+ * The prototype that defines `_prepare` for this db's relational queries
+ * (`db.query.<table>.findMany()`), reached through the db itself so that it
+ * is the app's drizzle-orm even when turbocast resolved another copy. Making
+ * the query object runs nothing. Undefined when the db has no relational
+ * schema (then there are no relational queries to hook).
+ */
+export function relationalPrototypeOf(db: unknown): object | undefined {
+  const query = (db as { query?: Record<string, { findMany?: () => unknown }> }).query;
+  const builder = query ? Object.values(query).find((b) => typeof b?.findMany === "function") : undefined;
+  if (!builder) return undefined;
+  let proto: object | null = Object.getPrototypeOf(builder.findMany!()) as object | null;
+  while (proto && !Object.prototype.hasOwnProperty.call(proto, "_prepare")) proto = Object.getPrototypeOf(proto) as object | null;
+  return proto ?? undefined;
+}
+
+function installRelationalHook(target: object): void {
+  if (hookedPrototypes.has(target)) return;
+  const proto = target as {
     _prepare?: (this: RelationalQueryLike, isOneTimeQuery?: boolean) => PreparedLike;
   };
   const original = proto._prepare;
   if (typeof original !== "function") {
     throw new ConfigError("this drizzle-orm version has no SQLiteRelationalQuery._prepare; turbocast needs to be updated for it");
   }
-  relationalHookInstalled = true;
+  hookedPrototypes.add(target);
   proto._prepare = function (this: RelationalQueryLike, isOneTimeQuery?: boolean): PreparedLike {
     const prepared = original.call(this, isOneTimeQuery);
     const options = instrumented.get(this.session);
