@@ -138,6 +138,12 @@ describe("discovery of the streams folder", () => {
     expect((error as Error).message).toMatch(/broken\.ts: boom at import/);
     expect((error as Error).cause).toBeInstanceOf(Error);
   });
+
+  it("tells a plain-Node app that cannot import a .ts stream module to run with tsx", () => {
+    const cause = Object.assign(new TypeError('Unknown file extension ".ts" for /app/streams/notes.ts'), { code: "ERR_UNKNOWN_FILE_EXTENSION" });
+    expect(new StreamModuleError("/app/streams/notes.ts", cause).message).toMatch(/notes\.ts: Unknown file extension "\.ts".*run the app with tsx/);
+    expect(new StreamModuleError("/app/streams/notes.js", new Error("boom")).message).not.toMatch(/tsx/);
+  });
 });
 
 describe("createTurbo and broadcasts", () => {
