@@ -21,6 +21,8 @@ import { WebSocketConnection } from "./websocket.js";
 
 /** How long close() waits for clients to answer the WebSocket close handshake before cutting them off. */
 const CLOSE_GRACE_MS = 1_000;
+/** Each kind of refused subscription is logged at most this often. */
+const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
 /** Answers carry a status and nothing else: a refusal never says why. */
 const STATUS_TEXT: Record<number, string> = {
@@ -75,6 +77,8 @@ export class DeliveryEndpoint {
   #init: DeliveryInit;
   #state: "open" | "closing" | "closed" = "open";
   #connections = new Set<Connection>();
+  /** When each kind of refusal was last logged (see #noteRefusal). */
+  #refusalsLogged = new Map<string, number>();
   #servers = new Map<http.Server | https.Server, (req: http.IncomingMessage, socket: Duplex, head: Buffer) => void>();
   #wss: WebSocketServer;
   #heartbeat: NodeJS.Timeout;
@@ -202,7 +206,10 @@ export class DeliveryEndpoint {
       const lastEventId = req.headers["last-event-id"];
       cursor = sseCursor(typeof lastEventId === "string" ? lastEventId : undefined, parsed.after);
     } catch (error) {
-      if (error instanceof SubscriptionRefusedError) return this.#answerSse(res, error.status);
+      if (error instanceof SubscriptionRefusedError) {
+        this.#noteRefusal(error);
+        return this.#answerSse(res, error.status);
+      }
       throw error;
     }
     if (res.destroyed || res.writableEnded) return;
@@ -252,6 +259,7 @@ export class DeliveryEndpoint {
       });
     } catch (error) {
       if (error instanceof SubscriptionRefusedError) {
+        this.#noteRefusal(error);
         return abortHandshake(socket, error.status === EXPIRED_STATUS ? 403 : error.status);
       }
       throw error;
@@ -285,6 +293,21 @@ export class DeliveryEndpoint {
       this.#init.logger.warn("could not replay history for a subscription; closing it so the client retries", { error });
       connection.terminate();
     }
+  }
+
+  /**
+   * Says on the server why subscriptions are refused (the client only ever
+   * sees the status): at info level, each kind of refusal at most once a
+   * minute, so a page stuck on a stale secret shows up in the log without
+   * a flood of hostile requests filling it.
+   */
+  #noteRefusal(error: SubscriptionRefusedError): void {
+    const kind = error.message.replace(/"[^"]*"|\d+/g, "…");
+    const now = Date.now();
+    if ((this.#refusalsLogged.get(kind) ?? -Infinity) > now - REFUSAL_LOG_INTERVAL_MS) return;
+    if (this.#refusalsLogged.size >= 100) this.#refusalsLogged.clear();
+    this.#refusalsLogged.set(kind, now);
+    this.#init.logger.info(`${error.message} (like refusals are logged at most once a minute)`);
   }
 
   #authorizeContext() {

@@ -52,6 +52,9 @@ describe("refused subscriptions", () => {
       answers.push((await sseStatus(query(bad))).body);
     }
     expect(new Set(answers)).toEqual(new Set(["Forbidden"]));
+    // the server says why, once per kind of refusal (ten bad requests above, one line)
+    const said = app.logger.entries.filter((e) => e.message.startsWith("subscription refused"));
+    expect(said).toEqual([{ level: "info", message: "subscription refused (403): bad signature (like refusals are logged at most once a minute)" }]);
   });
 
   it("never lets the signature of one stream open another", async () => {
