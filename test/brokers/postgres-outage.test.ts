@@ -86,8 +86,9 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(events.logs[0]!.message).toMatch(/postgres broker lost .* reconnecting/);
     expect(events.logs[1]!.message).toMatch(/reconnected .* refused meanwhile\)$/); // and no new epoch: the data survived
 
+    // the loop's own publishes may all fall outside the short outage (the one above did not): any refused is a BrokerError
     const refused = loop.outcomes.filter((o) => !o.ok);
-    expect(new Set(refused.map((o) => o.code))).toEqual(new Set(["TURBOCAST_BROKER"]));
+    expect(refused.filter((o) => o.code !== "TURBOCAST_BROKER")).toEqual([]);
     const durations = refused.slice(1).map((o) => o.ms).sort((a, b) => a - b);
     expect(durations[Math.floor(durations.length / 2)]!).toBeLessThan(5);
     expect(headWhileDown.split(".")[0]).toBe(lastBefore.split(".")[0]);
@@ -157,8 +158,9 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(b.events.logs).toEqual([]);
     expect(b.events.gaps).toEqual(["postgres publishes were refused during an outage"]);
 
+    // the loop's own publishes may all fall outside the short outage (the one above did not): any refused is a BrokerError
     const refused = loop.outcomes.filter((o) => !o.ok);
-    expect(new Set(refused.map((o) => o.code))).toEqual(new Set(["TURBOCAST_BROKER"]));
+    expect(refused.filter((o) => o.code !== "TURBOCAST_BROKER")).toEqual([]);
     for (const sink of [sinkA, sinkB]) {
       expectOrderedSubset(sink.frames, loop.outcomes);
       expectEverythingAfterRefresh(sink, loop.outcomes);
