@@ -21,7 +21,6 @@ async function load(): Promise<BenchServer> {
     case "turbocast":
       return (await import("../servers/turbocast.js")).turbocastServer();
     default:
-      if (kind?.startsWith("ws-variant:")) return (await import("../servers/ws-variants.js")).wsVariantServer(kind.slice(11));
       throw new Error(`unknown server kind ${kind}`);
   }
 }
