@@ -1,3 +1,4 @@
+import { BrokerError } from "../errors.js";
 import type { BrokerEvents } from "./broker.js";
 
 /**
@@ -33,6 +34,16 @@ export function redactUrl(url: string): string {
  * processes saw and it did not.
  */
 export const EPOCH_SEQ_MARGIN = 100_000;
+
+/** The lowest seq a new epoch may start at, given the newest seq this process has seen (0: none, no floor). */
+export function newEpochMinSeq(maxSeen: number): number {
+  return maxSeen > 0 ? maxSeen + EPOCH_SEQ_MARGIN : 0;
+}
+
+/** What head() and publish() throw before start(). */
+export function notStartedError(kind: string): BrokerError {
+  return new BrokerError(`${kind} broker is not started: await broker.start() first`);
+}
 
 /**
  * One broker's view of its connection health, so that an outage is logged

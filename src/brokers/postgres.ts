@@ -11,7 +11,7 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import { EPOCH_SEQ_MARGIN, OutageLog, TimerSet, backoffMs, errorMessage, redactUrl } from "./connection.js";
+import { OutageLog, TimerSet, backoffMs, errorMessage, newEpochMinSeq, notStartedError, redactUrl } from "./connection.js";
 
 /** Options of postgresBroker. Every default is listed here. */
 export interface PostgresBrokerOptions {
@@ -272,7 +272,7 @@ export class PostgresBroker implements Broker {
     }
     const pool = this.#pool;
     if (this.#state === "new" || this.#state === "connecting" || !pool) {
-      throw new BrokerError("postgres broker is not started: await broker.start() first");
+      throw notStartedError("postgres");
     }
     if (this.#state === "down") {
       this.#outage?.refused();
@@ -353,7 +353,7 @@ export class PostgresBroker implements Broker {
     }
     // PostgreSQL is unreachable: pages still render. The newest seq seen here
     // is at or below the true head, which is safe (a cursor too low replays more).
-    if (this.#epoch === null) throw new BrokerError("postgres broker is not started: await broker.start() first");
+    if (this.#epoch === null) throw notStartedError("postgres");
     return formatPosition(this.#epoch, this.#maxSeen);
   }
 
@@ -437,7 +437,7 @@ export class PostgresBroker implements Broker {
       // concurrent `create table if not exists` can collide on the catalog: one process at a time
       await client.query("select pg_advisory_xact_lock(hashtext($1))", [`${this.#prefix}_schema`]);
       await client.query(this.#sql.schema);
-      const minSeq = this.#maxSeen > 0 ? this.#maxSeen + EPOCH_SEQ_MARGIN : 0;
+      const minSeq = newEpochMinSeq(this.#maxSeen);
       await client.query(this.#sql.createEpoch, [randomBytes(6).toString("base64url"), minSeq]);
       const row = (await client.query<{ epoch: string; seq: string }>(this.#sql.head)).rows[0]!;
       await client.query("commit");

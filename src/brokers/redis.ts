@@ -10,7 +10,7 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import { EPOCH_SEQ_MARGIN, OutageLog, TimerSet, backoffMs, errorMessage, redactUrl } from "./connection.js";
+import { OutageLog, TimerSet, backoffMs, errorMessage, newEpochMinSeq, notStartedError, redactUrl } from "./connection.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, sha1 } from "./redis-scripts.js";
 
 /** Options of redisBroker. Every default is listed here. */
@@ -164,7 +164,7 @@ export class RedisBroker implements Broker {
     }
     const cmd = this.#cmd;
     if (this.#state === "new" || this.#state === "connecting" || !cmd) {
-      throw new BrokerError("redis broker is not started: await broker.start() first");
+      throw notStartedError("redis");
     }
     if (!this.#cmdUp) {
       this.#outage?.refused();
@@ -178,7 +178,7 @@ export class RedisBroker implements Broker {
         [`${this.#prefix}meta`, `${this.#prefix}clock`, this.#streamKey(stream)],
         [
           this.#newEpoch(),
-          this.#newEpochMinSeq(),
+          newEpochMinSeq(this.#maxSeen),
           stream,
           frame,
           this.#history.frames,
@@ -243,7 +243,7 @@ export class RedisBroker implements Broker {
       try {
         const [epoch, seq] = (await this.#run(cmd, HEAD_SCRIPT, [`${this.#prefix}meta`], [
           this.#newEpoch(),
-          this.#newEpochMinSeq(),
+          newEpochMinSeq(this.#maxSeen),
         ])) as [string, number];
         this.#seen(epoch, seq);
         return formatPosition(epoch, seq);
@@ -253,7 +253,7 @@ export class RedisBroker implements Broker {
     }
     // Redis is unreachable: pages still render. The newest seq seen here is at
     // or below the true head, which is safe (a cursor too low replays more).
-    if (this.#epoch === null) throw new BrokerError("redis broker is not started: await broker.start() first");
+    if (this.#epoch === null) throw notStartedError("redis");
     return formatPosition(this.#epoch, this.#maxSeen);
   }
 
@@ -329,7 +329,7 @@ export class RedisBroker implements Broker {
     try {
       head = (await this.#run(cmd, HEAD_SCRIPT, [`${this.#prefix}meta`], [
         this.#newEpoch(),
-        this.#newEpochMinSeq(),
+        newEpochMinSeq(this.#maxSeen),
       ])) as [string, number];
     } catch (error) {
       this.#lastError = error;
@@ -459,10 +459,6 @@ export class RedisBroker implements Broker {
 
   #newEpoch(): string {
     return randomBytes(6).toString("base64url");
-  }
-
-  #newEpochMinSeq(): number {
-    return this.#maxSeen > 0 ? this.#maxSeen + EPOCH_SEQ_MARGIN : 0;
   }
 
   #streamKey(stream: string): string {

@@ -493,13 +493,15 @@ export class ChangeFeed {
 
   /** The log's done_seq was `observed` after this feed marked changes up to `own` done (0: none). */
   #sawDone(observed: number, own: number): void {
-    if (this.#seenDone >= 0 && observed > Math.max(this.#seenDone, own) && !this.#otherFeedSeen) {
-      this.#otherFeedSeen = true;
-      this.#onOtherFeed?.();
+    if (this.#seenDone >= 0 && observed > Math.max(this.#seenDone, own)) {
+      // another feed dispatched up to `observed`: notes of those changes are no use here
+      this.#notes?.forget(observed);
+      if (!this.#otherFeedSeen) {
+        this.#otherFeedSeen = true;
+        this.#onOtherFeed?.();
+      }
     }
     this.#seenDone = Math.max(this.#seenDone, observed, own);
-    // another feed dispatched up to `observed`: notes of those changes are no use here
-    if (observed > own) this.#notes?.forget(observed);
   }
 
   #reportTakeOver({ from, why, after }: TakeOver): void {
