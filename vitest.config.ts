@@ -5,7 +5,12 @@ const conditions = ["turbocast-source"];
 
 export default defineConfig({
   resolve: { conditions: [...conditions, "module", "node", "development|production"] },
-  ssr: { resolve: { conditions: [...conditions, "module", "node", "development|production"], externalConditions: conditions } },
+  ssr: {
+    resolve: {
+      conditions: [...conditions, "module", "node", "development|production"],
+      externalConditions: conditions,
+    },
+  },
   test: {
     include: ["test/**/*.test.ts"],
     testTimeout: 30_000,

@@ -22,7 +22,10 @@ import { Child } from "./lib/ipc.js";
 import type { WriteCost } from "./lib/results.js";
 
 const quick = process.argv.includes("--quick");
-const only = process.argv.find((a) => a.startsWith("--targets="))?.slice("--targets=".length).split(",");
+const only = process.argv
+  .find((a) => a.startsWith("--targets="))
+  ?.slice("--targets=".length)
+  .split(",");
 
 const WS_NS = quick ? [1000, 5000] : [1000, 5000, 10000];
 const SSE_NS = quick ? [1000] : [1000, 5000];
@@ -39,7 +42,9 @@ const outDir = fileURLToPath(new URL(quick ? "./out/" : "./", import.meta.url));
 
 function fdLimit(): { soft: number; hard: number } {
   try {
-    const [soft, hard] = execSync('bash -c \'ulimit -n "$(ulimit -Hn)" 2>/dev/null; echo "$(ulimit -n) $(ulimit -Hn)"\'')
+    const [soft, hard] = execSync(
+      'bash -c \'ulimit -n "$(ulimit -Hn)" 2>/dev/null; echo "$(ulimit -n) $(ulimit -Hn)"\'',
+    )
       .toString()
       .trim()
       .split(" ")
@@ -60,7 +65,10 @@ async function main(): Promise<void> {
       fdLimit: `${fd.soft} (hard limit ${fd.hard})`,
       date: new Date().toISOString(),
       mode: quick ? "quick" : "full",
-      loadBefore: os.loadavg().map((x) => x.toFixed(2)).join(" / "),
+      loadBefore: os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(" / "),
     },
     labels: Object.fromEntries(SPECS.map((s) => [s.key, s.label])),
     fanout: [],
@@ -79,7 +87,9 @@ async function main(): Promise<void> {
   const specs = SPECS.filter((s) => !only || only.includes(s.key)).map((s) => {
     const reachable = s.ns.filter((n) => n + 64 <= fd.soft);
     for (const n of s.ns.filter((x) => !reachable.includes(x))) {
-      results.missing.push(`${s.label} at N = ${n.toLocaleString("en-US")}: the file-descriptor limit (${fd.soft}, hard ${fd.hard}) is too low for one process to hold that many sockets.`);
+      results.missing.push(
+        `${s.label} at N = ${n.toLocaleString("en-US")}: the file-descriptor limit (${fd.soft}, hard ${fd.hard}) is too low for one process to hold that many sockets.`,
+      );
     }
     return { ...s, ns: reachable };
   });
@@ -131,7 +141,10 @@ async function main(): Promise<void> {
     results.fanout = fanout.cells;
     results.memory = fanout.memory;
     for (const cell of fanout.cells) {
-      if (cell.connectFailures > 0) results.notes.push(`${results.labels[cell.target]} at N = ${cell.n}: ${cell.connectFailures} connections failed to open.`);
+      if (cell.connectFailures > 0)
+        results.notes.push(
+          `${results.labels[cell.target]} at N = ${cell.n}: ${cell.connectFailures} connections failed to open.`,
+        );
     }
     results.clock = targets.map((t) => ({
       target: t.spec.key,
@@ -146,18 +159,30 @@ async function main(): Promise<void> {
   const writer = await Child.spawn("procs/write-cost.ts", { name: "write-cost" });
   try {
     const inserts = quick ? 2000 : 5000;
-    const workloads = await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds: quick ? 3 : 5 }, 600_000);
+    const workloads = await writer.request<WriteCost["workloads"]>(
+      "measure",
+      { inserts, rounds: quick ? 3 : 5 },
+      600_000,
+    );
     results.writeCost = { inserts, workloads };
   } catch (error) {
-    results.missing.push(`Write cost: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`);
+    results.missing.push(
+      `Write cost: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
+    );
   } finally {
     await writer.stop();
   }
 
-  if (!results.endToEnd) results.missing.push("End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.");
+  if (!results.endToEnd)
+    results.missing.push(
+      "End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.",
+    );
   if (!results.render) results.missing.push("Render cost: needs a turbocast server (delivery).");
 
-  results.env.loadAfter = os.loadavg().map((x) => x.toFixed(2)).join(" / ");
+  results.env.loadAfter = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" / ");
   mkdirSync(outDir, { recursive: true });
   writeFileSync(`${outDir}results.json`, `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(`${outDir}fanout.svg`, fanoutSvg(results));

@@ -24,7 +24,10 @@ for (let run = 0; run < runs; run++) {
     const line = workloads.map((w) => {
       const r = median(w.without) / median(w.with);
       (ratios[w.workload] ??= []).push(r);
-      const cached = w.cached && w.cached.length > 0 ? ` (cache only ${Math.round(median(w.cached))}, capture alone ${(median(w.cached) / median(w.with)).toFixed(3)}x)` : "";
+      const cached =
+        w.cached && w.cached.length > 0
+          ? ` (cache only ${Math.round(median(w.cached))}, capture alone ${(median(w.cached) / median(w.with)).toFixed(3)}x)`
+          : "";
       return `${w.workload} ${Math.round(median(w.without))}/${Math.round(median(w.with))} = ${r.toFixed(3)}x${cached}`;
     });
     console.log(`run ${run + 1}: ${line.join("  ")}`);
@@ -32,4 +35,8 @@ for (let run = 0; run < runs; run++) {
     await writer.stop();
   }
 }
-console.log(Object.entries(ratios).map(([w, rs]) => `${w} median ${median(rs).toFixed(3)}x [${rs.map((r) => r.toFixed(2)).join(", ")}]`).join("\n"));
+console.log(
+  Object.entries(ratios)
+    .map(([w, rs]) => `${w} median ${median(rs).toFixed(3)}x [${rs.map((r) => r.toFixed(2)).join(", ")}]`)
+    .join("\n"),
+);

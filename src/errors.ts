@@ -61,11 +61,14 @@ export class InvalidStreamClassError extends TurbocastError {
 export class StreamModuleError extends TurbocastError {
   constructor(file: string, cause: unknown) {
     // plain Node cannot import TypeScript: say what to do about it
-    const typescript = (cause as { code?: unknown } | null)?.code === "ERR_UNKNOWN_FILE_EXTENSION" && /\.[cm]?tsx?$/.test(file);
+    const typescript =
+      (cause as { code?: unknown } | null)?.code === "ERR_UNKNOWN_FILE_EXTENSION" && /\.[cm]?tsx?$/.test(file);
     super(
       "TURBOCAST_STREAM_MODULE_FAILED",
       `could not import stream module ${file}: ${cause instanceof Error ? cause.message : String(cause)}` +
-        (typescript ? " (run the app with tsx, e.g. `npx tsx app.ts`, or compile the streams folder to JavaScript)" : ""),
+        (typescript
+          ? " (run the app with tsx, e.g. `npx tsx app.ts`, or compile the streams folder to JavaScript)"
+          : ""),
       { cause },
     );
   }

@@ -1,7 +1,13 @@
 export { createTurbo } from "./turbo.js";
 export type { Turbo, TurboOptions, TurboDatabase } from "./turbo.js";
 export { Stream } from "./streams/stream.js";
-export type { TargetOptions, InsertOptions, ReplaceOptions, CustomActionOptions, StreamPart } from "./streams/stream.js";
+export type {
+  TargetOptions,
+  InsertOptions,
+  ReplaceOptions,
+  CustomActionOptions,
+  StreamPart,
+} from "./streams/stream.js";
 export { ModelStream } from "./streams/model-stream.js";
 export type { PrimaryKeyInput } from "./streams/model-stream.js";
 export { buildFrame, BUILTIN_ACTIONS } from "./frames/frame.js";

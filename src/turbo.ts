@@ -109,7 +109,11 @@ export interface Turbo {
    * renders it, for code that builds markup without nunjucks. Pass the
    * request or response of a request that went through `middleware()`.
    */
-  streamSource(target: Request | Response | null, streamables: readonly Streamable[], options?: StreamSourceOptions): string;
+  streamSource(
+    target: Request | Response | null,
+    streamables: readonly Streamable[],
+    options?: StreamSourceOptions,
+  ): string;
   /** The signed token of a stream name, for clients other than `<turbo-stream-source>` (`?s=<token>`). */
   signStreamName(name: string): string;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
@@ -150,12 +154,16 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   let state: "open" | "closing" | "closed" = "open";
   let closing: Promise<void> | undefined;
   /** Debounced refreshes by stream and request id (turbo-rails' key): a refresh never carries another request's id. */
-  const pendingRefresh = new Map<string, { promise: Promise<Published>; timer: NodeJS.Timeout; reject: (error: unknown) => void }>();
+  const pendingRefresh = new Map<
+    string,
+    { promise: Promise<Published>; timer: NodeJS.Timeout; reject: (error: unknown) => void }
+  >();
   /** Consecutive failed publishes: the first is logged, the rest are counted, so an outage is not one line per frame. */
   let failedPublishes = 0;
 
   const publish = (stream: string, frame: string): Promise<Published> => {
-    const published = state !== "open" ? Promise.reject(new ClosedError("turbocast instance")) : broker.publish(stream, frame);
+    const published =
+      state !== "open" ? Promise.reject(new ClosedError("turbocast instance")) : broker.publish(stream, frame);
     // A hook may fire a broadcast without awaiting it: its rejection (a broker
     // outage) must be logged here, never become an unhandled rejection that
     // takes the process down. Callers who await still see the error.
@@ -165,7 +173,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         failedPublishes = 0;
       },
       (error: unknown) => {
-        if (failedPublishes++ === 0) logger.warn(`broadcast to ${stream} failed; further failures are counted until one succeeds`, { error });
+        if (failedPublishes++ === 0)
+          logger.warn(`broadcast to ${stream} failed; further failures are counted until one succeeds`, { error });
       },
     );
     return published;
@@ -216,7 +225,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
               "another turbocast instance (another process, or another createTurbo in this one) dispatches this database's changes, but this one uses the in-memory broker: its broadcasts reach only its own subscribers. Use redisBroker() or postgresBroker() when several processes share the database",
             )
         : undefined,
-    requests: { current: currentRequestId, run: (requestId, fn) => runInRequest({ requestId }, fn), outside: outsideRequest },
+    requests: {
+      current: currentRequestId,
+      run: (requestId, fn) => runInRequest({ requestId }, fn),
+      outside: outsideRequest,
+    },
   });
   const renderer = new StreamSourceRenderer({
     registry,
@@ -234,7 +247,9 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     () => {
       if (warnedMiddleware) return;
       warnedMiddleware = true;
-      logger.warn("turbo_stream_from rendered in a request that did not pass through turbo.middleware(): mount app.use(turbo.middleware()) before your routes, or pages miss frames and SSE subscriptions get 404");
+      logger.warn(
+        "turbo_stream_from rendered in a request that did not pass through turbo.middleware(): mount app.use(turbo.middleware()) before your routes, or pages miss frames and SSE subscriptions get 404",
+      );
     },
   );
   const removeGlobal = (): void => {
@@ -257,11 +272,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         hub.deliver(frame);
       },
       {
-      gap: (reason) => {
-        logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
-        void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
-      },
-      log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
+        gap: (reason) => {
+          logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
+          void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
+        },
+        log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
       },
     );
     latestPosition ??= await broker.head();
@@ -326,7 +341,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 /** The better-sqlite3 connection under a Drizzle database. */
 function sqliteClient(db: TurboDatabase): Database.Database {
   const candidate =
-    (db as unknown as { $client?: unknown }).$client ?? (db as unknown as { session?: { client?: unknown } }).session?.client;
+    (db as unknown as { $client?: unknown }).$client ??
+    (db as unknown as { session?: { client?: unknown } }).session?.client;
   const client = candidate as Partial<Database.Database> | undefined;
   if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
     throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");

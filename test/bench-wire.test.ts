@@ -77,9 +77,14 @@ describe("bench wire clients", () => {
       wss.handleUpgrade(req, socket, head, (ws) => setTimeout(() => ws.close(1001, "bye"), 20));
     });
     const port = await listen(server);
-    await expect(openWebSocket(`ws://127.0.0.1:${port}/no`, undefined, { message: () => {}, closed: () => {} })).rejects.toThrow(/403/);
+    await expect(
+      openWebSocket(`ws://127.0.0.1:${port}/no`, undefined, { message: () => {}, closed: () => {} }),
+    ).rejects.toThrow(/403/);
     let closed = false;
-    const connection = await openWebSocket(`ws://127.0.0.1:${port}/yes`, undefined, { message: () => {}, closed: () => (closed = true) });
+    const connection = await openWebSocket(`ws://127.0.0.1:${port}/yes`, undefined, {
+      message: () => {},
+      closed: () => (closed = true),
+    });
     cleanups.push(() => connection.destroy());
     await waitFor(() => closed);
   });
@@ -97,16 +102,26 @@ describe("bench wire clients", () => {
     });
     const port = await listen(server);
     const events: string[] = [];
-    const connection = await openEventStream(`http://127.0.0.1:${port}/s?a=b`, { message: (e) => events.push(e.toString()), closed: () => {} });
+    const connection = await openEventStream(`http://127.0.0.1:${port}/s?a=b`, {
+      message: (e) => events.push(e.toString()),
+      closed: () => {},
+    });
     cleanups.push(() => connection.destroy());
     await waitFor(() => events.length === 5);
-    expect(events.slice(0, 4)).toEqual(["id: 1\ndata: one", "id: 2\ndata: two", "id: 3\ndata: three", "id: 4\ndata: four"]);
+    expect(events.slice(0, 4)).toEqual([
+      "id: 1\ndata: one",
+      "id: 2\ndata: two",
+      "id: 3\ndata: three",
+      "id: 4\ndata: four",
+    ]);
     expect(events[4]).toBe(`data: ${"x".repeat(20_000)}`);
   });
 
   it("SSE: a non-200 answer rejects", async () => {
     const server = http.createServer((_req, res) => res.writeHead(403).end("no"));
     const port = await listen(server);
-    await expect(openEventStream(`http://127.0.0.1:${port}/`, { message: () => {}, closed: () => {} })).rejects.toThrow(/403/);
+    await expect(openEventStream(`http://127.0.0.1:${port}/`, { message: () => {}, closed: () => {} })).rejects.toThrow(
+      /403/,
+    );
   });
 });

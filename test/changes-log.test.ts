@@ -7,7 +7,13 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { rowDecoder } from "../src/changes/decode.js";
 import { ChangeLog } from "../src/changes/log.js";
 import { newOwner, ownerMayBeAlive } from "../src/changes/owner.js";
-import { type CaptureTable, encodesBlobs, syncTriggers, triggerName, triggerStatements } from "../src/changes/triggers.js";
+import {
+  type CaptureTable,
+  encodesBlobs,
+  syncTriggers,
+  triggerName,
+  triggerStatements,
+} from "../src/changes/triggers.js";
 import { CaptureInstallError } from "../src/errors.js";
 import { tableInfo } from "../src/streams/table.js";
 import { tempDir } from "./helpers.js";
@@ -40,7 +46,10 @@ describe("triggers", () => {
     db.exec(`CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT)`);
     const first = syncTriggers(db, [items]);
     expect(first.created.sort()).toEqual(["_turbocast_items_del", "_turbocast_items_ins", "_turbocast_items_upd"]);
-    const stored = db.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'").all() as Array<{ name: string; sql: string }>;
+    const stored = db.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger'").all() as Array<{
+      name: string;
+      sql: string;
+    }>;
     const expected = triggerStatements("items", [
       { name: "id", blobSafe: false },
       { name: "body", blobSafe: false },
@@ -52,9 +61,12 @@ describe("triggers", () => {
 
   it("while running, rewrite only what this process's view changed: no tug of war between two app versions", () => {
     const db = open();
-    db.exec(`CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)`);
+    db.exec(
+      `CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT); CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)`,
+    );
     const notes: CaptureTable = { name: "notes", keys: ["id"], columns: ["id", "body"], blobColumns: [] };
-    const triggers = () => db.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").pluck().all();
+    const triggers = () =>
+      db.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").pluck().all();
     // A (new version) binds items and notes; B (old version) only items, and starts later: it drops notes' triggers
     const a = syncTriggers(db, [items, notes]);
     const b = syncTriggers(db, [items]);
@@ -65,7 +77,9 @@ describe("triggers", () => {
     expect(syncTriggers(db, [items], { previous: b.wanted })).toMatchObject({ created: [], dropped: [] });
     expect(triggers()).toHaveLength(6);
     // a trigger written differently by another version is left alone while the columns stay the same...
-    db.exec(`DROP TRIGGER _turbocast_items_ins; CREATE TRIGGER _turbocast_items_ins AFTER INSERT ON items BEGIN SELECT 1; END`);
+    db.exec(
+      `DROP TRIGGER _turbocast_items_ins; CREATE TRIGGER _turbocast_items_ins AFTER INSERT ON items BEGIN SELECT 1; END`,
+    );
     expect(syncTriggers(db, [items], { previous: b.wanted }).created).toEqual([]);
     // ...and rewritten when a migration changes them
     db.exec(`ALTER TABLE items ADD COLUMN extra TEXT`);
@@ -79,7 +93,12 @@ describe("triggers", () => {
   it("quote every name: a table and columns with quotes and spaces are captured", () => {
     const db = open();
     db.exec(`CREATE TABLE "we""ird t'able" ("k ey" TEXT PRIMARY KEY, "c""ol" TEXT, "s'q" INTEGER)`);
-    const table: CaptureTable = { name: `we"ird t'able`, keys: ["k ey"], columns: ["k ey", `c"ol`, "s'q"], blobColumns: [] };
+    const table: CaptureTable = {
+      name: `we"ird t'able`,
+      keys: ["k ey"],
+      columns: ["k ey", `c"ol`, "s'q"],
+      blobColumns: [],
+    };
     syncTriggers(db, [table]);
     expect(syncTriggers(db, [table]).created).toEqual([]);
     db.prepare(`INSERT INTO "we""ird t'able" VALUES (?, ?, ?)`).run("a'b\"c", "v", 3);
@@ -93,7 +112,12 @@ describe("triggers", () => {
     db.exec(`CREATE TABLE loose (id INTEGER PRIMARY KEY, n INTEGER, t VARCHAR(9), b BLOB, u, r REAL, x NUMERIC, d TEXT);
       CREATE TABLE tight (id INTEGER PRIMARY KEY, n INT, t TEXT, b BLOB, a ANY) STRICT;
       CREATE TABLE keyed (id INTEGER PRIMARY KEY, t BLOB) WITHOUT ROWID;`);
-    const table = (name: string, columns: string[], blobColumns: string[] = []): CaptureTable => ({ name, keys: ["id"], columns, blobColumns });
+    const table = (name: string, columns: string[], blobColumns: string[] = []): CaptureTable => ({
+      name,
+      keys: ["id"],
+      columns,
+      blobColumns,
+    });
     syncTriggers(db, [
       // `d` is declared TEXT, but its Drizzle type writes Buffers
       table("loose", ["id", "n", "t", "b", "u", "r", "x", "d"], ["d"]),
@@ -101,7 +125,10 @@ describe("triggers", () => {
       table("keyed", ["id", "t"]),
     ]);
     const safe = (name: string): string[] => {
-      const sql = db.prepare("SELECT sql FROM sqlite_schema WHERE name = ?").pluck().get(`_turbocast_${name}_ins`) as string;
+      const sql = db
+        .prepare("SELECT sql FROM sqlite_schema WHERE name = ?")
+        .pluck()
+        .get(`_turbocast_${name}_ins`) as string;
       return [...sql.matchAll(/CASE typeof\(NEW\."(\w+)"\)/g)].map((m) => m[1]!);
     };
     expect(safe("loose")).toEqual(["b", "u", "d"]);
@@ -114,7 +141,9 @@ describe("triggers", () => {
     );
     // the documented price: a blob forced into a column declared TEXT fails that write, loudly
     // ("JSON cannot hold BLOB values" before SQLite 3.45, "malformed JSON" since JSONB)
-    expect(() => db.exec(`INSERT INTO loose (id, t) VALUES (2, x'06')`)).toThrow(/JSON cannot hold BLOB values|malformed JSON/);
+    expect(() => db.exec(`INSERT INTO loose (id, t) VALUES (2, x'06')`)).toThrow(
+      /JSON cannot hold BLOB values|malformed JSON/,
+    );
     expect(encodesBlobs({ type: "bytea", rowidAlias: false, drizzleBlob: false }, false)).toBe(false);
     expect(encodesBlobs({ type: "", rowidAlias: false, drizzleBlob: false }, false)).toBe(true);
   });
@@ -123,7 +152,9 @@ describe("triggers", () => {
     const db = open();
     db.exec(`CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT COLLATE NOCASE)`);
     syncTriggers(db, [items]);
-    db.exec(`INSERT INTO items VALUES (1, 'abc'); UPDATE items SET body = 'ABC'; UPDATE items SET body = 'ABC'; UPDATE items SET id = 1`);
+    db.exec(
+      `INSERT INTO items VALUES (1, 'abc'); UPDATE items SET body = 'ABC'; UPDATE items SET body = 'ABC'; UPDATE items SET id = 1`,
+    );
     expect(db.prepare("SELECT op FROM _turbocast_changes ORDER BY seq").pluck().all()).toEqual(["insert", "update"]);
   });
 
@@ -157,7 +188,8 @@ describe("the change log", () => {
     const insert = db.prepare("INSERT INTO items (body) VALUES (?)");
     for (let i = 0; i < n; i++) insert.run(`b${i}`);
   }
-  const cursor = (db: Database.Database) => db.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get();
+  const cursor = (db: Database.Database) =>
+    db.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get();
 
   it("is append-only: a change is one row with its table, operation, row and time", () => {
     const db = open();
@@ -261,7 +293,11 @@ describe("row decoding", () => {
   it("maps through the Drizzle columns, by property name; blobs from their hex form; absent columns undefined", () => {
     expect(getTableConfig(table).name).toBe("decoded");
     const decode = rowDecoder(tableInfo(table));
-    expect(decode(`{"id":1,"on_flag":1,"label":["00FF"],"unknown":5}`)).toEqual({ id: 1, on: true, label: Buffer.from([0, 255]) });
+    expect(decode(`{"id":1,"on_flag":1,"label":["00FF"],"unknown":5}`)).toEqual({
+      id: 1,
+      on: true,
+      label: Buffer.from([0, 255]),
+    });
     expect(decode(`{"id":2,"on_flag":null}`)).toEqual({ id: 2, on: null, label: undefined });
   });
 });

@@ -23,7 +23,10 @@ interface Worker {
 const children = new Set<ChildProcess>();
 
 function startWorker(...args: string[]): Worker {
-  const child = spawn(process.execPath, ["--import", "tsx", worker, ...args], { cwd: root, stdio: ["ignore", "ignore", "pipe", "ipc"] });
+  const child = spawn(process.execPath, ["--import", "tsx", worker, ...args], {
+    cwd: root,
+    stdio: ["ignore", "ignore", "pipe", "ipc"],
+  });
   children.add(child);
   let stderr = "";
   child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
@@ -38,7 +41,8 @@ function startWorker(...args: string[]): Worker {
   return { child, messages, stderr: () => stderr, exited };
 }
 
-const received = (w: Worker, key: string) => () => w.messages.some((m) => typeof m === "object" && m !== null && key in m);
+const received = (w: Worker, key: string) => () =>
+  w.messages.some((m) => typeof m === "object" && m !== null && key in m);
 
 interface Dispatched {
   pid: number;
@@ -139,12 +143,13 @@ describe("change capture across processes", () => {
     writer.close();
     await waitFor(() => readLines(out).length === 1, { message: "the hook started in the child" });
     const check = new Database(file);
-    const cursor = () => check.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get() as {
-      done_seq: number;
-      owner: string | null;
-      claimed_seq: number | null;
-      lease_until: number;
-    };
+    const cursor = () =>
+      check.prepare("SELECT done_seq, owner, claimed_seq, lease_until FROM _turbocast_cursor").get() as {
+        done_seq: number;
+        owner: string | null;
+        claimed_seq: number | null;
+        lease_until: number;
+      };
     // the hook hangs, but the child is alive: a feed on the same host, which could check its pid, leaves its claim alone
     const logger = memoryLogger();
     const sqlite = new Database(file);
@@ -174,7 +179,14 @@ describe("change capture across processes", () => {
     expect(recorder.calls[0]!.entity).toMatchObject({ body: "hang here" });
     expect(dispatchedAt).toBeLessThan(claim.lease_until);
     expect(dispatchedAt - killedAt).toBeLessThan(5000);
-    expect(logger.entries.some((e) => e.level === "warn" && e.message.includes("its process on this host is gone") && e.message.includes(claim.owner!))).toBe(true);
+    expect(
+      logger.entries.some(
+        (e) =>
+          e.level === "warn" &&
+          e.message.includes("its process on this host is gone") &&
+          e.message.includes(claim.owner!),
+      ),
+    ).toBe(true);
   });
 
   it("waits out the lease of a claim made on another host before taking it over", async () => {
@@ -194,13 +206,19 @@ describe("change capture across processes", () => {
     const foreign = "some-other-host/5b1f3c2e-8d4a-4f6b-9c0d-2e7a1b3c4d5e/pid:[4026531836]/4242/cafebabe";
     sqlite.transaction(() => {
       sqlite.prepare("INSERT INTO items (body) VALUES ('claimed elsewhere')").run();
-      sqlite.prepare("UPDATE _turbocast_cursor SET owner = ?, claimed_seq = 1, lease_until = ?").run(foreign, leaseUntil);
+      sqlite
+        .prepare("UPDATE _turbocast_cursor SET owner = ?, claimed_seq = 1, lease_until = ?")
+        .run(foreign, leaseUntil);
     })();
     let dispatchedAt = 0;
     recorder.behaviour = () => void (dispatchedAt = Date.now());
     await waitFor(() => recorder.calls.length === 1, { timeoutMs: 10_000 });
     expect(dispatchedAt).toBeGreaterThanOrEqual(leaseUntil);
-    expect(logger.entries.some((e) => e.level === "warn" && e.message.includes("its lease ran out") && e.message.includes(foreign))).toBe(true);
+    expect(
+      logger.entries.some(
+        (e) => e.level === "warn" && e.message.includes("its lease ran out") && e.message.includes(foreign),
+      ),
+    ).toBe(true);
   });
 
   it("two processes draining one file dispatch each change exactly once, in seq order", async () => {
@@ -208,13 +226,24 @@ describe("change capture across processes", () => {
     const rows = 150;
     const outs = [path.join(tmp.dir, "a.jsonl"), path.join(tmp.dir, "b.jsonl")];
     const workers = outs.map((out, i) =>
-      startWorker("serve", file, out, JSON.stringify({ capture: { pollIntervalMs: 10, batchSize: 7 }, write: { count: rows, prefix: `w${i}` } })),
+      startWorker(
+        "serve",
+        file,
+        out,
+        JSON.stringify({ capture: { pollIntervalMs: 10, batchSize: 7 }, write: { count: rows, prefix: `w${i}` } }),
+      ),
     );
     for (const w of workers) await waitFor(received(w, "written"), { timeoutMs: 30_000, message: w.stderr() });
     // every change of both writers, inserts and updates: 2 per row
     await waitFor(() => outs.flatMap(readLines).length >= 4 * rows, { timeoutMs: 15_000 });
     const check = new Database(file);
-    await waitFor(() => check.prepare("SELECT max(seq) = (SELECT done_seq FROM _turbocast_cursor) FROM _turbocast_changes").pluck().get() === 1);
+    await waitFor(
+      () =>
+        check
+          .prepare("SELECT max(seq) = (SELECT done_seq FROM _turbocast_cursor) FROM _turbocast_changes")
+          .pluck()
+          .get() === 1,
+    );
     check.close();
     for (const w of workers) w.child.send("close");
     for (const w of workers) expect(await w.exited).toEqual({ code: 0, signal: null });

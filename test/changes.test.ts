@@ -57,12 +57,19 @@ async function openApp(file: string, options: Partial<TurboOptions> = {}): Promi
 
 const saves = (table = "items"): HookCall[] => recorder.calls.filter((c) => c.table === table);
 const bodies = (): unknown[] => saves().map((c) => c.entity.body);
-const logRows = (sqlite: Database.Database): Array<{ seq: number; tbl: string; op: string; row_json: string; done: 0 | 1 }> =>
+const logRows = (
+  sqlite: Database.Database,
+): Array<{ seq: number; tbl: string; op: string; row_json: string; done: 0 | 1 }> =>
   sqlite
-    .prepare("SELECT seq, tbl, op, row_json, seq <= (SELECT done_seq FROM _turbocast_cursor) AS done FROM _turbocast_changes ORDER BY seq")
+    .prepare(
+      "SELECT seq, tbl, op, row_json, seq <= (SELECT done_seq FROM _turbocast_cursor) AS done FROM _turbocast_changes ORDER BY seq",
+    )
     .all() as never;
 const turbocastObjects = (sqlite: Database.Database): string[] =>
-  (sqlite.prepare("SELECT name FROM sqlite_schema WHERE name LIKE '\\_turbocast\\_%' ESCAPE '\\' ORDER BY name").pluck().all() as string[]);
+  sqlite
+    .prepare("SELECT name FROM sqlite_schema WHERE name LIKE '\\_turbocast\\_%' ESCAPE '\\' ORDER BY name")
+    .pluck()
+    .all() as string[];
 
 let tmp: { dir: string; cleanup: () => void };
 let app: App | undefined;
@@ -132,7 +139,11 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     await waitFor(() => recorder.calls.length === 1, { timeoutMs: 2000 });
     expect(Date.now() - started).toBeLessThan(2000);
     // many writes in one turn of the event loop: one drain, every change
-    for (let i = 0; i < 20; i++) app.db.insert(items).values({ body: `burst ${i}` }).run();
+    for (let i = 0; i < 20; i++)
+      app.db
+        .insert(items)
+        .values({ body: `burst ${i}` })
+        .run();
     await waitFor(() => recorder.calls.length === 21, { timeoutMs: 2000 });
     expect(bodies().slice(1)).toEqual(Array.from({ length: 20 }, (_, i) => `burst ${i}`));
   });
@@ -200,7 +211,9 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     expect(result.changes).toBe(1000);
     await waitFor(() => recorder.calls.length === 1000, { timeoutMs: 10_000 });
     expect(recorder.calls.map((c) => c.entity.id)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
-    expect(recorder.calls.every((c) => c.hook === "onSave" && c.created === false && c.entity.version === 7)).toBe(true);
+    expect(recorder.calls.every((c) => c.hook === "onSave" && c.created === false && c.entity.version === 7)).toBe(
+      true,
+    );
     // the event loop turned after the first batch, long before the last change
     expect(callsWhenLoopTurned).toBe(100);
   });
@@ -250,7 +263,10 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
       if (call.entity.body === "bad template") return stream.append("broken.njk", {}, { target: "items" });
       return undefined;
     };
-    app.db.insert(items).values([{ body: "boom" }, { body: "bad template" }]).run();
+    app.db
+      .insert(items)
+      .values([{ body: "boom" }, { body: "bad template" }])
+      .run();
     app.db.insert(items).values({ body: "fine" }).run();
     await waitFor(() => bodies().includes("fine"));
     expect(bodies()).toEqual(["boom", "bad template", "fine"]);
@@ -279,11 +295,16 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
   it("gives up waiting for an async hook after hookTimeoutMs, logs it, and goes on", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"), { capture: { hookTimeoutMs: 100 } });
     recorder.behaviour = (call) => (call.entity.body === "hang" ? new Promise(() => {}) : Promise.resolve());
-    app.db.insert(items).values([{ body: "hang" }, { body: "next" }]).run();
+    app.db
+      .insert(items)
+      .values([{ body: "hang" }, { body: "next" }])
+      .run();
     await waitFor(() => recorder.calls.length === 2);
     expect(bodies()).toEqual(["hang", "next"]);
     const [error] = app.log.filter((e) => e.level === "error");
-    expect(error!.message).toMatch(/ItemStream\.onSave failed for table "items" key 1 \(change 1\): did not settle within 100 ms/);
+    expect(error!.message).toMatch(
+      /ItemStream\.onSave failed for table "items" key 1 \(change 1\): did not settle within 100 ms/,
+    );
   });
 
   it("decodes every column type through the Drizzle column, equal to what db.select() reads", async () => {
@@ -306,7 +327,9 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
       })
       .run();
     db.insert(kinds).values({ id: 2 }).run();
-    db.insert(tags).values({ owner: Buffer.from([0xde, 0xad]), label: "blob key" }).run();
+    db.insert(tags)
+      .values({ owner: Buffer.from([0xde, 0xad]), label: "blob key" })
+      .run();
     await waitFor(() => recorder.calls.length === 3);
 
     const [one, two] = db.select().from(kinds).orderBy(kinds.id).all();
@@ -325,7 +348,18 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     expect(entity.amount).toBe("12.5");
     expect(entity.where).toEqual({ x: 3, y: -4 });
     expect(recorder.calls[1]!.entity).toEqual({
-      id: 2, at: null, atMs: null, flag: null, doc: null, blobDoc: null, bytes: null, big: null, price: null, amount: null, where: null, note: null,
+      id: 2,
+      at: null,
+      atMs: null,
+      flag: null,
+      doc: null,
+      blobDoc: null,
+      bytes: null,
+      big: null,
+      price: null,
+      amount: null,
+      where: null,
+      note: null,
     });
     expect(recorder.calls[2]!.entity).toEqual(db.select().from(tags).get());
 
@@ -338,7 +372,9 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
 
   it("captures blobs written by raw SQL into blob columns, of any Drizzle mode", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"));
-    app.db.run(sql`INSERT INTO kinds (id, bytes, blob_doc, big, where_at) VALUES (9, x'00ff10', CAST('{"ok":false}' AS BLOB), CAST('42' AS BLOB), '1,2')`);
+    app.db.run(
+      sql`INSERT INTO kinds (id, bytes, blob_doc, big, where_at) VALUES (9, x'00ff10', CAST('{"ok":false}' AS BLOB), CAST('42' AS BLOB), '1,2')`,
+    );
     await waitFor(() => recorder.calls.length === 1);
     expect(recorder.calls[0]!.entity).toEqual(app.db.select().from(kinds).get());
     expect([...(recorder.calls[0]!.entity.bytes as Buffer)]).toEqual([0, 255, 16]);
@@ -374,7 +410,8 @@ describe("writers other than the app's Drizzle db", () => {
   });
 
   it("warns once when another feed dispatches the same file's changes while this one uses the in-memory broker", async () => {
-    const otherFeedWarning = (log: LogEntry[]) => log.filter((e) => e.level === "warn" && e.message.includes("uses the in-memory broker"));
+    const otherFeedWarning = (log: LogEntry[]) =>
+      log.filter((e) => e.level === "warn" && e.message.includes("uses the in-memory broker"));
     app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 60_000 } });
     // writers that do not dispatch (another connection, a script) are not another feed
     const writer = new Database(app.file);
@@ -393,7 +430,11 @@ describe("writers other than the app's Drizzle db", () => {
       await second.turbo.feed.drain(); // sees done_seq moved past what it dispatched
       writer.prepare("INSERT INTO items (body) VALUES ('for the first again')").run();
       await app.turbo.feed.drain();
-      expect(recorder.calls.map((c) => c.entity.body).slice(-3)).toEqual(["for the first", "for the second", "for the first again"]);
+      expect(recorder.calls.map((c) => c.entity.body).slice(-3)).toEqual([
+        "for the first",
+        "for the second",
+        "for the first again",
+      ]);
       for (let i = 0; i < 3; i++) {
         writer.prepare("INSERT INTO items (body) VALUES (?)").run(`more ${i}`);
         await (i % 2 === 0 ? second : app).turbo.feed.drain();
@@ -416,9 +457,16 @@ describe("writers other than the app's Drizzle db", () => {
   }
   it.runIf(shell.status === 0)("dispatches a write made with the sqlite3 shell", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"));
-    const run = spawnSync("sqlite3", [app.file, "INSERT INTO items (body) VALUES ('from the shell'); DELETE FROM items WHERE body = 'from the shell';"], {
-      encoding: "utf8",
-    });
+    const run = spawnSync(
+      "sqlite3",
+      [
+        app.file,
+        "INSERT INTO items (body) VALUES ('from the shell'); DELETE FROM items WHERE body = 'from the shell';",
+      ],
+      {
+        encoding: "utf8",
+      },
+    );
     expect(run.stderr).toBe("");
     expect(run.status).toBe(0);
     await waitFor(() => recorder.calls.length === 2);
@@ -486,7 +534,11 @@ describe("triggers follow the schema", () => {
       await waitFor(() => triggerSql(app!.sqlite, "_turbocast_items_ins").includes("'legacy'"));
       expect(() => other.exec("ALTER TABLE items DROP COLUMN legacy")).toThrow(/trigger/);
       other.transaction(() => {
-        expect(dropCaptureTriggers(other, "items").sort()).toEqual(["_turbocast_items_del", "_turbocast_items_ins", "_turbocast_items_upd"]);
+        expect(dropCaptureTriggers(other, "items").sort()).toEqual([
+          "_turbocast_items_del",
+          "_turbocast_items_ins",
+          "_turbocast_items_upd",
+        ]);
         other.exec("ALTER TABLE items DROP COLUMN legacy");
       })();
     } finally {
@@ -505,7 +557,11 @@ describe("triggers follow the schema", () => {
     expect(turbocastObjects(app.sqlite)).toEqual([
       "_turbocast_changes",
       "_turbocast_cursor",
-      ...["items", "kinds", "notes", "tags"].flatMap((t) => [`_turbocast_${t}_del`, `_turbocast_${t}_ins`, `_turbocast_${t}_upd`]),
+      ...["items", "kinds", "notes", "tags"].flatMap((t) => [
+        `_turbocast_${t}_del`,
+        `_turbocast_${t}_ins`,
+        `_turbocast_${t}_upd`,
+      ]),
     ]);
     const schemaVersion = app.sqlite.pragma("schema_version", { simple: true });
     await app.close();
@@ -513,7 +569,9 @@ describe("triggers follow the schema", () => {
     // the same bindings again: nothing is rewritten
     app = await openApp(path.join(tmp.dir, "app.db"));
     expect(app.sqlite.pragma("schema_version", { simple: true })).toBe(schemaVersion);
-    expect(app.sqlite.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").all()).toEqual(before);
+    expect(
+      app.sqlite.prepare("SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' ORDER BY name").all(),
+    ).toEqual(before);
     await app.close();
 
     app = await openApp(path.join(tmp.dir, "app.db"), { streams: [ItemStream] });
@@ -532,9 +590,17 @@ describe("triggers follow the schema", () => {
 
   it("starts without a bound table that does not exist yet, and captures it once a migration creates it", async () => {
     const sqlite = new Database(path.join(tmp.dir, "app.db"));
-    sqlite.exec("CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0)");
+    sqlite.exec(
+      "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0)",
+    );
     const logger = memoryLogger();
-    const turbo = await createTurbo({ db: drizzle(sqlite, { schema }), views, streams: [ItemStream, NoteStream], logger, capture: { pollIntervalMs: 20 } });
+    const turbo = await createTurbo({
+      db: drizzle(sqlite, { schema }),
+      views,
+      streams: [ItemStream, NoteStream],
+      logger,
+      capture: { pollIntervalMs: 20 },
+    });
     try {
       expect(logger.entries.some((e) => e.level === "warn" && /"notes" does not exist yet/.test(e.message))).toBe(true);
       sqlite.exec("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, mood TEXT)");
@@ -551,8 +617,14 @@ describe("triggers follow the schema", () => {
 
 describe("the change log", () => {
   it("prunes dispatched changes beyond the retained count", async () => {
-    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20, retain: { count: 10, ageMs: 3_600_000 } } });
-    for (let i = 0; i < 40; i++) app.db.insert(items).values({ body: `n${i}` }).run();
+    app = await openApp(path.join(tmp.dir, "app.db"), {
+      capture: { pollIntervalMs: 20, retain: { count: 10, ageMs: 3_600_000 } },
+    });
+    for (let i = 0; i < 40; i++)
+      app.db
+        .insert(items)
+        .values({ body: `n${i}` })
+        .run();
     await waitFor(() => recorder.calls.length === 40);
     await waitFor(() => logRows(app!.sqlite).length === 10, { message: "log pruned to 10 rows" });
     expect(logRows(app.sqlite).map((r) => r.seq)).toEqual(Array.from({ length: 10 }, (_, i) => 31 + i));
@@ -560,7 +632,11 @@ describe("the change log", () => {
 
   it("marks a drain's last batch done by the next claim, or soon after, and at once on drain()", async () => {
     app = await openApp(path.join(tmp.dir, "app.db"));
-    const cursor = () => app!.sqlite.prepare("SELECT done_seq AS done, owner FROM _turbocast_cursor").get() as { done: number; owner: string | null };
+    const cursor = () =>
+      app!.sqlite.prepare("SELECT done_seq AS done, owner FROM _turbocast_cursor").get() as {
+        done: number;
+        owner: string | null;
+      };
     app.db.insert(items).values({ body: "a" }).run();
     await waitFor(() => recorder.calls.length === 1);
     // dispatched; the feed keeps the cursor a moment, for the next drain to mark it done as it claims
@@ -574,21 +650,32 @@ describe("the change log", () => {
   });
 
   it("prunes under a steady stream of writes, while the feed keeps the cursor from drain to drain", async () => {
-    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20, retain: { count: 10, ageMs: 3_600_000 } } });
+    app = await openApp(path.join(tmp.dir, "app.db"), {
+      capture: { pollIntervalMs: 20, retain: { count: 10, ageMs: 3_600_000 } },
+    });
     const oldest = (): number => app!.sqlite.prepare("SELECT min(seq) FROM _turbocast_changes").pluck().get() as number;
     const deadline = Date.now() + 5000;
     let i = 0;
     // a write every millisecond or so: each drain's last batch is marked done by the next drain's claim
     for (; (i < 50 || oldest() === 1) && Date.now() < deadline; i++) {
-      app.db.insert(items).values({ body: `n${i}` }).run();
+      app.db
+        .insert(items)
+        .values({ body: `n${i}` })
+        .run();
       await new Promise((resolve) => setTimeout(resolve, 1));
     }
     expect(oldest(), `pruned while ${i} writes kept coming`).toBeGreaterThan(1);
   });
 
   it("prunes dispatched changes older than the retained age, keeping the newest row so seq is never reused", async () => {
-    app = await openApp(path.join(tmp.dir, "app.db"), { capture: { pollIntervalMs: 20, retain: { count: 10_000, ageMs: 0 } } });
-    for (let i = 0; i < 5; i++) app.db.insert(items).values({ body: `n${i}` }).run();
+    app = await openApp(path.join(tmp.dir, "app.db"), {
+      capture: { pollIntervalMs: 20, retain: { count: 10_000, ageMs: 0 } },
+    });
+    for (let i = 0; i < 5; i++)
+      app.db
+        .insert(items)
+        .values({ body: `n${i}` })
+        .run();
     await waitFor(() => recorder.calls.length === 5);
     await waitFor(() => logRows(app!.sqlite).length === 1);
     expect(logRows(app.sqlite)[0]!.seq).toBe(5);
@@ -645,8 +732,20 @@ describe("lifecycle", () => {
   it("rejects bad capture options at once", async () => {
     const sqlite = new Database(path.join(tmp.dir, "app.db"));
     try {
-      for (const capture of [{ batchSize: 0 }, { pollIntervalMs: 2.5 }, { leaseMs: -1 }, { hookTimeoutMs: 0 }, { retain: { count: -1 } }]) {
-        const error = await createTurbo({ db: drizzle(sqlite), views, streams: [], capture, logger: memoryLogger() }).catch((e: unknown) => e);
+      for (const capture of [
+        { batchSize: 0 },
+        { pollIntervalMs: 2.5 },
+        { leaseMs: -1 },
+        { hookTimeoutMs: 0 },
+        { retain: { count: -1 } },
+      ]) {
+        const error = await createTurbo({
+          db: drizzle(sqlite),
+          views,
+          streams: [],
+          capture,
+          logger: memoryLogger(),
+        }).catch((e: unknown) => e);
         expect(error).toBeInstanceOf(ConfigError);
         expect((error as ConfigError).message).toMatch(/capture\./);
       }
@@ -707,7 +806,9 @@ describe("a createTurbo that throws leaves nothing running", () => {
     const timers = trackTimers();
     let error: unknown;
     try {
-      error = await createTurbo({ db, views, streams: [ItemStream, NoteStream], logger: memoryLogger() }).catch((e: unknown) => e);
+      error = await createTurbo({ db, views, streams: [ItemStream, NoteStream], logger: memoryLogger() }).catch(
+        (e: unknown) => e,
+      );
     } finally {
       timers.restore();
     }
@@ -748,7 +849,13 @@ describe("a createTurbo that throws leaves nothing running", () => {
     const timers = trackTimers();
     let error: unknown;
     try {
-      error = await createTurbo({ db: drizzle(sqlite, { schema }), views, streams: captureStreams, broker, logger: memoryLogger() }).catch((e: unknown) => e);
+      error = await createTurbo({
+        db: drizzle(sqlite, { schema }),
+        views,
+        streams: captureStreams,
+        broker,
+        logger: memoryLogger(),
+      }).catch((e: unknown) => e);
     } finally {
       timers.restore();
     }

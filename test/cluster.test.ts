@@ -31,7 +31,10 @@ let cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
   // every cleanup runs, even after one failed (stopping the cluster checks how it stopped)
   const errors: unknown[] = [];
-  for (const cleanup of cleanups.splice(0).reverse()) await Promise.resolve().then(cleanup).catch((error: unknown) => errors.push(error));
+  for (const cleanup of cleanups.splice(0).reverse())
+    await Promise.resolve()
+      .then(cleanup)
+      .catch((error: unknown) => errors.push(error));
   if (errors.length > 0) throw errors[0];
 });
 
@@ -60,7 +63,9 @@ async function startCluster(kind: "redis" | "postgres"): Promise<{ url: string; 
   const db = path.join(tmp.dir, "chat.db");
   const port = await freePort();
   const prefix = uniqueName("tc_cluster");
-  cleanups.push(() => (kind === "redis" ? deleteRedisKeys(REDIS_URL, `${prefix}:`) : dropPostgresNamespace(PG_URL, prefix)));
+  cleanups.push(() =>
+    kind === "redis" ? deleteRedisKeys(REDIS_URL, `${prefix}:`) : dropPostgresNamespace(PG_URL, prefix),
+  );
 
   const child = spawn("npm", ["run", "--silent", "start:cluster"], {
     cwd: root,
@@ -99,7 +104,10 @@ async function startCluster(kind: "redis" | "postgres"): Promise<{ url: string; 
   // stopping is part of the command's contract: Ctrl-C reaches the whole group
   cleanups.push(async () => {
     killGroup(child, "SIGINT");
-    await waitFor(() => !groupAlive(child.pid!), { timeoutMs: 15_000, message: `the cluster stops on SIGINT\n${output}` });
+    await waitFor(() => !groupAlive(child.pid!), {
+      timeoutMs: 15_000,
+      message: `the cluster stops on SIGINT\n${output}`,
+    });
     expect(output).not.toMatch(/exited \(|killing them|did not close cleanly/);
   });
   return { url: `http://127.0.0.1:${port}`, db, output: () => output };
@@ -122,7 +130,11 @@ describe.each([
       const { url, db } = await startCluster(kind);
       const bootMs = performance.now() - started;
 
-      const login = await fetch(`${url}/login`, { method: "POST", body: new URLSearchParams({ name: "alice" }), redirect: "manual" });
+      const login = await fetch(`${url}/login`, {
+        method: "POST",
+        body: new URLSearchParams({ name: "alice" }),
+        redirect: "manual",
+      });
       expect(login.status).toBe(303);
       const cookie = /chat_session=[^;]+/.exec(login.headers.get("set-cookie") ?? "")?.[0];
       expect(cookie).toBeDefined();
@@ -150,7 +162,9 @@ describe.each([
         source.onmessage = (event) => frames.push(event.data);
         await new Promise<void>((resolve, reject) => {
           source.addEventListener("open", () => resolve(), { once: true });
-          source.addEventListener("error", () => reject(new Error("an SSE subscription failed to open")), { once: true });
+          source.addEventListener("error", () => reject(new Error("an SSE subscription failed to open")), {
+            once: true,
+          });
         });
         sse.push({ source, frames });
         cleanups.push(() => source.close());
@@ -160,14 +174,23 @@ describe.each([
       }
 
       const post = async (room: number, body: string) => {
-        const response = await fetch(`${url}/rooms/${room}/messages`, { method: "POST", headers, body: new URLSearchParams({ body }), redirect: "manual" });
+        const response = await fetch(`${url}/rooms/${room}/messages`, {
+          method: "POST",
+          headers,
+          body: new URLSearchParams({ body }),
+          redirect: "manual",
+        });
         expect(response.status).toBe(303);
       };
       const postedAt = performance.now();
       await post(1, "hello from the cluster");
       await post(2, "hello over websocket");
       // a writer outside the app (another service, the sqlite3 shell): some worker's poll picks it up
-      const writer = spawn(process.execPath, ["--import", "tsx", "test/fixtures/chat-writer.ts", db, "1", "1", "written outside"], { cwd: root, stdio: "ignore" });
+      const writer = spawn(
+        process.execPath,
+        ["--import", "tsx", "test/fixtures/chat-writer.ts", db, "1", "1", "written outside"],
+        { cwd: root, stdio: "ignore" },
+      );
       expect(await new Promise((resolve) => writer.once("exit", resolve))).toBe(0);
       // last: anything sent twice before it would sit in the lists
       await post(1, "end");
@@ -176,11 +199,17 @@ describe.each([
       const want1 = ["hello from the cluster", "written outside", "end"];
       const want2 = ["hello over websocket", "end"];
       for (const [i, client] of sse.entries()) {
-        await waitFor(() => client.frames.length >= want1.length, { timeoutMs: 10_000, message: `SSE subscription ${i}: ${client.frames.length} frames` });
+        await waitFor(() => client.frames.length >= want1.length, {
+          timeoutMs: 10_000,
+          message: `SSE subscription ${i}: ${client.frames.length} frames`,
+        });
         expect(client.frames.map(describeFrame), `SSE subscription ${i}`).toEqual(want1);
       }
       for (const [i, client] of ws.entries()) {
-        await waitFor(() => client.frames.length >= want2.length, { timeoutMs: 10_000, message: `WebSocket subscription ${i}: ${client.frames.length} frames` });
+        await waitFor(() => client.frames.length >= want2.length, {
+          timeoutMs: 10_000,
+          message: `WebSocket subscription ${i}: ${client.frames.length} frames`,
+        });
         expect(client.frames.map(describeFrame), `WebSocket subscription ${i}`).toEqual(want2);
       }
       console.info(

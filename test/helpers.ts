@@ -12,7 +12,10 @@ export function tempDir(prefix = "turbocast-"): { dir: string; cleanup: () => vo
 }
 
 /** Polls `check` until it returns a truthy value (returned), or fails after `timeoutMs`. No fixed sleeps. */
-export async function waitFor<T>(check: () => T | Promise<T>, options: { timeoutMs?: number; message?: string } = {}): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  check: () => T | Promise<T>,
+  options: { timeoutMs?: number; message?: string } = {},
+): Promise<NonNullable<T>> {
   const timeoutMs = options.timeoutMs ?? 5000;
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
@@ -24,7 +27,9 @@ export async function waitFor<T>(check: () => T | Promise<T>, options: { timeout
       lastError = error;
     }
     if (Date.now() > deadline) {
-      throw new Error(`waitFor timed out after ${timeoutMs} ms${options.message ? `: ${options.message}` : ""}`, { cause: lastError });
+      throw new Error(`waitFor timed out after ${timeoutMs} ms${options.message ? `: ${options.message}` : ""}`, {
+        cause: lastError,
+      });
     }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }

@@ -79,10 +79,13 @@ describe("hub", () => {
       return frames;
     };
     const slowHub = new Hub(slowBroker);
-    await broker.start((f) => {
-      hub.deliver(f);
-      slowHub.deliver(f);
-    }, { gap: () => {}, log: () => {} });
+    await broker.start(
+      (f) => {
+        hub.deliver(f);
+        slowHub.deliver(f);
+      },
+      { gap: () => {}, log: () => {} },
+    );
     const rec = recorder();
     await slowHub.subscribe(["a"], rec.sink, { cursor });
     await broker.publish("a", "4");

@@ -5,7 +5,12 @@ import { SQLiteRelationalQuery } from "drizzle-orm/sqlite-core/query-builders/qu
 import nunjucks from "nunjucks";
 import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { CACHED_SQL_MAX_LENGTH, cachingPrepare, instrumentDatabase, relationalPrototypeOf } from "../src/db/instrument.js";
+import {
+  CACHED_SQL_MAX_LENGTH,
+  cachingPrepare,
+  instrumentDatabase,
+  relationalPrototypeOf,
+} from "../src/db/instrument.js";
 import { MissingPrimaryKeyError, type Turbo, createTurbo, dropCaptureTriggers } from "../src/index.js";
 import { silentLogger } from "../src/logger.js";
 import { MessageStream } from "./fixtures/streams-basic/nested/messages.js";
@@ -29,8 +34,15 @@ describe("rows of bound tables carry a non-enumerable .stream", () => {
     sqlite = new Database(path.join(tmp.dir, "app.db"));
     sqlite.exec(DDL);
     db = drizzle(sqlite, { schema });
-    const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(fixtures, "views")), { autoescape: true });
-    turbo = await createTurbo({ db, views: env, streams: [RoomStream, MessageStream, MembershipStream], logger: silentLogger });
+    const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(fixtures, "views")), {
+      autoescape: true,
+    });
+    turbo = await createTurbo({
+      db,
+      views: env,
+      streams: [RoomStream, MessageStream, MembershipStream],
+      logger: silentLogger,
+    });
     sqlite.exec(`INSERT INTO rooms (id, name) VALUES (1, 'general'), (2, 'random');
       INSERT INTO messages (id, room_id, body, created_at) VALUES (10, 1, 'hello', 0), (11, 1, 'again', 0);
       INSERT INTO memberships (room_id, user_name) VALUES (1, 'ann');`);
@@ -53,7 +65,10 @@ describe("rows of bound tables carry a non-enumerable .stream", () => {
   it("on db.query findMany / findFirst, including related rows loaded with `with`", async () => {
     const found = await db.query.rooms.findMany({ with: { messages: true } });
     expect((found[0] as unknown as Streamed).stream.name).toBe("row:rooms:1");
-    expect(found[0]!.messages.map((m) => (m as unknown as Streamed).stream.name)).toEqual(["row:messages:10", "row:messages:11"]);
+    expect(found[0]!.messages.map((m) => (m as unknown as Streamed).stream.name)).toEqual([
+      "row:messages:10",
+      "row:messages:11",
+    ]);
     const first = await db.query.messages.findFirst({ with: { room: true } });
     expect((first as unknown as Streamed).stream.name).toBe("row:messages:10");
     expect((first!.room as unknown as Streamed).stream.name).toBe("row:rooms:1");
@@ -76,7 +91,9 @@ describe("rows of bound tables carry a non-enumerable .stream", () => {
     expect(JSON.stringify(room)).toBe(`{"id":1,"name":"general","isPrivate":false}`);
     expect(Object.keys(room!)).toEqual(["id", "name", "isPrivate"]);
     expect("stream" in { ...room }).toBe(false);
-    const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(fixtures, "views")), { autoescape: true });
+    const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(fixtures, "views")), {
+      autoescape: true,
+    });
     expect(env.render("stream-keys.njk", { message: room }).trim()).toBe("id;name;isPrivate;");
   });
 
@@ -110,7 +127,8 @@ describe("the Drizzle internals turbocast hooks into (pinned)", () => {
     const sqlite = new Database(":memory:");
     sqlite.exec(DDL);
     const db = drizzle(sqlite, { schema });
-    const session = (db as unknown as { session: { prepareQuery: Function; transaction: Function; client: unknown } }).session;
+    const session = (db as unknown as { session: { prepareQuery: Function; transaction: Function; client: unknown } })
+      .session;
     expect(typeof session.prepareQuery).toBe("function");
     expect(typeof session.transaction).toBe("function");
     expect(session.client).toBe(sqlite);
@@ -133,7 +151,10 @@ describe("the Drizzle internals turbocast hooks into (pinned)", () => {
     const sqlite = new Database(":memory:");
     sqlite.exec(DDL);
     const db = drizzle(sqlite, { schema });
-    const query = db.query.rooms.findMany() as unknown as { _prepare(): { customResultMapper: unknown }; _toSQL(): { query: { selection: unknown[] } } };
+    const query = db.query.rooms.findMany() as unknown as {
+      _prepare(): { customResultMapper: unknown };
+      _toSQL(): { query: { selection: unknown[] } };
+    };
     expect(typeof query._prepare().customResultMapper).toBe("function");
     expect(Array.isArray(query._toSQL().query.selection)).toBe(true);
     sqlite.close();
@@ -151,12 +172,21 @@ describe("relational queries of an app with its own copy of drizzle-orm", () => 
 
     // another copy: a class turbocast never imported, reached only through db.query
     const original = function (this: unknown) {
-      return { customResultMapper: (rows: unknown[]) => rows, all: () => [], get: () => undefined, run: () => undefined, values: () => [] };
+      return {
+        customResultMapper: (rows: unknown[]) => rows,
+        all: () => [],
+        get: () => undefined,
+        run: () => undefined,
+        values: () => [],
+      };
     };
     class OtherCopyBase {}
     (OtherCopyBase.prototype as unknown as { _prepare: unknown })._prepare = original;
     class OtherCopyQuery extends OtherCopyBase {}
-    const fake = { session: (real as unknown as { session: unknown }).session, query: { notes: { findMany: () => new OtherCopyQuery() } } };
+    const fake = {
+      session: (real as unknown as { session: unknown }).session,
+      query: { notes: { findMany: () => new OtherCopyQuery() } },
+    };
     expect(relationalPrototypeOf(fake)).toBe(OtherCopyBase.prototype);
     const instrumentation = instrumentDatabase(fake as never, { classFor: () => undefined, onWrite: () => {} });
     try {
@@ -190,7 +220,13 @@ describe("write statements are prepared once per database (the capture trigger i
     }) as typeof sqlite.prepare;
     db = drizzle(sqlite, { schema });
     const env = new nunjucks.Environment(null, { autoescape: true });
-    turbo = await createTurbo({ db, views: env, streams: [RoomStream, MessageStream, MembershipStream], logger: silentLogger, capture: { pollIntervalMs: 10 } });
+    turbo = await createTurbo({
+      db,
+      views: env,
+      streams: [RoomStream, MessageStream, MembershipStream],
+      logger: silentLogger,
+      capture: { pollIntervalMs: 10 },
+    });
   });
 
   afterEach(async () => {
@@ -199,15 +235,30 @@ describe("write statements are prepared once per database (the capture trigger i
     cleanup();
   });
 
-  const insertMessage = (body: string) => db.insert(messages).values({ roomId: 1, body, createdAt: new Date(0) }).run();
-  const logged = () => (sqlite.prepare(`SELECT count(*) FROM _turbocast_changes WHERE tbl = 'messages'`).pluck().get() as number);
+  const insertMessage = (body: string) =>
+    db
+      .insert(messages)
+      .values({ roomId: 1, body, createdAt: new Date(0) })
+      .run();
+  const logged = () =>
+    sqlite.prepare(`SELECT count(*) FROM _turbocast_changes WHERE tbl = 'messages'`).pluck().get() as number;
 
   it("inserts, updates and deletes reuse one statement per SQL text; reads and returning() are prepared each time", async () => {
     prepared.length = 0;
     for (let i = 0; i < 5; i++) insertMessage(`m${i}`);
-    for (let i = 0; i < 3; i++) db.update(messages).set({ body: `edited ${i}` }).where(eq(messages.id, 1)).run();
+    for (let i = 0; i < 3; i++)
+      db.update(messages)
+        .set({ body: `edited ${i}` })
+        .where(eq(messages.id, 1))
+        .run();
     for (let i = 0; i < 3; i++) db.select().from(messages).all();
-    const inserted = [0, 1].map((i) => db.insert(messages).values({ roomId: 1, body: `r${i}`, createdAt: new Date(0) }).returning().get());
+    const inserted = [0, 1].map((i) =>
+      db
+        .insert(messages)
+        .values({ roomId: 1, body: `r${i}`, createdAt: new Date(0) })
+        .returning()
+        .get(),
+    );
     const count = (fragment: string) => prepared.filter((s) => s.startsWith(fragment)).length;
     expect(count('insert into "messages"')).toBe(1 + 2); // five plain inserts share one statement; each returning() prepares
     expect(count('update "messages"')).toBe(1);
@@ -229,7 +280,9 @@ describe("write statements are prepared once per database (the capture trigger i
     expect(logged()).toBe(1);
     // the feed's poll sees the schema change and puts the triggers back
     const deadline = Date.now() + 5000;
-    while (sqlite.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = '_turbocast_messages_ins'`).pluck().get() === 0) {
+    while (
+      sqlite.prepare(`SELECT count(*) FROM sqlite_schema WHERE name = '_turbocast_messages_ins'`).pluck().get() === 0
+    ) {
       if (Date.now() > deadline) throw new Error("triggers not recreated");
       await new Promise((resolve) => setTimeout(resolve, 10));
     }

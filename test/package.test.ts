@@ -48,7 +48,8 @@ describe("the built package", () => {
     const build = spawnSync(process.execPath, ["scripts/build.mjs"], { cwd: root, encoding: "utf8" });
     expect(build.stderr + build.stdout).toBe("");
     expect(build.status).toBe(0);
-    for (const file of ["index.js", "index.d.ts", "delivery/client/turbocast-client.js"]) expect(existsSync(path.join(root, "dist", file))).toBe(true);
+    for (const file of ["index.js", "index.d.ts", "delivery/client/turbocast-client.js"])
+      expect(existsSync(path.join(root, "dist", file))).toBe(true);
     expect(existsSync(path.join(root, "dist", "app"))).toBe(false);
 
     // inside the package, "turbocast" is a self-reference; without the turbocast-source condition it is dist/
@@ -56,12 +57,18 @@ describe("the built package", () => {
     mkdirSync(dir, { recursive: true });
     writeFileSync(path.join(dir, "app.mjs"), APP);
     try {
-      const run = spawnSync(process.execPath, [path.join(dir, "app.mjs")], { cwd: dir, encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "" } });
+      const run = spawnSync(process.execPath, [path.join(dir, "app.mjs")], {
+        cwd: dir,
+        encoding: "utf8",
+        env: { ...process.env, NODE_OPTIONS: "" },
+      });
       expect(run.stderr).toBe("");
       expect(run.status).toBe(0);
       expect(JSON.parse(run.stdout)).toEqual({
         seen: ["<b>hello</b>"],
-        frames: [`<turbo-stream action="append" target="items"><template><li>&lt;b&gt;hello&lt;/b&gt;</li></template></turbo-stream>`],
+        frames: [
+          `<turbo-stream action="append" target="items"><template><li>&lt;b&gt;hello&lt;/b&gt;</li></template></turbo-stream>`,
+        ],
         client: "/turbo-streams/client.js",
       });
     } finally {

@@ -62,7 +62,11 @@ async function start(options: { broker?: Broker; refreshDebounceMs?: number } = 
   });
   const frames: Published[] = [];
   await turbo.hub.subscribe([RoomStream.for(1).name], { send: (f) => frames.push(f) });
-  cleanup.push(() => turbo.close(), () => sqlite.close(), tmp.cleanup);
+  cleanup.push(
+    () => turbo.close(),
+    () => sqlite.close(),
+    tmp.cleanup,
+  );
   return { turbo, log, frames };
 }
 
@@ -128,7 +132,9 @@ describe("the memory broker", () => {
     await broker.publish("quiet", "1");
     const afterQuiet = await broker.head();
     expect(await broker.history(["quiet"], start)).toHaveLength(1);
-    await waitFor(async () => (await broker.history(["quiet"], start)) === null, { message: "the idle stream is forgotten" });
+    await waitFor(async () => (await broker.history(["quiet"], start)) === null, {
+      message: "the idle stream is forgotten",
+    });
     // a cursor taken after its last frame is unaffected
     await broker.publish("busy", "2");
     expect((await broker.history(["busy", "quiet"], afterQuiet))!.map((f) => f.frame)).toEqual(["2"]);

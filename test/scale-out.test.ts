@@ -44,7 +44,10 @@ class AppWorker {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   readonly ready: Promise<void>;
 
-  constructor(readonly index: number, config: WorkerConfig) {
+  constructor(
+    readonly index: number,
+    config: WorkerConfig,
+  ) {
     const child = spawn(process.execPath, ["--import", "tsx", FIXTURE, "serve", JSON.stringify(config)], {
       cwd: root,
       stdio: ["ignore", "ignore", "pipe", "ipc"],
@@ -55,7 +58,8 @@ class AppWorker {
     this.exited = new Promise((resolve) => {
       child.once("exit", (code, signal) => {
         children.delete(child);
-        for (const pending of this.#pending.values()) pending.reject(new Error(`worker ${index} exited (${signal ?? code}): ${this.#stderr}`));
+        for (const pending of this.#pending.values())
+          pending.reject(new Error(`worker ${index} exited (${signal ?? code}): ${this.#stderr}`));
         this.#pending.clear();
         resolve({ code, signal });
       });
@@ -63,24 +67,29 @@ class AppWorker {
     let ready!: () => void;
     this.ready = new Promise<void>((resolve, reject) => {
       ready = resolve;
-      void this.exited.then(({ code, signal }) => reject(new Error(`worker ${index} exited (${signal ?? code}) before it was ready: ${this.#stderr}`)));
+      void this.exited.then(({ code, signal }) =>
+        reject(new Error(`worker ${index} exited (${signal ?? code}) before it was ready: ${this.#stderr}`)),
+      );
     });
     this.ready.catch(() => {});
-    child.on("message", (message: WorkerEvent | { rid: number; ok: boolean; value?: unknown; error?: { message: string } }) => {
-      if ("rid" in message) {
-        const pending = this.#pending.get(message.rid);
-        this.#pending.delete(message.rid);
-        if (message.ok) pending?.resolve(message.value);
-        else pending?.reject(new Error(`worker ${index}: ${message.error?.message}`));
-      } else if (message.event === "ready") {
-        this.port = message.port;
-        ready();
-      } else if (message.event === "hook") {
-        this.hooks.push(message);
-      } else if (message.event === "log") {
-        this.logs.push(message);
-      }
-    });
+    child.on(
+      "message",
+      (message: WorkerEvent | { rid: number; ok: boolean; value?: unknown; error?: { message: string } }) => {
+        if ("rid" in message) {
+          const pending = this.#pending.get(message.rid);
+          this.#pending.delete(message.rid);
+          if (message.ok) pending?.resolve(message.value);
+          else pending?.reject(new Error(`worker ${index}: ${message.error?.message}`));
+        } else if (message.event === "ready") {
+          this.port = message.port;
+          ready();
+        } else if (message.event === "hook") {
+          this.hooks.push(message);
+        } else if (message.event === "log") {
+          this.logs.push(message);
+        }
+      },
+    );
   }
 
   get url(): string {
@@ -108,7 +117,10 @@ class AppWorker {
     const response = await fetch(`${this.url}/rooms/${roomId}?transport=${transport}`);
     const html = await response.text();
     const match = /<turbo-stream-source src="([^"]*)"/.exec(html);
-    if (!response.ok || !match) throw new Error(`worker ${this.index}: no <turbo-stream-source> in /rooms/${roomId} (${response.status}): ${html}`);
+    if (!response.ok || !match)
+      throw new Error(
+        `worker ${this.index}: no <turbo-stream-source> in /rooms/${roomId} (${response.status}): ${html}`,
+      );
     const src = unescapeHtml(match[1]!);
     return src.startsWith("/") ? `${this.url}${src}` : src;
   }
@@ -159,7 +171,9 @@ async function sseClient(
   source.onmessage = (event) => received.push({ position: event.lastEventId, frame: event.data });
   await new Promise<void>((resolve, reject) => {
     source.addEventListener("open", () => resolve(), { once: true });
-    source.addEventListener("error", () => reject(new Error(`${label}: EventSource failed to open ${url}`)), { once: true });
+    source.addEventListener("error", () => reject(new Error(`${label}: EventSource failed to open ${url}`)), {
+      once: true,
+    });
   });
   clients.push({ label, worker, received, close: () => source.close() });
   return { label, worker, received, source, lastEventIds, close: () => source.close() };
@@ -199,7 +213,10 @@ const replace = (id: number, body: string) =>
 const remove = (id: number) => `<turbo-stream action="remove" target="message_${id}"></turbo-stream>`;
 
 /** Everything one test needs: a SQLite file with the schema, a broker namespace, and `n` started workers on both. */
-async function startWorkers(kind: "redis" | "postgres", n: number): Promise<{ workers: AppWorker[]; file: string; dispatched: () => boolean }> {
+async function startWorkers(
+  kind: "redis" | "postgres",
+  n: number,
+): Promise<{ workers: AppWorker[]; file: string; dispatched: () => boolean }> {
   const tmp = tempDir("turbocast-scale-out-");
   cleanups.push(tmp.cleanup);
   const file = path.join(tmp.dir, "app.db");
@@ -229,13 +246,21 @@ async function startWorkers(kind: "redis" | "postgres", n: number): Promise<{ wo
   cleanups.push(() => void check.close());
   /** Every change in the log has been dispatched, and nobody holds a claim. */
   const dispatched = () =>
-    check.prepare("select (select coalesce(max(seq), 0) from _turbocast_changes) = done_seq and owner is null from _turbocast_cursor").pluck().get() === 1;
+    check
+      .prepare(
+        "select (select coalesce(max(seq), 0) from _turbocast_changes) = done_seq and owner is null from _turbocast_cursor",
+      )
+      .pluck()
+      .get() === 1;
   return { workers, file, dispatched };
 }
 
 /** A plain fourth process (no turbocast) inserting one message into the SQLite file; resolves once it exited. */
 async function writeFromPlainProcess(file: string, roomId: number, body: string): Promise<void> {
-  const child = spawn(process.execPath, ["--import", "tsx", FIXTURE, "write", file, String(roomId), body], { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, ["--import", "tsx", FIXTURE, "write", file, String(roomId), body], {
+    cwd: root,
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   children.add(child);
   let stderr = "";
   child.stderr!.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
@@ -251,7 +276,10 @@ async function expectFrames(client: Client, expected: string[], timeoutMs = 15_0
     message: `${client.label} got ${client.received.length} of ${expected.length} frames`,
   });
   // a duplicate, a foreign frame or a swap takes a place in the list and fails the comparison
-  expect(client.received.map((r) => r.frame), client.label).toEqual(expected);
+  expect(
+    client.received.map((r) => r.frame),
+    client.label,
+  ).toEqual(expected);
 }
 
 const kinds = [
@@ -316,9 +344,17 @@ describe.each(kinds)("scale-out at full stack: three app workers on one $kind br
       const positions1 = room1[0]!.received.map((r) => r.position);
       const seqs = positions1.map((p) => Number(p.slice(p.lastIndexOf(".") + 1)));
       for (let i = 1; i < seqs.length; i++) expect(seqs[i]!).toBeGreaterThan(seqs[i - 1]!);
-      for (const client of room1) expect(client.received.map((r) => r.position), client.label).toEqual(positions1);
+      for (const client of room1)
+        expect(
+          client.received.map((r) => r.position),
+          client.label,
+        ).toEqual(positions1);
       const positions2 = room2[0]!.received.map((r) => r.position);
-      for (const client of room2) expect(client.received.map((r) => r.position), client.label).toEqual(positions2);
+      for (const client of room2)
+        expect(
+          client.received.map((r) => r.position),
+          client.label,
+        ).toEqual(positions2);
 
       // each change's hook ran once, on some worker, and published the frame the clients got
       const changes = want1.length + want2.length;
@@ -338,9 +374,14 @@ describe.each(kinds)("scale-out at full stack: three app workers on one $kind br
           `${Math.round(deliveredMs)} ms from the first write; hooks per worker ${JSON.stringify(byWorker)} (the plain process's change on worker ${plainHook.worker})`,
       );
 
-      for (const w of workers) expect(w.logs.filter((l) => l.level !== "info"), `worker ${w.index} logs`).toEqual([]);
+      for (const w of workers)
+        expect(
+          w.logs.filter((l) => l.level !== "info"),
+          `worker ${w.index} logs`,
+        ).toEqual([]);
       for (const client of clients.splice(0)) client.close();
-      for (const w of workers) expect(await w.close(), `worker ${w.index}: ${w.stderr}`).toEqual({ code: 0, signal: null });
+      for (const w of workers)
+        expect(await w.close(), `worker ${w.index}: ${w.stderr}`).toEqual({ code: 0, signal: null });
     });
 
     it("a client whose worker dies reconnects to another worker and gets every missed frame exactly once (SSE Last-Event-ID, WebSocket after=)", async () => {
@@ -406,7 +447,9 @@ describe.each(kinds)("scale-out at full stack: three app workers on one $kind br
 
       await waitFor(dispatched, { timeoutMs: 15_000, message: "every change dispatched" });
       const hooks = workers.flatMap((w) => w.hooks);
-      expect(hooks.map((h) => `${h.op}:${h.body}`).sort()).toEqual(["m0", "m1", "m2", "m3", "m4", "m5", "elsewhere"].map((b) => `insert:${b}`).sort());
+      expect(hooks.map((h) => `${h.op}:${h.body}`).sort()).toEqual(
+        ["m0", "m1", "m2", "m3", "m4", "m5", "elsewhere"].map((b) => `insert:${b}`).sort(),
+      );
       console.info(
         `[scale-out ${kind}] failover: SSE resumed on worker ${b.index} after ${sse.lastEventIds.length - 1} reconnection(s) with Last-Event-ID ${seen}; ` +
           `${frames.length} frames, each once per client`,

@@ -114,7 +114,10 @@ describe("registry", () => {
     const room = registry.resolve("row:rooms:7") as InstanceType<typeof RoomStream>;
     expect(room).toBeInstanceOf(RoomStream);
     expect(room.pk).toBe(7);
-    expect((registry.resolve("row:members:ann:3") as InstanceType<typeof MembershipStream>).pk).toEqual({ userName: "ann", roomId: 3 });
+    expect((registry.resolve("row:members:ann:3") as InstanceType<typeof MembershipStream>).pk).toEqual({
+      userName: "ann",
+      roomId: 3,
+    });
     expect(registry.resolve("all:rooms")).toBeInstanceOf(RoomStream);
     expect(registry.resolve("named:lobby")).toBeInstanceOf(LobbyStream);
     for (const bad of ["row:rooms:abc", "row:rooms:007", "row:nope:1", "named:nope", "row:members:ann", "x"]) {
@@ -125,10 +128,17 @@ describe("registry", () => {
 
 describe("discovery of the streams folder", () => {
   it("imports nested modules and skips _-prefixed and test files", async () => {
-    const files = (await listStreamModules(path.join(fixtures, "streams-basic"))).map((f) => path.relative(fixtures, f));
+    const files = (await listStreamModules(path.join(fixtures, "streams-basic"))).map((f) =>
+      path.relative(fixtures, f),
+    );
     expect(files).toEqual(["streams-basic/nested/messages.ts", "streams-basic/rooms.ts"]);
     const classes = await discoverStreams(path.join(fixtures, "streams-basic"));
-    expect(classes.map((c) => c.name).sort()).toEqual(["LobbyStream", "MembershipStream", "MessageStream", "RoomStream"]);
+    expect(classes.map((c) => c.name).sort()).toEqual([
+      "LobbyStream",
+      "MembershipStream",
+      "MessageStream",
+      "RoomStream",
+    ]);
   });
 
   it("reports a module that throws, naming the file and the cause", async () => {
@@ -140,8 +150,12 @@ describe("discovery of the streams folder", () => {
   });
 
   it("tells a plain-Node app that cannot import a .ts stream module to run with tsx", () => {
-    const cause = Object.assign(new TypeError('Unknown file extension ".ts" for /app/streams/notes.ts'), { code: "ERR_UNKNOWN_FILE_EXTENSION" });
-    expect(new StreamModuleError("/app/streams/notes.ts", cause).message).toMatch(/notes\.ts: Unknown file extension "\.ts".*run the app with tsx/);
+    const cause = Object.assign(new TypeError('Unknown file extension ".ts" for /app/streams/notes.ts'), {
+      code: "ERR_UNKNOWN_FILE_EXTENSION",
+    });
+    expect(new StreamModuleError("/app/streams/notes.ts", cause).message).toMatch(
+      /notes\.ts: Unknown file extension "\.ts".*run the app with tsx/,
+    );
     expect(new StreamModuleError("/app/streams/notes.js", new Error("boom")).message).not.toMatch(/tsx/);
   });
 });
@@ -159,14 +173,22 @@ describe("createTurbo and broadcasts", () => {
     sqlite = new Database(path.join(tmp.dir, "app.db"));
     sqlite.exec(DDL);
     const db = drizzle(sqlite, { schema });
-    const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(fixtures, "views")), { autoescape: true });
+    const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(fixtures, "views")), {
+      autoescape: true,
+    });
     renders = 0;
     const render = env.render.bind(env);
     env.render = ((name: string, ctx: object) => {
       renders++;
       return render(name, ctx);
     }) as typeof env.render;
-    turbo = await createTurbo({ db, views: env, streams: path.join(fixtures, "streams-basic"), logger: silentLogger, refreshDebounceMs: 20 });
+    turbo = await createTurbo({
+      db,
+      views: env,
+      streams: path.join(fixtures, "streams-basic"),
+      logger: silentLogger,
+      refreshDebounceMs: 20,
+    });
     frames = [];
     await turbo.hub.subscribe(["row:rooms:1", "all:rooms", "named:lobby"], { send: (f) => frames.push(f) });
   });
@@ -178,7 +200,11 @@ describe("createTurbo and broadcasts", () => {
   });
 
   it("renders the template once and publishes one frame with a position", async () => {
-    const published = await RoomStream.for(1).append("messages/_message.njk", { message: { id: 5, roomId: 1, body: "hi" } }, { target: "messages" });
+    const published = await RoomStream.for(1).append(
+      "messages/_message.njk",
+      { message: { id: 5, roomId: 1, body: "hi" } },
+      { target: "messages" },
+    );
     expect(renders).toBe(1);
     expect(published.position).toMatch(/^[\w-]+\.\d+$/);
     expect(frames.map((f) => f.frame)).toEqual([
@@ -187,7 +213,11 @@ describe("createTurbo and broadcasts", () => {
   });
 
   it("escapes a <script> in the context: it arrives as text", async () => {
-    await RoomStream.for(1).append("messages/_message.njk", { message: { id: 1, roomId: `1" onclick="x`, body: "<script>alert(1)</script>" } }, { target: "messages" });
+    await RoomStream.for(1).append(
+      "messages/_message.njk",
+      { message: { id: 1, roomId: `1" onclick="x`, body: "<script>alert(1)</script>" } },
+      { target: "messages" },
+    );
     expect(frames[0]!.frame).toContain("&lt;script&gt;alert(1)&lt;/script&gt;");
     expect(frames[0]!.frame).toContain('data-room="1&quot; onclick=&quot;x"');
     expect(frames[0]!.frame).not.toContain("<script>");
@@ -228,14 +258,18 @@ describe("createTurbo and broadcasts", () => {
   });
 
   it("throws before rendering or publishing when the row has no key", async () => {
-    expect(() => RoomStream.for({ id: undefined, name: "new" }).append("messages/_message.njk", {}, { target: "messages" })).toThrow(MissingPrimaryKeyError);
+    expect(() =>
+      RoomStream.for({ id: undefined, name: "new" }).append("messages/_message.njk", {}, { target: "messages" }),
+    ).toThrow(MissingPrimaryKeyError);
     expect(renders).toBe(0);
     expect(frames).toEqual([]);
   });
 
   it("misuse fails at once with a precise message", () => {
     const room = RoomStream.for(1);
-    expect(() => room.append("messages/_message.njk", {}, {} as { target: string })).toThrow("append needs exactly one of target or targets");
+    expect(() => room.append("messages/_message.njk", {}, {} as { target: string })).toThrow(
+      "append needs exactly one of target or targets",
+    );
     expect(() => room.broadcastRaw("<p>not a frame</p>")).toThrow(/complete <turbo-stream>/);
     expect(renders).toBe(0);
   });
@@ -254,7 +288,11 @@ describe("createTurbo and broadcasts", () => {
   });
 
   it("table-wide and plain streams broadcast to their own subscribers", async () => {
-    await RoomStream.all().append("messages/_message.njk", { message: { id: 1, roomId: 1, body: "x" } }, { target: "rooms" });
+    await RoomStream.all().append(
+      "messages/_message.njk",
+      { message: { id: 1, roomId: 1, body: "x" } },
+      { target: "rooms" },
+    );
     await LobbyStream.for().remove({ target: "x" });
     await RoomStream.for(2).remove({ target: "y" });
     expect(frames.map((f) => f.stream)).toEqual(["all:rooms", "named:lobby"]);
@@ -270,18 +308,33 @@ describe("createTurbo startup errors", () => {
   it("fails on a duplicate binding and leaves the database untouched", async () => {
     const sqlite = new Database(":memory:");
     const db = drizzle(sqlite);
-    const error = await createTurbo({ db, views: new nunjucks.Environment(null, { autoescape: true }), streams: path.join(fixtures, "streams-duplicate"), logger: silentLogger }).catch((e: unknown) => e);
+    const error = await createTurbo({
+      db,
+      views: new nunjucks.Environment(null, { autoescape: true }),
+      streams: path.join(fixtures, "streams-duplicate"),
+      logger: silentLogger,
+    }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(DuplicateBindingError);
     expect((error as Error).message).toMatch(/RoomStream and OtherRoomStream/);
     // nothing was instrumented: a second createTurbo on the same db may start
-    const turbo = await createTurbo({ db, views: new nunjucks.Environment(null, { autoescape: true }), streams: [RoomStream], logger: silentLogger });
+    const turbo = await createTurbo({
+      db,
+      views: new nunjucks.Environment(null, { autoescape: true }),
+      streams: [RoomStream],
+      logger: silentLogger,
+    });
     await turbo.close();
     sqlite.close();
   });
 
   it("fails when a bound table has no primary key", async () => {
     const sqlite = new Database(":memory:");
-    const error = await createTurbo({ db: drizzle(sqlite), views: new nunjucks.Environment(null, { autoescape: true }), streams: path.join(fixtures, "streams-nopk"), logger: silentLogger }).catch((e: unknown) => e);
+    const error = await createTurbo({
+      db: drizzle(sqlite),
+      views: new nunjucks.Environment(null, { autoescape: true }),
+      streams: path.join(fixtures, "streams-nopk"),
+      logger: silentLogger,
+    }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(NoPrimaryKeyTableError);
     expect((error as NoPrimaryKeyTableError).code).toBe("TURBOCAST_TABLE_WITHOUT_PRIMARY_KEY");
     sqlite.close();
@@ -289,7 +342,14 @@ describe("createTurbo startup errors", () => {
 
   it("refuses a nunjucks Environment with autoescape off", async () => {
     const sqlite = new Database(":memory:");
-    await expect(createTurbo({ db: drizzle(sqlite), views: new nunjucks.Environment(null, { autoescape: false }), streams: [], logger: silentLogger })).rejects.toThrow(/autoescape/);
+    await expect(
+      createTurbo({
+        db: drizzle(sqlite),
+        views: new nunjucks.Environment(null, { autoescape: false }),
+        streams: [],
+        logger: silentLogger,
+      }),
+    ).rejects.toThrow(/autoescape/);
     sqlite.close();
   });
 });

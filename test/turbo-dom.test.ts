@@ -48,7 +48,9 @@ describe("Turbo applies every action's frame", () => {
 
   it("replace with method morph keeps the element and updates its content", async () => {
     const before = document.getElementById("message_1");
-    await apply(buildFrame({ action: "replace", target: "message_1", method: "morph", html: '<li id="message_1">morphed</li>' }));
+    await apply(
+      buildFrame({ action: "replace", target: "message_1", method: "morph", html: '<li id="message_1">morphed</li>' }),
+    );
     expect(document.getElementById("message_1")!.textContent).toBe("morphed");
     expect(document.getElementById("message_1")).toBe(before);
   });
@@ -106,15 +108,24 @@ describe("Turbo applies every action's frame", () => {
     const seen: Array<{ target: string | null; html: string; level: string | null }> = [];
     Turbo.StreamActions.notify = function (this: Element) {
       const template = this.querySelector("template") as HTMLTemplateElement | null;
-      seen.push({ target: this.getAttribute("target"), html: template?.innerHTML ?? "", level: this.getAttribute("data-level") });
+      seen.push({
+        target: this.getAttribute("target"),
+        html: template?.innerHTML ?? "",
+        level: this.getAttribute("data-level"),
+      });
     };
-    await apply(buildFrame({ action: "notify", target: "status", html: "<p>hi</p>", attributes: { "data-level": "warn" } }));
+    await apply(
+      buildFrame({ action: "notify", target: "status", html: "<p>hi</p>", attributes: { "data-level": "warn" } }),
+    );
     expect(seen).toEqual([{ target: "status", html: "<p>hi</p>", level: "warn" }]);
   });
 
   it("a hostile target is an attribute value, not markup", async () => {
     const target = `x" onclick="alert(1)"><img src=x onerror=alert(1)>`;
-    document.body.insertAdjacentHTML("beforeend", `<div id="${"x&quot; onclick=&quot;alert(1)&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"}"></div>`);
+    document.body.insertAdjacentHTML(
+      "beforeend",
+      `<div id="${"x&quot; onclick=&quot;alert(1)&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"}"></div>`,
+    );
     await apply(buildFrame({ action: "update", target, html: "safe" }));
     expect(document.getElementById(target)!.textContent).toBe("safe");
     expect(document.querySelector("img")).toBeNull();

@@ -53,14 +53,22 @@ async function setup(env: nunjucks.Environment, mountMiddleware: boolean) {
   const server = http.createServer(app);
   turbo.listen(server);
   const { url } = await listen(server);
-  cleanups.push(tmp.cleanup, () => sqlite.close(), () => turbo.close(), () => closeServer(server));
+  cleanups.push(
+    tmp.cleanup,
+    () => sqlite.close(),
+    () => turbo.close(),
+    () => closeServer(server),
+  );
   return { url, warnings };
 }
 
 describe("turbo_stream_from in an app's own views", () => {
   it("renders a real tag with an Environment from another copy of nunjucks", async () => {
     const other = freshNunjucks();
-    const env = new other.Environment(new other.FileSystemLoader(path.join(import.meta.dirname, "fixtures", "views-page")), { autoescape: true });
+    const env = new other.Environment(
+      new other.FileSystemLoader(path.join(import.meta.dirname, "fixtures", "views-page")),
+      { autoescape: true },
+    );
     const { url } = await setup(env, true);
     const html = await (await fetch(url)).text();
     expect(html).toMatch(/^<turbo-stream-source src="\/turbo-streams\?s=[^"]+"><\/turbo-stream-source>/);
@@ -69,7 +77,10 @@ describe("turbo_stream_from in an app's own views", () => {
 
   it("warns once when a page renders it without turbo.middleware()", async () => {
     const other = freshNunjucks();
-    const env = new other.Environment(new other.FileSystemLoader(path.join(import.meta.dirname, "fixtures", "views-page")), { autoescape: true });
+    const env = new other.Environment(
+      new other.FileSystemLoader(path.join(import.meta.dirname, "fixtures", "views-page")),
+      { autoescape: true },
+    );
     const { url, warnings } = await setup(env, false);
     await (await fetch(url)).text();
     await (await fetch(url)).text();

@@ -53,7 +53,12 @@ export function serve(handlers: Record<string, Handler>): void {
       .then(() => (handler as (args: unknown) => unknown)(message.args))
       .then(
         (value) => reply({ id: message.id, ok: true, value: value ?? null }),
-        (error: unknown) => reply({ id: message.id, ok: false, error: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+        (error: unknown) =>
+          reply({
+            id: message.id,
+            ok: false,
+            error: error instanceof Error ? (error.stack ?? error.message) : String(error),
+          }),
       );
   });
   process.on("disconnect", () => process.exit(0));

@@ -74,10 +74,17 @@ export function checks(results: Results): Check[] {
   const mem = results.memory.find((m) => m.target === "tc-ws");
   if (mem) {
     const per = (mem.loaded.rss - mem.baseline.rss) / mem.n;
-    out.push({ goal: "at most 20 KB per idle WebSocket subscriber (RSS)", measured: `${kb(per)} KB`, met: per <= 20 * 1024 });
+    out.push({
+      goal: "at most 20 KB per idle WebSocket subscriber (RSS)",
+      measured: `${kb(per)} KB`,
+      met: per <= 20 * 1024,
+    });
   }
   if (results.writeCost) {
-    const ratios = results.writeCost.workloads.map((w) => ({ name: w.workload, r: median(w.without) / median(w.with) }));
+    const ratios = results.writeCost.workloads.map((w) => ({
+      name: w.workload,
+      r: median(w.without) / median(w.with),
+    }));
     out.push({
       goal: "change capture costs writes at most 1.5×",
       measured: ratios.map((x) => `${x.name} ${times(x.r)}`).join(", "),
@@ -85,8 +92,14 @@ export function checks(results: Results): Check[] {
     });
   } else out.push({ goal: "change capture costs writes at most 1.5×", measured: "not measured", met: null });
   if (results.endToEnd) {
-    const e2e = quantile(results.endToEnd.samples.map((s) => s.last), 0.99);
-    const alone = quantile(results.endToEnd.fanoutSamples.map((s) => s.last), 0.99);
+    const e2e = quantile(
+      results.endToEnd.samples.map((s) => s.last),
+      0.99,
+    );
+    const alone = quantile(
+      results.endToEnd.fanoutSamples.map((s) => s.last),
+      0.99,
+    );
     out.push({
       goal: `end-to-end p99 at ${results.endToEnd.n.toLocaleString("en-US")} within 2× of fan-out alone`,
       measured: `${ms(e2e)} ms vs ${ms(alone)} ms: ${times(e2e / alone)}`,
@@ -145,7 +158,8 @@ export function renderReport(results: Results, chartFile: string): string {
   out.push(`![Fan-out: publish to last delivery](${chartFile})`, "");
 
   out.push("## Targets", "", "| goal | measured | |", "| --- | --- | --- |");
-  for (const c of checks(results)) out.push(`| ${c.goal} | ${c.measured} | ${c.met === null ? "not measured" : c.met ? "met" : "**missed**"} |`);
+  for (const c of checks(results))
+    out.push(`| ${c.goal} | ${c.measured} | ${c.met === null ? "not measured" : c.met ? "met" : "**missed**"} |`);
   out.push("");
 
   out.push("## Fan-out over WebSocket", "");
@@ -161,7 +175,14 @@ export function renderReport(results: Results, chartFile: string): string {
   );
   if (results.fanout.some((c) => c.target === "tc-sse")) {
     out.push("## Fan-out over Server-Sent Events", "");
-    out.push(...fanoutTable(results, ["bare-ws", "tc-sse"], "turbocast SSE next to the bare ws server (WebSocket) at the same N."), "");
+    out.push(
+      ...fanoutTable(
+        results,
+        ["bare-ws", "tc-sse"],
+        "turbocast SSE next to the bare ws server (WebSocket) at the same N.",
+      ),
+      "",
+    );
   }
 
   out.push("## Throughput at 1,000 subscribers", "");
@@ -224,7 +245,9 @@ export function renderReport(results: Results, chartFile: string): string {
   const bareMem = perSub("bare-ws");
   for (const m of results.memory) {
     const p = perSub(m.target)!;
-    out.push(`| ${label(m.target)} | ${int(p.n)} | ${kb(p.rss)} | ${bareMem ? times(p.rss / bareMem.rss) : "—"} | ${kb(p.heap)} |`);
+    out.push(
+      `| ${label(m.target)} | ${int(p.n)} | ${kb(p.rss)} | ${bareMem ? times(p.rss / bareMem.rss) : "—"} | ${kb(p.heap)} |`,
+    );
   }
   out.push("");
 
@@ -238,7 +261,9 @@ export function renderReport(results: Results, chartFile: string): string {
       "| ---: | ---: | ---: | ---: | ---: |",
     );
     for (const r of results.render) {
-      out.push(`| ${int(r.n)} | ${r.broadcasts} | ${r.renders} | ${(r.renders / r.broadcasts).toFixed(2)} | ${ms(median(r.samples.map((s) => s.last)))} |`);
+      out.push(
+        `| ${int(r.n)} | ${r.broadcasts} | ${r.renders} | ${(r.renders / r.broadcasts).toFixed(2)} | ${ms(median(r.samples.map((s) => s.last)))} |`,
+      );
     }
     out.push("");
   } else out.push("Not measured in this run (see *Not measured* below).", "");
@@ -280,7 +305,9 @@ export function renderReport(results: Results, chartFile: string): string {
     out.push("");
   }
   out.push("## What limits these numbers", "");
-  for (const n of [...new Set(results.fanout.filter((c) => c.target === "raw-tcp").map((c) => c.n))].sort((a, b) => a - b)) {
+  for (const n of [...new Set(results.fanout.filter((c) => c.target === "raw-tcp").map((c) => c.n))].sort(
+    (a, b) => a - b,
+  )) {
     const floor = find(results, "raw-tcp", n);
     const bare = find(results, "bare-ws", n);
     const sio = find(results, "socketio", n);
@@ -304,7 +331,10 @@ export function renderReport(results: Results, chartFile: string): string {
     "",
   );
   out.push("## Notes", "");
-  const worstClock = Math.max(...results.clock.flatMap((c) => [Math.abs(c.server.offset), Math.abs(c.clients.offset)]), 0);
+  const worstClock = Math.max(
+    ...results.clock.flatMap((c) => [Math.abs(c.server.offset), Math.abs(c.clients.offset)]),
+    0,
+  );
   const worstUnc = Math.max(...results.clock.flatMap((c) => [c.server.uncertainty, c.clients.uncertainty]), 0);
   out.push(
     `- Clock offsets between processes, measured and corrected: at most ${worstClock.toFixed(3)} ms (± ${worstUnc.toFixed(3)} ms).`,

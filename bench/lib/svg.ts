@@ -9,7 +9,8 @@ const COLORS: Record<string, string> = {
   "tc-sse": "#5bb6e0",
 };
 
-const esc = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+const esc = (s: string): string =>
+  s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
 
 /** A "nice" axis maximum and tick step for values up to `max`. */
 function axis(max: number): { top: number; step: number } {
@@ -63,7 +64,9 @@ export function fanoutSvg(results: Results): string {
     const y = (v: number): number => bottom - (v / yMax) * plotH;
     for (let v = 0; v <= yMax + 1e-9; v += step) {
       parts.push(`<line x1="${x0}" x2="${x0 + w}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="#e4e4e4"/>`);
-      parts.push(`<text x="${x0 - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#666">${+v.toFixed(2)}</text>`);
+      parts.push(
+        `<text x="${x0 - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" fill="#666">${+v.toFixed(2)}</text>`,
+      );
     }
     parts.push(`<line x1="${x0}" x2="${x0 + w}" y1="${bottom}" y2="${bottom}" stroke="#999"/>`);
     const slot = w / Math.max(present.length, 1);
@@ -75,8 +78,12 @@ export function fanoutSvg(results: Results): string {
         `<rect x="${(cx - barW / 2).toFixed(1)}" y="${y(c.s.p50).toFixed(1)}" width="${barW.toFixed(1)}" height="${(bottom - y(c.s.p50)).toFixed(1)}" fill="${color}"><title>${esc(results.labels[c.k] ?? c.k)}: median ${c.s.p50.toFixed(1)} ms, p99 ${c.s.p99.toFixed(1)} ms</title></rect>`,
       );
       if (Number.isFinite(c.s.p99)) {
-        parts.push(`<line x1="${cx.toFixed(1)}" x2="${cx.toFixed(1)}" y1="${y(c.s.p50).toFixed(1)}" y2="${y(c.s.p99).toFixed(1)}" stroke="#333"/>`);
-        parts.push(`<line x1="${(cx - 5).toFixed(1)}" x2="${(cx + 5).toFixed(1)}" y1="${y(c.s.p99).toFixed(1)}" y2="${y(c.s.p99).toFixed(1)}" stroke="#333"/>`);
+        parts.push(
+          `<line x1="${cx.toFixed(1)}" x2="${cx.toFixed(1)}" y1="${y(c.s.p50).toFixed(1)}" y2="${y(c.s.p99).toFixed(1)}" stroke="#333"/>`,
+        );
+        parts.push(
+          `<line x1="${(cx - 5).toFixed(1)}" x2="${(cx + 5).toFixed(1)}" y1="${y(c.s.p99).toFixed(1)}" y2="${y(c.s.p99).toFixed(1)}" stroke="#333"/>`,
+        );
       }
       parts.push(
         `<text x="${cx.toFixed(1)}" y="${(bottom + 14).toFixed(1)}" text-anchor="middle" fill="#333" font-size="11">${c.s.p50 < 10 ? c.s.p50.toFixed(1) : Math.round(c.s.p50)}</text>`,

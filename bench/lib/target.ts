@@ -52,9 +52,15 @@ export class Target {
 
   async start(): Promise<void> {
     // one after the other, so a failed start leaves nothing running that stop() cannot reach
-    this.server = await Child.spawn("procs/server.ts", { name: `${this.spec.key} server`, nodeFlags: ["--expose-gc"], args: [this.spec.server] });
+    this.server = await Child.spawn("procs/server.ts", {
+      name: `${this.spec.key} server`,
+      nodeFlags: ["--expose-gc"],
+      args: [this.spec.server],
+    });
     this.clients = await Child.spawn("procs/clients.ts", { name: `${this.spec.key} clients` });
-    const info = await this.server.request<{ port: number; origin: string; urls: Partial<Record<Protocol, string>> }>("start");
+    const info = await this.server.request<{ port: number; origin: string; urls: Partial<Record<Protocol, string>> }>(
+      "start",
+    );
     const url = info.urls[this.spec.protocol];
     if (!url) throw new Error(`${this.spec.key}: the ${this.spec.server} server has no ${this.spec.protocol} URL`);
     this.url = url;
@@ -75,13 +81,18 @@ export class Target {
   /** Opens or closes subscriptions until the server has registered exactly `n`. */
   async resize(n: number): Promise<{ ms: number; failed: number; errors: string[] }> {
     const started = now();
-    const result = await this.clients.request<{ open: number; failed: number; errors: string[] }>("resize", { n }, 300_000);
+    const result = await this.clients.request<{ open: number; failed: number; errors: string[] }>(
+      "resize",
+      { n },
+      300_000,
+    );
     this.#size = result.open;
     const deadline = Date.now() + 60_000;
     for (;;) {
       const registered = await this.server.request<number>("subscribers");
       if (registered === result.open) break;
-      if (Date.now() > deadline) throw new Error(`${this.spec.key}: server has ${registered} subscribers, clients hold ${result.open}`);
+      if (Date.now() > deadline)
+        throw new Error(`${this.spec.key}: server has ${registered} subscribers, clients hold ${result.open}`);
       await sleep(50);
     }
     await this.clients.request("expect", { n: result.open });
@@ -125,9 +136,17 @@ export class Target {
    * (at most `drainMs` after the last is scheduled). Returns, per broadcast,
    * the lag from its scheduled time to its last delivery (NaN: incomplete).
    */
-  async burst(firstId: number, count: number, rate: number, drainMs: number): Promise<{ lags: number[]; serverCpu: number; clientCpu: number; wallMs: number }> {
+  async burst(
+    firstId: number,
+    count: number,
+    rate: number,
+    drainMs: number,
+  ): Promise<{ lags: number[]; serverCpu: number; clientCpu: number; wallMs: number }> {
     for (let id = firstId; id < firstId + count; id++) this.#arrived.delete(id);
-    const [serverCpu0, clientCpu0] = await Promise.all([this.server.request<number>("cpu"), this.clients.request<number>("cpu")]);
+    const [serverCpu0, clientCpu0] = await Promise.all([
+      this.server.request<number>("cpu"),
+      this.clients.request<number>("cpu"),
+    ]);
     const started = now();
     const scheduled = await this.server.request<number[]>("burst", { firstId, count, rate }, 120_000);
     const deadline = Date.now() + drainMs;
@@ -138,14 +157,22 @@ export class Target {
       await sleep(10);
     }
     const wallMs = Math.max(now() - started, 1);
-    const [serverCpu1, clientCpu1] = await Promise.all([this.server.request<number>("cpu"), this.clients.request<number>("cpu")]);
+    const [serverCpu1, clientCpu1] = await Promise.all([
+      this.server.request<number>("cpu"),
+      this.clients.request<number>("cpu"),
+    ]);
     const lags = scheduled.map((t, k) => {
       const d = this.#arrived.get(firstId + k);
       return d ? this.#latency(d.last, t) : Number.NaN;
     });
     await this.clients.request("forget");
     for (let id = firstId; id < firstId + count; id++) this.#arrived.delete(id);
-    return { lags, serverCpu: (serverCpu1 - serverCpu0) / wallMs, clientCpu: (clientCpu1 - clientCpu0) / wallMs, wallMs };
+    return {
+      lags,
+      serverCpu: (serverCpu1 - serverCpu0) / wallMs,
+      clientCpu: (clientCpu1 - clientCpu0) / wallMs,
+      wallMs,
+    };
   }
 
   async memory(): Promise<MemorySample> {

@@ -44,7 +44,10 @@ interface OpenOptions {
  * with the socket, the head's status code and header block, and the bytes
  * after it.
  */
-function request(url: URL, options: OpenOptions): Promise<{ socket: WireSocket; status: number; head: string; rest: Buffer }> {
+function request(
+  url: URL,
+  options: OpenOptions,
+): Promise<{ socket: WireSocket; status: number; head: string; rest: Buffer }> {
   return new Promise((resolve, reject) => {
     const socket = connect(url);
     let received: Buffer = Buffer.alloc(0);
@@ -78,7 +81,10 @@ function request(url: URL, options: OpenOptions): Promise<{ socket: WireSocket; 
     socket.on("close", onClose);
     socket.once("connect", () => {
       const path = `${url.pathname}${url.search}`;
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${url.host}\r\n${options.headers.map((h) => `${h}\r\n`).join("")}\r\n`, "latin1");
+      socket.write(
+        `GET ${path} HTTP/1.1\r\nHost: ${url.host}\r\n${options.headers.map((h) => `${h}\r\n`).join("")}\r\n`,
+        "latin1",
+      );
     });
   });
 }
@@ -144,13 +150,25 @@ function clientFrame(opcode: number, payload: Buffer): Buffer {
  * pongs and a close frame with one of its own; hands every data message to
  * `handlers.message`. Rejects when the upgrade is not answered with a valid 101.
  */
-export async function openWebSocket(rawUrl: string, origin: string | undefined, handlers: WireHandlers, timeoutMs = 30_000): Promise<WireConnection> {
+export async function openWebSocket(
+  rawUrl: string,
+  origin: string | undefined,
+  handlers: WireHandlers,
+  timeoutMs = 30_000,
+): Promise<WireConnection> {
   const url = new URL(rawUrl);
   const key = randomBytes(16).toString("base64");
-  const headers = ["Upgrade: websocket", "Connection: Upgrade", `Sec-WebSocket-Key: ${key}`, "Sec-WebSocket-Version: 13"];
+  const headers = [
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    `Sec-WebSocket-Key: ${key}`,
+    "Sec-WebSocket-Version: 13",
+  ];
   if (origin) headers.push(`Origin: ${origin}`);
   const { socket, status, head, rest } = await request(url, { headers, timeoutMs });
-  const accept = createHash("sha1").update(key + WS_GUID).digest("base64");
+  const accept = createHash("sha1")
+    .update(key + WS_GUID)
+    .digest("base64");
   if (status !== 101 || header(head, "sec-websocket-accept") !== accept) {
     socket.destroy();
     throw new Error(`WebSocket upgrade answered ${head.split("\r\n")[0]}`);
@@ -226,7 +244,11 @@ export async function openWebSocket(rawUrl: string, origin: string | undefined, 
  * split into events at blank lines; each event's raw text (its `id:` and
  * `data:` lines) goes to `handlers.message`. Rejects on any status but 200.
  */
-export async function openEventStream(rawUrl: string, handlers: WireHandlers, timeoutMs = 30_000): Promise<WireConnection> {
+export async function openEventStream(
+  rawUrl: string,
+  handlers: WireHandlers,
+  timeoutMs = 30_000,
+): Promise<WireConnection> {
   const url = new URL(rawUrl);
   const { socket, status, head, rest } = await request(url, { headers: ["Accept: text/event-stream"], timeoutMs });
   if (status !== 200) {

@@ -33,7 +33,8 @@ const messages = sqliteTable("messages", {
   body: text("body").notNull(),
   createdAt: integer("created_at", { mode: "timestamp_ms" }).notNull(),
 });
-const DDL = "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL)";
+const DDL =
+  "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id INTEGER NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL)";
 
 let dispatched = 0;
 class MessageStream extends ModelStream<typeof messages> {
@@ -58,7 +59,8 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
   sqlite.pragma("synchronous = NORMAL");
   sqlite.exec(DDL);
   const db = drizzle(sqlite);
-  const cacheOnly = mode === "cached" ? instrumentDatabase(db, { classFor: () => undefined, onWrite: () => {} }) : undefined;
+  const cacheOnly =
+    mode === "cached" ? instrumentDatabase(db, { classFor: () => undefined, onWrite: () => {} }) : undefined;
   const turbo =
     mode === "with"
       ? await createTurbo({
@@ -71,7 +73,11 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
         })
       : undefined;
   dispatched = 0;
-  const row = (i: number) => ({ roomId: i % 10, body: `message number ${i} with a little text`, createdAt: new Date() });
+  const row = (i: number) => ({
+    roomId: i % 10,
+    body: `message number ${i} with a little text`,
+    createdAt: new Date(),
+  });
   const started = process.hrtime.bigint();
   if (workload === "per-turn") {
     for (let i = 0; i < n; i++) {

@@ -63,7 +63,9 @@ export async function runFanout(
       }
     }
     for (const t of active) for (let i = 0; i < options.warmup; i++) await t.broadcast(nextId());
-    const byTarget = new Map<string, { samples: BroadcastSample[]; cpu: number }>(active.map((t) => [t.spec.key, { samples: [], cpu: 0 }]));
+    const byTarget = new Map<string, { samples: BroadcastSample[]; cpu: number }>(
+      active.map((t) => [t.spec.key, { samples: [], cpu: 0 }]),
+    );
     for (let round = 0; round < options.rounds; round++) {
       for (let k = 0; k < active.length; k++) {
         const t = active[(k + round) % active.length]!;

@@ -51,7 +51,11 @@ export async function runThroughput(targets: Target[], options: ThroughputOption
     targets.map((t) => [t.spec.key, { target: t.spec.key, n: t.size, sustained: 0, steps: [] }]),
   );
   const running = new Set(targets);
-  for (let rate = options.startRate; running.size > 0 && rate <= options.maxRate; rate = Math.round(rate * options.factor)) {
+  for (
+    let rate = options.startRate;
+    running.size > 0 && rate <= options.maxRate;
+    rate = Math.round(rate * options.factor)
+  ) {
     for (const t of [...running]) {
       const result = results.get(t.spec.key)!;
       let step: ThroughputStep | null = null;

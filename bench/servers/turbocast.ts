@@ -35,7 +35,8 @@ class RoomStream extends ModelStream<typeof rooms> {
 class MessageStream extends ModelStream<typeof messages> {
   static override model = messages;
   override async onSave(message: Message, { created }: { created: boolean }): Promise<void> {
-    if (created) await RoomStream.for(message.roomId).append("messages/_message.njk", { message }, { target: "messages" });
+    if (created)
+      await RoomStream.for(message.roomId).append("messages/_message.njk", { message }, { target: "messages" });
   }
 }
 
@@ -49,7 +50,12 @@ const TEMPLATES: Record<string, string> = {
 function sourceSrc(html: string): string {
   const match = /<turbo-stream-source[^>]*\ssrc="([^"]*)"/.exec(html);
   if (!match) throw new Error(`no <turbo-stream-source> in the page: ${html.slice(0, 200)}`);
-  return match[1]!.replace(/&quot;/g, '"').replace(/&#39;/g, "'").replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&");
+  return match[1]!
+    .replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'")
+    .replace(/&lt;/g, "<")
+    .replace(/&gt;/g, ">")
+    .replace(/&amp;/g, "&");
 }
 
 function get(url: string): Promise<string> {
@@ -59,7 +65,9 @@ function get(url: string): Promise<string> {
         let body = "";
         res.setEncoding("utf8");
         res.on("data", (chunk: string) => (body += chunk));
-        res.on("end", () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${url}: ${res.statusCode}`))));
+        res.on("end", () =>
+          res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${url}: ${res.statusCode}`)),
+        );
       })
       .on("error", reject);
   });
@@ -113,7 +121,11 @@ export function turbocastServer(): BenchServer {
       app.use(turbo.middleware());
       app.get("/rooms/:id", (req, res) => {
         // read through the app's db, so the row carries its .stream
-        const row = db.select().from(rooms).where(eq(rooms.id, Number(req.params.id))).get();
+        const row = db
+          .select()
+          .from(rooms)
+          .where(eq(rooms.id, Number(req.params.id)))
+          .get();
         if (!row) return void res.sendStatus(404);
         res.render("rooms/show.njk", { room: row, transport: req.query.transport });
       });

@@ -109,9 +109,13 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   app.post("/login", (req, res) => {
     const name = String(req.body?.name ?? "").trim();
     if (!/^[\p{L}\p{N} _.-]{1,40}$/u.test(name)) {
-      return res.status(422).render("sessions/new.njk", { error: "Use 1 to 40 letters, digits, spaces, dots, dashes or underscores.", name });
+      return res.status(422).render("sessions/new.njk", {
+        error: "Use 1 to 40 letters, digits, spaces, dots, dashes or underscores.",
+        name,
+      });
     }
-    const user = db.select().from(users).where(eq(users.name, name)).get() ?? db.insert(users).values({ name }).returning().get();
+    const user =
+      db.select().from(users).where(eq(users.name, name)).get() ?? db.insert(users).values({ name }).returning().get();
     res.setHeader("Set-Cookie", sessionCookie(user.id, secret));
     res.redirect(303, "/");
   });
@@ -132,12 +136,18 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   });
 
   app.post("/rooms", signedIn, (req, res) => {
-    const name = String(req.body?.name ?? "").trim().slice(0, 60);
+    const name = String(req.body?.name ?? "")
+      .trim()
+      .slice(0, 60);
     if (!name) return res.status(422).render("error.njk", { status: 422, message: "A room needs a name." });
     const transport = req.body?.transport === "websocket" ? "websocket" : "sse";
     const isPrivate = req.body?.private === "1";
     const room = db.transaction((tx) => {
-      const created = tx.insert(rooms).values({ name, transport, isPrivate, createdBy: req.user!.id }).returning().get();
+      const created = tx
+        .insert(rooms)
+        .values({ name, transport, isPrivate, createdBy: req.user!.id })
+        .returning()
+        .get();
       if (isPrivate) tx.insert(memberships).values({ roomId: created.id, userId: req.user!.id }).run();
       return created;
     });
@@ -161,9 +171,15 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     const room = visibleRoom(req, res);
     if (!room) return;
     if (!room.isPrivate || room.createdBy !== req.user!.id) {
-      return res.status(403).render("error.njk", { status: 403, message: "Only the creator of a private room adds members." });
+      return res
+        .status(403)
+        .render("error.njk", { status: 403, message: "Only the creator of a private room adds members." });
     }
-    const member = db.select().from(users).where(eq(users.name, String(req.body?.name ?? "").trim())).get();
+    const member = db
+      .select()
+      .from(users)
+      .where(eq(users.name, String(req.body?.name ?? "").trim()))
+      .get();
     if (!member) return res.status(422).render("error.njk", { status: 422, message: "No user by that name." });
     db.insert(memberships).values({ roomId: room.id, userId: member.id }).onConflictDoNothing().run();
     res.redirect(303, `/rooms/${room.id}`);
@@ -172,13 +188,17 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   app.post("/rooms/:id/messages", signedIn, (req, res) => {
     const room = visibleRoom(req, res);
     if (!room) return;
-    const body = String(req.body?.body ?? "").trim().slice(0, 2000);
+    const body = String(req.body?.body ?? "")
+      .trim()
+      .slice(0, 2000);
     if (body) db.insert(messages).values({ roomId: room.id, userId: req.user!.id, body }).run();
     // the message itself arrives through the room's stream, in this page as in every other
     if (wantsStream(req)) {
       res.type("text/vnd.turbo-stream.html");
       const form = views.render("messages/_form.njk", { room });
-      return res.send(`<turbo-stream action="replace" target="new_message"><template>${form}</template></turbo-stream>`);
+      return res.send(
+        `<turbo-stream action="replace" target="new_message"><template>${form}</template></turbo-stream>`,
+      );
     }
     res.redirect(303, `/rooms/${room.id}`);
   });
@@ -187,7 +207,11 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   const ownMessage = (req: Request, res: Response) => {
     const id = Number(req.params.id);
     const message = Number.isInteger(id)
-      ? db.select().from(messages).where(and(eq(messages.id, id), eq(messages.userId, req.user!.id))).get()
+      ? db
+          .select()
+          .from(messages)
+          .where(and(eq(messages.id, id), eq(messages.userId, req.user!.id)))
+          .get()
       : undefined;
     if (!message) res.status(404).render("error.njk", { status: 404, message: "No such message of yours." });
     return message;
@@ -201,9 +225,16 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   app.post("/messages/:id", signedIn, (req, res) => {
     const message = ownMessage(req, res);
     if (!message) return;
-    const body = String(req.body?.body ?? "").trim().slice(0, 2000);
+    const body = String(req.body?.body ?? "")
+      .trim()
+      .slice(0, 2000);
     if (!body) return res.status(422).render("messages/edit.njk", { message });
-    const updated = db.update(messages).set({ body, editedAt: new Date() }).where(eq(messages.id, message.id)).returning().get();
+    const updated = db
+      .update(messages)
+      .set({ body, editedAt: new Date() })
+      .where(eq(messages.id, message.id))
+      .returning()
+      .get();
     res.render("messages/_message.njk", { message: updated, author: req.user });
   });
 

@@ -27,7 +27,8 @@ const prefix = process.env.BROKER_PREFIX;
 /** How long the primary waits for its workers to close before killing them. */
 const SHUTDOWN_GRACE_MS = 10_000;
 
-if (!Number.isInteger(workers) || workers < 1) fail(`WORKERS must be a positive integer, not ${JSON.stringify(process.env.WORKERS)}`);
+if (!Number.isInteger(workers) || workers < 1)
+  fail(`WORKERS must be a positive integer, not ${JSON.stringify(process.env.WORKERS)}`);
 if (kind !== "redis" && kind !== "postgres") fail(`BROKER must be "redis" or "postgres", not ${JSON.stringify(kind)}`);
 
 function fail(message: string): never {
@@ -42,7 +43,10 @@ function broker(): Broker {
       ...(prefix ? { prefix } : {}),
     });
   }
-  return redisBroker({ url: process.env.REDIS_URL ?? "redis://127.0.0.1:6379", ...(prefix ? { keyPrefix: `${prefix}:` } : {}) });
+  return redisBroker({
+    url: process.env.REDIS_URL ?? "redis://127.0.0.1:6379",
+    ...(prefix ? { keyPrefix: `${prefix}:` } : {}),
+  });
 }
 
 if (cluster.isPrimary) {
@@ -56,13 +60,17 @@ if (cluster.isPrimary) {
     serving.add(worker.id);
     if (!announced && serving.size === workers) {
       announced = true;
-      console.log(`turbocast chat on http://${host}:${port} with ${workers} workers (${kind} broker, database ${databasePath()})`);
+      console.log(
+        `turbocast chat on http://${host}:${port} with ${workers} workers (${kind} broker, database ${databasePath()})`,
+      );
     }
   });
   cluster.on("exit", (worker, code, signal) => {
     if (stopping) return;
     const wasServing = serving.delete(worker.id);
-    console.warn(`worker ${worker.process.pid} exited (${signal ?? code})${wasServing ? "; starting another" : " before it could serve"}`);
+    console.warn(
+      `worker ${worker.process.pid} exited (${signal ?? code})${wasServing ? "; starting another" : " before it could serve"}`,
+    );
     if (wasServing) {
       cluster.fork();
     } else if (Object.keys(cluster.workers ?? {}).length === 0) {
@@ -83,7 +91,12 @@ if (cluster.isPrimary) {
       process.exit(1);
     }, SHUTDOWN_GRACE_MS);
     const exited = alive.map(
-      (w) => new Promise<string | null>((resolve) => w.once("exit", (code, signal) => resolve(code === 0 ? null : `worker ${w.process.pid} exited (${signal ?? code})`))),
+      (w) =>
+        new Promise<string | null>((resolve) =>
+          w.once("exit", (code, signal) =>
+            resolve(code === 0 ? null : `worker ${w.process.pid} exited (${signal ?? code})`),
+          ),
+        ),
     );
     void Promise.all(exited).then((failures) => {
       clearTimeout(timer);
@@ -102,7 +115,9 @@ if (cluster.isPrimary) {
   } catch (error) {
     fail(`worker ${process.pid} could not start: ${error instanceof Error ? error.message : String(error)}`);
   }
-  chat.server.on("error", (error) => fail(`worker ${process.pid} could not listen on ${host}:${port}: ${error.message}`));
+  chat.server.on("error", (error) =>
+    fail(`worker ${process.pid} could not listen on ${host}:${port}: ${error.message}`),
+  );
   chat.server.listen(port, host);
   let closing = false;
   const stop = (): void => {

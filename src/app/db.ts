@@ -58,7 +58,9 @@ function seed(sqlite: Database.Database): void {
   sqlite.transaction(() => {
     const user = sqlite.prepare("INSERT INTO users (name) VALUES (?)");
     const [alice, bob] = ["alice", "bob", "carol"].map((name) => Number(user.run(name).lastInsertRowid));
-    const room = sqlite.prepare("INSERT INTO rooms (name, is_private, transport, created_by, created_at) VALUES (?, ?, ?, ?, ?)");
+    const room = sqlite.prepare(
+      "INSERT INTO rooms (name, is_private, transport, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+    );
     const general = Number(room.run("general", 0, "sse", alice, now).lastInsertRowid);
     const random = Number(room.run("random", 0, "websocket", bob, now).lastInsertRowid);
     const secret = Number(room.run("secret plans", 1, "sse", alice, now).lastInsertRowid);

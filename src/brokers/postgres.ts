@@ -11,7 +11,15 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import { OutageLog, TimerSet, backoffMs, errorMessage, newEpochMinSeq, notStartedError, redactUrl } from "./connection.js";
+import {
+  OutageLog,
+  TimerSet,
+  backoffMs,
+  errorMessage,
+  newEpochMinSeq,
+  notStartedError,
+  redactUrl,
+} from "./connection.js";
 
 /** Options of postgresBroker. Every default is listed here. */
 export interface PostgresBrokerOptions {
@@ -211,9 +219,14 @@ export class PostgresBroker implements Broker {
     this.#target = redactUrl(options.connectionString);
     this.#prefix = options.prefix ?? DEFAULTS.prefix;
     this.#channel = options.channel ?? this.#prefix;
-    for (const [name, value] of [["prefix", this.#prefix], ["channel", this.#channel]] as const) {
+    for (const [name, value] of [
+      ["prefix", this.#prefix],
+      ["channel", this.#channel],
+    ] as const) {
       if (!IDENTIFIER.test(value)) {
-        throw new ConfigError(`postgresBroker ${name} "${value}" must be lowercase letters, digits and _ (at most 41 characters)`);
+        throw new ConfigError(
+          `postgresBroker ${name} "${value}" must be lowercase letters, digits and _ (at most 41 characters)`,
+        );
       }
     }
     this.#sql = statements(this.#prefix);
@@ -224,7 +237,8 @@ export class PostgresBroker implements Broker {
     this.#commandTimeoutMs = options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
     this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
-    this.#sweepIntervalMs = options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(this.#history.ageMs / 2)));
+    this.#sweepIntervalMs =
+      options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(this.#history.ageMs / 2)));
   }
 
   /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
@@ -252,7 +266,9 @@ export class PostgresBroker implements Broker {
         if (this.#isClosed()) throw new ClosedError("postgres broker");
         if (!isConnectionError(error) || Date.now() >= deadline) {
           await this.close();
-          throw new BrokerError(`postgres broker could not start on ${this.#target}: ${errorMessage(error)}`, { cause: error });
+          throw new BrokerError(`postgres broker could not start on ${this.#target}: ${errorMessage(error)}`, {
+            cause: error,
+          });
         }
         await this.#sleep(Math.min(backoffMs(attempt, this.#maxBackoffMs), Math.max(0, deadline - Date.now())));
         if (this.#isClosed()) throw new ClosedError("postgres broker");
@@ -295,7 +311,9 @@ export class PostgresBroker implements Broker {
           await this.#ensureSchema(pool).catch(() => {});
           continue;
         }
-        throw new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error });
+        throw new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, {
+          cause: error,
+        });
       }
       const row = result.rows[0];
       if (!row) {
@@ -326,7 +344,8 @@ export class PostgresBroker implements Broker {
       ]);
       const meta = await pool.query<{ epoch: string; seq: string; floor: string }>(this.#sql.historyFloor, [streams]);
       const row = meta.rows[0];
-      if (!row || row.epoch !== cursor.epoch || cursor.seq > Number(row.seq) || cursor.seq < Number(row.floor)) return null;
+      if (!row || row.epoch !== cursor.epoch || cursor.seq > Number(row.seq) || cursor.seq < Number(row.floor))
+        return null;
       return frames.rows.map((f) => {
         const seq = Number(f.seq);
         return { stream: f.stream, seq, position: formatPosition(row.epoch, seq), frame: f.frame };
@@ -489,7 +508,11 @@ export class PostgresBroker implements Broker {
     this.#state = "open";
     const outage = this.#outage!;
     const refusedAt = outage.lastRefusedAt;
-    outage.end(this.#epochLost ? `its tables had lost their history (new epoch ${this.#epoch}): older cursors get a refresh` : undefined);
+    outage.end(
+      this.#epochLost
+        ? `its tables had lost their history (new epoch ${this.#epoch}): older cursors get a refresh`
+        : undefined,
+    );
     this.#epochLost = false;
     this.#gap("the postgres connection was interrupted");
     void this.#pump();
@@ -521,7 +544,9 @@ export class PostgresBroker implements Broker {
       const pool = this.#pool;
       if (this.#state !== "open" || !pool) return; // an outage's recovery asks for its own refresh
       const request: Notice = { g: reason, o: this.#id, at };
-      pool.query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)]).catch((error: unknown) => this.#queryFailed(error));
+      pool
+        .query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)])
+        .catch((error: unknown) => this.#queryFailed(error));
     });
   }
 
@@ -581,14 +606,21 @@ export class PostgresBroker implements Broker {
         // a new epoch does not continue the old one's seqs: it starts at its first notice
         const from = this.#delivered ?? notice.s - 1;
         if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
-          this.#hand({ stream: notice.n, seq: notice.s, position: formatPosition(notice.e, notice.s), frame: notice.f });
+          this.#hand({
+            stream: notice.n,
+            seq: notice.s,
+            position: formatPosition(notice.e, notice.s),
+            frame: notice.f,
+          });
           continue;
         }
         const pool = this.#pool;
         if (!pool) return;
         let rows: Array<{ seq: string; stream: string; frame: string }>;
         try {
-          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [from, notice.s])).rows;
+          rows = (
+            await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [from, notice.s])
+          ).rows;
         } catch (error) {
           // frames that could not be read: this process's subscribers refresh
           // (after the recovery, when the connection broke)
@@ -665,7 +697,8 @@ export class PostgresBroker implements Broker {
       }
       // a slow or failing prune is not an outage (the heartbeat and the
       // listener tell those), and is logged once until a prune succeeds again
-      if (!this.#sweepFailing) this.#events?.log("warn", "postgres broker could not prune old frames; retrying every sweep", error);
+      if (!this.#sweepFailing)
+        this.#events?.log("warn", "postgres broker could not prune old frames; retrying every sweep", error);
       this.#sweepFailing = true;
     } finally {
       this.#sweeping = false;
@@ -678,7 +711,11 @@ export class PostgresBroker implements Broker {
     if (epoch !== this.#epoch) {
       if (this.#epoch !== null) {
         if (this.#state === "down") this.#epochLost = true;
-        else this.#events?.log("warn", `postgres broker's tables lost their history (new epoch ${epoch}): older cursors get a refresh`);
+        else
+          this.#events?.log(
+            "warn",
+            `postgres broker's tables lost their history (new epoch ${epoch}): older cursors get a refresh`,
+          );
         this.#delivered = null;
       }
       this.#epoch = epoch;

@@ -10,7 +10,15 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import { OutageLog, TimerSet, backoffMs, errorMessage, newEpochMinSeq, notStartedError, redactUrl } from "./connection.js";
+import {
+  OutageLog,
+  TimerSet,
+  backoffMs,
+  errorMessage,
+  newEpochMinSeq,
+  notStartedError,
+  redactUrl,
+} from "./connection.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, sha1 } from "./redis-scripts.js";
 
 /** Options of redisBroker. Every default is listed here. */
@@ -119,7 +127,9 @@ export class RedisBroker implements Broker {
     this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
     this.#connectionName = options.connectionName ?? DEFAULTS.connectionName;
     if (!/^[!-~]+$/.test(this.#connectionName)) {
-      throw new ConfigError(`redisBroker connectionName "${this.#connectionName}" must be printable ASCII without spaces (CLIENT SETNAME)`);
+      throw new ConfigError(
+        `redisBroker connectionName "${this.#connectionName}" must be printable ASCII without spaces (CLIENT SETNAME)`,
+      );
     }
   }
 
@@ -241,10 +251,12 @@ export class RedisBroker implements Broker {
     const cmd = this.#cmd;
     if (cmd && this.#cmdUp) {
       try {
-        const [epoch, seq] = (await this.#run(cmd, HEAD_SCRIPT, [`${this.#prefix}meta`], [
-          this.#newEpoch(),
-          newEpochMinSeq(this.#maxSeen),
-        ])) as [string, number];
+        const [epoch, seq] = (await this.#run(
+          cmd,
+          HEAD_SCRIPT,
+          [`${this.#prefix}meta`],
+          [this.#newEpoch(), newEpochMinSeq(this.#maxSeen)],
+        )) as [string, number];
         this.#seen(epoch, seq);
         return formatPosition(epoch, seq);
       } catch (error) {
@@ -327,10 +339,12 @@ export class RedisBroker implements Broker {
     // after an outage this is also where a Redis that lost its data shows
     let head: [string, number];
     try {
-      head = (await this.#run(cmd, HEAD_SCRIPT, [`${this.#prefix}meta`], [
-        this.#newEpoch(),
-        newEpochMinSeq(this.#maxSeen),
-      ])) as [string, number];
+      head = (await this.#run(
+        cmd,
+        HEAD_SCRIPT,
+        [`${this.#prefix}meta`],
+        [this.#newEpoch(), newEpochMinSeq(this.#maxSeen)],
+      )) as [string, number];
     } catch (error) {
       this.#lastError = error;
       if (this.#state !== "closed") cmd.disconnect(true);
@@ -343,7 +357,11 @@ export class RedisBroker implements Broker {
     const outage = this.#outage!;
     if (outage.lastRefusedAt > 0) {
       // publishes refused here were lost for every process: ask them all to refresh
-      const request: Message = { g: "redis publishes were refused during an outage", o: this.#id, at: outage.lastRefusedAt };
+      const request: Message = {
+        g: "redis publishes were refused during an outage",
+        o: this.#id,
+        at: outage.lastRefusedAt,
+      };
       try {
         await cmd.publish(this.#channel, JSON.stringify(request));
         outage.lastRefusedAt = 0;
@@ -383,7 +401,11 @@ export class RedisBroker implements Broker {
       this.#opened?.resolve();
     } else if (this.#state === "down") {
       this.#state = "open";
-      this.#outage?.end(this.#epochLost ? `Redis had lost the broker's keys (new epoch ${this.#epoch}): older cursors get a refresh` : undefined);
+      this.#outage?.end(
+        this.#epochLost
+          ? `Redis had lost the broker's keys (new epoch ${this.#epoch}): older cursors get a refresh`
+          : undefined,
+      );
       this.#epochLost = false;
     }
   }
@@ -443,7 +465,11 @@ export class RedisBroker implements Broker {
       } else {
         // during an outage this is said once, in the line that ends it
         if (this.#state === "down") this.#epochLost = true;
-        else this.#events?.log("warn", `redis at ${this.#target} lost the broker's keys (new epoch ${epoch}): older cursors get a refresh`);
+        else
+          this.#events?.log(
+            "warn",
+            `redis at ${this.#target} lost the broker's keys (new epoch ${epoch}): older cursors get a refresh`,
+          );
         // a new epoch's seqs start above the old ones; this keeps it so even if clocks disagree
         this.#delivered = Math.min(this.#delivered, seq - 1);
       }
@@ -494,7 +520,8 @@ function isReplyError(error: unknown): boolean {
 /** Closes a connection now; resolves once its socket is gone (at most a second later, whatever happens). */
 function disconnect(connection: Redis): Promise<void> {
   // between attempts ('reconnecting') there is no socket: disconnect() just cancels the next attempt
-  const hasSocket = connection.status === "connecting" || connection.status === "connect" || connection.status === "ready";
+  const hasSocket =
+    connection.status === "connecting" || connection.status === "connect" || connection.status === "ready";
   if (!hasSocket) {
     connection.disconnect();
     return Promise.resolve();

@@ -25,7 +25,11 @@ const decoders = new WeakMap<TableInfo, RowDecoder>();
 export function rowDecoder(info: TableInfo): RowDecoder {
   let decoder = decoders.get(info);
   if (decoder) return decoder;
-  const fields = Object.entries(info.columns).map(([key, column]) => ({ key, name: column.name, column: column as SQLiteColumn }));
+  const fields = Object.entries(info.columns).map(([key, column]) => ({
+    key,
+    name: column.name,
+    column: column as SQLiteColumn,
+  }));
   decoder = (json) => {
     const raw = JSON.parse(json) as Record<string, unknown>;
     const entity: Record<string, unknown> = {};

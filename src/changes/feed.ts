@@ -297,7 +297,12 @@ export class ChangeFeed {
         keys: info.keys.map((k) => k.column.name),
         columns: Object.values(info.columns).map((c) => c.name),
         blobColumns: Object.values(info.columns)
-          .filter((c) => c.columnType.startsWith("SQLiteBlob") || c.columnType === "SQLiteBigInt" || c.columnType === "SQLiteCustomColumn")
+          .filter(
+            (c) =>
+              c.columnType.startsWith("SQLiteBlob") ||
+              c.columnType === "SQLiteBigInt" ||
+              c.columnType === "SQLiteCustomColumn",
+          )
           .map((c) => c.name),
       };
     });
@@ -313,10 +318,14 @@ export class ChangeFeed {
       this.#logger.warn(`table "${table}" does not exist yet; its changes are captured once it is created`, { table });
     }
     for (const table of result.captured) {
-      if (this.#missingTables.delete(table)) this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
+      if (this.#missingTables.delete(table))
+        this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
     }
     for (const { table, columns } of result.missingColumns) {
-      this.#logger.warn(`table "${table}" has no column ${columns.join(", ")} that its Drizzle schema declares; hooks see undefined`, { table, columns });
+      this.#logger.warn(
+        `table "${table}" has no column ${columns.join(", ")} that its Drizzle schema declares; hooks see undefined`,
+        { table, columns },
+      );
     }
     return result;
   }
@@ -326,7 +335,10 @@ export class ChangeFeed {
     try {
       const result = this.#sync();
       if (result.created.length > 0 || result.dropped.length > 0) {
-        this.#logger.info("change capture triggers updated after a schema change", { created: result.created, dropped: result.dropped });
+        this.#logger.info("change capture triggers updated after a schema change", {
+          created: result.created,
+          dropped: result.dropped,
+        });
       }
       this.#recovered("sync");
     } catch (error) {
@@ -506,28 +518,36 @@ export class ChangeFeed {
 
   #reportTakeOver({ from, why, after }: TakeOver): void {
     const reason = why === "gone" ? "its process on this host is gone" : "its lease ran out";
-    this.#logger.warn(`change feed took over changes claimed by ${from} (${reason}); changes after seq ${after} it may have dispatched are dispatched again`, {
-      from,
-      reason: why,
-      after,
-    });
+    this.#logger.warn(
+      `change feed took over changes claimed by ${from} (${reason}); changes after seq ${after} it may have dispatched are dispatched again`,
+      {
+        from,
+        reason: why,
+        after,
+      },
+    );
   }
 
   #warnLostClaim(): void {
-    this.#logger.warn("change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs");
+    this.#logger.warn(
+      "change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs",
+    );
   }
 
   /** Renews this feed's claims every leaseMs / 3 while it dispatches, so a slow hook is not taken for a dead process. */
   #holdClaims(): void {
     if (this.#renewTimer) return;
-    this.#renewTimer = setInterval(() => {
-      if (this.#client.inTransaction) return;
-      try {
-        this.#log!.renew(this.owner, Date.now() + this.#options.leaseMs);
-      } catch (error) {
-        this.#failed("renew", "change feed could not renew its claims", error);
-      }
-    }, Math.max(1, Math.floor(this.#options.leaseMs / 3)));
+    this.#renewTimer = setInterval(
+      () => {
+        if (this.#client.inTransaction) return;
+        try {
+          this.#log!.renew(this.owner, Date.now() + this.#options.leaseMs);
+        } catch (error) {
+          this.#failed("renew", "change feed could not renew its claims", error);
+        }
+      },
+      Math.max(1, Math.floor(this.#options.leaseMs / 3)),
+    );
     this.#renewTimer.unref();
   }
 
@@ -549,7 +569,9 @@ export class ChangeFeed {
       // captured while the table was bound (or by another app version); nobody here handles it
       if (!this.#warnedUnbound.has(change.table)) {
         this.#warnedUnbound.add(change.table);
-        this.#logger.warn(`changes of table "${change.table}" are skipped: no ModelStream is bound to it`, { table: change.table });
+        this.#logger.warn(`changes of table "${change.table}" are skipped: no ModelStream is bound to it`, {
+          table: change.table,
+        });
       }
       return;
     }
@@ -561,15 +583,25 @@ export class ChangeFeed {
       const stream = cls.for(entity) as ModelStream;
       // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
       // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
-      Object.defineProperty(entity, "stream", { value: stream, configurable: true, enumerable: false, writable: false });
+      Object.defineProperty(entity, "stream", {
+        value: stream,
+        configurable: true,
+        enumerable: false,
+        writable: false,
+      });
       stream.entity = entity as ModelStream["entity"];
       step = change.op === "delete" ? "onDelete" : "onSave";
       // passes run outside any request (#startPass): a change written in one runs inside its id again
-      const result = requestId === undefined ? runHook(stream, entity, change.op) : this.#requests!.run(requestId, () => runHook(stream, entity, change.op));
+      const result =
+        requestId === undefined
+          ? runHook(stream, entity, change.op)
+          : this.#requests!.run(requestId, () => runHook(stream, entity, change.op));
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
         const hook = step;
-        return this.#settled(Promise.resolve(result)).catch((error: unknown) => this.#hookFailed(cls, change, hook, error));
+        return this.#settled(Promise.resolve(result)).catch((error: unknown) =>
+          this.#hookFailed(cls, change, hook, error),
+        );
       }
     } catch (error) {
       this.#hookFailed(cls, change, step, error);
@@ -577,10 +609,21 @@ export class ChangeFeed {
     return undefined;
   }
 
-  #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: "decode" | "onSave" | "onDelete", error: unknown): void {
+  #hookFailed(
+    cls: AnyModelStreamClass,
+    change: ChangeRecord,
+    step: "decode" | "onSave" | "onDelete",
+    error: unknown,
+  ): void {
     const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
     const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
-    this.#logger.error(failure.message, { code: failure.code, table: failure.table, key: failure.key, seq: failure.seq, error });
+    this.#logger.error(failure.message, {
+      code: failure.code,
+      table: failure.table,
+      key: failure.key,
+      seq: failure.seq,
+      error,
+    });
   }
 
   /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
@@ -588,7 +631,10 @@ export class ChangeFeed {
     const ms = this.#options.hookTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)), ms);
+      timer = setTimeout(
+        () => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)),
+        ms,
+      );
     });
     try {
       await Promise.race([result, timeout]);
@@ -610,7 +656,9 @@ export class ChangeFeed {
 
 /** Calls the change's hook on its stream; returns what the hook returned (a promise for an async one). */
 function runHook(stream: ModelStream, entity: Record<string, unknown>, op: ChangeRecord["op"]): unknown {
-  return op === "delete" ? stream.onDelete(entity as never) : stream.onSave(entity as never, { created: op === "insert" });
+  return op === "delete"
+    ? stream.onDelete(entity as never)
+    : stream.onSave(entity as never, { created: op === "insert" });
 }
 
 /** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */
@@ -618,7 +666,9 @@ function keyOf(cls: AnyModelStreamClass, rowJson: string): unknown {
   try {
     const row = JSON.parse(rowJson) as Record<string, unknown>;
     const keys = cls.tableInfo().keys;
-    return keys.length === 1 ? row[keys[0]!.column.name] : Object.fromEntries(keys.map((k) => [k.key, row[k.column.name]]));
+    return keys.length === 1
+      ? row[keys[0]!.column.name]
+      : Object.fromEntries(keys.map((k) => [k.key, row[k.column.name]]));
   } catch {
     return undefined;
   }

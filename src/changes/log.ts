@@ -99,7 +99,9 @@ export class ChangeLog {
   #tookOver: TakeOver | null = null;
   #doneSeq = -1;
   readonly #mayBeAlive: (owner: string) => boolean;
-  readonly #claim: Database.Transaction<(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]>;
+  readonly #claim: Database.Transaction<
+    (owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]
+  >;
 
   constructor(client: Database.Database, options: { mayBeAlive?: (owner: string) => boolean } = {}) {
     this.#mayBeAlive = options.mayBeAlive ?? ownerMayBeAlive;
@@ -114,8 +116,12 @@ export class ChangeLog {
     );
     this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
     // rows as arrays: better-sqlite3 builds an object per row property by property, at about twice the cost
-    this.#pending = client.prepare(`SELECT seq, tbl, op, row_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`).raw(true);
-    this.#take = client.prepare(`UPDATE ${C} SET owner = :owner, claimed_seq = :upTo, lease_until = :until WHERE id = 1`);
+    this.#pending = client
+      .prepare(`SELECT seq, tbl, op, row_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`)
+      .raw(true);
+    this.#take = client.prepare(
+      `UPDATE ${C} SET owner = :owner, claimed_seq = :upTo, lease_until = :until WHERE id = 1`,
+    );
     this.#let = client.prepare(
       `UPDATE ${C} SET done_seq = max(done_seq, :upTo), owner = NULL, claimed_seq = NULL, lease_until = NULL WHERE id = 1 AND owner = :owner`,
     );
@@ -126,25 +132,27 @@ export class ChangeLog {
          AND seq < (SELECT max(seq) FROM ${T})
          AND (seq <= (SELECT max(seq) FROM ${T}) - :count OR at <= :cutoff)`,
     );
-    this.#claim = client.transaction((owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] => {
-      this.#lostClaim = doneUpTo > 0 && this.#advance.run({ owner, upTo: doneUpTo }).changes === 0;
-      const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
-      this.#schemaVersion = cursor.schemaVersion;
-      this.#doneSeq = cursor.doneSeq;
-      this.#tookOver = null;
-      const held = this.#heldBy(cursor, owner, now);
-      if (held === "live") return [];
-      // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
-      const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
-      const batch = rows.map(([seq, table, op, row]): ChangeRecord => ({ seq, table, op, row }));
-      if (batch.length === 0) {
-        if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
-        return [];
-      }
-      this.#take.run({ owner, upTo: batch[batch.length - 1]!.seq, until: now + leaseMs });
-      if (held !== "free") this.#tookOver = { from: cursor.owner!, why: held, after: cursor.doneSeq };
-      return batch;
-    });
+    this.#claim = client.transaction(
+      (owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] => {
+        this.#lostClaim = doneUpTo > 0 && this.#advance.run({ owner, upTo: doneUpTo }).changes === 0;
+        const cursor = this.#cursor.get() as CursorRow & { schemaVersion: number };
+        this.#schemaVersion = cursor.schemaVersion;
+        this.#doneSeq = cursor.doneSeq;
+        this.#tookOver = null;
+        const held = this.#heldBy(cursor, owner, now);
+        if (held === "live") return [];
+        // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
+        const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
+        const batch = rows.map(([seq, table, op, row]): ChangeRecord => ({ seq, table, op, row }));
+        if (batch.length === 0) {
+          if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
+          return [];
+        }
+        this.#take.run({ owner, upTo: batch[batch.length - 1]!.seq, until: now + leaseMs });
+        if (held !== "free") this.#tookOver = { from: cursor.owner!, why: held, after: cursor.doneSeq };
+        return batch;
+      },
+    );
   }
 
   /** `PRAGMA schema_version` as the last poll or claim read it (-1: neither ran yet). */

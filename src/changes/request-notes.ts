@@ -70,19 +70,25 @@ export class RequestNotes {
     if (!shared.registered) {
       const state = shared;
       // no feed left on the connection (a trigger a close could not drop): note nothing
-      this.#client.function(WANTED, { deterministic: false }, () => (state.feeds > 0 && state.scope?.current() !== undefined ? 1 : 0));
+      this.#client.function(WANTED, { deterministic: false }, () =>
+        state.feeds > 0 && state.scope?.current() !== undefined ? 1 : 0,
+      );
       this.#client.function(CURRENT, { deterministic: false }, () => {
         state.noted = true;
         return state.scope?.current() ?? null;
       });
       shared.registered = true;
     }
-    this.#client.exec(`CREATE TEMP TABLE IF NOT EXISTS ${quoteIdent(NOTES)} (seq INTEGER PRIMARY KEY, request_id TEXT NOT NULL)`);
+    this.#client.exec(
+      `CREATE TEMP TABLE IF NOT EXISTS ${quoteIdent(NOTES)} (seq INTEGER PRIMARY KEY, request_id TEXT NOT NULL)`,
+    );
     this.#client.exec(
       `CREATE TEMP TRIGGER IF NOT EXISTS ${quoteIdent(TRIGGER)} AFTER INSERT ON main.${quoteIdent(LOG_TABLE)} FOR EACH ROW ` +
         `WHEN ${WANTED}() BEGIN INSERT OR REPLACE INTO temp.${quoteIdent(NOTES)} (seq, request_id) VALUES (NEW.seq, ${CURRENT}()); END`,
     );
-    this.#take = this.#client.prepare(`SELECT seq, request_id FROM temp.${quoteIdent(NOTES)} WHERE seq BETWEEN ? AND ?`).raw(true);
+    this.#take = this.#client
+      .prepare(`SELECT seq, request_id FROM temp.${quoteIdent(NOTES)} WHERE seq BETWEEN ? AND ?`)
+      .raw(true);
     this.#forget = this.#client.prepare(`DELETE FROM temp.${quoteIdent(NOTES)} WHERE seq <= ?`);
     this.#any = this.#client.prepare(`SELECT EXISTS (SELECT 1 FROM temp.${quoteIdent(NOTES)})`).pluck();
     this.#shared = shared;
@@ -107,7 +113,9 @@ export class RequestNotes {
     shared.feeds--;
     if (shared.feeds > 0 || !this.#client.open || this.#client.inTransaction) return;
     try {
-      this.#client.exec(`DROP TRIGGER IF EXISTS temp.${quoteIdent(TRIGGER)}; DROP TABLE IF EXISTS temp.${quoteIdent(NOTES)}`);
+      this.#client.exec(
+        `DROP TRIGGER IF EXISTS temp.${quoteIdent(TRIGGER)}; DROP TABLE IF EXISTS temp.${quoteIdent(NOTES)}`,
+      );
     } catch {
       // the connection is busy (closing from inside a statement): WANTED answers 0 from now on
     }

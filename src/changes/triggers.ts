@@ -54,7 +54,10 @@ export interface CaptureTable {
  * that write fail ("JSON cannot hold BLOB values"; "malformed JSON" since
  * SQLite 3.45) — declare such a column BLOB.
  */
-export function encodesBlobs(column: { type: string; rowidAlias: boolean; drizzleBlob: boolean }, strict: boolean): boolean {
+export function encodesBlobs(
+  column: { type: string; rowidAlias: boolean; drizzleBlob: boolean },
+  strict: boolean,
+): boolean {
   if (column.rowidAlias) return false;
   if (column.drizzleBlob) return true;
   const type = column.type.toUpperCase();
@@ -95,13 +98,18 @@ export function triggerStatements(table: string, columns: readonly TriggerColumn
   };
   // An UPDATE that changes no column is not a change (turbo-rails #610: no-op saves broadcast).
   // COLLATE BINARY: under a NOCASE column 'a' -> 'A' is still a change the page should show.
-  const changed = columns.map(({ name: c }) => `NEW.${quoteIdent(c)} IS NOT OLD.${quoteIdent(c)} COLLATE BINARY`).join(" OR ");
+  const changed = columns
+    .map(({ name: c }) => `NEW.${quoteIdent(c)} IS NOT OLD.${quoteIdent(c)} COLLATE BINARY`)
+    .join(" OR ");
   const ins = triggerName(table, "ins");
   const upd = triggerName(table, "upd");
   const del = triggerName(table, "del");
   return new Map([
     [ins, `CREATE TRIGGER ${quoteIdent(ins)} AFTER INSERT ON ${t} FOR EACH ROW ${body("insert", "NEW")}`],
-    [upd, `CREATE TRIGGER ${quoteIdent(upd)} AFTER UPDATE ON ${t} FOR EACH ROW WHEN ${changed} ${body("update", "NEW")}`],
+    [
+      upd,
+      `CREATE TRIGGER ${quoteIdent(upd)} AFTER UPDATE ON ${t} FOR EACH ROW WHEN ${changed} ${body("update", "NEW")}`,
+    ],
     [del, `CREATE TRIGGER ${quoteIdent(del)} AFTER DELETE ON ${t} FOR EACH ROW ${body("delete", "OLD")}`],
   ]);
 }
@@ -150,15 +158,31 @@ export interface SyncOptions {
  * Throws CaptureInstallError for a bound name that is a view, or a table
  * SQLite will not put triggers on.
  */
-export function syncTriggers(client: Database.Database, tables: readonly CaptureTable[], options: SyncOptions = {}): TriggerSync {
+export function syncTriggers(
+  client: Database.Database,
+  tables: readonly CaptureTable[],
+  options: SyncOptions = {},
+): TriggerSync {
   const { previous } = options;
   const run = client.transaction((): TriggerSync => {
     for (const ddl of LOG_DDL) client.exec(ddl);
     const wanted = new Map<string, string>();
-    const result: TriggerSync = { created: [], dropped: [], missingTables: [], missingColumns: [], captured: [], schemaVersion: 0, wanted };
-    const objectType = client.prepare(`SELECT type FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN ('table', 'view')`).pluck();
+    const result: TriggerSync = {
+      created: [],
+      dropped: [],
+      missingTables: [],
+      missingColumns: [],
+      captured: [],
+      schemaVersion: 0,
+      wanted,
+    };
+    const objectType = client
+      .prepare(`SELECT type FROM sqlite_schema WHERE name = ? COLLATE NOCASE AND type IN ('table', 'view')`)
+      .pluck();
     const tableColumns = client.prepare(`SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)`);
-    const tableKind = client.prepare(`SELECT strict, wr AS withoutRowid FROM pragma_table_list WHERE name = ? COLLATE NOCASE AND schema = 'main'`);
+    const tableKind = client.prepare(
+      `SELECT strict, wr AS withoutRowid FROM pragma_table_list WHERE name = ? COLLATE NOCASE AND schema = 'main'`,
+    );
     for (const table of tables) {
       const type = objectType.get(table.name) as string | undefined;
       if (type === undefined) {
@@ -167,19 +191,25 @@ export function syncTriggers(client: Database.Database, tables: readonly Capture
       }
       if (type === "view") throw new CaptureInstallError(table.name, "it is a view; bind a table");
       // hidden: 0 ordinary, 1 virtual-table hidden column, 2/3 generated (readable in triggers)
-      const info = (tableColumns.all(table.name) as Array<{ name: string; type: string; pk: number; hidden: number }>).filter((c) => c.hidden !== 1);
+      const info = (
+        tableColumns.all(table.name) as Array<{ name: string; type: string; pk: number; hidden: number }>
+      ).filter((c) => c.hidden !== 1);
       const kind = tableKind.get(table.name) as { strict: number; withoutRowid: number } | undefined;
       const keyColumns = info.filter((c) => c.pk > 0);
       const drizzleBlobs = new Set(table.blobColumns.map((c) => c.toLowerCase()));
       const columns: TriggerColumn[] = info.map((c) => {
-        const rowidAlias = kind?.withoutRowid === 0 && keyColumns.length === 1 && c.pk > 0 && c.type.toUpperCase() === "INTEGER";
+        const rowidAlias =
+          kind?.withoutRowid === 0 && keyColumns.length === 1 && c.pk > 0 && c.type.toUpperCase() === "INTEGER";
         const drizzleBlob = drizzleBlobs.has(c.name.toLowerCase());
         return { name: c.name, blobSafe: encodesBlobs({ type: c.type, rowidAlias, drizzleBlob }, kind?.strict === 1) };
       });
       const present = new Set(columns.map((c) => c.name.toLowerCase()));
       const missingKeys = table.keys.filter((k) => !present.has(k.toLowerCase()));
       if (missingKeys.length > 0) {
-        throw new CaptureInstallError(table.name, `its primary-key column(s) ${missingKeys.join(", ")} do not exist in the database`);
+        throw new CaptureInstallError(
+          table.name,
+          `its primary-key column(s) ${missingKeys.join(", ")} do not exist in the database`,
+        );
       }
       const missing = table.columns.filter((c) => !present.has(c.toLowerCase()));
       if (missing.length > 0) result.missingColumns.push({ table: table.name, columns: missing });
@@ -204,7 +234,9 @@ export function syncTriggers(client: Database.Database, tables: readonly Capture
         client.exec(sql);
       } catch (error) {
         const table = tables.find((t) => name.startsWith(`${NAMESPACE}${t.name}_`))?.name ?? name;
-        throw new CaptureInstallError(table, `SQLite refused its trigger: ${(error as Error).message}`, { cause: error });
+        throw new CaptureInstallError(table, `SQLite refused its trigger: ${(error as Error).message}`, {
+          cause: error,
+        });
       }
       result.created.push(name);
     }

@@ -116,7 +116,10 @@ const instrumented = new WeakMap<object, InstrumentOptions>();
 /** Relational-query prototypes whose `_prepare` is hooked: the one turbocast imports and, when an app has its own copy of drizzle-orm, the app's. */
 const hookedPrototypes = new WeakSet<object>();
 
-export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unknown>>, options: InstrumentOptions): Instrumentation {
+export function instrumentDatabase(
+  db: BetterSQLite3Database<Record<string, unknown>>,
+  options: InstrumentOptions,
+): Instrumentation {
   const session = (db as unknown as { session?: SessionLike }).session;
   if (!session || typeof session.prepareQuery !== "function" || typeof session.transaction !== "function") {
     throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
@@ -138,7 +141,9 @@ export function instrumentDatabase(db: BetterSQLite3Database<Record<string, unkn
   // Drizzle's prepareQuery reads `this.client.prepare`: run it on a view of the session whose client caches
   const cachingSession: SessionLike | undefined =
     client && typeof client.prepare === "function"
-      ? Object.create(session, { client: { value: Object.assign(Object.create(client) as ClientLike, { prepare: cachingPrepare(client) }) } })
+      ? Object.create(session, {
+          client: { value: Object.assign(Object.create(client) as ClientLike, { prepare: cachingPrepare(client) }) },
+        })
       : undefined;
   const afterStatement = (prepared: PreparedLike): void => {
     if (prepared.stmt?.readonly === true) return;
@@ -236,7 +241,8 @@ export function relationalPrototypeOf(db: unknown): object | undefined {
   const builder = query ? Object.values(query).find((b) => typeof b?.findMany === "function") : undefined;
   if (!builder) return undefined;
   let proto: object | null = Object.getPrototypeOf(builder.findMany!()) as object | null;
-  while (proto && !Object.prototype.hasOwnProperty.call(proto, "_prepare")) proto = Object.getPrototypeOf(proto) as object | null;
+  while (proto && !Object.prototype.hasOwnProperty.call(proto, "_prepare"))
+    proto = Object.getPrototypeOf(proto) as object | null;
   return proto ?? undefined;
 }
 
@@ -247,7 +253,9 @@ function installRelationalHook(target: object): void {
   };
   const original = proto._prepare;
   if (typeof original !== "function") {
-    throw new ConfigError("this drizzle-orm version has no SQLiteRelationalQuery._prepare; turbocast needs to be updated for it");
+    throw new ConfigError(
+      "this drizzle-orm version has no SQLiteRelationalQuery._prepare; turbocast needs to be updated for it",
+    );
   }
   hookedPrototypes.add(target);
   proto._prepare = function (this: RelationalQueryLike, isOneTimeQuery?: boolean): PreparedLike {

@@ -18,7 +18,8 @@ const LINE_BREAK = /\r\n|\r|\n/;
  * and forge another: refused.
  */
 export function encodeSse(frame: Published): Buffer {
-  if (!SAFE_ID.test(frame.position)) throw new TypeError(`refusing to send an SSE id with unsafe characters: ${JSON.stringify(frame.position)}`);
+  if (!SAFE_ID.test(frame.position))
+    throw new TypeError(`refusing to send an SSE id with unsafe characters: ${JSON.stringify(frame.position)}`);
   let text = `id: ${frame.position}\n`;
   for (const line of frame.frame.split(LINE_BREAK)) text += `data: ${line}\n`;
   return Buffer.from(`${text}\n`, "utf8");
@@ -39,7 +40,10 @@ export function encodeWs(frame: Published): Buffer {
   const match = SAFE_ID.test(frame.position) ? OPENING_TAG.exec(frame.frame) : null;
   if (!match) return Buffer.from(frame.frame, "utf8");
   const at = match[0].length;
-  return Buffer.from(`${frame.frame.slice(0, at)} ${POSITION_ATTRIBUTE}="${frame.position}"${frame.frame.slice(at)}`, "utf8");
+  return Buffer.from(
+    `${frame.frame.slice(0, at)} ${POSITION_ATTRIBUTE}="${frame.position}"${frame.frame.slice(at)}`,
+    "utf8",
+  );
 }
 
 /** The SSE bytes of a frame, encoded by the first subscriber that needs them. */

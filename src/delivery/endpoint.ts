@@ -53,7 +53,11 @@ interface ExpressAppLike {
 }
 
 function isExpressApp(value: unknown): value is ExpressAppLike {
-  return typeof value === "function" && typeof (value as { handle?: unknown }).handle === "function" && typeof (value as { request?: unknown }).request === "object";
+  return (
+    typeof value === "function" &&
+    typeof (value as { handle?: unknown }).handle === "function" &&
+    typeof (value as { request?: unknown }).request === "object"
+  );
 }
 
 export interface DeliveryInit {
@@ -89,7 +93,12 @@ export class DeliveryEndpoint {
   constructor(init: DeliveryInit) {
     this.#init = init;
     // Subscribers never send; a large message is a misbehaving client (ws closes it with 1009).
-    this.#wss = new WebSocketServer({ noServer: true, clientTracking: false, maxPayload: 4096, perMessageDeflate: false });
+    this.#wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      maxPayload: 4096,
+      perMessageDeflate: false,
+    });
     this.#heartbeat = setInterval(() => {
       for (const connection of this.#connections) connection.heartbeat();
     }, init.options.heartbeatMs);
@@ -193,7 +202,9 @@ export class DeliveryEndpoint {
     }
     if (req.headers.upgrade !== undefined) {
       // a WebSocket handshake reached Express: turbo.listen(server) was not called
-      this.#init.logger.warn(`a WebSocket upgrade on ${this.#init.options.path} reached Express: call turbo.listen(server)`);
+      this.#init.logger.warn(
+        `a WebSocket upgrade on ${this.#init.options.path} reached Express: call turbo.listen(server)`,
+      );
       return answer(res, 400);
     }
     const accept = req.headers.accept;
@@ -234,7 +245,9 @@ export class DeliveryEndpoint {
    */
   #answerSse(res: Response, status: number): void {
     if (status !== EXPIRED_STATUS && status !== 500 && status !== 503) return answer(res, status);
-    res.status(200).set({ "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no" });
+    res
+      .status(200)
+      .set({ "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no" });
     const body = status === EXPIRED_STATUS ? `data: ${REFRESH_FRAME}\n\n` : "";
     res.end(`retry: ${status === EXPIRED_STATUS ? this.#init.options.retryMs : TRANSIENT_RETRY_MS}\n\n${body}`);
   }
@@ -245,7 +258,7 @@ export class DeliveryEndpoint {
     if (req.method !== "GET" || req.headers.upgrade?.toLowerCase() !== "websocket") return abortHandshake(socket, 400);
     // Give the upgrade request Express's request methods (req.get, req.host,
     // req.protocol honouring trust proxy) as Express does for its own requests.
-    const app = this.#app ?? (defaultApp ??= express()) as unknown as ExpressAppLike;
+    const app = this.#app ?? ((defaultApp ??= express()) as unknown as ExpressAppLike);
     Object.setPrototypeOf(req, app.request);
     const request = req as Request;
     let names: string[];
@@ -290,7 +303,9 @@ export class DeliveryEndpoint {
       connection.attach(unsubscribe);
     } catch (error) {
       // the broker could not replay (it is down): the client reconnects and resumes later
-      this.#init.logger.warn("could not replay history for a subscription; closing it so the client retries", { error });
+      this.#init.logger.warn("could not replay history for a subscription; closing it so the client retries", {
+        error,
+      });
       connection.terminate();
     }
   }
@@ -342,7 +357,9 @@ export function originAllowed(req: Request, allowedOrigins: readonly string[]): 
   }
   if (url.origin === "null") return false;
   if (allowedOrigins.includes(url.origin)) return true;
-  const own = [req.headers.host, safeHost(req)].filter((h): h is string => typeof h === "string").map((h) => h.toLowerCase());
+  const own = [req.headers.host, safeHost(req)]
+    .filter((h): h is string => typeof h === "string")
+    .map((h) => h.toLowerCase());
   return own.includes(url.host);
 }
 
@@ -360,7 +377,11 @@ const REFRESH_FRAME = buildFrame({ action: "refresh" });
 const TRANSIENT_RETRY_MS = 5000;
 
 function answer(res: Response, status: number): void {
-  res.status(status).set("Cache-Control", "no-store").type("text/plain").send(STATUS_TEXT[status] ?? "Error");
+  res
+    .status(status)
+    .set("Cache-Control", "no-store")
+    .type("text/plain")
+    .send(STATUS_TEXT[status] ?? "Error");
 }
 
 /** Answers an upgrade request with a plain HTTP response before any handshake, then closes the socket. */

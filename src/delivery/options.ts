@@ -67,8 +67,14 @@ export const DELIVERY_DEFAULTS = {
 /** Applies the defaults and refuses what cannot work, naming the option. */
 export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDeliveryOptions {
   const path = options.path ?? DELIVERY_DEFAULTS.path;
-  if (typeof path !== "string" || !/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$/.test(path) || (path.length > 1 && path.endsWith("/"))) {
-    throw new ConfigError(`path must be an absolute URL path without query or trailing slash, got ${JSON.stringify(path)}`);
+  if (
+    typeof path !== "string" ||
+    !/^\/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$/.test(path) ||
+    (path.length > 1 && path.endsWith("/"))
+  ) {
+    throw new ConfigError(
+      `path must be an absolute URL path without query or trailing slash, got ${JSON.stringify(path)}`,
+    );
   }
   const transport = options.transport ?? DELIVERY_DEFAULTS.transport;
   if (transport !== "sse" && transport !== "websocket") {
@@ -81,13 +87,17 @@ export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDelive
     try {
       url = new URL(origin);
     } catch (error) {
-      throw new ConfigError(`allowedOrigins: ${JSON.stringify(origin)} is not an origin like "https://app.example.com"`, { cause: error });
+      throw new ConfigError(
+        `allowedOrigins: ${JSON.stringify(origin)} is not an origin like "https://app.example.com"`,
+        { cause: error },
+      );
     }
     return url.origin;
   });
   const positive = (name: keyof DeliveryOptions, value: number | undefined, fallback: number): number => {
     const n = value ?? fallback;
-    if (typeof n !== "number" || !Number.isFinite(n) || n <= 0) throw new ConfigError(`${name} must be a positive number, got ${String(n)}`);
+    if (typeof n !== "number" || !Number.isFinite(n) || n <= 0)
+      throw new ConfigError(`${name} must be a positive number, got ${String(n)}`);
     return n;
   };
   const signatureTtlMs =
@@ -97,7 +107,8 @@ export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDelive
     options.maxStreamsPerSubscription,
     DELIVERY_DEFAULTS.maxStreamsPerSubscription,
   );
-  if (!Number.isInteger(maxStreamsPerSubscription)) throw new ConfigError("maxStreamsPerSubscription must be an integer");
+  if (!Number.isInteger(maxStreamsPerSubscription))
+    throw new ConfigError("maxStreamsPerSubscription must be an integer");
   return {
     path,
     transport,

@@ -24,7 +24,9 @@ export function resolveSecret(options: SecretOptions): string {
   const env = options.env ?? process.env.NODE_ENV;
   if (options.secret !== undefined) {
     if (typeof options.secret !== "string" || options.secret.length < MIN_SECRET_LENGTH) {
-      throw new ConfigError(`secret must be a string of at least ${MIN_SECRET_LENGTH} characters (e.g. openssl rand -hex 32)`);
+      throw new ConfigError(
+        `secret must be a string of at least ${MIN_SECRET_LENGTH} characters (e.g. openssl rand -hex 32)`,
+      );
     }
     return options.secret;
   }
@@ -52,7 +54,9 @@ function readOrCreateSecretFile(file: string): string {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
     }
   } catch (error) {
-    throw new ConfigError(`could not create the development secret file ${file}; pass { secret } or { secretFile }`, { cause: error });
+    throw new ConfigError(`could not create the development secret file ${file}; pass { secret } or { secretFile }`, {
+      cause: error,
+    });
   } finally {
     try {
       unlinkSync(temp);
@@ -61,7 +65,8 @@ function readOrCreateSecretFile(file: string): string {
     }
   }
   const created = readSecretFile(file);
-  if (created === undefined) throw new ConfigError(`the development secret file ${file} vanished while it was being created`);
+  if (created === undefined)
+    throw new ConfigError(`the development secret file ${file} vanished while it was being created`);
   return created;
 }
 
@@ -75,7 +80,9 @@ function readSecretFile(file: string): string | undefined {
   }
   const secret = text.trim();
   if (secret.length < MIN_SECRET_LENGTH) {
-    throw new ConfigError(`the secret file ${file} holds fewer than ${MIN_SECRET_LENGTH} characters; delete it to generate a new one`);
+    throw new ConfigError(
+      `the secret file ${file} holds fewer than ${MIN_SECRET_LENGTH} characters; delete it to generate a new one`,
+    );
   }
   return secret;
 }

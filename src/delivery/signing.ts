@@ -64,16 +64,19 @@ export class StreamSigner {
     const [encodedName, expiry, encodedMac] = parts as [string, string, string];
     if (encodedName === "" || !/^[A-Za-z0-9_-]+$/.test(encodedName)) throw new BadSignatureError("malformed token");
     if (expiry !== "" && !EXPIRY.test(expiry)) throw new BadSignatureError("malformed expiry");
-    if (encodedMac.length !== MAC_CHARS || !/^[A-Za-z0-9_-]+$/.test(encodedMac)) throw new BadSignatureError("malformed signature");
+    if (encodedMac.length !== MAC_CHARS || !/^[A-Za-z0-9_-]+$/.test(encodedMac))
+      throw new BadSignatureError("malformed signature");
     const name = Buffer.from(encodedName, "base64url").toString("utf8");
     // base64url decoding is lenient: insist the name re-encodes to exactly what was sent
     if (Buffer.from(name, "utf8").toString("base64url") !== encodedName) throw new BadSignatureError("malformed token");
     const given = Buffer.from(encodedMac, "base64url");
     // the last of 43 characters carries 2 unused bits: four spellings decode to one MAC; accept only the canonical one
-    if (given.length !== MAC_LENGTH || given.toString("base64url") !== encodedMac) throw new BadSignatureError("malformed signature");
+    if (given.length !== MAC_LENGTH || given.toString("base64url") !== encodedMac)
+      throw new BadSignatureError("malformed signature");
     const expected = this.#mac(expiry, name);
     if (!timingSafeEqual(given, expected)) throw new BadSignatureError("signature mismatch");
-    if (expiry !== "" && parseInt(expiry, 36) * 1000 <= this.#now()) throw new BadSignatureError("signature expired", { expired: true });
+    if (expiry !== "" && parseInt(expiry, 36) * 1000 <= this.#now())
+      throw new BadSignatureError("signature expired", { expired: true });
     return name;
   }
 

@@ -126,7 +126,8 @@ export class SseConnection implements Connection {
     const res = this.#res;
     const socket = this.#direct;
     // res.writableLength, without its trips through the response's prototype chain
-    const buffered = socket !== null ? (res as unknown as WithOutputSize).outputSize + socket.writableLength : res.writableLength;
+    const buffered =
+      socket !== null ? (res as unknown as WithOutputSize).outputSize + socket.writableLength : res.writableLength;
     if (this.#bound.exceeded(buffered)) {
       this.#life.state = "closing";
       res.destroy();

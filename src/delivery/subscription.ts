@@ -39,7 +39,10 @@ const refuse = (status: number, reason: string, cause?: unknown): SubscriptionRe
  * malformed query (no stream, an empty or over-long token, too many
  * streams, a repeated or malformed `after`).
  */
-export function parseSubscriptionUrl(rawUrl: string, options: Pick<ResolvedDeliveryOptions, "maxUrlLength" | "maxStreamsPerSubscription">): ParsedSubscription {
+export function parseSubscriptionUrl(
+  rawUrl: string,
+  options: Pick<ResolvedDeliveryOptions, "maxUrlLength" | "maxStreamsPerSubscription">,
+): ParsedSubscription {
   if (rawUrl.length > options.maxUrlLength) throw refuse(414, `URL of ${rawUrl.length} characters`);
   let params: URLSearchParams;
   try {
@@ -53,7 +56,8 @@ export function parseSubscriptionUrl(rawUrl: string, options: Pick<ResolvedDeliv
     throw refuse(400, `${tokens.length} streams; at most ${options.maxStreamsPerSubscription}`);
   }
   for (const token of tokens) {
-    if (token.length === 0 || token.length > MAX_TOKEN_LENGTH) throw refuse(400, `a signed stream name of ${token.length} characters`);
+    if (token.length === 0 || token.length > MAX_TOKEN_LENGTH)
+      throw refuse(400, `a signed stream name of ${token.length} characters`);
   }
   const afters = params.getAll(AFTER_PARAM);
   if (afters.length > 1) throw refuse(400, `${AFTER_PARAM}= given ${afters.length} times`);
@@ -82,7 +86,11 @@ export interface AuthorizeContext {
  * was rendered) is refused with that same 403 rather than a 404.
  * Resolves with the distinct stream names.
  */
-export async function authorize(req: Request, parsed: ParsedSubscription, context: AuthorizeContext): Promise<string[]> {
+export async function authorize(
+  req: Request,
+  parsed: ParsedSubscription,
+  context: AuthorizeContext,
+): Promise<string[]> {
   const names: string[] = [];
   for (const token of parsed.tokens) {
     try {
@@ -116,7 +124,9 @@ export async function authorize(req: Request, parsed: ParsedSubscription, contex
         return (await stream.userPassesTest(user ?? null)) === true;
       } catch (error) {
         // a throw is not a "no" (a busy database, a bug): answered as a transient failure the client retries
-        context.logger.warn(`userPassesTest of ${stream.name} threw; the subscription is answered as a server error`, { error });
+        context.logger.warn(`userPassesTest of ${stream.name} threw; the subscription is answered as a server error`, {
+          error,
+        });
         throw refuse(500, "userPassesTest threw", error);
       }
     }),
@@ -133,9 +143,14 @@ export async function authorize(req: Request, parsed: ParsedSubscription, contex
  * so it gets one refresh frame — never a 400, which would stop EventSource
  * from ever reconnecting.
  */
-export function sseCursor(lastEventId: string | undefined, after: string | null): { cursor: string | null; refresh: boolean } {
+export function sseCursor(
+  lastEventId: string | undefined,
+  after: string | null,
+): { cursor: string | null; refresh: boolean } {
   if (lastEventId !== undefined && lastEventId !== "") {
-    return parsePosition(lastEventId) === null ? { cursor: null, refresh: true } : { cursor: lastEventId, refresh: false };
+    return parsePosition(lastEventId) === null
+      ? { cursor: null, refresh: true }
+      : { cursor: lastEventId, refresh: false };
   }
   return { cursor: after, refresh: false };
 }

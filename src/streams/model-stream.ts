@@ -53,7 +53,9 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   static tableInfo(): TableInfo {
     const model = (this as typeof ModelStream).model;
     if (!isSQLiteTable(model)) {
-      throw new InvalidStreamClassError(`${this.name} extends ModelStream but its static model is not a Drizzle SQLite table`);
+      throw new InvalidStreamClassError(
+        `${this.name} extends ModelStream but its static model is not a Drizzle SQLite table`,
+      );
     }
     return tableInfo(model);
   }

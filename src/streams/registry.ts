@@ -53,7 +53,9 @@ export class StreamRegistry {
       if (clash) throw new DuplicateStreamNameError(prefix, clash.name, cls.name);
       this.#byNamedPrefix.set(prefix, cls);
     } else {
-      throw new InvalidStreamClassError(`${String((cls as { name?: string }).name)} is not a Stream or ModelStream subclass`);
+      throw new InvalidStreamClassError(
+        `${String((cls as { name?: string }).name)} is not a Stream or ModelStream subclass`,
+      );
     }
     this.#classes.add(cls);
   }

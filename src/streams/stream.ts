@@ -136,7 +136,8 @@ export class Stream {
   action(name: string, options: CustomActionOptions = {}): Promise<Published> {
     const runtime = runtimeOf(this.constructor);
     return this.#send(() => {
-      const html = options.template === undefined ? undefined : render(runtime, options.template, options.context ?? {});
+      const html =
+        options.template === undefined ? undefined : render(runtime, options.template, options.context ?? {});
       return buildFrame({ action: name, ...pickTarget(options), html, attributes: options.attributes });
     });
   }
@@ -149,7 +150,12 @@ export class Stream {
     return this.#send(() => frame);
   }
 
-  #rendered(action: string, template: string, context: object, options: TargetOptions & { method?: "morph" }): Promise<Published> {
+  #rendered(
+    action: string,
+    template: string,
+    context: object,
+    options: TargetOptions & { method?: "morph" },
+  ): Promise<Published> {
     const runtime = runtimeOf(this.constructor);
     const target = pickTarget(options);
     // check the options before paying for the render

@@ -56,10 +56,17 @@ export class StreamSourceRenderer {
    * trust proxy setting decides whether X-Forwarded-Proto/Host count),
    * because Turbo's element opens a WebSocket only for ws: and wss: URLs.
    */
-  render(req: Request | undefined, position: string | null, streamables: readonly Streamable[], options: StreamSourceOptions = {}): string {
+  render(
+    req: Request | undefined,
+    position: string | null,
+    streamables: readonly Streamable[],
+    options: StreamSourceOptions = {},
+  ): string {
     const transport = options.transport ?? this.#options.transport;
     if (transport !== "sse" && transport !== "websocket") {
-      throw new InvalidStreamableError(`turbo_stream_from: transport must be "sse" or "websocket", got ${JSON.stringify(transport)}`);
+      throw new InvalidStreamableError(
+        `turbo_stream_from: transport must be "sse" or "websocket", got ${JSON.stringify(transport)}`,
+      );
     }
     const names = this.streamNames(streamables);
     const query = new URLSearchParams();
@@ -70,7 +77,7 @@ export class StreamSourceRenderer {
     if (transport === "websocket") {
       if (!req) {
         throw new ConfigError(
-          "turbo_stream_from(..., transport=\"websocket\") needs the request to build a ws:// URL: render through res.render() after turbo.middleware()",
+          'turbo_stream_from(..., transport="websocket") needs the request to build a ws:// URL: render through res.render() after turbo.middleware()',
         );
       }
       src = `${req.protocol === "https" ? "wss" : "ws"}://${req.host}${src}`;
@@ -91,7 +98,9 @@ export class StreamSourceRenderer {
     };
     streamables.forEach(add);
     if (names.length === 0) {
-      throw new InvalidStreamableError("turbo_stream_from needs at least one streamable: a row, a Stream, a ModelStream class or a stream name");
+      throw new InvalidStreamableError(
+        "turbo_stream_from needs at least one streamable: a row, a Stream, a ModelStream class or a stream name",
+      );
     }
     if (names.length > this.#options.maxStreams) {
       throw new InvalidStreamableError(
@@ -137,7 +146,8 @@ function splitKeywords(args: unknown[]): { streamables: unknown[]; options: Stre
   if (last !== null && typeof last === "object" && (last as { __keywords?: unknown }).__keywords === true) {
     const { __keywords: _, ...rest } = last as Record<string, unknown>;
     const unknown = Object.keys(rest).filter((key) => key !== "transport");
-    if (unknown.length > 0) throw new InvalidStreamableError(`turbo_stream_from: unknown keyword argument ${unknown.join(", ")}`);
+    if (unknown.length > 0)
+      throw new InvalidStreamableError(`turbo_stream_from: unknown keyword argument ${unknown.join(", ")}`);
     return { streamables: args.slice(0, -1), options: rest as StreamSourceOptions };
   }
   return { streamables: args, options: {} };

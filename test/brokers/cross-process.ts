@@ -34,7 +34,9 @@ export function crossProcessTests(kind: "redis" | "postgres", namespace: () => N
   }
 
   it("delivers every frame published through one of three workers to every subscriber of every worker, once and in order", async () => {
-    const { workers: [w0, w1, w2] } = await startWorkers(3);
+    const {
+      workers: [w0, w1, w2],
+    } = await startWorkers(3);
     const all = [w0!, w1!, w2!];
     for (const worker of all) {
       await worker.subscribe("room1-a", ["room:1"]);
@@ -42,8 +44,14 @@ export function crossProcessTests(kind: "redis" | "postgres", namespace: () => N
       await worker.subscribe("room2", ["room:2"]);
       await worker.subscribe("both", ["room:1", "room:2"]);
     }
-    const frames = Array.from({ length: 60 }, (_, i) => ({ stream: i % 3 === 2 ? "room:2" : "room:1", frame: frame(`f${i}`) }));
-    const published = await w0!.request<Array<{ position: string; seq: number; at: number }>>({ op: "publishMany", frames });
+    const frames = Array.from({ length: 60 }, (_, i) => ({
+      stream: i % 3 === 2 ? "room:2" : "room:1",
+      frame: frame(`f${i}`),
+    }));
+    const published = await w0!.request<Array<{ position: string; seq: number; at: number }>>({
+      op: "publishMany",
+      frames,
+    });
 
     // one seq across streams: strictly increasing in publish order
     for (let i = 1; i < published.length; i++) expect(published[i]!.seq).toBeGreaterThan(published[i - 1]!.seq);
@@ -52,12 +60,19 @@ export function crossProcessTests(kind: "redis" | "postgres", namespace: () => N
       frames.map((f, i) => ({ ...f, position: published[i]!.position })).filter((f) => streams.includes(f.stream));
     const latencies: number[] = [];
     for (const worker of all) {
-      for (const [id, streams] of [["room1-a", ["room:1"]], ["room1-b", ["room:1"]], ["room2", ["room:2"]], ["both", ["room:1", "room:2"]]] as const) {
+      for (const [id, streams] of [
+        ["room1-a", ["room:1"]],
+        ["room1-b", ["room:1"]],
+        ["room2", ["room:2"]],
+        ["both", ["room:1", "room:2"]],
+      ] as const) {
         const want = expected([...streams]);
         const got = await worker.waitForFrames(id, want.length);
         // exactly these frames, in this order: nothing missing, nothing twice, nothing foreign
         // (a duplicate or a stranger would take a place in the list and fail the comparison)
-        expect(got.map((f) => [f.stream, f.position, f.frame])).toEqual(want.map((f) => [f.stream, f.position, f.frame]));
+        expect(got.map((f) => [f.stream, f.position, f.frame])).toEqual(
+          want.map((f) => [f.stream, f.position, f.frame]),
+        );
         for (const f of got) latencies.push(f.at - published.find((p) => p.position === f.position)!.at);
       }
     }
@@ -67,7 +82,9 @@ export function crossProcessTests(kind: "redis" | "postgres", namespace: () => N
   });
 
   it("resumes a subscriber on another process from the shared history, then goes live", async () => {
-    const { workers: [a, b] } = await startWorkers(2);
+    const {
+      workers: [a, b],
+    } = await startWorkers(2);
     const frames = Array.from({ length: 6 }, (_, i) => ({ stream: "room:9", frame: frame(`r${i}`) }));
     // another stream in between: one cursor covers the subscription whatever else is published
     frames.splice(3, 0, { stream: "room:other", frame: frame("other") });
@@ -85,14 +102,22 @@ export function crossProcessTests(kind: "redis" | "postgres", namespace: () => N
   });
 
   it("carries a frame far over NOTIFY's 8000-byte payload limit between processes, intact", async () => {
-    const { workers: [w0, w1, w2] } = await startWorkers(3);
+    const {
+      workers: [w0, w1, w2],
+    } = await startWorkers(3);
     for (const worker of [w1!, w2!]) await worker.subscribe("big", ["room:big"]);
     // multi-byte characters, quotes and newlines: the byte count is what matters
     const html = Array.from({ length: 2000 }, (_, i) => `<li data-i="${i}">élan “${i}”</li>`).join("\n");
     const big = frame("big", html);
     expect(Buffer.byteLength(big)).toBeGreaterThan(40_000);
     const small = frame("small");
-    await w0!.request({ op: "publishMany", frames: [{ stream: "room:big", frame: big }, { stream: "room:big", frame: small }] });
+    await w0!.request({
+      op: "publishMany",
+      frames: [
+        { stream: "room:big", frame: big },
+        { stream: "room:big", frame: small },
+      ],
+    });
     for (const worker of [w1!, w2!]) {
       const got: ReceivedFrame[] = await worker.waitForFrames("big", 2);
       expect(got.map((f) => f.frame)).toEqual([big, small]);

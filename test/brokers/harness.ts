@@ -91,22 +91,40 @@ export class BrokerWorker {
   private constructor(child: ChildProcess) {
     this.#child = child;
     this.#exit = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
-    child.on("message", (message: WorkerEvent | { rid: number; ok: boolean; value?: unknown; error?: { message: string; code?: string } }) => {
-      if ("rid" in message) {
-        const pending = this.#pending.get(message.rid);
-        this.#pending.delete(message.rid);
-        if (message.ok) pending?.resolve(message.value);
-        else pending?.reject(Object.assign(new Error(message.error?.message ?? "worker request failed"), { code: message.error?.code }));
-        return;
-      }
-      if (message.event === "frame") {
-        const { id, ...frame } = message;
-        let list = this.frames.get(id);
-        if (!list) this.frames.set(id, (list = []));
-        list.push({ stream: frame.stream, seq: frame.seq, position: frame.position, frame: frame.frame, at: frame.at });
-      } else if (message.event === "log") this.logs.push({ level: message.level, message: message.message });
-      else if (message.event === "gap") this.gaps.push(message.reason);
-    });
+    child.on(
+      "message",
+      (
+        message:
+          | WorkerEvent
+          | { rid: number; ok: boolean; value?: unknown; error?: { message: string; code?: string } },
+      ) => {
+        if ("rid" in message) {
+          const pending = this.#pending.get(message.rid);
+          this.#pending.delete(message.rid);
+          if (message.ok) pending?.resolve(message.value);
+          else
+            pending?.reject(
+              Object.assign(new Error(message.error?.message ?? "worker request failed"), {
+                code: message.error?.code,
+              }),
+            );
+          return;
+        }
+        if (message.event === "frame") {
+          const { id, ...frame } = message;
+          let list = this.frames.get(id);
+          if (!list) this.frames.set(id, (list = []));
+          list.push({
+            stream: frame.stream,
+            seq: frame.seq,
+            position: frame.position,
+            frame: frame.frame,
+            at: frame.at,
+          });
+        } else if (message.event === "log") this.logs.push({ level: message.level, message: message.message });
+        else if (message.event === "gap") this.gaps.push(message.reason);
+      },
+    );
     child.once("exit", () => {
       for (const pending of this.#pending.values()) pending.reject(new Error("worker exited"));
       this.#pending.clear();
@@ -195,7 +213,11 @@ export interface PublishOutcome {
  * only) until stopped, recording how each publish ended: the "stream of
  * frames" an outage test breaks in the middle.
  */
-export function publishLoop(broker: Broker, stream: string, intervalMs = 10): { outcomes: PublishOutcome[]; stop: () => Promise<void> } {
+export function publishLoop(
+  broker: Broker,
+  stream: string,
+  intervalMs = 10,
+): { outcomes: PublishOutcome[]; stop: () => Promise<void> } {
   const outcomes: PublishOutcome[] = [];
   let stopped = false;
   const done = (async () => {
@@ -204,7 +226,14 @@ export function publishLoop(broker: Broker, stream: string, intervalMs = 10): { 
       const started = performance.now();
       try {
         const published = await broker.publish(stream, frame);
-        outcomes.push({ n, ok: true, position: published.position, frame, startedAt: started, ms: performance.now() - started });
+        outcomes.push({
+          n,
+          ok: true,
+          position: published.position,
+          frame,
+          startedAt: started,
+          ms: performance.now() - started,
+        });
       } catch (error) {
         const code = (error as { code?: string }).code;
         outcomes.push({ n, ok: false, frame, code, startedAt: started, ms: performance.now() - started });
@@ -230,10 +259,12 @@ export function expectOrderedSubset(received: Published[], outcomes: PublishOutc
   const frames = received.filter((f) => !isRefresh(f));
   const published = new Map(outcomes.filter((o) => o.ok).map((o) => [o.position!, o.frame]));
   for (let i = 1; i < frames.length; i++) {
-    if (!(frames[i]!.seq > frames[i - 1]!.seq)) throw new Error(`frame ${frames[i]!.position} arrived after ${frames[i - 1]!.position}`);
+    if (!(frames[i]!.seq > frames[i - 1]!.seq))
+      throw new Error(`frame ${frames[i]!.position} arrived after ${frames[i - 1]!.position}`);
   }
   for (const f of frames) {
-    if (published.get(f.position) !== f.frame) throw new Error(`received ${f.position}, which was not published as such`);
+    if (published.get(f.position) !== f.frame)
+      throw new Error(`received ${f.position}, which was not published as such`);
   }
 }
 
@@ -241,7 +272,10 @@ export function expectOrderedSubset(received: Published[], outcomes: PublishOutc
  * After an outage, a subscriber's refresh covers what it missed before it;
  * every frame published after the refresh reached it must follow, in order.
  */
-export function expectEverythingAfterRefresh(sink: { frames: Published[]; times: number[] }, outcomes: PublishOutcome[]): void {
+export function expectEverythingAfterRefresh(
+  sink: { frames: Published[]; times: number[] },
+  outcomes: PublishOutcome[],
+): void {
   const last = sink.frames.findLastIndex(isRefresh);
   if (last < 0) throw new Error("the subscriber got no refresh");
   const refreshedAt = sink.times[last]!;

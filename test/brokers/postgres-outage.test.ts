@@ -3,7 +3,15 @@ import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import { type Broker, type Published, parsePosition } from "../../src/brokers/broker.js";
 import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/postgres.js";
 import { waitFor } from "../helpers.js";
-import { collectUnhandled, expectEverythingAfterRefresh, expectOrderedSubset, isRefresh, publishLoop, recordingSink, startWithHub } from "./harness.js";
+import {
+  collectUnhandled,
+  expectEverythingAfterRefresh,
+  expectOrderedSubset,
+  isRefresh,
+  publishLoop,
+  recordingSink,
+  startWithHub,
+} from "./harness.js";
 import {
   PG_URL,
   PrivatePostgres,
@@ -40,9 +48,14 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
   }
 
   const terminate = (applicationName: string) =>
-    admin.query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1", [applicationName]);
+    admin.query("select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1", [
+      applicationName,
+    ]);
   const connections = async (applicationName: string): Promise<number> =>
-    Number((await admin.query("select count(*) from pg_stat_activity where application_name = $1", [applicationName])).rows[0].count);
+    Number(
+      (await admin.query("select count(*) from pg_stat_activity where application_name = $1", [applicationName]))
+        .rows[0].count,
+    );
 
   it("rides out a PostgreSQL restart in the middle of a stream of frames, and its history survives it", async (ctx) => {
     const missing = postgresServerMissing();
@@ -67,7 +80,9 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
       lastBefore = sink.frames.at(-1)!.position;
 
       await server.crash();
-      await waitFor(() => loop.outcomes.filter((o) => !o.ok).length >= 20, { message: "publishes are refused while PostgreSQL is down" });
+      await waitFor(() => loop.outcomes.filter((o) => !o.ok).length >= 20, {
+        message: "publishes are refused while PostgreSQL is down",
+      });
       headWhileDown = await broker.head();
       historyWhileDown = await broker.history(["s"], lastBefore);
 
@@ -75,10 +90,14 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
       await waitFor(() => events.logs.some((l) => l.level === "info"), { timeoutMs: 20_000, message: "reconnected" });
       await waitFor(() => sink.frames.some(isRefresh), { message: "subscribers get a refresh" });
       const recovered = loop.outcomes.length;
-      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, { message: "publishing works again" });
+      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, {
+        message: "publishing works again",
+      });
       await loop.stop();
       const lastOk = loop.outcomes.filter((o) => o.ok).at(-1)!;
-      await waitFor(() => sink.frames.some((f) => f.position === lastOk.position), { message: "frames after the recovery arrive" });
+      await waitFor(() => sink.frames.some((f) => f.position === lastOk.position), {
+        message: "frames after the recovery arrive",
+      });
     });
 
     expect(unhandled).toEqual([]);
@@ -89,7 +108,10 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     // the loop's own publishes may all fall outside the short outage (the one above did not): any refused is a BrokerError
     const refused = loop.outcomes.filter((o) => !o.ok);
     expect(refused.filter((o) => o.code !== "TURBOCAST_BROKER")).toEqual([]);
-    const durations = refused.slice(1).map((o) => o.ms).sort((a, b) => a - b);
+    const durations = refused
+      .slice(1)
+      .map((o) => o.ms)
+      .sort((a, b) => a - b);
     expect(durations[Math.floor(durations.length / 2)]!).toBeLessThan(5);
     expect(headWhileDown.split(".")[0]).toBe(lastBefore.split(".")[0]);
     expect(historyWhileDown).toBeNull();
@@ -101,7 +123,9 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(replay).not.toBeNull();
     const replayed = replay!.map((f) => f.position);
     const before = parsePosition(lastBefore)!.seq;
-    const publishedAfter = loop.outcomes.filter((o) => o.ok && parsePosition(o.position!)!.seq > before).map((o) => o.position!);
+    const publishedAfter = loop.outcomes
+      .filter((o) => o.ok && parsePosition(o.position!)!.seq > before)
+      .map((o) => o.position!);
     expect(publishedAfter.length).toBeGreaterThanOrEqual(10);
     expect(publishedAfter.filter((p) => !replayed.includes(p))).toEqual([]);
   });
@@ -116,7 +140,9 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     const a = await startWithHub(brokerA, (level) => {
       if (level === "warn" && !duringOutage) {
         duringOutage = Promise.all([
-          brokerA.publish("s", "<turbo-stream action=\"remove\" target=\"x\"></turbo-stream>").catch((error: unknown) => error),
+          brokerA
+            .publish("s", '<turbo-stream action="remove" target="x"></turbo-stream>')
+            .catch((error: unknown) => error),
           brokerA.history(["s"], "whatever.1"),
           brokerA.head(),
         ]);
@@ -130,13 +156,22 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
 
     const loop = publishLoop(brokerA, "s");
     const unhandled = await collectUnhandled(async () => {
-      await waitFor(() => sinkA.frames.length >= 10 && sinkB.frames.length >= 10, { message: "frames flow before the outage" });
+      await waitFor(() => sinkA.frames.length >= 10 && sinkB.frames.length >= 10, {
+        message: "frames flow before the outage",
+      });
       const killed = await terminate(nameA);
       expect(killed.rowCount).toBeGreaterThanOrEqual(2); // the LISTEN connection and at least one pooled one
-      await waitFor(() => a.events.logs.some((l) => l.level === "info"), { timeoutMs: 10_000, message: "A reconnects" });
-      await waitFor(() => sinkA.frames.some(isRefresh) && sinkB.frames.some(isRefresh), { message: "both processes refresh" });
+      await waitFor(() => a.events.logs.some((l) => l.level === "info"), {
+        timeoutMs: 10_000,
+        message: "A reconnects",
+      });
+      await waitFor(() => sinkA.frames.some(isRefresh) && sinkB.frames.some(isRefresh), {
+        message: "both processes refresh",
+      });
       const recovered = loop.outcomes.length;
-      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, { message: "publishing works again" });
+      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, {
+        message: "publishing works again",
+      });
       await loop.stop();
       const lastOk = loop.outcomes.filter((o) => o.ok).at(-1)!;
       await waitFor(() => [sinkA, sinkB].every((sink) => sink.frames.some((f) => f.position === lastOk.position)), {
@@ -166,7 +201,9 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
       expectEverythingAfterRefresh(sink, loop.outcomes);
     }
     // B, which stayed connected, got every frame A managed to publish
-    expect(sinkB.frames.filter((f) => !isRefresh(f)).map((f) => f.position)).toEqual(loop.outcomes.filter((o) => o.ok).map((o) => o.position));
+    expect(sinkB.frames.filter((f) => !isRefresh(f)).map((f) => f.position)).toEqual(
+      loop.outcomes.filter((o) => o.ok).map((o) => o.position),
+    );
 
     expect(await connections(nameA)).toBeGreaterThanOrEqual(1);
     await brokerA.close();

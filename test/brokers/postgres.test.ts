@@ -5,9 +5,18 @@ import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/po
 import * as index from "../../src/index.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
-import { PG_URL, describeWithServer, dropPostgresNamespace, freePort, pgClient, postgresUnavailable, uniqueName } from "./servers.js";
+import {
+  PG_URL,
+  describeWithServer,
+  dropPostgresNamespace,
+  freePort,
+  pgClient,
+  postgresUnavailable,
+  uniqueName,
+} from "./servers.js";
 
-const frame = (label: string) => `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
+const frame = (label: string) =>
+  `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
 
 describeWithServer("postgres broker", await postgresUnavailable(), () => {
   let admin: pg.Client;
@@ -37,7 +46,10 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
   }
 
   const connections = async (applicationName: string): Promise<number> =>
-    Number((await admin.query("select count(*) from pg_stat_activity where application_name = $1", [applicationName])).rows[0].count);
+    Number(
+      (await admin.query("select count(*) from pg_stat_activity where application_name = $1", [applicationName]))
+        .rows[0].count,
+    );
 
   it("gives every frame a position on one seq across streams and delivers them in that order", async () => {
     const { delivered, broker } = await startWithHub(make({ connectionString: PG_URL, ...namespace() }));
@@ -77,9 +89,19 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     const { hub } = await startWithHub(broker);
     const start = await broker.head();
     const p = [];
-    for (const [stream, label] of [["a", "1"], ["b", "2"], ["c", "x"], ["a", "3"], ["b", "4"]] as const) p.push(await broker.publish(stream, frame(label)));
+    for (const [stream, label] of [
+      ["a", "1"],
+      ["b", "2"],
+      ["c", "x"],
+      ["a", "3"],
+      ["b", "4"],
+    ] as const)
+      p.push(await broker.publish(stream, frame(label)));
     expect((await broker.history(["a", "b"], start))!.map((f) => f.frame)).toEqual(["1", "2", "3", "4"].map(frame));
-    expect((await broker.history(["a", "b"], p[1]!.position))!.map((f) => f.position)).toEqual([p[3]!.position, p[4]!.position]);
+    expect((await broker.history(["a", "b"], p[1]!.position))!.map((f) => f.position)).toEqual([
+      p[3]!.position,
+      p[4]!.position,
+    ]);
     expect(await broker.history(["a"], p[4]!.position)).toEqual([]);
     expect(await broker.history(["never-published"], start)).toEqual([]);
 
@@ -100,7 +122,12 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
   });
 
   it("prunes each stream to maxFrames and answers a gap for a cursor below what was pruned", async () => {
-    const broker = make({ connectionString: PG_URL, ...namespace(), sweepIntervalMs: 50, history: { frames: 2, maxFrames: 3, ageMs: 60_000 } });
+    const broker = make({
+      connectionString: PG_URL,
+      ...namespace(),
+      sweepIntervalMs: 50,
+      history: { frames: 2, maxFrames: 3, ageMs: 60_000 },
+    });
     await startWithHub(broker);
     const start = await broker.head();
     const p = [];
@@ -113,7 +140,12 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
   });
 
   it("keeps frames younger than ageMs beyond the newest `frames`, and prunes older ones", async () => {
-    const broker = make({ connectionString: PG_URL, ...namespace(), sweepIntervalMs: 50, history: { frames: 1, ageMs: 200, maxFrames: 100 } });
+    const broker = make({
+      connectionString: PG_URL,
+      ...namespace(),
+      sweepIntervalMs: 50,
+      history: { frames: 1, ageMs: 200, maxFrames: 100 },
+    });
     await startWithHub(broker);
     const start = await broker.head();
     const p0 = await broker.publish("a", frame("0"));
@@ -125,14 +157,23 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
 
   it("drops streams idle for idleMs whole, and then answers older cursors with a gap", async () => {
     const ns = namespace();
-    const broker = make({ connectionString: PG_URL, ...ns, sweepIntervalMs: 50, idleMs: 300, history: { frames: 10, ageMs: 100 } });
+    const broker = make({
+      connectionString: PG_URL,
+      ...ns,
+      sweepIntervalMs: 50,
+      idleMs: 300,
+      history: { frames: 10, ageMs: 100 },
+    });
     await startWithHub(broker);
     const before = await broker.head();
     await broker.publish("x", frame("x1"));
     const y = await broker.publish("y", frame("y1"));
-    await waitFor(async () => Number((await admin.query(`select count(*) from "${ns.prefix}_frames"`)).rows[0].count) === 0, {
-      message: "idle streams are dropped",
-    });
+    await waitFor(
+      async () => Number((await admin.query(`select count(*) from "${ns.prefix}_frames"`)).rows[0].count) === 0,
+      {
+        message: "idle streams are dropped",
+      },
+    );
     expect(await broker.history(["x"], before)).toBeNull();
     const x2 = await broker.publish("x", frame("x2"));
     expect(await broker.history(["x"], before)).toBeNull();
@@ -203,7 +244,11 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     await expect(broker.publish("a", frame("early"))).rejects.toMatchObject({ code: "TURBOCAST_BROKER" });
 
     const port = await freePort();
-    const unreachable = make({ connectionString: `postgres://someone:secret@127.0.0.1:${port}/test`, connectTimeoutMs: 300, ...namespace() });
+    const unreachable = make({
+      connectionString: `postgres://someone:secret@127.0.0.1:${port}/test`,
+      connectTimeoutMs: 300,
+      ...namespace(),
+    });
     const started = Date.now();
     const error = await unreachable.start(() => {}, { gap() {}, log() {} }).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: "TURBOCAST_BROKER" });
@@ -224,6 +269,8 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     expect(() => postgresBroker({ connectionString: PG_URL, prefix: 'x"; drop table users; --' })).toThrow(
       expect.objectContaining({ code: "TURBOCAST_CONFIG" }),
     );
-    expect(() => postgresBroker({ connectionString: PG_URL, channel: "Bad-Channel" })).toThrow(expect.objectContaining({ code: "TURBOCAST_CONFIG" }));
+    expect(() => postgresBroker({ connectionString: PG_URL, channel: "Bad-Channel" })).toThrow(
+      expect.objectContaining({ code: "TURBOCAST_CONFIG" }),
+    );
   });
 });

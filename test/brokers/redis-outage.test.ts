@@ -3,7 +3,15 @@ import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
 import { type Broker, parsePosition } from "../../src/brokers/broker.js";
 import { type RedisBrokerOptions, redisBroker } from "../../src/brokers/redis.js";
 import { waitFor } from "../helpers.js";
-import { collectUnhandled, expectEverythingAfterRefresh, expectOrderedSubset, isRefresh, publishLoop, recordingSink, startWithHub } from "./harness.js";
+import {
+  collectUnhandled,
+  expectEverythingAfterRefresh,
+  expectOrderedSubset,
+  isRefresh,
+  publishLoop,
+  recordingSink,
+  startWithHub,
+} from "./harness.js";
 import {
   PrivateRedis,
   REDIS_URL,
@@ -16,7 +24,8 @@ import {
   uniqueName,
 } from "./servers.js";
 
-const frame = (label: string) => `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
+const frame = (label: string) =>
+  `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
 
 describeWithServer("redis broker outages", await redisUnavailable(), () => {
   let admin: Redis;
@@ -63,7 +72,9 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
       lastBefore = sink.frames.at(-1)!.position;
 
       await server.kill(); // SIGKILL, and no persistence: every key is gone
-      await waitFor(() => loop.outcomes.filter((o) => !o.ok).length >= 20, { message: "publishes are refused while Redis is down" });
+      await waitFor(() => loop.outcomes.filter((o) => !o.ok).length >= 20, {
+        message: "publishes are refused while Redis is down",
+      });
       headWhileDown = await broker.head(); // pages still render
       historyWhileDown = await broker.history(["s"], lastBefore);
 
@@ -71,10 +82,14 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
       await waitFor(() => events.logs.some((l) => l.level === "info"), { timeoutMs: 10_000, message: "reconnected" });
       await waitFor(() => sink.frames.some(isRefresh), { message: "subscribers get a refresh" });
       const recovered = loop.outcomes.length;
-      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, { message: "publishing works again" });
+      await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, {
+        message: "publishing works again",
+      });
       await loop.stop();
       const lastOk = loop.outcomes.filter((o) => o.ok).at(-1)!;
-      await waitFor(() => sink.frames.some((f) => f.position === lastOk.position), { message: "frames after the recovery arrive" });
+      await waitFor(() => sink.frames.some((f) => f.position === lastOk.position), {
+        message: "frames after the recovery arrive",
+      });
     });
 
     expect(unhandled).toEqual([]);
@@ -89,7 +104,10 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
     const refused = loop.outcomes.filter((o) => !o.ok);
     expect(new Set(refused.map((o) => o.code))).toEqual(new Set(["TURBOCAST_BROKER"]));
     // refused at once, not queued: nothing grows while Redis is away
-    const durations = refused.slice(1).map((o) => o.ms).sort((a, b) => a - b);
+    const durations = refused
+      .slice(1)
+      .map((o) => o.ms)
+      .sort((a, b) => a - b);
     expect(durations[Math.floor(durations.length / 2)]!).toBeLessThan(5);
 
     expect(parsePosition(headWhileDown)!.epoch).toBe(parsePosition(lastBefore)!.epoch);
@@ -124,7 +142,11 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
       await waitFor(() => sinkA.frames.length >= refreshAt + 6, { message: "frames reach A again" });
       await loop.stop();
       const lastOk = loop.outcomes.filter((o) => o.ok).at(-1)!;
-      await waitFor(() => sinkA.frames.some((f) => f.position === lastOk.position) && sinkB.frames.some((f) => f.position === lastOk.position));
+      await waitFor(
+        () =>
+          sinkA.frames.some((f) => f.position === lastOk.position) &&
+          sinkB.frames.some((f) => f.position === lastOk.position),
+      );
     });
     expectEverythingAfterRefresh(sinkA, loop.outcomes);
 
@@ -159,17 +181,27 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
       await admin.client("KILL", "ID", command[0]!.id);
       // this frame is lost for everyone: B's subscribers must hear about it too
       await expect(a.broker.publish("s", frame("lost"))).rejects.toMatchObject({ code: "TURBOCAST_BROKER" });
-      await waitFor(() => sinkB.frames.some(isRefresh) && sinkA.frames.some(isRefresh), { message: "both processes refresh" });
+      await waitFor(() => sinkB.frames.some(isRefresh) && sinkA.frames.some(isRefresh), {
+        message: "both processes refresh",
+      });
     });
     expect(unhandled).toEqual([]);
 
     const last = await a.broker.publish("s", frame("after"));
-    await waitFor(() => sinkA.frames.some((f) => f.position === last.position) && sinkB.frames.some((f) => f.position === last.position));
+    await waitFor(
+      () =>
+        sinkA.frames.some((f) => f.position === last.position) &&
+        sinkB.frames.some((f) => f.position === last.position),
+    );
     expect(a.events.logs.map((l) => l.level)).toEqual(["warn", "info"]);
     expect(a.events.logs[1]!.message).toContain("1 publish refused");
     expect(b.events.logs).toEqual([]);
     for (const sink of [sinkA, sinkB]) {
-      expect(sink.frames.map((f) => (isRefresh(f) ? "refresh" : f.frame))).toEqual([frame("before"), "refresh", frame("after")]);
+      expect(sink.frames.map((f) => (isRefresh(f) ? "refresh" : f.frame))).toEqual([
+        frame("before"),
+        "refresh",
+        frame("after"),
+      ]);
     }
   });
 });

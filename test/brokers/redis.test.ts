@@ -6,9 +6,18 @@ import type { Broker } from "../../src/brokers/broker.js";
 import * as index from "../../src/index.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
-import { REDIS_URL, deleteRedisKeys, describeWithServer, freePort, redisClients, redisUnavailable, uniqueName } from "./servers.js";
+import {
+  REDIS_URL,
+  deleteRedisKeys,
+  describeWithServer,
+  freePort,
+  redisClients,
+  redisUnavailable,
+  uniqueName,
+} from "./servers.js";
 
-const frame = (label: string) => `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
+const frame = (label: string) =>
+  `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
 
 describeWithServer("redis broker", await redisUnavailable(), () => {
   let admin: Redis;
@@ -59,9 +68,19 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
     const { hub } = await startWithHub(broker);
     const start = await broker.head();
     const p = [];
-    for (const [stream, label] of [["a", "1"], ["b", "2"], ["c", "x"], ["a", "3"], ["b", "4"]] as const) p.push(await broker.publish(stream, frame(label)));
+    for (const [stream, label] of [
+      ["a", "1"],
+      ["b", "2"],
+      ["c", "x"],
+      ["a", "3"],
+      ["b", "4"],
+    ] as const)
+      p.push(await broker.publish(stream, frame(label)));
     expect((await broker.history(["a", "b"], start))!.map((f) => f.frame)).toEqual(["1", "2", "3", "4"].map(frame));
-    expect((await broker.history(["a", "b"], p[1]!.position))!.map((f) => f.position)).toEqual([p[3]!.position, p[4]!.position]);
+    expect((await broker.history(["a", "b"], p[1]!.position))!.map((f) => f.position)).toEqual([
+      p[3]!.position,
+      p[4]!.position,
+    ]);
     expect(await broker.history(["a"], p[4]!.position)).toEqual([]);
     expect(await broker.history(["never-published"], start)).toEqual([]);
 
@@ -116,7 +135,10 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
     await startWithHub(broker);
     const before = await broker.head();
     await broker.publish("x", frame("x1"));
-    await waitFor(async () => (await admin.exists(`${ns.keyPrefix}s:x`)) === 0, { message: "stream x expires", timeoutMs: 5_000 });
+    await waitFor(async () => (await admin.exists(`${ns.keyPrefix}s:x`)) === 0, {
+      message: "stream x expires",
+      timeoutMs: 5_000,
+    });
     const y = await broker.publish("y", frame("y1"));
     // x's frame is gone with its key: a cursor from before it must not get silence
     expect(await broker.history(["x"], before)).toBeNull();
@@ -152,7 +174,9 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
     expect(await redisClients(admin, ns.connectionName)).toHaveLength(2);
     await broker.close();
     await broker.close();
-    await waitFor(async () => (await redisClients(admin, ns.connectionName)).length === 0, { message: "connections closed" });
+    await waitFor(async () => (await redisClients(admin, ns.connectionName)).length === 0, {
+      message: "connections closed",
+    });
     await expect(broker.publish("a", frame("late"))).rejects.toMatchObject({ code: "TURBOCAST_CLOSED" });
     await expect(broker.head()).rejects.toMatchObject({ code: "TURBOCAST_CLOSED" });
   });
@@ -180,6 +204,8 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
   it("rejects a missing url or an unusable connection name with TURBOCAST_CONFIG", () => {
     // @ts-expect-error url is required
     expect(() => redisBroker({})).toThrow(expect.objectContaining({ code: "TURBOCAST_CONFIG" }));
-    expect(() => redisBroker({ url: REDIS_URL, connectionName: "has space" })).toThrow(expect.objectContaining({ code: "TURBOCAST_CONFIG" }));
+    expect(() => redisBroker({ url: REDIS_URL, connectionName: "has space" })).toThrow(
+      expect.objectContaining({ code: "TURBOCAST_CONFIG" }),
+    );
   });
 });

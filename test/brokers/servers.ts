@@ -31,7 +31,12 @@ export function uniqueName(prefix: string): string {
 
 /** `null` when Redis answers PING at `url`, else why not. */
 export async function redisUnavailable(url = REDIS_URL): Promise<string | null> {
-  const client = new Redis(url, { lazyConnect: true, retryStrategy: () => null, connectTimeout: 2_000, maxRetriesPerRequest: 0 });
+  const client = new Redis(url, {
+    lazyConnect: true,
+    retryStrategy: () => null,
+    connectTimeout: 2_000,
+    maxRetriesPerRequest: 0,
+  });
   let cause: unknown;
   client.on("error", (error: unknown) => (cause ??= error));
   try {
@@ -108,7 +113,10 @@ export async function dropPostgresNamespace(url: string, prefix: string): Promis
 }
 
 /** Connections of Redis clients named `name`, as CLIENT LIST reports them. */
-export async function redisClients(admin: Redis, name: string): Promise<Array<{ id: string; flags: string; cmd: string }>> {
+export async function redisClients(
+  admin: Redis,
+  name: string,
+): Promise<Array<{ id: string; flags: string; cmd: string }>> {
   const list = (await admin.client("LIST")) as string;
   return list
     .split("\n")
@@ -131,7 +139,9 @@ export async function freePort(): Promise<number> {
 /** `null` when a redis-server binary can be started here (for PrivateRedis), else why not. */
 export function redisServerMissing(): string | null {
   const result = spawnSync("redis-server", ["--version"], { stdio: "ignore" });
-  return result.error || result.status !== 0 ? "no redis-server binary on PATH to start a private Redis (scripts/services.sh installs it)" : null;
+  return result.error || result.status !== 0
+    ? "no redis-server binary on PATH to start a private Redis (scripts/services.sh installs it)"
+    : null;
 }
 
 /**
@@ -159,14 +169,30 @@ export class PrivateRedis {
     if (this.#child) return;
     const child = spawn(
       "redis-server",
-      ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+      [
+        "--port",
+        String(this.port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+      ],
       { stdio: "ignore" },
     );
     this.#child = child;
     child.once("exit", () => {
       if (this.#child === child) this.#child = null;
     });
-    await waitFor(async () => (await redisUnavailable(this.url)) === null, { timeoutMs: 10_000, message: `redis-server on port ${this.port}` });
+    await waitFor(async () => (await redisUnavailable(this.url)) === null, {
+      timeoutMs: 10_000,
+      message: `redis-server on port ${this.port}`,
+    });
   }
 
   /** SIGKILL: the server vanishes mid-conversation, its data with it. */
@@ -197,7 +223,8 @@ function postgresBinaries(): { initdb: string; postgres: string } | null {
 
 /** `null` when a private PostgreSQL can be started here, else why not. */
 export function postgresServerMissing(): string | null {
-  if (!postgresBinaries()) return "no initdb/postgres binaries to start a private PostgreSQL (scripts/services.sh installs them)";
+  if (!postgresBinaries())
+    return "no initdb/postgres binaries to start a private PostgreSQL (scripts/services.sh installs them)";
   if (process.getuid?.() === 0 && spawnSync("runuser", ["--help"], { stdio: "ignore" }).error) {
     return "running as root without runuser: PostgreSQL refuses to run as root";
   }
@@ -230,8 +257,19 @@ export class PrivatePostgres {
     if (!binaries) throw new Error("no PostgreSQL binaries");
     const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-pg-"));
     const server = new PrivatePostgres(await freePort(), dir, binaries);
-    if (process.getuid?.() === 0) chownSync(dir, Number(spawnSync("id", ["-u", "postgres"]).stdout.toString().trim()), 0);
-    const init = server.#run(binaries.initdb, ["-D", path.join(dir, "data"), "-A", "trust", "-U", os.userInfo().username, "--no-sync", "-E", "UTF8"]);
+    if (process.getuid?.() === 0)
+      chownSync(dir, Number(spawnSync("id", ["-u", "postgres"]).stdout.toString().trim()), 0);
+    const init = server.#run(binaries.initdb, [
+      "-D",
+      path.join(dir, "data"),
+      "-A",
+      "trust",
+      "-U",
+      os.userInfo().username,
+      "--no-sync",
+      "-E",
+      "UTF8",
+    ]);
     const code = await new Promise<number | null>((resolve) => init.once("exit", resolve));
     if (code !== 0) throw new Error(`initdb failed with ${code}`);
     await server.start();
@@ -241,14 +279,27 @@ export class PrivatePostgres {
   async start(): Promise<void> {
     if (this.#child) return;
     const child = this.#run(this.#binaries.postgres, [
-      "-D", path.join(this.#dir, "data"), "-p", String(this.port), "-k", this.#dir,
-      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=40",
+      "-D",
+      path.join(this.#dir, "data"),
+      "-p",
+      String(this.port),
+      "-k",
+      this.#dir,
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      "fsync=off",
+      "-c",
+      "max_connections=40",
     ]);
     this.#child = child;
     child.once("exit", () => {
       if (this.#child === child) this.#child = null;
     });
-    await waitFor(async () => (await postgresUnavailable(this.url)) === null, { timeoutMs: 20_000, message: `postgres on port ${this.port}` });
+    await waitFor(async () => (await postgresUnavailable(this.url)) === null, {
+      timeoutMs: 20_000,
+      message: `postgres on port ${this.port}`,
+    });
   }
 
   /** SIGQUIT to the postmaster: an immediate shutdown that drops every connection; the data stays. */
@@ -269,6 +320,8 @@ export class PrivatePostgres {
 
   #run(command: string, args: string[]): ChildProcess {
     const asRoot = process.getuid?.() === 0;
-    return spawn(asRoot ? "runuser" : command, asRoot ? ["-u", "postgres", "--", command, ...args] : args, { stdio: "ignore" });
+    return spawn(asRoot ? "runuser" : command, asRoot ? ["-u", "postgres", "--", command, ...args] : args, {
+      stdio: "ignore",
+    });
   }
 }

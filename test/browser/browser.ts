@@ -12,7 +12,9 @@ export const hasChromium = existsSync(CHROMIUM);
 export function browserTestsEnabled(): boolean {
   if (hasChromium) return true;
   if (process.env.CI) throw new Error(`CI: no Chromium at ${CHROMIUM}; .ci/run installs it (apt-get install chromium)`);
-  console.warn(`\n*** SKIPPING BROWSER TESTS: no Chromium at ${CHROMIUM}. Install it with: apt-get install -y chromium ***\n`);
+  console.warn(
+    `\n*** SKIPPING BROWSER TESTS: no Chromium at ${CHROMIUM}. Install it with: apt-get install -y chromium ***\n`,
+  );
   return false;
 }
 

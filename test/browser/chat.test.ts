@@ -74,11 +74,15 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
   async function send(page: Page, body: string): Promise<void> {
     await page.fill("#new_message input[name=body]", body);
     await page.press("#new_message input[name=body]", "Enter");
-    await waitFor(async () => (await page.inputValue("#new_message input[name=body]")) === "" && (await messageItems(page, body).count()) >= 1, {
-      message: `the post of ${JSON.stringify(body)} went through`,
-    });
+    await waitFor(
+      async () =>
+        (await page.inputValue("#new_message input[name=body]")) === "" &&
+        (await messageItems(page, body).count()) >= 1,
+      {
+        message: `the post of ${JSON.stringify(body)} went through`,
+      },
+    );
   }
-
 
   for (const [label, room] of [
     ["Server-Sent Events", "general"],
@@ -108,7 +112,9 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
       });
       // one broadcast template for everyone; edit/delete show only on the author's own page
       expect(await messageItems(bob, text).locator(".owner-actions").isVisible()).toBe(false);
-      await waitFor(() => messageItems(alice, text).locator(".owner-actions").isVisible(), { message: "alice sees her own actions" });
+      await waitFor(() => messageItems(alice, text).locator(".owner-actions").isVisible(), {
+        message: "alice sees her own actions",
+      });
 
       await messageItems(alice, text).locator("button", { hasText: "Delete" }).click();
       await waitFor(async () => (await messageItems(bob, text).count()) === 0, { message: "bob sees the delete" });
@@ -124,9 +130,13 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     await bob.goto(`${base}/rooms/${id}`);
     const text = `from another process ${Date.now()}`;
     await new Promise<void>((resolve, reject) => {
-      const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/chat-writer.ts", dbFile, String(id), "1", text], {
-        stdio: "inherit",
-      });
+      const child = spawn(
+        process.execPath,
+        ["--import", "tsx", "test/fixtures/chat-writer.ts", dbFile, String(id), "1", text],
+        {
+          stdio: "inherit",
+        },
+      );
       child.once("error", reject);
       child.once("exit", (code) => (code === 0 ? resolve() : reject(new Error(`writer exited ${code}`))));
     });
@@ -145,7 +155,10 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     expect(await carol.locator("#messages").count()).toBe(0);
     // and alice's signed stream URL, replayed with carol's cookie, is refused
     const src = await alice.locator("turbo-stream-source").getAttribute("src");
-    const status = await carol.evaluate(async (url) => (await fetch(url, { headers: { accept: "text/event-stream" } })).status, src!);
+    const status = await carol.evaluate(
+      async (url) => (await fetch(url, { headers: { accept: "text/event-stream" } })).status,
+      src!,
+    );
     expect(status).toBe(403);
     // carol's room list does not grow with a message or room in it
     await carol.goto(`${base}/`);
@@ -164,7 +177,9 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
       const id = roomId(room);
       await bob.goto(`${base}/rooms/${id}`);
       const marker = `before cut ${label} ${Date.now()}`;
-      chat.db.$client.prepare("INSERT INTO messages (room_id, user_id, body, created_at) VALUES (?, 1, ?, ?)").run(id, marker, Date.now());
+      chat.db.$client
+        .prepare("INSERT INTO messages (room_id, user_id, body, created_at) VALUES (?, 1, ?, ?)")
+        .run(id, marker, Date.now());
       await waitFor(async () => (await messageItems(bob, marker).count()) === 1);
       await bob.evaluate(() => ((window as unknown as { __noReload: boolean }).__noReload = true));
 
@@ -172,10 +187,15 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
       for (const socket of streamSockets) socket.destroy();
       const texts = Array.from({ length: 5 }, (_, i) => `during cut ${label} ${i} ${Date.now()}`);
       for (const text of texts) {
-        chat.db.$client.prepare("INSERT INTO messages (room_id, user_id, body, created_at) VALUES (?, 1, ?, ?)").run(id, text, Date.now());
+        chat.db.$client
+          .prepare("INSERT INTO messages (room_id, user_id, body, created_at) VALUES (?, 1, ?, ?)")
+          .run(id, text, Date.now());
       }
       for (const text of texts) {
-        await waitFor(async () => (await messageItems(bob, text).count()) === 1, { timeoutMs: 15_000, message: `caught up: ${text}` });
+        await waitFor(async () => (await messageItems(bob, text).count()) === 1, {
+          timeoutMs: 15_000,
+          message: `caught up: ${text}`,
+        });
       }
       // nothing doubled, and the page was not reloaded
       for (const text of [marker, ...texts]) expect(await messageItems(bob, text).count()).toBe(1);
@@ -192,7 +212,9 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     await alice.goto(`${base}/`);
     await alice.fill('input[aria-label="Room name"]', name);
     await Promise.all([alice.waitForURL(/\/rooms\/\d+$/), alice.click("text=Create")]);
-    await waitFor(async () => (await bob.locator("#rooms > li", { hasText: name }).count()) === 1, { message: "bob's list grows" });
+    await waitFor(async () => (await bob.locator("#rooms > li", { hasText: name }).count()) === 1, {
+      message: "bob's list grows",
+    });
     await alice.context().close();
     await bob.context().close();
   });

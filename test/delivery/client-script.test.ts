@@ -37,7 +37,9 @@ ${withClientScript ? '<script defer src="/turbo-streams/client.js"></script>' : 
 <script type="module" src="/turbo.js"></script>
 </head><body><div id="messages"></div>${tag}</body></html>`);
   });
-  browser = new Browser({ settings: { enableJavaScriptEvaluation: true, suppressInsecureJavaScriptEnvironmentWarning: true } as never });
+  browser = new Browser({
+    settings: { enableJavaScriptEvaluation: true, suppressInsecureJavaScriptEnvironmentWarning: true } as never,
+  });
   const page = browser.newPage();
   await page.goto(`${app.url}/live/1`);
   const document = page.mainFrame.document;

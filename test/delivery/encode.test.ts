@@ -3,7 +3,12 @@ import type { Published } from "../../src/brokers/broker.js";
 import { encodeSse, encodeWs, sseBytes, wsBytes } from "../../src/delivery/encode.js";
 import { RoomStream, type TestApp, openSse, openWs, startApp, waitFor } from "./fixture.js";
 
-const published = (frame: string, position = "ep0ch.42"): Published => ({ stream: "named:lobby", position, seq: 42, frame });
+const published = (frame: string, position = "ep0ch.42"): Published => ({
+  stream: "named:lobby",
+  position,
+  seq: 42,
+  frame,
+});
 
 describe("wire encodings", () => {
   it("writes one SSE event: id, one data: line per line, a blank line, no event field", () => {
@@ -25,7 +30,9 @@ describe("wire encodings", () => {
       '  <turbo-stream data-turbocast-position="ep0ch.42">\n</turbo-stream>',
     );
     // not a turbo-stream element (or one named like it): sent as it is
-    expect(encodeWs(published("<turbo-streamer></turbo-streamer>")).toString()).toBe("<turbo-streamer></turbo-streamer>");
+    expect(encodeWs(published("<turbo-streamer></turbo-streamer>")).toString()).toBe(
+      "<turbo-streamer></turbo-streamer>",
+    );
   });
 
   it("memoises each encoding on the frame: every subscriber gets the same Buffer", () => {
@@ -45,7 +52,10 @@ describe("one frame, both transports", () => {
 
   it("encodes a frame once per transport, however many subscribe", async () => {
     app = await startApp();
-    const sse = [openSse(`${app.url}${await app.pageSrc("/rooms/1")}`), openSse(`${app.url}${await app.pageSrc("/rooms/1")}`)];
+    const sse = [
+      openSse(`${app.url}${await app.pageSrc("/rooms/1")}`),
+      openSse(`${app.url}${await app.pageSrc("/rooms/1")}`),
+    ];
     const ws = await Promise.all([1, 2].map(async () => openWs(await app!.pageSrc("/rooms/1?transport=websocket"))));
     try {
       await Promise.all(sse.map((c) => c.opened));

@@ -130,7 +130,11 @@ export async function startApp(options: Partial<TurboOptions> & { trustProxy?: b
   app.set("view engine", "njk");
   app.use(turbo.middleware());
   app.get("/rooms/:id", (req, res) => {
-    const room = db.select().from(rooms).where(eq(rooms.id, Number(req.params.id))).get();
+    const room = db
+      .select()
+      .from(rooms)
+      .where(eq(rooms.id, Number(req.params.id)))
+      .get();
     if (!room) return void res.sendStatus(404);
     res.render("room.njk", { room, transport: req.query.transport === "websocket" ? "websocket" : "sse" });
   });
@@ -194,7 +198,13 @@ export function unescapeHtml(value: string): string {
 export function openSse(
   url: string,
   options: { headers?: Record<string, string>; beforeFetch?: (attempt: number) => Promise<void> | void } = {},
-): { source: EventSource; messages: Array<{ id: string; data: string }>; opened: Promise<void>; attempts: () => number; lastEventIds: Array<string | undefined> } {
+): {
+  source: EventSource;
+  messages: Array<{ id: string; data: string }>;
+  opened: Promise<void>;
+  attempts: () => number;
+  lastEventIds: Array<string | undefined>;
+} {
   const messages: Array<{ id: string; data: string }> = [];
   const lastEventIds: Array<string | undefined> = [];
   let attempts = 0;
@@ -209,7 +219,9 @@ export function openSse(
   source.onmessage = (event) => messages.push({ id: event.lastEventId, data: event.data });
   const opened = new Promise<void>((resolve, reject) => {
     source.addEventListener("open", () => resolve(), { once: true });
-    source.addEventListener("error", (event) => reject(Object.assign(new Error("EventSource failed"), { event })), { once: true });
+    source.addEventListener("error", (event) => reject(Object.assign(new Error("EventSource failed"), { event })), {
+      once: true,
+    });
   });
   // a client nobody awaits the opening of must not fail the run with an unhandled rejection
   opened.catch(() => {});
@@ -242,7 +254,10 @@ export async function openWs(
 }
 
 /** The HTTP status a WebSocket upgrade to `url` is answered with (101 when it opens). */
-export async function upgradeStatus(url: string, options: { headers?: Record<string, string>; origin?: string } = {}): Promise<number> {
+export async function upgradeStatus(
+  url: string,
+  options: { headers?: Record<string, string>; origin?: string } = {},
+): Promise<number> {
   try {
     const { ws } = await openWs(url, options);
     ws.terminate();

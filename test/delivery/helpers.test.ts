@@ -6,7 +6,17 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError, InvalidStreamableError, MissingPrimaryKeyError, UnknownStreamError } from "../../src/errors.js";
 import { runInRequest } from "../../src/delivery/request-context.js";
 import { ModelStream } from "../../src/index.js";
-import { LobbyStream, MessageStream, RoomStream, type TestApp, messages, rooms, startApp, unescapeHtml, waitFor } from "./fixture.js";
+import {
+  LobbyStream,
+  MessageStream,
+  RoomStream,
+  type TestApp,
+  messages,
+  rooms,
+  startApp,
+  unescapeHtml,
+  waitFor,
+} from "./fixture.js";
 
 let app: TestApp | undefined;
 
@@ -38,7 +48,8 @@ describe("turbo_stream_from", () => {
     const src = unescapeHtml(raw);
     expect(src).toMatch(/^\/turbo-streams\?s=[^&]+&s=[^&]+&after=[A-Za-z0-9_-]+\.\d+$/);
     expect(namesOf(src)).toEqual([RoomStream.for(1).name, LobbyStream.for().name]);
-    for (const t of new URL(src, "http://x").searchParams.getAll("s")) expect(app.turbo.signStreamName(namesOf(`?s=${t}`)[0]!)).toBe(t);
+    for (const t of new URL(src, "http://x").searchParams.getAll("s"))
+      expect(app.turbo.signStreamName(namesOf(`?s=${t}`)[0]!)).toBe(t);
   });
 
   it("takes the position at request start, before the route reads its data", async () => {
@@ -50,7 +61,14 @@ describe("turbo_stream_from", () => {
 
   it("accepts ModelStream classes (table-wide), Stream instances, Stream classes, arrays and full names", async () => {
     app = await startApp();
-    const tag = app.turbo.streamSource(null, [RoomStream, RoomStream.for(3), LobbyStream, [MessageStream.for(7)], "row:rooms:1", "lobby"]);
+    const tag = app.turbo.streamSource(null, [
+      RoomStream,
+      RoomStream.for(3),
+      LobbyStream,
+      [MessageStream.for(7)],
+      "row:rooms:1",
+      "lobby",
+    ]);
     const src = unescapeHtml(/src="([^"]*)"/.exec(tag)![1]!);
     expect(namesOf(src)).toEqual(["all:rooms", "row:rooms:3", "named:lobby", "row:messages:7", "row:rooms:1"]);
   });
@@ -63,7 +81,9 @@ describe("turbo_stream_from", () => {
     );
     await app.close();
     app = await startApp({ trustProxy: true });
-    expect(await app.pageSrc("/rooms/1?transport=websocket", forwarded)).toMatch(/^wss:\/\/chat\.example\.com\/turbo-streams\?s=/);
+    expect(await app.pageSrc("/rooms/1?transport=websocket", forwarded)).toMatch(
+      /^wss:\/\/chat\.example\.com\/turbo-streams\?s=/,
+    );
   });
 
   it("escapes a hostile Host header in the WebSocket URL", async () => {
@@ -73,7 +93,10 @@ describe("turbo_stream_from", () => {
       http
         .get(`${app!.url}/lobby`, { headers: { Host: `evil.example"><script>x</script>` } }, (res) => {
           let body = "";
-          res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk)).on("end", () => resolve(body));
+          res
+            .setEncoding("utf8")
+            .on("data", (chunk: string) => (body += chunk))
+            .on("end", () => resolve(body));
         })
         .on("error", reject);
     });
@@ -123,9 +146,13 @@ describe("turbo_stream_from", () => {
     const src = unescapeHtml(/src="([^"]*)"/.exec(markup)![1]!);
     expect(new URL(src, "http://x").searchParams.get("after")).toBe(published.position);
     const env = app.turbo.views as nunjucks.Environment;
-    expect(() => env.renderString(`{{ turbo_stream_from("lobby", transport="websocket") }}`, {})).toThrow(/needs the request/);
+    expect(() => env.renderString(`{{ turbo_stream_from("lobby", transport="websocket") }}`, {})).toThrow(
+      /needs the request/,
+    );
     expect(() => app!.turbo.streamSource(null, ["lobby"], { transport: "websocket" })).toThrow(ConfigError);
-    expect(() => env.renderString(`{{ turbo_stream_from("lobby", transprot="websocket") }}`, {})).toThrow(/unknown keyword/);
+    expect(() => env.renderString(`{{ turbo_stream_from("lobby", transprot="websocket") }}`, {})).toThrow(
+      /unknown keyword/,
+    );
   });
 
   it("records X-Turbo-Request-Id, so a refresh broadcast while handling the request names it", async () => {
@@ -134,10 +161,15 @@ describe("turbo_stream_from", () => {
       const published = await RoomStream.for(Number(req.params.id)).refresh();
       res.json({ frame: published.frame, requestId: res.locals.turbocast.requestId });
     });
-    const response = await fetch(`${app.url}/rooms/1/touch`, { method: "POST", headers: { "X-Turbo-Request-Id": "3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60" } });
+    const response = await fetch(`${app.url}/rooms/1/touch`, {
+      method: "POST",
+      headers: { "X-Turbo-Request-Id": "3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60" },
+    });
     const body = (await response.json()) as { frame: string; requestId: string };
     expect(body.requestId).toBe("3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60");
-    expect(body.frame).toBe('<turbo-stream action="refresh" request-id="3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60"></turbo-stream>');
+    expect(body.frame).toBe(
+      '<turbo-stream action="refresh" request-id="3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60"></turbo-stream>',
+    );
   });
 });
 
@@ -156,7 +188,9 @@ describe("refreshes broadcast by hooks of captured writes", () => {
     await app.turbo.hub.subscribe([RoomStream.for(1).name], { send: (published) => void frames.push(published.frame) });
     const db = app.db;
     app.app.post("/say", (req, res) => {
-      db.insert(messages).values({ roomId: 1, body: String(req.query.body) }).run();
+      db.insert(messages)
+        .values({ roomId: 1, body: String(req.query.body) })
+        .run();
       res.sendStatus(204);
     });
     app.app.post("/fail", (_req, res) => {
@@ -170,7 +204,10 @@ describe("refreshes broadcast by hooks of captured writes", () => {
       }
     });
     const post = (pathname: string, requestId?: string) =>
-      fetch(`${app!.url}${pathname}`, { method: "POST", headers: requestId ? { "X-Turbo-Request-Id": requestId } : {} });
+      fetch(`${app!.url}${pathname}`, {
+        method: "POST",
+        headers: requestId ? { "X-Turbo-Request-Id": requestId } : {},
+      });
     const next = async (): Promise<string> => {
       const count = frames.length;
       await waitFor(() => frames.length > count);
@@ -179,7 +216,9 @@ describe("refreshes broadcast by hooks of captured writes", () => {
 
     let frame = next();
     expect((await post("/say?body=a", "3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60")).status).toBe(204);
-    expect(await frame).toBe('<turbo-stream action="refresh" request-id="3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60"></turbo-stream>');
+    expect(await frame).toBe(
+      '<turbo-stream action="refresh" request-id="3f1c9a2e-5b7d-4c1e-9f0a-1b2c3d4e5f60"></turbo-stream>',
+    );
 
     frame = next();
     await post("/say?body=b");
@@ -214,7 +253,11 @@ describe("refreshes broadcast by hooks of captured writes", () => {
     expect(frames).toHaveLength(5);
     expect(app.logger.entries.filter((e) => e.level !== "info")).toEqual([]);
     // close() takes its TEMP trigger and table away
-    const temp = () => app!.sqlite.prepare("SELECT name FROM sqlite_temp_schema WHERE name LIKE '\\_turbocast\\_%' ESCAPE '\\'").pluck().all();
+    const temp = () =>
+      app!.sqlite
+        .prepare("SELECT name FROM sqlite_temp_schema WHERE name LIKE '\\_turbocast\\_%' ESCAPE '\\'")
+        .pluck()
+        .all();
     expect((temp() as string[]).sort()).toEqual(["_turbocast_request_note", "_turbocast_request_notes"]);
     await app.turbo.close();
     expect(temp()).toEqual([]);

@@ -12,7 +12,10 @@ describe("turbo.close()", () => {
       http
         .get(`${app.url}${sseSrc}`, { headers: { Accept: "text/event-stream" } }, (res) => {
           let body = "";
-          res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk)).on("end", () => resolve(body));
+          res
+            .setEncoding("utf8")
+            .on("data", (chunk: string) => (body += chunk))
+            .on("end", () => resolve(body));
         })
         .on("error", reject);
     });
@@ -50,7 +53,14 @@ describe("turbo.close()", () => {
   });
 
   it("a createTurbo with bad delivery options throws a ConfigError before starting anything", async () => {
-    for (const bad of [{ path: "no-slash" }, { path: "/trailing/" }, { transport: "carrier-pigeon" }, { heartbeatMs: 0 }, { allowedOrigins: ["not a url"] }, { maxStreamsPerSubscription: 1.5 }]) {
+    for (const bad of [
+      { path: "no-slash" },
+      { path: "/trailing/" },
+      { transport: "carrier-pigeon" },
+      { heartbeatMs: 0 },
+      { allowedOrigins: ["not a url"] },
+      { maxStreamsPerSubscription: 1.5 },
+    ]) {
       await expect(startApp(bad as never)).rejects.toBeInstanceOf(ConfigError);
     }
   });

@@ -9,7 +9,12 @@ import { SseConnection } from "../../src/delivery/sse.js";
 import { WebSocketConnection } from "../../src/delivery/websocket.js";
 import { closeServer, listen, waitFor } from "../helpers.js";
 
-const published = (frame: string, seq: number): Published => ({ stream: "named:lobby", position: `ep0ch.${seq}`, seq, frame });
+const published = (frame: string, seq: number): Published => ({
+  stream: "named:lobby",
+  position: `ep0ch.${seq}`,
+  seq,
+  frame,
+});
 
 /** Decodes a chunked HTTP/1.1 body; throws on anything malformed. */
 function dechunk(body: string): { data: string; complete: boolean } {
@@ -19,10 +24,12 @@ function dechunk(body: string): { data: string; complete: boolean } {
     const eol = body.indexOf("\r\n", at);
     if (eol < 0) return { data, complete: false };
     const size = Number.parseInt(body.slice(at, eol), 16);
-    if (!Number.isFinite(size) || !/^[0-9a-f]+$/i.test(body.slice(at, eol))) throw new Error(`bad chunk size at ${at}: ${JSON.stringify(body.slice(at, eol))}`);
+    if (!Number.isFinite(size) || !/^[0-9a-f]+$/i.test(body.slice(at, eol)))
+      throw new Error(`bad chunk size at ${at}: ${JSON.stringify(body.slice(at, eol))}`);
     if (size === 0) return { data, complete: body.slice(eol + 2, eol + 4) === "\r\n" };
     const chunk = body.slice(eol + 2, eol + 2 + size);
-    if (body.slice(eol + 2 + size, eol + 4 + size) !== "\r\n") throw new Error(`chunk at ${at} is not followed by CRLF`);
+    if (body.slice(eol + 2 + size, eol + 4 + size) !== "\r\n")
+      throw new Error(`chunk at ${at} is not followed by CRLF`);
     data += chunk;
     at = eol + 4 + size;
   }
@@ -31,7 +38,9 @@ function dechunk(body: string): { data: string; complete: boolean } {
 /** GETs `/` over a raw socket and returns the response's bytes up to the end of its chunked body. */
 function rawGet(port: number): Promise<{ head: string; body: string }> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(port, "127.0.0.1", () => socket.write("GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"));
+    const socket = net.connect(port, "127.0.0.1", () =>
+      socket.write("GET / HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"),
+    );
     let text = "";
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {
@@ -73,13 +82,19 @@ describe("SSE frames on the socket", () => {
       const seen: string[] = [];
       server = http.createServer((_req, res) => {
         // record what reaches res.write (wrapped) or the socket (not wrapped)
-        const target = (wrapped ? res : res.socket!) as unknown as { write: (chunk: unknown, ...rest: unknown[]) => boolean };
+        const target = (wrapped ? res : res.socket!) as unknown as {
+          write: (chunk: unknown, ...rest: unknown[]) => boolean;
+        };
         const write = target.write.bind(target);
         target.write = (chunk: unknown, ...rest: unknown[]) => {
           seen.push(Buffer.isBuffer(chunk) ? chunk.toString("utf8") : String(chunk));
           return write(chunk, ...rest);
         };
-        const connection = new SseConnection(res as unknown as Response, { retryMs: 1000, maxBufferedBytes: 1 << 20, onClose: () => {} });
+        const connection = new SseConnection(res as unknown as Response, {
+          retryMs: 1000,
+          maxBufferedBytes: 1 << 20,
+          onClose: () => {},
+        });
         connection.start();
         connection.send(published("<turbo-stream>one\nline</turbo-stream>", 1));
         connection.heartbeat();

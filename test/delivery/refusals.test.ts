@@ -2,7 +2,20 @@ import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
 import { StreamSigner } from "../../src/delivery/signing.js";
 import { MAX_TOKEN_LENGTH } from "../../src/delivery/signing.js";
-import { LobbyStream, RoomStream, SECRET, ThrowingStream, type TestApp, VaultStream, openSse, openWs, startApp, toWs, upgradeStatus, waitFor } from "./fixture.js";
+import {
+  LobbyStream,
+  RoomStream,
+  SECRET,
+  ThrowingStream,
+  type TestApp,
+  VaultStream,
+  openSse,
+  openWs,
+  startApp,
+  toWs,
+  upgradeStatus,
+  waitFor,
+} from "./fixture.js";
 
 let app: TestApp | undefined;
 
@@ -12,7 +25,10 @@ afterEach(async () => {
 });
 
 /** Status and body of an SSE request to `pathAndQuery`. */
-async function sseStatus(pathAndQuery: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+async function sseStatus(
+  pathAndQuery: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
   const controller = new AbortController();
   const response = await fetch(`${app!.url}${pathAndQuery}`, {
     headers: { Accept: "text/event-stream", ...headers },
@@ -24,14 +40,18 @@ async function sseStatus(pathAndQuery: string, headers: Record<string, string> =
 }
 
 /** Both transports' answers to one subscription URL. */
-async function statuses(pathAndQuery: string, headers: Record<string, string> = {}): Promise<{ sse: number; ws: number }> {
+async function statuses(
+  pathAndQuery: string,
+  headers: Record<string, string> = {},
+): Promise<{ sse: number; ws: number }> {
   const { status } = await sseStatus(pathAndQuery, headers);
   const ws = await upgradeStatus(toWs(`${app!.url}${pathAndQuery}`), { headers });
   return { sse: status, ws };
 }
 
 const token = (name: string): string => app!.turbo.signStreamName(name);
-const query = (...tokens: string[]): string => `/turbo-streams?${tokens.map((t) => `s=${encodeURIComponent(t)}`).join("&")}`;
+const query = (...tokens: string[]): string =>
+  `/turbo-streams?${tokens.map((t) => `s=${encodeURIComponent(t)}`).join("&")}`;
 
 describe("refused subscriptions", () => {
   it("accepts a well-signed subscription on both transports (the baseline)", async () => {
@@ -45,7 +65,9 @@ describe("refused subscriptions", () => {
     const flip = (c: string): string => (c === "A" ? "B" : "A");
     const tampered = good.slice(0, -10) + flip(good.at(-10)!) + good.slice(-9);
     const truncated = good.slice(0, -5);
-    const foreign = new StreamSigner({ secret: "another-secret-of-enough-length-0123456789" }).sign(RoomStream.for(1).name);
+    const foreign = new StreamSigner({ secret: "another-secret-of-enough-length-0123456789" }).sign(
+      RoomStream.for(1).name,
+    );
     const answers = [];
     for (const bad of [tampered, truncated, foreign, "garbage", "a.b.c"]) {
       expect(await statuses(query(bad))).toEqual({ sse: 403, ws: 403 });
@@ -54,7 +76,12 @@ describe("refused subscriptions", () => {
     expect(new Set(answers)).toEqual(new Set(["Forbidden"]));
     // the server says why, once per kind of refusal (ten bad requests above, one line)
     const said = app.logger.entries.filter((e) => e.message.startsWith("subscription refused"));
-    expect(said).toEqual([{ level: "info", message: "subscription refused (403): bad signature (like refusals are logged at most once a minute)" }]);
+    expect(said).toEqual([
+      {
+        level: "info",
+        message: "subscription refused (403): bad signature (like refusals are logged at most once a minute)",
+      },
+    ]);
   });
 
   it("never lets the signature of one stream open another", async () => {
@@ -73,7 +100,10 @@ describe("refused subscriptions", () => {
     expect(await statuses(query(privateRoom))).toEqual({ sse: 403, ws: 403 });
     expect(await statuses(query(privateRoom), { "x-user": "bob" })).toEqual({ sse: 403, ws: 403 });
     expect(await statuses(query(privateRoom), { "x-user": "alice" })).toEqual({ sse: 200, ws: 101 });
-    expect(await statuses(query(token(LobbyStream.for().name), token(VaultStream.for().name)))).toEqual({ sse: 403, ws: 403 });
+    expect(await statuses(query(token(LobbyStream.for().name), token(VaultStream.for().name)))).toEqual({
+      sse: 403,
+      ws: 403,
+    });
     // a row that does not exist (the async test loads it) is refused like the rest
     expect(await statuses(query(token(RoomStream.for(999).name)))).toEqual({ sse: 403, ws: 403 });
   });
@@ -100,7 +130,10 @@ describe("refused subscriptions", () => {
     expect(await response.text()).toBe(`retry: 1000\n\ndata: <turbo-stream action="refresh"></turbo-stream>\n\n`);
     // a forged expiry is still a bad signature
     const [name, , mac] = expired.split(".");
-    expect(await statuses(query(`${name}.${(Math.floor(Date.now() / 1000) + 999).toString(36)}.${mac}`))).toEqual({ sse: 403, ws: 403 });
+    expect(await statuses(query(`${name}.${(Math.floor(Date.now() / 1000) + 999).toString(36)}.${mac}`))).toEqual({
+      sse: 403,
+      ws: 403,
+    });
   });
 
   it("answers a throwing authenticate or userPassesTest as a transient failure the page retries", async () => {
@@ -120,7 +153,9 @@ describe("refused subscriptions", () => {
       expect(await response.text()).toBe("retry: 5000\n\n");
     }
     expect(await upgradeStatus(toWs(`${app.url}${src}`))).toBe(500);
-    expect(app.logger.entries.map((e) => e.message).join("\n")).toMatch(/authenticate\(req\) threw[\s\S]*userPassesTest of named:throwing threw/);
+    expect(app.logger.entries.map((e) => e.message).join("\n")).toMatch(
+      /authenticate\(req\) threw[\s\S]*userPassesTest of named:throwing threw/,
+    );
   });
 
   it("answers malformed queries with 400", async () => {

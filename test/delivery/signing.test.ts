@@ -41,7 +41,9 @@ describe("signed stream names", () => {
     const index = alphabet.indexOf(last);
     // same 4 significant bits, different unused bits: decodes to the same bytes
     const sibling = alphabet[index ^ 1]!;
-    expect(Buffer.from(token.slice(-43, -1) + sibling, "base64url")).toEqual(Buffer.from(token.slice(-43), "base64url"));
+    expect(Buffer.from(token.slice(-43, -1) + sibling, "base64url")).toEqual(
+      Buffer.from(token.slice(-43), "base64url"),
+    );
     rejects(signer, token.slice(0, -1) + sibling);
   });
 
@@ -112,7 +114,12 @@ describe("the app secret", () => {
     const sqlite = new Database(":memory:");
     try {
       process.env.NODE_ENV = "production";
-      const options = { db: drizzle(sqlite), views: new nunjucks.Environment(null, { autoescape: true }), streams: [], logger: silentLogger };
+      const options = {
+        db: drizzle(sqlite),
+        views: new nunjucks.Environment(null, { autoescape: true }),
+        streams: [],
+        logger: silentLogger,
+      };
       await expect(createTurbo(options)).rejects.toMatchObject({ code: "TURBOCAST_CONFIG" });
       // the database was not instrumented: a second instance can take it
       const turbo = await createTurbo({ ...options, secret: SECRET });
@@ -129,7 +136,13 @@ describe("the app secret", () => {
     const sqlite = new Database(":memory:");
     try {
       const secretFile = path.join(dir, ".turbocast-secret");
-      const options = { db: drizzle(sqlite), views: new nunjucks.Environment(null, { autoescape: true }), streams: [], logger: silentLogger, secretFile };
+      const options = {
+        db: drizzle(sqlite),
+        views: new nunjucks.Environment(null, { autoescape: true }),
+        streams: [],
+        logger: silentLogger,
+        secretFile,
+      };
       const first = await createTurbo(options);
       const token = first.signStreamName("named:lobby");
       await first.close();

@@ -13,7 +13,8 @@ afterEach(async () => {
 });
 
 const PAYLOAD = "x".repeat(16 * 1024);
-const frame = (i: number): string => `<turbo-stream action="append" target="log"><template><p id="f${i}">${PAYLOAD}</p></template></turbo-stream>`;
+const frame = (i: number): string =>
+  `<turbo-stream action="append" target="log"><template><p id="f${i}">${PAYLOAD}</p></template></turbo-stream>`;
 const indexOf = (message: string): number => Number(/id="f(\d+)"/.exec(message)?.[1]);
 
 /**
@@ -27,7 +28,10 @@ async function publishUntil(dropped: () => boolean, healthyCounts: () => number[
   while (!dropped()) {
     if (published >= limit) throw new Error(`the stalled client was not dropped after ${limit} frames`);
     for (let i = 0; i < 8; i++) await RoomStream.for(1).broadcastRaw(frame(published++));
-    await waitFor(() => healthyCounts().every((n) => n === published), { timeoutMs: 10_000, message: `healthy clients at ${published}` });
+    await waitFor(() => healthyCounts().every((n) => n === published), {
+      timeoutMs: 10_000,
+      message: `healthy clients at ${published}`,
+    });
   }
   return published;
 }
@@ -75,7 +79,8 @@ describe("slow consumers", () => {
       () => app!.turbo.hub.size === 10,
       () => healthy.map((c) => c.messages.length),
     );
-    for (const client of healthy) expect(client.messages.map((m) => indexOf(m.data))).toEqual(Array.from({ length: published }, (_, i) => i));
+    for (const client of healthy)
+      expect(client.messages.map((m) => indexOf(m.data))).toEqual(Array.from({ length: published }, (_, i) => i));
 
     // back again, from the first frame it could have seen: everything is replayed in order
     const back = openSse(`${app.url}${src}`, { headers: { "Last-Event-ID": healthy[0]!.messages[0]!.id } });

@@ -17,7 +17,11 @@ function track<T extends { source: { close(): void } }>(client: T): T {
 }
 
 /** Reads a raw SSE response until `until` matches what arrived. */
-function rawSse(url: string, until: RegExp, headers: Record<string, string> = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+function rawSse(
+  url: string,
+  until: RegExp,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.get(url, { headers: { Accept: "text/event-stream", ...headers } }, (res) => {
       let body = "";
@@ -89,7 +93,12 @@ describe("SSE subscriptions", () => {
     await client.opened;
     await RoomStream.for(1).remove({ target: "late" });
     await waitFor(() => client.messages.length === 4);
-    expect(client.messages.map((m) => /target="(\w+)"/.exec(m.data)?.[1])).toEqual(["early_0", "early_1", "early_2", "late"]);
+    expect(client.messages.map((m) => /target="(\w+)"/.exec(m.data)?.[1])).toEqual([
+      "early_0",
+      "early_1",
+      "early_2",
+      "late",
+    ]);
   });
 
   it("resumes with Last-Event-ID after a forced disconnect: all 100 missed frames, in order, exactly once", async () => {
@@ -174,7 +183,9 @@ describe("SSE subscriptions", () => {
     await waitFor(() => client.messages.length === 2);
     expect(client.messages[0]!.data).toBe(frame);
     expect(client.messages[1]!.data).toBe(frame);
-    const raw = await rawSse(`${app.url}${src.replace(/&after=[^&]*/, "")}`, /not a field/, { "Last-Event-ID": client.messages[0]!.id.replace(/\.\d+$/, ".0") });
+    const raw = await rawSse(`${app.url}${src.replace(/&after=[^&]*/, "")}`, /not a field/, {
+      "Last-Event-ID": client.messages[0]!.id.replace(/\.\d+$/, ".0"),
+    });
     expect(raw.body).toContain("<template><pre>\ndata:   indented\ndata: \ndata: \tafter a blank line\n");
     expect(raw.body).not.toMatch(/^event:/m);
   });

@@ -1,6 +1,15 @@
 import WebSocket from "ws";
 import { afterEach, describe, expect, it } from "vitest";
-import { LobbyStream, RoomStream, type TestApp, openWs, startApp, upgradeStatus, waitFor, wsPosition } from "./fixture.js";
+import {
+  LobbyStream,
+  RoomStream,
+  type TestApp,
+  openWs,
+  startApp,
+  upgradeStatus,
+  waitFor,
+  wsPosition,
+} from "./fixture.js";
 
 let app: TestApp | undefined;
 const sockets: WebSocket[] = [];
@@ -73,7 +82,9 @@ describe("WebSocket subscriptions", () => {
     for (let i = 0; i < 10; i++) await RoomStream.for(1).remove({ target: `gone_${i}` });
     const client = await connect(src);
     await waitFor(() => client.messages.length === 1);
-    expect(client.messages[0]).toMatch(/^<turbo-stream data-turbocast-position="[^"]+" action="refresh"><\/turbo-stream>$/);
+    expect(client.messages[0]).toMatch(
+      /^<turbo-stream data-turbocast-position="[^"]+" action="refresh"><\/turbo-stream>$/,
+    );
   });
 
   it("closes with 1008 when the client sends a message", async () => {
@@ -121,7 +132,10 @@ describe("WebSocket subscriptions", () => {
   it("honours trust proxy for Origin: X-Forwarded-Host counts only when the proxy is trusted", async () => {
     app = await startApp({ trustProxy: true });
     const src = await app.pageSrc("/rooms/1?transport=websocket");
-    const behindProxy = { origin: "https://chat.example.com", headers: { "X-Forwarded-Host": "chat.example.com", "X-Forwarded-Proto": "https" } };
+    const behindProxy = {
+      origin: "https://chat.example.com",
+      headers: { "X-Forwarded-Host": "chat.example.com", "X-Forwarded-Proto": "https" },
+    };
     expect(await upgradeStatus(src, behindProxy)).toBe(101);
     await app.close();
     app = await startApp();
