@@ -6,7 +6,7 @@ import type Database from "better-sqlite3";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type nunjucks from "nunjucks";
-import { type Broker, type HistoryOptions, type Published } from "./brokers/broker.js";
+import type { Broker, HistoryOptions, Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
 import { type CaptureOptions, ChangeFeed } from "./changes/feed.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
@@ -34,7 +34,7 @@ import {
 import type { Request, RequestHandler, Response } from "express";
 
 /** A Drizzle database over better-sqlite3, with or without a schema. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: any schema; Record<string, unknown> would reject the app's own schema type
 export type TurboDatabase = BetterSQLite3Database<any>;
 
 /**

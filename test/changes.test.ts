@@ -795,7 +795,12 @@ describe("a createTurbo that throws leaves nothing running", () => {
         real.clearImmediate(handle);
       }) as typeof clearImmediate),
     ];
-    return { live, restore: () => spies.forEach((s) => s.mockRestore()) };
+    return {
+      live,
+      restore: () => {
+        for (const s of spies) s.mockRestore();
+      },
+    };
   }
 
   it("when a bound table is a view: no trigger, no change log, no timer, no instrumentation", async () => {

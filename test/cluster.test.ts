@@ -27,7 +27,7 @@ import { tempDir, waitFor } from "./helpers.js";
 const root = path.resolve(import.meta.dirname, "..");
 const WORKERS = 3;
 
-let cleanups: Array<() => Promise<void> | void> = [];
+const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
   // every cleanup runs, even after one failed (stopping the cluster checks how it stopped)
   const errors: unknown[] = [];

@@ -1,6 +1,6 @@
 import type { Logger } from "../src/logger.js";
 import { mkdtempSync, rmSync } from "node:fs";
-import http from "node:http";
+import type http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";

@@ -127,8 +127,11 @@ describe("the Drizzle internals turbocast hooks into (pinned)", () => {
     const sqlite = new Database(":memory:");
     sqlite.exec(DDL);
     const db = drizzle(sqlite, { schema });
-    const session = (db as unknown as { session: { prepareQuery: Function; transaction: Function; client: unknown } })
-      .session;
+    const session = (
+      db as unknown as {
+        session: { prepareQuery: (...args: unknown[]) => unknown; transaction: unknown; client: unknown };
+      }
+    ).session;
     expect(typeof session.prepareQuery).toBe("function");
     expect(typeof session.transaction).toBe("function");
     expect(session.client).toBe(sqlite);

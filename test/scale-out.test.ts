@@ -197,8 +197,8 @@ async function wsClient(label: string, worker: number, url: string): Promise<Cli
   return client;
 }
 
-let clients: Client[] = [];
-let cleanups: Array<() => Promise<void> | void> = [];
+const clients: Client[] = [];
+const cleanups: Array<() => Promise<void> | void> = [];
 
 afterEach(async () => {
   for (const client of clients.splice(0)) client.close();
@@ -239,7 +239,9 @@ async function startWorkers(
     { length: n },
     (_, i) => new AppWorker(i, { db: file, worker: i, kind, broker: broker(i), secret: SECRET, pollIntervalMs: 20 }),
   );
-  cleanups.push(() => workers.forEach((w) => w.kill()));
+  cleanups.push(() => {
+    for (const w of workers) w.kill();
+  });
   await Promise.all(workers.map((w) => w.ready));
 
   const check = new Database(file, { readonly: true });

@@ -11,7 +11,7 @@ import {
   ModelStream,
   NoPrimaryKeyTableError,
   NotBoundError,
-  Stream,
+  type Stream,
   StreamModuleError,
   TemplateRenderError,
   createTurbo,

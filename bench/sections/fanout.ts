@@ -1,6 +1,6 @@
 import type { MemorySample } from "../procs/server.js";
 import { sleep } from "../lib/clock.js";
-import { type BroadcastSample, Target } from "../lib/target.js";
+import type { BroadcastSample, Target } from "../lib/target.js";
 import { nextId } from "../lib/ids.js";
 import { log } from "../lib/log.js";
 

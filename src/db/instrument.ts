@@ -133,8 +133,8 @@ export function instrumentDatabase(
   if (appPrototype) installRelationalHook(appPrototype);
   instrumented.set(session, options);
 
-  const ownPrepare = Object.prototype.hasOwnProperty.call(session, "prepareQuery");
-  const ownTransaction = Object.prototype.hasOwnProperty.call(session, "transaction");
+  const ownPrepare = Object.hasOwn(session, "prepareQuery");
+  const ownTransaction = Object.hasOwn(session, "transaction");
   const prepareQuery = session.prepareQuery;
   const transaction = session.transaction;
   const client = session.client;
@@ -241,8 +241,7 @@ export function relationalPrototypeOf(db: unknown): object | undefined {
   const builder = query ? Object.values(query).find((b) => typeof b?.findMany === "function") : undefined;
   if (!builder) return undefined;
   let proto: object | null = Object.getPrototypeOf(builder.findMany!()) as object | null;
-  while (proto && !Object.prototype.hasOwnProperty.call(proto, "_prepare"))
-    proto = Object.getPrototypeOf(proto) as object | null;
+  while (proto && !Object.hasOwn(proto, "_prepare")) proto = Object.getPrototypeOf(proto) as object | null;
   return proto ?? undefined;
 }
 

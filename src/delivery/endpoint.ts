@@ -244,7 +244,10 @@ export class DeliveryEndpoint {
    * signature gets one refresh frame so the page reloads with fresh ones.
    */
   #answerSse(res: Response, status: number): void {
-    if (status !== EXPIRED_STATUS && status !== 500 && status !== 503) return answer(res, status);
+    if (status !== EXPIRED_STATUS && status !== 500 && status !== 503) {
+      answer(res, status);
+      return;
+    }
     res
       .status(200)
       .set({ "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no" });

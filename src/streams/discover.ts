@@ -9,7 +9,7 @@ const SKIPPED_FILE = /(\.d\.(ts|mts)$)|(\.(test|spec)\.)/;
 
 /** Every module file below `dir`, recursively, in a stable order; `_`-prefixed files and folders and tests are skipped. */
 export async function listStreamModules(dir: string): Promise<string[]> {
-  let entries;
+  let entries: import("node:fs").Dirent[];
   try {
     entries = await readdir(dir, { withFileTypes: true });
   } catch (error) {

@@ -115,7 +115,7 @@ export class StreamRegistry {
  * first use, so a row without a key throws MissingPrimaryKeyError there.
  */
 export function attachStream<T extends object>(row: T, cls: AnyModelStreamClass): T {
-  if (Object.prototype.hasOwnProperty.call(row, "stream")) return row;
+  if (Object.hasOwn(row, "stream")) return row;
   Object.defineProperty(row, "stream", {
     configurable: true,
     enumerable: false,

@@ -23,17 +23,20 @@ export interface StreamRuntime {
  * while turbocast instances come and go (tests start many). A class is bound
  * to the instance that registered it last; close() unbinds it.
  */
-const bindings = new WeakMap<Function, StreamRuntime>();
+/** A stream class (or an instance's `constructor`), used only as an identity. */
+type StreamClassKey = object & { readonly name: string };
 
-export function bindStreamClass(cls: Function, runtime: StreamRuntime): void {
+const bindings = new WeakMap<StreamClassKey, StreamRuntime>();
+
+export function bindStreamClass(cls: StreamClassKey, runtime: StreamRuntime): void {
   bindings.set(cls, runtime);
 }
 
-export function unbindStreamClass(cls: Function, runtime: StreamRuntime): void {
+export function unbindStreamClass(cls: StreamClassKey, runtime: StreamRuntime): void {
   if (bindings.get(cls) === runtime) bindings.delete(cls);
 }
 
-export function runtimeOf(cls: Function): StreamRuntime {
+export function runtimeOf(cls: StreamClassKey): StreamRuntime {
   const runtime = bindings.get(cls);
   if (!runtime) throw new NotBoundError(cls.name || "stream class");
   return runtime;

@@ -1,5 +1,5 @@
 import type { Request, Response } from "express";
-import nunjucks from "nunjucks";
+import type nunjucks from "nunjucks";
 import { ConfigError, InvalidStreamableError } from "../errors.js";
 import { escapeHtml } from "../frames/escape.js";
 import type { Transport } from "../delivery/options.js";

@@ -17,7 +17,7 @@ const frame = (label: string, body = label): string =>
  */
 export function crossProcessTests(kind: "redis" | "postgres", namespace: () => Namespace): void {
   let workers: BrokerWorker[] = [];
-  let cleanups: Array<() => Promise<void>> = [];
+  const cleanups: Array<() => Promise<void>> = [];
 
   afterEach(async () => {
     for (const worker of workers) worker.kill();

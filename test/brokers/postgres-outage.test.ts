@@ -26,9 +26,9 @@ import {
 
 describeWithServer("postgres broker outages", await postgresUnavailable(), () => {
   let admin: pg.Client;
-  let prefixes: string[] = [];
-  let brokers: Broker[] = [];
-  let servers: PrivatePostgres[] = [];
+  const prefixes: string[] = [];
+  const brokers: Broker[] = [];
+  const servers: PrivatePostgres[] = [];
 
   beforeAll(async () => {
     admin = pgClient();

@@ -20,8 +20,8 @@ const frame = (label: string) =>
 
 describeWithServer("postgres broker", await postgresUnavailable(), () => {
   let admin: pg.Client;
-  let prefixes: string[] = [];
-  let brokers: Broker[] = [];
+  const prefixes: string[] = [];
+  const brokers: Broker[] = [];
 
   beforeAll(async () => {
     admin = pgClient();

@@ -29,9 +29,9 @@ const frame = (label: string) =>
 
 describeWithServer("redis broker outages", await redisUnavailable(), () => {
   let admin: Redis;
-  let brokers: Broker[] = [];
-  let prefixes: string[] = [];
-  let servers: PrivateRedis[] = [];
+  const brokers: Broker[] = [];
+  const prefixes: string[] = [];
+  const servers: PrivateRedis[] = [];
 
   beforeAll(() => {
     admin = new Redis(REDIS_URL);

@@ -21,8 +21,8 @@ const frame = (label: string) =>
 
 describeWithServer("redis broker", await redisUnavailable(), () => {
   let admin: Redis;
-  let prefixes: string[] = [];
-  let brokers: Broker[] = [];
+  const prefixes: string[] = [];
+  const brokers: Broker[] = [];
 
   beforeAll(() => {
     admin = new Redis(REDIS_URL);

@@ -1,7 +1,7 @@
 import http from "node:http";
 import Database from "better-sqlite3";
 import { eq } from "drizzle-orm";
-import nunjucks from "nunjucks";
+import type nunjucks from "nunjucks";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError, InvalidStreamableError, MissingPrimaryKeyError, UnknownStreamError } from "../../src/errors.js";
 import { runInRequest } from "../../src/delivery/request-context.js";

@@ -25,7 +25,7 @@ function rejects(signer: StreamSigner, token: string): string {
 describe("signed stream names", () => {
   it("round-trips a name, URL-safe", () => {
     const signer = new StreamSigner({ secret: SECRET });
-    for (const name of ["row:rooms:1", "named:lobby", "all:rooms", "row:x%3Ay:%E2%9C%93", "named:" + "n".repeat(500)]) {
+    for (const name of ["row:rooms:1", "named:lobby", "all:rooms", "row:x%3Ay:%E2%9C%93", `named:${"n".repeat(500)}`]) {
       const token = signer.sign(name);
       expect(token).toMatch(/^[A-Za-z0-9_-]+\.\.[A-Za-z0-9_-]{43}$/);
       expect(token.length).toBeLessThanOrEqual(MAX_TOKEN_LENGTH);
@@ -109,7 +109,7 @@ describe("the app secret", () => {
   });
 
   it("createTurbo refuses to start in production without a secret, leaving nothing behind", async () => {
-    const { dir, cleanup } = tempDir();
+    const { cleanup } = tempDir();
     const previous = process.env.NODE_ENV;
     const sqlite = new Database(":memory:");
     try {

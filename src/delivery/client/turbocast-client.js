@@ -16,8 +16,7 @@
  *   <script type="module" src="/turbo.js"></script>
  * Loaded after Turbo, it still applies to every element connected from then on.
  */
-(function () {
-  "use strict";
+(() => {
   if (typeof window === "undefined" || window.__turbocastClient) return;
   window.__turbocastClient = true;
 
@@ -45,46 +44,44 @@
       if (closed) return;
       if (position) url.searchParams.set("after", position);
       socket = new WebSocket(url.toString());
-      socket.onopen = function () {
+      socket.onopen = () => {
         attempt = 0;
         target.dispatchEvent(new Event("open"));
       };
-      socket.onmessage = function (event) {
+      socket.onmessage = (event) => {
         if (typeof event.data !== "string") return;
         var match = POSITION.exec(event.data);
         if (match) position = match[1];
         target.dispatchEvent(new MessageEvent("message", { data: event.data }));
       };
-      socket.onclose = function (event) {
+      socket.onclose = (event) => {
         socket = null;
         if (closed || FINAL_CODES[event.code]) return;
-        var delay = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * Math.pow(2, attempt++));
+        var delay = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** attempt++);
         timer = setTimeout(connect, delay / 2 + Math.random() * (delay / 2));
       };
     }
 
-    target.close = function () {
+    target.close = () => {
       closed = true;
       if (timer) clearTimeout(timer);
       if (socket) socket.close();
     };
-    target.reconnectNow = function () {
+    target.reconnectNow = () => {
       if (closed || socket) return;
       if (timer) clearTimeout(timer);
       attempt = 0;
       connect();
     };
-    target.position = function () {
-      return position;
-    };
+    target.position = () => position;
     connect();
     return target;
   }
 
   var live = new Set();
   /* A network that comes back should not wait out a long backoff. */
-  window.addEventListener("online", function () {
-    live.forEach(function (source) {
+  window.addEventListener("online", () => {
+    live.forEach((source) => {
       source.reconnectNow();
     });
   });
@@ -96,12 +93,12 @@
    */
   function connectToTurbo(source) {
     if (window.Turbo) return window.Turbo.connectStreamSource(source);
-    queueMicrotask(function () {
+    queueMicrotask(() => {
       if (!live.has(source)) return;
       if (window.Turbo) return window.Turbo.connectStreamSource(source);
       document.addEventListener(
         "turbo:load",
-        function () {
+        () => {
           if (live.has(source) && window.Turbo) window.Turbo.connectStreamSource(source);
         },
         { once: true },
@@ -130,14 +127,14 @@
   }
 
   var existing = window.customElements.get("turbo-stream-source");
+  var define = window.customElements.define;
   if (existing) {
     patch(existing);
   } else {
     /* Patch Turbo's class before it is defined, so elements already in the page are upgraded with the patch. */
-    var define = window.customElements.define;
-    window.customElements.define = function (name, constructor, options) {
-      if (name === "turbo-stream-source") patch(constructor);
-      return define.call(this, name, constructor, options);
+    window.customElements.define = function (name, elementClass, options) {
+      if (name === "turbo-stream-source") patch(elementClass);
+      return define.call(this, name, elementClass, options);
     };
   }
 })();
