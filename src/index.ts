@@ -22,7 +22,7 @@ export type { PostgresBrokerOptions } from "./brokers/postgres.js";
 export type { Broker, BrokerEvents, Published, HistoryOptions } from "./brokers/broker.js";
 export type { Logger } from "./logger.js";
 export type { DeliveryOptions, Transport, Authenticate } from "./delivery/options.js";
-export { CloseCode } from "./delivery/websocket.js";
+export { CloseCode } from "./delivery/websocket-connection.js";
 export type { Streamable, StreamSourceOptions, TurboLocals } from "./views/helpers.js";
 export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
 export { dropCaptureTriggers } from "./changes/triggers.js";

@@ -15,9 +15,9 @@ import type { Hub } from "./hub.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
 import { readRequestId, runInRequest } from "./request-context.js";
 import type { StreamSigner } from "./signing.js";
-import { SseConnection } from "./sse.js";
+import { SseConnection } from "./sse-connection.js";
 import { EXPIRED_STATUS, authorize, parseSubscriptionUrl, sseCursor } from "./subscription.js";
-import { WebSocketConnection } from "./websocket.js";
+import { WebSocketConnection } from "./websocket-connection.js";
 
 /** How long close() waits for clients to answer the WebSocket close handshake before cutting them off. */
 const CLOSE_GRACE_MS = 1_000;

@@ -5,8 +5,8 @@ import type { Response } from "express";
 import type { Published } from "../../src/brokers/broker.js";
 import WebSocket, { WebSocketServer } from "ws";
 import { encodeSse, sseChunkBytes, wsBytes, wsFrameBytes } from "../../src/delivery/encode.js";
-import { SseConnection } from "../../src/delivery/sse.js";
-import { WebSocketConnection } from "../../src/delivery/websocket.js";
+import { SseConnection } from "../../src/delivery/sse-connection.js";
+import { WebSocketConnection } from "../../src/delivery/websocket-connection.js";
 import { closeServer, listen, waitFor } from "../helpers.js";
 
 const published = (frame: string, seq: number): Published => ({
