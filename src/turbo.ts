@@ -15,7 +15,12 @@ import { Hub } from "./delivery/hub.js";
 import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
 import { currentRequestId, outsideRequest, runInRequest } from "./delivery/request-context.js";
 import { resolveSecret } from "./delivery/secret.js";
-import { StreamSigner } from "./delivery/signing.js";
+import {
+  StreamSigner,
+  StreamSourceRenderer,
+  type StreamSourceOptions,
+  type Streamable,
+} from "./delivery/stream-source.js";
 import { ClosedError, ConfigError } from "./errors.js";
 import { buildFrame } from "./frames/frame.js";
 import { type Logger, consoleLogger } from "./logger.js";
@@ -24,13 +29,7 @@ import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
 import { tableInfo } from "./streams/table.js";
 import { type ViewsOption, resolveViews } from "./views/environment.js";
-import {
-  type StreamSourceOptions,
-  StreamSourceRenderer,
-  type Streamable,
-  localsOf,
-  turboStreamFromGlobal,
-} from "./views/helpers.js";
+import { localsOf, turboStreamFromGlobal } from "./views/helpers.js";
 import type { Request, RequestHandler, Response } from "express";
 
 /** A Drizzle database over better-sqlite3, with or without a schema. */

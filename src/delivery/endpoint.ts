@@ -9,14 +9,14 @@ import { ClosedError, SubscriptionRefusedError } from "../errors.js";
 import { buildFrame } from "../frames/frame.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
-import type { StreamSourceRenderer, TurboLocals } from "../views/helpers.js";
+import type { TurboLocals } from "../views/helpers.js";
 import type { Connection } from "./connection.js";
 import type { Hub } from "./hub.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
 import { readRequestId, runInRequest } from "./request-context.js";
-import type { StreamSigner } from "./signing.js";
+import { type StreamSigner, type StreamSourceRenderer, parseSubscriptionUrl } from "./stream-source.js";
 import { SseConnection } from "./sse-connection.js";
-import { EXPIRED_STATUS, authorize, parseSubscriptionUrl, sseCursor } from "./subscription.js";
+import { EXPIRED_STATUS, authorize, sseCursor } from "./subscription.js";
 import { WebSocketConnection } from "./websocket-connection.js";
 
 /** How long close() waits for clients to answer the WebSocket close handshake before cutting them off. */

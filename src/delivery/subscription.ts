@@ -4,8 +4,7 @@ import { BadSignatureError, SubscriptionRefusedError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Stream } from "../streams/stream.js";
-import type { ResolvedDeliveryOptions } from "./options.js";
-import { MAX_TOKEN_LENGTH, type StreamSigner } from "./signing.js";
+import type { ParsedSubscription, StreamSigner } from "./stream-source.js";
 
 /**
  * Internal status of a subscription whose signatures are genuine but expired
@@ -15,56 +14,8 @@ import { MAX_TOKEN_LENGTH, type StreamSigner } from "./signing.js";
  */
 export const EXPIRED_STATUS = 410;
 
-/**
- * The query of a subscription URL: `?s=<signed name>&s=<signed name>&after=<position>`.
- * `s` carries one signed stream name per occurrence; `after` is the
- * position the page was rendered at (or, on a WebSocket reconnect by the
- * client script, the last position it received).
- */
-export const STREAM_PARAM = "s";
-export const AFTER_PARAM = "after";
-
-export interface ParsedSubscription {
-  tokens: string[];
-  after: string | null;
-}
-
 const refuse = (status: number, reason: string, cause?: unknown): SubscriptionRefusedError =>
   new SubscriptionRefusedError(status, reason, cause === undefined ? undefined : { cause });
-
-/**
- * Reads the signed names and the position from a request URL, checking the
- * bounds before anything else is done with them. Throws
- * SubscriptionRefusedError: 414 for a URL over `maxUrlLength`, 400 for a
- * malformed query (no stream, an empty or over-long token, too many
- * streams, a repeated or malformed `after`).
- */
-export function parseSubscriptionUrl(
-  rawUrl: string,
-  options: Pick<ResolvedDeliveryOptions, "maxUrlLength" | "maxStreamsPerSubscription">,
-): ParsedSubscription {
-  if (rawUrl.length > options.maxUrlLength) throw refuse(414, `URL of ${rawUrl.length} characters`);
-  let params: URLSearchParams;
-  try {
-    params = new URL(rawUrl, "http://turbocast.invalid").searchParams;
-  } catch (error) {
-    throw refuse(400, "unparseable URL", error);
-  }
-  const tokens = params.getAll(STREAM_PARAM);
-  if (tokens.length === 0) throw refuse(400, `no ${STREAM_PARAM}= parameter`);
-  if (tokens.length > options.maxStreamsPerSubscription) {
-    throw refuse(400, `${tokens.length} streams; at most ${options.maxStreamsPerSubscription}`);
-  }
-  for (const token of tokens) {
-    if (token.length === 0 || token.length > MAX_TOKEN_LENGTH)
-      throw refuse(400, `a signed stream name of ${token.length} characters`);
-  }
-  const afters = params.getAll(AFTER_PARAM);
-  if (afters.length > 1) throw refuse(400, `${AFTER_PARAM}= given ${afters.length} times`);
-  const after = afters[0] ?? null;
-  if (after !== null && parsePosition(after) === null) throw refuse(400, `malformed ${AFTER_PARAM}= position`);
-  return { tokens, after };
-}
 
 export interface AuthorizeContext {
   signer: StreamSigner;

@@ -1,25 +1,7 @@
 import type { Request, Response } from "express";
 import type nunjucks from "nunjucks";
-import { ConfigError, InvalidStreamableError } from "../errors.js";
-import { escapeHtml } from "../frames/escape.js";
-import type { Transport } from "../delivery/options.js";
-import type { StreamSigner } from "../delivery/signing.js";
-import { AFTER_PARAM, STREAM_PARAM } from "../delivery/subscription.js";
-import { type StreamRegistry, isModelStreamClass, isStreamClass } from "../streams/registry.js";
-import { Stream } from "../streams/stream.js";
-
-/**
- * What `turbo_stream_from` accepts: a row of a bound table (it carries
- * `.stream`), a Stream instance, a ModelStream class (its table-wide
- * `.all()` stream), a plain Stream class (its one stream), a plain name
- * served by a registered Stream class ("lobby"), or an array of these.
- */
-export type Streamable = object | string | readonly Streamable[];
-
-export interface StreamSourceOptions {
-  /** Default: the app's `transport` option. */
-  transport?: Transport;
-}
+import type { StreamSourceOptions, Streamable } from "../delivery/stream-source.js";
+import { InvalidStreamableError } from "../errors.js";
 
 /** What `turbo.middleware()` leaves in `res.locals.turbocast` for the view helper. */
 export interface TurboLocals {
@@ -29,115 +11,6 @@ export interface TurboLocals {
   readonly requestId: string | undefined;
   /** Renders a `<turbo-stream-source>` for this request. */
   streamSource(streamables: readonly Streamable[], options?: StreamSourceOptions): string;
-}
-
-export interface StreamSourceRendererOptions {
-  registry: StreamRegistry;
-  signer: StreamSigner;
-  path: string;
-  transport: Transport;
-  maxStreams: number;
-  /** The newest position this process has seen: the cursor when a template renders outside a request (in a hook). */
-  latestPosition: () => string | null;
-}
-
-/** Builds `<turbo-stream-source>` tags: one tag, one connection, for all the streams named. */
-export class StreamSourceRenderer {
-  #options: StreamSourceRendererOptions;
-
-  constructor(options: StreamSourceRendererOptions) {
-    this.#options = options;
-  }
-
-  /**
-   * The tag for `streamables`, subscribed from `position`. SSE sources get a
-   * path-absolute URL; WebSocket sources an absolute ws:// or wss:// URL
-   * built from the request (`req.protocol` and `req.host`, so Express's
-   * trust proxy setting decides whether X-Forwarded-Proto/Host count),
-   * because Turbo's element opens a WebSocket only for ws: and wss: URLs.
-   */
-  render(
-    req: Request | undefined,
-    position: string | null,
-    streamables: readonly Streamable[],
-    options: StreamSourceOptions = {},
-  ): string {
-    const transport = options.transport ?? this.#options.transport;
-    if (transport !== "sse" && transport !== "websocket") {
-      throw new InvalidStreamableError(
-        `turbo_stream_from: transport must be "sse" or "websocket", got ${JSON.stringify(transport)}`,
-      );
-    }
-    const names = this.streamNames(streamables);
-    const query = new URLSearchParams();
-    for (const name of names) query.append(STREAM_PARAM, this.#options.signer.sign(name));
-    const after = position ?? this.#options.latestPosition();
-    if (after !== null) query.append(AFTER_PARAM, after);
-    let src = `${this.#options.path}?${query.toString()}`;
-    if (transport === "websocket") {
-      if (!req) {
-        throw new ConfigError(
-          'turbo_stream_from(..., transport="websocket") needs the request to build a ws:// URL: render through res.render() after turbo.middleware()',
-        );
-      }
-      src = `${req.protocol === "https" ? "wss" : "ws"}://${req.host}${src}`;
-    }
-    return `<turbo-stream-source src="${escapeHtml(src)}"></turbo-stream-source>`;
-  }
-
-  /** The distinct stream names of `streamables`, in order. Throws on none, on too many, and on anything that is not a streamable. */
-  streamNames(streamables: readonly Streamable[]): string[] {
-    const names: string[] = [];
-    const add = (value: unknown, index: number): void => {
-      if (Array.isArray(value)) {
-        for (const item of value) add(item, index);
-        return;
-      }
-      const name = this.#toStream(value, index).name;
-      if (!names.includes(name)) names.push(name);
-    };
-    streamables.forEach(add);
-    if (names.length === 0) {
-      throw new InvalidStreamableError(
-        "turbo_stream_from needs at least one streamable: a row, a Stream, a ModelStream class or a stream name",
-      );
-    }
-    if (names.length > this.#options.maxStreams) {
-      throw new InvalidStreamableError(
-        `turbo_stream_from names ${names.length} streams; at most ${this.#options.maxStreams} (maxStreamsPerSubscription) fit one subscription`,
-      );
-    }
-    return names;
-  }
-
-  #toStream(value: unknown, index: number): Stream {
-    if (value instanceof Stream) return value;
-    if (isModelStreamClass(value)) return value.all();
-    if (isStreamClass(value)) return value.for();
-    if (typeof value === "string") {
-      const cls = this.#options.registry.namedClass(value);
-      if (cls) return cls.for();
-      // a full namespaced name ("named:notifications:7", "row:rooms:1") of a registered class
-      return this.#options.registry.resolve(value);
-    }
-    if (value !== null && typeof value === "object" && "stream" in value) {
-      // a row's `.stream` getter throws MissingPrimaryKeyError for a row without its key
-      const stream = (value as { stream: unknown }).stream;
-      if (stream instanceof Stream) return stream;
-    }
-    throw new InvalidStreamableError(
-      `turbo_stream_from: argument ${index + 1} (${describe(value)}) is not a streamable: pass a row read through the app's db, ` +
-        "a Stream, a ModelStream class or a stream name",
-    );
-  }
-}
-
-function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (value === undefined) return "undefined";
-  if (typeof value === "function") return `function ${value.name || "(anonymous)"}`;
-  if (typeof value === "object") return `object with keys ${JSON.stringify(Object.keys(value).slice(0, 5))}`;
-  return `${typeof value} ${JSON.stringify(value)}`;
 }
 
 /** Nunjucks passes keyword arguments (`transport="websocket"`) as a last object marked `__keywords`. */

@@ -1,7 +1,6 @@
 import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
-import { StreamSigner } from "../../src/delivery/signing.js";
-import { MAX_TOKEN_LENGTH } from "../../src/delivery/signing.js";
+import { MAX_TOKEN_LENGTH, StreamSigner } from "../../src/delivery/stream-source.js";
 import {
   LobbyStream,
   RoomStream,

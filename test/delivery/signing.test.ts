@@ -5,7 +5,7 @@ import Database from "better-sqlite3";
 import { drizzle } from "drizzle-orm/better-sqlite3";
 import nunjucks from "nunjucks";
 import { resolveSecret } from "../../src/delivery/secret.js";
-import { MAX_TOKEN_LENGTH, StreamSigner } from "../../src/delivery/signing.js";
+import { MAX_TOKEN_LENGTH, StreamSigner } from "../../src/delivery/stream-source.js";
 import { BadSignatureError, ConfigError, createTurbo } from "../../src/index.js";
 import { silentLogger } from "../../src/logger.js";
 import { tempDir } from "../helpers.js";
