@@ -24,7 +24,7 @@ export type { Logger } from "./logger.js";
 export type { DeliveryOptions, Transport, Authenticate } from "./delivery/options.js";
 export { CloseCode } from "./delivery/websocket-connection.js";
 export type { Streamable, StreamSourceOptions } from "./delivery/stream-source.js";
-export type { TurboLocals } from "./views/helpers.js";
+export type { TurboLocals } from "./delivery/page-middleware.js";
 export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
 export { dropCaptureTriggers } from "./changes/triggers.js";
 export type { CaptureOptions, FeedState } from "./changes/feed.js";

@@ -11,6 +11,7 @@ import { memoryBroker } from "./brokers/memory.js";
 import { type CaptureOptions, ChangeFeed } from "./changes/feed.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
+import { localsOf } from "./delivery/page-middleware.js";
 import { Hub } from "./delivery/hub.js";
 import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
 import { currentRequestId, outsideRequest, runInRequest } from "./delivery/request-context.js";
@@ -29,7 +30,7 @@ import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
 import { tableInfo } from "./streams/table.js";
 import { type ViewsOption, resolveViews } from "./views/environment.js";
-import { localsOf, turboStreamFromGlobal } from "./views/helpers.js";
+import { turboStreamFromGlobal } from "./views/helpers.js";
 import type { Request, RequestHandler, Response } from "express";
 
 /** A Drizzle database over better-sqlite3, with or without a schema. */

@@ -4,6 +4,9 @@ import { BadSignatureError, SubscriptionRefusedError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Stream } from "../streams/stream.js";
+import type { Connection } from "./connection.js";
+import type { ConnectionRegistry } from "./connection-registry.js";
+import type { ResolvedDeliveryOptions } from "./options.js";
 import type { ParsedSubscription, StreamSigner } from "./stream-source.js";
 
 /**
@@ -16,6 +19,24 @@ export const EXPIRED_STATUS = 410;
 
 const refuse = (status: number, reason: string, cause?: unknown): SubscriptionRefusedError =>
   new SubscriptionRefusedError(status, reason, cause === undefined ? undefined : { cause });
+
+/**
+ * What the SSE endpoint and the WebSocket upgrade share, from a request to a
+ * live hub subscription (given them by DeliveryEndpoint).
+ */
+export interface SubscriptionSteps {
+  readonly options: ResolvedDeliveryOptions;
+  readonly connections: ConnectionRegistry;
+  readonly logger: Logger;
+  /** Whether new subscriptions are taken (false once close() began). */
+  accepting(): boolean;
+  /** `authorize()` with this instance's signer, registry and authenticate. */
+  authorize(req: Request, parsed: ParsedSubscription, checkOrigin?: () => boolean): Promise<string[]>;
+  /** Says on the server why a subscription was refused (the client only ever sees the status). */
+  refused(error: SubscriptionRefusedError): void;
+  /** Replays from `cursor` into a registered connection, then goes live; a failed replay ends it so the client retries. */
+  subscribe(connection: Connection, names: string[], cursor: string | null, refresh: boolean): Promise<void>;
+}
 
 export interface AuthorizeContext {
   signer: StreamSigner;

@@ -1,17 +1,7 @@
-import type { Request, Response } from "express";
 import type nunjucks from "nunjucks";
+import type { TurboLocals } from "../delivery/page-middleware.js";
 import type { StreamSourceOptions, Streamable } from "../delivery/stream-source.js";
 import { InvalidStreamableError } from "../errors.js";
-
-/** What `turbo.middleware()` leaves in `res.locals.turbocast` for the view helper. */
-export interface TurboLocals {
-  /** The broker position when the request started (before the route read its data); `null` if the broker could not say. */
-  readonly position: string | null;
-  /** The request's X-Turbo-Request-Id, when Turbo sent one. */
-  readonly requestId: string | undefined;
-  /** Renders a `<turbo-stream-source>` for this request. */
-  streamSource(streamables: readonly Streamable[], options?: StreamSourceOptions): string;
-}
 
 /** Nunjucks passes keyword arguments (`transport="websocket"`) as a last object marked `__keywords`. */
 function splitKeywords(args: unknown[]): { streamables: unknown[]; options: StreamSourceOptions } {
@@ -24,13 +14,6 @@ function splitKeywords(args: unknown[]): { streamables: unknown[]; options: Stre
     return { streamables: args.slice(0, -1), options: rest as StreamSourceOptions };
   }
   return { streamables: args, options: {} };
-}
-
-/** Reads `res.locals.turbocast` off a request or response. */
-export function localsOf(target: Request | Response | undefined | null): TurboLocals | undefined {
-  if (!target) return undefined;
-  const res = "locals" in target ? (target as Response) : (target as Request).res;
-  return res?.locals?.turbocast as TurboLocals | undefined;
 }
 
 /**

@@ -1,0 +1,66 @@
+import { readFileSync } from "node:fs";
+import type { NextFunction, Request, RequestHandler, Response } from "express";
+import type { Broker } from "../brokers/broker.js";
+import type { Logger } from "../logger.js";
+import { readRequestId, runInRequest } from "./request-context.js";
+import type { StreamSourceOptions, StreamSourceRenderer, Streamable } from "./stream-source.js";
+
+/** What `turbo.middleware()` leaves in `res.locals.turbocast` for the view helper. */
+export interface TurboLocals {
+  /** The broker position when the request started (before the route read its data); `null` if the broker could not say. */
+  readonly position: string | null;
+  /** The request's X-Turbo-Request-Id, when Turbo sent one. */
+  readonly requestId: string | undefined;
+  /** Renders a `<turbo-stream-source>` for this request. */
+  streamSource(streamables: readonly Streamable[], options?: StreamSourceOptions): string;
+}
+
+/** Reads `res.locals.turbocast` off a request or response. */
+export function localsOf(target: Request | Response | undefined | null): TurboLocals | undefined {
+  if (!target) return undefined;
+  const res = "locals" in target ? (target as Response) : (target as Request).res;
+  return res?.locals?.turbocast as TurboLocals | undefined;
+}
+
+export interface PageMiddlewareInit {
+  broker: Broker;
+  renderer: StreamSourceRenderer;
+  logger: Logger;
+}
+
+/**
+ * The part of `turbo.middleware()` every page request goes through: it
+ * takes the broker position before the route reads any data (so a change
+ * committed between the read and the render is replayed, not lost), records
+ * X-Turbo-Request-Id for the rest of the request, and leaves
+ * `res.locals.turbocast` for `turbo_stream_from`.
+ */
+export function pageMiddleware(init: PageMiddlewareInit): RequestHandler {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const requestId = readRequestId(req.headers["x-turbo-request-id"]);
+    const proceed = (position: string | null): void => {
+      const locals: TurboLocals = {
+        position,
+        requestId,
+        streamSource: (streamables, options) => init.renderer.render(req, position, streamables, options),
+      };
+      res.locals.turbocast = locals;
+      runInRequest({ requestId }, next);
+    };
+    init.broker
+      .head()
+      .then(proceed, (error: unknown) => {
+        init.logger.warn("broker.head() failed; this page subscribes from the moment it connects", { error });
+        proceed(null);
+      })
+      .catch(next);
+  };
+}
+
+let clientScript: Buffer | undefined;
+
+/** Serves the optional browser script (`<path>/client.js`), read once from the package. */
+export function serveClientScript(res: Response): void {
+  clientScript ??= readFileSync(new URL("./client/turbocast-client.js", import.meta.url));
+  res.set("Cache-Control", "public, max-age=3600").type("text/javascript").send(clientScript);
+}

@@ -1,0 +1,85 @@
+import type { Request, Response } from "express";
+import { SubscriptionRefusedError } from "../errors.js";
+import { buildFrame } from "../frames/frame.js";
+import { answer } from "./answers.js";
+import { SseConnection } from "./sse-connection.js";
+import { parseSubscriptionUrl } from "./stream-source.js";
+import { EXPIRED_STATUS, type SubscriptionSteps, sseCursor } from "./subscription.js";
+
+const REFRESH_FRAME = buildFrame({ action: "refresh" });
+
+/** Retry delay an SSE client is told after a transient failure (closing, a throwing authenticate or userPassesTest). */
+const TRANSIENT_RETRY_MS = 5000;
+
+/**
+ * The SSE side of the subscription path: a GET on it (routed here by
+ * `turbo.middleware()`) is checked, authorized, and answered with an
+ * event stream that replays from the cursor and then stays live.
+ */
+export class SseEndpoint {
+  readonly #steps: SubscriptionSteps;
+
+  constructor(steps: SubscriptionSteps) {
+    this.#steps = steps;
+  }
+
+  async serve(req: Request, res: Response): Promise<void> {
+    const steps = this.#steps;
+    if (!steps.accepting()) return this.#answer(res, 503);
+    if (req.method !== "GET") {
+      res.set("Allow", "GET");
+      return answer(res, 405);
+    }
+    if (req.headers.upgrade !== undefined) {
+      // a WebSocket handshake reached Express: turbo.listen(server) was not called
+      steps.logger.warn(`a WebSocket upgrade on ${steps.options.path} reached Express: call turbo.listen(server)`);
+      return answer(res, 400);
+    }
+    const accept = req.headers.accept;
+    if (accept !== undefined && !/text\/event-stream|\*\/\*/.test(accept)) return answer(res, 406);
+    let names: string[];
+    let cursor: { cursor: string | null; refresh: boolean };
+    try {
+      const parsed = parseSubscriptionUrl(req.originalUrl ?? req.url, steps.options);
+      names = await steps.authorize(req, parsed);
+      const lastEventId = req.headers["last-event-id"];
+      cursor = sseCursor(typeof lastEventId === "string" ? lastEventId : undefined, parsed.after);
+    } catch (error) {
+      if (error instanceof SubscriptionRefusedError) {
+        steps.refused(error);
+        return this.#answer(res, error.status);
+      }
+      throw error;
+    }
+    if (res.destroyed || res.writableEnded) return;
+    if (!steps.accepting()) return this.#answer(res, 503);
+    const connection = new SseConnection(res, {
+      retryMs: steps.options.retryMs,
+      maxBufferedBytes: steps.options.maxBufferedBytes,
+      onClose: (c) => steps.connections.remove(c),
+    });
+    steps.connections.add(connection, { streams: names });
+    connection.start();
+    await steps.subscribe(connection, names, cursor.cursor, cursor.refresh);
+  }
+
+  /**
+   * Answers an SSE request that will not be subscribed. EventSource stops
+   * reconnecting for good on any non-200 answer, so only definite refusals
+   * (400, 403, 414…) get their status; a transient failure (500, 503: closing
+   * for a deploy, a throwing authenticate) gets an empty 200 stream with a
+   * `retry:` so the page comes back by itself, and a genuine but expired
+   * signature gets one refresh frame so the page reloads with fresh ones.
+   */
+  #answer(res: Response, status: number): void {
+    if (status !== EXPIRED_STATUS && status !== 500 && status !== 503) {
+      answer(res, status);
+      return;
+    }
+    res
+      .status(200)
+      .set({ "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no" });
+    const body = status === EXPIRED_STATUS ? `data: ${REFRESH_FRAME}\n\n` : "";
+    res.end(`retry: ${status === EXPIRED_STATUS ? this.#steps.options.retryMs : TRANSIENT_RETRY_MS}\n\n${body}`);
+  }
+}
