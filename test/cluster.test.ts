@@ -21,8 +21,7 @@ import {
   redisUnavailable,
   uniqueName,
 } from "./brokers/servers.js";
-import { openWs, unescapeHtml } from "./delivery/fixture.js";
-import { tempDir, waitFor } from "./helpers.js";
+import { openWs, tempDir, unescapeHtml, waitFor } from "./helpers.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const WORKERS = 3;

@@ -1,3 +1,5 @@
+import { EventSource } from "eventsource";
+import WebSocket from "ws";
 import type { Logger } from "../src/logger.js";
 import { mkdtempSync, rmSync } from "node:fs";
 import type http from "node:http";
@@ -64,4 +66,93 @@ export function memoryLogger(): Logger & { entries: LogEntry[] } {
     entries.push({ level, message, details });
   };
   return { entries, info: at("info"), warn: at("warn"), error: at("error") };
+}
+
+export function unescapeHtml(value: string): string {
+  return value
+    .replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'")
+    .replace(/&lt;/g, "<")
+    .replace(/&gt;/g, ">")
+    .replace(/&amp;/g, "&");
+}
+
+/** An EventSource client that records every message; `headers` are sent on every (re)connect. */
+export function openSse(
+  url: string,
+  options: { headers?: Record<string, string>; beforeFetch?: (attempt: number) => Promise<void> | void } = {},
+): {
+  source: EventSource;
+  messages: Array<{ id: string; data: string }>;
+  opened: Promise<void>;
+  attempts: () => number;
+  lastEventIds: Array<string | undefined>;
+} {
+  const messages: Array<{ id: string; data: string }> = [];
+  const lastEventIds: Array<string | undefined> = [];
+  let attempts = 0;
+  const source = new EventSource(url, {
+    fetch: async (input, init) => {
+      attempts++;
+      await options.beforeFetch?.(attempts);
+      lastEventIds.push(init.headers["Last-Event-ID"] ?? (init.headers as Record<string, string>)["last-event-id"]);
+      return fetch(input, { ...init, headers: { ...init.headers, ...options.headers } });
+    },
+  });
+  source.onmessage = (event) => messages.push({ id: event.lastEventId, data: event.data });
+  const opened = new Promise<void>((resolve, reject) => {
+    source.addEventListener("open", () => resolve(), { once: true });
+    source.addEventListener("error", (event) => reject(Object.assign(new Error("EventSource failed"), { event })), {
+      once: true,
+    });
+  });
+  // a client nobody awaits the opening of must not fail the run with an unhandled rejection
+  opened.catch(() => {});
+  return { source, messages, opened, attempts: () => attempts, lastEventIds };
+}
+
+/** A `ws` client that records every text message; resolves once open, rejects with the HTTP status of a refused upgrade. */
+export async function openWs(
+  url: string,
+  options: { headers?: Record<string, string>; origin?: string } = {},
+): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<{ code: number; reason: string }> }> {
+  const ws = new WebSocket(url, { headers: options.headers, origin: options.origin });
+  const messages: string[] = [];
+  ws.on("message", (data, isBinary) => {
+    if (!isBinary) messages.push(data.toString("utf8"));
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })),
+  );
+  await new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("unexpected-response", (_req, res) => {
+      reject(Object.assign(new Error(`upgrade refused with ${res.statusCode}`), { status: res.statusCode }));
+      res.resume();
+      ws.terminate();
+    });
+    ws.once("error", reject);
+  });
+  return { ws, messages, closed };
+}
+
+/** The HTTP status a WebSocket upgrade to `url` is answered with (101 when it opens). */
+export async function upgradeStatus(
+  url: string,
+  options: { headers?: Record<string, string>; origin?: string } = {},
+): Promise<number> {
+  try {
+    const { ws } = await openWs(url, options);
+    ws.terminate();
+    return 101;
+  } catch (error) {
+    const status = (error as { status?: number }).status;
+    if (status === undefined) throw error;
+    return status;
+  }
+}
+
+/** `http://…/turbo-streams?…` -> `ws://…/turbo-streams?…` */
+export function toWs(url: string): string {
+  return url.replace(/^http/, "ws");
 }

@@ -21,9 +21,8 @@ import {
   redisUnavailable,
   uniqueName,
 } from "./brokers/servers.js";
-import { openWs, unescapeHtml } from "./delivery/fixture.js";
 import { DDL, type WorkerConfig, type WorkerEvent, type WorkerRequest } from "./fixtures/app-worker-shared.js";
-import { tempDir, waitFor } from "./helpers.js";
+import { openWs, tempDir, unescapeHtml, waitFor } from "./helpers.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const FIXTURE = path.join(import.meta.dirname, "fixtures", "app-worker.ts");

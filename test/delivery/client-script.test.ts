@@ -1,7 +1,8 @@
 import { createRequire } from "node:module";
 import { Browser } from "happy-dom";
 import { afterEach, describe, expect, it } from "vitest";
-import { RoomStream, type TestApp, startApp, waitFor } from "./fixture.js";
+import { RoomStream, type TestApp, startApp } from "./fixture.js";
+import { waitFor } from "../helpers.js";
 
 /*
  * The client script runs in happy-dom with the real Turbo build from

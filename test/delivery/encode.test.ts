@@ -1,7 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import type { Published } from "../../src/brokers/broker.js";
 import { encodeSse, encodeWs, sseBytes, wsBytes } from "../../src/delivery/encode.js";
-import { RoomStream, type TestApp, openSse, openWs, startApp, waitFor } from "./fixture.js";
+import { RoomStream, type TestApp, startApp } from "./fixture.js";
+import { openSse, openWs, waitFor } from "../helpers.js";
 
 const published = (frame: string, position = "ep0ch.42"): Published => ({
   stream: "named:lobby",

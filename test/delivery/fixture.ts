@@ -5,13 +5,10 @@ import Database from "better-sqlite3";
 import { eq } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/better-sqlite3";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
-import { EventSource } from "eventsource";
 import express from "express";
 import nunjucks from "nunjucks";
-import WebSocket from "ws";
 import { ModelStream, Stream, createTurbo, type Turbo, type TurboOptions } from "../../src/index.js";
-import type { Logger } from "../../src/logger.js";
-import { closeServer, listen, tempDir, waitFor } from "../helpers.js";
+import { closeServer, listen, memoryLogger, tempDir, unescapeHtml } from "../helpers.js";
 
 export const rooms = sqliteTable("rooms", {
   id: integer("id").primaryKey(),
@@ -70,17 +67,6 @@ const TEMPLATES: Record<string, string> = {
   "row.njk": `{{ turbo_stream_from(row) }}`,
 };
 
-/** Records what turbocast logs, so a test can assert nothing went wrong. */
-export function recordingLogger(): Logger & { entries: Array<{ level: string; message: string }> } {
-  const entries: Array<{ level: string; message: string }> = [];
-  return {
-    entries,
-    info: (message) => entries.push({ level: "info", message }),
-    warn: (message) => entries.push({ level: "warn", message }),
-    error: (message) => entries.push({ level: "error", message }),
-  };
-}
-
 export interface TestApp {
   turbo: Turbo;
   app: express.Express;
@@ -89,7 +75,7 @@ export interface TestApp {
   port: number;
   db: ReturnType<typeof drizzle>;
   sqlite: Database.Database;
-  logger: ReturnType<typeof recordingLogger>;
+  logger: ReturnType<typeof memoryLogger>;
   /** Every socket the server accepted (to cut connections from the server side). */
   sockets: Set<import("node:net").Socket>;
   /** GETs a page and returns the `src` of its `<turbo-stream-source>`, unescaped. */
@@ -109,7 +95,7 @@ export async function startApp(options: Partial<TurboOptions> & { trustProxy?: b
   `);
   const db = drizzle(sqlite);
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(dir), { autoescape: true });
-  const logger = recordingLogger();
+  const logger = memoryLogger();
   const { trustProxy, ...turboOptions } = options;
   const turbo = await createTurbo({
     db,
@@ -185,98 +171,7 @@ export async function startApp(options: Partial<TurboOptions> & { trustProxy?: b
   };
 }
 
-export function unescapeHtml(value: string): string {
-  return value
-    .replace(/&quot;/g, '"')
-    .replace(/&#39;/g, "'")
-    .replace(/&lt;/g, "<")
-    .replace(/&gt;/g, ">")
-    .replace(/&amp;/g, "&");
-}
-
-/** An EventSource client that records every message; `headers` are sent on every (re)connect. */
-export function openSse(
-  url: string,
-  options: { headers?: Record<string, string>; beforeFetch?: (attempt: number) => Promise<void> | void } = {},
-): {
-  source: EventSource;
-  messages: Array<{ id: string; data: string }>;
-  opened: Promise<void>;
-  attempts: () => number;
-  lastEventIds: Array<string | undefined>;
-} {
-  const messages: Array<{ id: string; data: string }> = [];
-  const lastEventIds: Array<string | undefined> = [];
-  let attempts = 0;
-  const source = new EventSource(url, {
-    fetch: async (input, init) => {
-      attempts++;
-      await options.beforeFetch?.(attempts);
-      lastEventIds.push(init.headers["Last-Event-ID"] ?? (init.headers as Record<string, string>)["last-event-id"]);
-      return fetch(input, { ...init, headers: { ...init.headers, ...options.headers } });
-    },
-  });
-  source.onmessage = (event) => messages.push({ id: event.lastEventId, data: event.data });
-  const opened = new Promise<void>((resolve, reject) => {
-    source.addEventListener("open", () => resolve(), { once: true });
-    source.addEventListener("error", (event) => reject(Object.assign(new Error("EventSource failed"), { event })), {
-      once: true,
-    });
-  });
-  // a client nobody awaits the opening of must not fail the run with an unhandled rejection
-  opened.catch(() => {});
-  return { source, messages, opened, attempts: () => attempts, lastEventIds };
-}
-
-/** A `ws` client that records every text message; resolves once open, rejects with the HTTP status of a refused upgrade. */
-export async function openWs(
-  url: string,
-  options: { headers?: Record<string, string>; origin?: string } = {},
-): Promise<{ ws: WebSocket; messages: string[]; closed: Promise<{ code: number; reason: string }> }> {
-  const ws = new WebSocket(url, { headers: options.headers, origin: options.origin });
-  const messages: string[] = [];
-  ws.on("message", (data, isBinary) => {
-    if (!isBinary) messages.push(data.toString("utf8"));
-  });
-  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
-    ws.on("close", (code, reason) => resolve({ code, reason: reason.toString() })),
-  );
-  await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve());
-    ws.once("unexpected-response", (_req, res) => {
-      reject(Object.assign(new Error(`upgrade refused with ${res.statusCode}`), { status: res.statusCode }));
-      res.resume();
-      ws.terminate();
-    });
-    ws.once("error", reject);
-  });
-  return { ws, messages, closed };
-}
-
-/** The HTTP status a WebSocket upgrade to `url` is answered with (101 when it opens). */
-export async function upgradeStatus(
-  url: string,
-  options: { headers?: Record<string, string>; origin?: string } = {},
-): Promise<number> {
-  try {
-    const { ws } = await openWs(url, options);
-    ws.terminate();
-    return 101;
-  } catch (error) {
-    const status = (error as { status?: number }).status;
-    if (status === undefined) throw error;
-    return status;
-  }
-}
-
-/** `http://…/turbo-streams?…` -> `ws://…/turbo-streams?…` */
-export function toWs(url: string): string {
-  return url.replace(/^http/, "ws");
-}
-
 /** Position of a WebSocket message (the attribute the client script reads). */
 export function wsPosition(message: string): string | undefined {
   return /data-turbocast-position="([^"]+)"/.exec(message)?.[1];
 }
-
-export { waitFor };

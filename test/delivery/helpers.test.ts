@@ -6,17 +6,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ConfigError, InvalidStreamableError, MissingPrimaryKeyError, UnknownStreamError } from "../../src/errors.js";
 import { runInRequest } from "../../src/delivery/request-context.js";
 import { ModelStream } from "../../src/index.js";
-import {
-  LobbyStream,
-  MessageStream,
-  RoomStream,
-  type TestApp,
-  messages,
-  rooms,
-  startApp,
-  unescapeHtml,
-  waitFor,
-} from "./fixture.js";
+import { LobbyStream, MessageStream, RoomStream, type TestApp, messages, rooms, startApp } from "./fixture.js";
+import { unescapeHtml, waitFor } from "../helpers.js";
 
 let app: TestApp | undefined;
 

@@ -1,7 +1,8 @@
 import http from "node:http";
 import { describe, expect, it } from "vitest";
 import { ConfigError } from "../../src/errors.js";
-import { LobbyStream, RoomStream, openSse, openWs, startApp, toWs, upgradeStatus, waitFor } from "./fixture.js";
+import { LobbyStream, RoomStream, startApp } from "./fixture.js";
+import { openSse, openWs, toWs, upgradeStatus, waitFor } from "../helpers.js";
 
 describe("turbo.close()", () => {
   it("ends every subscription: SSE responses end, WebSockets close with 1001, upgrades are no longer served", async () => {

@@ -1,20 +1,8 @@
 import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
 import { MAX_TOKEN_LENGTH, StreamSigner } from "../../src/delivery/stream-source.js";
-import {
-  LobbyStream,
-  RoomStream,
-  SECRET,
-  ThrowingStream,
-  type TestApp,
-  VaultStream,
-  openSse,
-  openWs,
-  startApp,
-  toWs,
-  upgradeStatus,
-  waitFor,
-} from "./fixture.js";
+import { LobbyStream, RoomStream, SECRET, ThrowingStream, type TestApp, VaultStream, startApp } from "./fixture.js";
+import { openSse, openWs, toWs, upgradeStatus, waitFor } from "../helpers.js";
 
 let app: TestApp | undefined;
 

@@ -1,7 +1,8 @@
 import http from "node:http";
 import type { Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { RoomStream, type TestApp, openSse, openWs, startApp, waitFor } from "./fixture.js";
+import { RoomStream, type TestApp, startApp } from "./fixture.js";
+import { openSse, openWs, waitFor } from "../helpers.js";
 
 let app: TestApp | undefined;
 const cleanups: Array<() => void> = [];

@@ -1,6 +1,7 @@
 import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
-import { LobbyStream, RoomStream, type TestApp, openSse, startApp, waitFor } from "./fixture.js";
+import { LobbyStream, RoomStream, type TestApp, startApp } from "./fixture.js";
+import { openSse, waitFor } from "../helpers.js";
 
 let app: TestApp | undefined;
 const sources: Array<{ close(): void }> = [];

@@ -1,15 +1,7 @@
 import WebSocket from "ws";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  LobbyStream,
-  RoomStream,
-  type TestApp,
-  openWs,
-  startApp,
-  upgradeStatus,
-  waitFor,
-  wsPosition,
-} from "./fixture.js";
+import { LobbyStream, RoomStream, type TestApp, startApp, wsPosition } from "./fixture.js";
+import { openWs, upgradeStatus, waitFor } from "../helpers.js";
 
 let app: TestApp | undefined;
 const sockets: WebSocket[] = [];
