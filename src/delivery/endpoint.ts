@@ -3,6 +3,7 @@ import type https from "node:https";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Broker } from "../brokers/broker.js";
 import { ClosedError, type SubscriptionRefusedError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Connection } from "./connection.js";
@@ -17,8 +18,6 @@ import { WebSocketUpgrade } from "./websocket-upgrade.js";
 
 /** How long close() waits for clients to answer the WebSocket close handshake before cutting them off. */
 const CLOSE_GRACE_MS = 1_000;
-/** Each kind of refused subscription is logged at most this often. */
-const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
 export interface DeliveryInit {
   hub: Hub;
@@ -42,8 +41,8 @@ export class DeliveryEndpoint {
   #init: DeliveryInit;
   #state: "open" | "closing" | "closed" = "open";
   #connections = new ConnectionRegistry();
-  /** When each kind of refusal was last logged (see #noteRefusal). */
-  #refusalsLogged = new Map<string, number>();
+  /** Lines that a client or an outage can trigger: each kind at most once a minute, repeats counted. */
+  #log: LogThrottle;
   #sse: SseEndpoint;
   #websocket: WebSocketUpgrade;
   #pages: RequestHandler;
@@ -52,10 +51,11 @@ export class DeliveryEndpoint {
 
   constructor(init: DeliveryInit) {
     this.#init = init;
+    this.#log = new LogThrottle(init.logger);
     const steps: SubscriptionSteps = {
       options: init.options,
       connections: this.#connections,
-      logger: init.logger,
+      log: this.#log,
       accepting: () => this.#state === "open",
       authorize: (req, parsed, checkOrigin) => this.#authorize(req, parsed, checkOrigin),
       refused: (error) => this.#noteRefusal(error),
@@ -63,7 +63,7 @@ export class DeliveryEndpoint {
     };
     this.#sse = new SseEndpoint(steps);
     this.#websocket = new WebSocketUpgrade(steps);
-    this.#pages = pageMiddleware({ broker: init.broker, renderer: init.renderer, logger: init.logger });
+    this.#pages = pageMiddleware({ broker: init.broker, renderer: init.renderer, log: this.#log });
     this.#heartbeat = setInterval(() => {
       for (const connection of this.#connections.all()) connection.heartbeat();
     }, init.options.heartbeatMs);
@@ -126,7 +126,7 @@ export class DeliveryEndpoint {
       signer: this.#init.signer,
       registry: this.#init.registry,
       authenticate: this.#init.options.authenticate,
-      logger: this.#init.logger,
+      log: this.#log,
       ...(checkOrigin ? { checkOrigin } : {}),
     });
   }
@@ -139,9 +139,12 @@ export class DeliveryEndpoint {
       connection.attach(unsubscribe);
     } catch (error) {
       // the broker could not replay (it is down): the client reconnects and resumes later
-      this.#init.logger.warn("could not replay history for a subscription; closing it so the client retries", {
-        error,
-      });
+      this.#log.log(
+        "replay failed",
+        "warn",
+        "could not replay history for a subscription; closing it so the client retries",
+        { error },
+      );
       connection.terminate();
     }
   }
@@ -153,11 +156,7 @@ export class DeliveryEndpoint {
    * a flood of hostile requests filling it.
    */
   #noteRefusal(error: SubscriptionRefusedError): void {
-    const kind = error.message.replace(/"[^"]*"|\d+/g, "…");
-    const now = Date.now();
-    if ((this.#refusalsLogged.get(kind) ?? -Infinity) > now - REFUSAL_LOG_INTERVAL_MS) return;
-    if (this.#refusalsLogged.size >= 100) this.#refusalsLogged.clear();
-    this.#refusalsLogged.set(kind, now);
-    this.#init.logger.info(`${error.message} (like refusals are logged at most once a minute)`);
+    const kind = `refused:${error.message.replace(/"[^"]*"|\d+/g, "…")}`;
+    this.#log.log(kind, "info", `${error.message} (like refusals are logged at most once a minute)`);
   }
 }

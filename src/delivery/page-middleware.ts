@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Broker } from "../brokers/broker.js";
-import type { Logger } from "../logger.js";
+import type { LogThrottle } from "../log-throttle.js";
 import { readRequestId, runInRequest } from "./request-context.js";
 import type { StreamSourceOptions, StreamSourceRenderer, Streamable } from "./stream-source.js";
 
@@ -22,10 +22,13 @@ export function localsOf(target: Request | Response | undefined | null): TurboLo
   return res?.locals?.turbocast as TurboLocals | undefined;
 }
 
+const HEAD_FAILED = "broker.head failed";
+
 export interface PageMiddlewareInit {
   broker: Broker;
   renderer: StreamSourceRenderer;
-  logger: Logger;
+  /** A broker outage fails every page's head(): logged once when it starts and once when it ends. */
+  log: LogThrottle;
 }
 
 /**
@@ -49,10 +52,21 @@ export function pageMiddleware(init: PageMiddlewareInit): RequestHandler {
     };
     init.broker
       .head()
-      .then(proceed, (error: unknown) => {
-        init.logger.warn("broker.head() failed; this page subscribes from the moment it connects", { error });
-        proceed(null);
-      })
+      .then(
+        (position) => {
+          init.log.recovered(
+            HEAD_FAILED,
+            "broker.head() answers again; pages subscribe from their render-time position",
+          );
+          proceed(position);
+        },
+        (error: unknown) => {
+          init.log.log(HEAD_FAILED, "warn", "broker.head() failed; this page subscribes from the moment it connects", {
+            error,
+          });
+          proceed(null);
+        },
+      )
       .catch(next);
   };
 }

@@ -32,7 +32,11 @@ export class SseEndpoint {
     }
     if (req.headers.upgrade !== undefined) {
       // a WebSocket handshake reached Express: turbo.listen(server) was not called
-      steps.logger.warn(`a WebSocket upgrade on ${steps.options.path} reached Express: call turbo.listen(server)`);
+      steps.log.log(
+        "listen not called",
+        "warn",
+        `a WebSocket upgrade on ${steps.options.path} reached Express: call turbo.listen(server)`,
+      );
       return answer(res, 400);
     }
     const accept = req.headers.accept;

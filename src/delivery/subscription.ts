@@ -1,7 +1,7 @@
 import type { Request } from "express";
 import { parsePosition } from "../brokers/broker.js";
 import { BadSignatureError, SubscriptionRefusedError } from "../errors.js";
-import type { Logger } from "../logger.js";
+import type { LogThrottle } from "../log-throttle.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Stream } from "../streams/stream.js";
 import type { Connection } from "./connection.js";
@@ -27,7 +27,8 @@ const refuse = (status: number, reason: string, cause?: unknown): SubscriptionRe
 export interface SubscriptionSteps {
   readonly options: ResolvedDeliveryOptions;
   readonly connections: ConnectionRegistry;
-  readonly logger: Logger;
+  /** Every line a request can make the server log goes through it. */
+  readonly log: LogThrottle;
   /** Whether new subscriptions are taken (false once close() began). */
   accepting(): boolean;
   /** `authorize()` with this instance's signer, registry and authenticate. */
@@ -42,7 +43,7 @@ export interface AuthorizeContext {
   signer: StreamSigner;
   registry: StreamRegistry;
   authenticate: (req: Request) => unknown;
-  logger: Logger;
+  log: LogThrottle;
   /** WebSocket upgrades: whether the Origin may subscribe (checked after the signatures). */
   checkOrigin?: () => boolean;
 }
@@ -87,7 +88,9 @@ export async function authorize(
   try {
     user = await context.authenticate(req);
   } catch (error) {
-    context.logger.error("authenticate(req) threw; the subscription is refused with 500", { error });
+    context.log.log("authenticate threw", "error", "authenticate(req) threw; the subscription is refused with 500", {
+      error,
+    });
     throw refuse(500, "authenticate failed", error);
   }
   const verdicts = await Promise.all(
@@ -96,9 +99,14 @@ export async function authorize(
         return (await stream.userPassesTest(user ?? null)) === true;
       } catch (error) {
         // a throw is not a "no" (a busy database, a bug): answered as a transient failure the client retries
-        context.logger.warn(`userPassesTest of ${stream.name} threw; the subscription is answered as a server error`, {
-          error,
-        });
+        context.log.log(
+          `userPassesTest threw:${stream.constructor.name}`,
+          "warn",
+          `userPassesTest of ${stream.name} threw; the subscription is answered as a server error`,
+          {
+            error,
+          },
+        );
         throw refuse(500, "userPassesTest threw", error);
       }
     }),

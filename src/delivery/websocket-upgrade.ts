@@ -70,7 +70,7 @@ export class WebSocketUpgrade {
       }
       socket.on("error", () => socket.destroy());
       this.#upgrade(req, socket, head).catch((error: unknown) => {
-        this.#steps.logger.error("WebSocket subscription failed", { error });
+        this.#steps.log.log("websocket failed", "error", "WebSocket subscription failed", { error });
         abortHandshake(socket, 500);
       });
     };
@@ -126,7 +126,7 @@ export class WebSocketUpgrade {
       });
       steps.connections.add(connection, { streams: names });
       steps.subscribe(connection, names, after, false).catch((error: unknown) => {
-        steps.logger.error("WebSocket subscription failed", { error });
+        steps.log.log("websocket failed", "error", "WebSocket subscription failed", { error });
       });
     });
   }

@@ -145,6 +145,28 @@ describe("refused subscriptions", () => {
     );
   });
 
+  it("logs a throwing authenticate or userPassesTest once, however many requests hit it", async () => {
+    app = await startApp({
+      authenticate: (req) => {
+        if (req.get("x-user") === "boom") throw new Error("session store down");
+        return null;
+      },
+    });
+    const throwing = query(token(ThrowingStream.for().name));
+    for (let i = 0; i < 5; i++) {
+      expect((await sseStatus(throwing)).status).toBe(200);
+      expect((await sseStatus(query(token(RoomStream.for(1).name)), { "x-user": "boom" })).status).toBe(200);
+      expect(await upgradeStatus(toWs(`${app.url}${throwing}`))).toBe(500);
+    }
+    const lines = app.logger.entries.filter((e) => e.level !== "info");
+    expect(lines.map((e) => [e.level, e.message])).toEqual([
+      ["warn", "userPassesTest of named:throwing threw; the subscription is answered as a server error"],
+      ["error", "authenticate(req) threw; the subscription is refused with 500"],
+    ]);
+    // the first one in full, with its stack
+    expect(lines[0]?.details?.error).toBeInstanceOf(Error);
+  });
+
   it("answers malformed queries with 400", async () => {
     app = await startApp();
     const good = token(RoomStream.for(1).name);
