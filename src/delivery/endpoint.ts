@@ -61,8 +61,8 @@ export class DeliveryEndpoint {
       refused: (error) => this.#noteRefusal(error),
       subscribe: (connection, names, cursor, refresh) => this.#subscribe(connection, names, cursor, refresh),
     };
-    this.#sse = new SseEndpoint(steps);
     this.#websocket = new WebSocketUpgrade(steps);
+    this.#sse = new SseEndpoint(steps, (req) => this.#websocket.attachedTo(req));
     this.#pages = pageMiddleware({ broker: init.broker, renderer: init.renderer, log: this.#log });
     this.#heartbeat = setInterval(() => {
       for (const connection of this.#connections.all()) connection.heartbeat();

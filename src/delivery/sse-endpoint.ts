@@ -18,9 +18,12 @@ const TRANSIENT_RETRY_MS = 5000;
  */
 export class SseEndpoint {
   readonly #steps: SubscriptionSteps;
+  readonly #upgradesAttached: (req: Request) => boolean;
 
-  constructor(steps: SubscriptionSteps) {
+  /** `upgradesAttached(req)`: whether `turbo.listen()` attached to the server `req` came in on. */
+  constructor(steps: SubscriptionSteps, upgradesAttached: (req: Request) => boolean) {
     this.#steps = steps;
+    this.#upgradesAttached = upgradesAttached;
   }
 
   async serve(req: Request, res: Response): Promise<void> {
@@ -31,12 +34,16 @@ export class SseEndpoint {
       return answer(res, 405);
     }
     if (req.headers.upgrade !== undefined) {
-      // a WebSocket handshake reached Express: turbo.listen(server) was not called
-      steps.log.log(
-        "listen not called",
-        "warn",
-        `a WebSocket upgrade on ${steps.options.path} reached Express: call turbo.listen(server)`,
-      );
+      // Node hands a request to the upgrade listeners only with `Connection: Upgrade`; a WebSocket
+      // upgrade reaches Express either without it (a broken client: just a bad request) or because
+      // turbo.listen(server) was not called (the app's mistake, the one worth a warning)
+      if (req.headers.upgrade.toLowerCase() === "websocket" && !this.#upgradesAttached(req)) {
+        steps.log.log(
+          "listen not called",
+          "warn",
+          `a WebSocket upgrade on ${steps.options.path} reached Express: call turbo.listen(server)`,
+        );
+      }
       return answer(res, 400);
     }
     const accept = req.headers.accept;

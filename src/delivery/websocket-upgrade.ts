@@ -58,6 +58,12 @@ export class WebSocketUpgrade {
     this.#app ??= isExpressApp(app) ? app : undefined;
   }
 
+  /** Whether `listen()` attached to the server that `req` came in on. */
+  attachedTo(req: http.IncomingMessage): boolean {
+    const server = (req.socket as { server?: unknown } | undefined)?.server;
+    return server === undefined ? this.#servers.size > 0 : this.#servers.has(server as Server);
+  }
+
   /** Attaches to `server`'s upgrade requests on the path. Safe to call twice for one server. */
   listen(server: Server): void {
     if (this.#servers.has(server)) return;

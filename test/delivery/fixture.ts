@@ -84,7 +84,9 @@ export interface TestApp {
 }
 
 /** A real Express app on 127.0.0.1:0 over a temporary SQLite file, with turbocast mounted. */
-export async function startApp(options: Partial<TurboOptions> & { trustProxy?: boolean } = {}): Promise<TestApp> {
+export async function startApp(
+  options: Partial<TurboOptions> & { trustProxy?: boolean; listen?: boolean } = {},
+): Promise<TestApp> {
   const { dir, cleanup } = tempDir("turbocast-delivery-");
   for (const [name, src] of Object.entries(TEMPLATES)) writeFileSync(path.join(dir, name), src);
   const sqlite = new Database(path.join(dir, "app.db"));
@@ -96,7 +98,7 @@ export async function startApp(options: Partial<TurboOptions> & { trustProxy?: b
   const db = drizzle(sqlite);
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(dir), { autoescape: true });
   const logger = memoryLogger();
-  const { trustProxy, ...turboOptions } = options;
+  const { trustProxy, listen: attachUpgrades = true, ...turboOptions } = options;
   const turbo = await createTurbo({
     db,
     views,
@@ -142,7 +144,7 @@ export async function startApp(options: Partial<TurboOptions> & { trustProxy?: b
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
   });
-  turbo.listen(server);
+  if (attachUpgrades) turbo.listen(server);
   const { url, port } = await listen(server);
 
   return {

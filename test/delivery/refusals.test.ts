@@ -215,6 +215,31 @@ describe("refused subscriptions", () => {
     expect(await rawUpgrade({ Upgrade: "websocket", "Sec-WebSocket-Version": "13" })).toBe(400);
   });
 
+  it("answers Upgrade: websocket without Connection: Upgrade with 400 and no warning when turbo.listen was called", async () => {
+    app = await startApp();
+    const url = `${app.url}${query(token(RoomStream.for(1).name))}`;
+    const withoutConnectionUpgrade = (): Promise<number> =>
+      new Promise((resolve, reject) => {
+        http
+          .get(url, { headers: { Upgrade: "websocket", "Sec-WebSocket-Version": "13" } }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          })
+          .on("error", reject);
+      });
+    for (let i = 0; i < 3; i++) expect(await withoutConnectionUpgrade()).toBe(400);
+    expect(app.logger.entries.filter((e) => e.level !== "info")).toEqual([]);
+  });
+
+  it("warns once, not per request, when WebSocket upgrades reach Express because turbo.listen was not called", async () => {
+    app = await startApp({ listen: false });
+    const url = toWs(`${app.url}${query(token(RoomStream.for(1).name))}`);
+    for (let i = 0; i < 3; i++) expect(await upgradeStatus(url)).toBe(400);
+    expect(app.logger.entries.filter((e) => e.level !== "info").map((e) => e.message)).toEqual([
+      "a WebSocket upgrade on /turbo-streams reached Express: call turbo.listen(server)",
+    ]);
+  });
+
   it("keeps serving after every kind of bad input, and logs no error", async () => {
     app = await startApp();
     const good = token(RoomStream.for(1).name);
