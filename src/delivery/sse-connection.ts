@@ -10,6 +10,9 @@ const HTTP_WRITE = OutgoingMessage.prototype.write;
 /** http's count of bytes a response holds in its own buffer (not yet handed to the socket). */
 type WithOutputSize = { outputSize: number };
 
+/** The media type of the event stream (what an Accept header must allow). */
+export const SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8";
+
 export interface SseConnectionOptions {
   retryMs: number;
   maxBufferedBytes: number;
@@ -63,7 +66,7 @@ export class SseConnection implements Connection {
   start(): void {
     const res = this.#res;
     res.writeHead(200, {
-      "Content-Type": "text/event-stream; charset=utf-8",
+      "Content-Type": SSE_CONTENT_TYPE,
       // no-transform keeps compression middleware (and proxies) from buffering the stream
       "Cache-Control": "no-cache, no-transform",
       Connection: "keep-alive",

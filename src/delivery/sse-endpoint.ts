@@ -2,7 +2,7 @@ import type { Request, Response } from "express";
 import { SubscriptionRefusedError } from "../errors.js";
 import { buildFrame } from "../frames/frame.js";
 import { answer } from "./answers.js";
-import { SseConnection } from "./sse-connection.js";
+import { SSE_CONTENT_TYPE, SseConnection } from "./sse-connection.js";
 import { parseSubscriptionUrl } from "./stream-source.js";
 import { EXPIRED_STATUS, type SubscriptionSteps, sseCursor } from "./subscription.js";
 
@@ -46,8 +46,9 @@ export class SseEndpoint {
       }
       return answer(res, 400);
     }
-    const accept = req.headers.accept;
-    if (accept !== undefined && !/text\/event-stream|\*\/\*/.test(accept)) return answer(res, 406);
+    // Express's negotiator parses media ranges (type/subtype case-insensitively,
+    // wildcards, parameters, q=0 as "not acceptable"); no Accept header accepts anything
+    if (req.accepts(SSE_CONTENT_TYPE) === false) return answer(res, 406);
     let names: string[];
     let cursor: { cursor: string | null; refresh: boolean };
     try {

@@ -193,6 +193,36 @@ describe("refused subscriptions", () => {
     expect((await fetch(url, { headers: { Accept: "text/html" } })).status).toBe(406);
   });
 
+  it("parses Accept as media ranges: case-insensitive, wildcards and parameters understood, q=0 refuses", async () => {
+    app = await startApp();
+    const path = query(token(RoomStream.for(1).name));
+    const statusFor = async (accept: string): Promise<number> => (await sseStatus(path, { Accept: accept })).status;
+    for (const accept of [
+      "text/event-stream",
+      "TEXT/EVENT-STREAM",
+      "Text/Event-Stream ; q=0.5",
+      "text/event-stream; charset=UTF-8",
+      "*/*",
+      "text/*",
+      "text/html, */*;q=0.1",
+    ]) {
+      expect({ accept, status: await statusFor(accept) }).toEqual({ accept, status: 200 });
+    }
+    for (const accept of [
+      "text/event-streamx",
+      "text/html",
+      "image/*",
+      "garbage",
+      "text/event-stream;q=0",
+      "text/event-stream;q=0.0, */*",
+      "*/*;q=0",
+      "text/*;q=0, */*",
+      "text/event-stream; charset=latin1",
+    ]) {
+      expect({ accept, status: await statusFor(accept) }).toEqual({ accept, status: 406 });
+    }
+  });
+
   it("answers an upgrade that is not a WebSocket handshake with 400", async () => {
     app = await startApp();
     const path = query(token(RoomStream.for(1).name));
