@@ -30,7 +30,7 @@ import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
 import { tableInfo } from "./streams/table.js";
 import { type ViewsOption, resolveViews } from "./views/environment.js";
-import { turboStreamFromGlobal } from "./views/helpers.js";
+import { turboStreamFromGlobal } from "./views/turbo-stream-from.js";
 import type { Request, RequestHandler, Response } from "express";
 
 /** A Drizzle database over better-sqlite3, with or without a schema. */
