@@ -99,7 +99,8 @@ export class StreamSigner {
  * The query of a subscription URL: `?s=<signed name>&s=<signed name>&after=<position>`.
  * `s` carries one signed stream name per occurrence; `after` is the
  * position the page was rendered at (or, on a WebSocket reconnect by the
- * client script, the last position it received).
+ * client script, the last position it received). The client script
+ * (client/turbocast-client.js) rewrites `after` itself: keep the two in step.
  */
 export const STREAM_PARAM = "s";
 export const AFTER_PARAM = "after";
