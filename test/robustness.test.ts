@@ -9,7 +9,8 @@ import { runInRequest } from "../src/delivery/request-context.js";
 import { BrokerError, ClosedError, type Turbo, createTurbo } from "../src/index.js";
 import { RoomStream } from "./fixtures/streams-basic/rooms.js";
 import { DDL } from "./fixtures/schema.js";
-import { tempDir, waitFor } from "./helpers.js";
+import { createChatApp } from "../src/app/app.js";
+import { listen, memoryLogger, tempDir, waitFor } from "./helpers.js";
 
 const SECRET = "robustness-secret-0123456789abcdef012345";
 
@@ -35,12 +36,6 @@ class FlakyBroker implements Broker {
   }
 }
 
-function logger() {
-  const entries: Array<{ level: string; message: string }> = [];
-  const log = (level: string) => (message: string) => void entries.push({ level, message });
-  return { entries, info: log("info"), warn: log("warn"), error: log("error") };
-}
-
 let cleanup: Array<() => unknown> = [];
 afterEach(async () => {
   for (const fn of cleanup.reverse()) await fn();
@@ -51,7 +46,7 @@ async function start(options: { broker?: Broker; refreshDebounceMs?: number } = 
   const tmp = tempDir();
   const sqlite = new Database(path.join(tmp.dir, "app.db"));
   sqlite.exec(DDL);
-  const log = logger();
+  const log = memoryLogger();
   const turbo: Turbo = await createTurbo({
     db: drizzle(sqlite),
     views: new nunjucks.Environment(null, { autoescape: true }),
@@ -139,4 +134,56 @@ describe("the memory broker", () => {
     await broker.publish("busy", "2");
     expect((await broker.history(["busy", "quiet"], afterQuiet))!.map((f) => f.frame)).toEqual(["2"]);
   });
+});
+
+describe("the demo's error handler", () => {
+  const bodies: Array<{ label: string; status: number; init: { headers: Record<string, string>; body: string } }> = [
+    {
+      label: "a charset=utf-7 form",
+      status: 415,
+      init: { headers: { "content-type": "application/x-www-form-urlencoded; charset=utf-7" }, body: "name=x" },
+    },
+    {
+      label: "a body over the 16 KB limit",
+      status: 413,
+      init: {
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: `name=${"a".repeat(16 * 1024)}`,
+      },
+    },
+    {
+      label: "Content-Encoding: bogus",
+      status: 415,
+      init: {
+        headers: { "content-type": "application/x-www-form-urlencoded", "content-encoding": "bogus" },
+        body: "name=x",
+      },
+    },
+  ];
+
+  for (const { label, status, init } of bodies) {
+    it(`answers ${label} with ${status}, a short plain message and at most one log line`, async () => {
+      const tmp = tempDir();
+      const log = memoryLogger();
+      const chat = await createChatApp({ dbFile: path.join(tmp.dir, "chat.db"), secret: SECRET, logger: log });
+      cleanup.push(() => chat.close(), tmp.cleanup);
+      const { url } = await listen(chat.server);
+      const before = log.entries.length;
+
+      for (let i = 0; i < 20; i++) {
+        const res = await fetch(`${url}/login`, { method: "POST", ...init });
+        const text = await res.text();
+        expect(res.status).toBe(status);
+        expect(res.headers.get("content-type")).toMatch(/^text\/plain/);
+        expect(text.length).toBeLessThan(200);
+        expect(text).not.toMatch(/\n\s+at |node_modules|Error:/);
+      }
+      const lines = log.entries.slice(before);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]!.level).toBe("info");
+      expect(lines[0]!.message).toMatch(new RegExp(`^request refused \\(${status}\\): `));
+      expect(lines[0]!.message).not.toContain("\n");
+      expect(lines[0]!.details).toBeUndefined();
+    });
+  }
 });

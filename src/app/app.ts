@@ -5,7 +5,8 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import nunjucks from "nunjucks";
-import { type Broker, type Turbo, createTurbo } from "turbocast";
+import { type Broker, type Logger, type Turbo, createTurbo } from "turbocast";
+import { LogThrottle } from "../log-throttle.js";
 import { canSeeRoom } from "./access.js";
 import { type ChatDatabase, openDatabase, setAppDb } from "./db.js";
 import { type Room, type User, memberships, messages, rooms, users } from "./schema.js";
@@ -21,6 +22,8 @@ export interface ChatOptions {
   secret?: string;
   /** Scale-out broker; default in-memory. */
   broker?: Broker;
+  /** Where turbocast and the app's error handler log. Default: turbocast's console logger. */
+  logger?: Logger;
 }
 
 export interface ChatApp {
@@ -67,6 +70,7 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     secret,
     authenticate: (req) => userFromRequest(req),
     ...(options.broker ? { broker: options.broker } : {}),
+    ...(options.logger ? { logger: options.logger } : {}),
   });
 
   const app = express();
@@ -252,6 +256,7 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   app.use((_req, res) => {
     res.status(404).render("error.njk", { status: 404, message: "Not found." });
   });
+  app.use(errorHandler(turbo.logger));
 
   const server = http.createServer(app);
   turbo.listen(server);
@@ -272,4 +277,45 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
       sqlite.close();
     },
   };
+}
+
+/**
+ * Answers what the routes and the body parser threw. Without it Express logs
+ * a full stack per request and sends it back to the client: anyone can post
+ * a `charset=utf-7` form or a 16 KB body, so a client error answers with a
+ * short plain message and at most one throttled line; a server error logs
+ * its stack (once per kind) but never shows it to the client.
+ */
+function errorHandler(logger: Logger) {
+  const throttle = new LogThrottle(logger);
+  return (error: unknown, req: Request, res: Response, next: NextFunction) => {
+    if (res.headersSent) return next(error);
+    const details = (error ?? {}) as { status?: unknown; statusCode?: unknown; expose?: unknown; type?: unknown };
+    const given = Number(details.status ?? details.statusCode);
+    const status = Number.isInteger(given) && given >= 400 && given < 600 ? given : 500;
+    const message = error instanceof Error ? error.message : String(error);
+    if (status < 500) {
+      const kind = typeof details.type === "string" ? details.type : String(status);
+      throttle.log(`client:${kind}`, "info", `request refused (${status}): ${firstLine(message)}`);
+      // http-errors marks the messages that are safe to show (`unsupported charset "UTF-7"`)
+      const text = details.expose === true ? firstLine(message) : http.STATUS_CODES[status];
+      return res
+        .status(status)
+        .type("text/plain")
+        .send(text ?? "Bad request");
+    }
+    throttle.log(`server:${req.method} ${req.route?.path ?? ""} ${firstLine(message)}`, "error", "request failed", {
+      method: req.method,
+      path: req.path,
+      error: error instanceof Error ? error.stack : message,
+    });
+    res
+      .status(status)
+      .type("text/plain")
+      .send(http.STATUS_CODES[status] ?? "Internal Server Error");
+  };
+}
+
+function firstLine(text: string): string {
+  return text.split(/\r?\n/, 1)[0]!.slice(0, 200);
 }
