@@ -1,4 +1,4 @@
-// npm run build (and npm install, through "prepare"): compiles src/ (not the demo in src/app/)
+// npm run build (and npm pack, through "prepack"): compiles src/ (not the demo in src/app/)
 // into dist/ as plain ES modules with type declarations, and copies the browser client script,
 // so an app can import turbocast from plain Node, without tsx.
 import { execFileSync } from "node:child_process";
