@@ -9,7 +9,7 @@ export type {
   StreamPart,
 } from "./streams/stream.js";
 export { ModelStream } from "./streams/model-stream.js";
-export type { PrimaryKeyInput } from "./streams/model-stream.js";
+export type { PrimaryKeyInput, PrimaryKeyOf, StreamKeyInput } from "./streams/model-stream.js";
 export { buildFrame, BUILTIN_ACTIONS } from "./frames/frame.js";
 export type { FrameSpec, BuiltinAction } from "./frames/frame.js";
 export { escapeHtml } from "./frames/escape.js";

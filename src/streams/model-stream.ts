@@ -9,6 +9,36 @@ import { type TableInfo, isSQLiteTable, tableInfo } from "./table.js";
 /** A single primary-key value, or `{ column: value }` for composite keys. */
 export type PrimaryKeyInput = string | number | bigint | Record<string, unknown>;
 
+/** Carries a ModelStream's table in its instance type, so `.for()` can type its argument and `pk`. */
+declare const TABLE: unique symbol;
+
+type Columns<T extends SQLiteTable> = T["_"]["columns"];
+
+/** The columns declared with `.primaryKey()`; none when the key is the table's `primaryKey({ columns })`. */
+type KeyColumnNames<T extends SQLiteTable> = {
+  [K in keyof Columns<T>]: Columns<T>[K]["_"]["isPrimaryKey"] extends true ? K : never;
+}[keyof Columns<T>];
+
+/**
+ * A row's key as `pk` holds it: the column's value for a `.primaryKey()`
+ * column; for a key declared on the table (composite), `{ column: value }`
+ * over the row's columns (which ones are keys is known only at run time).
+ * `unknown` for a ModelStream whose table is not known to TypeScript.
+ */
+export type PrimaryKeyOf<T extends SQLiteTable> = string extends T["_"]["name"]
+  ? unknown
+  : [KeyColumnNames<T>] extends [never]
+    ? Partial<InferSelectModel<T>>
+    : InferSelectModel<T>[KeyColumnNames<T> & keyof InferSelectModel<T>];
+
+/** What `XStream.for()` takes: a row of the class's table, or its key. */
+export type StreamKeyInput<T extends SQLiteTable> = string extends T["_"]["name"]
+  ? unknown
+  : InferSelectModel<T> | PrimaryKeyOf<T>;
+
+/** The table a ModelStream class (or instance type) is bound to. */
+export type TableOf<S> = S extends { readonly [TABLE]?: infer T extends SQLiteTable } ? T : SQLiteTable;
+
 /**
  * The stream of one row of a Drizzle table, or (`.all()`) of the whole table.
  * One ModelStream per table: it receives every insert, update and delete of
@@ -34,8 +64,14 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   /** Overrides the table name in this class's stream names (`row:<prefix>:<key>`, `all:<prefix>`). */
   static streamPrefix?: string;
 
-  /** The row's primary key: a scalar for single-column keys, `{ column: value }` for composite ones; `undefined` on `.all()`. */
-  readonly pk: unknown;
+  declare readonly [TABLE]?: TTable;
+
+  /**
+   * The row's primary key: the column's value for a one-column key,
+   * `{ column: value }` for a composite one; `undefined` on `.all()`.
+   * `XStream.for(...)` is typed with it defined.
+   */
+  readonly pk: PrimaryKeyOf<TTable> | undefined;
   /** The row, when the stream was made from one (`.for(row)`, hooks); see `load()`. */
   entity: InferSelectModel<TTable> | undefined;
   /** True for the table-wide stream from `.all()`. */
@@ -44,7 +80,7 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   /** @internal Use `.for()` or `.all()`. */
   constructor(init: StreamInit) {
     super(init);
-    this.pk = init.pk;
+    this.pk = init.pk as PrimaryKeyOf<TTable> | undefined;
     this.entity = init.entity as InferSelectModel<TTable> | undefined;
     this.isAll = init.all === true;
   }
@@ -66,11 +102,23 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   }
 
   /**
-   * The stream of one row, from the row itself or its bare primary key.
-   * Throws MissingPrimaryKeyError (TURBOCAST_MISSING_PRIMARY_KEY) when the
-   * key is undefined or null — nothing is ever sent to `messages:undefined`.
+   * The stream of one row, from the row itself or its bare primary key,
+   * typed as the class's own instance with its `pk`: `RoomStream.for(room)`
+   * and `RoomStream.for(7)` are RoomStreams; `RoomStream.for(message)` does
+   * not compile. Throws MissingPrimaryKeyError (TURBOCAST_MISSING_PRIMARY_KEY)
+   * when the key is undefined or null — nothing is ever sent to
+   * `messages:undefined`.
+   *
+   * @example
+   * const room = RoomStream.for(message.roomId);
+   * await room.append("messages/_message.njk", { message }, { target: "messages" });
    */
-  static override for<T extends Stream>(this: abstract new (init: StreamInit) => T, entityOrPk?: unknown): T {
+  static override for<T extends Stream>(
+    this: abstract new (
+      init: StreamInit,
+    ) => T,
+    entityOrPk: StreamKeyInput<TableOf<T>>,
+  ): T & { readonly pk: PrimaryKeyOf<TableOf<T>>; readonly isAll: false } {
     const cls = this as unknown as typeof ModelStream;
     const info = cls.tableInfo();
     const keys = info.keys;
@@ -95,14 +143,20 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
     }
     const parts = values.map((v) => (v instanceof Date ? String(v.getTime()) : String(v)));
     const pk = keys.length === 1 ? values[0] : Object.fromEntries(keys.map((k, i) => [k.key, values[i]]));
-    const Ctor = this as unknown as new (init: StreamInit) => T;
+    const Ctor = this as unknown as new (
+      init: StreamInit,
+    ) => T & { readonly pk: PrimaryKeyOf<TableOf<T>>; readonly isAll: false };
     return new Ctor({ name: rowStreamName(cls.baseName(), parts), parts, pk, entity });
   }
 
   /** The table-wide stream ("a room was created" goes here); `this.pk` is undefined on it. */
-  static all<T extends Stream>(this: abstract new (init: StreamInit) => T): T {
+  static all<T extends Stream>(
+    this: abstract new (
+      init: StreamInit,
+    ) => T,
+  ): T & { readonly pk: undefined; readonly isAll: true } {
     const cls = this as unknown as typeof ModelStream;
-    const Ctor = this as unknown as new (init: StreamInit) => T;
+    const Ctor = this as unknown as new (init: StreamInit) => T & { readonly pk: undefined; readonly isAll: true };
     return new Ctor({ name: tableStreamName(cls.baseName()), all: true });
   }
 
