@@ -167,3 +167,13 @@ function linkBetterSqlite(app: string): void {
   const rebuild = spawnSync("npm", ["rebuild", "better-sqlite3"], { cwd: app, encoding: "utf8" });
   expect(rebuild.status, rebuild.stderr).toBe(0);
 }
+
+describe("the package's sources", () => {
+  it("never import the demo (src/app), which the package leaves out", () => {
+    const src = path.join(root, "src");
+    const offenders = readdirSync(src, { recursive: true, encoding: "utf8" })
+      .filter((file) => file.endsWith(".ts") && !file.startsWith(`app${path.sep}`))
+      .filter((file) => /from\s+["'][^"']*\/app\//.test(readFileSync(path.join(src, file), "utf8")));
+    expect(offenders).toEqual([]);
+  });
+});
