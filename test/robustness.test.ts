@@ -186,4 +186,34 @@ describe("the demo's error handler", () => {
       expect(lines[0]!.details).toBeUndefined();
     });
   }
+
+  it("answers a server error with 500 and no stack, and logs the stack once", async () => {
+    const tmp = tempDir();
+    const log = memoryLogger();
+    const chat = await createChatApp({ dbFile: path.join(tmp.dir, "chat.db"), secret: SECRET, logger: log });
+    cleanup.push(() => chat.close(), tmp.cleanup);
+    const { url } = await listen(chat.server);
+    const login = await fetch(`${url}/login`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: "name=alice",
+      redirect: "manual",
+    });
+    const cookie = login.headers.get("set-cookie")!.split(";")[0]!;
+    // every signed-in request now fails where it reads the user: a bug, as far as the client can tell
+    chat.db.$client.exec("ALTER TABLE users RENAME TO users_gone");
+    const before = log.entries.length;
+
+    for (let i = 0; i < 5; i++) {
+      const res = await fetch(`${url}/`, { headers: { cookie } });
+      const text = await res.text();
+      expect(res.status).toBe(500);
+      expect(text).toBe("Internal Server Error");
+    }
+    const lines = log.entries.slice(before);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]!.level).toBe("error");
+    expect(String(lines[0]!.details?.error)).toMatch(/no such table: users[\s\S]*\n\s+at /);
+    chat.db.$client.exec("ALTER TABLE users_gone RENAME TO users");
+  });
 });
