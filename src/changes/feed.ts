@@ -1,10 +1,10 @@
 import type Database from "better-sqlite3";
-import { ClosedError, HookError } from "../errors.js";
+import { ClosedError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import type { ModelStream } from "../streams/model-stream.js";
-import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
-import { type RowDecoder, rowDecoder } from "./decode.js";
-import { type ChangeRecord, ChangeLog, type TakeOver } from "./log.js";
+import type { StreamRegistry } from "../streams/registry.js";
+import { rowDecoder } from "./decode.js";
+import { HookDispatcher } from "./dispatch.js";
+import { ChangeLog, type TakeOver } from "./log.js";
 import { newOwner } from "./owner.js";
 import { type RequestScopeAccess, RequestNotes } from "./request-notes.js";
 import { type CaptureOptions, type ResolvedCaptureOptions, resolveCaptureOptions } from "./options.js";
@@ -89,6 +89,7 @@ export class ChangeFeed {
   readonly #options: ResolvedCaptureOptions;
   readonly #onOtherFeed: (() => void) | undefined;
   readonly #requests: RequestScopeAccess | undefined;
+  readonly #dispatcher: HookDispatcher;
   #notes: RequestNotes | null = null;
   /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
   #seenDone = -1;
@@ -114,9 +115,6 @@ export class ChangeFeed {
   #lastPrune = 0;
   /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
   #failing = new Set<string>();
-  #warnedUnbound = new Set<string>();
-  /** Each bound class's row decoder (rowDecoder's own cache is keyed by TableInfo, which costs a lookup to get). */
-  #decoders = new Map<AnyModelStreamClass, RowDecoder>();
   #missingTables = new Set<string>();
   /** The triggers the last sync wanted (see SyncOptions). */
   #wanted: Map<string, string> | undefined;
@@ -128,6 +126,13 @@ export class ChangeFeed {
     this.#options = resolveCaptureOptions(init.options);
     this.#onOtherFeed = init.onOtherFeed;
     this.#requests = init.requests;
+    this.#dispatcher = new HookDispatcher({
+      registry: init.registry,
+      logger: init.logger,
+      hookTimeoutMs: this.#options.hookTimeoutMs,
+      decoderFor: rowDecoder,
+      requests: init.requests,
+    });
   }
 
   get state(): FeedState {
@@ -354,7 +359,7 @@ export class ChangeFeed {
         const requestIds = this.#notes?.take(batch[0]!.seq, batch[batch.length - 1]!.seq) ?? null;
         for (const change of batch) {
           // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
-          const pending = this.#dispatch(change, requestIds?.get(change.seq));
+          const pending = this.#dispatcher.dispatch(change, requestIds?.get(change.seq));
           if (pending) await pending;
           this.#doneUpTo = change.seq;
           if (this.#state !== "running") break;
@@ -478,87 +483,6 @@ export class ChangeFeed {
     }
   }
 
-  /** Runs the change's hook; returns a promise only for an async hook (settled, never rejecting). */
-  #dispatch(change: ChangeRecord, requestId: string | undefined): Promise<void> | undefined {
-    const cls = this.#registry.forTableName(change.table);
-    if (!cls) {
-      // captured while the table was bound (or by another app version); nobody here handles it
-      if (!this.#warnedUnbound.has(change.table)) {
-        this.#warnedUnbound.add(change.table);
-        this.#logger.warn(`changes of table "${change.table}" are skipped: no ModelStream is bound to it`, {
-          table: change.table,
-        });
-      }
-      return;
-    }
-    let step: "decode" | "onSave" | "onDelete" = "decode";
-    try {
-      let decode = this.#decoders.get(cls);
-      if (!decode) this.#decoders.set(cls, (decode = rowDecoder(cls.tableInfo())));
-      const entity = decode(change.row);
-      const stream = cls.for(entity) as ModelStream;
-      // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
-      // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
-      Object.defineProperty(entity, "stream", {
-        value: stream,
-        configurable: true,
-        enumerable: false,
-        writable: false,
-      });
-      stream.entity = entity as ModelStream["entity"];
-      step = change.op === "delete" ? "onDelete" : "onSave";
-      // passes run outside any request (#startPass): a change written in one runs inside its id again
-      const result =
-        requestId === undefined
-          ? runHook(stream, entity, change.op)
-          : this.#requests!.run(requestId, () => runHook(stream, entity, change.op));
-      // most hooks are synchronous (they fire broadcasts and return): no timer for those
-      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
-        const hook = step;
-        return this.#settled(Promise.resolve(result)).catch((error: unknown) =>
-          this.#hookFailed(cls, change, hook, error),
-        );
-      }
-    } catch (error) {
-      this.#hookFailed(cls, change, step, error);
-    }
-    return undefined;
-  }
-
-  #hookFailed(
-    cls: AnyModelStreamClass,
-    change: ChangeRecord,
-    step: "decode" | "onSave" | "onDelete",
-    error: unknown,
-  ): void {
-    const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
-    const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
-    this.#logger.error(failure.message, {
-      code: failure.code,
-      table: failure.table,
-      key: failure.key,
-      seq: failure.seq,
-      error,
-    });
-  }
-
-  /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
-  async #settled(result: Promise<unknown>): Promise<void> {
-    const ms = this.#options.hookTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)),
-        ms,
-      );
-    });
-    try {
-      await Promise.race([result, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   #failed(kind: string, message: string, error: unknown, level: "warn" | "error" = "warn"): void {
     if (this.#failing.has(kind)) return;
     this.#failing.add(kind);
@@ -567,25 +491,5 @@ export class ChangeFeed {
 
   #recovered(kind: string): void {
     if (this.#failing.size > 0 && this.#failing.delete(kind)) this.#logger.info(`change feed ${kind} works again`);
-  }
-}
-
-/** Calls the change's hook on its stream; returns what the hook returned (a promise for an async one). */
-function runHook(stream: ModelStream, entity: Record<string, unknown>, op: ChangeRecord["op"]): unknown {
-  return op === "delete"
-    ? stream.onDelete(entity as never)
-    : stream.onSave(entity as never, { created: op === "insert" });
-}
-
-/** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */
-function keyOf(cls: AnyModelStreamClass, rowJson: string): unknown {
-  try {
-    const row = JSON.parse(rowJson) as Record<string, unknown>;
-    const keys = cls.tableInfo().keys;
-    return keys.length === 1
-      ? row[keys[0]!.column.name]
-      : Object.fromEntries(keys.map((k) => [k.key, row[k.column.name]]));
-  } catch {
-    return undefined;
   }
 }
