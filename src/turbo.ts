@@ -2,7 +2,6 @@ import type http from "node:http";
 import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
-import type Database from "better-sqlite3";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type nunjucks from "nunjucks";
@@ -10,6 +9,8 @@ import type { Broker, HistoryOptions, Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
 import { ChangeFeed } from "./changes/feed.js";
 import type { CaptureOptions } from "./changes/options.js";
+import type { RequestScopeAccess } from "./changes/request-notes.js";
+import { SqliteCapture, sqliteClient } from "./changes/sqlite-capture.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { localsOf } from "./delivery/page-middleware.js";
@@ -213,9 +214,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
   let latestPosition: string | null = null;
-  const client = sqliteClient(db);
+  const requests: RequestScopeAccess = {
+    current: currentRequestId,
+    run: (requestId, fn) => runInRequest({ requestId }, fn),
+    outside: outsideRequest,
+  };
   const feed = new ChangeFeed({
-    client,
+    capture: new SqliteCapture(sqliteClient(db), requests),
     registry,
     logger,
     options: options.capture,
@@ -226,11 +231,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
               "another turbocast instance (another process, or another createTurbo in this one) dispatches this database's changes, but this one uses the in-memory broker: its broadcasts reach only its own subscribers. Use redisBroker() or postgresBroker() when several processes share the database",
             )
         : undefined,
-    requests: {
-      current: currentRequestId,
-      run: (requestId, fn) => runInRequest({ requestId }, fn),
-      outside: outsideRequest,
-    },
+    requests,
   });
   const renderer = new StreamSourceRenderer({
     registry,
@@ -337,16 +338,4 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     },
   };
   return turbo;
-}
-
-/** The better-sqlite3 connection under a Drizzle database. */
-function sqliteClient(db: TurboDatabase): Database.Database {
-  const candidate =
-    (db as unknown as { $client?: unknown }).$client ??
-    (db as unknown as { session?: { client?: unknown } }).session?.client;
-  const client = candidate as Partial<Database.Database> | undefined;
-  if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
-    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
-  }
-  return client as Database.Database;
 }

@@ -3,7 +3,7 @@ import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
 import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
 import type { TableInfo } from "../streams/table.js";
-import type { ChangeOp, ChangeRecord } from "./log.js";
+import type { ChangeOp, ChangeRecord } from "./capture.js";
 import type { RowDecoder } from "./decode.js";
 import type { RequestScopeAccess } from "./request-notes.js";
 

@@ -1,14 +1,11 @@
-import type Database from "better-sqlite3";
 import { ClosedError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
-import { rowDecoder } from "./decode.js";
+import type { CaptureAdapter, CaptureSync, TakeOver } from "./capture.js";
 import { HookDispatcher } from "./dispatch.js";
-import { ChangeLog, type TakeOver } from "./log.js";
-import { newOwner } from "./owner.js";
-import { type RequestScopeAccess, RequestNotes } from "./request-notes.js";
 import { type CaptureOptions, type ResolvedCaptureOptions, resolveCaptureOptions } from "./options.js";
-import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
+import { newOwner } from "./owner.js";
+import type { RequestScopeAccess } from "./request-notes.js";
 
 /** At most one prune per this many ms: it scans the retained log. */
 const PRUNE_INTERVAL_MS = 1000;
@@ -35,8 +32,8 @@ const FINISH_DELAY_MS = 10;
 export type FeedState = "idle" | "running" | "closing" | "closed";
 
 export interface ChangeFeedInit {
-  /** The app's own better-sqlite3 connection (its journal mode and busy timeout are left as they are). */
-  client: Database.Database;
+  /** The database dialect's triggers, change log and claims (SqliteCapture). */
+  capture: CaptureAdapter;
   registry: StreamRegistry;
   logger: Logger;
   options?: CaptureOptions;
@@ -83,20 +80,17 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
 export class ChangeFeed {
   /** Who holds a claim, as recorded in the log: host, boot, pid namespace, pid and a per-feed nonce (see owner.ts). */
   readonly owner = newOwner();
-  readonly #client: Database.Database;
+  readonly #capture: CaptureAdapter;
   readonly #registry: StreamRegistry;
   readonly #logger: Logger;
   readonly #options: ResolvedCaptureOptions;
   readonly #onOtherFeed: (() => void) | undefined;
   readonly #requests: RequestScopeAccess | undefined;
   readonly #dispatcher: HookDispatcher;
-  #notes: RequestNotes | null = null;
   /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
   #seenDone = -1;
   #otherFeedSeen = false;
   #state: FeedState = "idle";
-  #log: ChangeLog | null = null;
-  #schemaVersion = -1;
   #timer: NodeJS.Timeout | null = null;
   #immediate: NodeJS.Immediate | null = null;
   #delayed: NodeJS.Timeout | null = null;
@@ -116,11 +110,9 @@ export class ChangeFeed {
   /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
   #failing = new Set<string>();
   #missingTables = new Set<string>();
-  /** The triggers the last sync wanted (see SyncOptions). */
-  #wanted: Map<string, string> | undefined;
 
   constructor(init: ChangeFeedInit) {
-    this.#client = init.client;
+    this.#capture = init.capture;
     this.#registry = init.registry;
     this.#logger = init.logger;
     this.#options = resolveCaptureOptions(init.options);
@@ -130,7 +122,7 @@ export class ChangeFeed {
       registry: init.registry,
       logger: init.logger,
       hookTimeoutMs: this.#options.hookTimeoutMs,
-      decoderFor: rowDecoder,
+      decoderFor: (info) => init.capture.decoderFor(info),
       requests: init.requests,
     });
   }
@@ -149,11 +141,7 @@ export class ChangeFeed {
     if (this.#state === "running") return;
     if (this.#state !== "idle") throw new ClosedError("change feed");
     this.#sync();
-    this.#log = new ChangeLog(this.#client);
-    if (this.#requests) {
-      this.#notes = new RequestNotes(this.#client, this.#requests);
-      this.#notes.install();
-    }
+    this.#capture.open();
     this.#state = "running";
     // started inside a request (lazily), the timer would carry its id into every tick
     this.#timer = this.#outsideRequests(() => setInterval(this.#tick, this.#options.pollIntervalMs));
@@ -204,35 +192,14 @@ export class ChangeFeed {
     this.#closed = (async () => {
       await this.#pass;
       this.#finishClaims();
-      this.#notes?.uninstall();
+      this.#capture.close();
       this.#state = "closed";
     })();
     return this.#closed;
   }
 
-  #tables(): CaptureTable[] {
-    return this.#registry.modelClasses.map((cls) => {
-      const info = cls.tableInfo();
-      return {
-        name: info.name,
-        keys: info.keys.map((k) => k.column.name),
-        columns: Object.values(info.columns).map((c) => c.name),
-        blobColumns: Object.values(info.columns)
-          .filter(
-            (c) =>
-              c.columnType.startsWith("SQLiteBlob") ||
-              c.columnType === "SQLiteBigInt" ||
-              c.columnType === "SQLiteCustomColumn",
-          )
-          .map((c) => c.name),
-      };
-    });
-  }
-
-  #sync(): TriggerSync {
-    const result = syncTriggers(this.#client, this.#tables(), { previous: this.#wanted });
-    this.#schemaVersion = result.schemaVersion;
-    this.#wanted = result.wanted;
+  #sync(): CaptureSync {
+    const result = this.#capture.sync(this.#registry.modelClasses.map((cls) => cls.tableInfo()));
     for (const table of result.missingTables) {
       if (this.#missingTables.has(table)) continue;
       this.#missingTables.add(table);
@@ -263,7 +230,7 @@ export class ChangeFeed {
       }
       this.#recovered("sync");
     } catch (error) {
-      // #schemaVersion is unchanged, so the next tick tries again
+      // the adapter still sees the schema as changed, so the next tick tries again
       this.#failed("sync", "could not update change capture triggers after a schema change", error, "error");
     }
   }
@@ -271,12 +238,12 @@ export class ChangeFeed {
   #tick = (): void => {
     if (this.#state !== "running" || this.#pass || this.#immediate || this.#delayed) return;
     // A transaction the app left open (a raw BEGIN across an await) is not committed: look next tick.
-    if (this.#client.inTransaction) return;
+    if (this.#capture.busy) return;
     try {
       const now = Date.now();
-      const poll = this.#log!.poll(this.owner, now);
+      const poll = this.#capture.poll(this.owner, now);
       this.#sawDone(poll.doneSeq, 0);
-      if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
+      if (poll.schemaChanged) this.#resync();
       if (poll.claimable) this.#schedule();
       else this.#maybePrune(now);
       this.#recovered("poll");
@@ -329,34 +296,35 @@ export class ChangeFeed {
   }
 
   async #drainOnce(): Promise<void> {
-    const log = this.#log!;
+    const capture = this.#capture;
     const { batchSize, leaseMs } = this.#options;
     try {
       for (;;) {
-        if (this.#state !== "running" || this.#client.inTransaction) break;
+        if (this.#state !== "running" || this.#capture.busy) break;
         const now = Date.now();
         // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
         if (!this.#holding) {
-          const poll = log.poll(this.owner, now);
+          const poll = capture.poll(this.owner, now);
           this.#sawDone(poll.doneSeq, 0);
           if (!poll.claimable) {
-            if (log.schemaVersion !== this.#schemaVersion) this.#resync();
+            if (poll.schemaChanged) this.#resync();
             break;
           }
         }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
-        const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
-        this.#sawDone(log.doneSeq, this.#doneUpTo);
-        if (log.lostClaim) this.#warnLostClaim();
-        if (log.tookOver) this.#reportTakeOver(log.tookOver);
+        const claim = capture.claim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
+        const batch = claim.changes;
+        this.#sawDone(claim.doneSeq, this.#doneUpTo);
+        if (claim.lostClaim) this.#warnLostClaim();
+        if (claim.tookOver) this.#reportTakeOver(claim.tookOver);
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
-        if (log.schemaVersion !== this.#schemaVersion) this.#resync();
+        if (claim.schemaChanged) this.#resync();
         if (this.#doneUpTo > 0) this.#prunePending = true;
         this.#doneUpTo = 0;
         this.#holding = batch.length > 0;
         if (batch.length === 0) break;
         this.#holdClaims();
-        const requestIds = this.#notes?.take(batch[0]!.seq, batch[batch.length - 1]!.seq) ?? null;
+        const requestIds = capture.requestIds(batch[0]!.seq, batch[batch.length - 1]!.seq);
         for (const change of batch) {
           // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
           const pending = this.#dispatcher.dispatch(change, requestIds?.get(change.seq));
@@ -390,7 +358,7 @@ export class ChangeFeed {
     if (this.#state !== "running" || !this.#holding) return;
     // a drain to come marks them done as it claims (or keeps the cursor again)
     if (this.#pass || this.#immediate || this.#delayed) return;
-    if (this.#client.inTransaction) this.#finishLater();
+    if (this.#capture.busy) this.#finishLater();
     else this.#finishClaims();
   };
 
@@ -405,10 +373,10 @@ export class ChangeFeed {
     if (this.#renewTimer) clearInterval(this.#renewTimer);
     this.#renewTimer = null;
     // inside a transaction the app holds open, our writes would share its fate: do them later
-    if (this.#client.inTransaction || !this.#log || !this.#holding) return;
+    if (this.#capture.busy || !this.#holding) return;
     const now = Date.now();
     try {
-      if (!this.#log.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
+      if (!this.#capture.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
       this.#sawDone(this.#doneUpTo, this.#doneUpTo);
       if (this.#doneUpTo > 0) this.#prunePending = true;
       this.#doneUpTo = 0;
@@ -428,7 +396,7 @@ export class ChangeFeed {
   #sawDone(observed: number, own: number): void {
     if (this.#seenDone >= 0 && observed > Math.max(this.#seenDone, own)) {
       // another feed dispatched up to `observed`: notes of those changes are no use here
-      this.#notes?.forget(observed);
+      this.#capture.forgetRequests(observed);
       if (!this.#otherFeedSeen) {
         this.#otherFeedSeen = true;
         this.#onOtherFeed?.();
@@ -460,9 +428,9 @@ export class ChangeFeed {
     if (this.#renewTimer) return;
     this.#renewTimer = setInterval(
       () => {
-        if (this.#client.inTransaction) return;
+        if (this.#capture.busy) return;
         try {
-          this.#log!.renew(this.owner, Date.now() + this.#options.leaseMs);
+          this.#capture.renew(this.owner, Date.now() + this.#options.leaseMs);
         } catch (error) {
           this.#failed("renew", "change feed could not renew its claims", error);
         }
@@ -473,11 +441,11 @@ export class ChangeFeed {
   }
 
   #maybePrune(now: number): void {
-    if (!this.#prunePending || now - this.#lastPrune < PRUNE_INTERVAL_MS || this.#client.inTransaction) return;
+    if (!this.#prunePending || now - this.#lastPrune < PRUNE_INTERVAL_MS || this.#capture.busy) return;
     this.#prunePending = false;
     this.#lastPrune = now;
     try {
-      this.#log!.prune(now, this.#options.retain);
+      this.#capture.prune(now, this.#options.retain);
     } catch (error) {
       this.#failed("prune", "change feed could not prune the change log", error);
     }
