@@ -24,9 +24,10 @@ import {
   type StreamSourceOptions,
   type Streamable,
 } from "./delivery/stream-source.js";
-import { ClosedError, ConfigError } from "./errors.js";
-import { buildFrame } from "./frames/frame.js";
+import { ConfigError } from "./errors.js";
 import { type Logger, consoleLogger } from "./logger.js";
+import { Publisher } from "./publish/publisher.js";
+import { RefreshDebouncer } from "./publish/refresh-debouncer.js";
 import { discoverStreams } from "./streams/discover.js";
 import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
@@ -153,58 +154,16 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
-  let state: "open" | "closing" | "closed" = "open";
   let closing: Promise<void> | undefined;
-  /** Debounced refreshes by stream and request id (turbo-rails' key): a refresh never carries another request's id. */
-  const pendingRefresh = new Map<
-    string,
-    { promise: Promise<Published>; timer: NodeJS.Timeout; reject: (error: unknown) => void }
-  >();
-  /** Consecutive failed publishes: the first is logged, the rest are counted, so an outage is not one line per frame. */
-  let failedPublishes = 0;
-
-  const publish = (stream: string, frame: string): Promise<Published> => {
-    const published =
-      state !== "open" ? Promise.reject(new ClosedError("turbocast instance")) : broker.publish(stream, frame);
-    // A hook may fire a broadcast without awaiting it: its rejection (a broker
-    // outage) must be logged here, never become an unhandled rejection that
-    // takes the process down. Callers who await still see the error.
-    published.then(
-      () => {
-        if (failedPublishes > 1) logger.info(`broadcasts work again after ${failedPublishes} failed`);
-        failedPublishes = 0;
-      },
-      (error: unknown) => {
-        if (failedPublishes++ === 0)
-          logger.warn(`broadcast to ${stream} failed; further failures are counted until one succeeds`, { error });
-      },
-    );
-    return published;
-  };
+  const publisher = new Publisher(broker, logger);
+  const { publish } = publisher;
+  const refreshes = new RefreshDebouncer({ publish, debounceMs: refreshDebounceMs });
 
   const runtime: StreamRuntime = {
     render: (template, context) => views.render(template, context as object),
     publish,
-    refresh(stream, spec) {
-      // a refresh caused by a request names it, so the page that made it can ignore it
-      const requestId = spec.requestId ?? currentRequestId();
-      const key = `${stream}\u0000${requestId ?? ""}`;
-      const pending = pendingRefresh.get(key);
-      if (pending) return pending.promise;
-      let resolve!: (published: Published) => void;
-      let reject!: (error: unknown) => void;
-      const promise = new Promise<Published>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      promise.catch(() => {}); // logged by publish(); an un-awaited refresh must not crash the process
-      const timer = setTimeout(() => {
-        pendingRefresh.delete(key);
-        publish(stream, buildFrame({ action: "refresh", requestId })).then(resolve, reject);
-      }, refreshDebounceMs);
-      pendingRefresh.set(key, { promise, timer, reject });
-      return promise;
-    },
+    // a refresh caused by a request names it, so the page that made it can ignore it
+    refresh: (stream, spec) => refreshes.refresh(stream, spec.requestId ?? currentRequestId()),
     async loadRow(table, pk) {
       const info = tableInfo(table as SQLiteTable);
       const where = and(...info.keys.map((k) => eq(k.column, pk[k.key])));
@@ -321,18 +280,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       closing ??= (async () => {
         // first: the change being dispatched may still publish to live subscribers
         await feed.close();
-        state = "closing";
+        publisher.close();
         await endpoint.close();
         removeGlobal();
         for (const cls of registry.classes) unbindStreamClass(cls, runtime);
-        for (const pending of pendingRefresh.values()) {
-          clearTimeout(pending.timer);
-          pending.reject(new ClosedError("turbocast instance"));
-        }
-        pendingRefresh.clear();
+        refreshes.close();
         instrumentation?.restore();
         await broker.close();
-        state = "closed";
       })();
       return closing;
     },
