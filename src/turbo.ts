@@ -25,6 +25,7 @@ import {
   type Streamable,
 } from "./delivery/stream-source.js";
 import { ConfigError } from "./errors.js";
+import { LogThrottle } from "./log-throttle.js";
 import { type Logger, consoleLogger } from "./logger.js";
 import { Publisher } from "./publish/publisher.js";
 import { RefreshDebouncer } from "./publish/refresh-debouncer.js";
@@ -178,6 +179,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     run: (requestId, fn) => runInRequest({ requestId }, fn),
     outside: outsideRequest,
   };
+  /** Misconfiguration noticed while running: logged once, then counted. */
+  const notices = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
   const feed = new ChangeFeed({
     capture: new SqliteCapture(sqliteClient(db), requests),
     registry,
@@ -186,7 +189,9 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     onOtherFeed:
       broker.kind === "memory"
         ? () =>
-            logger.warn(
+            notices.log(
+              "other feed",
+              "warn",
               "another turbocast instance (another process, or another createTurbo in this one) dispatches this database's changes, but this one uses the in-memory broker: its broadcasts reach only its own subscribers. Use redisBroker() or postgresBroker() when several processes share the database",
             )
         : undefined,
@@ -201,14 +206,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     latestPosition: () => latestPosition,
   });
   const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
-  let warnedMiddleware = false;
   const streamFrom = turboStreamFromGlobal(
     views,
     (streamables, opts) => renderer.render(undefined, null, streamables, opts),
     () => {
-      if (warnedMiddleware) return;
-      warnedMiddleware = true;
-      logger.warn(
+      notices.log(
+        "no middleware",
+        "warn",
         "turbo_stream_from rendered in a request that did not pass through turbo.middleware(): mount app.use(turbo.middleware()) before your routes, or pages miss frames and SSE subscriptions get 404",
       );
     },

@@ -1,4 +1,5 @@
 import { HookError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
 import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
@@ -45,6 +46,11 @@ export interface HookDispatcherInit {
  * throwing or rejecting hook, one that does not settle within
  * hookTimeoutMs) is logged as a HookError and never thrown: the feed goes on
  * with the next change.
+ *
+ * Failures go through a LogThrottle by class, step and error kind: during a
+ * broker outage every hook that broadcasts fails the same way, and the first
+ * failure is logged in full, the rest counted — reported with the next line
+ * of that kind (at most once a minute) or when the hook next succeeds.
  */
 export class HookDispatcher {
   readonly #registry: StreamRegistry;
@@ -52,7 +58,9 @@ export class HookDispatcher {
   readonly #hookTimeoutMs: number;
   readonly #decoderFor: (info: TableInfo) => RowDecoder;
   readonly #requests: RequestScopeAccess | undefined;
-  #warnedUnbound = new Set<string>();
+  readonly #throttle: LogThrottle;
+  /** Throttle kinds of the failures being counted, by `table.step`: the step's next success reports them. */
+  readonly #failing = new Map<string, Set<string>>();
   /** Each bound class's row decoder (rowDecoder's own cache is keyed by TableInfo, which costs a lookup to get). */
   #decoders = new Map<AnyModelStreamClass, RowDecoder>();
 
@@ -62,6 +70,7 @@ export class HookDispatcher {
     this.#hookTimeoutMs = init.hookTimeoutMs;
     this.#decoderFor = init.decoderFor;
     this.#requests = init.requests;
+    this.#throttle = new LogThrottle(init.logger);
   }
 
   /**
@@ -73,12 +82,12 @@ export class HookDispatcher {
     const cls = this.#registry.forTableName(change.table);
     if (!cls) {
       // captured while the table was bound (or by another app version); nobody here handles it
-      if (!this.#warnedUnbound.has(change.table)) {
-        this.#warnedUnbound.add(change.table);
-        this.#logger.warn(`changes of table "${change.table}" are skipped: no ModelStream is bound to it`, {
-          table: change.table,
-        });
-      }
+      this.#throttle.log(
+        `unbound:${change.table}`,
+        "warn",
+        `changes of table "${change.table}" are skipped: no ModelStream is bound to it`,
+        { table: change.table },
+      );
       return undefined;
     }
     let decoded: DecodedChange;
@@ -88,6 +97,7 @@ export class HookDispatcher {
       this.#hookFailed(cls, change, "decode", error);
       return undefined;
     }
+    this.#succeeded(cls, change, "decode");
     return this.run(decoded, change);
   }
 
@@ -123,10 +133,12 @@ export class HookDispatcher {
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
         const hook = step;
-        return this.#settled(Promise.resolve(result)).catch((error: unknown) =>
-          this.#hookFailed(cls, change, hook, error),
+        return this.#settled(Promise.resolve(result)).then(
+          () => this.#succeeded(cls, change, hook),
+          (error: unknown) => this.#hookFailed(cls, change, hook, error),
         );
       }
+      this.#succeeded(cls, change, step);
     } catch (error) {
       this.#hookFailed(cls, change, step, error);
     }
@@ -136,13 +148,32 @@ export class HookDispatcher {
   #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep, error: unknown): void {
     const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
     const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
-    this.#logger.error(failure.message, {
+    const at = `${change.table}.${step}`;
+    const kind = `${at}:${errorKind(error)}`;
+    let kinds = this.#failing.get(at);
+    if (!kinds) this.#failing.set(at, (kinds = new Set()));
+    kinds.add(kind);
+    this.#throttle.log(kind, "error", failure.message, {
       code: failure.code,
       table: failure.table,
       key: failure.key,
       seq: failure.seq,
       error,
     });
+  }
+
+  /** A hook ran (or a row decoded): failures of that step counted since its last line are reported now. */
+  #succeeded(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep): void {
+    if (this.#failing.size === 0) return;
+    const at = `${change.table}.${step}`;
+    const kinds = this.#failing.get(at);
+    if (!kinds) return;
+    this.#failing.delete(at);
+    const what = step === "decode" ? `decoding rows of ${cls.name}` : `${cls.name}.${step}`;
+    for (const kind of kinds) {
+      // the throttle adds the count to the line; nothing to say when none was counted
+      this.#throttle.recovered(kind, this.#throttle.suppressed(kind) > 0 ? `${what} works again` : undefined);
+    }
   }
 
   /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
@@ -168,6 +199,13 @@ function runHook(stream: ModelStream, entity: Record<string, unknown>, op: Chang
   return op === "delete"
     ? stream.onDelete(entity as never)
     : stream.onSave(entity as never, { created: op === "insert" });
+}
+
+/** What makes two failures "the same" for the log: the error's stable code, else its class. */
+function errorKind(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return code;
+  return (error as { name?: unknown } | null)?.constructor?.name ?? typeof error;
 }
 
 /** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */

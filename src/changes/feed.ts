@@ -1,4 +1,5 @@
 import { ClosedError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { CaptureAdapter, CaptureSync, TakeOver } from "./capture.js";
@@ -38,10 +39,10 @@ export interface ChangeFeedInit {
   logger: Logger;
   options?: CaptureOptions;
   /**
-   * Called once, the first time the log shows that another feed (another
-   * process, or another turbocast instance on the same file) dispatched
-   * changes: createTurbo warns when its broker cannot reach that feed's
-   * subscribers (the in-memory one).
+   * Called whenever the log shows that another feed (another process, or
+   * another turbocast instance on the same file) dispatched changes:
+   * createTurbo warns, through a LogThrottle, when its broker cannot reach
+   * that feed's subscribers (the in-memory one).
    */
   onOtherFeed?: () => void;
   /**
@@ -89,7 +90,6 @@ export class ChangeFeed {
   readonly #dispatcher: HookDispatcher;
   /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
   #seenDone = -1;
-  #otherFeedSeen = false;
   #state: FeedState = "idle";
   #timer: NodeJS.Timeout | null = null;
   #immediate: NodeJS.Immediate | null = null;
@@ -107,9 +107,14 @@ export class ChangeFeed {
   #holding = false;
   #prunePending = false;
   #lastPrune = 0;
-  /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
-  #failing = new Set<string>();
-  #missingTables = new Set<string>();
+  /**
+   * Failures of the feed's own reads and writes (a locked or unreachable
+   * database), and tables that do not exist yet: logged when they start,
+   * counted until that kind works again — no log flood from a 100 ms poll.
+   */
+  readonly #outages: LogThrottle;
+  /** Claims lost or taken over: each kind at most once a minute, the rest counted. */
+  readonly #claimEvents: LogThrottle;
 
   constructor(init: ChangeFeedInit) {
     this.#capture = init.capture;
@@ -117,6 +122,8 @@ export class ChangeFeed {
     this.#logger = init.logger;
     this.#options = resolveCaptureOptions(init.options);
     this.#onOtherFeed = init.onOtherFeed;
+    this.#outages = new LogThrottle(init.logger, { intervalMs: Number.POSITIVE_INFINITY });
+    this.#claimEvents = new LogThrottle(init.logger);
     this.#requests = init.requests;
     this.#dispatcher = new HookDispatcher({
       registry: init.registry,
@@ -201,13 +208,18 @@ export class ChangeFeed {
   #sync(): CaptureSync {
     const result = this.#capture.sync(this.#registry.modelClasses.map((cls) => cls.tableInfo()));
     for (const table of result.missingTables) {
-      if (this.#missingTables.has(table)) continue;
-      this.#missingTables.add(table);
-      this.#logger.warn(`table "${table}" does not exist yet; its changes are captured once it is created`, { table });
+      this.#outages.log(
+        `missing table:${table}`,
+        "warn",
+        `table "${table}" does not exist yet; its changes are captured once it is created`,
+        { table },
+      );
     }
     for (const table of result.captured) {
-      if (this.#missingTables.delete(table))
-        this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
+      const kind = `missing table:${table}`;
+      if (!this.#outages.quiet(kind)) continue;
+      this.#outages.recovered(kind);
+      this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
     }
     for (const { table, columns } of result.missingColumns) {
       this.#logger.warn(
@@ -341,7 +353,7 @@ export class ChangeFeed {
       this.#failed("drain", "change feed could not claim changes (is the database locked?); retrying", error);
     } finally {
       // a drain that dispatched everything it claimed keeps the cursor a moment (FINISH_DELAY_MS)
-      if (this.#holding && this.#state === "running" && !this.#failing.has("drain")) this.#finishLater();
+      if (this.#holding && this.#state === "running" && !this.#outages.quiet("drain")) this.#finishLater();
       else this.#finishClaims();
     }
   }
@@ -397,28 +409,25 @@ export class ChangeFeed {
     if (this.#seenDone >= 0 && observed > Math.max(this.#seenDone, own)) {
       // another feed dispatched up to `observed`: notes of those changes are no use here
       this.#capture.forgetRequests(observed);
-      if (!this.#otherFeedSeen) {
-        this.#otherFeedSeen = true;
-        this.#onOtherFeed?.();
-      }
+      this.#onOtherFeed?.();
     }
     this.#seenDone = Math.max(this.#seenDone, observed, own);
   }
 
   #reportTakeOver({ from, why, after }: TakeOver): void {
     const reason = why === "gone" ? "its process on this host is gone" : "its lease ran out";
-    this.#logger.warn(
+    this.#claimEvents.log(
+      `took over:${from}`,
+      "warn",
       `change feed took over changes claimed by ${from} (${reason}); changes after seq ${after} it may have dispatched are dispatched again`,
-      {
-        from,
-        reason: why,
-        after,
-      },
+      { from, reason: why, after },
     );
   }
 
   #warnLostClaim(): void {
-    this.#logger.warn(
+    this.#claimEvents.log(
+      "lost claim",
+      "warn",
       "change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs",
     );
   }
@@ -452,12 +461,10 @@ export class ChangeFeed {
   }
 
   #failed(kind: string, message: string, error: unknown, level: "warn" | "error" = "warn"): void {
-    if (this.#failing.has(kind)) return;
-    this.#failing.add(kind);
-    this.#logger[level](message, { error });
+    this.#outages.log(kind, level, message, { error });
   }
 
   #recovered(kind: string): void {
-    if (this.#failing.size > 0 && this.#failing.delete(kind)) this.#logger.info(`change feed ${kind} works again`);
+    this.#outages.recovered(kind, `change feed ${kind} works again`);
   }
 }

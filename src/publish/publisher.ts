@@ -1,6 +1,10 @@
 import type { Broker, Published } from "../brokers/broker.js";
 import { ClosedError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
+
+/** The LogThrottle kind of a failed publish: one outage is one kind, whichever stream it hit. */
+const FAILED = "publish failed";
 
 /**
  * The "publish" step of the data flow: every broadcast ends here, on its
@@ -12,13 +16,14 @@ import type { Logger } from "../logger.js";
 export class Publisher {
   readonly #broker: Broker;
   readonly #logger: Logger;
+  /** An outage is logged when it starts and counted until a publish succeeds: not one line per frame. */
+  readonly #throttle: LogThrottle;
   #state: "open" | "closed" = "open";
-  /** Consecutive failed publishes: the first is logged, the rest are counted, so an outage is not one line per frame. */
-  #failedPublishes = 0;
 
   constructor(broker: Broker, logger: Logger) {
     this.#broker = broker;
     this.#logger = logger;
+    this.#throttle = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
   }
 
   /** Publishes an already built frame to a stream name; rejects with ClosedError once closed. */
@@ -29,15 +34,17 @@ export class Publisher {
         : this.#broker.publish(stream, frame);
     published.then(
       () => {
-        if (this.#failedPublishes > 1) this.#logger.info(`broadcasts work again after ${this.#failedPublishes} failed`);
-        this.#failedPublishes = 0;
+        // 0 as well when nothing failed: one map lookup per publish
+        const counted = this.#throttle.recovered(FAILED);
+        if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
       },
-      (error: unknown) => {
-        if (this.#failedPublishes++ === 0)
-          this.#logger.warn(`broadcast to ${stream} failed; further failures are counted until one succeeds`, {
-            error,
-          });
-      },
+      (error: unknown) =>
+        void this.#throttle.log(
+          FAILED,
+          "warn",
+          `broadcast to ${stream} failed; further failures are counted until one succeeds`,
+          { error },
+        ),
     );
     return published;
   };
