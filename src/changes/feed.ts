@@ -2,14 +2,12 @@ import { ClosedError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
-import type { CaptureAdapter, CaptureSync, TakeOver } from "./capture.js";
+import type { CaptureAdapter, CaptureSync } from "./capture.js";
+import { Claims } from "./claims.js";
 import { HookDispatcher } from "./dispatch.js";
 import { type CaptureOptions, type ResolvedCaptureOptions, resolveCaptureOptions } from "./options.js";
 import { newOwner } from "./owner.js";
 import type { RequestScopeAccess } from "./request-notes.js";
-
-/** At most one prune per this many ms: it scans the retained log. */
-const PRUNE_INTERVAL_MS = 1000;
 
 /**
  * Drains for the app's own writes start at most this often. A write after a
@@ -98,23 +96,15 @@ export class ChangeFeed {
   #pass: Promise<void> | null = null;
   #again = false;
   #closed: Promise<void> | null = null;
-  #renewTimer: NodeJS.Timeout | null = null;
   /** Marks dispatched changes done and gives the cursor back when no drain did so within FINISH_DELAY_MS. */
   #finishTimer: NodeJS.Timeout | null = null;
-  /** Highest seq dispatched by this feed and not yet marked done (0: none). */
-  #doneUpTo = 0;
-  /** Whether this feed holds the log's cursor (claimed changes not yet completed). */
-  #holding = false;
-  #prunePending = false;
-  #lastPrune = 0;
+  readonly #claims: Claims;
   /**
    * Failures of the feed's own reads and writes (a locked or unreachable
    * database), and tables that do not exist yet: logged when they start,
    * counted until that kind works again — no log flood from a 100 ms poll.
    */
   readonly #outages: LogThrottle;
-  /** Claims lost or taken over: each kind at most once a minute, the rest counted. */
-  readonly #claimEvents: LogThrottle;
 
   constructor(init: ChangeFeedInit) {
     this.#capture = init.capture;
@@ -123,7 +113,14 @@ export class ChangeFeed {
     this.#options = resolveCaptureOptions(init.options);
     this.#onOtherFeed = init.onOtherFeed;
     this.#outages = new LogThrottle(init.logger, { intervalMs: Number.POSITIVE_INFINITY });
-    this.#claimEvents = new LogThrottle(init.logger);
+    this.#claims = new Claims({
+      capture: init.capture,
+      owner: this.owner,
+      options: this.#options,
+      logger: init.logger,
+      failed: (kind, message, error) => this.#failed(kind, message, error),
+      sawDone: (observed, own) => this.#sawDone(observed, own),
+    });
     this.#requests = init.requests;
     this.#dispatcher = new HookDispatcher({
       registry: init.registry,
@@ -257,7 +254,7 @@ export class ChangeFeed {
       this.#sawDone(poll.doneSeq, 0);
       if (poll.schemaChanged) this.#resync();
       if (poll.claimable) this.#schedule();
-      else this.#maybePrune(now);
+      else this.#claims.maybePrune(now);
       this.#recovered("poll");
     } catch (error) {
       this.#failed("poll", "change feed could not poll the database; retrying", error);
@@ -309,13 +306,13 @@ export class ChangeFeed {
 
   async #drainOnce(): Promise<void> {
     const capture = this.#capture;
-    const { batchSize, leaseMs } = this.#options;
+    const { batchSize } = this.#options;
     try {
       for (;;) {
         if (this.#state !== "running" || this.#capture.busy) break;
         const now = Date.now();
         // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
-        if (!this.#holding) {
+        if (!this.#claims.holding) {
           const poll = capture.poll(this.owner, now);
           this.#sawDone(poll.doneSeq, 0);
           if (!poll.claimable) {
@@ -324,24 +321,17 @@ export class ChangeFeed {
           }
         }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
-        const claim = capture.claim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
+        const claim = this.#claims.claim(now, batchSize);
         const batch = claim.changes;
-        this.#sawDone(claim.doneSeq, this.#doneUpTo);
-        if (claim.lostClaim) this.#warnLostClaim();
-        if (claim.tookOver) this.#reportTakeOver(claim.tookOver);
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
         if (claim.schemaChanged) this.#resync();
-        if (this.#doneUpTo > 0) this.#prunePending = true;
-        this.#doneUpTo = 0;
-        this.#holding = batch.length > 0;
         if (batch.length === 0) break;
-        this.#holdClaims();
         const requestIds = capture.requestIds(batch[0]!.seq, batch[batch.length - 1]!.seq);
         for (const change of batch) {
           // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
           const pending = this.#dispatcher.dispatch(change, requestIds?.get(change.seq));
           if (pending) await pending;
-          this.#doneUpTo = change.seq;
+          this.#claims.dispatched(change.seq);
           if (this.#state !== "running") break;
         }
         // a short batch took everything there was; writes since then notify or show up in the poll
@@ -353,7 +343,7 @@ export class ChangeFeed {
       this.#failed("drain", "change feed could not claim changes (is the database locked?); retrying", error);
     } finally {
       // a drain that dispatched everything it claimed keeps the cursor a moment (FINISH_DELAY_MS)
-      if (this.#holding && this.#state === "running" && !this.#outages.quiet("drain")) this.#finishLater();
+      if (this.#claims.holding && this.#state === "running" && !this.#outages.quiet("drain")) this.#finishLater();
       else this.#finishClaims();
     }
   }
@@ -362,42 +352,23 @@ export class ChangeFeed {
     if (this.#finishTimer) this.#finishTimer.refresh();
     else this.#finishTimer = setTimeout(this.#finishIdle, FINISH_DELAY_MS);
     // under a steady stream of writes #finishClaims may not run for a long time: prune here too
-    this.#maybePrune(Date.now());
+    this.#claims.maybePrune(Date.now());
   }
 
   #finishIdle = (): void => {
     this.#finishTimer = null;
-    if (this.#state !== "running" || !this.#holding) return;
+    if (this.#state !== "running" || !this.#claims.holding) return;
     // a drain to come marks them done as it claims (or keeps the cursor again)
     if (this.#pass || this.#immediate || this.#delayed) return;
     if (this.#capture.busy) this.#finishLater();
     else this.#finishClaims();
   };
 
-  /**
-   * Marks what was dispatched done and gives the cursor back — with the
-   * changes not dispatched yet when a drain stopped mid-batch (close, an
-   * error), for any feed to take at once. Stops renewing.
-   */
+  /** Marks what was dispatched done and gives the cursor back (see Claims.release). */
   #finishClaims(): void {
     if (this.#finishTimer) clearTimeout(this.#finishTimer);
     this.#finishTimer = null;
-    if (this.#renewTimer) clearInterval(this.#renewTimer);
-    this.#renewTimer = null;
-    // inside a transaction the app holds open, our writes would share its fate: do them later
-    if (this.#capture.busy || !this.#holding) return;
-    const now = Date.now();
-    try {
-      if (!this.#capture.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
-      this.#sawDone(this.#doneUpTo, this.#doneUpTo);
-      if (this.#doneUpTo > 0) this.#prunePending = true;
-      this.#doneUpTo = 0;
-      this.#holding = false;
-      this.#maybePrune(now);
-    } catch (error) {
-      // still holding: the next drain completes them (or the lease runs out)
-      this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
-    }
+    this.#claims.release();
   }
 
   #outsideRequests<T>(fn: () => T): T {
@@ -412,52 +383,6 @@ export class ChangeFeed {
       this.#onOtherFeed?.();
     }
     this.#seenDone = Math.max(this.#seenDone, observed, own);
-  }
-
-  #reportTakeOver({ from, why, after }: TakeOver): void {
-    const reason = why === "gone" ? "its process on this host is gone" : "its lease ran out";
-    this.#claimEvents.log(
-      `took over:${from}`,
-      "warn",
-      `change feed took over changes claimed by ${from} (${reason}); changes after seq ${after} it may have dispatched are dispatched again`,
-      { from, reason: why, after },
-    );
-  }
-
-  #warnLostClaim(): void {
-    this.#claimEvents.log(
-      "lost claim",
-      "warn",
-      "change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs",
-    );
-  }
-
-  /** Renews this feed's claims every leaseMs / 3 while it dispatches, so a slow hook is not taken for a dead process. */
-  #holdClaims(): void {
-    if (this.#renewTimer) return;
-    this.#renewTimer = setInterval(
-      () => {
-        if (this.#capture.busy) return;
-        try {
-          this.#capture.renew(this.owner, Date.now() + this.#options.leaseMs);
-        } catch (error) {
-          this.#failed("renew", "change feed could not renew its claims", error);
-        }
-      },
-      Math.max(1, Math.floor(this.#options.leaseMs / 3)),
-    );
-    this.#renewTimer.unref();
-  }
-
-  #maybePrune(now: number): void {
-    if (!this.#prunePending || now - this.#lastPrune < PRUNE_INTERVAL_MS || this.#capture.busy) return;
-    this.#prunePending = false;
-    this.#lastPrune = now;
-    try {
-      this.#capture.prune(now, this.#options.retain);
-    } catch (error) {
-      this.#failed("prune", "change feed could not prune the change log", error);
-    }
   }
 
   #failed(kind: string, message: string, error: unknown, level: "warn" | "error" = "warn"): void {
