@@ -59,11 +59,15 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  *
  * 1. claim a batch in one write transaction (marking the previous batch done
  *    in the same one) by moving the log's cursor — one feed holds it at a
- *    time, so processes take turns and order holds across them;
+ *    time, so processes take turns and order holds across them (Claims,
+ *    over the dialect's CaptureAdapter);
  * 2. decode each row through its Drizzle columns, give it `.stream`, and
  *    await `onSave(entity, { created })` / `onDelete(entity)`; a failure is
- *    logged as a HookError and the feed goes on;
+ *    logged as a HookError and the feed goes on (HookDispatcher);
  * 3. yield to the event loop, and go on until nothing is left.
+ *
+ * This class is the lifecycle and the scheduler: when a drain starts, when
+ * the poll looks, when the triggers follow a migration.
  *
  * A drain starts right after the app's own writes commit (`notify()`), and
  * when the poll sees work written by anyone else. The last batch of a drain
