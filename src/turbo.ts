@@ -181,6 +181,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   };
   /** Misconfiguration noticed while running: logged once, then counted. */
   const notices = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
+  /** Broker gaps come with outages: each kind at most once a minute, the rest counted. */
+  const gaps = new LogThrottle(logger);
   const feed = new ChangeFeed({
     capture: new SqliteCapture(sqliteClient(db), requests),
     registry,
@@ -238,8 +240,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       },
       {
         gap: (reason) => {
-          logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
-          void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
+          // one outage can report several gaps (subscription lost, publishes refused): count them
+          gaps.log("gap", "warn", `frames may have been missed (${reason}); subscribers get a refresh`);
+          void hub
+            .refreshAll()
+            .catch((error) => gaps.log("gap refresh failed", "error", "refresh after a gap failed", { error }));
         },
         log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
       },
