@@ -25,7 +25,9 @@ export type { DeliveryOptions, Transport, Authenticate } from "./delivery/option
 export { CloseCode } from "./delivery/websocket-connection.js";
 export type { Streamable, StreamSourceOptions } from "./delivery/stream-source.js";
 export type { TurboLocals } from "./delivery/page-middleware.js";
-export { ChangeFeed, CAPTURE_DEFAULTS } from "./changes/feed.js";
+export { ChangeFeed } from "./changes/feed.js";
+export { CAPTURE_DEFAULTS } from "./changes/options.js";
 export { dropCaptureTriggers } from "./changes/triggers.js";
-export type { CaptureOptions, FeedState } from "./changes/feed.js";
+export type { FeedState } from "./changes/feed.js";
+export type { CaptureOptions } from "./changes/options.js";
 export * from "./errors.js";

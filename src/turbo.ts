@@ -2,13 +2,15 @@ import type http from "node:http";
 import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
-import type Database from "better-sqlite3";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import type nunjucks from "nunjucks";
 import type { Broker, HistoryOptions, Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
-import { type CaptureOptions, ChangeFeed } from "./changes/feed.js";
+import { ChangeFeed } from "./changes/feed.js";
+import type { CaptureOptions } from "./changes/options.js";
+import type { RequestScopeAccess } from "./changes/request-notes.js";
+import { SqliteCapture, sqliteClient } from "./changes/sqlite-capture.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { localsOf } from "./delivery/page-middleware.js";
@@ -22,9 +24,11 @@ import {
   type StreamSourceOptions,
   type Streamable,
 } from "./delivery/stream-source.js";
-import { ClosedError, ConfigError } from "./errors.js";
-import { buildFrame } from "./frames/frame.js";
+import { ConfigError } from "./errors.js";
+import { LogThrottle } from "./log-throttle.js";
 import { type Logger, consoleLogger } from "./logger.js";
+import { Publisher } from "./publish/publisher.js";
+import { RefreshDebouncer } from "./publish/refresh-debouncer.js";
 import { discoverStreams } from "./streams/discover.js";
 import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
@@ -151,58 +155,16 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
-  let state: "open" | "closing" | "closed" = "open";
   let closing: Promise<void> | undefined;
-  /** Debounced refreshes by stream and request id (turbo-rails' key): a refresh never carries another request's id. */
-  const pendingRefresh = new Map<
-    string,
-    { promise: Promise<Published>; timer: NodeJS.Timeout; reject: (error: unknown) => void }
-  >();
-  /** Consecutive failed publishes: the first is logged, the rest are counted, so an outage is not one line per frame. */
-  let failedPublishes = 0;
-
-  const publish = (stream: string, frame: string): Promise<Published> => {
-    const published =
-      state !== "open" ? Promise.reject(new ClosedError("turbocast instance")) : broker.publish(stream, frame);
-    // A hook may fire a broadcast without awaiting it: its rejection (a broker
-    // outage) must be logged here, never become an unhandled rejection that
-    // takes the process down. Callers who await still see the error.
-    published.then(
-      () => {
-        if (failedPublishes > 1) logger.info(`broadcasts work again after ${failedPublishes} failed`);
-        failedPublishes = 0;
-      },
-      (error: unknown) => {
-        if (failedPublishes++ === 0)
-          logger.warn(`broadcast to ${stream} failed; further failures are counted until one succeeds`, { error });
-      },
-    );
-    return published;
-  };
+  const publisher = new Publisher(broker, logger);
+  const { publish } = publisher;
+  const refreshes = new RefreshDebouncer({ publish, debounceMs: refreshDebounceMs });
 
   const runtime: StreamRuntime = {
     render: (template, context) => views.render(template, context as object),
     publish,
-    refresh(stream, spec) {
-      // a refresh caused by a request names it, so the page that made it can ignore it
-      const requestId = spec.requestId ?? currentRequestId();
-      const key = `${stream}\u0000${requestId ?? ""}`;
-      const pending = pendingRefresh.get(key);
-      if (pending) return pending.promise;
-      let resolve!: (published: Published) => void;
-      let reject!: (error: unknown) => void;
-      const promise = new Promise<Published>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      promise.catch(() => {}); // logged by publish(); an un-awaited refresh must not crash the process
-      const timer = setTimeout(() => {
-        pendingRefresh.delete(key);
-        publish(stream, buildFrame({ action: "refresh", requestId })).then(resolve, reject);
-      }, refreshDebounceMs);
-      pendingRefresh.set(key, { promise, timer, reject });
-      return promise;
-    },
+    // a refresh caused by a request names it, so the page that made it can ignore it
+    refresh: (stream, spec) => refreshes.refresh(stream, spec.requestId ?? currentRequestId()),
     async loadRow(table, pk) {
       const info = tableInfo(table as SQLiteTable);
       const where = and(...info.keys.map((k) => eq(k.column, pk[k.key])));
@@ -212,24 +174,30 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
   let latestPosition: string | null = null;
-  const client = sqliteClient(db);
+  const requests: RequestScopeAccess = {
+    current: currentRequestId,
+    run: (requestId, fn) => runInRequest({ requestId }, fn),
+    outside: outsideRequest,
+  };
+  /** Misconfiguration noticed while running: logged once, then counted. */
+  const notices = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
+  /** Broker gaps come with outages: each kind at most once a minute, the rest counted. */
+  const gaps = new LogThrottle(logger);
   const feed = new ChangeFeed({
-    client,
+    capture: new SqliteCapture(sqliteClient(db), requests),
     registry,
     logger,
     options: options.capture,
     onOtherFeed:
       broker.kind === "memory"
         ? () =>
-            logger.warn(
+            notices.log(
+              "other feed",
+              "warn",
               "another turbocast instance (another process, or another createTurbo in this one) dispatches this database's changes, but this one uses the in-memory broker: its broadcasts reach only its own subscribers. Use redisBroker() or postgresBroker() when several processes share the database",
             )
         : undefined,
-    requests: {
-      current: currentRequestId,
-      run: (requestId, fn) => runInRequest({ requestId }, fn),
-      outside: outsideRequest,
-    },
+    requests,
   });
   const renderer = new StreamSourceRenderer({
     registry,
@@ -240,14 +208,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     latestPosition: () => latestPosition,
   });
   const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
-  let warnedMiddleware = false;
   const streamFrom = turboStreamFromGlobal(
     views,
     (streamables, opts) => renderer.render(undefined, null, streamables, opts),
     () => {
-      if (warnedMiddleware) return;
-      warnedMiddleware = true;
-      logger.warn(
+      notices.log(
+        "no middleware",
+        "warn",
         "turbo_stream_from rendered in a request that did not pass through turbo.middleware(): mount app.use(turbo.middleware()) before your routes, or pages miss frames and SSE subscriptions get 404",
       );
     },
@@ -273,8 +240,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       },
       {
         gap: (reason) => {
-          logger.warn(`frames may have been missed (${reason}); subscribers get a refresh`);
-          void hub.refreshAll().catch((error) => logger.error("refresh after a gap failed", { error }));
+          // one outage can report several gaps (subscription lost, publishes refused): count them
+          gaps.log("gap", "warn", `frames may have been missed (${reason}); subscribers get a refresh`);
+          void hub
+            .refreshAll()
+            .catch((error) => gaps.log("gap refresh failed", "error", "refresh after a gap failed", { error }));
         },
         log: (level, message, error) => logger[level](message, error === undefined ? undefined : { error }),
       },
@@ -319,33 +289,16 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       closing ??= (async () => {
         // first: the change being dispatched may still publish to live subscribers
         await feed.close();
-        state = "closing";
+        publisher.close();
         await endpoint.close();
         removeGlobal();
         for (const cls of registry.classes) unbindStreamClass(cls, runtime);
-        for (const pending of pendingRefresh.values()) {
-          clearTimeout(pending.timer);
-          pending.reject(new ClosedError("turbocast instance"));
-        }
-        pendingRefresh.clear();
+        refreshes.close();
         instrumentation?.restore();
         await broker.close();
-        state = "closed";
       })();
       return closing;
     },
   };
   return turbo;
-}
-
-/** The better-sqlite3 connection under a Drizzle database. */
-function sqliteClient(db: TurboDatabase): Database.Database {
-  const candidate =
-    (db as unknown as { $client?: unknown }).$client ??
-    (db as unknown as { session?: { client?: unknown } }).session?.client;
-  const client = candidate as Partial<Database.Database> | undefined;
-  if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
-    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
-  }
-  return client as Database.Database;
 }

@@ -7,6 +7,7 @@ import nunjucks from "nunjucks";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   type Broker,
+  BrokerError,
   CaptureInstallError,
   ConfigError,
   dropCaptureTriggers,
@@ -305,6 +306,46 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
     expect(error!.message).toMatch(
       /ItemStream\.onSave failed for table "items" key 1 \(change 1\): did not settle within 100 ms/,
     );
+  });
+
+  it("logs hooks failing the same way during a broker outage once in full, counts the rest, and reports the count when the hook works again", async () => {
+    const inner = memoryBroker();
+    let down = true;
+    const broker: Broker = {
+      kind: "refusing",
+      start: (deliver, events) => inner.start(deliver, events),
+      publish: (stream, frame) =>
+        down ? Promise.reject(new BrokerError("broker unreachable")) : inner.publish(stream, frame),
+      history: (streams, after) => inner.history(streams, after),
+      head: () => inner.head(),
+      close: () => inner.close(),
+    };
+    app = await openApp(path.join(tmp.dir, "app.db"), { broker });
+    // the hook awaits its broadcast, so the refused publish fails the hook
+    recorder.behaviour = (_call, stream) => stream.remove({ target: "x" });
+    const failing = 20;
+    for (let i = 0; i < failing; i++)
+      app.db
+        .insert(items)
+        .values({ body: `m${i}` })
+        .run();
+    await waitFor(() => recorder.calls.length === failing && logRows(app!.sqlite).every((r) => r.done === 1));
+    const errors = app.log.filter((e) => e.level === "error");
+    expect(errors).toHaveLength(1);
+    expect(errors[0]!.message).toMatch(
+      /ItemStream\.onSave failed for table "items" key 1 \(change 1\): broker unreachable/,
+    );
+    expect(errors[0]!.details).toMatchObject({ code: "TURBOCAST_HOOK_FAILED", table: "items", key: 1, seq: 1 });
+    // the publisher logs the outage once as well
+    expect(app.log.filter((e) => e.level === "warn" && /broadcast to .* failed/.test(e.message))).toHaveLength(1);
+
+    down = false;
+    app.db.insert(items).values({ body: "back" }).run();
+    await waitFor(() => app!.log.some((e) => /ItemStream\.onSave works again/.test(e.message)));
+    const recovered = app.log.find((e) => /ItemStream\.onSave works again/.test(e.message))!;
+    expect(recovered).toMatchObject({ level: "info" });
+    expect(recovered.message).toContain(`(${failing - 1} more like it were not logged)`);
+    expect(app.log.filter((e) => e.level === "error")).toHaveLength(1);
   });
 
   it("decodes every column type through the Drizzle column, equal to what db.select() reads", async () => {

@@ -1,75 +1,13 @@
-import type Database from "better-sqlite3";
-import { ClosedError, ConfigError, HookError } from "../errors.js";
+import { ClosedError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
-import type { ModelStream } from "../streams/model-stream.js";
-import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
-import { type RowDecoder, rowDecoder } from "./decode.js";
-import { type ChangeRecord, ChangeLog, type TakeOver } from "./log.js";
+import type { StreamRegistry } from "../streams/registry.js";
+import type { CaptureAdapter, CaptureSync } from "./capture.js";
+import { Claims } from "./claims.js";
+import { HookDispatcher } from "./dispatch.js";
+import { type CaptureOptions, type ResolvedCaptureOptions, resolveCaptureOptions } from "./options.js";
 import { newOwner } from "./owner.js";
-import { type RequestScopeAccess, RequestNotes } from "./request-notes.js";
-import { type CaptureTable, type TriggerSync, syncTriggers } from "./triggers.js";
-
-/** How writes to bound tables reach `onSave` / `onDelete` (createTurbo's `capture` option). */
-export interface CaptureOptions {
-  /**
-   * How often, in ms, to look for changes this process did not write through
-   * its Drizzle db: other processes, other connections, the sqlite3 shell, raw
-   * `db.$client` statements, and claims left by a crashed process. One cheap
-   * indexed read per tick; the timer does not keep the process alive. Writes
-   * made through the app's Drizzle db are dispatched right after they commit,
-   * whatever this is. Default 100.
-   */
-  pollIntervalMs?: number;
-  /**
-   * Changes claimed (and completed) per write transaction. The feed yields to
-   * the event loop between batches, so a 1,000-row UPDATE never blocks it for
-   * long. Default 100.
-   */
-  batchSize?: number;
-  /**
-   * How long, in ms, a claim on the log stays valid without renewal. A live
-   * feed renews it every `leaseMs / 3` while it dispatches; the claim of a
-   * process that died between claim and completion is taken over once it
-   * runs out (so its changes are dispatched, late rather than never) — or
-   * at once when that process ran on this host and is gone (see owner.ts).
-   * Default 30,000.
-   */
-  leaseMs?: number;
-  /**
-   * Dispatched changes kept in the log (from which delivery can resume). A
-   * dispatched change is deleted once it is older than `ageMs` (whole
-   * seconds) or no longer among the newest `count` changes; pending changes
-   * are never deleted. Pruning runs at most once a second.
-   * Default `{ count: 10_000, ageMs: 3_600_000 }`.
-   */
-  retain?: { count?: number; ageMs?: number };
-  /**
-   * How long, in ms, the feed waits for an async hook before logging it as
-   * failed and going on with the next change (the hook is not cancelled).
-   * Changes are dispatched one at a time, in order, so a hook that never
-   * settles would otherwise stall dispatch for every process. Default 10,000.
-   */
-  hookTimeoutMs?: number;
-}
-
-export interface ResolvedCaptureOptions {
-  pollIntervalMs: number;
-  batchSize: number;
-  leaseMs: number;
-  hookTimeoutMs: number;
-  retain: { count: number; ageMs: number };
-}
-
-export const CAPTURE_DEFAULTS: ResolvedCaptureOptions = Object.freeze({
-  pollIntervalMs: 100,
-  batchSize: 100,
-  leaseMs: 30_000,
-  hookTimeoutMs: 10_000,
-  retain: Object.freeze({ count: 10_000, ageMs: 60 * 60_000 }),
-});
-
-/** At most one prune per this many ms: it scans the retained log. */
-const PRUNE_INTERVAL_MS = 1000;
+import type { RequestScopeAccess } from "./request-notes.js";
 
 /**
  * Drains for the app's own writes start at most this often. A write after a
@@ -90,45 +28,19 @@ const DRAIN_SPACING_MS = 2;
  */
 const FINISH_DELAY_MS = 10;
 
-export function resolveCaptureOptions(options: CaptureOptions = {}): ResolvedCaptureOptions {
-  if (typeof options !== "object" || options === null) throw new ConfigError("capture must be an options object");
-  const resolved: ResolvedCaptureOptions = {
-    pollIntervalMs: options.pollIntervalMs ?? CAPTURE_DEFAULTS.pollIntervalMs,
-    batchSize: options.batchSize ?? CAPTURE_DEFAULTS.batchSize,
-    leaseMs: options.leaseMs ?? CAPTURE_DEFAULTS.leaseMs,
-    hookTimeoutMs: options.hookTimeoutMs ?? CAPTURE_DEFAULTS.hookTimeoutMs,
-    retain: {
-      count: options.retain?.count ?? CAPTURE_DEFAULTS.retain.count,
-      ageMs: options.retain?.ageMs ?? CAPTURE_DEFAULTS.retain.ageMs,
-    },
-  };
-  const check = (name: string, value: number, min: number): void => {
-    if (!Number.isInteger(value) || value < min) {
-      throw new ConfigError(`capture.${name} must be an integer of at least ${min}, got ${String(value)}`);
-    }
-  };
-  check("pollIntervalMs", resolved.pollIntervalMs, 1);
-  check("batchSize", resolved.batchSize, 1);
-  check("leaseMs", resolved.leaseMs, 1);
-  check("hookTimeoutMs", resolved.hookTimeoutMs, 1);
-  check("retain.count", resolved.retain.count, 0);
-  check("retain.ageMs", resolved.retain.ageMs, 0);
-  return resolved;
-}
-
 export type FeedState = "idle" | "running" | "closing" | "closed";
 
 export interface ChangeFeedInit {
-  /** The app's own better-sqlite3 connection (its journal mode and busy timeout are left as they are). */
-  client: Database.Database;
+  /** The database dialect's triggers, change log and claims (SqliteCapture). */
+  capture: CaptureAdapter;
   registry: StreamRegistry;
   logger: Logger;
   options?: CaptureOptions;
   /**
-   * Called once, the first time the log shows that another feed (another
-   * process, or another turbocast instance on the same file) dispatched
-   * changes: createTurbo warns when its broker cannot reach that feed's
-   * subscribers (the in-memory one).
+   * Called whenever the log shows that another feed (another process, or
+   * another turbocast instance on the same file) dispatched changes:
+   * createTurbo warns, through a LogThrottle, when its broker cannot reach
+   * that feed's subscribers (the in-memory one).
    */
   onOtherFeed?: () => void;
   /**
@@ -147,11 +59,15 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  *
  * 1. claim a batch in one write transaction (marking the previous batch done
  *    in the same one) by moving the log's cursor — one feed holds it at a
- *    time, so processes take turns and order holds across them;
+ *    time, so processes take turns and order holds across them (Claims,
+ *    over the dialect's CaptureAdapter);
  * 2. decode each row through its Drizzle columns, give it `.stream`, and
  *    await `onSave(entity, { created })` / `onDelete(entity)`; a failure is
- *    logged as a HookError and the feed goes on;
+ *    logged as a HookError and the feed goes on (HookDispatcher);
  * 3. yield to the event loop, and go on until nothing is left.
+ *
+ * This class is the lifecycle and the scheduler: when a drain starts, when
+ * the poll looks, when the triggers follow a migration.
  *
  * A drain starts right after the app's own writes commit (`notify()`), and
  * when the poll sees work written by anyone else. The last batch of a drain
@@ -167,19 +83,16 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
 export class ChangeFeed {
   /** Who holds a claim, as recorded in the log: host, boot, pid namespace, pid and a per-feed nonce (see owner.ts). */
   readonly owner = newOwner();
-  readonly #client: Database.Database;
+  readonly #capture: CaptureAdapter;
   readonly #registry: StreamRegistry;
   readonly #logger: Logger;
   readonly #options: ResolvedCaptureOptions;
   readonly #onOtherFeed: (() => void) | undefined;
   readonly #requests: RequestScopeAccess | undefined;
-  #notes: RequestNotes | null = null;
+  readonly #dispatcher: HookDispatcher;
   /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
   #seenDone = -1;
-  #otherFeedSeen = false;
   #state: FeedState = "idle";
-  #log: ChangeLog | null = null;
-  #schemaVersion = -1;
   #timer: NodeJS.Timeout | null = null;
   #immediate: NodeJS.Immediate | null = null;
   #delayed: NodeJS.Timeout | null = null;
@@ -187,31 +100,39 @@ export class ChangeFeed {
   #pass: Promise<void> | null = null;
   #again = false;
   #closed: Promise<void> | null = null;
-  #renewTimer: NodeJS.Timeout | null = null;
   /** Marks dispatched changes done and gives the cursor back when no drain did so within FINISH_DELAY_MS. */
   #finishTimer: NodeJS.Timeout | null = null;
-  /** Highest seq dispatched by this feed and not yet marked done (0: none). */
-  #doneUpTo = 0;
-  /** Whether this feed holds the log's cursor (claimed changes not yet completed). */
-  #holding = false;
-  #prunePending = false;
-  #lastPrune = 0;
-  /** Kinds of failure already logged; cleared when that kind works again (no log flood from a 100 ms poll). */
-  #failing = new Set<string>();
-  #warnedUnbound = new Set<string>();
-  /** Each bound class's row decoder (rowDecoder's own cache is keyed by TableInfo, which costs a lookup to get). */
-  #decoders = new Map<AnyModelStreamClass, RowDecoder>();
-  #missingTables = new Set<string>();
-  /** The triggers the last sync wanted (see SyncOptions). */
-  #wanted: Map<string, string> | undefined;
+  readonly #claims: Claims;
+  /**
+   * Failures of the feed's own reads and writes (a locked or unreachable
+   * database), and tables that do not exist yet: logged when they start,
+   * counted until that kind works again — no log flood from a 100 ms poll.
+   */
+  readonly #outages: LogThrottle;
 
   constructor(init: ChangeFeedInit) {
-    this.#client = init.client;
+    this.#capture = init.capture;
     this.#registry = init.registry;
     this.#logger = init.logger;
     this.#options = resolveCaptureOptions(init.options);
     this.#onOtherFeed = init.onOtherFeed;
+    this.#outages = new LogThrottle(init.logger, { intervalMs: Number.POSITIVE_INFINITY });
+    this.#claims = new Claims({
+      capture: init.capture,
+      owner: this.owner,
+      options: this.#options,
+      logger: init.logger,
+      failed: (kind, message, error) => this.#failed(kind, message, error),
+      sawDone: (observed, own) => this.#sawDone(observed, own),
+    });
     this.#requests = init.requests;
+    this.#dispatcher = new HookDispatcher({
+      registry: init.registry,
+      logger: init.logger,
+      hookTimeoutMs: this.#options.hookTimeoutMs,
+      decoderFor: (info) => init.capture.decoderFor(info),
+      requests: init.requests,
+    });
   }
 
   get state(): FeedState {
@@ -228,11 +149,7 @@ export class ChangeFeed {
     if (this.#state === "running") return;
     if (this.#state !== "idle") throw new ClosedError("change feed");
     this.#sync();
-    this.#log = new ChangeLog(this.#client);
-    if (this.#requests) {
-      this.#notes = new RequestNotes(this.#client, this.#requests);
-      this.#notes.install();
-    }
+    this.#capture.open();
     this.#state = "running";
     // started inside a request (lazily), the timer would carry its id into every tick
     this.#timer = this.#outsideRequests(() => setInterval(this.#tick, this.#options.pollIntervalMs));
@@ -283,43 +200,27 @@ export class ChangeFeed {
     this.#closed = (async () => {
       await this.#pass;
       this.#finishClaims();
-      this.#notes?.uninstall();
+      this.#capture.close();
       this.#state = "closed";
     })();
     return this.#closed;
   }
 
-  #tables(): CaptureTable[] {
-    return this.#registry.modelClasses.map((cls) => {
-      const info = cls.tableInfo();
-      return {
-        name: info.name,
-        keys: info.keys.map((k) => k.column.name),
-        columns: Object.values(info.columns).map((c) => c.name),
-        blobColumns: Object.values(info.columns)
-          .filter(
-            (c) =>
-              c.columnType.startsWith("SQLiteBlob") ||
-              c.columnType === "SQLiteBigInt" ||
-              c.columnType === "SQLiteCustomColumn",
-          )
-          .map((c) => c.name),
-      };
-    });
-  }
-
-  #sync(): TriggerSync {
-    const result = syncTriggers(this.#client, this.#tables(), { previous: this.#wanted });
-    this.#schemaVersion = result.schemaVersion;
-    this.#wanted = result.wanted;
+  #sync(): CaptureSync {
+    const result = this.#capture.sync(this.#registry.modelClasses.map((cls) => cls.tableInfo()));
     for (const table of result.missingTables) {
-      if (this.#missingTables.has(table)) continue;
-      this.#missingTables.add(table);
-      this.#logger.warn(`table "${table}" does not exist yet; its changes are captured once it is created`, { table });
+      this.#outages.log(
+        `missing table:${table}`,
+        "warn",
+        `table "${table}" does not exist yet; its changes are captured once it is created`,
+        { table },
+      );
     }
     for (const table of result.captured) {
-      if (this.#missingTables.delete(table))
-        this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
+      const kind = `missing table:${table}`;
+      if (!this.#outages.quiet(kind)) continue;
+      this.#outages.recovered(kind);
+      this.#logger.info(`table "${table}" now exists; capturing its changes`, { table });
     }
     for (const { table, columns } of result.missingColumns) {
       this.#logger.warn(
@@ -342,7 +243,7 @@ export class ChangeFeed {
       }
       this.#recovered("sync");
     } catch (error) {
-      // #schemaVersion is unchanged, so the next tick tries again
+      // the adapter still sees the schema as changed, so the next tick tries again
       this.#failed("sync", "could not update change capture triggers after a schema change", error, "error");
     }
   }
@@ -350,14 +251,14 @@ export class ChangeFeed {
   #tick = (): void => {
     if (this.#state !== "running" || this.#pass || this.#immediate || this.#delayed) return;
     // A transaction the app left open (a raw BEGIN across an await) is not committed: look next tick.
-    if (this.#client.inTransaction) return;
+    if (this.#capture.busy) return;
     try {
       const now = Date.now();
-      const poll = this.#log!.poll(this.owner, now);
+      const poll = this.#capture.poll(this.owner, now);
       this.#sawDone(poll.doneSeq, 0);
-      if (poll.schemaVersion !== this.#schemaVersion) this.#resync();
+      if (poll.schemaChanged) this.#resync();
       if (poll.claimable) this.#schedule();
-      else this.#maybePrune(now);
+      else this.#claims.maybePrune(now);
       this.#recovered("poll");
     } catch (error) {
       this.#failed("poll", "change feed could not poll the database; retrying", error);
@@ -408,39 +309,33 @@ export class ChangeFeed {
   }
 
   async #drainOnce(): Promise<void> {
-    const log = this.#log!;
-    const { batchSize, leaseMs } = this.#options;
+    const capture = this.#capture;
+    const { batchSize } = this.#options;
     try {
       for (;;) {
-        if (this.#state !== "running" || this.#client.inTransaction) break;
+        if (this.#state !== "running" || this.#capture.busy) break;
         const now = Date.now();
         // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
-        if (!this.#holding) {
-          const poll = log.poll(this.owner, now);
+        if (!this.#claims.holding) {
+          const poll = capture.poll(this.owner, now);
           this.#sawDone(poll.doneSeq, 0);
           if (!poll.claimable) {
-            if (log.schemaVersion !== this.#schemaVersion) this.#resync();
+            if (poll.schemaChanged) this.#resync();
             break;
           }
         }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
-        const batch = log.completeAndClaim(this.owner, this.#doneUpTo, now, leaseMs, batchSize);
-        this.#sawDone(log.doneSeq, this.#doneUpTo);
-        if (log.lostClaim) this.#warnLostClaim();
-        if (log.tookOver) this.#reportTakeOver(log.tookOver);
+        const claim = this.#claims.claim(now, batchSize);
+        const batch = claim.changes;
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
-        if (log.schemaVersion !== this.#schemaVersion) this.#resync();
-        if (this.#doneUpTo > 0) this.#prunePending = true;
-        this.#doneUpTo = 0;
-        this.#holding = batch.length > 0;
+        if (claim.schemaChanged) this.#resync();
         if (batch.length === 0) break;
-        this.#holdClaims();
-        const requestIds = this.#notes?.take(batch[0]!.seq, batch[batch.length - 1]!.seq) ?? null;
+        const requestIds = capture.requestIds(batch[0]!.seq, batch[batch.length - 1]!.seq);
         for (const change of batch) {
           // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
-          const pending = this.#dispatch(change, requestIds?.get(change.seq));
+          const pending = this.#dispatcher.dispatch(change, requestIds?.get(change.seq));
           if (pending) await pending;
-          this.#doneUpTo = change.seq;
+          this.#claims.dispatched(change.seq);
           if (this.#state !== "running") break;
         }
         // a short batch took everything there was; writes since then notify or show up in the poll
@@ -452,7 +347,7 @@ export class ChangeFeed {
       this.#failed("drain", "change feed could not claim changes (is the database locked?); retrying", error);
     } finally {
       // a drain that dispatched everything it claimed keeps the cursor a moment (FINISH_DELAY_MS)
-      if (this.#holding && this.#state === "running" && !this.#failing.has("drain")) this.#finishLater();
+      if (this.#claims.holding && this.#state === "running" && !this.#outages.quiet("drain")) this.#finishLater();
       else this.#finishClaims();
     }
   }
@@ -461,42 +356,23 @@ export class ChangeFeed {
     if (this.#finishTimer) this.#finishTimer.refresh();
     else this.#finishTimer = setTimeout(this.#finishIdle, FINISH_DELAY_MS);
     // under a steady stream of writes #finishClaims may not run for a long time: prune here too
-    this.#maybePrune(Date.now());
+    this.#claims.maybePrune(Date.now());
   }
 
   #finishIdle = (): void => {
     this.#finishTimer = null;
-    if (this.#state !== "running" || !this.#holding) return;
+    if (this.#state !== "running" || !this.#claims.holding) return;
     // a drain to come marks them done as it claims (or keeps the cursor again)
     if (this.#pass || this.#immediate || this.#delayed) return;
-    if (this.#client.inTransaction) this.#finishLater();
+    if (this.#capture.busy) this.#finishLater();
     else this.#finishClaims();
   };
 
-  /**
-   * Marks what was dispatched done and gives the cursor back — with the
-   * changes not dispatched yet when a drain stopped mid-batch (close, an
-   * error), for any feed to take at once. Stops renewing.
-   */
+  /** Marks what was dispatched done and gives the cursor back (see Claims.release). */
   #finishClaims(): void {
     if (this.#finishTimer) clearTimeout(this.#finishTimer);
     this.#finishTimer = null;
-    if (this.#renewTimer) clearInterval(this.#renewTimer);
-    this.#renewTimer = null;
-    // inside a transaction the app holds open, our writes would share its fate: do them later
-    if (this.#client.inTransaction || !this.#log || !this.#holding) return;
-    const now = Date.now();
-    try {
-      if (!this.#log.complete(this.owner, this.#doneUpTo)) this.#warnLostClaim();
-      this.#sawDone(this.#doneUpTo, this.#doneUpTo);
-      if (this.#doneUpTo > 0) this.#prunePending = true;
-      this.#doneUpTo = 0;
-      this.#holding = false;
-      this.#maybePrune(now);
-    } catch (error) {
-      // still holding: the next drain completes them (or the lease runs out)
-      this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
-    }
+    this.#claims.release();
   }
 
   #outsideRequests<T>(fn: () => T): T {
@@ -507,169 +383,17 @@ export class ChangeFeed {
   #sawDone(observed: number, own: number): void {
     if (this.#seenDone >= 0 && observed > Math.max(this.#seenDone, own)) {
       // another feed dispatched up to `observed`: notes of those changes are no use here
-      this.#notes?.forget(observed);
-      if (!this.#otherFeedSeen) {
-        this.#otherFeedSeen = true;
-        this.#onOtherFeed?.();
-      }
+      this.#capture.forgetRequests(observed);
+      this.#onOtherFeed?.();
     }
     this.#seenDone = Math.max(this.#seenDone, observed, own);
   }
 
-  #reportTakeOver({ from, why, after }: TakeOver): void {
-    const reason = why === "gone" ? "its process on this host is gone" : "its lease ran out";
-    this.#logger.warn(
-      `change feed took over changes claimed by ${from} (${reason}); changes after seq ${after} it may have dispatched are dispatched again`,
-      {
-        from,
-        reason: why,
-        after,
-      },
-    );
-  }
-
-  #warnLostClaim(): void {
-    this.#logger.warn(
-      "change feed lost its claim (lease ran out while dispatching): another feed dispatches those changes again; raise capture.leaseMs",
-    );
-  }
-
-  /** Renews this feed's claims every leaseMs / 3 while it dispatches, so a slow hook is not taken for a dead process. */
-  #holdClaims(): void {
-    if (this.#renewTimer) return;
-    this.#renewTimer = setInterval(
-      () => {
-        if (this.#client.inTransaction) return;
-        try {
-          this.#log!.renew(this.owner, Date.now() + this.#options.leaseMs);
-        } catch (error) {
-          this.#failed("renew", "change feed could not renew its claims", error);
-        }
-      },
-      Math.max(1, Math.floor(this.#options.leaseMs / 3)),
-    );
-    this.#renewTimer.unref();
-  }
-
-  #maybePrune(now: number): void {
-    if (!this.#prunePending || now - this.#lastPrune < PRUNE_INTERVAL_MS || this.#client.inTransaction) return;
-    this.#prunePending = false;
-    this.#lastPrune = now;
-    try {
-      this.#log!.prune(now, this.#options.retain);
-    } catch (error) {
-      this.#failed("prune", "change feed could not prune the change log", error);
-    }
-  }
-
-  /** Runs the change's hook; returns a promise only for an async hook (settled, never rejecting). */
-  #dispatch(change: ChangeRecord, requestId: string | undefined): Promise<void> | undefined {
-    const cls = this.#registry.forTableName(change.table);
-    if (!cls) {
-      // captured while the table was bound (or by another app version); nobody here handles it
-      if (!this.#warnedUnbound.has(change.table)) {
-        this.#warnedUnbound.add(change.table);
-        this.#logger.warn(`changes of table "${change.table}" are skipped: no ModelStream is bound to it`, {
-          table: change.table,
-        });
-      }
-      return;
-    }
-    let step: "decode" | "onSave" | "onDelete" = "decode";
-    try {
-      let decode = this.#decoders.get(cls);
-      if (!decode) this.#decoders.set(cls, (decode = rowDecoder(cls.tableInfo())));
-      const entity = decode(change.row);
-      const stream = cls.for(entity) as ModelStream;
-      // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
-      // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
-      Object.defineProperty(entity, "stream", {
-        value: stream,
-        configurable: true,
-        enumerable: false,
-        writable: false,
-      });
-      stream.entity = entity as ModelStream["entity"];
-      step = change.op === "delete" ? "onDelete" : "onSave";
-      // passes run outside any request (#startPass): a change written in one runs inside its id again
-      const result =
-        requestId === undefined
-          ? runHook(stream, entity, change.op)
-          : this.#requests!.run(requestId, () => runHook(stream, entity, change.op));
-      // most hooks are synchronous (they fire broadcasts and return): no timer for those
-      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
-        const hook = step;
-        return this.#settled(Promise.resolve(result)).catch((error: unknown) =>
-          this.#hookFailed(cls, change, hook, error),
-        );
-      }
-    } catch (error) {
-      this.#hookFailed(cls, change, step, error);
-    }
-    return undefined;
-  }
-
-  #hookFailed(
-    cls: AnyModelStreamClass,
-    change: ChangeRecord,
-    step: "decode" | "onSave" | "onDelete",
-    error: unknown,
-  ): void {
-    const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
-    const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
-    this.#logger.error(failure.message, {
-      code: failure.code,
-      table: failure.table,
-      key: failure.key,
-      seq: failure.seq,
-      error,
-    });
-  }
-
-  /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
-  async #settled(result: Promise<unknown>): Promise<void> {
-    const ms = this.#options.hookTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)),
-        ms,
-      );
-    });
-    try {
-      await Promise.race([result, timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
   #failed(kind: string, message: string, error: unknown, level: "warn" | "error" = "warn"): void {
-    if (this.#failing.has(kind)) return;
-    this.#failing.add(kind);
-    this.#logger[level](message, { error });
+    this.#outages.log(kind, level, message, { error });
   }
 
   #recovered(kind: string): void {
-    if (this.#failing.size > 0 && this.#failing.delete(kind)) this.#logger.info(`change feed ${kind} works again`);
-  }
-}
-
-/** Calls the change's hook on its stream; returns what the hook returned (a promise for an async one). */
-function runHook(stream: ModelStream, entity: Record<string, unknown>, op: ChangeRecord["op"]): unknown {
-  return op === "delete"
-    ? stream.onDelete(entity as never)
-    : stream.onSave(entity as never, { created: op === "insert" });
-}
-
-/** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */
-function keyOf(cls: AnyModelStreamClass, rowJson: string): unknown {
-  try {
-    const row = JSON.parse(rowJson) as Record<string, unknown>;
-    const keys = cls.tableInfo().keys;
-    return keys.length === 1
-      ? row[keys[0]!.column.name]
-      : Object.fromEntries(keys.map((k) => [k.key, row[k.column.name]]));
-  } catch {
-    return undefined;
+    this.#outages.recovered(kind, `change feed ${kind} works again`);
   }
 }

@@ -1,4 +1,5 @@
 import type Database from "better-sqlite3";
+import type { ChangeOp, ChangeRecord, TakeOver } from "./capture.js";
 import { ownerMayBeAlive } from "./owner.js";
 import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
 
@@ -47,26 +48,6 @@ export const LOG_DDL = [
 )`,
   `INSERT OR IGNORE INTO ${quoteIdent(CURSOR_TABLE)} (id, done_seq) VALUES (1, 0)`,
 ];
-
-export type ChangeOp = "insert" | "update" | "delete";
-
-/** One captured change, as claimed from the log. */
-export interface ChangeRecord {
-  seq: number;
-  table: string;
-  op: ChangeOp;
-  /** JSON object of the row's columns. */
-  row: string;
-}
-
-/** A claim this feed took over from another: whose, why, and from which seq its changes are dispatched again. */
-export interface TakeOver {
-  from: string;
-  /** "expired": its lease ran out; "gone": it ran on this host and its process no longer exists. */
-  why: "expired" | "gone";
-  /** done_seq when taken: changes after it that the other feed had dispatched are dispatched again. */
-  after: number;
-}
 
 export interface PollResult {
   /** `PRAGMA schema_version`: changes when any connection alters the schema (a migration). */

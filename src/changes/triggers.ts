@@ -1,5 +1,6 @@
 import type Database from "better-sqlite3";
 import { CaptureInstallError } from "../errors.js";
+import type { CaptureSync } from "./capture.js";
 import { LOG_DDL } from "./log.js";
 import { LOG_TABLE, NAMESPACE, quoteIdent, quoteLiteral } from "./sql.js";
 
@@ -114,17 +115,8 @@ export function triggerStatements(table: string, columns: readonly TriggerColumn
   ]);
 }
 
-export interface TriggerSync {
-  /** Triggers created or recreated. */
-  created: string[];
-  /** turbocast triggers dropped: stale ones, and those of tables no longer bound. */
-  dropped: string[];
-  /** Bound tables that do not exist (yet): captured once a migration creates them. */
-  missingTables: string[];
-  /** Columns the Drizzle table declares but the database table lacks (their values decode as undefined). */
-  missingColumns: Array<{ table: string; columns: string[] }>;
-  /** Tables whose triggers are in place. */
-  captured: string[];
+/** A sync as the SQLite adapter sees it: CaptureSync, plus what it needs for the next one. */
+export interface TriggerSync extends CaptureSync {
   /** `PRAGMA schema_version` after the sync, read under the same write lock. */
   schemaVersion: number;
   /** Every trigger this sync wanted, by name: pass it back as `previous` on the next (runtime) sync. */

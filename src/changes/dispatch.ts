@@ -1,0 +1,222 @@
+import { HookError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
+import type { Logger } from "../logger.js";
+import type { ModelStream } from "../streams/model-stream.js";
+import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
+import type { TableInfo } from "../streams/table.js";
+import type { ChangeOp, ChangeRecord } from "./capture.js";
+import type { RowDecoder } from "./decode.js";
+import type { RequestScopeAccess } from "./request-notes.js";
+
+/**
+ * A captured change as its hooks see it: decoded through the bound class's
+ * Drizzle columns. The change context hooks will get (`previous`, `changed`,
+ * `version`, `actor`) is built from here.
+ */
+export interface DecodedChange {
+  /** The change's position in the log: monotonic per database, the same in every process. */
+  seq: number;
+  table: string;
+  op: ChangeOp;
+  /** The ModelStream class bound to the table. */
+  model: AnyModelStreamClass;
+  /** The row after the change (before it, for a delete), as `db.select()` would return it. */
+  entity: Record<string, unknown>;
+  /** The request this process wrote the change in (RequestNotes); undefined for every other writer. */
+  requestId: string | undefined;
+}
+
+export type HookStep = "decode" | "onSave" | "onDelete";
+
+export interface HookDispatcherInit {
+  registry: StreamRegistry;
+  logger: Logger;
+  /** How long to wait for an async hook before logging it as failed (capture.hookTimeoutMs). */
+  hookTimeoutMs: number;
+  /** The decoder of a bound table's captured rows: the capture adapter's (it knows how its dialect encodes them). */
+  decoderFor: (info: TableInfo) => RowDecoder;
+  /** Runs a hook inside the request its change was written in. */
+  requests?: RequestScopeAccess;
+}
+
+/**
+ * The "hook" step of the data flow: decodes a claimed change, gives the
+ * entity `.stream`, and calls `onSave(entity, { created })` or
+ * `onDelete(entity)` on the bound class's stream. A failure (decoding, a
+ * throwing or rejecting hook, one that does not settle within
+ * hookTimeoutMs) is logged as a HookError and never thrown: the feed goes on
+ * with the next change.
+ *
+ * Failures go through a LogThrottle by class, step and error kind: during a
+ * broker outage every hook that broadcasts fails the same way, and the first
+ * failure is logged in full, the rest counted — reported with the next line
+ * of that kind (at most once a minute) or when the hook next succeeds.
+ */
+export class HookDispatcher {
+  readonly #registry: StreamRegistry;
+  readonly #logger: Logger;
+  readonly #hookTimeoutMs: number;
+  readonly #decoderFor: (info: TableInfo) => RowDecoder;
+  readonly #requests: RequestScopeAccess | undefined;
+  readonly #throttle: LogThrottle;
+  /** Throttle kinds of the failures being counted, by `table.step`: the step's next success reports them. */
+  readonly #failing = new Map<string, Set<string>>();
+  /** Each bound class's row decoder (rowDecoder's own cache is keyed by TableInfo, which costs a lookup to get). */
+  #decoders = new Map<AnyModelStreamClass, RowDecoder>();
+
+  constructor(init: HookDispatcherInit) {
+    this.#registry = init.registry;
+    this.#logger = init.logger;
+    this.#hookTimeoutMs = init.hookTimeoutMs;
+    this.#decoderFor = init.decoderFor;
+    this.#requests = init.requests;
+    this.#throttle = new LogThrottle(init.logger);
+  }
+
+  /**
+   * Decodes the change and runs its hook; returns a promise only for an
+   * async hook (settled, never rejecting), so the common synchronous hook
+   * costs no microtask.
+   */
+  dispatch(change: ChangeRecord, requestId: string | undefined): Promise<void> | undefined {
+    const cls = this.#registry.forTableName(change.table);
+    if (!cls) {
+      // captured while the table was bound (or by another app version); nobody here handles it
+      this.#throttle.log(
+        `unbound:${change.table}`,
+        "warn",
+        `changes of table "${change.table}" are skipped: no ModelStream is bound to it`,
+        { table: change.table },
+      );
+      return undefined;
+    }
+    let decoded: DecodedChange;
+    try {
+      decoded = this.decode(cls, change, requestId);
+    } catch (error) {
+      this.#hookFailed(cls, change, "decode", error);
+      return undefined;
+    }
+    this.#succeeded(cls, change, "decode");
+    return this.run(decoded, change);
+  }
+
+  /** The change decoded through `cls`'s columns; throws what the column mapping throws. */
+  decode(cls: AnyModelStreamClass, change: ChangeRecord, requestId: string | undefined): DecodedChange {
+    let decode = this.#decoders.get(cls);
+    if (!decode) this.#decoders.set(cls, (decode = this.#decoderFor(cls.tableInfo())));
+    return { seq: change.seq, table: change.table, op: change.op, model: cls, entity: decode(change.row), requestId };
+  }
+
+  /** Runs a decoded change's hook (see dispatch); `change` is the raw record, for the failure's log line. */
+  run(decoded: DecodedChange, change: ChangeRecord): Promise<void> | undefined {
+    const { model: cls, entity, op, requestId } = decoded;
+    // a class whose for() throws is logged as a decoding failure, as before the hook runs
+    let step: HookStep = "decode";
+    try {
+      const stream = cls.for(entity) as ModelStream;
+      // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
+      // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
+      Object.defineProperty(entity, "stream", {
+        value: stream,
+        configurable: true,
+        enumerable: false,
+        writable: false,
+      });
+      stream.entity = entity as ModelStream["entity"];
+      step = op === "delete" ? "onDelete" : "onSave";
+      // passes run outside any request (the feed's #startPass): a change written in one runs inside its id again
+      const result =
+        requestId === undefined
+          ? runHook(stream, entity, op)
+          : this.#requests!.run(requestId, () => runHook(stream, entity, op));
+      // most hooks are synchronous (they fire broadcasts and return): no timer for those
+      if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
+        const hook = step;
+        return this.#settled(Promise.resolve(result)).then(
+          () => this.#succeeded(cls, change, hook),
+          (error: unknown) => this.#hookFailed(cls, change, hook, error),
+        );
+      }
+      this.#succeeded(cls, change, step);
+    } catch (error) {
+      this.#hookFailed(cls, change, step, error);
+    }
+    return undefined;
+  }
+
+  #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep, error: unknown): void {
+    const what = step === "decode" ? `decoding a row of ${cls.name}` : `${cls.name}.${step}`;
+    const failure = new HookError(what, { table: change.table, key: keyOf(cls, change.row), seq: change.seq }, error);
+    const at = `${change.table}.${step}`;
+    const kind = `${at}:${errorKind(error)}`;
+    let kinds = this.#failing.get(at);
+    if (!kinds) this.#failing.set(at, (kinds = new Set()));
+    kinds.add(kind);
+    this.#throttle.log(kind, "error", failure.message, {
+      code: failure.code,
+      table: failure.table,
+      key: failure.key,
+      seq: failure.seq,
+      error,
+    });
+  }
+
+  /** A hook ran (or a row decoded): failures of that step counted since its last line are reported now. */
+  #succeeded(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep): void {
+    if (this.#failing.size === 0) return;
+    const at = `${change.table}.${step}`;
+    const kinds = this.#failing.get(at);
+    if (!kinds) return;
+    this.#failing.delete(at);
+    const what = step === "decode" ? `decoding rows of ${cls.name}` : `${cls.name}.${step}`;
+    for (const kind of kinds) {
+      // the throttle adds the count to the line; nothing to say when none was counted
+      this.#throttle.recovered(kind, this.#throttle.suppressed(kind) > 0 ? `${what} works again` : undefined);
+    }
+  }
+
+  /** Waits for an async hook, but no longer than hookTimeoutMs: one hung hook must not stall every process's feed. */
+  async #settled(result: Promise<unknown>): Promise<void> {
+    const ms = this.#hookTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`did not settle within ${ms} ms (capture.hookTimeoutMs); the feed went on`)),
+        ms,
+      );
+    });
+    try {
+      await Promise.race([result, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** Calls the change's hook on its stream; returns what the hook returned (a promise for an async one). */
+function runHook(stream: ModelStream, entity: Record<string, unknown>, op: ChangeOp): unknown {
+  return op === "delete"
+    ? stream.onDelete(entity as never)
+    : stream.onSave(entity as never, { created: op === "insert" });
+}
+
+/** What makes two failures "the same" for the log: the error's stable code, else its class. */
+function errorKind(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return code;
+  return (error as { name?: unknown } | null)?.constructor?.name ?? typeof error;
+}
+
+/** The logged form of a change's key, from its row JSON: the bare value, or `{ key: value }` for composite keys. */
+function keyOf(cls: AnyModelStreamClass, rowJson: string): unknown {
+  try {
+    const row = JSON.parse(rowJson) as Record<string, unknown>;
+    const keys = cls.tableInfo().keys;
+    return keys.length === 1
+      ? row[keys[0]!.column.name]
+      : Object.fromEntries(keys.map((k) => [k.key, row[k.column.name]]));
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,56 @@
+import type { Broker, Published } from "../brokers/broker.js";
+import { ClosedError } from "../errors.js";
+import { LogThrottle } from "../log-throttle.js";
+import type { Logger } from "../logger.js";
+
+/** The LogThrottle kind of a failed publish: one outage is one kind, whichever stream it hit. */
+const FAILED = "publish failed";
+
+/**
+ * The "publish" step of the data flow: every broadcast ends here, on its
+ * way to the broker. A hook may fire a broadcast without awaiting it, so a
+ * failed publish (a broker outage) is logged here and never becomes an
+ * unhandled rejection that takes the process down; callers who await still
+ * see the error.
+ */
+export class Publisher {
+  readonly #broker: Broker;
+  readonly #logger: Logger;
+  /** An outage is logged when it starts and counted until a publish succeeds: not one line per frame. */
+  readonly #throttle: LogThrottle;
+  #state: "open" | "closed" = "open";
+
+  constructor(broker: Broker, logger: Logger) {
+    this.#broker = broker;
+    this.#logger = logger;
+    this.#throttle = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
+  }
+
+  /** Publishes an already built frame to a stream name; rejects with ClosedError once closed. */
+  publish = (stream: string, frame: string): Promise<Published> => {
+    const published =
+      this.#state !== "open"
+        ? Promise.reject(new ClosedError("turbocast instance"))
+        : this.#broker.publish(stream, frame);
+    published.then(
+      () => {
+        // 0 as well when nothing failed: one map lookup per publish
+        const counted = this.#throttle.recovered(FAILED);
+        if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
+      },
+      (error: unknown) =>
+        void this.#throttle.log(
+          FAILED,
+          "warn",
+          `broadcast to ${stream} failed; further failures are counted until one succeeds`,
+          { error },
+        ),
+    );
+    return published;
+  };
+
+  /** From now on every publish rejects with ClosedError. Safe to call twice. */
+  close(): void {
+    this.#state = "closed";
+  }
+}
