@@ -20,6 +20,10 @@ import {
   notStartedError,
   redactUrl,
 } from "./connection.js";
+import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
+import { type FrameNotice, NoticePump } from "./postgres-pump.js";
+import { IDENTIFIER, type Statements, statements } from "./postgres-sql.js";
+import { Sweeper } from "./postgres-sweeper.js";
 
 /** Options of postgresBroker. Every default is listed here. */
 export interface PostgresBrokerOptions {
@@ -65,93 +69,10 @@ const DEFAULTS = {
   maxBackoffMs: 2_000,
 } as const;
 
-/** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
-const NOTIFY_LIMIT = 7_900;
-const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
-/** How long one prune may run (server-side statement_timeout). */
-const SWEEP_TIMEOUT_MS = 60_000;
-
 /** What the channel carries: a frame (inline when it fits), or a request that every process refresh its subscribers. */
-type Notice = { e: string; s: number; n?: string; f?: string } | { g: string; o: string; at: number };
-type FrameNotice = { e: string; s: number; n?: string; f?: string };
+type Notice = FrameNotice | { g: string; o: string; at: number };
 
 type State = "new" | "connecting" | "open" | "down" | "closed";
-
-/**
- * The SQL of one broker namespace. Frames live in `<prefix>_frames`; the
- * epoch and the seq counter in the single row of `<prefix>_meta`; each
- * stream's floor (the newest seq pruned from it) in `<prefix>_floors`, and
- * `expired_floor` in meta is the newest seq of any stream dropped whole.
- */
-function statements(prefix: string) {
-  const frames = `"${prefix}_frames"`;
-  const meta = `"${prefix}_meta"`;
-  const floors = `"${prefix}_floors"`;
-  return {
-    schema: `
-      create table if not exists ${frames} (
-        seq bigint primary key,
-        stream text not null,
-        frame text not null,
-        at timestamptz not null default now()
-      );
-      create index if not exists "${prefix}_frames_stream_seq" on ${frames} (stream, seq);
-      create table if not exists ${meta} (
-        id smallint primary key check (id = 1),
-        epoch text not null,
-        seq bigint not null,
-        expired_floor bigint not null default 0
-      );
-      create table if not exists ${floors} (stream text primary key, floor bigint not null);`,
-    // a new epoch's seqs start above every earlier one's (see EPOCH_SEQ_MARGIN)
-    createEpoch: `
-      insert into ${meta} (id, epoch, seq)
-      values (1, $1, greatest($2::bigint, (extract(epoch from clock_timestamp()) * 10000)::bigint,
-                               (select coalesce(max(seq), 0) from ${frames})))
-      on conflict (id) do nothing`,
-    head: `select epoch, seq::text as seq from ${meta} where id = 1`,
-    // One statement, one transaction: the row lock taken by the update is held
-    // until commit, so publishers are serialized and commit order (which is
-    // NOTIFY delivery order) equals seq order. A rollback undoes the
-    // increment too, so seqs have no holes.
-    publish: `
-      with m as (update ${meta} set seq = seq + 1 where id = 1 returning epoch, seq),
-           f as (insert into ${frames} (seq, stream, frame) select seq, $1, $2 from m),
-           p as (select json_build_object('e', epoch, 's', seq, 'n', $1::text, 'f', $2::text)::text as full,
-                        json_build_object('e', epoch, 's', seq)::text as short from m)
-      select m.epoch, m.seq::text as seq,
-             pg_notify($3, case when octet_length(p.full) < ${NOTIFY_LIMIT} then p.full else p.short end)
-      from m, p`,
-    fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
-    // read frames first, floors after: a prune in between can only raise the
-    // floor, so a cursor that passes the later check saw complete frames
-    historyFrames: `select seq::text as seq, stream, frame from ${frames} where stream = any($1) and seq > $2 order by seq`,
-    historyFloor: `
-      select epoch, seq::text as seq,
-             greatest(expired_floor, (select coalesce(max(floor), 0) from ${floors} where stream = any($1)))::text as floor
-      from ${meta} where id = 1`,
-    sweepLock: `select pg_try_advisory_xact_lock(hashtext($1)) as locked`,
-    prune: `
-      with ranked as (
-        select seq, at, row_number() over (partition by stream order by seq desc) as rn from ${frames}
-      ), doomed as (
-        delete from ${frames} f using ranked r
-        where f.seq = r.seq and r.rn > $1 and (r.rn > $2 or r.at < now() - $3 * interval '1 millisecond')
-        returning f.stream, f.seq
-      )
-      insert into ${floors} (stream, floor) select stream, max(seq) from doomed group by stream
-      on conflict (stream) do update set floor = greatest(${floors}.floor, excluded.floor)`,
-    expire: `
-      with idle as (
-        select stream, max(seq) as last from ${frames} group by stream having max(at) < now() - $1 * interval '1 millisecond'
-      ), gone as (
-        delete from ${frames} f using idle i where f.stream = i.stream
-      ), forgotten as (
-        delete from ${floors} fl using idle i where fl.stream = i.stream
-      )
-      update ${meta} set expired_floor = greatest(expired_floor, (select coalesce(max(last), 0) from idle)) where id = 1`,
-  };
-}
 
 /**
  * A broker on PostgreSQL LISTEN/NOTIFY: frames are stored in a table and
@@ -171,7 +92,7 @@ export class PostgresBroker implements Broker {
   #target: string;
   #prefix: string;
   #channel: string;
-  #sql: ReturnType<typeof statements>;
+  #sql: Statements;
   #history: Required<HistoryOptions>;
   #idleMs: number;
   #applicationName: string;
@@ -192,19 +113,12 @@ export class PostgresBroker implements Broker {
   #lastGapAt = 0;
   #epoch: string | null = null;
   #epochLost = false;
-  /**
-   * seq of the newest frame delivered: the listener delivers seqs one by one
-   * from here. `null` right after a new epoch began, until its first notice.
-   */
-  #delivered: number | null = 0;
   #maxSeen = 0;
-  #inbox: FrameNotice[] = [];
-  #pumping = false;
+  #pump: NoticePump;
+  #sweeper: Sweeper | null = null;
   #attempt = 0;
   #recovering = false;
-  #sweeping = false;
   #refreshRequested = false;
-  #sweepFailing = false;
   #timers = new TimerSet();
   #intervals: NodeJS.Timeout[] = [];
 
@@ -230,6 +144,18 @@ export class PostgresBroker implements Broker {
       }
     }
     this.#sql = statements(this.#prefix);
+    this.#pump = new NoticePump(
+      {
+        isOpen: () => this.#state === "open",
+        epoch: () => this.#epoch,
+        seen: (epoch, seq) => this.#seen(epoch, seq),
+        pool: () => this.#pool,
+        deliver: (frame) => this.#hand(frame),
+        gap: (reason) => this.#gap(reason),
+        queryFailed: (error) => this.#queryFailed(error),
+      },
+      this.#sql.fetchRange,
+    );
     this.#history = resolveHistory(options.history);
     this.#idleMs = Math.max(options.idleMs ?? DEFAULTS.idleMs, this.#history.ageMs);
     this.#applicationName = options.applicationName ?? DEFAULTS.applicationName;
@@ -253,6 +179,13 @@ export class PostgresBroker implements Broker {
     this.#deliver = deliver;
     this.#events = events;
     this.#outage = new OutageLog("postgres", this.#target, events);
+    this.#sweeper = new Sweeper({
+      sql: this.#sql,
+      prefix: this.#prefix,
+      history: this.#history,
+      idleMs: this.#idleMs,
+      events,
+    });
     this.#pool = this.#createPool();
 
     const deadline = Date.now() + this.#connectTimeoutMs;
@@ -275,7 +208,7 @@ export class PostgresBroker implements Broker {
       }
     }
     this.#state = "open";
-    void this.#pump();
+    void this.#pump.run();
     this.#every(this.#sweepIntervalMs, () => void this.#sweep());
     // a LISTEN connection that silently died (a cut network) would never say so: ask it now and then
     this.#every(Math.max(1_000, this.#commandTimeoutMs * 2), () => void this.#heartbeat());
@@ -383,7 +316,7 @@ export class PostgresBroker implements Broker {
     for (const interval of this.#intervals) clearInterval(interval);
     this.#intervals = [];
     this.#deliver = null;
-    this.#inbox = [];
+    this.#pump.clear();
     const listener = this.#listener;
     const pool = this.#pool;
     this.#listener = null;
@@ -441,10 +374,7 @@ export class PostgresBroker implements Broker {
     if (this.#epoch !== null && this.#epoch !== epoch) this.#epochLost = true;
     this.#epoch = epoch;
     this.#maxSeen = Math.max(this.#maxSeen, seq);
-    // frames between the last one delivered and this head were missed; the
-    // refresh that follows a reconnect covers them
-    this.#delivered = seq;
-    this.#inbox = this.#inbox.filter((notice) => notice.s > seq);
+    this.#pump.resetTo(seq);
   }
 
   /** Creates the tables and the epoch when missing; returns the current epoch and head seq. */
@@ -478,7 +408,7 @@ export class PostgresBroker implements Broker {
     if (this.#state === "open") this.#state = "down";
     if (this.#state !== "down") return;
     this.#outage?.begin(what, error);
-    this.#inbox = [];
+    this.#pump.clear();
     this.#dropListener();
     this.#scheduleRecovery();
   }
@@ -515,7 +445,7 @@ export class PostgresBroker implements Broker {
     );
     this.#epochLost = false;
     this.#gap("the postgres connection was interrupted");
-    void this.#pump();
+    void this.#pump.run();
     if (refusedAt > 0) {
       // publishes refused here were lost for every process: ask them all to refresh
       const request: Notice = { g: "postgres publishes were refused during an outage", o: this.#id, at: refusedAt };
@@ -585,74 +515,10 @@ export class PostgresBroker implements Broker {
       this.#gap(notice.g);
       return;
     }
-    this.#inbox.push(notice);
-    if (this.#state === "open") void this.#pump();
-  }
-
-  /**
-   * Delivers notices strictly in seq order. NOTIFY arrives in commit order,
-   * which is seq order; a notice without its frame (too large to inline), or
-   * one that skips seqs, makes the pump read the missing frames from the
-   * table first. Frames the table no longer has mean a gap.
-   */
-  async #pump(): Promise<void> {
-    if (this.#pumping) return;
-    this.#pumping = true;
-    try {
-      while (this.#inbox.length > 0 && this.#state === "open") {
-        const notice = this.#inbox.shift()!;
-        if (notice.e !== this.#epoch) this.#seen(notice.e, notice.s);
-        if (this.#delivered !== null && notice.s <= this.#delivered) continue;
-        // a new epoch does not continue the old one's seqs: it starts at its first notice
-        const from = this.#delivered ?? notice.s - 1;
-        if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
-          this.#hand({
-            stream: notice.n,
-            seq: notice.s,
-            position: formatPosition(notice.e, notice.s),
-            frame: notice.f,
-          });
-          continue;
-        }
-        const pool = this.#pool;
-        if (!pool) return;
-        let rows: Array<{ seq: string; stream: string; frame: string }>;
-        try {
-          rows = (
-            await pool.query<{ seq: string; stream: string; frame: string }>(this.#sql.fetchRange, [from, notice.s])
-          ).rows;
-        } catch (error) {
-          // frames that could not be read: this process's subscribers refresh
-          // (after the recovery, when the connection broke)
-          this.#queryFailed(error);
-          if (this.#state === "open") {
-            this.#delivered = notice.s;
-            this.#gap(`frames up to seq ${notice.s} could not be read: ${errorMessage(error)}`);
-            continue;
-          }
-          return;
-        }
-        if (this.#state !== "open") return;
-        let missing = false;
-        let expected = from + 1;
-        for (const row of rows) {
-          const seq = Number(row.seq);
-          if (seq < expected) continue;
-          if (seq !== expected) missing = true;
-          this.#hand({ stream: row.stream, seq, position: formatPosition(notice.e, seq), frame: row.frame });
-          expected = seq + 1;
-        }
-        if (expected <= notice.s) missing = true;
-        this.#delivered = notice.s;
-        if (missing) this.#gap("frames were pruned before this process could read them");
-      }
-    } finally {
-      this.#pumping = false;
-    }
+    this.#pump.push(notice);
   }
 
   #hand(frame: Published): void {
-    this.#delivered = frame.seq;
     this.#maxSeen = Math.max(this.#maxSeen, frame.seq);
     try {
       this.#deliver?.(frame);
@@ -670,39 +536,8 @@ export class PostgresBroker implements Broker {
 
   async #sweep(): Promise<void> {
     const pool = this.#pool;
-    if (this.#state !== "open" || !pool || this.#sweeping) return;
-    this.#sweeping = true;
-    let client: pg.PoolClient | undefined;
-    try {
-      client = await pool.connect();
-      // pruning a big table may take longer than a publish may: its own,
-      // longer timeout, enforced by the server too
-      const query = (text: string, values: unknown[] = []) =>
-        client!.query({ text, values, query_timeout: SWEEP_TIMEOUT_MS + 5_000 } as pg.QueryConfig);
-      await query("begin");
-      await query(`set local statement_timeout = ${SWEEP_TIMEOUT_MS}`);
-      // one process sweeps at a time; the others skip this round
-      const locked = (await query(this.#sql.sweepLock, [`${this.#prefix}_sweep`])).rows[0]?.locked === true;
-      if (locked) {
-        await query(this.#sql.prune, [this.#history.frames, this.#history.maxFrames, this.#history.ageMs]);
-        await query(this.#sql.expire, [this.#idleMs]);
-      }
-      await query("commit");
-      client.release();
-      this.#sweepFailing = false;
-    } catch (error) {
-      if (client) {
-        await client.query("rollback").catch(() => {});
-        client.release(error as Error);
-      }
-      // a slow or failing prune is not an outage (the heartbeat and the
-      // listener tell those), and is logged once until a prune succeeds again
-      if (!this.#sweepFailing)
-        this.#events?.log("warn", "postgres broker could not prune old frames; retrying every sweep", error);
-      this.#sweepFailing = true;
-    } finally {
-      this.#sweeping = false;
-    }
+    if (this.#state !== "open" || !pool) return;
+    await this.#sweeper?.sweep(pool);
   }
 
   // --- helpers -------------------------------------------------------------
@@ -716,7 +551,7 @@ export class PostgresBroker implements Broker {
             "warn",
             `postgres broker's tables lost their history (new epoch ${epoch}): older cursors get a refresh`,
           );
-        this.#delivered = null;
+        this.#pump.newEpoch();
       }
       this.#epoch = epoch;
     }
@@ -744,20 +579,6 @@ export class PostgresBroker implements Broker {
 }
 
 /**
- * True for failures of the connection rather than of the statement: socket
- * errors, timeouts, and the SQLSTATE classes 08 (connection exception) and
- * 57P (operator intervention: shutdown, pg_terminate_backend), 53300 (too many connections).
- */
-function isConnectionError(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) {
-    return code.startsWith("08") || code.startsWith("57P") || code === "53300";
-  }
-  return true;
-}
-
-/**
  * Like libpq (psql), connect as the OS user when neither the URL nor PGUSER
  * nor USER names one; node-postgres alone would send no user at all where
  * USER is unset (containers, CI runners, services).
@@ -777,17 +598,6 @@ export function withDefaultUser(connectionString: string): string {
     return connectionString;
   }
   return url.toString();
-}
-
-/** A statement the server cancelled for its statement_timeout, or node-postgres's own timeouts (query read, pool wait). */
-function isTimeout(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
-  return code === "57014" || (!code && /timeout/i.test(error.message));
-}
-
-function isMissingTable(error: unknown): boolean {
-  return error instanceof Error && (error as { code?: unknown }).code === "42P01";
 }
 
 /**

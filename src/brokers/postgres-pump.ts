@@ -1,0 +1,126 @@
+import type pg from "pg";
+import { type Published, formatPosition } from "./broker.js";
+import { errorMessage } from "./connection.js";
+
+/** A frame's notice on the channel: inline when it fits under NOTIFY's limit, else only its seq. */
+export type FrameNotice = { e: string; s: number; n?: string; f?: string };
+
+/** What the pump needs from its broker. */
+export interface PumpHost {
+  /** Frames are delivered only while the broker is open. */
+  isOpen(): boolean;
+  epoch(): string | null;
+  /** A notice of another epoch than `epoch()` is reported here first (it may call `newEpoch()`). */
+  seen(epoch: string, seq: number): void;
+  pool(): pg.Pool | null;
+  deliver(frame: Published): void;
+  gap(reason: string): void;
+  queryFailed(error: unknown): void;
+}
+
+/**
+ * Delivers the PostgreSQL broker's notices strictly in seq order. NOTIFY
+ * arrives in commit order, which is seq order; a notice without its frame
+ * (too large to inline), or one that skips seqs, makes the pump read the
+ * missing frames from the table first. Frames the table no longer has mean a gap.
+ */
+export class NoticePump {
+  #host: PumpHost;
+  #fetchRange: string;
+  #inbox: FrameNotice[] = [];
+  #pumping = false;
+  /**
+   * seq of the newest frame delivered: notices are delivered one by one
+   * from here. `null` right after a new epoch began, until its first notice.
+   */
+  delivered: number | null = 0;
+
+  constructor(host: PumpHost, fetchRange: string) {
+    this.#host = host;
+    this.#fetchRange = fetchRange;
+  }
+
+  push(notice: FrameNotice): void {
+    this.#inbox.push(notice);
+    if (this.#host.isOpen()) void this.run();
+  }
+
+  /**
+   * The head read on (re)connecting: frames after it arrive as notices, those
+   * at or below it are dropped (frames between the last one delivered and
+   * this head were missed; the refresh that follows a reconnect covers them).
+   */
+  resetTo(seq: number): void {
+    this.delivered = seq;
+    this.#inbox = this.#inbox.filter((notice) => notice.s > seq);
+  }
+
+  /** A new epoch does not continue the old one's seqs: it starts at its first notice. */
+  newEpoch(): void {
+    this.delivered = null;
+  }
+
+  clear(): void {
+    this.#inbox = [];
+  }
+
+  async run(): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    const host = this.#host;
+    try {
+      while (this.#inbox.length > 0 && host.isOpen()) {
+        const notice = this.#inbox.shift()!;
+        if (notice.e !== host.epoch()) host.seen(notice.e, notice.s);
+        if (this.delivered !== null && notice.s <= this.delivered) continue;
+        const from = this.delivered ?? notice.s - 1;
+        if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
+          this.#hand({
+            stream: notice.n,
+            seq: notice.s,
+            position: formatPosition(notice.e, notice.s),
+            frame: notice.f,
+          });
+          continue;
+        }
+        const pool = host.pool();
+        if (!pool) return;
+        let rows: Array<{ seq: string; stream: string; frame: string }>;
+        try {
+          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#fetchRange, [from, notice.s]))
+            .rows;
+        } catch (error) {
+          // frames that could not be read: this process's subscribers refresh
+          // (after the recovery, when the connection broke)
+          host.queryFailed(error);
+          if (host.isOpen()) {
+            this.delivered = notice.s;
+            host.gap(`frames up to seq ${notice.s} could not be read: ${errorMessage(error)}`);
+            continue;
+          }
+          return;
+        }
+        if (!host.isOpen()) return;
+        let missing = false;
+        let expected = from + 1;
+        for (const row of rows) {
+          const seq = Number(row.seq);
+          if (seq < expected) continue;
+          if (seq !== expected) missing = true;
+          this.#hand({ stream: row.stream, seq, position: formatPosition(notice.e, seq), frame: row.frame });
+          expected = seq + 1;
+        }
+        if (expected <= notice.s) missing = true;
+        this.delivered = notice.s;
+        if (missing) host.gap("frames were pruned before this process could read them");
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #hand(frame: Published): void {
+    this.delivered = frame.seq;
+    this.#host.deliver(frame);
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * The PostgreSQL broker's SQL, beside its logic (postgres.ts) the way
+ * redis-scripts.ts sits beside redis.ts. Every statement of one broker
+ * namespace is built here from its table prefix, which the broker has
+ * checked against `IDENTIFIER` (it is spliced into the SQL as a quoted name).
+ */
+
+/** A table prefix or channel name that is safe to splice into SQL as a quoted identifier. */
+export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
+
+/** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
+export const NOTIFY_LIMIT = 7_900;
+
+/** The statements of one namespace (see `statements`). */
+export type Statements = ReturnType<typeof statements>;
+
+/**
+ * The SQL of one broker namespace. Frames live in `<prefix>_frames`; the
+ * epoch and the seq counter in the single row of `<prefix>_meta`; each
+ * stream's floor (the newest seq pruned from it) in `<prefix>_floors`, and
+ * `expired_floor` in meta is the newest seq of any stream dropped whole.
+ */
+export function statements(prefix: string) {
+  const frames = `"${prefix}_frames"`;
+  const meta = `"${prefix}_meta"`;
+  const floors = `"${prefix}_floors"`;
+  return {
+    schema: `
+      create table if not exists ${frames} (
+        seq bigint primary key,
+        stream text not null,
+        frame text not null,
+        at timestamptz not null default now()
+      );
+      create index if not exists "${prefix}_frames_stream_seq" on ${frames} (stream, seq);
+      create table if not exists ${meta} (
+        id smallint primary key check (id = 1),
+        epoch text not null,
+        seq bigint not null,
+        expired_floor bigint not null default 0
+      );
+      create table if not exists ${floors} (stream text primary key, floor bigint not null);`,
+    // a new epoch's seqs start above every earlier one's (see EPOCH_SEQ_MARGIN)
+    createEpoch: `
+      insert into ${meta} (id, epoch, seq)
+      values (1, $1, greatest($2::bigint, (extract(epoch from clock_timestamp()) * 10000)::bigint,
+                               (select coalesce(max(seq), 0) from ${frames})))
+      on conflict (id) do nothing`,
+    head: `select epoch, seq::text as seq from ${meta} where id = 1`,
+    // One statement, one transaction: the row lock taken by the update is held
+    // until commit, so publishers are serialized and commit order (which is
+    // NOTIFY delivery order) equals seq order. A rollback undoes the
+    // increment too, so seqs have no holes.
+    publish: `
+      with m as (update ${meta} set seq = seq + 1 where id = 1 returning epoch, seq),
+           f as (insert into ${frames} (seq, stream, frame) select seq, $1, $2 from m),
+           p as (select json_build_object('e', epoch, 's', seq, 'n', $1::text, 'f', $2::text)::text as full,
+                        json_build_object('e', epoch, 's', seq)::text as short from m)
+      select m.epoch, m.seq::text as seq,
+             pg_notify($3, case when octet_length(p.full) < ${NOTIFY_LIMIT} then p.full else p.short end)
+      from m, p`,
+    fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
+    // read frames first, floors after: a prune in between can only raise the
+    // floor, so a cursor that passes the later check saw complete frames
+    historyFrames: `select seq::text as seq, stream, frame from ${frames} where stream = any($1) and seq > $2 order by seq`,
+    historyFloor: `
+      select epoch, seq::text as seq,
+             greatest(expired_floor, (select coalesce(max(floor), 0) from ${floors} where stream = any($1)))::text as floor
+      from ${meta} where id = 1`,
+    sweepLock: `select pg_try_advisory_xact_lock(hashtext($1)) as locked`,
+    prune: `
+      with ranked as (
+        select seq, at, row_number() over (partition by stream order by seq desc) as rn from ${frames}
+      ), doomed as (
+        delete from ${frames} f using ranked r
+        where f.seq = r.seq and r.rn > $1 and (r.rn > $2 or r.at < now() - $3 * interval '1 millisecond')
+        returning f.stream, f.seq
+      )
+      insert into ${floors} (stream, floor) select stream, max(seq) from doomed group by stream
+      on conflict (stream) do update set floor = greatest(${floors}.floor, excluded.floor)`,
+    expire: `
+      with idle as (
+        select stream, max(seq) as last from ${frames} group by stream having max(at) < now() - $1 * interval '1 millisecond'
+      ), gone as (
+        delete from ${frames} f using idle i where f.stream = i.stream
+      ), forgotten as (
+        delete from ${floors} fl using idle i where fl.stream = i.stream
+      )
+      update ${meta} set expired_floor = greatest(expired_floor, (select coalesce(max(last), 0) from idle)) where id = 1`,
+  };
+}
