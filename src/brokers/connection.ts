@@ -1,5 +1,4 @@
 import { BrokerError } from "../errors.js";
-import type { BrokerEvents } from "./broker.js";
 
 /**
  * Reconnect delay for the `attempt`-th try (1-based): doubles from 50 ms up to
@@ -22,87 +21,9 @@ export function redactUrl(url: string): string {
   }
 }
 
-/**
- * Where a new epoch's seqs start. Hubs in running processes compare seqs
- * only, so a broker whose server lost its data (a Redis restart without
- * persistence) must not count from 1 again: subscribers would drop every
- * frame up to the old count. Time is the one counter all processes share, so
- * a new epoch starts at 10 × the server's Unix time in milliseconds (room for
- * 10 frames per millisecond on average over an epoch's lifetime, and below
- * 1e14, where Lua's number formatting would start rounding) — and above the
- * newest seq the creating process has seen, plus this margin for frames other
- * processes saw and it did not.
- */
-export const EPOCH_SEQ_MARGIN = 100_000;
-
-/** The lowest seq a new epoch may start at, given the newest seq this process has seen (0: none, no floor). */
-export function newEpochMinSeq(maxSeen: number): number {
-  return maxSeen > 0 ? maxSeen + EPOCH_SEQ_MARGIN : 0;
-}
-
 /** What head() and publish() throw before start(). */
 export function notStartedError(kind: string): BrokerError {
   return new BrokerError(`${kind} broker is not started: await broker.start() first`);
-}
-
-/**
- * One broker's view of its connection health, so that an outage is logged
- * once when it starts and once when it ends — never once per frame — and the
- * broker knows whether publishes were refused while it lasted.
- */
-export class OutageLog {
-  #kind: string;
-  #target: string;
-  #events: BrokerEvents;
-  #since: number | null = null;
-  #refused = 0;
-  /** Wall-clock ms of the newest publish refused since the last recovery (0: none). */
-  lastRefusedAt = 0;
-
-  constructor(kind: string, target: string, events: BrokerEvents) {
-    this.#kind = kind;
-    this.#target = target;
-    this.#events = events;
-  }
-
-  get down(): boolean {
-    return this.#since !== null;
-  }
-
-  /** Marks the start of an outage; logs only for the first call of an outage. */
-  begin(what: string, error?: unknown): void {
-    if (this.#since !== null) return;
-    this.#since = Date.now();
-    const detail = error instanceof Error ? `: ${error.message}` : "";
-    this.#events.log(
-      "warn",
-      `${this.#kind} broker lost ${what} to ${this.#target}${detail}; ` +
-        `publishing fails with TURBOCAST_BROKER until it is back; reconnecting with backoff`,
-      error,
-    );
-  }
-
-  /** A publish was refused during the outage (counted, never logged one by one). */
-  refused(): void {
-    this.#refused++;
-    this.lastRefusedAt = Date.now();
-  }
-
-  /** Marks the end of the outage; logs once (with `note` appended). Returns how many publishes were refused during it. */
-  end(note?: string): number {
-    if (this.#since === null) return 0;
-    const seconds = ((Date.now() - this.#since) / 1000).toFixed(1);
-    const refused = this.#refused;
-    this.#events.log(
-      "info",
-      `${this.#kind} broker reconnected to ${this.#target} after ${seconds}s` +
-        (refused > 0 ? ` (${refused} publish${refused === 1 ? "" : "es"} refused meanwhile)` : "") +
-        (note ? `; ${note}` : ""),
-    );
-    this.#since = null;
-    this.#refused = 0;
-    return refused;
-  }
 }
 
 export function errorMessage(error: unknown): string {

@@ -1,9 +1,11 @@
 import type pg from "pg";
+import { LogThrottle } from "../log-throttle.js";
 import type { BrokerEvents, HistoryOptions } from "./broker.js";
 import type { Statements } from "./postgres-sql.js";
 
 /** How long one prune may run (server-side statement_timeout). */
 const SWEEP_TIMEOUT_MS = 60_000;
+const PRUNE_FAILING = "prune failing";
 
 /**
  * The PostgreSQL broker's retention: prunes each stream to its history
@@ -15,9 +17,9 @@ export class Sweeper {
   #prefix: string;
   #history: Required<HistoryOptions>;
   #idleMs: number;
-  #events: BrokerEvents;
+  /** A failing prune is logged once, then counted until a prune succeeds again. */
+  #throttle: LogThrottle;
   #sweeping = false;
-  #failing = false;
 
   constructor(options: {
     sql: Statements;
@@ -30,7 +32,15 @@ export class Sweeper {
     this.#prefix = options.prefix;
     this.#history = options.history;
     this.#idleMs = options.idleMs;
-    this.#events = options.events;
+    const log = options.events.log;
+    this.#throttle = new LogThrottle(
+      {
+        info: (message) => log("info", message),
+        warn: (message, details) => log("warn", message, details?.error),
+        error: (message, details) => log("error", message, details?.error),
+      },
+      { intervalMs: Number.POSITIVE_INFINITY },
+    );
   }
 
   async sweep(pool: pg.Pool): Promise<void> {
@@ -53,17 +63,17 @@ export class Sweeper {
       }
       await query("commit");
       client.release();
-      this.#failing = false;
+      this.#throttle.recovered(PRUNE_FAILING);
     } catch (error) {
       if (client) {
         await client.query("rollback").catch(() => {});
         client.release(error as Error);
       }
       // a slow or failing prune is not an outage (the heartbeat and the
-      // listener tell those), and is logged once until a prune succeeds again
-      if (!this.#failing)
-        this.#events.log("warn", "postgres broker could not prune old frames; retrying every sweep", error);
-      this.#failing = true;
+      // listener tell those)
+      this.#throttle.log(PRUNE_FAILING, "warn", "postgres broker could not prune old frames; retrying every sweep", {
+        error,
+      });
     } finally {
       this.#sweeping = false;
     }

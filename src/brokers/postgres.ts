@@ -1,6 +1,4 @@
-import { randomBytes } from "node:crypto";
-import os from "node:os";
-import pg from "pg";
+import type pg from "pg";
 import { BrokerError, ClosedError, ConfigError } from "../errors.js";
 import {
   type Broker,
@@ -11,19 +9,21 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
+import { TimerSet, backoffMs, errorMessage, notStartedError, redactUrl } from "./connection.js";
+import { Continuity, decodeChannelMessage } from "./continuity.js";
 import {
-  OutageLog,
-  TimerSet,
-  backoffMs,
-  errorMessage,
-  newEpochMinSeq,
-  notStartedError,
-  redactUrl,
-} from "./connection.js";
+  type ConnectionConfig,
+  createListener,
+  createPool,
+  ensureSchema,
+  withDefaultUser,
+} from "./postgres-connection.js";
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
-import { type FrameNotice, NoticePump } from "./postgres-pump.js";
+import { NoticePump } from "./postgres-pump.js";
 import { IDENTIFIER, type Statements, statements } from "./postgres-sql.js";
 import { Sweeper } from "./postgres-sweeper.js";
+
+export { withDefaultUser } from "./postgres-connection.js";
 
 /** Options of postgresBroker. Every default is listed here. */
 export interface PostgresBrokerOptions {
@@ -69,9 +69,6 @@ const DEFAULTS = {
   maxBackoffMs: 2_000,
 } as const;
 
-/** What the channel carries: a frame (inline when it fits), or a request that every process refresh its subscribers. */
-type Notice = FrameNotice | { g: string; o: string; at: number };
-
 type State = "new" | "connecting" | "open" | "down" | "closed";
 
 /**
@@ -88,32 +85,24 @@ type State = "new" | "connecting" | "open" | "down" | "closed";
  */
 export class PostgresBroker implements Broker {
   readonly kind = "postgres";
-  #connectionString: string;
+  #config: ConnectionConfig;
   #target: string;
   #prefix: string;
   #channel: string;
   #sql: Statements;
   #history: Required<HistoryOptions>;
   #idleMs: number;
-  #applicationName: string;
-  #poolSize: number;
-  #commandTimeoutMs: number;
   #connectTimeoutMs: number;
   #maxBackoffMs: number;
   #sweepIntervalMs: number;
-  #id = randomBytes(6).toString("base64url");
 
   #state: State = "new";
   #pool: pg.Pool | null = null;
   #listener: pg.Client | null = null;
   #deliver: ((frame: Published) => void) | null = null;
   #events: BrokerEvents | null = null;
-  #outage: OutageLog | null = null;
+  #continuity: Continuity;
   #lastError: unknown = undefined;
-  #lastGapAt = 0;
-  #epoch: string | null = null;
-  #epochLost = false;
-  #maxSeen = 0;
   #pump: NoticePump;
   #sweeper: Sweeper | null = null;
   #attempt = 0;
@@ -129,7 +118,6 @@ export class PostgresBroker implements Broker {
         'postgresBroker needs { connectionString }, for example postgresBroker({ connectionString: "postgres://127.0.0.1:5432/app" })',
       );
     }
-    this.#connectionString = withDefaultUser(options.connectionString);
     this.#target = redactUrl(options.connectionString);
     this.#prefix = options.prefix ?? DEFAULTS.prefix;
     this.#channel = options.channel ?? this.#prefix;
@@ -147,24 +135,34 @@ export class PostgresBroker implements Broker {
     this.#pump = new NoticePump(
       {
         isOpen: () => this.#state === "open",
-        epoch: () => this.#epoch,
+        epoch: () => this.#continuity.epoch,
         seen: (epoch, seq) => this.#seen(epoch, seq),
         pool: () => this.#pool,
-        deliver: (frame) => this.#hand(frame),
-        gap: (reason) => this.#gap(reason),
+        deliver: (frame) => this.#continuity.deliver(this.#deliver, frame),
+        gap: (reason) => this.#continuity.gap(reason),
         queryFailed: (error) => this.#queryFailed(error),
       },
       this.#sql.fetchRange,
     );
     this.#history = resolveHistory(options.history);
     this.#idleMs = Math.max(options.idleMs ?? DEFAULTS.idleMs, this.#history.ageMs);
-    this.#applicationName = options.applicationName ?? DEFAULTS.applicationName;
-    this.#poolSize = options.poolSize ?? DEFAULTS.poolSize;
-    this.#commandTimeoutMs = options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs;
+    this.#config = {
+      connectionString: withDefaultUser(options.connectionString),
+      applicationName: options.applicationName ?? DEFAULTS.applicationName,
+      poolSize: options.poolSize ?? DEFAULTS.poolSize,
+      commandTimeoutMs: options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs,
+    };
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
     this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
     this.#sweepIntervalMs =
       options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(this.#history.ageMs / 2)));
+    this.#continuity = new Continuity(
+      { kind: "postgres", target: this.#target, historyLost: "the postgres broker's tables lost their history" },
+      {
+        gap: (reason) => this.#events?.gap(reason),
+        log: (level, message, error) => this.#events?.log(level, message, error),
+      },
+    );
   }
 
   /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
@@ -178,7 +176,6 @@ export class PostgresBroker implements Broker {
     this.#state = "connecting";
     this.#deliver = deliver;
     this.#events = events;
-    this.#outage = new OutageLog("postgres", this.#target, events);
     this.#sweeper = new Sweeper({
       sql: this.#sql,
       prefix: this.#prefix,
@@ -186,7 +183,9 @@ export class PostgresBroker implements Broker {
       idleMs: this.#idleMs,
       events,
     });
-    this.#pool = this.#createPool();
+    this.#pool = createPool(this.#config, (error) => {
+      this.#lastError = error;
+    });
 
     const deadline = Date.now() + this.#connectTimeoutMs;
     for (let attempt = 1; ; attempt++) {
@@ -211,7 +210,7 @@ export class PostgresBroker implements Broker {
     void this.#pump.run();
     this.#every(this.#sweepIntervalMs, () => void this.#sweep());
     // a LISTEN connection that silently died (a cut network) would never say so: ask it now and then
-    this.#every(Math.max(1_000, this.#commandTimeoutMs * 2), () => void this.#heartbeat());
+    this.#every(Math.max(1_000, this.#config.commandTimeoutMs * 2), () => void this.#heartbeat());
   }
 
   async publish(stream: string, frame: string): Promise<Published> {
@@ -224,7 +223,7 @@ export class PostgresBroker implements Broker {
       throw notStartedError("postgres");
     }
     if (this.#state === "down") {
-      this.#outage?.refused();
+      this.#continuity.refused();
       throw new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
     }
     for (let attempt = 0; ; attempt++) {
@@ -237,7 +236,7 @@ export class PostgresBroker implements Broker {
           // an outage. The frame may be lost, so every process refreshes soon.
           this.#requestRefreshSoon("a postgres publish timed out");
         } else if (isConnectionError(error)) {
-          this.#outage?.refused();
+          this.#continuity.refused();
           this.#lost("its connection", error);
         } else if (attempt === 0 && isMissingTable(error)) {
           // someone dropped the tables: recreate them (a new epoch) and try once more
@@ -303,10 +302,8 @@ export class PostgresBroker implements Broker {
         this.#queryFailed(error);
       }
     }
-    // PostgreSQL is unreachable: pages still render. The newest seq seen here
-    // is at or below the true head, which is safe (a cursor too low replays more).
-    if (this.#epoch === null) throw notStartedError("postgres");
-    return formatPosition(this.#epoch, this.#maxSeen);
+    // PostgreSQL is unreachable: pages still render
+    return this.#continuity.headWhileDown();
   }
 
   async close(): Promise<void> {
@@ -326,37 +323,10 @@ export class PostgresBroker implements Broker {
 
   // --- connecting ----------------------------------------------------------
 
-  #createPool(): pg.Pool {
-    const pool = new pg.Pool({
-      connectionString: this.#connectionString,
-      application_name: this.#applicationName,
-      max: this.#poolSize,
-      connectionTimeoutMillis: this.#commandTimeoutMs,
-      // the server gives up first (a publish it cancels was certainly not
-      // published); the client-side timeout is the backstop for a dead link
-      statement_timeout: this.#commandTimeoutMs,
-      query_timeout: this.#commandTimeoutMs + 1_000,
-      idleTimeoutMillis: 30_000,
-      keepAlive: true,
-    });
-    // an idle pooled connection that dies (a restart, pg_terminate_backend)
-    // is dropped by the pool; without this listener it would crash the process
-    pool.on("error", (error) => {
-      this.#lastError = error;
-    });
-    return pool;
-  }
-
-  /** LISTEN first, then read the head: every frame after it arrives as a notice. Returns nothing; sets epoch and delivered. */
+  /** LISTEN first, then read the head: every frame after it arrives as a notice. */
   async #connect(): Promise<void> {
     const pool = this.#pool!;
-    const listener = new pg.Client({
-      connectionString: this.#connectionString,
-      application_name: this.#applicationName,
-      connectionTimeoutMillis: this.#commandTimeoutMs,
-      query_timeout: this.#commandTimeoutMs,
-      keepAlive: true,
-    });
+    const listener = createListener(this.#config);
     this.#listener = listener;
     listener.on("error", (error) => {
       if (this.#listener === listener) this.#lost("its LISTEN connection", error);
@@ -371,34 +341,12 @@ export class PostgresBroker implements Broker {
     await listener.query(`listen "${this.#channel}"`);
     const { epoch, seq } = await this.#ensureSchema(pool);
     if (this.#isClosed()) return;
-    if (this.#epoch !== null && this.#epoch !== epoch) this.#epochLost = true;
-    this.#epoch = epoch;
-    this.#maxSeen = Math.max(this.#maxSeen, seq);
+    this.#continuity.seen(epoch, seq);
     this.#pump.resetTo(seq);
   }
 
-  /** Creates the tables and the epoch when missing; returns the current epoch and head seq. */
-  async #ensureSchema(pool: pg.Pool): Promise<{ epoch: string; seq: number }> {
-    const client = await pool.connect();
-    let failure: unknown;
-    try {
-      await client.query("begin");
-      // concurrent `create table if not exists` can collide on the catalog: one process at a time
-      await client.query("select pg_advisory_xact_lock(hashtext($1))", [`${this.#prefix}_schema`]);
-      await client.query(this.#sql.schema);
-      const minSeq = newEpochMinSeq(this.#maxSeen);
-      await client.query(this.#sql.createEpoch, [randomBytes(6).toString("base64url"), minSeq]);
-      const row = (await client.query<{ epoch: string; seq: string }>(this.#sql.head)).rows[0]!;
-      await client.query("commit");
-      return { epoch: row.epoch, seq: Number(row.seq) };
-    } catch (error) {
-      failure = error;
-      await client.query("rollback").catch(() => {});
-      throw error;
-    } finally {
-      // a connection that failed is destroyed rather than returned to the pool
-      client.release(failure !== undefined && isConnectionError(failure) ? (failure as Error) : undefined);
-    }
+  #ensureSchema(pool: pg.Pool): Promise<{ epoch: string; seq: number }> {
+    return ensureSchema(pool, this.#sql, this.#prefix, this.#continuity.newEpochMinSeq());
   }
 
   // --- outages -------------------------------------------------------------
@@ -407,7 +355,7 @@ export class PostgresBroker implements Broker {
     this.#lastError = error;
     if (this.#state === "open") this.#state = "down";
     if (this.#state !== "down") return;
-    this.#outage?.begin(what, error);
+    this.#continuity.lost(what, error);
     this.#pump.clear();
     this.#dropListener();
     this.#scheduleRecovery();
@@ -436,22 +384,14 @@ export class PostgresBroker implements Broker {
     this.#attempt = 0;
     this.#lastError = undefined;
     this.#state = "open";
-    const outage = this.#outage!;
-    const refusedAt = outage.lastRefusedAt;
-    outage.end(
-      this.#epochLost
-        ? `its tables had lost their history (new epoch ${this.#epoch}): older cursors get a refresh`
-        : undefined,
-    );
-    this.#epochLost = false;
-    this.#gap("the postgres connection was interrupted");
+    // the listener was down: this process's subscribers may have missed frames
+    const request = this.#continuity.recovered("the postgres connection was interrupted");
     void this.#pump.run();
-    if (refusedAt > 0) {
+    if (request) {
       // publishes refused here were lost for every process: ask them all to refresh
-      const request: Notice = { g: "postgres publishes were refused during an outage", o: this.#id, at: refusedAt };
       try {
         await this.#pool!.query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)]);
-        outage.lastRefusedAt = 0;
+        this.#continuity.requestSent(request);
       } catch (error) {
         this.#queryFailed(error);
       }
@@ -473,7 +413,8 @@ export class PostgresBroker implements Broker {
       this.#refreshRequested = false;
       const pool = this.#pool;
       if (this.#state !== "open" || !pool) return; // an outage's recovery asks for its own refresh
-      const request: Notice = { g: reason, o: this.#id, at };
+      // no head: the loss it reports was not before any later frame this process may not have seen yet
+      const request = this.#continuity.request(reason, at, { afterHead: false });
       pool
         .query("select pg_notify($1, $2)", [this.#channel, JSON.stringify(request)])
         .catch((error: unknown) => this.#queryFailed(error));
@@ -503,33 +444,13 @@ export class PostgresBroker implements Broker {
     // (re)established they wait in the inbox, and #connect drops those at or
     // below the head it reads
     if (this.#state === "closed") return;
-    let notice: Notice;
-    try {
-      notice = JSON.parse(payload) as Notice;
-    } catch {
+    const message = decodeChannelMessage(payload);
+    if (message === null) return;
+    if (message.kind === "refresh") {
+      this.#continuity.answer(message.request);
       return;
     }
-    if ("g" in notice) {
-      // our own request needs no second refresh here if one went out after the last refused publish
-      if (notice.o === this.#id && this.#lastGapAt > notice.at) return;
-      this.#gap(notice.g);
-      return;
-    }
-    this.#pump.push(notice);
-  }
-
-  #hand(frame: Published): void {
-    this.#maxSeen = Math.max(this.#maxSeen, frame.seq);
-    try {
-      this.#deliver?.(frame);
-    } catch (error) {
-      this.#events?.log("error", `delivering a frame of "${frame.stream}" failed`, error);
-    }
-  }
-
-  #gap(reason: string): void {
-    this.#lastGapAt = Date.now();
-    this.#events?.gap(reason);
+    this.#pump.push({ e: message.epoch, s: message.seq, n: message.stream, f: message.frame });
   }
 
   // --- retention -----------------------------------------------------------
@@ -543,19 +464,7 @@ export class PostgresBroker implements Broker {
   // --- helpers -------------------------------------------------------------
 
   #seen(epoch: string, seq: number): void {
-    if (epoch !== this.#epoch) {
-      if (this.#epoch !== null) {
-        if (this.#state === "down") this.#epochLost = true;
-        else
-          this.#events?.log(
-            "warn",
-            `postgres broker's tables lost their history (new epoch ${epoch}): older cursors get a refresh`,
-          );
-        this.#pump.newEpoch();
-      }
-      this.#epoch = epoch;
-    }
-    this.#maxSeen = Math.max(this.#maxSeen, seq);
+    if (this.#continuity.seen(epoch, seq) === "new") this.#pump.newEpoch();
   }
 
   /** (A method, not a field read, so TypeScript does not narrow it away across awaits.) */
@@ -576,28 +485,6 @@ export class PostgresBroker implements Broker {
     interval.unref();
     this.#intervals.push(interval);
   }
-}
-
-/**
- * Like libpq (psql), connect as the OS user when neither the URL nor PGUSER
- * nor USER names one; node-postgres alone would send no user at all where
- * USER is unset (containers, CI runners, services).
- */
-export function withDefaultUser(connectionString: string): string {
-  if (process.env.PGUSER || process.env.USER) return connectionString;
-  let url: URL;
-  try {
-    url = new URL(connectionString);
-  } catch {
-    return connectionString;
-  }
-  if (url.username !== "" || !/^postgres(ql)?:$/.test(url.protocol)) return connectionString;
-  try {
-    url.username = encodeURIComponent(os.userInfo().username);
-  } catch {
-    return connectionString;
-  }
-  return url.toString();
 }
 
 /**

@@ -31,7 +31,7 @@ local function now_ms()
 end
 local now = now_ms()
 -- a missing meta hash means a new epoch; its seqs start after every earlier
--- epoch's (see EPOCH_SEQ_MARGIN in connection.ts)
+-- epoch's (see EPOCH_SEQ_MARGIN in continuity.ts)
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
   local start = now * 10
   local min = tonumber(ARGV[2])

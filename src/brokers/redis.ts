@@ -10,15 +10,8 @@ import {
   parsePosition,
   resolveHistory,
 } from "./broker.js";
-import {
-  OutageLog,
-  TimerSet,
-  backoffMs,
-  errorMessage,
-  newEpochMinSeq,
-  notStartedError,
-  redactUrl,
-} from "./connection.js";
+import { TimerSet, backoffMs, errorMessage, notStartedError, redactUrl } from "./connection.js";
+import { Continuity, type RefreshRequest, decodeChannelMessage } from "./continuity.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, sha1 } from "./redis-scripts.js";
 
 /** Options of redisBroker. Every default is listed here. */
@@ -54,9 +47,6 @@ const DEFAULTS = {
   connectionName: "turbocast",
 } as const;
 
-/** What the PUBLISH channel carries: a frame, or a request that every process refresh its subscribers. */
-type Message = { e: string; s: number; n: string; f: string } | { g: string; o: string; at: number };
-
 type State = "new" | "connecting" | "open" | "down" | "closed";
 
 /**
@@ -69,7 +59,8 @@ type State = "new" | "connecting" | "open" | "down" | "closed";
  * publishes fail at once with a BrokerError (nothing is queued, so memory
  * stays flat), and after the subscription is restored every subscriber of
  * this process gets a refresh (it may have missed frames). If publishes were
- * refused, the broker asks every process to refresh once it is back.
+ * refused, the broker asks every process to refresh once it is back. One
+ * outage, one refresh per subscriber (see Continuity).
  */
 export class RedisBroker implements Broker {
   readonly kind = "redis";
@@ -84,8 +75,6 @@ export class RedisBroker implements Broker {
   #connectTimeoutMs: number;
   #maxBackoffMs: number;
   #connectionName: string;
-  /** Identifies this broker's own refresh requests on the channel. */
-  #id = randomBytes(6).toString("base64url");
 
   #state: State = "new";
   #cmd: Redis | null = null;
@@ -96,17 +85,10 @@ export class RedisBroker implements Broker {
   #subMissed = false;
   #deliver: ((frame: Published) => void) | null = null;
   #events: BrokerEvents | null = null;
-  #outage: OutageLog | null = null;
+  #continuity: Continuity;
   #lastError: unknown = undefined;
-  /** Wall-clock ms of the last refresh this broker asked its own subscribers for. */
-  #lastGapAt = 0;
-  #epoch: string | null = null;
-  /** The epoch changed during the current outage (Redis lost its data): said when the outage ends. */
-  #epochLost = false;
   /** seq of the newest frame delivered in the current epoch (frames at or below it are duplicates). */
   #delivered = 0;
-  /** The newest seq this broker has seen in any way: head() falls back to it while Redis is unreachable. */
-  #maxSeen = 0;
   #timers = new TimerSet();
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
 
@@ -131,6 +113,13 @@ export class RedisBroker implements Broker {
         `redisBroker connectionName "${this.#connectionName}" must be printable ASCII without spaces (CLIENT SETNAME)`,
       );
     }
+    this.#continuity = new Continuity(
+      { kind: "redis", target: this.#target, historyLost: `Redis at ${this.#target} lost the broker's keys` },
+      {
+        gap: (reason) => this.#events?.gap(reason),
+        log: (level, message, error) => this.#events?.log(level, message, error),
+      },
+    );
   }
 
   /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
@@ -144,7 +133,6 @@ export class RedisBroker implements Broker {
     this.#state = "connecting";
     this.#deliver = deliver;
     this.#events = events;
-    this.#outage = new OutageLog("redis", this.#target, events);
 
     const opened = new Promise<void>((resolve, reject) => (this.#opened = { resolve, reject }));
     const timeout = this.#timer(this.#connectTimeoutMs, () => {
@@ -177,7 +165,7 @@ export class RedisBroker implements Broker {
       throw notStartedError("redis");
     }
     if (!this.#cmdUp) {
-      this.#outage?.refused();
+      this.#continuity.refused();
       throw new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
     }
     let reply: unknown;
@@ -188,7 +176,7 @@ export class RedisBroker implements Broker {
         [`${this.#prefix}meta`, `${this.#prefix}clock`, this.#streamKey(stream)],
         [
           this.#newEpoch(),
-          newEpochMinSeq(this.#maxSeen),
+          this.#continuity.newEpochMinSeq(),
           stream,
           frame,
           this.#history.frames,
@@ -203,7 +191,7 @@ export class RedisBroker implements Broker {
       this.#commandFailed(error);
       // a publish lost to the connection is a frame nobody gets: counted, so
       // every process is asked to refresh once Redis is back
-      if (!isReplyError(error)) this.#outage?.refused();
+      if (!isReplyError(error)) this.#continuity.refused();
       throw new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error });
     }
     const [epoch, seq] = reply as [string, number];
@@ -255,7 +243,7 @@ export class RedisBroker implements Broker {
           cmd,
           HEAD_SCRIPT,
           [`${this.#prefix}meta`],
-          [this.#newEpoch(), newEpochMinSeq(this.#maxSeen)],
+          [this.#newEpoch(), this.#continuity.newEpochMinSeq()],
         )) as [string, number];
         this.#seen(epoch, seq);
         return formatPosition(epoch, seq);
@@ -263,10 +251,8 @@ export class RedisBroker implements Broker {
         this.#commandFailed(error);
       }
     }
-    // Redis is unreachable: pages still render. The newest seq seen here is at
-    // or below the true head, which is safe (a cursor too low replays more).
-    if (this.#epoch === null) throw notStartedError("redis");
-    return formatPosition(this.#epoch, this.#maxSeen);
+    // Redis is unreachable: pages still render
+    return this.#continuity.headWhileDown();
   }
 
   async close(): Promise<void> {
@@ -343,7 +329,7 @@ export class RedisBroker implements Broker {
         cmd,
         HEAD_SCRIPT,
         [`${this.#prefix}meta`],
-        [this.#newEpoch(), newEpochMinSeq(this.#maxSeen)],
+        [this.#newEpoch(), this.#continuity.newEpochMinSeq()],
       )) as [string, number];
     } catch (error) {
       this.#lastError = error;
@@ -354,24 +340,6 @@ export class RedisBroker implements Broker {
     const [epoch, seq] = head;
     this.#seen(epoch, seq);
     this.#cmdUp = true;
-    const outage = this.#outage!;
-    if (outage.lastRefusedAt > 0) {
-      // publishes refused here were lost for every process: ask them all to refresh
-      const request: Message = {
-        g: "redis publishes were refused during an outage",
-        o: this.#id,
-        at: outage.lastRefusedAt,
-      };
-      try {
-        await cmd.publish(this.#channel, JSON.stringify(request));
-        outage.lastRefusedAt = 0;
-      } catch (error) {
-        this.#lastError = error;
-        this.#cmdUp = false;
-        if (!this.#isClosed()) cmd.disconnect(true);
-        return;
-      }
-    }
     this.#maybeOpen();
   }
 
@@ -385,15 +353,17 @@ export class RedisBroker implements Broker {
     }
     if (this.#state === "closed" || sub !== this.#sub) return;
     this.#subLive = true;
-    if (this.#subMissed) {
-      this.#subMissed = false;
-      this.#gap("the redis subscription was interrupted");
-    }
     this.#maybeOpen();
   }
 
+  /**
+   * Open once both connections are back and the head is known. The
+   * subscription and the command connection come back in either order, a
+   * few hundred ms apart: the refresh waits for both, so that one outage
+   * gives one refresh (publishes refused until the very end are covered).
+   */
   #maybeOpen(): void {
-    if (!this.#cmdUp || !this.#subLive || this.#epoch === null) return;
+    if (!this.#cmdUp || !this.#subLive || this.#continuity.epoch === null) return;
     // the next outage's log line names its own cause, not this one's
     this.#lastError = undefined;
     if (this.#state === "connecting") {
@@ -401,18 +371,30 @@ export class RedisBroker implements Broker {
       this.#opened?.resolve();
     } else if (this.#state === "down") {
       this.#state = "open";
-      this.#outage?.end(
-        this.#epochLost
-          ? `Redis had lost the broker's keys (new epoch ${this.#epoch}): older cursors get a refresh`
-          : undefined,
-      );
-      this.#epochLost = false;
+      const missed = this.#subMissed ? "the redis subscription was interrupted" : null;
+      this.#subMissed = false;
+      const request = this.#continuity.recovered(missed);
+      if (request) void this.#sendRequest(request);
+    }
+  }
+
+  /** Publishes refused here were lost for every process: ask them all to refresh. */
+  async #sendRequest(request: RefreshRequest): Promise<void> {
+    const cmd = this.#cmd;
+    if (!cmd) return;
+    try {
+      await cmd.publish(this.#channel, JSON.stringify(request));
+      this.#continuity.requestSent(request);
+    } catch (error) {
+      // the request goes out with the next recovery
+      this.#lastError = error;
+      if (!this.#isClosed()) cmd.disconnect(true);
     }
   }
 
   #lost(what: string, error: unknown): void {
     if (this.#state === "open") this.#state = "down";
-    if (this.#state === "down") this.#outage?.begin(what, error);
+    if (this.#state === "down") this.#continuity.lost(what, error);
   }
 
   /** A command failed: if the connection looks stuck (a timeout), recycle it so the outage is noticed and healed. */
@@ -423,59 +405,30 @@ export class RedisBroker implements Broker {
 
   #onMessage(text: string): void {
     if (this.#state === "closed" || !this.#subLive) return;
-    let message: Message;
-    try {
-      message = JSON.parse(text) as Message;
-    } catch {
+    const message = decodeChannelMessage(text);
+    if (message === null) return;
+    if (message.kind === "refresh") {
+      this.#continuity.answer(message.request);
       return;
     }
-    if ("g" in message) {
-      // our own request needs no second refresh here if one went out after the last refused publish
-      if (message.o === this.#id && this.#lastGapAt > message.at) return;
-      this.#gap(message.g);
-      return;
-    }
-    const { e: epoch, s: seq, n: stream, f: frame } = message;
+    const { epoch, seq, stream, frame } = message;
     // until the first head read the epoch is unknown and nobody is subscribed yet
-    if (this.#epoch === null) return;
-    if (epoch === this.#epoch && seq <= this.#delivered) return;
+    if (this.#continuity.epoch === null || stream === undefined || frame === undefined) return;
+    if (epoch === this.#continuity.epoch && seq <= this.#delivered) return;
     this.#seen(epoch, seq);
     this.#delivered = seq;
-    const published: Published = { stream, seq, position: formatPosition(epoch, seq), frame };
-    try {
-      this.#deliver?.(published);
-    } catch (error) {
-      this.#events?.log("error", `delivering a frame of "${stream}" failed`, error);
-    }
-  }
-
-  #gap(reason: string): void {
-    this.#lastGapAt = Date.now();
-    this.#events?.gap(reason);
+    this.#continuity.deliver(this.#deliver, { stream, seq, position: formatPosition(epoch, seq), frame });
   }
 
   // --- helpers -------------------------------------------------------------
 
   /** Records a seq read from Redis; a new epoch means Redis lost the broker's keys. */
   #seen(epoch: string, seq: number): void {
-    if (epoch !== this.#epoch) {
-      if (this.#epoch === null) {
-        // first contact: every frame up to here was published before this broker started
-        this.#delivered = seq;
-      } else {
-        // during an outage this is said once, in the line that ends it
-        if (this.#state === "down") this.#epochLost = true;
-        else
-          this.#events?.log(
-            "warn",
-            `redis at ${this.#target} lost the broker's keys (new epoch ${epoch}): older cursors get a refresh`,
-          );
-        // a new epoch's seqs start above the old ones; this keeps it so even if clocks disagree
-        this.#delivered = Math.min(this.#delivered, seq - 1);
-      }
-      this.#epoch = epoch;
-    }
-    this.#maxSeen = Math.max(this.#maxSeen, seq);
+    const change = this.#continuity.seen(epoch, seq);
+    // first contact: every frame up to here was published before this broker started
+    if (change === "first") this.#delivered = seq;
+    // a new epoch's seqs start above the old ones; this keeps it so even if clocks disagree
+    else if (change === "new") this.#delivered = Math.min(this.#delivered, seq - 1);
   }
 
   /** (A method, not a field read, so TypeScript does not narrow it away across awaits.) */
