@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import { type BrokerEvents, type Published, formatPosition } from "./broker.js";
-import { notStartedError } from "./connection.js";
+import { type TimerSet, notStartedError } from "./connection.js";
 
 /**
  * Where a new epoch's seqs start. Hubs in running processes compare seqs
@@ -81,6 +81,12 @@ export interface ContinuityOptions {
   target: string;
   /** What a new epoch means on this server, as a clause: "Redis lost the broker's keys". */
   historyLost: string;
+  /**
+   * How long the refresh of an outage waits for the other processes' refresh
+   * requests of the same outage, so that it covers them too: processes that
+   * lost the same server reconnect up to one backoff step apart.
+   */
+  settleMs: number;
 }
 
 const OUTAGE = "outage";
@@ -92,10 +98,13 @@ const OUTAGE = "outage";
  * in between), the refreshes (gaps) given to this process's subscribers, and
  * the refresh requests sent to and answered from other processes.
  *
- * One outage gives each subscriber one refresh: the broker calls `gap` once,
- * when it is whole again (`recovered`), and asks the other processes with
- * one request; its own request, and another process's request that its
- * refresh already covered, are not answered with a second one.
+ * One outage gives each subscriber one refresh. The broker's refresh waits
+ * until it is whole again (`recovered`: publishes refused until then are
+ * covered), and then `settleMs` more, so that the refresh requests of the
+ * other processes that lost the same server, which arrive meanwhile, are
+ * covered by the same refresh (it is sent after the losses they report).
+ * A request that arrives later is answered only when this process's last
+ * refresh cannot have covered it.
  */
 export class Continuity {
   /** Identifies this broker's own refresh requests on the channel. */
@@ -115,10 +124,15 @@ export class Continuity {
   #lastRefusedAt = 0;
   /** When, and after which seq, this process's subscribers were last refreshed. */
   #lastGap = { at: 0, epoch: null as string | null, seq: 0 };
+  /** A refresh waiting for `settleMs` (its reason, its timer). */
+  #pending: { reason: string; timer: NodeJS.Timeout } | null = null;
+  #timers: TimerSet;
 
-  constructor(options: ContinuityOptions, events: BrokerEvents) {
+  /** `timers`: the broker's, so that close() cancels a pending refresh. */
+  constructor(options: ContinuityOptions, events: BrokerEvents, timers: TimerSet) {
     this.#options = options;
     this.#events = events;
+    this.#timers = timers;
     const logger: Logger = {
       info: (message, details) => events.log("info", message, details?.error),
       warn: (message, details) => events.log("warn", message, details?.error),
@@ -221,11 +235,11 @@ export class Continuity {
       this.#epochLost = false;
     }
     if (this.#lastRefusedAt === 0) {
-      if (missed !== null) this.gap(missed);
+      if (missed !== null) this.#settle(missed);
       return null;
     }
     const reason = `${this.#options.kind} publishes were refused during an outage`;
-    this.gap(missed ?? reason);
+    this.#settle(missed ?? reason);
     return this.request(reason, this.#lastRefusedAt);
   }
 
@@ -236,10 +250,22 @@ export class Continuity {
 
   // --- gaps and refresh requests -------------------------------------------
 
-  /** This process's subscribers may have missed frames: they get one refresh. */
+  /** This process's subscribers may have missed frames: they get one refresh, now (it covers a pending one too). */
   gap(reason: string): void {
+    if (this.#pending) this.#timers.clear(this.#pending.timer);
+    this.#pending = null;
     this.#lastGap = { at: Date.now(), epoch: this.#epoch, seq: this.#maxSeen };
     this.#events.gap(reason);
+  }
+
+  /** A refresh in `settleMs`, or the pending one (which will be sent after whatever asked for this). */
+  #settle(reason: string): void {
+    if (this.#pending) return;
+    const timer = this.#timers.set(this.#options.settleMs, () => {
+      this.#pending = null;
+      this.gap(reason);
+    });
+    this.#pending = { reason, timer };
   }
 
   /** A request that every process refresh, for losses up to now (or `at`), to send on the channel. */
@@ -252,14 +278,15 @@ export class Continuity {
     return request;
   }
 
-  /** A refresh request arrived on the channel: refresh, unless a refresh given here already covers it. */
+  /** A refresh request arrived on the channel: refresh, unless a refresh given (or pending) here covers it. */
   answer(request: RefreshRequest): void {
+    if (this.#pending) return;
     const last = this.#lastGap;
     // our own request: our subscribers were refreshed after the loss it reports
     if (request.o === this.id && last.at > request.at) return;
     // another process's: our refresh came after a frame published after its losses
     if (request.o !== this.id && request.s !== undefined && request.e === last.epoch && last.seq > request.s) return;
-    this.gap(request.g);
+    this.#settle(request.g);
   }
 
   // --- delivery ------------------------------------------------------------

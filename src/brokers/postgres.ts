@@ -157,11 +157,17 @@ export class PostgresBroker implements Broker {
     this.#sweepIntervalMs =
       options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(this.#history.ageMs / 2)));
     this.#continuity = new Continuity(
-      { kind: "postgres", target: this.#target, historyLost: "the postgres broker's tables lost their history" },
+      {
+        kind: "postgres",
+        target: this.#target,
+        historyLost: "the postgres broker's tables lost their history",
+        settleMs: Math.max(500, this.#maxBackoffMs),
+      },
       {
         gap: (reason) => this.#events?.gap(reason),
         log: (level, message, error) => this.#events?.log(level, message, error),
       },
+      this.#timers,
     );
   }
 

@@ -114,11 +114,17 @@ export class RedisBroker implements Broker {
       );
     }
     this.#continuity = new Continuity(
-      { kind: "redis", target: this.#target, historyLost: `Redis at ${this.#target} lost the broker's keys` },
+      {
+        kind: "redis",
+        target: this.#target,
+        historyLost: `Redis at ${this.#target} lost the broker's keys`,
+        settleMs: Math.max(500, this.#maxBackoffMs),
+      },
       {
         gap: (reason) => this.#events?.gap(reason),
         log: (level, message, error) => this.#events?.log(level, message, error),
       },
+      this.#timers,
     );
   }
 

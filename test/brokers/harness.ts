@@ -300,3 +300,23 @@ export async function collectUnhandled(fn: () => Promise<void>): Promise<unknown
   }
   return seen;
 }
+
+/** How many refresh frames a subscriber got. */
+export const refreshCount = (sink: { frames: Published[] }): number => sink.frames.filter(isRefresh).length;
+
+/**
+ * Waits until a publish that started `ms` after the newest refresh any of
+ * `sinks` got has succeeded: long enough for a second refresh of the same
+ * outage (the other connection, a refresh request) to have shown up.
+ */
+export async function waitPastRefreshes(
+  sinks: Array<{ frames: Published[]; times: number[] }>,
+  outcomes: PublishOutcome[],
+  ms = 1_000,
+): Promise<void> {
+  const last = Math.max(...sinks.flatMap((sink) => sink.times.filter((_, i) => isRefresh(sink.frames[i]!))));
+  await waitFor(() => outcomes.some((o) => o.ok && o.startedAt > last + ms), {
+    timeoutMs: ms + 10_000,
+    message: `publishes succeed ${ms} ms after the last refresh`,
+  });
+}

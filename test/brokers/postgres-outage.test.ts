@@ -10,7 +10,9 @@ import {
   isRefresh,
   publishLoop,
   recordingSink,
+  refreshCount,
   startWithHub,
+  waitPastRefreshes,
 } from "./harness.js";
 import {
   PG_URL,
@@ -89,6 +91,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
       await server.start();
       await waitFor(() => events.logs.some((l) => l.level === "info"), { timeoutMs: 20_000, message: "reconnected" });
       await waitFor(() => sink.frames.some(isRefresh), { message: "subscribers get a refresh" });
+      await waitPastRefreshes([sink], loop.outcomes);
       const recovered = loop.outcomes.length;
       await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, {
         message: "publishing works again",
@@ -104,6 +107,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(events.logs.map((l) => l.level)).toEqual(["warn", "info"]);
     expect(events.logs[0]!.message).toMatch(/postgres broker lost .* reconnecting/);
     expect(events.logs[1]!.message).toMatch(/reconnected .* refused meanwhile\)$/); // and no new epoch: the data survived
+    expect(refreshCount(sink)).toBe(1);
 
     // the loop's own publishes may all fall outside the short outage (the one above did not): any refused is a BrokerError
     const refused = loop.outcomes.filter((o) => !o.ok);
@@ -168,6 +172,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
       await waitFor(() => sinkA.frames.some(isRefresh) && sinkB.frames.some(isRefresh), {
         message: "both processes refresh",
       });
+      await waitPastRefreshes([sinkA, sinkB], loop.outcomes);
       const recovered = loop.outcomes.length;
       await waitFor(() => loop.outcomes.slice(recovered).filter((o) => o.ok).length >= 10, {
         message: "publishing works again",
@@ -189,6 +194,8 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(a.events.logs.map((l) => l.level)).toEqual(["warn", "info"]);
     expect(a.events.logs[0]!.message).toMatch(/postgres broker lost .* reconnecting/);
     expect(a.events.logs[1]!.message).toMatch(/reconnected .* refused meanwhile/);
+    // one outage, one refresh for every subscriber of either process
+    expect([refreshCount(sinkA), refreshCount(sinkB)]).toEqual([1, 1]);
     // B had no outage, but A's refused frames were lost for B's subscribers too
     expect(b.events.logs).toEqual([]);
     expect(b.events.gaps).toEqual(["postgres publishes were refused during an outage"]);

@@ -10,7 +10,9 @@ import {
   isRefresh,
   publishLoop,
   recordingSink,
+  refreshCount,
   startWithHub,
+  waitPastRefreshes,
 } from "./harness.js";
 import {
   PrivateRedis,
@@ -202,6 +204,96 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
         "refresh",
         frame("after"),
       ]);
+    }
+  });
+
+  it("gives each subscriber of every process exactly one refresh for one outage, wherever its connections come back first", async (ctx) => {
+    const missing = redisServerMissing();
+    if (missing && !inCI) {
+      console.warn(`[turbocast tests] skipping the Redis restart test: ${missing}`);
+      ctx.skip(missing);
+    }
+    if (missing) throw new Error(`${missing} — CI must run this test`);
+    const server = await PrivateRedis.start();
+    servers.push(server);
+    // two processes on one Redis, both publishing: each refuses publishes
+    // during the restart and each asks the other to refresh
+    const a = await startWithHub(make({ url: server.url, keyPrefix: "once:", connectionName: "tcA" }));
+    const b = await startWithHub(make({ url: server.url, keyPrefix: "once:", connectionName: "tcB" }));
+    const sinks = [recordingSink(), recordingSink(), recordingSink(), recordingSink()];
+    await a.hub.subscribe(["s"], sinks[0]!);
+    await a.hub.subscribe(["s", "t"], sinks[1]!);
+    await b.hub.subscribe(["t"], sinks[2]!);
+    await b.hub.subscribe(["s", "t"], sinks[3]!);
+
+    const loopA = publishLoop(a.broker, "s", 5);
+    const loopB = publishLoop(b.broker, "t", 5);
+    const unhandled = await collectUnhandled(async () => {
+      await waitFor(() => sinks.every((sink) => sink.frames.length >= 10), {
+        message: "frames flow before the outage",
+      });
+      await server.kill();
+      await waitFor(() => [loopA, loopB].every((loop) => loop.outcomes.filter((o) => !o.ok).length >= 20), {
+        message: "both processes refuse publishes while Redis is down",
+      });
+      await server.start();
+      await waitFor(() => sinks.every((sink) => sink.frames.some(isRefresh)), {
+        timeoutMs: 10_000,
+        message: "every subscriber gets a refresh",
+      });
+      await waitPastRefreshes(sinks, loopA.outcomes);
+      await waitPastRefreshes(sinks, loopB.outcomes);
+      await loopA.stop();
+      await loopB.stop();
+    });
+
+    expect(unhandled).toEqual([]);
+    expect(sinks.map(refreshCount)).toEqual([1, 1, 1, 1]);
+    expect(a.events.gaps).toHaveLength(1);
+    expect(b.events.gaps).toHaveLength(1);
+    for (const [sink, loop] of [
+      [sinks[0]!, loopA],
+      [sinks[2]!, loopB],
+    ] as const) {
+      expectOrderedSubset(sink.frames, loop.outcomes);
+      expectEverythingAfterRefresh(sink, loop.outcomes);
+    }
+  });
+
+  it("gives each subscriber exactly one refresh when both of a process's connections are killed while it publishes", async () => {
+    const keyPrefix = `${uniqueName("tc")}:`;
+    prefixes.push(keyPrefix);
+    const nameA = uniqueName("tcA");
+    const a = await startWithHub(make({ url: REDIS_URL, keyPrefix, connectionName: nameA }));
+    const b = await startWithHub(make({ url: REDIS_URL, keyPrefix, connectionName: uniqueName("tcB") }));
+    const sinkA = recordingSink();
+    const sinkB = recordingSink();
+    await a.hub.subscribe(["s"], sinkA);
+    await b.hub.subscribe(["s"], sinkB);
+
+    const loop = publishLoop(a.broker, "s", 2);
+    const unhandled = await collectUnhandled(async () => {
+      await waitFor(() => sinkA.frames.length >= 10 && sinkB.frames.length >= 10);
+      const both = await redisClients(admin, nameA);
+      expect(both).toHaveLength(2);
+      for (const client of both) await admin.client("KILL", "ID", client.id);
+      await waitFor(() => sinkA.frames.some(isRefresh) && sinkB.frames.some(isRefresh), {
+        message: "both processes refresh",
+      });
+      await waitPastRefreshes([sinkA, sinkB], loop.outcomes);
+      await loop.stop();
+    });
+
+    expect(unhandled).toEqual([]);
+    expect(loop.outcomes.some((o) => !o.ok)).toBe(true);
+    expect([refreshCount(sinkA), refreshCount(sinkB)]).toEqual([1, 1]);
+    expect(a.events.logs.map((l) => l.level)).toEqual(["warn", "info"]);
+    for (const sink of [sinkA, sinkB]) {
+      // a publish in flight when its connection died may have gone through
+      // although it failed, so only the order is checked, not the outcomes
+      const seqs = sink.frames.filter((f) => !isRefresh(f)).map((f) => f.seq);
+      expect(seqs.every((seq, i) => i === 0 || seq > seqs[i - 1]!)).toBe(true);
+      expectEverythingAfterRefresh(sink, loop.outcomes);
     }
   });
 });
