@@ -1,6 +1,5 @@
 import { describe, expect, it } from "vitest";
 import type { Broker, Published } from "../src/brokers/broker.js";
-import { parsePosition } from "../src/brokers/broker.js";
 import { MemoryBroker } from "../src/brokers/memory.js";
 import { Hub } from "../src/delivery/hub.js";
 
@@ -16,39 +15,7 @@ const recorder = () => {
   return { frames, sink: { send: (f: Published) => frames.push(f) } };
 };
 
-describe("memory broker", () => {
-  it("gives every frame a position with one seq across streams", async () => {
-    const { broker } = await setup();
-    const a = await broker.publish("a", "1");
-    const b = await broker.publish("b", "2");
-    expect(parsePosition(b.position)!.seq).toBe(parsePosition(a.position)!.seq + 1);
-    expect(parsePosition(a.position)!.epoch).toBe(broker.epoch);
-    expect(await broker.head()).toBe(b.position);
-  });
-
-  it("returns history after a cursor across several streams, in order", async () => {
-    const { broker } = await setup();
-    const start = await broker.head();
-    await broker.publish("a", "1");
-    await broker.publish("b", "2");
-    await broker.publish("c", "3");
-    await broker.publish("a", "4");
-    expect((await broker.history(["a", "b"], start))!.map((f) => f.frame)).toEqual(["1", "2", "4"]);
-  });
-
-  it("answers null (a gap) for a cursor past retention, from another epoch, malformed or from the future", async () => {
-    const { broker } = await setup({ history: { frames: 2, ageMs: 0, maxFrames: 2 } });
-    const start = await broker.head();
-    for (let i = 0; i < 5; i++) await broker.publish("a", String(i));
-    expect(await broker.history(["a"], start)).toBeNull();
-    const recent = await broker.history(["a"], `${broker.epoch}.3`);
-    expect(recent!.map((f) => f.frame)).toEqual(["3", "4"]);
-    expect(await broker.history(["a"], "otherepoch.3")).toBeNull();
-    expect(await broker.history(["a"], "garbage")).toBeNull();
-    expect(await broker.history(["a"], `${broker.epoch}.999`)).toBeNull();
-  });
-});
-
+// the memory broker itself runs the broker contract (test/brokers/memory.test.ts)
 describe("hub", () => {
   it("delivers each frame to the subscribers of its stream only", async () => {
     const { broker, hub } = await setup();

@@ -4,32 +4,33 @@ import { fileURLToPath } from "node:url";
 import type { Broker, BrokerEvents, Published } from "../../src/brokers/broker.js";
 import { Hub, type Sink } from "../../src/delivery/hub.js";
 import type { WorkerEvent, WorkerRequest } from "../fixtures/broker-worker.js";
-import { waitFor } from "../helpers.js";
+import { type LogEntry, memoryLogger, waitFor } from "../helpers.js";
 
 const WORKER = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "fixtures", "broker-worker.ts");
 
-/** What a broker told its app: every log line and every gap. */
+/** What a broker told its app: every log line (a memoryLogger's entries) and every gap. */
 export interface RecordedEvents extends BrokerEvents {
-  readonly logs: Array<{ level: string; message: string }>;
+  readonly logs: LogEntry[];
   readonly gaps: string[];
 }
 
 /**
  * Broker events wired as createTurbo wires them — a gap refreshes every
- * subscriber of the hub — and recorded.
+ * subscriber of the hub, log lines go to a logger (here a memoryLogger) —
+ * and recorded.
  */
 export function recordEvents(hub?: Hub, onLog?: (level: string, message: string) => void): RecordedEvents {
-  const logs: Array<{ level: string; message: string }> = [];
+  const logger = memoryLogger();
   const gaps: string[] = [];
   return {
-    logs,
+    logs: logger.entries,
     gaps,
     gap(reason) {
       gaps.push(reason);
       void hub?.refreshAll();
     },
-    log(level, message) {
-      logs.push({ level, message });
+    log(level, message, error) {
+      logger[level](message, error === undefined ? undefined : { error });
       onLog?.(level, message);
     },
   };

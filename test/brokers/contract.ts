@@ -1,0 +1,224 @@
+import { afterEach, expect, it } from "vitest";
+import { type Broker, type HistoryOptions, parsePosition } from "../../src/brokers/broker.js";
+import { waitFor } from "../helpers.js";
+import { isRefresh, recordingSink, startWithHub } from "./harness.js";
+
+/** What every broker takes in the contract tests (each factory adds its own, e.g. a fast sweep). */
+export interface ContractOptions {
+  history?: HistoryOptions;
+  idleMs?: number;
+}
+
+/** One namespace of a broker kind: the brokers it makes share frames when the kind spans processes. */
+export interface ContractNamespace {
+  make(options?: ContractOptions): Broker;
+  /** Loses the stored history, as a server restart without persistence would (when the kind has a server). */
+  loseHistory(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+/** What a broker kind can do beyond one process. */
+export interface ContractCapabilities {
+  /** Two brokers of one namespace share frames, as two processes do (Redis, PostgreSQL). */
+  shared: boolean;
+  /** The history lives on a server that can lose it (then `loseHistory` does). */
+  server: boolean;
+}
+
+const frame = (label: string) =>
+  `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
+
+/**
+ * The behaviour every broker (memory, Redis, PostgreSQL) must have, as the
+ * Hub and createTurbo rely on it. Call inside a `describe`; `namespace` is
+ * called once per test.
+ */
+export function brokerContract(namespace: () => ContractNamespace, capabilities: ContractCapabilities): void {
+  let ns: ContractNamespace | null = null;
+  const brokers: Broker[] = [];
+
+  afterEach(async () => {
+    for (const broker of brokers.splice(0)) await broker.close();
+    await ns?.cleanup();
+    ns = null;
+  });
+
+  function make(options?: ContractOptions): Broker {
+    ns ??= namespace();
+    const broker = ns.make(options);
+    brokers.push(broker);
+    return broker;
+  }
+
+  it("gives every frame a position on one seq across streams and delivers them in that order", async () => {
+    const { delivered, broker } = await startWithHub(make());
+    const head = parsePosition(await broker.head())!;
+    const odd = 'multi\nline "quoted" <b>&amp;</b> — ünïcødé 🎉 \\ backslash';
+    const a = await broker.publish("a", frame("1"));
+    const b = await broker.publish("b", frame(odd));
+    const c = await broker.publish("a", frame("3"));
+    expect([a.seq, b.seq, c.seq]).toEqual([head.seq + 1, head.seq + 2, head.seq + 3]);
+    expect(parsePosition(c.position)).toEqual({ epoch: head.epoch, seq: c.seq });
+    await waitFor(() => delivered.length === 3);
+    expect(delivered.map((f) => [f.stream, f.position, f.frame])).toEqual([
+      ["a", a.position, frame("1")],
+      ["b", b.position, frame(odd)],
+      ["a", c.position, frame("3")],
+    ]);
+    expect(await broker.head()).toBe(c.position);
+  });
+
+  it("delivers concurrent publishes to every broker of the namespace in seq order, with no holes", async () => {
+    const one = await startWithHub(make());
+    const all = capabilities.shared ? [one, await startWithHub(make())] : [one];
+    const published = await Promise.all(
+      Array.from({ length: 60 }, (_, i) => all[i % all.length]!.broker.publish(`s${i % 3}`, frame(String(i)))),
+    );
+    const seqs = published.map((p) => p.seq).sort((x, y) => x - y);
+    expect(seqs).toEqual(seqs.map((_, i) => seqs[0]! + i));
+    for (const { delivered } of all) {
+      await waitFor(() => delivered.length === 60);
+      expect(delivered.map((f) => f.seq)).toEqual(seqs);
+    }
+  });
+
+  it("replays the frames after a cursor, merged across streams, oldest first", async () => {
+    const broker = make();
+    const { hub } = await startWithHub(broker);
+    const start = await broker.head();
+    const p = [];
+    for (const [stream, label] of [
+      ["a", "1"],
+      ["b", "2"],
+      ["c", "x"],
+      ["a", "3"],
+      ["b", "4"],
+    ] as const)
+      p.push(await broker.publish(stream, frame(label)));
+    expect((await broker.history(["a", "b"], start))!.map((f) => f.frame)).toEqual(["1", "2", "3", "4"].map(frame));
+    expect((await broker.history(["a", "b"], p[1]!.position))!.map((f) => f.position)).toEqual([
+      p[3]!.position,
+      p[4]!.position,
+    ]);
+    expect(await broker.history(["a"], p[4]!.position)).toEqual([]);
+    expect(await broker.history(["never-published"], start)).toEqual([]);
+
+    // the hub replays from the same history, then goes live
+    const sink = recordingSink();
+    await hub.subscribe(["a", "b"], sink, { cursor: p[0]!.position });
+    expect(sink.frames.map((f) => f.frame)).toEqual(["2", "3", "4"].map(frame));
+    const live = await broker.publish("a", frame("5"));
+    await waitFor(() => sink.frames.some((f) => f.position === live.position));
+    expect(sink.frames.map((f) => f.frame)).toEqual(["2", "3", "4", "5"].map(frame));
+  });
+
+  it("answers a gap for a malformed cursor, another epoch's cursor, or one ahead of the head", async () => {
+    const broker = make();
+    await startWithHub(broker);
+    await broker.publish("a", frame("1"));
+    const { epoch, seq } = parsePosition(await broker.head())!;
+    expect(await broker.history(["a"], "garbage")).toBeNull();
+    expect(await broker.history(["a"], `otherEpoch.${seq - 1}`)).toBeNull();
+    expect(await broker.history(["a"], `${epoch}.${seq + 1}`)).toBeNull();
+    expect(await broker.history(["a"], `${epoch}.${seq}`)).toEqual([]);
+  });
+
+  it("caps each stream at maxFrames, answers a gap for a cursor below what was trimmed, and the hub sends a refresh for it", async () => {
+    const broker = make({ history: { frames: 2, maxFrames: 3, ageMs: 60_000 } });
+    const { hub } = await startWithHub(broker);
+    const start = await broker.head();
+    const p = [];
+    for (let i = 0; i < 5; i++) p.push(await broker.publish("a", frame(String(i))));
+    await broker.publish("b", frame("other stream, untouched"));
+    await waitFor(async () => (await broker.history(["a"], start)) === null, { message: "stream a is trimmed" });
+    expect(await broker.history(["a"], p[0]!.position)).toBeNull();
+    // the cursor saw the newest trimmed frame: nothing is missing
+    expect((await broker.history(["a"], p[1]!.position))!.map((f) => f.frame)).toEqual(["2", "3", "4"].map(frame));
+    expect((await broker.history(["b"], start))!.map((f) => f.frame)).toEqual([frame("other stream, untouched")]);
+
+    const sink = recordingSink();
+    await hub.subscribe(["a"], sink, { cursor: start });
+    const next = await broker.publish("a", frame("5"));
+    await waitFor(() => sink.frames.some((f) => f.position === next.position));
+    expect(sink.frames.map((f) => (isRefresh(f) ? "refresh" : f.frame))).toEqual(["refresh", frame("5")]);
+  });
+
+  it("keeps frames younger than ageMs beyond the newest `frames`, and lets older ones go", async () => {
+    const broker = make({ history: { frames: 1, ageMs: 150, maxFrames: 100 } });
+    await startWithHub(broker);
+    const start = await broker.head();
+    const t0 = Date.now();
+    await broker.publish("a", frame("0"));
+    const p1 = await broker.publish("a", frame("1"));
+    expect((await broker.history(["a"], start))!.map((f) => f.frame)).toEqual(["0", "1"].map(frame));
+    await waitFor(() => Date.now() - t0 > 300, { message: "frames 0 and 1 age past ageMs" });
+    const p2 = await broker.publish("a", frame("2"));
+    await waitFor(async () => (await broker.history(["a"], start)) === null, { message: "old frames go" });
+    expect((await broker.history(["a"], p1.position))!.map((f) => f.position)).toEqual([p2.position]);
+  });
+
+  it("forgets a stream idle for idleMs whole, and then answers older cursors with a gap", async () => {
+    const broker = make({ idleMs: 300, history: { frames: 10, ageMs: 100 } });
+    await startWithHub(broker);
+    const before = await broker.head();
+    await broker.publish("x", frame("x1"));
+    await waitFor(async () => (await broker.history(["x"], before)) === null, {
+      message: "stream x is forgotten",
+    });
+    const y = await broker.publish("y", frame("y1"));
+    const x2 = await broker.publish("x", frame("x2"));
+    expect(await broker.history(["x"], before)).toBeNull();
+    expect((await broker.history(["x"], y.position))!.map((f) => f.position)).toEqual([x2.position]);
+  });
+
+  // (registered only where there is a server to lose it: an in-memory history dies with its broker)
+  if (capabilities.server)
+    it("starts a new epoch, with higher seqs, when the server loses the history", async () => {
+      const broker = make();
+      const { hub, delivered } = await startWithHub(broker);
+      const sink = recordingSink();
+      await hub.subscribe(["a"], sink);
+      const old = await broker.publish("a", frame("before"));
+      await waitFor(() => sink.frames.length === 1);
+      await ns!.loseHistory();
+
+      const next = await broker.publish("a", frame("after"));
+      expect(parsePosition(next.position)!.epoch).not.toBe(parsePosition(old.position)!.epoch);
+      // hubs compare seqs: a new epoch must not count from 1 again
+      expect(next.seq).toBeGreaterThan(old.seq);
+      expect(await broker.history(["a"], old.position)).toBeNull();
+      await waitFor(() => sink.frames.length === 2);
+      expect(sink.frames.map((f) => f.frame)).toEqual([frame("before"), frame("after")]);
+      expect(delivered.every((f) => !isRefresh(f))).toBe(true);
+    });
+
+  it("delivers each frame to the subscribers of its streams only, until they unsubscribe", async () => {
+    const broker = make();
+    const { hub } = await startWithHub(broker);
+    const one = recordingSink();
+    const two = recordingSink();
+    await hub.subscribe(["a"], one);
+    const off = await hub.subscribe(["a", "b"], two);
+    await broker.publish("a", frame("x"));
+    await broker.publish("b", frame("y"));
+    const z = await broker.publish("c", frame("z"));
+    await waitFor(() => two.frames.length === 2);
+    off();
+    await broker.publish("b", frame("w"));
+    const last = await broker.publish("a", frame("v"));
+    await waitFor(() => one.frames.some((f) => f.position === last.position));
+    expect(one.frames.map((f) => f.frame)).toEqual(["x", "v"].map(frame));
+    expect(two.frames.map((f) => f.frame)).toEqual(["x", "y"].map(frame));
+    expect(hub.size).toBe(1);
+    expect(z.stream).toBe("c");
+  });
+
+  it("is safe to close twice, and refuses to publish afterwards", async () => {
+    const broker = make();
+    await startWithHub(broker);
+    await broker.publish("a", frame("1"));
+    await broker.close();
+    await broker.close();
+    await expect(broker.publish("a", frame("late"))).rejects.toMatchObject({ code: "TURBOCAST_CLOSED" });
+  });
+}
