@@ -1,5 +1,12 @@
+// The PostgreSQL broker: its public methods and its connection state machine
+// (connect, outage, recovery, heartbeat), which share the state they switch
+// on. Everything else has its own file: SQL (postgres-sql.ts), options
+// (postgres-options.ts), connections (postgres-connection.ts), the notice
+// pump (postgres-pump.ts), retention (postgres-sweeper.ts), pg error
+// classification (postgres-errors.ts), and what it shares with the Redis
+// broker — epochs, gaps, refresh requests, outage log (continuity.ts).
 import type pg from "pg";
-import { BrokerError, ClosedError, ConfigError } from "../errors.js";
+import { BrokerError, ClosedError } from "../errors.js";
 import {
   type Broker,
   type BrokerEvents,
@@ -7,67 +14,18 @@ import {
   type Published,
   formatPosition,
   parsePosition,
-  resolveHistory,
 } from "./broker.js";
-import { TimerSet, backoffMs, errorMessage, notStartedError, redactUrl } from "./connection.js";
+import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
 import { Continuity, decodeChannelMessage } from "./continuity.js";
-import {
-  type ConnectionConfig,
-  createListener,
-  createPool,
-  ensureSchema,
-  withDefaultUser,
-} from "./postgres-connection.js";
+import { type ConnectionConfig, createListener, createPool, ensureSchema } from "./postgres-connection.js";
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
-import { IDENTIFIER, type Statements, statements } from "./postgres-sql.js";
+import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
+import { type Statements, statements } from "./postgres-sql.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
 export { withDefaultUser } from "./postgres-connection.js";
-
-/** Options of postgresBroker. Every default is listed here. */
-export interface PostgresBrokerOptions {
-  /** `postgres://user:password@host:port/database`. Required. */
-  connectionString: string;
-  /**
-   * Prefix of the broker's tables, created when missing: `<prefix>_frames`,
-   * `<prefix>_meta`, `<prefix>_floors`. Brokers that share it share frames.
-   * Lowercase letters, digits and `_`. Default `"turbocast"`.
-   */
-  prefix?: string;
-  /** LISTEN/NOTIFY channel. Same rules as `prefix`. Default: the prefix. */
-  channel?: string;
-  /** Replay window per stream. Default: at least 1,000 frames and 5 minutes, at most 10,000 frames. */
-  history?: HistoryOptions;
-  /**
-   * A stream with no new frame for this long is dropped whole, so streams of
-   * rows nobody touches stop costing rows; a cursor from before a dropped
-   * stream's last frame gets a refresh. Default 24 hours, never less than `history.ageMs`.
-   */
-  idleMs?: number;
-  /** `application_name` of the broker's connections (shown by `pg_stat_activity`). Default `"turbocast"`. */
-  applicationName?: string;
-  /** Pooled connections for publish, history and head (plus one for LISTEN). Default 4. */
-  poolSize?: number;
-  /** A query that takes longer fails (a stuck connection counts as an outage). Default 2,000 ms. */
-  commandTimeoutMs?: number;
-  /** `start()` fails with TURBOCAST_BROKER when PostgreSQL cannot be reached for this long. Default 10,000 ms. */
-  connectTimeoutMs?: number;
-  /** Reconnect delays double from 50 ms up to this. Default 2,000 ms. */
-  maxBackoffMs?: number;
-  /** How often old frames are pruned. Default: half of `history.ageMs`, between 1 and 30 seconds. */
-  sweepIntervalMs?: number;
-}
-
-const DEFAULTS = {
-  prefix: "turbocast",
-  idleMs: 24 * 60 * 60_000,
-  applicationName: "turbocast",
-  poolSize: 4,
-  commandTimeoutMs: 2_000,
-  connectTimeoutMs: 10_000,
-  maxBackoffMs: 2_000,
-} as const;
+export type { PostgresBrokerOptions } from "./postgres-options.js";
 
 type State = "new" | "connecting" | "open" | "down" | "closed";
 
@@ -112,25 +70,16 @@ export class PostgresBroker implements Broker {
   #intervals: NodeJS.Timeout[] = [];
 
   constructor(options: PostgresBrokerOptions | string) {
-    if (typeof options === "string") options = { connectionString: options };
-    if (!options || typeof options.connectionString !== "string" || options.connectionString === "") {
-      throw new ConfigError(
-        'postgresBroker needs { connectionString }, for example postgresBroker({ connectionString: "postgres://127.0.0.1:5432/app" })',
-      );
-    }
-    this.#target = redactUrl(options.connectionString);
-    this.#prefix = options.prefix ?? DEFAULTS.prefix;
-    this.#channel = options.channel ?? this.#prefix;
-    for (const [name, value] of [
-      ["prefix", this.#prefix],
-      ["channel", this.#channel],
-    ] as const) {
-      if (!IDENTIFIER.test(value)) {
-        throw new ConfigError(
-          `postgresBroker ${name} "${value}" must be lowercase letters, digits and _ (at most 41 characters)`,
-        );
-      }
-    }
+    const resolved = resolvePostgresOptions(options);
+    this.#target = resolved.target;
+    this.#prefix = resolved.prefix;
+    this.#channel = resolved.channel;
+    this.#history = resolved.history;
+    this.#idleMs = resolved.idleMs;
+    this.#config = resolved.connection;
+    this.#connectTimeoutMs = resolved.connectTimeoutMs;
+    this.#maxBackoffMs = resolved.maxBackoffMs;
+    this.#sweepIntervalMs = resolved.sweepIntervalMs;
     this.#sql = statements(this.#prefix);
     this.#pump = new NoticePump(
       {
@@ -144,18 +93,6 @@ export class PostgresBroker implements Broker {
       },
       this.#sql.fetchRange,
     );
-    this.#history = resolveHistory(options.history);
-    this.#idleMs = Math.max(options.idleMs ?? DEFAULTS.idleMs, this.#history.ageMs);
-    this.#config = {
-      connectionString: withDefaultUser(options.connectionString),
-      applicationName: options.applicationName ?? DEFAULTS.applicationName,
-      poolSize: options.poolSize ?? DEFAULTS.poolSize,
-      commandTimeoutMs: options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs,
-    };
-    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
-    this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
-    this.#sweepIntervalMs =
-      options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(this.#history.ageMs / 2)));
     this.#continuity = new Continuity(
       {
         kind: "postgres",

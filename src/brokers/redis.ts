@@ -1,6 +1,11 @@
+// The Redis broker: its public methods and the state machine of its two
+// connections, which share the state they switch on. Its Lua scripts are in
+// redis-scripts.ts, options in redis-options.ts, connection helpers in
+// redis-connection.ts, and what it shares with the PostgreSQL broker —
+// epochs, gaps, refresh requests, outage log — in continuity.ts.
 import { randomBytes } from "node:crypto";
 import { Redis } from "ioredis";
-import { BrokerError, ClosedError, ConfigError } from "../errors.js";
+import { BrokerError, ClosedError } from "../errors.js";
 import {
   type Broker,
   type BrokerEvents,
@@ -8,44 +13,14 @@ import {
   type Published,
   formatPosition,
   parsePosition,
-  resolveHistory,
 } from "./broker.js";
-import { TimerSet, backoffMs, errorMessage, notStartedError, redactUrl } from "./connection.js";
+import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
 import { Continuity, type RefreshRequest, decodeChannelMessage } from "./continuity.js";
-import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, sha1 } from "./redis-scripts.js";
+import { disconnect, isReplyError, runScript } from "./redis-connection.js";
+import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
+import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
 
-/** Options of redisBroker. Every default is listed here. */
-export interface RedisBrokerOptions {
-  /** `redis://[user:password@]host:port[/db]` or `rediss://…`. Required. */
-  url: string;
-  /** Prefix of every key and of the pub/sub channel; brokers that share it share frames. Default `"turbocast:"`. */
-  keyPrefix?: string;
-  /** Replay window per stream. Default: at least 1,000 frames and 5 minutes, at most 10,000 frames. */
-  history?: HistoryOptions;
-  /**
-   * A stream with no new frame for this long is dropped whole (its key
-   * expires), so streams of rows nobody touches stop costing memory; a cursor
-   * older than this gets a refresh. Default 24 hours, never less than `history.ageMs`.
-   */
-  idleMs?: number;
-  /** A publish, history read or head read that takes longer fails, and the connection is recycled. Default 2,000 ms. */
-  commandTimeoutMs?: number;
-  /** `start()` fails with TURBOCAST_BROKER when Redis cannot be reached for this long. Default 10,000 ms. */
-  connectTimeoutMs?: number;
-  /** Reconnect delays double from 50 ms up to this. Default 2,000 ms. */
-  maxBackoffMs?: number;
-  /** `CLIENT SETNAME` of the broker's two connections (shown by `CLIENT LIST`). Default `"turbocast"`. */
-  connectionName?: string;
-}
-
-const DEFAULTS = {
-  keyPrefix: "turbocast:",
-  idleMs: 24 * 60 * 60_000,
-  commandTimeoutMs: 2_000,
-  connectTimeoutMs: 10_000,
-  maxBackoffMs: 2_000,
-  connectionName: "turbocast",
-} as const;
+export type { RedisBrokerOptions } from "./redis-options.js";
 
 type State = "new" | "connecting" | "open" | "down" | "closed";
 
@@ -93,26 +68,18 @@ export class RedisBroker implements Broker {
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
 
   constructor(options: RedisBrokerOptions | string) {
-    if (typeof options === "string") options = { url: options };
-    if (!options || typeof options.url !== "string" || options.url === "") {
-      throw new ConfigError('redisBroker needs { url }, for example redisBroker({ url: "redis://127.0.0.1:6379" })');
-    }
-    this.#url = options.url;
-    this.#target = redactUrl(options.url);
-    this.#prefix = options.keyPrefix ?? DEFAULTS.keyPrefix;
+    const resolved = resolveRedisOptions(options);
+    this.#url = resolved.url;
+    this.#target = resolved.target;
+    this.#prefix = resolved.keyPrefix;
     this.#channel = `${this.#prefix}frames`;
-    this.#history = resolveHistory(options.history);
-    this.#idleMs = Math.max(options.idleMs ?? DEFAULTS.idleMs, this.#history.ageMs);
+    this.#history = resolved.history;
+    this.#idleMs = resolved.idleMs;
     this.#clockStepMs = Math.max(1, Math.floor(this.#idleMs / 8));
-    this.#commandTimeoutMs = options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs;
-    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
-    this.#maxBackoffMs = options.maxBackoffMs ?? DEFAULTS.maxBackoffMs;
-    this.#connectionName = options.connectionName ?? DEFAULTS.connectionName;
-    if (!/^[!-~]+$/.test(this.#connectionName)) {
-      throw new ConfigError(
-        `redisBroker connectionName "${this.#connectionName}" must be printable ASCII without spaces (CLIENT SETNAME)`,
-      );
-    }
+    this.#commandTimeoutMs = resolved.commandTimeoutMs;
+    this.#connectTimeoutMs = resolved.connectTimeoutMs;
+    this.#maxBackoffMs = resolved.maxBackoffMs;
+    this.#connectionName = resolved.connectionName;
     this.#continuity = new Continuity(
       {
         kind: "redis",
@@ -176,7 +143,7 @@ export class RedisBroker implements Broker {
     }
     let reply: unknown;
     try {
-      reply = await this.#run(
+      reply = await runScript(
         cmd,
         PUBLISH_SCRIPT,
         [`${this.#prefix}meta`, `${this.#prefix}clock`, this.#streamKey(stream)],
@@ -214,7 +181,7 @@ export class RedisBroker implements Broker {
     if (streams.length === 0) return [];
     let reply: unknown;
     try {
-      reply = await this.#run(
+      reply = await runScript(
         cmd,
         HISTORY_SCRIPT,
         [`${this.#prefix}meta`, `${this.#prefix}clock`, ...streams.map((s) => this.#streamKey(s))],
@@ -245,7 +212,7 @@ export class RedisBroker implements Broker {
     const cmd = this.#cmd;
     if (cmd && this.#cmdUp) {
       try {
-        const [epoch, seq] = (await this.#run(
+        const [epoch, seq] = (await runScript(
           cmd,
           HEAD_SCRIPT,
           [`${this.#prefix}meta`],
@@ -331,7 +298,7 @@ export class RedisBroker implements Broker {
     // after an outage this is also where a Redis that lost its data shows
     let head: [string, number];
     try {
-      head = (await this.#run(
+      head = (await runScript(
         cmd,
         HEAD_SCRIPT,
         [`${this.#prefix}meta`],
@@ -450,18 +417,6 @@ export class RedisBroker implements Broker {
     return `${this.#prefix}s:${stream}`;
   }
 
-  /** EVALSHA, falling back to EVAL when Redis does not know the script (first use, or after a restart). */
-  async #run(cmd: Redis, script: string, keys: string[], args: Array<string | number>): Promise<unknown> {
-    try {
-      return await cmd.evalsha(sha1(script), keys.length, ...keys, ...args);
-    } catch (error) {
-      if (error instanceof Error && error.message.startsWith("NOSCRIPT")) {
-        return await cmd.eval(script, keys.length, ...keys, ...args);
-      }
-      throw error;
-    }
-  }
-
   #timer(ms: number, fn: () => void): NodeJS.Timeout {
     return this.#timers.set(ms, fn);
   }
@@ -469,31 +424,6 @@ export class RedisBroker implements Broker {
   #clearTimer(timer: NodeJS.Timeout): void {
     this.#timers.clear(timer);
   }
-}
-
-/** An error Redis itself answered with (a script error, OOM): the connection is fine. */
-function isReplyError(error: unknown): boolean {
-  return error instanceof Error && error.name === "ReplyError";
-}
-
-/** Closes a connection now; resolves once its socket is gone (at most a second later, whatever happens). */
-function disconnect(connection: Redis): Promise<void> {
-  // between attempts ('reconnecting') there is no socket: disconnect() just cancels the next attempt
-  const hasSocket =
-    connection.status === "connecting" || connection.status === "connect" || connection.status === "ready";
-  if (!hasSocket) {
-    connection.disconnect();
-    return Promise.resolve();
-  }
-  return new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, 1_000);
-    timer.unref();
-    connection.once("end", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    connection.disconnect();
-  });
 }
 
 /**
