@@ -189,4 +189,22 @@ export class HookError extends TurbocastError {
     this.key = change.key;
     this.seq = change.seq;
   }
+
+  /** The change's version (its position in the change log): the same as `seq`. */
+  get version(): number {
+    return this.seq;
+  }
+}
+
+/**
+ * A ModelStream's declarative broadcasts cannot work (checked by createTurbo
+ * at start): its partial template does not exist, `broadcastsTo` and
+ * `broadcastsRefreshesTo` are both set, or a static has the wrong type.
+ */
+export class BroadcastConfigError extends TurbocastError {
+  readonly streamClass: string;
+  constructor(streamClass: string, message: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_BROADCAST_CONFIG", `${streamClass}: ${message}`, options);
+    this.streamClass = streamClass;
+  }
 }

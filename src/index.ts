@@ -5,11 +5,23 @@ export type {
   TargetOptions,
   InsertOptions,
   ReplaceOptions,
+  RemoveOptions,
   CustomActionOptions,
+  BroadcastOptions,
   StreamPart,
 } from "./streams/stream.js";
 export { ModelStream } from "./streams/model-stream.js";
-export type { PrimaryKeyInput, PrimaryKeyOf, StreamKeyInput } from "./streams/model-stream.js";
+export type {
+  PrimaryKeyInput,
+  PrimaryKeyOf,
+  StreamKeyInput,
+  SaveContext,
+  DeleteContext,
+} from "./streams/model-stream.js";
+export { BROADCAST_DEFAULTS } from "./streams/declarative.js";
+export type { BroadcastTarget } from "./streams/declarative.js";
+export { domId, singularize } from "./streams/dom-id.js";
+export type { Register, RegisteredDb, RegisteredActor } from "./register.js";
 export { buildFrame, BUILTIN_ACTIONS } from "./frames/frame.js";
 export type { FrameSpec, BuiltinAction } from "./frames/frame.js";
 export { escapeHtml } from "./frames/escape.js";

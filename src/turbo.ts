@@ -16,7 +16,15 @@ import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { localsOf } from "./delivery/page-middleware.js";
 import { Hub } from "./delivery/hub.js";
 import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
-import { currentRequestId, outsideRequest, runInRequest } from "./delivery/request-context.js";
+import { exceptFrame } from "./delivery/hub.js";
+import {
+  ScopeTokens,
+  currentRequestId,
+  currentScope,
+  outsideRequest,
+  pageDigest,
+  runInRequest,
+} from "./delivery/request-context.js";
 import { resolveSecret } from "./delivery/secret.js";
 import {
   StreamSigner,
@@ -29,10 +37,13 @@ import { LogThrottle } from "./log-throttle.js";
 import { type Logger, consoleLogger } from "./logger.js";
 import { Publisher } from "./publish/publisher.js";
 import { RefreshDebouncer } from "./publish/refresh-debouncer.js";
+import { checkDeclaredBroadcasts } from "./streams/declarative.js";
 import { discoverStreams } from "./streams/discover.js";
+import { domId } from "./streams/dom-id.js";
 import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
 import { tableInfo } from "./streams/table.js";
+import { TESTING, type TestingHooks } from "./testing-hooks.js";
 import { type ViewsOption, resolveViews } from "./views/environment.js";
 import { turboStreamFromGlobal } from "./views/turbo-stream-from.js";
 import type { Request, RequestHandler, Response } from "express";
@@ -120,6 +131,17 @@ export interface Turbo {
   ): string;
   /** The signed token of a stream name, for clients other than `<turbo-stream-source>` (`?s=<token>`). */
   signStreamName(name: string): string;
+  /**
+   * Runs `fn` (sync or async) with broadcasts of its own writes suppressed:
+   * changes it writes through the app's connection reach no hook and no
+   * declarative broadcast (they stay in the change log). Writes made at the
+   * same time by other requests, or by other processes, are dispatched as
+   * usual. Returns what `fn` returns.
+   *
+   * @example
+   * await turbo.suppressingBroadcasts(() => db.update(messages).set({ body: "" }).run());
+   */
+  suppressingBroadcasts<T>(fn: () => T): T;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -152,6 +174,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const streams = options.streams ?? "streams";
   const classes = typeof streams === "string" ? await discoverStreams(path.resolve(streams)) : [...streams];
   for (const cls of classes) registry.register(cls);
+  // declarative broadcasts fail here, not at the first change: both forms on one class, a partial that is not there
+  for (const cls of registry.modelClasses) checkDeclaredBroadcasts(cls, (name) => views.getTemplate(name));
 
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
@@ -162,7 +186,12 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   const runtime: StreamRuntime = {
     render: (template, context) => views.render(template, context as object),
-    publish,
+    publish(stream, frame, opts) {
+      // the page that made the request (its client script said which) is skipped by the hub
+      const page = opts?.toOthers === true ? currentScope()?.page : undefined;
+      return publish(stream, page === undefined ? frame : exceptFrame(frame, pageDigest(page)));
+    },
+    db,
     // a refresh caused by a request names it, so the page that made it can ignore it
     refresh: (stream, spec) => refreshes.refresh(stream, spec.requestId ?? currentRequestId()),
     async loadRow(table, pk) {
@@ -174,10 +203,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
 
   /** The newest position seen: the cursor of tags rendered outside a request (by hooks). */
   let latestPosition: string | null = null;
+  /** The scopes (requests, suppressingBroadcasts) that wrote changes, by the token the change log notes. */
+  const scopes = new ScopeTokens();
   const requests: RequestScopeAccess = {
-    current: currentRequestId,
-    run: (requestId, fn) => runInRequest({ requestId }, fn),
+    current: () => scopes.current(),
+    run: (token, fn) => scopes.run(token, fn),
     outside: outsideRequest,
+    scope: (token) => scopes.scope(token),
   };
   /** Misconfiguration noticed while running: logged once, then counted. */
   const notices = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
@@ -222,6 +254,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const removeGlobal = (): void => {
     const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
     if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
+    if (globals?.dom_id === domId) delete globals.dom_id;
   };
 
   let instrumentation: Instrumentation | undefined;
@@ -254,6 +287,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     bound = true;
     // a template rendered by a hook may call turbo_stream_from
     views.addGlobal("turbo_stream_from", streamFrom);
+    views.addGlobal("dom_id", domId);
     // last: from here on hooks may run, so everything they use is in place
     feed.start();
   } catch (error) {
@@ -285,6 +319,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       return renderer.render(req, null, streamables, opts);
     },
     signStreamName: (name) => signer.sign(name),
+    suppressingBroadcasts: (fn) =>
+      runInRequest({ ...(currentScope() ?? { requestId: undefined }), suppressed: true }, fn),
     close() {
       closing ??= (async () => {
         // first: the change being dispatched may still publish to live subscribers
@@ -300,5 +336,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       return closing;
     },
   };
+  const testing: TestingHooks = { tap: (listener) => publisher.tap(listener), flushRefreshes: () => refreshes.flush() };
+  Object.defineProperty(turbo, TESTING, { value: testing });
   return turbo;
 }

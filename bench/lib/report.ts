@@ -276,7 +276,8 @@ export function renderReport(results: Results, chartFile: string): string {
         "rounds alternating which mode goes first. With capture, a round ends only when every insert has reached its " +
         "`onSave` hook (a no-op), so the figure includes the trigger, the change-log claims and the dispatch. " +
         "*per-turn*: one insert per event-loop turn, as requests arrive (each change claimed on its own); " +
-        "*burst*: inserts back to back, drained in batches after.",
+        "*burst*: inserts back to back, drained in batches after; " +
+        "*update*: one UPDATE of an existing row per turn (the trigger logs the new and the previous row).",
       "",
       "Drizzle prepares every statement anew, and preparing a write to a captured table compiles its trigger too; " +
         "turbocast keeps the app's prepared write statements (INSERT, UPDATE, DELETE without RETURNING) and hands them back, " +

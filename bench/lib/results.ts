@@ -44,7 +44,7 @@ export interface WriteCost {
   /** Inserts per round. */
   inserts: number;
   workloads: Array<{
-    workload: "per-turn" | "burst";
+    workload: "per-turn" | "burst" | "update";
     /** Inserts per second, one figure per round: bare Drizzle. */
     without: number[];
     /** Bare Drizzle plus turbocast's prepared-statement cache alone (no capture). Absent in runs before it was measured. */

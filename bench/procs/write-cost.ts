@@ -14,11 +14,15 @@
  *   per-turn  one insert per turn of the event loop, as requests arrive
  *             (each insert is claimed and completed on its own)
  *   burst     inserts back to back in one turn, drained in batches after
+ *   update    one Drizzle UPDATE of an existing row per turn (the rows are
+ *             inserted first, untimed): the trigger writes the new and the
+ *             previous row, so this is what capturing the old row costs
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
+import { eq } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/better-sqlite3";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import nunjucks from "nunjucks";
@@ -44,7 +48,8 @@ class MessageStream extends ModelStream<typeof messages> {
   }
 }
 
-export type Workload = "per-turn" | "burst";
+export type Workload = "per-turn" | "burst" | "update";
+const WORKLOADS = ["per-turn", "burst", "update"] as const;
 export type Mode = "without" | "cached" | "with";
 
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -52,7 +57,7 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-write-cost-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 let files = 0;
 
-/** One round: `n` inserts; returns inserts per second. */
+/** One round: `n` writes; returns writes per second. */
 async function round(mode: Mode, workload: Workload, n: number): Promise<number> {
   const sqlite = new Database(path.join(dir, `${files++}.db`));
   sqlite.pragma("journal_mode = WAL");
@@ -72,14 +77,26 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
           logger: silentLogger,
         })
       : undefined;
-  dispatched = 0;
   const row = (i: number) => ({
     roomId: i % 10,
     body: `message number ${i} with a little text`,
     createdAt: new Date(),
   });
+  if (workload === "update") {
+    for (let i = 0; i < n; i++) db.insert(messages).values(row(i)).run();
+    await turbo?.feed.drain();
+  }
+  dispatched = 0;
   const started = process.hrtime.bigint();
-  if (workload === "per-turn") {
+  if (workload === "update") {
+    for (let i = 0; i < n; i++) {
+      db.update(messages)
+        .set({ body: `edited message ${i}` })
+        .where(eq(messages.id, i + 1))
+        .run();
+      await turn();
+    }
+  } else if (workload === "per-turn") {
     for (let i = 0; i < n; i++) {
       db.insert(messages).values(row(i)).run();
       await turn();
@@ -89,7 +106,7 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
   }
   if (turbo) {
     await turbo.feed.drain();
-    if (dispatched !== n) throw new Error(`expected ${n} inserts dispatched to onSave, got ${dispatched}`);
+    if (dispatched !== n) throw new Error(`expected ${n} writes dispatched to onSave, got ${dispatched}`);
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   await turbo?.close();
@@ -102,10 +119,10 @@ serve({
   async measure(args: { inserts: number; rounds: number }) {
     // warm up both paths (JIT, page cache)
     for (const mode of ["without", "cached", "with"] as const) {
-      for (const workload of ["per-turn", "burst"] as const) await round(mode, workload, Math.min(1000, args.inserts));
+      for (const workload of WORKLOADS) await round(mode, workload, Math.min(1000, args.inserts));
     }
     const out: Array<{ workload: Workload; without: number[]; cached: number[]; with: number[] }> = [];
-    for (const workload of ["per-turn", "burst"] as const) {
+    for (const workload of WORKLOADS) {
       const result = { workload, without: [] as number[], cached: [] as number[], with: [] as number[] };
       for (let r = 0; r < args.rounds; r++) {
         const order: Mode[] = r % 2 === 0 ? ["without", "cached", "with"] : ["with", "cached", "without"];

@@ -67,6 +67,8 @@ export interface ChangeRecord {
   op: ChangeOp;
   /** The row's columns as the adapter encoded them (a JSON object; the old row for a delete). */
   row: string;
+  /** For an update, the row before it, encoded like `row` (decoded with the same decoder); null otherwise. */
+  previous: string | null;
 }
 
 /** A claim this feed took over from another: whose, why, and from which seq its changes are dispatched again. */

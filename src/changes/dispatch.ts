@@ -2,7 +2,8 @@ import { HookError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
-import type { AnyModelStreamClass, StreamRegistry } from "../streams/registry.js";
+import { type DeclaredBroadcasts, broadcastDeclared, declaredBroadcasts } from "../streams/declarative.js";
+import { type AnyModelStreamClass, type StreamRegistry, attachStream } from "../streams/registry.js";
 import type { TableInfo } from "../streams/table.js";
 import type { ChangeOp, ChangeRecord } from "./capture.js";
 import type { RowDecoder } from "./decode.js";
@@ -10,8 +11,9 @@ import type { RequestScopeAccess } from "./request-notes.js";
 
 /**
  * A captured change as its hooks see it: decoded through the bound class's
- * Drizzle columns. The change context hooks will get (`previous`, `changed`,
- * `version`, `actor`) is built from here.
+ * Drizzle columns, with the change context (`previous`, `changed`,
+ * `version` = seq, `actor`) that onSave / onDelete and the declarative
+ * broadcasts get.
  */
 export interface DecodedChange {
   /** The change's position in the log: monotonic per database, the same in every process. */
@@ -22,11 +24,17 @@ export interface DecodedChange {
   model: AnyModelStreamClass;
   /** The row after the change (before it, for a delete), as `db.select()` would return it. */
   entity: Record<string, unknown>;
-  /** The request this process wrote the change in (RequestNotes); undefined for every other writer. */
+  /** The row before an update, decoded like `entity`; undefined otherwise (or when the log did not keep it). */
+  previous: Record<string, unknown> | undefined;
+  /** The keys whose value changed; every key of an insert, and of an update whose previous row is unknown. */
+  changed: string[];
+  /** The token of the scope this process wrote the change in (RequestNotes); undefined for every other writer. */
   requestId: string | undefined;
+  /** The user of the request that wrote the change (see SaveContext.actor); set between decode and run. */
+  actor: unknown;
 }
 
-export type HookStep = "decode" | "onSave" | "onDelete";
+export type HookStep = "decode" | "broadcastsTo" | "broadcastsRefreshesTo" | "onSave" | "onDelete";
 
 export interface HookDispatcherInit {
   registry: StreamRegistry;
@@ -40,12 +48,17 @@ export interface HookDispatcherInit {
 }
 
 /**
- * The "hook" step of the data flow: decodes a claimed change, gives the
- * entity `.stream`, and calls `onSave(entity, { created })` or
- * `onDelete(entity)` on the bound class's stream. A failure (decoding, a
+ * The "hook" step of the data flow: decodes a claimed change (and the row
+ * before an update), gives the entity `.stream`, runs the class's
+ * declarative broadcasts (declarative.ts) and then calls
+ * `onSave(entity, { created, previous, changed, version, actor })` or
+ * `onDelete(entity, { version, actor })` on the bound class's stream —
+ * inside the scope the change was written in, if this process wrote it in
+ * one; a change written inside `turbo.suppressingBroadcasts` goes no
+ * further than the log. A failure (decoding, a throwing mapping, a
  * throwing or rejecting hook, one that does not settle within
- * hookTimeoutMs) is logged as a HookError and never thrown: the feed goes on
- * with the next change.
+ * hookTimeoutMs) is logged as a HookError and never thrown: the feed goes
+ * on with the next change.
  *
  * Failures go through a LogThrottle by class, step and error kind: during a
  * broker outage every hook that broadcasts fails the same way, and the first
@@ -90,6 +103,9 @@ export class HookDispatcher {
       );
       return undefined;
     }
+    // a change written inside turbo.suppressingBroadcasts stays in the log, and goes no further
+    const scope = requestId === undefined ? undefined : this.#requests?.scope?.(requestId);
+    if (scope?.suppressed === true) return undefined;
     let decoded: DecodedChange;
     try {
       decoded = this.decode(cls, change, requestId);
@@ -98,6 +114,15 @@ export class HookDispatcher {
       return undefined;
     }
     this.#succeeded(cls, change, "decode");
+    // authenticate runs once per request, and only for a request whose writes reach a hook
+    const actor = scope?.actor?.();
+    if (typeof (actor as PromiseLike<unknown> | undefined)?.then === "function") {
+      return (actor as Promise<unknown>).then((user) => {
+        decoded.actor = user ?? undefined;
+        return this.run(decoded, change);
+      });
+    }
+    decoded.actor = actor ?? undefined;
     return this.run(decoded, change);
   }
 
@@ -105,10 +130,23 @@ export class HookDispatcher {
   decode(cls: AnyModelStreamClass, change: ChangeRecord, requestId: string | undefined): DecodedChange {
     let decode = this.#decoders.get(cls);
     if (!decode) this.#decoders.set(cls, (decode = this.#decoderFor(cls.tableInfo())));
-    return { seq: change.seq, table: change.table, op: change.op, model: cls, entity: decode(change.row), requestId };
+    const entity = decode(change.row);
+    // an adapter that does not keep previous rows leaves it undefined
+    const previous = change.previous == null ? undefined : decode(change.previous);
+    return {
+      seq: change.seq,
+      table: change.table,
+      op: change.op,
+      model: cls,
+      entity,
+      previous,
+      changed: previous === undefined ? Object.keys(entity) : changedKeys(previous, entity),
+      requestId,
+      actor: undefined,
+    };
   }
 
-  /** Runs a decoded change's hook (see dispatch); `change` is the raw record, for the failure's log line. */
+  /** Runs a decoded change's broadcasts and hook (see dispatch); `change` is the raw record, for the failure's log line. */
   run(decoded: DecodedChange, change: ChangeRecord): Promise<void> | undefined {
     const { model: cls, entity, op, requestId } = decoded;
     // a class whose for() throws is logged as a decoding failure, as before the hook runs
@@ -124,15 +162,18 @@ export class HookDispatcher {
         writable: false,
       });
       stream.entity = entity as ModelStream["entity"];
-      step = op === "delete" ? "onDelete" : "onSave";
-      // passes run outside any request (the feed's #startPass): a change written in one runs inside its id again
-      const result =
-        requestId === undefined
-          ? runHook(stream, entity, op)
-          : this.#requests!.run(requestId, () => runHook(stream, entity, op));
+      if (decoded.previous !== undefined) attachStream(decoded.previous, cls);
+      const declared = declaredBroadcasts(cls);
+      const hook: HookStep = op === "delete" ? "onDelete" : "onSave";
+      const body = (): unknown => {
+        if (declared !== null) this.#broadcast(cls, declared, decoded, change);
+        step = hook;
+        return runHook(stream, decoded);
+      };
+      // passes run outside any request (the feed's #startPass): a change written in one runs inside its scope again
+      const result = requestId === undefined ? body() : this.#requests!.run(requestId, body);
       // most hooks are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
-        const hook = step;
         return this.#settled(Promise.resolve(result)).then(
           () => this.#succeeded(cls, change, hook),
           (error: unknown) => this.#hookFailed(cls, change, hook, error),
@@ -143,6 +184,22 @@ export class HookDispatcher {
       this.#hookFailed(cls, change, step, error);
     }
     return undefined;
+  }
+
+  /** The declarative broadcasts of a change; a failure is logged like a hook's, and the hook still runs. */
+  #broadcast(
+    cls: AnyModelStreamClass,
+    declared: DeclaredBroadcasts,
+    decoded: DecodedChange,
+    change: ChangeRecord,
+  ): void {
+    const step: HookStep = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
+    try {
+      broadcastDeclared(cls, declared, { op: decoded.op, entity: decoded.entity, previous: decoded.previous });
+      this.#succeeded(cls, change, step);
+    } catch (error) {
+      this.#hookFailed(cls, change, step, error);
+    }
   }
 
   #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep, error: unknown): void {
@@ -158,6 +215,7 @@ export class HookDispatcher {
       table: failure.table,
       key: failure.key,
       seq: failure.seq,
+      version: failure.version,
       error,
     });
   }
@@ -194,11 +252,38 @@ export class HookDispatcher {
   }
 }
 
-/** Calls the change's hook on its stream; returns what the hook returned (a promise for an async one). */
-function runHook(stream: ModelStream, entity: Record<string, unknown>, op: ChangeOp): unknown {
-  return op === "delete"
-    ? stream.onDelete(entity as never)
-    : stream.onSave(entity as never, { created: op === "insert" });
+/** Calls the change's hook on its stream with its context; returns what the hook returned (a promise for an async one). */
+function runHook(stream: ModelStream, change: DecodedChange): unknown {
+  const { entity, op, seq: version, actor } = change;
+  if (op === "delete") return stream.onDelete(entity as never, { version, actor: actor as never });
+  return stream.onSave(entity as never, {
+    created: op === "insert",
+    previous: change.previous as never,
+    changed: change.changed as never,
+    version,
+    actor: actor as never,
+  });
+}
+
+/** The keys of `after` whose value differs from `before`'s (decoded values: dates, buffers, JSON compared by value). */
+export function changedKeys(before: Record<string, unknown>, after: Record<string, unknown>): string[] {
+  const changed: string[] = [];
+  for (const key of Object.keys(after)) {
+    if (!sameValue(before[key], after[key])) changed.push(key);
+  }
+  return changed;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (Object.is(a, b)) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (a instanceof Date && b instanceof Date) return Object.is(a.getTime(), b.getTime());
+  if (a instanceof Uint8Array && b instanceof Uint8Array) return Buffer.compare(a, b) === 0;
+  try {
+    return JSON.stringify(a) === JSON.stringify(b);
+  } catch {
+    return false;
+  }
 }
 
 /** What makes two failures "the same" for the log: the error's stable code, else its class. */

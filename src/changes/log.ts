@@ -14,6 +14,8 @@ import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
  *   seq       INTEGER PRIMARY KEY   commit order (SQLite has one writer at a time)
  *   tbl, op   the table's SQL name; 'insert' | 'update' | 'delete'
  *   row_json  JSON object, column name -> value (the NEW row; the OLD row for a delete)
+ *   prev_json the OLD row of an update, in the same form (NULL for inserts and deletes,
+ *             and for updates logged before the column existed)
  *   at        unixepoch() when it was written (for pruning by age)
  *
  * `_turbocast_cursor` is one row saying how far dispatch got, and who is
@@ -37,7 +39,8 @@ export const LOG_DDL = [
   tbl TEXT NOT NULL,
   op TEXT NOT NULL,
   row_json TEXT NOT NULL,
-  at INTEGER NOT NULL
+  at INTEGER NOT NULL,
+  prev_json TEXT
 )`,
   `CREATE TABLE IF NOT EXISTS ${quoteIdent(CURSOR_TABLE)} (
   id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -48,6 +51,12 @@ export const LOG_DDL = [
 )`,
   `INSERT OR IGNORE INTO ${quoteIdent(CURSOR_TABLE)} (id, done_seq) VALUES (1, 0)`,
 ];
+
+/** Adds prev_json to a change log created before updates logged their old row (inside the sync's transaction). */
+export function upgradeLog(client: Database.Database): void {
+  const has = client.prepare(`SELECT 1 FROM pragma_table_info(?) WHERE name = 'prev_json'`).pluck().get(LOG_TABLE);
+  if (has === undefined) client.exec(`ALTER TABLE ${T} ADD COLUMN prev_json TEXT`);
+}
 
 export interface PollResult {
   /** `PRAGMA schema_version`: changes when any connection alters the schema (a migration). */
@@ -98,7 +107,7 @@ export class ChangeLog {
     this.#advance = client.prepare(`UPDATE ${C} SET done_seq = max(done_seq, :upTo) WHERE id = 1 AND owner = :owner`);
     // rows as arrays: better-sqlite3 builds an object per row property by property, at about twice the cost
     this.#pending = client
-      .prepare(`SELECT seq, tbl, op, row_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`)
+      .prepare(`SELECT seq, tbl, op, row_json, prev_json FROM ${T} WHERE seq > :after ORDER BY seq LIMIT :limit`)
       .raw(true);
     this.#take = client.prepare(
       `UPDATE ${C} SET owner = :owner, claimed_seq = :upTo, lease_until = :until WHERE id = 1`,
@@ -123,8 +132,10 @@ export class ChangeLog {
         const held = this.#heldBy(cursor, owner, now);
         if (held === "live") return [];
         // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
-        const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<[number, string, ChangeOp, string]>;
-        const batch = rows.map(([seq, table, op, row]): ChangeRecord => ({ seq, table, op, row }));
+        const rows = this.#pending.all({ after: cursor.doneSeq, limit }) as Array<
+          [number, string, ChangeOp, string, string | null]
+        >;
+        const batch = rows.map(([seq, table, op, row, previous]): ChangeRecord => ({ seq, table, op, row, previous }));
         if (batch.length === 0) {
           if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
           return [];

@@ -1,14 +1,29 @@
 import type Database from "better-sqlite3";
 import { LOG_TABLE, NAMESPACE, quoteIdent } from "./sql.js";
 
-/** How the feed reads and sets the request a piece of code runs for (delivery/request-context.ts). */
+/**
+ * How the feed reads and sets the request a piece of code runs for
+ * (delivery/request-context.ts). The "request id" noted with a change is an
+ * opaque token of the scope that wrote it (ScopeTokens): its X-Turbo-Request-Id,
+ * page, actor and suppression are looked up with it at dispatch.
+ */
 export interface RequestScopeAccess {
-  /** The X-Turbo-Request-Id of the code running now, if any. */
+  /** The token of the scope the code running now is in (a request, or suppressingBroadcasts), if any. */
   current(): string | undefined;
-  /** Runs `fn` as if inside the request with that id. */
+  /** Runs `fn` as if inside the scope with that token. */
   run<T>(requestId: string, fn: () => T): T;
   /** Runs `fn` outside any request. */
   outside<T>(fn: () => T): T;
+  /** What the dispatcher needs of the scope a change was written in (undefined: not known, or forgotten). */
+  scope?(requestId: string): WriteScope | undefined;
+}
+
+/** The scope a change was written in, as its dispatch needs it. */
+export interface WriteScope {
+  /** Written inside `turbo.suppressingBroadcasts`: the change reaches no hook and no broadcast. */
+  readonly suppressed?: boolean | undefined;
+  /** The request's user (`authenticate`, memoised; may return a promise). */
+  readonly actor?: (() => unknown) | undefined;
 }
 
 const NOTES = `${NAMESPACE}request_notes`;

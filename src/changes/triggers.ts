@@ -1,7 +1,7 @@
 import type Database from "better-sqlite3";
 import { CaptureInstallError } from "../errors.js";
 import type { CaptureSync } from "./capture.js";
-import { LOG_DDL } from "./log.js";
+import { LOG_DDL, upgradeLog } from "./log.js";
 import { LOG_TABLE, NAMESPACE, quoteIdent, quoteLiteral } from "./sql.js";
 
 /**
@@ -12,7 +12,7 @@ import { LOG_TABLE, NAMESPACE, quoteIdent, quoteLiteral } from "./sql.js";
  * committed one survives a crash.
  *
  *   _turbocast_<table>_ins   AFTER INSERT: the new row
- *   _turbocast_<table>_upd   AFTER UPDATE, only when some column's value changed: the new row
+ *   _turbocast_<table>_upd   AFTER UPDATE, only when some column's value changed: the new row and the old one
  *   _turbocast_<table>_del   AFTER DELETE: the old row
  *
  * The trigger text is the signature: it lists the table's actual columns, so
@@ -93,10 +93,12 @@ export function triggerStatements(table: string, columns: readonly TriggerColumn
   const t = quoteIdent(table);
   const log = quoteIdent(LOG_TABLE);
   const name = quoteLiteral(table);
-  const body = (op: string, rowAlias: "NEW" | "OLD"): string => {
-    const row = `json_object(${columns.map((c) => `${quoteLiteral(c.name)}, ${jsonValue(`${rowAlias}.${quoteIdent(c.name)}`, c.blobSafe)}`).join(", ")})`;
-    return `BEGIN INSERT INTO ${log} (tbl, op, row_json, at) VALUES (${name}, '${op}', ${row}, unixepoch()); END`;
-  };
+  const row = (alias: "NEW" | "OLD"): string =>
+    `json_object(${columns.map((c) => `${quoteLiteral(c.name)}, ${jsonValue(`${alias}.${quoteIdent(c.name)}`, c.blobSafe)}`).join(", ")})`;
+  const body = (op: string, rowAlias: "NEW" | "OLD"): string =>
+    `BEGIN INSERT INTO ${log} (tbl, op, row_json, at) VALUES (${name}, '${op}', ${row(rowAlias)}, unixepoch()); END`;
+  // an update logs the row before it too: hooks get `previous`, and a row that moved is removed where it was
+  const updateBody = `BEGIN INSERT INTO ${log} (tbl, op, row_json, prev_json, at) VALUES (${name}, 'update', ${row("NEW")}, ${row("OLD")}, unixepoch()); END`;
   // An UPDATE that changes no column is not a change (turbo-rails #610: no-op saves broadcast).
   // COLLATE BINARY: under a NOCASE column 'a' -> 'A' is still a change the page should show.
   const changed = columns
@@ -107,10 +109,7 @@ export function triggerStatements(table: string, columns: readonly TriggerColumn
   const del = triggerName(table, "del");
   return new Map([
     [ins, `CREATE TRIGGER ${quoteIdent(ins)} AFTER INSERT ON ${t} FOR EACH ROW ${body("insert", "NEW")}`],
-    [
-      upd,
-      `CREATE TRIGGER ${quoteIdent(upd)} AFTER UPDATE ON ${t} FOR EACH ROW WHEN ${changed} ${body("update", "NEW")}`,
-    ],
+    [upd, `CREATE TRIGGER ${quoteIdent(upd)} AFTER UPDATE ON ${t} FOR EACH ROW WHEN ${changed} ${updateBody}`],
     [del, `CREATE TRIGGER ${quoteIdent(del)} AFTER DELETE ON ${t} FOR EACH ROW ${body("delete", "OLD")}`],
   ]);
 }
@@ -158,6 +157,7 @@ export function syncTriggers(
   const { previous } = options;
   const run = client.transaction((): TriggerSync => {
     for (const ddl of LOG_DDL) client.exec(ddl);
+    upgradeLog(client);
     const wanted = new Map<string, string>();
     const result: TriggerSync = {
       created: [],

@@ -59,11 +59,17 @@ export class DeliveryEndpoint {
       accepting: () => this.#state === "open",
       authorize: (req, parsed, checkOrigin) => this.#authorize(req, parsed, checkOrigin),
       refused: (error) => this.#noteRefusal(error),
-      subscribe: (connection, names, cursor, refresh) => this.#subscribe(connection, names, cursor, refresh),
+      subscribe: (connection, names, cursor, refresh, page) =>
+        this.#subscribe(connection, names, cursor, refresh, page),
     };
     this.#websocket = new WebSocketUpgrade(steps);
     this.#sse = new SseEndpoint(steps, (req) => this.#websocket.attachedTo(req));
-    this.#pages = pageMiddleware({ broker: init.broker, renderer: init.renderer, log: this.#log });
+    this.#pages = pageMiddleware({
+      broker: init.broker,
+      renderer: init.renderer,
+      log: this.#log,
+      authenticate: init.options.authenticate,
+    });
     this.#heartbeat = setInterval(() => {
       for (const connection of this.#connections.all()) connection.heartbeat();
     }, init.options.heartbeatMs);
@@ -131,10 +137,16 @@ export class DeliveryEndpoint {
     });
   }
 
-  async #subscribe(connection: Connection, names: string[], cursor: string | null, refresh: boolean): Promise<void> {
+  async #subscribe(
+    connection: Connection,
+    names: string[],
+    cursor: string | null,
+    refresh: boolean,
+    page: string | null,
+  ): Promise<void> {
     connection.beginReplay();
     try {
-      const unsubscribe = await this.#init.hub.subscribe(names, connection, { cursor, refresh });
+      const unsubscribe = await this.#init.hub.subscribe(names, connection, { cursor, refresh, page });
       connection.endReplay();
       connection.attach(unsubscribe);
     } catch (error) {

@@ -17,6 +17,27 @@ export interface SubscribeOptions {
    * missed is unknown.
    */
   refresh?: boolean;
+  /** The digest of the subscribing page's id: frames broadcast `{ toOthers: true }` by that page's requests skip it. */
+  page?: string | null;
+}
+
+/**
+ * How a `{ toOthers: true }` frame names the page it skips: as its first
+ * attribute (added by createTurbo's publish), so telling such a frame apart
+ * costs one startsWith per frame. Turbo ignores the attribute.
+ */
+export const EXCEPT_PREFIX = '<turbo-stream data-turbocast-except="';
+
+/** The page digest a frame skips, or null. */
+export function exceptOf(frame: string): string | null {
+  if (!frame.startsWith(EXCEPT_PREFIX)) return null;
+  const end = frame.indexOf('"', EXCEPT_PREFIX.length);
+  return end < 0 ? null : frame.slice(EXCEPT_PREFIX.length, end);
+}
+
+/** `frame` marked to skip the page with this digest. */
+export function exceptFrame(frame: string, page: string): string {
+  return `${EXCEPT_PREFIX}${page}"${frame.slice("<turbo-stream".length)}`;
 }
 
 const REFRESH_FRAME = buildFrame({ action: "refresh" });
@@ -24,6 +45,8 @@ const REFRESH_FRAME = buildFrame({ action: "refresh" });
 interface Entry {
   sink: Sink;
   streams: readonly string[];
+  /** The subscribing page's digest (SubscribeOptions.page). */
+  page: string | null;
   /** Frames that arrived while history was being replayed; `null` once live. */
   pending: Published[] | null;
   /** seq of the newest frame sent; frames at or below it are duplicates. */
@@ -59,7 +82,14 @@ export class Hub {
    */
   async subscribe(streams: readonly string[], sink: Sink, options: SubscribeOptions = {}): Promise<() => void> {
     const replay = options.refresh === true || Boolean(options.cursor);
-    const entry: Entry = { sink, streams, pending: replay ? [] : null, lastSeq: 0, closed: false };
+    const entry: Entry = {
+      sink,
+      streams,
+      page: options.page ?? null,
+      pending: replay ? [] : null,
+      lastSeq: 0,
+      closed: false,
+    };
     for (const name of streams) {
       let set = this.#byStream.get(name);
       if (!set) this.#byStream.set(name, (set = new Set()));
@@ -92,11 +122,12 @@ export class Hub {
   deliver(frame: Published): void {
     const set = this.#byStream.get(frame.stream);
     if (set === undefined) return;
+    const except = exceptOf(frame.frame);
     for (const entry of set) {
       if (entry.pending !== null) entry.pending.push(frame);
       else if (frame.seq > entry.lastSeq) {
         entry.lastSeq = frame.seq;
-        entry.sink.send(frame);
+        if (except === null || except !== entry.page) entry.sink.send(frame);
       }
     }
   }
@@ -135,7 +166,7 @@ export class Hub {
       for (const frame of missed) {
         if (frame.seq <= entry.lastSeq) continue;
         entry.lastSeq = frame.seq;
-        entry.sink.send(frame);
+        if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
       }
     }
     const pending = entry.pending ?? [];
@@ -144,7 +175,7 @@ export class Hub {
       // a refresh queued by refreshAll() has stream "" and always goes out
       if (frame.stream === "" || frame.seq > entry.lastSeq) {
         entry.lastSeq = Math.max(entry.lastSeq, frame.seq);
-        entry.sink.send(frame);
+        if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
       }
     }
   }

@@ -1,8 +1,10 @@
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Broker } from "../brokers/broker.js";
 import type { LogThrottle } from "../log-throttle.js";
-import { readRequestId, runInRequest } from "./request-context.js";
+import type { Authenticate } from "./options.js";
+import { PAGE_HEADER, onceActor, readPageId, readRequestId, runInRequest } from "./request-context.js";
 import type { StreamSourceOptions, StreamSourceRenderer, Streamable } from "./stream-source.js";
 
 /** What `turbo.middleware()` leaves in `res.locals.turbocast` for the view helper. */
@@ -11,6 +13,12 @@ export interface TurboLocals {
   readonly position: string | null;
   /** The request's X-Turbo-Request-Id, when Turbo sent one. */
   readonly requestId: string | undefined;
+  /**
+   * The id of the page this response renders, carried in its stream
+   * sources' URL (`p=`) and sent back by the client script with the page's
+   * requests, so `{ toOthers: true }` broadcasts skip it. Made on first use.
+   */
+  readonly pageId: string;
   /** Renders a `<turbo-stream-source>` for this request. */
   streamSource(streamables: readonly Streamable[], options?: StreamSourceOptions): string;
 }
@@ -29,6 +37,8 @@ export interface PageMiddlewareInit {
   renderer: StreamSourceRenderer;
   /** A broker outage fails every page's head(): logged once when it starts and once when it ends. */
   log: LogThrottle;
+  /** The request's user, for `actor` in the change context of its writes (asked only then, once). Default: none. */
+  authenticate?: Authenticate;
 }
 
 /**
@@ -41,14 +51,23 @@ export interface PageMiddlewareInit {
 export function pageMiddleware(init: PageMiddlewareInit): RequestHandler {
   return (req: Request, res: Response, next: NextFunction): void => {
     const requestId = readRequestId(req.headers["x-turbo-request-id"]);
+    const page = readPageId(req.headers[PAGE_HEADER]);
+    const authenticate = init.authenticate;
+    const actor = authenticate ? onceActor(() => authenticate(req)) : undefined;
     const proceed = (position: string | null): void => {
+      let pageId: string | undefined;
       const locals: TurboLocals = {
         position,
         requestId,
-        streamSource: (streamables, options) => init.renderer.render(req, position, streamables, options),
+        get pageId() {
+          pageId ??= randomBytes(16).toString("base64url");
+          return pageId;
+        },
+        streamSource: (streamables, options) =>
+          init.renderer.render(req, position, streamables, options, locals.pageId),
       };
       res.locals.turbocast = locals;
-      runInRequest({ requestId }, next);
+      runInRequest({ requestId, page, actor }, next);
     };
     init.broker
       .head()

@@ -51,8 +51,10 @@ export class SseEndpoint {
     if (req.accepts(SSE_CONTENT_TYPE) === false) return answer(res, 406);
     let names: string[];
     let cursor: { cursor: string | null; refresh: boolean };
+    let page: string | null;
     try {
       const parsed = parseSubscriptionUrl(req.originalUrl ?? req.url, steps.options);
+      page = parsed.page;
       names = await steps.authorize(req, parsed);
       const lastEventId = req.headers["last-event-id"];
       cursor = sseCursor(typeof lastEventId === "string" ? lastEventId : undefined, parsed.after);
@@ -72,7 +74,7 @@ export class SseEndpoint {
     });
     steps.connections.add(connection, { streams: names });
     connection.start();
-    await steps.subscribe(connection, names, cursor.cursor, cursor.refresh);
+    await steps.subscribe(connection, names, cursor.cursor, cursor.refresh, page);
   }
 
   /**

@@ -7,6 +7,7 @@ import { MAX_STREAM_NAME_LENGTH } from "../streams/names.js";
 import { type StreamRegistry, isModelStreamClass, isStreamClass } from "../streams/registry.js";
 import { Stream } from "../streams/stream.js";
 import type { ResolvedDeliveryOptions, Transport } from "./options.js";
+import { pageDigest, readPageId } from "./request-context.js";
 
 // What a page's `<turbo-stream-source>` carries, in one place for both ends:
 // the view helper builds the tag and its URL from signed stream names, the
@@ -104,17 +105,33 @@ export class StreamSigner {
  */
 export const STREAM_PARAM = "s";
 export const AFTER_PARAM = "after";
+/**
+ * The id of the page that rendered the source (page-middleware.ts): the
+ * client script sends it back with the page's requests (X-Turbocast-Page),
+ * and frames broadcast `{ toOthers: true }` for those requests skip this
+ * subscription. Unsigned: a page can only name itself, and at worst mute
+ * its own toOthers frames.
+ */
+export const PAGE_PARAM = "p";
 
 export interface ParsedSubscription {
   tokens: string[];
   after: string | null;
+  /** The digest of the page id (`p=`), as toOthers frames carry it; null when absent or malformed. */
+  page: string | null;
 }
 
 /** The subscription URL of signed stream names `tokens` from `after`: path-absolute, as SSE sources use it. */
-export function subscriptionUrl(path: string, tokens: readonly string[], after: string | null): string {
+export function subscriptionUrl(
+  path: string,
+  tokens: readonly string[],
+  after: string | null,
+  page?: string | undefined,
+): string {
   const query = new URLSearchParams();
   for (const token of tokens) query.append(STREAM_PARAM, token);
   if (after !== null) query.append(AFTER_PARAM, after);
+  if (page !== undefined) query.append(PAGE_PARAM, page);
   return `${path}?${query.toString()}`;
 }
 
@@ -151,7 +168,8 @@ export function parseSubscriptionUrl(
   const after = afters[0] ?? null;
   if (after !== null && parsePosition(after) === null)
     throw new SubscriptionRefusedError(400, `malformed ${AFTER_PARAM}= position`);
-  return { tokens, after };
+  const page = readPageId(params.get(PAGE_PARAM));
+  return { tokens, after, page: page === undefined ? null : pageDigest(page) };
 }
 
 /**
@@ -197,6 +215,7 @@ export class StreamSourceRenderer {
     position: string | null,
     streamables: readonly Streamable[],
     options: StreamSourceOptions = {},
+    page?: string,
   ): string {
     const transport = options.transport ?? this.#options.transport;
     if (transport !== "sse" && transport !== "websocket") {
@@ -206,7 +225,7 @@ export class StreamSourceRenderer {
     }
     const names = this.streamNames(streamables);
     const tokens = names.map((name) => this.#options.signer.sign(name));
-    let src = subscriptionUrl(this.#options.path, tokens, position ?? this.#options.latestPosition());
+    let src = subscriptionUrl(this.#options.path, tokens, position ?? this.#options.latestPosition(), page);
     if (transport === "websocket") {
       if (!req) {
         throw new ConfigError(

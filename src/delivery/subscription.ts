@@ -36,7 +36,14 @@ export interface SubscriptionSteps {
   /** Says on the server why a subscription was refused (the client only ever sees the status). */
   refused(error: SubscriptionRefusedError): void;
   /** Replays from `cursor` into a registered connection, then goes live; a failed replay ends it so the client retries. */
-  subscribe(connection: Connection, names: string[], cursor: string | null, refresh: boolean): Promise<void>;
+  /** `page`: the page id the source URL carried (`p=`), so `{ toOthers: true }` frames of its own requests skip it. */
+  subscribe(
+    connection: Connection,
+    names: string[],
+    cursor: string | null,
+    refresh: boolean,
+    page: string | null,
+  ): Promise<void>;
 }
 
 export interface AuthorizeContext {

@@ -108,9 +108,11 @@ export class WebSocketUpgrade {
     const request = req as Request;
     let names: string[];
     let after: string | null;
+    let page: string | null;
     try {
       const parsed = parseSubscriptionUrl(req.url ?? "", steps.options);
       after = parsed.after;
+      page = parsed.page;
       names = await steps.authorize(request, parsed, () => originAllowed(request, steps.options.allowedOrigins));
     } catch (error) {
       if (error instanceof SubscriptionRefusedError) {
@@ -131,7 +133,7 @@ export class WebSocketUpgrade {
         onClose: (c) => steps.connections.remove(c),
       });
       steps.connections.add(connection, { streams: names });
-      steps.subscribe(connection, names, after, false).catch((error: unknown) => {
+      steps.subscribe(connection, names, after, false, page).catch((error: unknown) => {
         steps.log.log("websocket failed", "error", "WebSocket subscription failed", { error });
       });
     });

@@ -19,6 +19,8 @@ export class Publisher {
   /** An outage is logged when it starts and counted until a publish succeeds: not one line per frame. */
   readonly #throttle: LogThrottle;
   #state: "open" | "closed" = "open";
+  /** Test listeners (turbocast/testing): every frame published, as published. */
+  readonly #taps = new Set<(stream: string, frame: string) => void>();
 
   constructor(broker: Broker, logger: Logger) {
     this.#broker = broker;
@@ -28,6 +30,7 @@ export class Publisher {
 
   /** Publishes an already built frame to a stream name; rejects with ClosedError once closed. */
   publish = (stream: string, frame: string): Promise<Published> => {
+    if (this.#taps.size > 0) for (const tap of this.#taps) tap(stream, frame);
     const published =
       this.#state !== "open"
         ? Promise.reject(new ClosedError("turbocast instance"))
@@ -48,6 +51,12 @@ export class Publisher {
     );
     return published;
   };
+
+  /** Calls `listener` with every frame published from now on; returns the function that stops it. */
+  tap(listener: (stream: string, frame: string) => void): () => void {
+    this.#taps.add(listener);
+    return () => this.#taps.delete(listener);
+  }
 
   /** From now on every publish rejects with ClosedError. Safe to call twice. */
   close(): void {

@@ -20,7 +20,12 @@ export class RefreshDebouncer {
   readonly #debounceMs: number;
   readonly #pending = new Map<
     string,
-    { promise: Promise<Published>; timer: NodeJS.Timeout; reject: (error: unknown) => void }
+    {
+      promise: Promise<Published>;
+      timer: NodeJS.Timeout;
+      reject: (error: unknown) => void;
+      fire: () => Promise<unknown>;
+    }
   >();
 
   constructor(init: RefreshDebouncerInit) {
@@ -40,12 +45,21 @@ export class RefreshDebouncer {
       reject = rej;
     });
     promise.catch(() => {}); // logged by the publisher; an un-awaited refresh must not crash the process
-    const timer = setTimeout(() => {
+    const fire = (): Promise<unknown> => {
+      clearTimeout(timer);
       this.#pending.delete(key);
-      this.#publish(stream, buildFrame({ action: "refresh", requestId })).then(resolve, reject);
-    }, this.#debounceMs);
-    this.#pending.set(key, { promise, timer, reject });
+      const published = this.#publish(stream, buildFrame({ action: "refresh", requestId }));
+      published.then(resolve, reject);
+      return published.catch(() => {});
+    };
+    const timer = setTimeout(fire, this.#debounceMs);
+    this.#pending.set(key, { promise, timer, reject, fire });
     return promise;
+  }
+
+  /** Publishes every pending refresh now (turbocast/testing); resolves once they are published or failed. */
+  async flush(): Promise<void> {
+    await Promise.all([...this.#pending.values()].map((pending) => pending.fire()));
   }
 
   /** Drops every pending refresh; their promises reject with ClosedError. Safe to call twice. */

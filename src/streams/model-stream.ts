@@ -1,6 +1,8 @@
 import type { InferSelectModel } from "drizzle-orm";
 import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import { FrameOptionsError, InvalidStreamClassError, MissingPrimaryKeyError } from "../errors.js";
+import type { RegisteredActor } from "../register.js";
+import type { BroadcastTarget } from "./declarative.js";
 import { rowStreamName, tableStreamName } from "./names.js";
 import { runtimeOf } from "./runtime.js";
 import { Stream, type StreamInit } from "./stream.js";
@@ -36,6 +38,33 @@ export type StreamKeyInput<T extends SQLiteTable> = string extends T["_"]["name"
   ? unknown
   : InferSelectModel<T> | PrimaryKeyOf<T>;
 
+/** What `onSave` gets besides the row: the change context. */
+export interface SaveContext<TTable extends SQLiteTable = SQLiteTable> {
+  /** True for an insert, false for an update. */
+  created: boolean;
+  /** The row before an update, decoded like the row; undefined for an insert. */
+  previous: InferSelectModel<TTable> | undefined;
+  /** The keys whose value changed: every key for an insert. */
+  changed: Array<keyof InferSelectModel<TTable> & string>;
+  /** The change's position in the change log: increasing per database, the same in every process. */
+  version: number;
+  /**
+   * The user `authenticate` returned for the request that wrote the change,
+   * when this process wrote it inside a request that went through
+   * `turbo.middleware()`; undefined for every other writer (another
+   * process, the sqlite3 shell, a script, a timer).
+   */
+  actor: RegisteredActor | undefined;
+}
+
+/** What `onDelete` gets besides the row. */
+export interface DeleteContext {
+  /** See SaveContext.version. */
+  version: number;
+  /** See SaveContext.actor. */
+  actor: RegisteredActor | undefined;
+}
+
 /** The table a ModelStream class (or instance type) is bound to. */
 export type TableOf<S> = S extends { readonly [TABLE]?: infer T extends SQLiteTable } ? T : SQLiteTable;
 
@@ -63,6 +92,30 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   static model: SQLiteTable;
   /** Overrides the table name in this class's stream names (`row:<prefix>:<key>`, `all:<prefix>`). */
   static streamPrefix?: string;
+
+  /**
+   * Declarative broadcasts: the streams whose lists show a row (nothing: in
+   * no list). Created rows are inserted there, updated ones replaced where
+   * they stay, removed from streams they left and inserted into streams
+   * they entered; deleted ones removed. Defaults of `partial`, `target`,
+   * `insertsBy`, `toOthers`: see BROADCAST_DEFAULTS (declarative.ts).
+   *
+   * @example
+   * static override broadcastsTo = (card: Card) => (card.archived ? [] : BoardStream.for(card.boardId));
+   */
+  static broadcastsTo?: (row: never) => BroadcastTarget;
+  /** Instead of partial updates: a debounced `refresh` to these streams on every change (Turbo 8 morphing). */
+  static broadcastsRefreshesTo?: (row: never) => BroadcastTarget;
+  /** The template of one row for broadcastsTo. Default `"<table>/_<singular>.njk"`, rendered with `{ <singular>: row }`. */
+  static partial?: string;
+  /** The element id rows are inserted into (or a function of the row). Default: the table name. */
+  static target?: string | ((row: never) => string);
+  /** Where new rows go in the target. Default `"append"`. */
+  static insertsBy?: "append" | "prepend";
+  /** Declarative broadcasts skip the page whose request wrote the row. Default false. */
+  static toOthers?: boolean;
+  /** The singular name in `domId` and the default partial. Default: the table name singularised (see singularOf). */
+  static singular?: string;
 
   declare readonly [TABLE]?: TTable;
 
@@ -171,9 +224,13 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
     return this.entity;
   }
 
-  /** Called after commit for every insert (`created: true`) and update of a row of the table. */
-  onSave(_entity: InferSelectModel<TTable>, _info: { created: boolean }): void | Promise<void> {}
+  /**
+   * Called after commit for every insert (`created: true`) and update of a
+   * row of the table, with the change context (SaveContext). Runs after the
+   * declarative broadcasts, when the class has them.
+   */
+  onSave(_entity: InferSelectModel<TTable>, _context: SaveContext<TTable>): void | Promise<void> {}
 
   /** Called after commit for every deleted row, with the row as it was. */
-  onDelete(_entity: InferSelectModel<TTable>): void | Promise<void> {}
+  onDelete(_entity: InferSelectModel<TTable>, _context: DeleteContext): void | Promise<void> {}
 }

@@ -2,6 +2,16 @@ import type { Published } from "../brokers/broker.js";
 import { NotBoundError } from "../errors.js";
 import type { FrameSpec } from "../frames/frame.js";
 
+/** Options every broadcast method takes besides its target. */
+export interface BroadcastOptions {
+  /**
+   * Skip the page that made the request this broadcast runs for (directly,
+   * or from the hook of a change the request wrote). Needs the client
+   * script: without it the page is unknown and every subscriber gets the frame.
+   */
+  toOthers?: boolean;
+}
+
 /**
  * What a stream class needs from the turbocast instance it is registered
  * with: render a template, publish a frame, reach the database. Kept small
@@ -10,10 +20,16 @@ import type { FrameSpec } from "../frames/frame.js";
 export interface StreamRuntime {
   /** Renders a template through the app's nunjucks environment (autoescape on). */
   render(template: string, context: object): string;
-  /** Publishes a frame to a stream; resolves with its position once the broker took it. */
-  publish(stream: string, frame: string): Promise<Published>;
+  /**
+   * Publishes a frame to a stream; resolves with its position once the
+   * broker took it. `toOthers`: the page that made the current request (if
+   * known) does not get it.
+   */
+  publish(stream: string, frame: string, options?: BroadcastOptions): Promise<Published>;
   /** Publishes one refresh per stream per debounce window (turbo-rails' debounced refresh). */
   refresh(stream: string, spec: Pick<FrameSpec, "requestId">): Promise<Published>;
+  /** The app's Drizzle database (`this.db` on streams). */
+  readonly db: unknown;
   /** Loads a row by primary key through the app's Drizzle database. */
   loadRow(table: unknown, pk: Record<string, unknown>): Promise<Record<string, unknown> | undefined>;
 }

@@ -2,23 +2,30 @@ import type { Published } from "../brokers/broker.js";
 import { FrameOptionsError, TemplateRenderError } from "../errors.js";
 import { type FrameSpec, buildFrame } from "../frames/frame.js";
 import { defaultStreamPrefix, namedStreamName } from "./names.js";
-import { runtimeOf } from "./runtime.js";
+import type { RegisteredDb } from "../register.js";
+import { type BroadcastOptions, runtimeOf } from "./runtime.js";
+
+export type { BroadcastOptions } from "./runtime.js";
 
 /** Where an action applies: an element id (`target`) or a CSS selector (`targets`), never both. */
 export type TargetOptions = { target: string; targets?: never } | { targets: string; target?: never };
 
-/** Options of append, prepend, before and after. */
-export type InsertOptions = TargetOptions;
+/** Options of append, prepend, before and after (`toOthers`: see BroadcastOptions). */
+export type InsertOptions = TargetOptions & BroadcastOptions;
 
 /** Options of replace and update: a target plus `method: "morph"` for Turbo 8 morphing. */
-export type ReplaceOptions = TargetOptions & { method?: "morph" };
+export type ReplaceOptions = TargetOptions & BroadcastOptions & { method?: "morph" };
+
+/** Options of remove. */
+export type RemoveOptions = TargetOptions & BroadcastOptions;
 
 /** A custom action: any lowercase name, a target, optional template and extra attributes. */
-export type CustomActionOptions = Partial<TargetOptions> & {
-  template?: string;
-  context?: object;
-  attributes?: Record<string, string | number | boolean>;
-};
+export type CustomActionOptions = Partial<TargetOptions> &
+  BroadcastOptions & {
+    template?: string;
+    context?: object;
+    attributes?: Record<string, string | number | boolean>;
+  };
 
 export type StreamPart = string | number | bigint;
 
@@ -58,6 +65,16 @@ export class Stream {
   constructor(init: StreamInit) {
     this.name = init.name;
     this.parts = init.parts ?? [];
+  }
+
+  /**
+   * The Drizzle database given to createTurbo, for hooks, `userPassesTest`
+   * and helpers that must not import the app's own db module. Typed through
+   * `Register` (register.ts); throws NotBoundError when the class is not
+   * registered with a running turbocast instance.
+   */
+  get db(): RegisteredDb {
+    return runtimeOf(this.constructor).db as RegisteredDb;
   }
 
   /** The base name of a plain Stream class. */
@@ -118,8 +135,8 @@ export class Stream {
   }
 
   /** Removes the target element(s). */
-  remove(options: TargetOptions): Promise<Published> {
-    return this.#send(() => buildFrame({ action: "remove", ...pickTarget(options) }));
+  remove(options: RemoveOptions): Promise<Published> {
+    return this.#send(() => buildFrame({ action: "remove", ...pickTarget(options) }), options);
   }
 
   /**
@@ -139,7 +156,7 @@ export class Stream {
       const html =
         options.template === undefined ? undefined : render(runtime, options.template, options.context ?? {});
       return buildFrame({ action: name, ...pickTarget(options), html, attributes: options.attributes });
-    });
+    }, options);
   }
 
   /** Escape hatch: publishes a complete, already built `<turbo-stream>` frame as is. */
@@ -154,23 +171,26 @@ export class Stream {
     action: string,
     template: string,
     context: object,
-    options: TargetOptions & { method?: "morph" },
+    options: TargetOptions & BroadcastOptions & { method?: "morph" },
   ): Promise<Published> {
     const runtime = runtimeOf(this.constructor);
     const target = pickTarget(options);
     // check the options before paying for the render
     buildFrame({ action, ...target, html: "", method: options?.method });
-    return this.#send(() =>
-      buildFrame({ action, ...target, method: options.method, html: render(runtime, template, context) }),
+    return this.#send(
+      () => buildFrame({ action, ...target, method: options.method, html: render(runtime, template, context) }),
+      options,
     );
   }
 
   /** Builds the frame (throwing synchronously on misuse) and publishes it. */
-  #send(build: () => string): Promise<Published> {
+  #send(build: () => string, options?: BroadcastOptions): Promise<Published> {
     const runtime = runtimeOf(this.constructor);
     this.assertBroadcastable();
     const frame = build();
-    return runtime.publish(this.name, frame);
+    return options?.toOthers === true
+      ? runtime.publish(this.name, frame, { toOthers: true })
+      : runtime.publish(this.name, frame);
   }
 
   /** Hook for subclasses that must refuse to broadcast (a row without a key). */

@@ -1,0 +1,218 @@
+import { BroadcastConfigError, FrameOptionsError, TemplateRenderError } from "../errors.js";
+import { buildFrame } from "../frames/frame.js";
+import { domId, singularOf } from "./dom-id.js";
+import type { ModelStream } from "./model-stream.js";
+import { type BroadcastOptions, runtimeOf } from "./runtime.js";
+import { Stream } from "./stream.js";
+
+/** What `broadcastsTo` / `broadcastsRefreshesTo` return for a row: a stream, several, or nothing (the row is in no list). */
+export type BroadcastTarget = Stream | null | undefined | false | readonly BroadcastTarget[];
+
+/**
+ * The defaults of the declarative form, in one place (turbo-rails'
+ * conventions, with `<table>` the table's SQL name and `<singular>` its
+ * singular, see singularOf):
+ *
+ *   partial    "<table>/_<singular>.njk"   rendered with { <singular>: row }
+ *   target     "<table>"                   the list's element id, where rows are inserted
+ *   insertsBy  "append"                    or "prepend"
+ *   toOthers   false                       true: skip the page whose request wrote the row
+ *
+ * A row's own element id is `domId(row)` ("<singular>_<key>"): replace and
+ * remove aim at it, so the partial's root element must carry it
+ * (`id="{{ dom_id(message) }}"`).
+ */
+export const BROADCAST_DEFAULTS = {
+  partial: (table: string, singular: string): string => `${table}/_${singular}.njk`,
+  target: (table: string): string => table,
+  insertsBy: "append",
+  toOthers: false,
+} as const;
+
+/** A class's declarative broadcasts, resolved against the defaults. */
+export interface DeclaredBroadcasts {
+  /** "partials": insert / replace / remove with the partial; "refreshes": a debounced refresh. */
+  kind: "partials" | "refreshes";
+  mapping: (row: never) => BroadcastTarget;
+  partial: string;
+  /** The template's variable holding the row (the singular name). */
+  local: string;
+  target: string | ((row: never) => string);
+  insertsBy: "append" | "prepend";
+  toOthers: boolean;
+}
+
+const resolved = new WeakMap<typeof ModelStream, DeclaredBroadcasts | null>();
+
+/**
+ * The declarative broadcasts of a class (null: none). Throws
+ * BroadcastConfigError for a class that sets both forms, or a static of the
+ * wrong type.
+ */
+export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts | null {
+  const cached = resolved.get(cls);
+  if (cached !== undefined) return cached;
+  const to = cls.broadcastsTo;
+  const refreshes = cls.broadcastsRefreshesTo;
+  let declared: DeclaredBroadcasts | null = null;
+  if (to !== undefined && refreshes !== undefined) {
+    throw new BroadcastConfigError(
+      cls.name,
+      "set broadcastsTo (partial updates) or broadcastsRefreshesTo (page refreshes), not both",
+    );
+  }
+  const mapping = to ?? refreshes;
+  if (mapping !== undefined) {
+    if (typeof mapping !== "function") {
+      throw new BroadcastConfigError(
+        cls.name,
+        `${to !== undefined ? "broadcastsTo" : "broadcastsRefreshesTo"} must be a function (row) => stream | stream[]`,
+      );
+    }
+    const table = cls.tableInfo().name;
+    const singular = singularOf(cls);
+    const insertsBy = cls.insertsBy ?? BROADCAST_DEFAULTS.insertsBy;
+    if (insertsBy !== "append" && insertsBy !== "prepend") {
+      throw new BroadcastConfigError(cls.name, `insertsBy must be "append" or "prepend", got ${String(insertsBy)}`);
+    }
+    const target = cls.target ?? BROADCAST_DEFAULTS.target(table);
+    if ((typeof target !== "string" || target === "") && typeof target !== "function") {
+      throw new BroadcastConfigError(cls.name, "target must be an element id or a function (row) => element id");
+    }
+    const partial = cls.partial ?? BROADCAST_DEFAULTS.partial(table, singular);
+    if (typeof partial !== "string" || partial === "") {
+      throw new BroadcastConfigError(cls.name, "partial must be a template name");
+    }
+    declared = {
+      kind: to !== undefined ? "partials" : "refreshes",
+      mapping: mapping as DeclaredBroadcasts["mapping"],
+      partial,
+      local: singular,
+      target: target as DeclaredBroadcasts["target"],
+      insertsBy,
+      toOthers: (cls.toOthers ?? BROADCAST_DEFAULTS.toOthers) === true,
+    };
+  }
+  resolved.set(cls, declared);
+  return declared;
+}
+
+/**
+ * createTurbo's start-up check of a class's declarative broadcasts: the
+ * forms and statics (declaredBroadcasts), and that the partial exists
+ * (`loadTemplate` throws when it does not).
+ */
+export function checkDeclaredBroadcasts(cls: typeof ModelStream, loadTemplate: (name: string) => unknown): void {
+  const declared = declaredBroadcasts(cls);
+  if (declared?.kind !== "partials") return;
+  try {
+    loadTemplate(declared.partial);
+  } catch (error) {
+    const given = cls.partial !== undefined ? "static partial" : "the default partial, <table>/_<singular>.njk";
+    throw new BroadcastConfigError(
+      cls.name,
+      `partial template "${declared.partial}" (${given}) cannot be loaded: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** A change as the declarative form needs it. */
+export interface DeclaredChange {
+  op: "insert" | "update" | "delete";
+  /** The row after the change (before it, for a delete), with `.stream`. */
+  entity: Record<string, unknown>;
+  /** The row before an update, with `.stream`; undefined for other changes or when the log did not keep it. */
+  previous: Record<string, unknown> | undefined;
+}
+
+/**
+ * Broadcasts one change as the class declares (synchronously: it renders
+ * and publishes, and publish failures are logged by the publisher). With
+ * partials: a created row is inserted into every stream it maps to; an
+ * updated row is replaced in the streams it stays in, removed from those it
+ * left and inserted into those it entered (from the previous row's mapping
+ * and the new one's); a deleted row is removed. With refreshes: every
+ * stream of the row before and after gets a debounced refresh. Throws what
+ * the mapping throws, and FrameOptionsError when it returns something that
+ * is not a stream.
+ */
+export function broadcastDeclared(cls: typeof ModelStream, declared: DeclaredBroadcasts, change: DeclaredChange): void {
+  const { op, entity, previous } = change;
+  const after = streamsOf(cls, declared, entity);
+  const before = previous === undefined ? null : streamsOf(cls, declared, previous);
+  if (declared.kind === "refreshes") {
+    for (const stream of before === null ? after.values() : new Map([...before, ...after]).values()) {
+      void stream.refresh();
+    }
+    return;
+  }
+  const runtime = runtimeOf(cls);
+  const options: BroadcastOptions | undefined = declared.toOthers ? { toOthers: true } : undefined;
+  let html: string | undefined;
+  const rendered = (): string => {
+    if (html === undefined) {
+      try {
+        html = runtime.render(declared.partial, { [declared.local]: entity });
+      } catch (error) {
+        throw error instanceof TemplateRenderError ? error : new TemplateRenderError(declared.partial, error);
+      }
+    }
+    return html;
+  };
+  const publish = (stream: Stream, frame: string): void => {
+    void runtime.publish(stream.name, frame, options);
+  };
+  const insert = (stream: Stream): void => {
+    const target =
+      typeof declared.target === "function" ? (declared.target as (row: unknown) => string)(entity) : declared.target;
+    publish(stream, buildFrame({ action: declared.insertsBy, target, html: rendered() }));
+  };
+  if (op === "insert") {
+    for (const stream of after.values()) insert(stream);
+  } else if (op === "delete") {
+    const id = domId(entity);
+    for (const stream of after.values()) publish(stream, buildFrame({ action: "remove", target: id }));
+  } else if (before === null) {
+    // logged before the log kept previous rows: replace where the row is now, as hooks used to
+    const id = domId(entity);
+    for (const stream of after.values())
+      publish(stream, buildFrame({ action: "replace", target: id, html: rendered() }));
+  } else {
+    // the element on the page still has the old id when the key itself changed
+    const id = domId(previous!);
+    for (const [name, stream] of before) {
+      if (!after.has(name)) publish(stream, buildFrame({ action: "remove", target: id }));
+    }
+    for (const [name, stream] of after) {
+      if (before.has(name)) publish(stream, buildFrame({ action: "replace", target: id, html: rendered() }));
+      else insert(stream);
+    }
+  }
+}
+
+/** The distinct streams a row maps to, by name. */
+function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: object): Map<string, Stream> {
+  const streams = new Map<string, Stream>();
+  const add = (value: unknown): void => {
+    if (value === null || value === undefined || value === false) return;
+    if (Array.isArray(value)) {
+      for (const item of value) add(item);
+      return;
+    }
+    if (!(value instanceof Stream)) {
+      const what = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
+      throw new FrameOptionsError(
+        `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, or nothing`,
+      );
+    }
+    if (!streams.has(value.name)) streams.set(value.name, value);
+  };
+  add((declared.mapping as (row: object) => unknown)(row));
+  return streams;
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "object" && value !== null) return `an object with keys ${JSON.stringify(Object.keys(value))}`;
+  return `${typeof value} ${String(value)}`;
+}
