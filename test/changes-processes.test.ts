@@ -51,6 +51,8 @@ interface Dispatched {
   id: number;
   body: string;
   version: number;
+  /** The change context's version (the change's log seq). */
+  seq: number;
 }
 
 const readLines = (file: string): Dispatched[] =>
@@ -177,6 +179,9 @@ describe("change capture across processes", () => {
 
     await waitFor(() => recorder.calls.length === 1);
     expect(recorder.calls[0]!.entity).toMatchObject({ body: "hang here" });
+    // the one change, dispatched in both processes: the same version in each
+    expect(readLines(out)[0]!.seq).toBe(1);
+    expect(recorder.calls[0]!.context.version).toBe(1);
     expect(dispatchedAt).toBeLessThan(claim.lease_until);
     expect(dispatchedAt - killedAt).toBeLessThan(5000);
     expect(
@@ -252,6 +257,8 @@ describe("change capture across processes", () => {
     const all = [...a, ...b];
     const keys = all.map((d) => `${d.id}@${d.version}`);
     expect(new Set(keys).size).toBe(4 * rows);
+    // versions are the log's seqs, whichever process dispatched: each one once, 1..4×rows
+    expect(all.map((d) => d.seq).sort((x, y) => x - y)).toEqual(Array.from({ length: 4 * rows }, (_, i) => i + 1));
     expect(keys).toHaveLength(4 * rows);
     expect(all.filter((d) => d.created === true).every((d) => d.version === 0)).toBe(true);
     expect(all.filter((d) => d.created === false).every((d) => d.version === 1)).toBe(true);

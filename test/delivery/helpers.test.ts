@@ -37,7 +37,8 @@ describe("turbo_stream_from", () => {
     expect(raw).toContain("&amp;");
     expect(raw).not.toMatch(/[<>"']|&(?!amp;)/);
     const src = unescapeHtml(raw);
-    expect(src).toMatch(/^\/turbo-streams\?s=[^&]+&s=[^&]+&after=[A-Za-z0-9_-]+\.\d+$/);
+    // p=: the id of the page, sent back by the client script with the page's requests (toOthers)
+    expect(src).toMatch(/^\/turbo-streams\?s=[^&]+&s=[^&]+&after=[A-Za-z0-9_-]+\.\d+&p=[A-Za-z0-9_-]{22}$/);
     expect(namesOf(src)).toEqual([RoomStream.for(1).name, LobbyStream.for().name]);
     for (const t of new URL(src, "http://x").searchParams.getAll("s"))
       expect(app.turbo.signStreamName(namesOf(`?s=${t}`)[0]!)).toBe(t);
