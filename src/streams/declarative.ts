@@ -103,6 +103,8 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
  * (`loadTemplate` throws when it does not).
  */
 export function checkDeclaredBroadcasts(cls: typeof ModelStream, loadTemplate: (name: string) => unknown): void {
+  // read the statics afresh at every start: a class outlives the instances that register it
+  resolved.delete(cls);
   const declared = declaredBroadcasts(cls);
   if (declared?.kind !== "partials") return;
   try {
