@@ -138,3 +138,25 @@
     };
   }
 })();
+
+/*
+ * toOthers: Turbo's own requests (form submissions, frame loads, visits) say
+ * which page made them, so a broadcast `{ toOthers: true }` of the write they
+ * make skips that page. The page's id is the p= parameter of its
+ * <turbo-stream-source> URL (turbo.middleware() puts it there); it is sent in
+ * the X-Turbocast-Page header. Requests made without this script (or with
+ * plain fetch) carry no id: their toOthers broadcasts reach every page.
+ */
+(() => {
+  if (typeof window === "undefined" || window.__turbocastPageId) return;
+  window.__turbocastPageId = true;
+  document.addEventListener("turbo:before-fetch-request", (event) => {
+    var source = document.querySelector("turbo-stream-source[src*='p=']");
+    var page = source && new URL(source.getAttribute("src"), window.location.href).searchParams.get("p");
+    var detail = event.detail || {};
+    var headers = detail.fetchOptions && detail.fetchOptions.headers;
+    /* only to this app: a custom header on a cross-origin request would need a CORS preflight */
+    var sameOrigin = !detail.url || new URL(detail.url, window.location.href).origin === window.location.origin;
+    if (page && headers && sameOrigin) headers["X-Turbocast-Page"] = page;
+  });
+})();
