@@ -1,9 +1,10 @@
-import { ModelStream } from "turbocast";
+import { ModelStream, domId } from "turbocast";
 import { memberships } from "../src/app/schema.js";
 import { RoomStream, UserRoomsStream } from "./rooms.js";
 
 type Membership = typeof memberships.$inferSelect;
 
+/** Hooks, the escape hatch: joining or leaving a private room changes one user's list, not the room. */
 export class MembershipStream extends ModelStream<typeof memberships> {
   static override model = memberships;
 
@@ -16,6 +17,6 @@ export class MembershipStream extends ModelStream<typeof memberships> {
   }
 
   override async onDelete(membership: Membership) {
-    await UserRoomsStream.for(membership.userId).remove({ target: `room_${membership.roomId}` });
+    await UserRoomsStream.for(membership.userId).remove({ target: domId(RoomStream.for(membership.roomId)) });
   }
 }

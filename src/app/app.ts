@@ -5,7 +5,7 @@ import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import nunjucks from "nunjucks";
-import { type Broker, type Logger, type Turbo, createTurbo } from "turbocast";
+import { type Broker, type Logger, type Turbo, createTurbo, domId } from "turbocast";
 import { LogThrottle } from "../log-throttle.js";
 import { canSeeRoom } from "./access.js";
 import { type ChatDatabase, openDatabase, setAppDb } from "./db.js";
@@ -58,6 +58,10 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? developmentSecret();
 
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(root, "views")), { autoescape: true });
+  // a message broadcast renders with { message } alone: its partial looks the author up
+  views.addGlobal("author_of", (message: { userId: number }) =>
+    db.select().from(users).where(eq(users.id, message.userId)).get(),
+  );
   const userFromRequest = (req: http.IncomingMessage): User | null => {
     const id = sessionUserId(req, secret);
     return id === null ? null : (db.select().from(users).where(eq(users.id, id)).get() ?? null);
@@ -189,6 +193,20 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     res.redirect(303, `/rooms/${room.id}`);
   });
 
+  app.post("/rooms/:id/private", signedIn, (req, res) => {
+    const room = visibleRoom(req, res);
+    if (!room) return;
+    if (room.createdBy !== req.user!.id) {
+      return res.status(403).render("error.njk", { status: 403, message: "Only its creator makes a room private." });
+    }
+    // the creator stays a member; RoomStream.broadcastsTo moves the room out of everyone else's list
+    db.transaction((tx) => {
+      tx.insert(memberships).values({ roomId: room.id, userId: req.user!.id }).onConflictDoNothing().run();
+      tx.update(rooms).set({ isPrivate: true }).where(eq(rooms.id, room.id)).run();
+    });
+    res.redirect(303, `/rooms/${room.id}`);
+  });
+
   app.post("/rooms/:id/messages", signedIn, (req, res) => {
     const room = visibleRoom(req, res);
     if (!room) return;
@@ -248,7 +266,7 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     db.delete(messages).where(eq(messages.id, message.id)).run();
     if (wantsStream(req)) {
       res.type("text/vnd.turbo-stream.html");
-      return res.send(`<turbo-stream action="remove" target="message_${message.id}"></turbo-stream>`);
+      return res.send(`<turbo-stream action="remove" target="${domId(message)}"></turbo-stream>`);
     }
     res.redirect(303, `/rooms/${message.roomId}`);
   });

@@ -77,6 +77,14 @@ function seed(sqlite: Database.Database): void {
 
 export type ChatDatabase = ReturnType<typeof openDatabase>["db"];
 
+declare module "turbocast" {
+  /** `this.db` on the demo's streams is its own database; `actor` its signed-in user. */
+  interface Register {
+    db: ChatDatabase;
+    actor: import("./schema.js").User | null;
+  }
+}
+
 let current: ChatDatabase | null = null;
 
 /** The process's database, as an app's own db module would export it (set by the server at start). */
