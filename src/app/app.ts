@@ -1,4 +1,4 @@
-import { and, asc, eq } from "drizzle-orm";
+import { and, asc, eq, inArray } from "drizzle-orm";
 import express, { type NextFunction, type Request, type Response } from "express";
 import http from "node:http";
 import { createRequire } from "node:module";
@@ -165,13 +165,17 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   app.get("/rooms/:id", signedIn, (req, res) => {
     const room = visibleRoom(req, res);
     if (!room) return;
-    const list = db
-      .select({ message: messages, author: users })
-      .from(messages)
-      .leftJoin(users, eq(users.id, messages.userId))
-      .where(eq(messages.roomId, room.id))
-      .orderBy(asc(messages.id))
-      .all();
+    // whole rows (not a join): they carry .stream, which dom_id needs
+    const rows = db.select().from(messages).where(eq(messages.roomId, room.id)).orderBy(asc(messages.id)).all();
+    const authors = new Map(
+      db
+        .select()
+        .from(users)
+        .where(inArray(users.id, [...new Set(rows.map((m) => m.userId))]))
+        .all()
+        .map((u) => [u.id, u]),
+    );
+    const list = rows.map((message) => ({ message, author: authors.get(message.userId) }));
     res.render("rooms/show.njk", { room, messages: list });
   });
 

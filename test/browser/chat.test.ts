@@ -219,6 +219,33 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     await bob.context().close();
   });
 
+  it("removes a room made private from carol's open room list live, and keeps it on alice's", async () => {
+    const alice = await signIn("alice");
+    const carol = await signIn("carol");
+    const name = `lounge ${Date.now()}`;
+    await alice.goto(`${base}/`);
+    await alice.fill('input[aria-label="Room name"]', name);
+    await Promise.all([alice.waitForURL(/\/rooms\/\d+$/), alice.click("text=Create")]);
+    const roomUrl = alice.url();
+    await carol.goto(`${base}/`);
+    const listed = (page: Page) => page.locator("#rooms > li", { hasText: name }).count();
+    await waitFor(async () => (await listed(carol)) === 1, { message: "carol sees the public room" });
+    // alice keeps the list open in a second tab while she makes the room private in the first
+    const aliceList = await alice.context().newPage();
+    await aliceList.goto(`${base}/`);
+    expect(await listed(aliceList)).toBe(1);
+    await alice.goto(roomUrl);
+    await Promise.all([alice.waitForURL(roomUrl), alice.click("#make-private")]);
+    await waitFor(async () => (await listed(carol)) === 0, { message: "the room leaves carol's list" });
+    // alice's list got the remove from the public list and the insert into her own: still there, once
+    await waitFor(async () => (await aliceList.locator(`#rooms > li:has-text("${name}") .private`).count()) === 1, {
+      message: "alice's list shows it, now private",
+    });
+    expect(await listed(aliceList)).toBe(1);
+    await alice.context().close();
+    await carol.context().close();
+  });
+
   it("keeps one subscription and one copy of each message across Turbo Drive visits and back/forward", async () => {
     const alice = await signIn("alice");
     const bob = await signIn("bob");
