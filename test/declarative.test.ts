@@ -21,7 +21,6 @@ import {
   ArchiveStream,
   BoardStream,
   CardStream,
-  LabelStream,
   TEMPLATES,
   cardHooks,
   declarativeStreams,

@@ -151,10 +151,10 @@
   if (typeof window === "undefined" || window.__turbocastPageId) return;
   window.__turbocastPageId = true;
   document.addEventListener("turbo:before-fetch-request", (event) => {
-    var source = document.querySelector("turbo-stream-source[src*='p=']");
-    var page = source && new URL(source.getAttribute("src"), window.location.href).searchParams.get("p");
+    var src = document.querySelector("turbo-stream-source[src*='p=']")?.getAttribute("src");
+    var page = src ? new URL(src, window.location.href).searchParams.get("p") : null;
     var detail = event.detail || {};
-    var headers = detail.fetchOptions && detail.fetchOptions.headers;
+    var headers = detail.fetchOptions?.headers;
     /* only to this app: a custom header on a cross-origin request would need a CORS preflight */
     var sameOrigin = !detail.url || new URL(detail.url, window.location.href).origin === window.location.origin;
     if (page && headers && sameOrigin) headers["X-Turbocast-Page"] = page;
