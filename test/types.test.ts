@@ -1,6 +1,6 @@
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import { describe, expect, expectTypeOf, it } from "vitest";
-import { ModelStream, Stream } from "../src/index.js";
+import { type DeleteContext, ModelStream, type SaveContext, Stream } from "../src/index.js";
 import { memberships, messages, rooms, type schema } from "./fixtures/schema.js";
 
 // The typing choice for a row's stream: `XStream.for(row)` is the typed accessor. Drizzle's result
@@ -26,6 +26,29 @@ class MessageStream extends ModelStream<typeof messages> {
   }
 }
 
+// the change context is typed from the table; broadcastsTo must return streams (never registered: types only)
+class ContextStream extends ModelStream<typeof messages> {
+  static override model = messages;
+  static override broadcastsTo = (message: Message) => (message.body ? RoomStream.for(message.roomId) : null);
+
+  override onSave(_message: Message, context: SaveContext<typeof messages>) {
+    expectTypeOf(context.previous).toEqualTypeOf<Message | undefined>();
+    expectTypeOf(context.changed).toEqualTypeOf<Array<keyof Message & string>>();
+    expectTypeOf(context.version).toEqualTypeOf<number>();
+    expectTypeOf(this.db.select).toBeFunction();
+  }
+
+  override onDelete(_message: Message, context: DeleteContext) {
+    expectTypeOf(context.version).toEqualTypeOf<number>();
+  }
+}
+
+// @ts-expect-error a mapping returns streams, not strings
+class NotAStreamMapping extends ModelStream<typeof messages> {
+  static override model = messages;
+  static override broadcastsTo = (message: Message) => message.body;
+}
+
 class MembershipStream extends ModelStream<typeof memberships> {
   static override model = memberships;
 }
@@ -38,6 +61,10 @@ class NotificationsStream extends Stream {
 }
 
 describe("XStream.for(), the typed accessor of a row's stream", () => {
+  it("declares the change context's types (checked by tsc)", () => {
+    expect([ContextStream.broadcastsTo, NotAStreamMapping.model]).toHaveLength(2);
+  });
+
   it("gives the class's own instance, with its pk typed from the key column", () => {
     const byKey = RoomStream.for(7);
     expectTypeOf(byKey).toExtend<RoomStream>();
