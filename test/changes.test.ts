@@ -107,6 +107,13 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
         stream: "row:items:1",
         entityStream: "row:items:1",
         thisEntity: true,
+        context: {
+          created: true,
+          previous: undefined,
+          changed: ["id", "body", "version"],
+          version: 1,
+          actor: undefined,
+        },
       },
       {
         table: "items",
@@ -116,6 +123,13 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
         stream: "row:items:1",
         entityStream: "row:items:1",
         thisEntity: true,
+        context: {
+          created: false,
+          previous: { id: 1, body: "first", version: 0 },
+          changed: ["body", "version"],
+          version: 2,
+          actor: undefined,
+        },
       },
       {
         table: "items",
@@ -125,6 +139,7 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
         stream: "row:items:1",
         entityStream: "row:items:1",
         thisEntity: true,
+        context: { version: 3, actor: undefined },
       },
     ]);
     // .stream stays invisible to JSON
