@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { Broker, Published } from "../src/brokers/broker.js";
 import { MemoryBroker } from "../src/brokers/memory.js";
-import { Hub } from "../src/delivery/hub.js";
+import { Hub, exceptFrame, exceptOf } from "../src/delivery/hub.js";
 
 async function setup(history?: ConstructorParameters<typeof MemoryBroker>[0]) {
   const broker = new MemoryBroker(history);
@@ -31,6 +31,30 @@ describe("hub", () => {
     expect(one.frames.map((f) => f.frame)).toEqual(["x"]);
     expect(two.frames.map((f) => f.frame)).toEqual(["x", "y"]);
     expect(hub.size).toBe(1);
+  });
+
+  it("skips a toOthers frame for the page it names only, live and in a replay", async () => {
+    const { broker, hub } = await setup();
+    const frame = '<turbo-stream action="remove" target="x"></turbo-stream>';
+    const marked = exceptFrame(frame, "pageA");
+    expect(exceptOf(marked)).toBe("pageA");
+    expect(exceptOf(frame)).toBeNull();
+    const cursor = await broker.head();
+    const a = recorder();
+    const b = recorder();
+    const plain = recorder();
+    await hub.subscribe(["s"], a.sink, { page: "pageA" });
+    await hub.subscribe(["s"], b.sink, { page: "pageB" });
+    await hub.subscribe(["s"], plain.sink);
+    await broker.publish("s", marked);
+    await broker.publish("s", frame);
+    expect(a.frames.map((f) => f.frame)).toEqual([frame]);
+    expect(b.frames.map((f) => f.frame)).toEqual([marked, frame]);
+    expect(plain.frames.map((f) => f.frame)).toEqual([marked, frame]);
+    // the page reconnecting from before both frames: the replay skips it as well
+    const again = recorder();
+    await hub.subscribe(["s"], again.sink, { page: "pageA", cursor });
+    expect(again.frames.map((f) => f.frame)).toEqual([frame]);
   });
 
   it("replays from a cursor, then goes live without gaps or duplicates", async () => {
