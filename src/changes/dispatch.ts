@@ -114,7 +114,7 @@ export class HookDispatcher {
       return undefined;
     }
     this.#succeeded(cls, change, "decode");
-    // authenticate runs once per request, and only for a request whose writes reach a hook
+    // authenticate runs once per request (ScopeTokens asks right after its first write): a promise only while pending
     const actor = scope?.actor?.();
     if (typeof (actor as PromiseLike<unknown> | undefined)?.then === "function") {
       return (actor as Promise<unknown>).then((user) => {

@@ -37,7 +37,7 @@ export interface PageMiddlewareInit {
   renderer: StreamSourceRenderer;
   /** A broker outage fails every page's head(): logged once when it starts and once when it ends. */
   log: LogThrottle;
-  /** The request's user, for `actor` in the change context of its writes (asked only then, once). Default: none. */
+  /** The request's user, for `actor` in the change context of its writes (asked once, only by a request that writes). Default: none. */
   authenticate?: Authenticate;
 }
 

@@ -9,8 +9,8 @@ import { createHash } from "node:crypto";
  *   of a write it made) carries `request-id`, and the page that made the
  *   request ignores its own refresh (as turbo-rails);
  * - a change the request writes reaches its hooks with `actor`, the user
- *   `authenticate` returns for the request (asked once, only when a hook
- *   needs it);
+ *   `authenticate` returns for the request (asked once, and only by a
+ *   request that writes to a bound table);
  * - a broadcast `{ toOthers: true }` skips the page that made the request.
  *
  * `turbo.suppressingBroadcasts(fn)` runs `fn` in a scope of its own marked
@@ -89,7 +89,9 @@ interface Remembered {
  * and the dispatcher turns it back into the scope — its request id, page,
  * actor and suppression. Only scopes that wrote are kept, for KEEP_MS after
  * their last write; a change dispatched later than that (a feed stalled for
- * minutes) is dispatched as if written outside any request.
+ * minutes) is dispatched as if written outside any request. A request's
+ * user is asked for right after its first captured write, so a kept scope
+ * holds the user, not the request.
  */
 export class ScopeTokens {
   readonly #tokens = new WeakMap<RequestScope, string>();
@@ -111,6 +113,9 @@ export class ScopeTokens {
     this.#tokens.set(scope, token);
     this.#forgetOld(now);
     this.#byToken.set(token, { scope, lastWrite: now });
+    // the scope wrote: ask authenticate now (once), after the statement, so what is kept is the user, not the request
+    const actor = scope.actor;
+    if (actor) queueMicrotask(() => void actor());
     return token;
   }
 
@@ -138,15 +143,21 @@ export class ScopeTokens {
   }
 }
 
-/** Memoises a possibly async `authenticate(req)`: one call per request, a rejection becomes undefined. */
+/**
+ * Memoises a possibly async `authenticate(req)`: one call per request, a
+ * throw or rejection becomes undefined; the request is let go once asked.
+ */
 export function onceActor(resolve: () => unknown): () => unknown {
   let done = false;
   let value: unknown;
+  let ask: (() => unknown) | null = resolve;
   return () => {
     if (done) return value;
     done = true;
+    const call = ask!;
+    ask = null;
     try {
-      value = resolve();
+      value = call();
     } catch {
       value = undefined;
       return value;
