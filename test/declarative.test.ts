@@ -357,6 +357,25 @@ describe("start-up errors", () => {
   });
 });
 
+it("an insertsBy other than append or prepend is a start-up error", async () => {
+  class SidewaysStream extends ModelStream<typeof boards> {
+    static override model = boards;
+    static override broadcastsTo = () => [];
+    static override insertsBy = "sideways";
+  }
+  const sqlite = new Database(path.join(tmp.dir, "sideways.db"));
+  sqlite.exec(DDL);
+  const error = await createTurbo({
+    db: drizzle(sqlite),
+    views: new nunjucks.Environment(null, { autoescape: true }),
+    streams: [SidewaysStream],
+    logger: memoryLogger(),
+    secret: "declarative-test-secret-0123456789abcdef",
+  }).catch((e: unknown) => e);
+  sqlite.close();
+  expect(error).toMatchObject({ code: "TURBOCAST_BROADCAST_CONFIG", message: expect.stringContaining("sideways") });
+});
+
 describe("domId", () => {
   it("builds turbo-rails' ids from rows read through db, with a prefix, and as the dom_id global", async () => {
     const { db, turbo } = await openApp();

@@ -71,7 +71,7 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
     }
     const table = cls.tableInfo().name;
     const singular = singularOf(cls);
-    const insertsBy = cls.insertsBy ?? BROADCAST_DEFAULTS.insertsBy;
+    const insertsBy: string = cls.insertsBy ?? BROADCAST_DEFAULTS.insertsBy;
     if (insertsBy !== "append" && insertsBy !== "prepend") {
       throw new BroadcastConfigError(cls.name, `insertsBy must be "append" or "prepend", got ${String(insertsBy)}`);
     }

@@ -110,8 +110,13 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   static partial?: string;
   /** The element id rows are inserted into (or a function of the row). Default: the table name. */
   static target?: string | ((row: never) => string);
-  /** Where new rows go in the target. Default `"append"`. */
-  static insertsBy?: "append" | "prepend";
+  /**
+   * Where new rows go in the target: `"append"` (default) or `"prepend"`.
+   * Typed loosely so `static override insertsBy = "prepend"` compiles
+   * without `as const`; anything else is refused at start
+   * (TURBOCAST_BROADCAST_CONFIG).
+   */
+  static insertsBy?: "append" | "prepend" | (string & {});
   /** Declarative broadcasts skip the page whose request wrote the row. Default false. */
   static toOthers?: boolean;
   /** The singular name in `domId` and the default partial. Default: the table name singularised (see singularOf). */
