@@ -126,24 +126,16 @@ export class HookDispatcher {
     return this.run(decoded, change);
   }
 
-  /** The change decoded through `cls`'s columns; throws what the column mapping throws. */
+  /**
+   * The change decoded through `cls`'s columns; throws what the column
+   * mapping throws. The previous row and `changed` are decoded when first
+   * read (by a hook that asks, or a declarative class): a hook that only
+   * wants the row pays nothing for them.
+   */
   decode(cls: AnyModelStreamClass, change: ChangeRecord, requestId: string | undefined): DecodedChange {
     let decode = this.#decoders.get(cls);
     if (!decode) this.#decoders.set(cls, (decode = this.#decoderFor(cls.tableInfo())));
-    const entity = decode(change.row);
-    // an adapter that does not keep previous rows leaves it undefined
-    const previous = change.previous == null ? undefined : decode(change.previous);
-    return {
-      seq: change.seq,
-      table: change.table,
-      op: change.op,
-      model: cls,
-      entity,
-      previous,
-      changed: previous === undefined ? Object.keys(entity) : changedKeys(previous, entity),
-      requestId,
-      actor: undefined,
-    };
+    return new Decoded(change, cls, decode(change.row), requestId, decode);
   }
 
   /** Runs a decoded change's broadcasts and hook (see dispatch); `change` is the raw record, for the failure's log line. */
@@ -162,7 +154,6 @@ export class HookDispatcher {
         writable: false,
       });
       stream.entity = entity as ModelStream["entity"];
-      if (decoded.previous !== undefined) attachStream(decoded.previous, cls);
       const declared = declaredBroadcasts(cls);
       const hook: HookStep = op === "delete" ? "onDelete" : "onSave";
       const body = (): unknown => {
@@ -252,14 +243,63 @@ export class HookDispatcher {
   }
 }
 
+/** A decoded change whose previous row and `changed` keys are decoded on first use. */
+class Decoded implements DecodedChange {
+  readonly seq: number;
+  readonly table: string;
+  readonly op: ChangeOp;
+  actor: unknown = undefined;
+  /** null: not decoded yet. */
+  #previous: Record<string, unknown> | undefined | null = null;
+  #changed: string[] | undefined;
+  readonly #previousJson: string | null;
+  readonly #decode: RowDecoder;
+
+  constructor(
+    change: ChangeRecord,
+    readonly model: AnyModelStreamClass,
+    readonly entity: Record<string, unknown>,
+    readonly requestId: string | undefined,
+    decode: RowDecoder,
+  ) {
+    this.seq = change.seq;
+    this.table = change.table;
+    this.op = change.op;
+    // an adapter that does not keep previous rows leaves it undefined
+    this.#previousJson = change.previous ?? null;
+    this.#decode = decode;
+  }
+
+  get previous(): Record<string, unknown> | undefined {
+    if (this.#previous === null) {
+      // with `.stream`, like the row: domId(previous) and broadcastsTo(previous) need it
+      this.#previous =
+        this.#previousJson === null ? undefined : attachStream(this.#decode(this.#previousJson), this.model);
+    }
+    return this.#previous;
+  }
+
+  get changed(): string[] {
+    if (this.#changed === undefined) {
+      const previous = this.previous;
+      this.#changed = previous === undefined ? Object.keys(this.entity) : changedKeys(previous, this.entity);
+    }
+    return this.#changed;
+  }
+}
+
 /** Calls the change's hook on its stream with its context; returns what the hook returned (a promise for an async one). */
 function runHook(stream: ModelStream, change: DecodedChange): unknown {
   const { entity, op, seq: version, actor } = change;
   if (op === "delete") return stream.onDelete(entity as never, { version, actor: actor as never });
   return stream.onSave(entity as never, {
     created: op === "insert",
-    previous: change.previous as never,
-    changed: change.changed as never,
+    get previous() {
+      return change.previous as never;
+    },
+    get changed() {
+      return change.changed as never;
+    },
     version,
     actor: actor as never,
   });
