@@ -43,12 +43,24 @@ export interface RefreshRequest {
   s?: number;
 }
 
-/** What a scale-out broker's channel carries. Each broker encodes frames its own way; this is the decoded form. */
+/**
+ * What a scale-out broker's channel carries. Each broker encodes frames its
+ * own way; this is the decoded form. `frame` is one frame, or (without
+ * `stream`/`frame`) a notice that frames up to `seq` were published —
+ * `count` of them, the last at `seq`, when it says — to be read from the
+ * server; `frames` is a batch published together, at consecutive seqs from
+ * `seq`.
+ */
 export type ChannelMessage =
-  | { kind: "frame"; epoch: string; seq: number; stream?: string; frame?: string }
+  | { kind: "frame"; epoch: string; seq: number; stream?: string; frame?: string; count?: number }
+  | { kind: "frames"; epoch: string; seq: number; frames: Array<{ stream: string; frame: string }> }
   | { kind: "refresh"; request: RefreshRequest };
 
-/** Decodes a channel payload (`{e,s,n?,f?}` for a frame, `{g,o,at,…}` for a refresh request); `null` for anything else. */
+/**
+ * Decodes a channel payload — `{e,s,n?,f?,c?}` for a frame, `{e,s,b}` for a
+ * batch (`b`: `[stream, frame]` pairs), `{g,o,at,…}` for a refresh request;
+ * `null` for anything else.
+ */
 export function decodeChannelMessage(text: string): ChannelMessage | null {
   let message: unknown;
   try {
@@ -61,16 +73,23 @@ export function decodeChannelMessage(text: string): ChannelMessage | null {
   if (typeof m.g === "string" && typeof m.o === "string" && typeof m.at === "number") {
     return { kind: "refresh", request: m as unknown as RefreshRequest };
   }
-  if (typeof m.e === "string" && typeof m.s === "number") {
-    return {
-      kind: "frame",
-      epoch: m.e,
-      seq: m.s,
-      stream: typeof m.n === "string" ? m.n : undefined,
-      frame: typeof m.f === "string" ? m.f : undefined,
-    };
+  if (typeof m.e !== "string" || typeof m.s !== "number") return null;
+  if (Array.isArray(m.b)) {
+    const frames: Array<{ stream: string; frame: string }> = [];
+    for (const pair of m.b as unknown[]) {
+      if (!Array.isArray(pair) || typeof pair[0] !== "string" || typeof pair[1] !== "string") return null;
+      frames.push({ stream: pair[0], frame: pair[1] });
+    }
+    return { kind: "frames", epoch: m.e, seq: m.s, frames };
   }
-  return null;
+  return {
+    kind: "frame",
+    epoch: m.e,
+    seq: m.s,
+    stream: typeof m.n === "string" ? m.n : undefined,
+    frame: typeof m.f === "string" ? m.f : undefined,
+    count: typeof m.c === "number" && m.c >= 1 ? m.c : undefined,
+  };
 }
 
 /** How one broker names what it lost and what it lost it to, in its log lines. */

@@ -2,8 +2,12 @@ import type pg from "pg";
 import { type Published, formatPosition } from "./broker.js";
 import { errorMessage } from "./connection.js";
 
-/** A frame's notice on the channel: inline when it fits under NOTIFY's limit, else only its seq. */
-export type FrameNotice = { e: string; s: number; n?: string; f?: string };
+/**
+ * A frame's notice on the channel: inline when it fits under NOTIFY's limit,
+ * else only its seq — or, for a batch too large to inline, the seq of its
+ * last frame and (`c`) how many frames it holds.
+ */
+export type FrameNotice = { e: string; s: number; n?: string; f?: string; c?: number };
 
 /** What the pump needs from its broker. */
 export interface PumpHost {
@@ -73,7 +77,7 @@ export class NoticePump {
         const notice = this.#inbox.shift()!;
         if (notice.e !== host.epoch()) host.seen(notice.e, notice.s);
         if (this.delivered !== null && notice.s <= this.delivered) continue;
-        const from = this.delivered ?? notice.s - 1;
+        const from = this.delivered ?? notice.s - (notice.c ?? 1);
         if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
           this.#hand({
             stream: notice.n,

@@ -47,16 +47,25 @@ export function statements(prefix: string) {
                                (select coalesce(max(seq), 0) from ${frames})))
       on conflict (id) do nothing`,
     head: `select epoch, seq::text as seq from ${meta} where id = 1`,
-    // One statement, one transaction: the row lock taken by the update is held
-    // until commit, so publishers are serialized and commit order (which is
-    // NOTIFY delivery order) equals seq order. A rollback undoes the
-    // increment too, so seqs have no holes.
+    // A batch of frames ($1 streams, $2 frames, in publish order) in one
+    // statement, one transaction: consecutive seqs, one commit. The row lock
+    // taken by the update is held until commit, so publishers are serialized
+    // and commit order (which is NOTIFY delivery order) equals seq order. A
+    // rollback undoes the increment too, so seqs have no holes. One notice
+    // for the batch: the frames inline (`{e, s: first, b: [[stream, frame], …]}`)
+    // when they fit, else `{e, s: last, c: count}` and listeners read them.
     publish: `
-      with m as (update ${meta} set seq = seq + 1 where id = 1 returning epoch, seq),
-           f as (insert into ${frames} (seq, stream, frame) select seq, $1, $2 from m),
-           p as (select json_build_object('e', epoch, 's', seq, 'n', $1::text, 'f', $2::text)::text as full,
-                        json_build_object('e', epoch, 's', seq)::text as short from m)
-      select m.epoch, m.seq::text as seq,
+      with input as (
+             select stream, frame, ord from unnest($1::text[], $2::text[]) with ordinality as i(stream, frame, ord)
+           ),
+           m as (update ${meta} set seq = seq + cardinality($1::text[]) where id = 1
+                 returning epoch, seq - cardinality($1::text[]) as base, seq as last),
+           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input),
+           p as (select json_build_object('e', epoch, 's', base + 1,
+                          'b', (select json_agg(json_build_array(stream, frame) order by ord) from input))::text as full,
+                        json_build_object('e', epoch, 's', last, 'c', cardinality($1::text[]))::text as short
+                 from m)
+      select m.epoch, (m.base + 1)::text as first,
              pg_notify($3, case when octet_length(p.full) < ${NOTIFY_LIMIT} then p.full else p.short end)
       from m, p`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,

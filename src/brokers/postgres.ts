@@ -22,6 +22,7 @@ import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
 import { type Statements, statements } from "./postgres-sql.js";
+import { type OutgoingFrame, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
 export { withDefaultUser } from "./postgres-connection.js";
@@ -68,6 +69,12 @@ export class PostgresBroker implements Broker {
   #refreshRequested = false;
   #timers = new TimerSet();
   #intervals: NodeJS.Timeout[] = [];
+  #batcher = new PublishBatcher({
+    send: (frames) => this.#publishBatch(frames),
+    failure: (stream, error) =>
+      new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
+  });
+  #closing: Promise<void> | null = null;
 
   constructor(options: PostgresBrokerOptions | string) {
     const resolved = resolvePostgresOptions(options);
@@ -161,34 +168,43 @@ export class PostgresBroker implements Broker {
     if (typeof stream !== "string" || typeof frame !== "string") {
       throw new BrokerError("publish(stream, frame) takes two strings");
     }
-    const pool = this.#pool;
-    if (this.#state === "new" || this.#state === "connecting" || !pool) {
+    if (this.#state === "new" || this.#state === "connecting" || !this.#pool) {
       throw notStartedError("postgres");
     }
     if (this.#state === "down") {
       this.#continuity.refused();
       throw new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
     }
+    return this.#batcher.publish(stream, frame);
+  }
+
+  /** One statement for a batch of frames (see PublishBatcher): consecutive seqs, one commit, one notice. */
+  async #publishBatch(batch: readonly OutgoingFrame[]): Promise<Published[]> {
+    const pool = this.#pool;
+    if (!pool || this.#state === "down") {
+      this.#refused(batch.length);
+      throw new Error(`${this.#target} is unreachable`);
+    }
+    const streams = batch.map((f) => f.stream);
+    const frames = batch.map((f) => f.frame);
     for (let attempt = 0; ; attempt++) {
-      let result: pg.QueryResult<{ epoch: string; seq: string }>;
+      let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
-        result = await pool.query(this.#sql.publish, [stream, frame, this.#channel]);
+        result = await pool.query(this.#sql.publish, [streams, frames, this.#channel]);
       } catch (error) {
         if (isTimeout(error)) {
           // slow (a burst, a lock), not necessarily gone: the heartbeat tells
-          // an outage. The frame may be lost, so every process refreshes soon.
+          // an outage. The frames may be lost, so every process refreshes soon.
           this.#requestRefreshSoon("a postgres publish timed out");
         } else if (isConnectionError(error)) {
-          this.#continuity.refused();
+          this.#refused(batch.length);
           this.#lost("its connection", error);
         } else if (attempt === 0 && isMissingTable(error)) {
           // someone dropped the tables: recreate them (a new epoch) and try once more
           await this.#ensureSchema(pool).catch(() => {});
           continue;
         }
-        throw new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, {
-          cause: error,
-        });
+        throw error;
       }
       const row = result.rows[0];
       if (!row) {
@@ -197,12 +213,21 @@ export class PostgresBroker implements Broker {
           await this.#ensureSchema(pool).catch(() => {});
           continue;
         }
-        throw new BrokerError(`postgres broker could not publish to "${stream}": its meta row is missing`);
+        throw new Error("its meta row is missing");
       }
-      const seq = Number(row.seq);
-      this.#seen(row.epoch, seq);
-      return { stream, seq, position: formatPosition(row.epoch, seq), frame };
+      const first = Number(row.first);
+      this.#seen(row.epoch, first + batch.length - 1);
+      return batch.map(({ stream, frame }, i) => ({
+        stream,
+        seq: first + i,
+        position: formatPosition(row.epoch, first + i),
+        frame,
+      }));
     }
+  }
+
+  #refused(count: number): void {
+    for (let i = 0; i < count; i++) this.#continuity.refused();
   }
 
   async history(streams: readonly string[], after: string): Promise<Published[] | null> {
@@ -249,9 +274,16 @@ export class PostgresBroker implements Broker {
     return this.#continuity.headWhileDown();
   }
 
-  async close(): Promise<void> {
-    if (this.#state === "closed") return;
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    const wasOpen = this.#state === "open";
     this.#state = "closed";
+    // frames published before close still go out (or fail) through the pool
+    if (wasOpen) await this.#batcher.idle();
     this.#timers.clearAll();
     for (const interval of this.#intervals) clearInterval(interval);
     this.#intervals = [];
@@ -393,7 +425,13 @@ export class PostgresBroker implements Broker {
       this.#continuity.answer(message.request);
       return;
     }
-    this.#pump.push({ e: message.epoch, s: message.seq, n: message.stream, f: message.frame });
+    if (message.kind === "frames") {
+      message.frames.forEach(({ stream, frame }, i) =>
+        this.#pump.push({ e: message.epoch, s: message.seq + i, n: stream, f: frame }),
+      );
+    } else {
+      this.#pump.push({ e: message.epoch, s: message.seq, n: message.stream, f: message.frame, c: message.count });
+    }
   }
 
   // --- retention -----------------------------------------------------------

@@ -40,52 +40,76 @@ if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
 end
 `;
 
+/** ARGV of PUBLISH_SCRIPT before the frames. */
+export const PUBLISH_FIXED_ARGS = 8;
+
 /**
- * KEYS: meta, clock, s:<stream>.
- * ARGV: epoch candidate, min seq of a new epoch, stream, frame, frames to keep,
- * ageMs, maxFrames, idleMs, channel, clockStepMs.
- * Returns { epoch, seq }.
+ * Publishes a batch of frames in one call: they take consecutive seqs in
+ * ARGV order, so the batch is one step of the seq order for every process.
+ *
+ * KEYS: meta, clock, then s:<stream> of each distinct stream of the batch.
+ * ARGV: epoch candidate, min seq of a new epoch, frames to keep, ageMs,
+ * maxFrames, idleMs, channel, clockStepMs, then per frame (in publish
+ * order) three: the index in KEYS of its stream's key, the stream, the frame.
+ * Returns { epoch, seq of the first frame }.
+ *
+ * One message on the channel carries the whole batch:
+ * `{ e: epoch, s: first seq, b: [[stream, frame], …] }`.
  */
 export const PUBLISH_SCRIPT = `${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 3
+local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
 
-local key = KEYS[3]
-if redis.call('EXISTS', key) == 0 then redis.call('ZADD', key, 0, '~floor') end
-redis.call('ZADD', key, seq, seq .. ':' .. now .. ':' .. ARGV[4])
-
--- retention: a frame goes when it is beyond the newest maxFrames, or beyond
--- the newest 'keep' and older than ageMs; the oldest are ranks 1.. (0 is the marker)
-local n = redis.call('ZCARD', key) - 1
-local keep, age, cap = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local evicted = -1
-if n > cap then
-  local last = redis.call('ZRANGE', key, n - cap, n - cap, 'WITHSCORES')
-  evicted = tonumber(last[2])
-  redis.call('ZREMRANGEBYRANK', key, 1, n - cap)
-  n = cap
+for k = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 0 then redis.call('ZADD', KEYS[k], 0, '~floor') end
 end
-while n > keep do
-  local oldest = redis.call('ZRANGE', key, 1, 1, 'WITHSCORES')
-  local member = oldest[1]
-  local first = string.find(member, ':', 1, true)
-  local second = string.find(member, ':', first + 1, true)
-  if now - tonumber(string.sub(member, first + 1, second - 1)) <= age then break end
-  evicted = tonumber(oldest[2])
-  redis.call('ZREMRANGEBYRANK', key, 1, 1)
-  n = n - 1
+local frames = {}
+for i = 0, count - 1 do
+  local seq = first + i
+  local at = ${PUBLISH_FIXED_ARGS} + 1 + i * 3
+  redis.call('ZADD', KEYS[tonumber(ARGV[at])], seq, seq .. ':' .. now .. ':' .. ARGV[at + 2])
+  frames[i + 1] = { ARGV[at + 1], ARGV[at + 2] }
 end
-if evicted >= 0 then redis.call('ZADD', key, evicted, '~floor') end
-redis.call('PEXPIRE', key, ARGV[8])
 
+-- retention, once per stream of the batch: a frame goes when it is beyond the
+-- newest maxFrames, or beyond the newest 'keep' and older than ageMs; the
+-- oldest are ranks 1.. (0 is the marker)
+local keep, age, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+for k = 3, #KEYS do
+  local key = KEYS[k]
+  local n = redis.call('ZCARD', key) - 1
+  local evicted = -1
+  if n > cap then
+    local newest = redis.call('ZRANGE', key, n - cap, n - cap, 'WITHSCORES')
+    evicted = tonumber(newest[2])
+    redis.call('ZREMRANGEBYRANK', key, 1, n - cap)
+    n = cap
+  end
+  while n > keep do
+    local oldest = redis.call('ZRANGE', key, 1, 1, 'WITHSCORES')
+    local member = oldest[1]
+    local c1 = string.find(member, ':', 1, true)
+    local c2 = string.find(member, ':', c1 + 1, true)
+    if now - tonumber(string.sub(member, c1 + 1, c2 - 1)) <= age then break end
+    evicted = tonumber(oldest[2])
+    redis.call('ZREMRANGEBYRANK', key, 1, 1)
+    n = n - 1
+  end
+  if evicted >= 0 then redis.call('ZADD', key, evicted, '~floor') end
+  redis.call('PEXPIRE', key, ARGV[6])
+end
+
+-- the checkpoint names the batch's first seq: every frame published before
+-- now has a lower one
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[10]) then
-  redis.call('ZADD', KEYS[2], now, seq)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[8])))
+if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[8]) then
+  redis.call('ZADD', KEYS[2], now, first)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[6])))
 end
 
-redis.call('PUBLISH', ARGV[9], cjson.encode({ e = epoch, s = seq, n = ARGV[3], f = ARGV[4] }))
-return { epoch, seq }
+redis.call('PUBLISH', ARGV[7], cjson.encode({ e = epoch, s = first, b = frames }))
+return { epoch, first }
 `;
 
 /**

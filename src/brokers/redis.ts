@@ -19,6 +19,7 @@ import { Continuity, type RefreshRequest, decodeChannelMessage } from "./continu
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
+import { type OutgoingFrame, PublishBatcher } from "./publish-batcher.js";
 
 export type { RedisBrokerOptions } from "./redis-options.js";
 
@@ -66,6 +67,12 @@ export class RedisBroker implements Broker {
   #delivered = 0;
   #timers = new TimerSet();
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
+  #batcher = new PublishBatcher({
+    send: (frames) => this.#publishBatch(frames),
+    failure: (stream, error) =>
+      new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
+  });
+  #closing: Promise<void> | null = null;
 
   constructor(options: RedisBrokerOptions | string) {
     const resolved = resolveRedisOptions(options);
@@ -133,43 +140,61 @@ export class RedisBroker implements Broker {
     if (typeof stream !== "string" || typeof frame !== "string") {
       throw new BrokerError("publish(stream, frame) takes two strings");
     }
-    const cmd = this.#cmd;
-    if (this.#state === "new" || this.#state === "connecting" || !cmd) {
+    if (this.#state === "new" || this.#state === "connecting" || !this.#cmd) {
       throw notStartedError("redis");
     }
     if (!this.#cmdUp) {
       this.#continuity.refused();
       throw new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
     }
+    return this.#batcher.publish(stream, frame);
+  }
+
+  /** One script call for a batch of frames (see PublishBatcher): consecutive seqs, one channel message. */
+  async #publishBatch(frames: readonly OutgoingFrame[]): Promise<Published[]> {
+    const cmd = this.#cmd;
+    if (!cmd || !this.#cmdUp) {
+      for (let i = 0; i < frames.length; i++) this.#continuity.refused();
+      throw new Error(`${this.#target} is unreachable`);
+    }
+    const keys = [`${this.#prefix}meta`, `${this.#prefix}clock`];
+    const keyOf = new Map<string, number>();
+    const args: Array<string | number> = [
+      this.#newEpoch(),
+      this.#continuity.newEpochMinSeq(),
+      this.#history.frames,
+      this.#history.ageMs,
+      this.#history.maxFrames,
+      this.#idleMs,
+      this.#channel,
+      this.#clockStepMs,
+    ];
+    for (const { stream, frame } of frames) {
+      let key = keyOf.get(stream);
+      if (key === undefined) {
+        keys.push(this.#streamKey(stream));
+        keyOf.set(stream, (key = keys.length));
+      }
+      args.push(key, stream, frame);
+    }
     let reply: unknown;
     try {
-      reply = await runScript(
-        cmd,
-        PUBLISH_SCRIPT,
-        [`${this.#prefix}meta`, `${this.#prefix}clock`, this.#streamKey(stream)],
-        [
-          this.#newEpoch(),
-          this.#continuity.newEpochMinSeq(),
-          stream,
-          frame,
-          this.#history.frames,
-          this.#history.ageMs,
-          this.#history.maxFrames,
-          this.#idleMs,
-          this.#channel,
-          this.#clockStepMs,
-        ],
-      );
+      reply = await runScript(cmd, PUBLISH_SCRIPT, keys, args);
     } catch (error) {
       this.#commandFailed(error);
-      // a publish lost to the connection is a frame nobody gets: counted, so
+      // publishes lost to the connection are frames nobody gets: counted, so
       // every process is asked to refresh once Redis is back
-      if (!isReplyError(error)) this.#continuity.refused();
-      throw new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error });
+      if (!isReplyError(error)) for (let i = 0; i < frames.length; i++) this.#continuity.refused();
+      throw error;
     }
-    const [epoch, seq] = reply as [string, number];
-    this.#seen(epoch, seq);
-    return { stream, seq, position: formatPosition(epoch, seq), frame };
+    const [epoch, first] = reply as [string, number];
+    this.#seen(epoch, first + frames.length - 1);
+    return frames.map(({ stream, frame }, i) => ({
+      stream,
+      seq: first + i,
+      position: formatPosition(epoch, first + i),
+      frame,
+    }));
   }
 
   async history(streams: readonly string[], after: string): Promise<Published[] | null> {
@@ -228,10 +253,16 @@ export class RedisBroker implements Broker {
     return this.#continuity.headWhileDown();
   }
 
-  async close(): Promise<void> {
-    if (this.#state === "closed") return;
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     this.#state = "closed";
     this.#opened?.reject(new ClosedError("redis broker"));
+    // frames published before close still go out (or fail) on the open connection
+    await this.#batcher.idle();
     this.#timers.clearAll();
     this.#deliver = null;
     const connections = [this.#cmd, this.#sub].filter((c): c is Redis => c !== null);
@@ -384,9 +415,16 @@ export class RedisBroker implements Broker {
       this.#continuity.answer(message.request);
       return;
     }
-    const { epoch, seq, stream, frame } = message;
     // until the first head read the epoch is unknown and nobody is subscribed yet
-    if (this.#continuity.epoch === null || stream === undefined || frame === undefined) return;
+    if (this.#continuity.epoch === null) return;
+    if (message.kind === "frames") {
+      message.frames.forEach(({ stream, frame }, i) => this.#onFrame(message.epoch, message.seq + i, stream, frame));
+    } else if (message.stream !== undefined && message.frame !== undefined) {
+      this.#onFrame(message.epoch, message.seq, message.stream, message.frame);
+    }
+  }
+
+  #onFrame(epoch: string, seq: number, stream: string, frame: string): void {
     if (epoch === this.#continuity.epoch && seq <= this.#delivered) return;
     this.#seen(epoch, seq);
     this.#delivered = seq;
