@@ -426,9 +426,9 @@ export class PostgresBroker implements Broker {
       return;
     }
     if (message.kind === "frames") {
-      message.frames.forEach(({ stream, frame }, i) =>
-        this.#pump.push({ e: message.epoch, s: message.seq + i, n: stream, f: frame }),
-      );
+      const { epoch, seq, frames } = message;
+      for (let i = 0; i < frames.length; i++)
+        this.#pump.push({ e: epoch, s: seq + i, n: frames[i]!.stream, f: frames[i]!.frame });
     } else {
       this.#pump.push({ e: message.epoch, s: message.seq, n: message.stream, f: message.frame, c: message.count });
     }

@@ -105,7 +105,7 @@ export class PublishBatcher {
         for (const waiting of batch) waiting.reject(this.#failure(waiting.stream, error));
         continue;
       }
-      batch.forEach((waiting, i) => waiting.resolve(published[i]!));
+      for (let i = 0; i < batch.length; i++) batch[i]!.resolve(published[i]!);
     }
   }
 

@@ -418,7 +418,8 @@ export class RedisBroker implements Broker {
     // until the first head read the epoch is unknown and nobody is subscribed yet
     if (this.#continuity.epoch === null) return;
     if (message.kind === "frames") {
-      message.frames.forEach(({ stream, frame }, i) => this.#onFrame(message.epoch, message.seq + i, stream, frame));
+      const { epoch, seq, frames } = message;
+      for (let i = 0; i < frames.length; i++) this.#onFrame(epoch, seq + i, frames[i]!.stream, frames[i]!.frame);
     } else if (message.stream !== undefined && message.frame !== undefined) {
       this.#onFrame(message.epoch, message.seq, message.stream, message.frame);
     }
