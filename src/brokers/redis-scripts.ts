@@ -56,7 +56,15 @@ export const PUBLISH_FIXED_ARGS = 8;
  * One message on the channel carries the whole batch:
  * `{ e: epoch, s: first seq, b: [[stream, frame], …] }`.
  */
-export const PUBLISH_SCRIPT = `${NOW_AND_META}
+export const PUBLISH_SCRIPT = `
+-- all or nothing: a key of another type (someone else's) fails the batch before anything is written
+for k = 3, #KEYS do
+  local t = redis.call('TYPE', KEYS[k]).ok
+  if t ~= 'zset' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not the sorted set of a stream')
+  end
+end
+${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 3
 local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1

@@ -98,7 +98,7 @@ describe("broker continuity (what the Redis and PostgreSQL brokers share)", () =
     expect(gaps).toEqual(["first", "same head", "no head"]);
   });
 
-  it("decodes frames and refresh requests from the channel, and nothing else", () => {
+  it("decodes frames, batches of frames and refresh requests from the channel, and nothing else", () => {
     expect(decodeChannelMessage('{"e":"E","s":3,"n":"a","f":"<x>"}')).toEqual({
       kind: "frame",
       epoch: "E",
@@ -107,6 +107,18 @@ describe("broker continuity (what the Redis and PostgreSQL brokers share)", () =
       frame: "<x>",
     });
     expect(decodeChannelMessage('{"e":"E","s":3}')).toMatchObject({ kind: "frame", stream: undefined });
+    // a batch, inline or (too large for a notice) as its last seq and count
+    expect(decodeChannelMessage('{"e":"E","s":3,"b":[["a","<x>"],["b","<y>"]]}')).toEqual({
+      kind: "frames",
+      epoch: "E",
+      seq: 3,
+      frames: [
+        { stream: "a", frame: "<x>" },
+        { stream: "b", frame: "<y>" },
+      ],
+    });
+    expect(decodeChannelMessage('{"e":"E","s":9,"c":4}')).toMatchObject({ kind: "frame", seq: 9, count: 4 });
+    expect(decodeChannelMessage('{"e":"E","s":3,"b":[["a"]]}')).toBeNull();
     expect(decodeChannelMessage('{"g":"why","o":"A","at":1}')).toEqual({
       kind: "refresh",
       request: { g: "why", o: "A", at: 1 },

@@ -1,5 +1,5 @@
 import { afterEach, expect, it } from "vitest";
-import { type Broker, type HistoryOptions, parsePosition } from "../../src/brokers/broker.js";
+import { type Broker, type HistoryOptions, formatPosition, parsePosition } from "../../src/brokers/broker.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
 
@@ -14,6 +14,8 @@ export interface ContractNamespace {
   make(options?: ContractOptions): Broker;
   /** Loses the stored history, as a server restart without persistence would (when the kind has a server). */
   loseHistory(): Promise<void>;
+  /** Makes the server refuse to store frames of `stream` (where the kind has a server that can). */
+  breakStream?(stream: string): Promise<void>;
   cleanup(): Promise<void>;
 }
 
@@ -80,6 +82,54 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
       await waitFor(() => delivered.length === 60);
       expect(delivered.map((f) => f.seq)).toEqual(seqs);
     }
+  });
+
+  it("keeps call order for many publishes made at once: positions follow the calls, per stream and across streams, and each promise gets its own", async () => {
+    const one = await startWithHub(make());
+    const all = capabilities.shared ? [one, await startWithHub(make())] : [one];
+    const head = parsePosition(await one.broker.head())!;
+    // more than one batch's worth (see PublishBatcher), published in one turn without awaiting
+    const calls = Array.from({ length: 1200 }, (_, i) => ({ stream: `s${i % 7}`, frame: frame(`n${i}`) }));
+    const published = await Promise.all(calls.map((c) => one.broker.publish(c.stream, c.frame)));
+    expect(published.map((p) => [p.stream, p.frame])).toEqual(calls.map((c) => [c.stream, c.frame]));
+    expect(published.map((p) => p.seq)).toEqual(calls.map((_, i) => head.seq + 1 + i));
+    expect(new Set(published.map((p) => p.position)).size).toBe(calls.length);
+    for (const p of published) expect(parsePosition(p.position)).toEqual({ epoch: head.epoch, seq: p.seq });
+    for (const { delivered } of all) {
+      await waitFor(() => delivered.length === calls.length, { message: "every frame delivered" });
+      expect(delivered.map((f) => [f.stream, f.position, f.frame])).toEqual(
+        published.map((p) => [p.stream, p.position, p.frame]),
+      );
+    }
+    expect((await one.broker.history(["s3"], formatPosition(head.epoch, head.seq)))!.map((f) => f.frame)).toEqual(
+      calls.filter((c) => c.stream === "s3").map((c) => c.frame),
+    );
+  });
+
+  it("keeps publishes that overlap a round trip in call order, interleaved with awaited ones", async () => {
+    const { broker, delivered } = await startWithHub(make());
+    const order: string[] = [];
+    const pending: Promise<unknown>[] = [];
+    for (let i = 0; i < 20; i++) {
+      pending.push(broker.publish("a", frame(`early${i}`)).then((p) => order.push(`${p.seq}`)));
+      if (i % 5 === 0) await broker.publish("a", frame(`awaited${i}`));
+    }
+    await Promise.all(pending);
+    await waitFor(() => delivered.length === 24);
+    const seqs = delivered.map((f) => f.seq);
+    expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+    const labels = delivered.map((f) => /<template>(.*)<\/template>/.exec(f.frame)![1]);
+    expect(labels.slice(0, 3)).toEqual(["early0", "awaited0", "early1"]);
+    expect(labels.filter((l) => l!.startsWith("early"))).toEqual(Array.from({ length: 20 }, (_, i) => `early${i}`));
+  });
+
+  it("settles publishes made just before close", async () => {
+    const broker = make();
+    await startWithHub(broker);
+    const sent = [broker.publish("a", frame("1")), broker.publish("b", frame("2"))];
+    await broker.close();
+    const [a, b] = await Promise.all(sent);
+    expect(b!.seq).toBe(a!.seq + 1);
   });
 
   it("replays the frames after a cursor, merged across streams, oldest first", async () => {
@@ -211,6 +261,33 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     expect(two.frames.map((f) => f.frame)).toEqual(["x", "y"].map(frame));
     expect(hub.size).toBe(1);
     expect(z.stream).toBe("c");
+  });
+
+  it("fails every publish of a batch the server refuses, with TURBOCAST_BROKER, publishing none of it", async (context) => {
+    const broker = make();
+    if (!ns?.breakStream) return context.skip();
+    const { delivered } = await startWithHub(broker);
+    const before = await broker.head();
+    await ns.breakStream("broken");
+    const batch = [
+      broker.publish("ok", frame("1")),
+      broker.publish("broken", frame("2")),
+      broker.publish("ok", frame("3")),
+    ];
+    const results = await Promise.allSettled(batch);
+    for (const result of results) {
+      expect(result.status).toBe("rejected");
+      expect((result as PromiseRejectedResult).reason).toMatchObject({ code: "TURBOCAST_BROKER" });
+    }
+    expect((results[0] as PromiseRejectedResult).reason.message).toContain('"ok"');
+    expect((results[1] as PromiseRejectedResult).reason.message).toContain('"broken"');
+    expect(await broker.head()).toBe(before);
+    expect(await broker.history(["ok"], before)).toEqual([]);
+    // the next batch goes through, right after the refused one's positions: none was taken
+    const next = await broker.publish("ok", frame("4"));
+    expect(next.seq).toBe(parsePosition(before)!.seq + 1);
+    await waitFor(() => delivered.length === 1);
+    expect(delivered.map((f) => f.frame)).toEqual([frame("4")]);
   });
 
   it("is safe to close twice, and refuses to publish afterwards", async () => {

@@ -59,6 +59,10 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
         // a fast sweep, so that pruning shows within the tests' timeouts
         make: (options) => make({ connectionString: PG_URL, ...ns, sweepIntervalMs: 50, ...options }),
         loseHistory: () => dropPostgresNamespace(PG_URL, ns.prefix),
+        breakStream: async (stream) =>
+          void (await admin.query(
+            `alter table "${ns.prefix}_frames" add constraint "${ns.prefix}_broken" check (stream <> '${stream}')`,
+          )),
         cleanup: async () => {},
       };
     },

@@ -51,6 +51,8 @@ describeWithServer("redis broker", await redisUnavailable(), () => {
       return {
         make: (options) => make({ url: REDIS_URL, ...ns, ...options }),
         loseHistory: () => deleteRedisKeys(REDIS_URL, ns.keyPrefix), // what a restart without persistence does
+        breakStream: async (stream) =>
+          void (await admin.set(`${ns.keyPrefix}s:${stream}`, "not a stream's sorted set")),
         cleanup: async () => {},
       };
     },
