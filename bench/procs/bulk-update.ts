@@ -168,6 +168,16 @@ async function round(kind: BrokerKind, hook: HookStyle, rows: number, id: number
 
 let rounds = 0;
 
+if (!process.send) {
+  // on its own: npx tsx bench/procs/bulk-update.ts [broker=redis] [hook=fire] [rows=10000] [rounds=3]
+  const [kind = "redis", hook = "fire", rows = "10000", times = "3"] = process.argv.slice(2);
+  for (let r = 0; r < Number(times); r++) {
+    const perSecond = await round(kind as BrokerKind, hook as HookStyle, Number(rows), rounds++);
+    console.log(`${kind} ${hook} ${rows} rows: ${Math.round(perSecond)} changes/s`);
+  }
+  process.exit(0);
+}
+
 serve({
   /** `rounds` rounds of each broker (in rotating order), `rows` rows each; changes/s per round. */
   async measure(args: { rows: number; rounds: number; brokers: BrokerKind[]; hooks: HookStyle[] }) {

@@ -11,6 +11,47 @@ export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
 /** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
 export const NOTIFY_LIMIT = 7_900;
 
+/** What a notice adds around a chunk of frames: `{"e":"<epoch>","s":<seq>,"b":[…]}`. */
+const CHUNK_OVERHEAD = 100;
+
+/**
+ * A batch's frames cut into notices under NOTIFY's limit, for the publish
+ * statement: `bodies[k]` holds chunk k's `[stream, frame]` pairs as JSON
+ * without the brackets (null: one frame too large for a notice) and
+ * `starts[k]` the 1-based index of its first frame in the batch.
+ */
+export function noticeChunks(batch: ReadonlyArray<{ stream: string; frame: string }>): {
+  bodies: Array<string | null>;
+  starts: number[];
+} {
+  const bodies: Array<string | null> = [];
+  const starts: number[] = [];
+  let body: string[] = [];
+  let bytes = CHUNK_OVERHEAD;
+  const flush = (): void => {
+    if (body.length === 0) return;
+    bodies.push(body.join(","));
+    body = [];
+    bytes = CHUNK_OVERHEAD;
+  };
+  batch.forEach(({ stream, frame }, i) => {
+    const item = JSON.stringify([stream, frame]);
+    const size = Buffer.byteLength(item) + 1;
+    if (CHUNK_OVERHEAD + size > NOTIFY_LIMIT) {
+      flush();
+      bodies.push(null);
+      starts.push(i + 1);
+      return;
+    }
+    if (bytes + size > NOTIFY_LIMIT) flush();
+    if (body.length === 0) starts.push(i + 1);
+    body.push(item);
+    bytes += size;
+  });
+  flush();
+  return { bodies, starts };
+}
+
 /** The statements of one namespace (see `statements`). */
 export type Statements = ReturnType<typeof statements>;
 
@@ -51,23 +92,24 @@ export function statements(prefix: string) {
     // statement, one transaction: consecutive seqs, one commit. The row lock
     // taken by the update is held until commit, so publishers are serialized
     // and commit order (which is NOTIFY delivery order) equals seq order. A
-    // rollback undoes the increment too, so seqs have no holes. One notice
-    // for the batch: the frames inline (`{e, s: first, b: [[stream, frame], …]}`)
-    // when they fit, else `{e, s: last, c: count}` and listeners read them.
+    // rollback undoes the increment too, so seqs have no holes. The notices
+    // come cut to size (see noticeChunks): each chunk of frames inline,
+    // `{e, s: first, b: [[stream, frame], …]}`, or, for a frame too large for
+    // a notice, `{e, s: its seq, c: 1}` and listeners read it from the table.
     publish: `
       with input as (
              select stream, frame, ord from unnest($1::text[], $2::text[]) with ordinality as i(stream, frame, ord)
            ),
            m as (update ${meta} set seq = seq + cardinality($1::text[]) where id = 1
-                 returning epoch, seq - cardinality($1::text[]) as base, seq as last),
-           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input),
-           p as (select json_build_object('e', epoch, 's', base + 1,
-                          'b', (select json_agg(json_build_array(stream, frame) order by ord) from input))::text as full,
-                        json_build_object('e', epoch, 's', last, 'c', cardinality($1::text[]))::text as short
-                 from m)
+                 returning epoch, seq - cardinality($1::text[]) as base),
+           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             pg_notify($3, case when octet_length(p.full) < ${NOTIFY_LIMIT} then p.full else p.short end)
-      from m, p`,
+             (select count(pg_notify($3, case
+                       when c.body is null then json_build_object('e', m.epoch, 's', m.base + c.start, 'c', 1)::text
+                       else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + c.start) || ',"b":[' || c.body || ']}'
+                     end))
+              from unnest($4::text[], $5::int[]) with ordinality as c(body, start, ord)) as notices
+      from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the
     // floor, so a cursor that passes the later check saw complete frames

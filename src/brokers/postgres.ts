@@ -21,7 +21,7 @@ import { type ConnectionConfig, createListener, createPool, ensureSchema } from 
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
-import { type Statements, statements } from "./postgres-sql.js";
+import { type Statements, noticeChunks, statements } from "./postgres-sql.js";
 import { type OutgoingFrame, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
@@ -187,10 +187,11 @@ export class PostgresBroker implements Broker {
     }
     const streams = batch.map((f) => f.stream);
     const frames = batch.map((f) => f.frame);
+    const { bodies, starts } = noticeChunks(batch);
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
-        result = await pool.query(this.#sql.publish, [streams, frames, this.#channel]);
+        result = await pool.query(this.#sql.publish, [streams, frames, this.#channel, bodies, starts]);
       } catch (error) {
         if (isTimeout(error)) {
           // slow (a burst, a lock), not necessarily gone: the heartbeat tells

@@ -89,7 +89,11 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     const all = capabilities.shared ? [one, await startWithHub(make())] : [one];
     const head = parsePosition(await one.broker.head())!;
     // more than one batch's worth (see PublishBatcher), published in one turn without awaiting
-    const calls = Array.from({ length: 1200 }, (_, i) => ({ stream: `s${i % 7}`, frame: frame(`n${i}`) }));
+    // with a few frames too large for a PostgreSQL notice among them
+    const calls = Array.from({ length: 1200 }, (_, i) => ({
+      stream: `s${i % 7}`,
+      frame: frame(i % 150 === 7 ? `n${i} ${"x".repeat(9000)}` : `n${i}`),
+    }));
     const published = await Promise.all(calls.map((c) => one.broker.publish(c.stream, c.frame)));
     expect(published.map((p) => [p.stream, p.frame])).toEqual(calls.map((c) => [c.stream, c.frame]));
     expect(published.map((p) => p.seq)).toEqual(calls.map((_, i) => head.seq + 1 + i));
