@@ -12,6 +12,8 @@ export interface Results {
   endToEnd: EndToEnd | null;
   render: RenderCost[] | null;
   writeCost: WriteCost | null;
+  /** Absent in runs before it was measured. */
+  bulkUpdate?: BulkUpdate | null;
   clock: Array<{ target: string; server: ClockOffset; clients: ClockOffset }>;
   /** What could not be measured, and why. */
   missing: string[];
@@ -51,5 +53,17 @@ export interface WriteCost {
     cached?: number[];
     /** With turbocast and change capture. */
     with: number[];
+  }>;
+}
+
+export interface BulkUpdate {
+  /** Rows changed by the one UPDATE of a round (one frame each). */
+  rows: number;
+  cells: Array<{
+    broker: "memory" | "redis" | "postgres";
+    /** fire: onSave broadcasts without awaiting; await: an async onSave that awaits its broadcast. */
+    hook: "fire" | "await";
+    /** Rows / seconds from the UPDATE to the last frame back in the app's hub, one figure per round. */
+    changesPerSecond: number[];
   }>;
 }

@@ -191,7 +191,12 @@ export class PostgresBroker implements Broker {
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
-        result = await pool.query(this.#sql.publish, [streams, frames, this.#channel, bodies, starts]);
+        // named: each pooled connection plans the statement once, not once per batch (planning is a good part of its time)
+        result = await pool.query({
+          name: `${this.#prefix}_publish`,
+          text: this.#sql.publish,
+          values: [streams, frames, this.#channel, bodies, starts],
+        });
       } catch (error) {
         if (isTimeout(error)) {
           // slow (a burst, a lock), not necessarily gone: the heartbeat tells

@@ -1,0 +1,34 @@
+import { Child } from "../lib/ipc.js";
+import { log } from "../lib/log.js";
+import type { BulkUpdate } from "../lib/results.js";
+import type { BrokerKind, HookStyle } from "../procs/bulk-update.js";
+
+export interface BulkUpdateOptions {
+  /** Rows the UPDATE changes (one frame each). */
+  rows: number;
+  /** Rounds per broker and hook style, taking turns. */
+  rounds: number;
+  brokers: BrokerKind[];
+  hooks: HookStyle[];
+}
+
+/**
+ * Bulk update through each broker side by side: one UPDATE of `rows` rows
+ * on a SQLite app whose hook broadcasts one replace per row, until every
+ * frame is back from the broker in the app's hub (bench/procs/bulk-update.ts,
+ * in a process of its own). Changes per second per round.
+ */
+export async function runBulkUpdate(options: BulkUpdateOptions): Promise<BulkUpdate> {
+  const child = await Child.spawn("procs/bulk-update.ts", { name: "bulk-update" });
+  try {
+    const cells = await child.request<BulkUpdate["cells"]>("measure", options, 1_800_000);
+    for (const cell of cells) {
+      log(
+        `  ${cell.hook} hook through ${cell.broker}: ${cell.changesPerSecond.map((x) => Math.round(x)).join(", ")} changes/s`,
+      );
+    }
+    return { rows: options.rows, cells };
+  } finally {
+    await child.stop();
+  }
+}
