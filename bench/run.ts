@@ -5,6 +5,8 @@
  *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
  *   npm run bench -- --quick           smaller run, written to bench/out/ instead
  *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse)
+ *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update); the report
+ *                                      says what the others did not measure
  */
 import { execSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -18,6 +20,7 @@ import { Target, type TargetSpec } from "./lib/target.js";
 import { runFanout } from "./sections/fanout.js";
 import { runThroughput } from "./sections/throughput.js";
 import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
+import { runBulkUpdate } from "./sections/bulk-update.js";
 import { Child } from "./lib/ipc.js";
 import type { WriteCost } from "./lib/results.js";
 
@@ -26,6 +29,18 @@ const only = process.argv
   .find((a) => a.startsWith("--targets="))
   ?.slice("--targets=".length)
   .split(",");
+
+const SECTIONS = ["fanout", "write-cost", "bulk-update"] as const;
+const sections = new Set(
+  process.argv
+    .find((a) => a.startsWith("--sections="))
+    ?.slice("--sections=".length)
+    .split(",") ?? SECTIONS,
+);
+for (const name of sections) {
+  if (!(SECTIONS as readonly string[]).includes(name))
+    throw new Error(`unknown section ${name}: ${SECTIONS.join(", ")}`);
+}
 
 const WS_NS = quick ? [1000, 5000] : [1000, 5000, 10000];
 const SSE_NS = quick ? [1000] : [1000, 5000];
@@ -77,6 +92,7 @@ async function main(): Promise<void> {
     endToEnd: null,
     render: null,
     writeCost: null,
+    bulkUpdate: null,
     clock: [],
     missing: [],
     notes: [],
@@ -84,7 +100,7 @@ async function main(): Promise<void> {
   log(`turbocast bench (${results.env.mode}); file descriptors per process: ${results.env.fdLimit}`);
 
   // each process holds N sockets plus a few dozen descriptors of its own
-  const specs = SPECS.filter((s) => !only || only.includes(s.key)).map((s) => {
+  const specs = SPECS.filter((s) => sections.has("fanout") && (!only || only.includes(s.key))).map((s) => {
     const reachable = s.ns.filter((n) => n + 64 <= fd.soft);
     for (const n of s.ns.filter((x) => !reachable.includes(x))) {
       results.missing.push(
@@ -109,7 +125,7 @@ async function main(): Promise<void> {
         log(`  skipped: ${reason}`);
       }
     }
-    log("fan-out and idle memory, largest N first");
+    if (specs.length > 0) log("fan-out and idle memory, largest N first");
     const fanout = await runFanout(
       targets,
       // many short turns rather than a few long ones: a burst of load from a neighbour lands on every server alike
@@ -155,6 +171,27 @@ async function main(): Promise<void> {
     await Promise.all(targets.map((t) => t.stop()));
   }
 
+  if (sections.has("write-cost")) await measureWriteCost(results);
+  if (sections.has("bulk-update")) await measureBulkUpdate(results);
+
+  if (!results.endToEnd)
+    results.missing.push(
+      "End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.",
+    );
+  if (!results.render) results.missing.push("Render cost: needs a turbocast server (delivery).");
+
+  results.env.loadAfter = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" / ");
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(`${outDir}results.json`, `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(`${outDir}fanout.svg`, fanoutSvg(results));
+  writeFileSync(`${outDir}RESULTS.md`, renderReport(results, "fanout.svg"));
+  log(`wrote ${outDir}RESULTS.md, fanout.svg and results.json`);
+}
+
+async function measureWriteCost(results: Results): Promise<void> {
   log("write cost: Drizzle inserts per second with and without change capture");
   const writer = await Child.spawn("procs/write-cost.ts", { name: "write-cost" });
   try {
@@ -172,22 +209,24 @@ async function main(): Promise<void> {
   } finally {
     await writer.stop();
   }
+}
 
-  if (!results.endToEnd)
+async function measureBulkUpdate(results: Results): Promise<void> {
+  log("bulk update: changes/s through the in-memory, Redis and PostgreSQL brokers side by side");
+  try {
+    results.bulkUpdate = await runBulkUpdate({
+      brokers: ["memory", "redis", "postgres"],
+      runs: [
+        { hook: "fire", rows: quick ? 5000 : 10_000, rounds: quick ? 3 : 5 },
+        // one round trip per change: fewer rows, or PostgreSQL alone would take minutes
+        { hook: "await", rows: quick ? 500 : 2000, rounds: quick ? 1 : 3 },
+      ],
+    });
+  } catch (error) {
     results.missing.push(
-      "End to end (Drizzle insert → hook → render → received): needs change capture and turbocast delivery.",
+      `Bulk update: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
     );
-  if (!results.render) results.missing.push("Render cost: needs a turbocast server (delivery).");
-
-  results.env.loadAfter = os
-    .loadavg()
-    .map((x) => x.toFixed(2))
-    .join(" / ");
-  mkdirSync(outDir, { recursive: true });
-  writeFileSync(`${outDir}results.json`, `${JSON.stringify(results, null, 2)}\n`);
-  writeFileSync(`${outDir}fanout.svg`, fanoutSvg(results));
-  writeFileSync(`${outDir}RESULTS.md`, renderReport(results, "fanout.svg"));
-  log(`wrote ${outDir}RESULTS.md, fanout.svg and results.json`);
+  }
 }
 
 await main();

@@ -57,9 +57,9 @@ export interface WriteCost {
 }
 
 export interface BulkUpdate {
-  /** Rows changed by the one UPDATE of a round (one frame each). */
-  rows: number;
   cells: Array<{
+    /** Rows changed by the one UPDATE of a round (one frame each). */
+    rows: number;
     broker: "memory" | "redis" | "postgres";
     /** fire: onSave broadcasts without awaiting; await: an async onSave that awaits its broadcast. */
     hook: "fire" | "await";

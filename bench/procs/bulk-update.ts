@@ -172,24 +172,30 @@ if (!process.send) {
   // on its own: npx tsx bench/procs/bulk-update.ts [broker=redis] [hook=fire] [rows=10000] [rounds=3]
   const [kind = "redis", hook = "fire", rows = "10000", times = "3"] = process.argv.slice(2);
   for (let r = 0; r < Number(times); r++) {
+    const cpu = process.cpuUsage();
+    const started = performance.now();
     const perSecond = await round(kind as BrokerKind, hook as HookStyle, Number(rows), rounds++);
-    console.log(`${kind} ${hook} ${rows} rows: ${Math.round(perSecond)} changes/s`);
+    const used = process.cpuUsage(cpu);
+    const cpuShare = (used.user + used.system) / 1000 / (performance.now() - started);
+    console.log(
+      `${kind} ${hook} ${rows} rows: ${Math.round(perSecond)} changes/s (this process's CPU ${(cpuShare * 100).toFixed(0)}% of the round, setup included)`,
+    );
   }
   process.exit(0);
 }
 
 serve({
-  /** `rounds` rounds of each broker (in rotating order), `rows` rows each; changes/s per round. */
-  async measure(args: { rows: number; rounds: number; brokers: BrokerKind[]; hooks: HookStyle[] }) {
+  /** For each run, `rounds` rounds of each broker (in rotating order) of one hook style and size; changes/s per round. */
+  async measure(args: { brokers: BrokerKind[]; runs: Array<{ hook: HookStyle; rows: number; rounds: number }> }) {
     // warm up (JIT, page cache, script and statement caches) with a small update through each
-    for (const kind of args.brokers) await round(kind, "fire", Math.min(1000, args.rows), rounds++);
-    const out: Array<{ broker: BrokerKind; hook: HookStyle; changesPerSecond: number[] }> = [];
-    for (const hook of args.hooks) {
-      const cells = args.brokers.map((broker) => ({ broker, hook, changesPerSecond: [] as number[] }));
-      for (let r = 0; r < args.rounds; r++) {
+    for (const kind of args.brokers) await round(kind, "fire", 1000, rounds++);
+    const out: Array<{ broker: BrokerKind; hook: HookStyle; rows: number; changesPerSecond: number[] }> = [];
+    for (const { hook, rows, rounds: n } of args.runs) {
+      const cells = args.brokers.map((broker) => ({ broker, hook, rows, changesPerSecond: [] as number[] }));
+      for (let r = 0; r < n; r++) {
         for (let k = 0; k < cells.length; k++) {
           const cell = cells[(k + r) % cells.length]!;
-          cell.changesPerSecond.push(await round(cell.broker, hook, args.rows, rounds++));
+          cell.changesPerSecond.push(await round(cell.broker, hook, rows, rounds++));
         }
       }
       out.push(...cells);

@@ -4,16 +4,13 @@ import type { BulkUpdate } from "../lib/results.js";
 import type { BrokerKind, HookStyle } from "../procs/bulk-update.js";
 
 export interface BulkUpdateOptions {
-  /** Rows the UPDATE changes (one frame each). */
-  rows: number;
-  /** Rounds per broker and hook style, taking turns. */
-  rounds: number;
   brokers: BrokerKind[];
-  hooks: HookStyle[];
+  /** Per hook style: the rows the UPDATE changes (one frame each) and the rounds per broker, taking turns. */
+  runs: Array<{ hook: HookStyle; rows: number; rounds: number }>;
 }
 
 /**
- * Bulk update through each broker side by side: one UPDATE of `rows` rows
+ * Bulk update through each broker side by side: one UPDATE of many rows
  * on a SQLite app whose hook broadcasts one replace per row, until every
  * frame is back from the broker in the app's hub (bench/procs/bulk-update.ts,
  * in a process of its own). Changes per second per round.
@@ -24,10 +21,10 @@ export async function runBulkUpdate(options: BulkUpdateOptions): Promise<BulkUpd
     const cells = await child.request<BulkUpdate["cells"]>("measure", options, 1_800_000);
     for (const cell of cells) {
       log(
-        `  ${cell.hook} hook through ${cell.broker}: ${cell.changesPerSecond.map((x) => Math.round(x)).join(", ")} changes/s`,
+        `  ${cell.hook} hook, ${cell.rows} rows, through ${cell.broker}: ${cell.changesPerSecond.map((x) => Math.round(x)).join(", ")} changes/s`,
       );
     }
-    return { rows: options.rows, cells };
+    return { cells };
   } finally {
     await child.stop();
   }
