@@ -22,7 +22,7 @@ import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
 import { type Statements, noticeChunks, statements } from "./postgres-sql.js";
-import { type OutgoingFrame, PublishBatcher } from "./publish-batcher.js";
+import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
 export { withDefaultUser } from "./postgres-connection.js";
@@ -71,6 +71,7 @@ export class PostgresBroker implements Broker {
   #intervals: NodeJS.Timeout[] = [];
   #batcher = new PublishBatcher({
     send: (frames) => this.#publishBatch(frames),
+    limits: POSTGRES_BATCH_LIMITS,
     failure: (stream, error) =>
       new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });

@@ -15,11 +15,19 @@ export interface BatchLimits {
 }
 
 /**
- * Big enough that a feed batch (100 changes by default) goes in one round
- * trip; small enough that one script keeps Redis busy for a few ms at most and
- * one PostgreSQL statement carries a bounded payload.
+ * Redis: big enough that a feed batch (100 changes by default) and more go
+ * in one round trip; small enough that one script keeps Redis busy for a few
+ * ms at most (other clients wait meanwhile).
  */
-export const BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 500, bytes: 1 << 20 });
+export const REDIS_BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 500, bytes: 1 << 20 });
+
+/**
+ * PostgreSQL: a batch costs a commit and a round trip whatever its size, and
+ * only one is in flight (see PublishBatcher), so batches are larger: measured
+ * on a 10,000-row update, 2,000 frames per statement went nearly twice as fast
+ * as 500. Bounded so a statement stays well inside commandTimeoutMs.
+ */
+export const POSTGRES_BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 2000, bytes: 2 << 20 });
 
 interface Waiting extends OutgoingFrame {
   resolve(published: Published): void;
@@ -35,7 +43,7 @@ export interface PublishBatcherInit {
   send(frames: readonly OutgoingFrame[]): Promise<Published[]>;
   /** The error one publish of a failed batch rejects with (a BrokerError naming its stream). */
   failure(stream: string, error: unknown): unknown;
-  limits?: BatchLimits;
+  limits: BatchLimits;
 }
 
 /**
@@ -65,7 +73,7 @@ export class PublishBatcher {
   constructor(init: PublishBatcherInit) {
     this.#send = init.send;
     this.#failure = init.failure;
-    this.#limits = init.limits ?? BATCH_LIMITS;
+    this.#limits = init.limits;
   }
 
   /** Frames waiting for a batch, and in flight. */

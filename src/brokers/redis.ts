@@ -19,7 +19,7 @@ import { Continuity, type RefreshRequest, decodeChannelMessage } from "./continu
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
-import { type OutgoingFrame, PublishBatcher } from "./publish-batcher.js";
+import { type OutgoingFrame, REDIS_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
 
 export type { RedisBrokerOptions } from "./redis-options.js";
 
@@ -69,6 +69,7 @@ export class RedisBroker implements Broker {
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
   #batcher = new PublishBatcher({
     send: (frames) => this.#publishBatch(frames),
+    limits: REDIS_BATCH_LIMITS,
     failure: (stream, error) =>
       new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });

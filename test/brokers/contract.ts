@@ -90,7 +90,7 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     const head = parsePosition(await one.broker.head())!;
     // more than one batch's worth (see PublishBatcher), published in one turn without awaiting
     // with a few frames too large for a PostgreSQL notice among them
-    const calls = Array.from({ length: 1200 }, (_, i) => ({
+    const calls = Array.from({ length: 2500 }, (_, i) => ({
       stream: `s${i % 7}`,
       frame: frame(i % 150 === 7 ? `n${i} ${"x".repeat(9000)}` : `n${i}`),
     }));
