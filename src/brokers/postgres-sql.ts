@@ -15,41 +15,39 @@ export const NOTIFY_LIMIT = 7_900;
 const CHUNK_OVERHEAD = 100;
 
 /**
- * A batch's frames cut into notices under NOTIFY's limit, for the publish
- * statement: `bodies[k]` holds chunk k's `[stream, frame]` pairs as JSON
- * without the brackets (null: one frame too large for a notice) and
- * `starts[k]` the 1-based index of its first frame in the batch.
+ * A batch as the publish statement takes it: `json`, the frames as one JSON
+ * array of `[stream, frame]` (one JSON.stringify per frame, reused for the
+ * sizes), and `chunks`, the notice each frame goes in — consecutive frames
+ * share a positive chunk while their notice stays under NOTIFY's limit; a
+ * frame too large for a notice alone gets a negative one of its own.
  */
-export function noticeChunks(batch: ReadonlyArray<{ stream: string; frame: string }>): {
-  bodies: Array<string | null>;
-  starts: number[];
+export function encodeBatch(batch: ReadonlyArray<{ stream: string; frame: string }>): {
+  json: string;
+  chunks: number[];
 } {
-  const bodies: Array<string | null> = [];
-  const starts: number[] = [];
-  let body: string[] = [];
-  let bytes = CHUNK_OVERHEAD;
-  const flush = (): void => {
-    if (body.length === 0) return;
-    bodies.push(body.join(","));
-    body = [];
-    bytes = CHUNK_OVERHEAD;
-  };
-  batch.forEach(({ stream, frame }, i) => {
+  const items: string[] = new Array(batch.length);
+  const chunks: number[] = new Array(batch.length);
+  let chunk = 0;
+  let bytes = NOTIFY_LIMIT;
+  for (let i = 0; i < batch.length; i++) {
+    const { stream, frame } = batch[i]!;
     const item = JSON.stringify([stream, frame]);
-    const size = Buffer.byteLength(item) + 1;
+    items[i] = item;
+    // json_agg separates elements with ", "
+    const size = Buffer.byteLength(item) + 2;
     if (CHUNK_OVERHEAD + size > NOTIFY_LIMIT) {
-      flush();
-      bodies.push(null);
-      starts.push(i + 1);
-      return;
+      chunks[i] = -(i + 1);
+      bytes = NOTIFY_LIMIT;
+      continue;
     }
-    if (bytes + size > NOTIFY_LIMIT) flush();
-    if (body.length === 0) starts.push(i + 1);
-    body.push(item);
+    if (bytes + size > NOTIFY_LIMIT) {
+      chunk++;
+      bytes = CHUNK_OVERHEAD;
+    }
+    chunks[i] = chunk;
     bytes += size;
-  });
-  flush();
-  return { bodies, starts };
+  }
+  return { json: `[${items.join(",")}]`, chunks };
 }
 
 /** The statements of one namespace (see `statements`). */
@@ -88,27 +86,31 @@ export function statements(prefix: string) {
                                (select coalesce(max(seq), 0) from ${frames})))
       on conflict (id) do nothing`,
     head: `select epoch, seq::text as seq from ${meta} where id = 1`,
-    // A batch of frames ($1 streams, $2 frames, in publish order) in one
-    // statement, one transaction: consecutive seqs, one commit. The row lock
-    // taken by the update is held until commit, so publishers are serialized
-    // and commit order (which is NOTIFY delivery order) equals seq order. A
-    // rollback undoes the increment too, so seqs have no holes. The notices
-    // come cut to size (see noticeChunks): each chunk of frames inline,
+    // A batch of frames in one statement, one transaction: consecutive
+    // seqs, one commit. $1: the batch as JSON, `[[stream, frame], …]` in
+    // publish order; $2: the channel; $3: the notice chunk of each frame (see
+    // encodeBatch). The row lock taken by the update is held until commit, so
+    // publishers are serialized and commit order (which is NOTIFY delivery
+    // order) equals seq order. A rollback undoes the increment too, so seqs
+    // have no holes. One notice per chunk: its frames inline,
     // `{e, s: first, b: [[stream, frame], …]}`, or, for a frame too large for
-    // a notice, `{e, s: its seq, c: 1}` and listeners read it from the table.
+    // a notice (a negative chunk), `{e, s: its seq, c: 1}` and listeners read
+    // it from the table.
     publish: `
       with input as (
-             select stream, frame, ord from unnest($1::text[], $2::text[]) with ordinality as i(stream, frame, ord)
+             select j, chunk, ord from rows from (json_array_elements($1::json), unnest($3::int[])) with ordinality as i(j, chunk, ord)
            ),
-           m as (update ${meta} set seq = seq + cardinality($1::text[]) where id = 1
-                 returning epoch, seq - cardinality($1::text[]) as base),
-           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input)
+           m as (update ${meta} set seq = seq + cardinality($3::int[]) where id = 1
+                 returning epoch, seq - cardinality($3::int[]) as base),
+           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.j->>0, input.j->>1 from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             (select count(pg_notify($3, case
-                       when c.body is null then json_build_object('e', m.epoch, 's', m.base + c.start, 'c', 1)::text
-                       else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + c.start) || ',"b":[' || c.body || ']}'
-                     end))
-              from unnest($4::text[], $5::int[]) with ordinality as c(body, start, ord)) as notices
+             (select count(pg_notify($2, n.payload)) from (
+                select case when i.chunk < 0
+                         then json_build_object('e', m.epoch, 's', m.base + min(i.ord), 'c', 1)::text
+                         else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + min(i.ord)) ||
+                              ',"b":' || json_agg(i.j order by i.ord)::text || '}'
+                       end as payload
+                from input i group by i.chunk order by min(i.ord)) n) as notices
       from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the

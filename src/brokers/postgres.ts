@@ -21,7 +21,7 @@ import { type ConnectionConfig, createListener, createPool, ensureSchema } from 
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
-import { type Statements, noticeChunks, statements } from "./postgres-sql.js";
+import { type Statements, encodeBatch, statements } from "./postgres-sql.js";
 import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
@@ -186,9 +186,7 @@ export class PostgresBroker implements Broker {
       this.#refused(batch.length);
       throw new Error(`${this.#target} is unreachable`);
     }
-    const streams = batch.map((f) => f.stream);
-    const frames = batch.map((f) => f.frame);
-    const { bodies, starts } = noticeChunks(batch);
+    const { json, chunks } = encodeBatch(batch);
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
@@ -196,7 +194,7 @@ export class PostgresBroker implements Broker {
         result = await pool.query({
           name: `${this.#prefix}_publish`,
           text: this.#sql.publish,
-          values: [streams, frames, this.#channel, bodies, starts],
+          values: [json, this.#channel, chunks],
         });
       } catch (error) {
         if (isTimeout(error)) {
