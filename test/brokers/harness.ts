@@ -272,19 +272,24 @@ export function expectOrderedSubset(received: Published[], outcomes: PublishOutc
 /**
  * After an outage, a subscriber's refresh covers what it missed before it;
  * every frame published after the refresh reached it must follow, in order.
+ * Frames still on their way (a publish resolves as its frame is sent out to
+ * every process) get a few seconds to arrive.
  */
-export function expectEverythingAfterRefresh(
+export async function expectEverythingAfterRefresh(
   sink: { frames: Published[]; times: number[] },
   outcomes: PublishOutcome[],
-): void {
+): Promise<void> {
   const last = sink.frames.findLastIndex(isRefresh);
   if (last < 0) throw new Error("the subscriber got no refresh");
   const refreshedAt = sink.times[last]!;
   const want = outcomes.filter((o) => o.ok && o.startedAt > refreshedAt).map((o) => o.position!);
   if (want.length === 0) throw new Error("nothing was published after the refresh: the test proves nothing");
-  const got = sink.frames.slice(last + 1).map((f) => f.position);
-  const missing = want.filter((p) => !got.includes(p));
-  if (missing.length > 0) throw new Error(`published after the refresh but never received: ${missing.join(", ")}`);
+  const missing = (): string[] => {
+    const got = new Set(sink.frames.slice(last + 1).map((f) => f.position));
+    return want.filter((p) => !got.has(p));
+  };
+  await waitFor(() => missing().length === 0, { timeoutMs: 5_000 }).catch(() => {});
+  if (missing().length > 0) throw new Error(`published after the refresh but never received: ${missing().join(", ")}`);
 }
 
 /** Records unhandled rejections while `fn` runs (vitest would report them too, but not say which test). */

@@ -121,7 +121,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(historyWhileDown).toBeNull();
 
     expectOrderedSubset(sink.frames, loop.outcomes);
-    expectEverythingAfterRefresh(sink, loop.outcomes);
+    await expectEverythingAfterRefresh(sink, loop.outcomes);
     // the frames table outlived the restart: a page from before the outage resumes without a refresh
     const replay = await broker.history(["s"], lastBefore);
     expect(replay).not.toBeNull();
@@ -205,7 +205,7 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(refused.filter((o) => o.code !== "TURBOCAST_BROKER")).toEqual([]);
     for (const sink of [sinkA, sinkB]) {
       expectOrderedSubset(sink.frames, loop.outcomes);
-      expectEverythingAfterRefresh(sink, loop.outcomes);
+      await expectEverythingAfterRefresh(sink, loop.outcomes);
     }
     // B, which stayed connected, got every frame A managed to publish
     expect(sinkB.frames.filter((f) => !isRefresh(f)).map((f) => f.position)).toEqual(
@@ -244,6 +244,6 @@ describeWithServer("postgres broker outages", await postgresUnavailable(), () =>
     expect(b.events.logs).toEqual([]);
     expect(b.events.gaps).toEqual([]);
     expectOrderedSubset(sinkA.frames, loop.outcomes);
-    expectEverythingAfterRefresh(sinkA, loop.outcomes);
+    await expectEverythingAfterRefresh(sinkA, loop.outcomes);
   });
 });

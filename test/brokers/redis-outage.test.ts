@@ -119,7 +119,7 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
 
     // in order, nothing twice; and every frame published after the refresh arrived
     expectOrderedSubset(sink.frames, loop.outcomes);
-    expectEverythingAfterRefresh(sink, loop.outcomes);
+    await expectEverythingAfterRefresh(sink, loop.outcomes);
   });
 
   it("restores a killed subscription and refreshes that process's subscribers, while the other process carries on", async () => {
@@ -150,7 +150,7 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
           sinkB.frames.some((f) => f.position === lastOk.position),
       );
     });
-    expectEverythingAfterRefresh(sinkA, loop.outcomes);
+    await expectEverythingAfterRefresh(sinkA, loop.outcomes);
 
     expect(unhandled).toEqual([]);
     expect(loop.outcomes.every((o) => o.ok)).toBe(true);
@@ -256,7 +256,7 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
       [sinks[2]!, loopB],
     ] as const) {
       expectOrderedSubset(sink.frames, loop.outcomes);
-      expectEverythingAfterRefresh(sink, loop.outcomes);
+      await expectEverythingAfterRefresh(sink, loop.outcomes);
     }
   });
 
@@ -293,7 +293,7 @@ describeWithServer("redis broker outages", await redisUnavailable(), () => {
       // although it failed, so only the order is checked, not the outcomes
       const seqs = sink.frames.filter((f) => !isRefresh(f)).map((f) => f.seq);
       expect(seqs.every((seq, i) => i === 0 || seq > seqs[i - 1]!)).toBe(true);
-      expectEverythingAfterRefresh(sink, loop.outcomes);
+      await expectEverythingAfterRefresh(sink, loop.outcomes);
     }
   });
 });
