@@ -1,0 +1,110 @@
+import { describe, expect, it } from "vitest";
+import type { Published } from "../../src/brokers/broker.js";
+import { NOTIFY_LIMIT, encodeBatch } from "../../src/brokers/postgres-sql.js";
+import { type OutgoingFrame, PublishBatcher } from "../../src/brokers/publish-batcher.js";
+
+/** A server that records each batch and answers when told to. */
+function fakeServer() {
+  const batches: OutgoingFrame[][] = [];
+  const answers: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  let seq = 0;
+  const send = (frames: readonly OutgoingFrame[]): Promise<Published[]> => {
+    batches.push([...frames]);
+    return new Promise<Published[]>((resolve, reject) => {
+      answers.push({
+        resolve: () => resolve(frames.map((f) => ({ ...f, seq: ++seq, position: `E.${seq}` }))),
+        reject,
+      });
+    });
+  };
+  return { batches, answers, send };
+}
+
+const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+describe("PublishBatcher", () => {
+  it("sends the publishes of one turn as one batch, and those made while it is in flight as the next", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 100, bytes: 1 << 20 },
+    });
+    const first = ["a", "b", "a"].map((s, i) => batcher.publish(s, `f${i}`));
+    await tick();
+    expect(server.batches.map((b) => b.map((f) => f.frame))).toEqual([["f0", "f1", "f2"]]);
+    const second = [batcher.publish("c", "f3")];
+    await tick();
+    const third = [batcher.publish("c", "f4")];
+    await tick();
+    // one batch in flight: the later publishes wait for it, together
+    expect(server.batches).toHaveLength(1);
+    server.answers[0]!.resolve();
+    expect((await Promise.all(first)).map((p) => [p.stream, p.seq])).toEqual([
+      ["a", 1],
+      ["b", 2],
+      ["a", 3],
+    ]);
+    await tick();
+    expect(server.batches.map((b) => b.map((f) => f.frame))).toEqual([
+      ["f0", "f1", "f2"],
+      ["f3", "f4"],
+    ]);
+    server.answers[1]!.resolve();
+    expect((await Promise.all([...second, ...third])).map((p) => p.seq)).toEqual([4, 5]);
+    await batcher.idle();
+    expect(batcher.size).toBe(0);
+  });
+
+  it("cuts batches at the frame and byte limits, a frame larger than the byte limit going alone", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 3, bytes: 10 },
+    });
+    const sent = ["1", "2", "3", "4", "x".repeat(20), "5", "6"].map((f) => batcher.publish("s", f));
+    for (let i = 0; i < 4; i++) {
+      await tick();
+      server.answers[i]?.resolve();
+    }
+    await Promise.all(sent);
+    expect(server.batches.map((b) => b.map((f) => f.frame.length))).toEqual([[1, 1, 1], [1], [20], [1, 1]]);
+  });
+
+  it("rejects every publish of a failed batch with its own error, and goes on with the next batch", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (stream, error) => new Error(`${stream}: ${(error as Error).message}`),
+      limits: { frames: 100, bytes: 1 << 20 },
+    });
+    const failed = [batcher.publish("a", "1"), batcher.publish("b", "2")];
+    await tick();
+    const next = batcher.publish("a", "3");
+    server.answers[0]!.reject(new Error("refused"));
+    const results = await Promise.allSettled(failed);
+    expect(results.map((r) => (r as PromiseRejectedResult).reason.message)).toEqual(["a: refused", "b: refused"]);
+    await tick();
+    server.answers[1]!.resolve();
+    expect((await next).frame).toBe("3");
+  });
+});
+
+describe("encodeBatch (PostgreSQL notices)", () => {
+  it("puts consecutive frames in one notice while it fits, and a frame too large for a notice in one of its own", () => {
+    const small = { stream: "s", frame: "x".repeat(3000) };
+    const huge = { stream: "s", frame: "y".repeat(NOTIFY_LIMIT) };
+    const { json, chunks } = encodeBatch([small, small, small, huge, small, { stream: 'q"uote', frame: "ü\n" }]);
+    expect(JSON.parse(json)).toEqual([
+      ["s", small.frame],
+      ["s", small.frame],
+      ["s", small.frame],
+      ["s", huge.frame],
+      ["s", small.frame],
+      ['q"uote', "ü\n"],
+    ]);
+    // two 3,000-byte frames fill a notice; the huge one is read from the table; chunks never straddle it
+    expect(chunks).toEqual([1, 1, 2, -4, 3, 3]);
+  });
+});
