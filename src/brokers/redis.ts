@@ -169,6 +169,7 @@ export class RedisBroker implements Broker {
       this.#idleMs,
       this.#channel,
       this.#clockStepMs,
+      JSON.stringify(frames.map(({ stream, frame }) => [stream, frame])),
     ];
     for (const { stream, frame } of frames) {
       let key = keyOf.get(stream);
