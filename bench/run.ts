@@ -5,8 +5,8 @@
  *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
  *   npm run bench -- --quick           smaller run, written to bench/out/ instead
  *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse)
- *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update); the report
- *                                      says what the others did not measure
+ *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update), written to
+ *                                      bench/out/; the report says what the others did not measure
  */
 import { execSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -53,7 +53,9 @@ const SPECS: TargetSpec[] = [
   { key: "tc-sse", label: "turbocast SSE", server: "turbocast", protocol: "sse", ns: SSE_NS },
 ];
 
-const outDir = fileURLToPath(new URL(quick ? "./out/" : "./", import.meta.url));
+// a partial run (--quick, or only some sections) never replaces the committed report
+const partial = quick || sections.size < SECTIONS.length;
+const outDir = fileURLToPath(new URL(partial ? "./out/" : "./", import.meta.url));
 
 function fdLimit(): { soft: number; hard: number } {
   try {
