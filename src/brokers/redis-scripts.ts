@@ -60,15 +60,16 @@ export const PUBLISH_FIXED_ARGS = 9;
  * `{ e: epoch, s: first seq, b: [[stream, frame], …] }`.
  */
 export const PUBLISH_SCRIPT = `
--- all or nothing: a key of another type (someone else's) fails the batch before anything is written
-local fresh = {}
+-- all or nothing: a key of another type (someone else's) fails the batch
+-- before anything is written. The count is kept for retention (0: a new
+-- stream, whose floor marker goes in with its frames).
+local card = {}
 for k = 3, #KEYS do
-  local t = redis.call('TYPE', KEYS[k]).ok
-  if t == 'none' then
-    fresh[#fresh + 1] = KEYS[k]
-  elseif t ~= 'zset' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. t .. ', not the sorted set of a stream')
+  local n = redis.pcall('ZCARD', KEYS[k])
+  if type(n) == 'table' and n.err then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is not the sorted set of a stream')
   end
+  card[k] = n
 end
 ${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -77,7 +78,6 @@ local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 3
 local batch = ARGV[${PUBLISH_FIXED_ARGS}]
 local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
 
-for _, key in ipairs(fresh) do redis.call('ZADD', key, 0, '~floor') end
 -- one ZADD per stream with all its frames (a call costs more than a member)
 local members = {}
 for i = 0, count - 1 do
@@ -86,14 +86,14 @@ for i = 0, count - 1 do
   local k = tonumber(ARGV[at])
   local list = members[k]
   if not list then
-    list = {}
+    if card[k] == 0 then list = { 0, '~floor' } else list = {} end
     members[k] = list
   end
   list[#list + 1] = seq
   list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[at + 2]
 end
 for k, list in pairs(members) do
-  redis.call('ZADD', KEYS[k], unpack(list))
+  card[k] = card[k] + redis.call('ZADD', KEYS[k], unpack(list))
 end
 
 -- retention, once per stream of the batch: a frame goes when it is beyond the
@@ -102,7 +102,7 @@ end
 local keep, age, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 for k = 3, #KEYS do
   local key = KEYS[k]
-  local n = redis.call('ZCARD', key) - 1
+  local n = card[k] - 1
   local evicted = -1
   if n > cap then
     local newest = redis.call('ZRANGE', key, n - cap, n - cap, 'WITHSCORES')
