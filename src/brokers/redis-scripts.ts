@@ -52,8 +52,7 @@ export const PUBLISH_FIXED_ARGS = 9;
  * maxFrames, idleMs, channel, clockStepMs, the batch as JSON
  * (`[[stream, frame], …]`: the channel message's `b`, encoded by Node's
  * JSON.stringify rather than cjson, which costs Redis more), then per frame
- * (in publish order) three: the index in KEYS of its stream's key, the
- * stream, the frame.
+ * (in publish order) two: the index in KEYS of its stream's key, the frame.
  * Returns { epoch, seq of the first frame }.
  *
  * One message on the channel carries the whole batch:
@@ -73,7 +72,7 @@ for k = 3, #KEYS do
 end
 ${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 3
+local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 2
 -- the batch as JSON, [[stream, frame], …], encoded by the caller
 local batch = ARGV[${PUBLISH_FIXED_ARGS}]
 local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
@@ -82,7 +81,7 @@ local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
 local members = {}
 for i = 0, count - 1 do
   local seq = first + i
-  local at = ${PUBLISH_FIXED_ARGS} + 1 + i * 3
+  local at = ${PUBLISH_FIXED_ARGS} + 1 + i * 2
   local k = tonumber(ARGV[at])
   local list = members[k]
   if not list then
@@ -90,7 +89,7 @@ for i = 0, count - 1 do
     members[k] = list
   end
   list[#list + 1] = seq
-  list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[at + 2]
+  list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[at + 1]
 end
 for k, list in pairs(members) do
   card[k] = card[k] + redis.call('ZADD', KEYS[k], unpack(list))

@@ -177,7 +177,7 @@ export class RedisBroker implements Broker {
         keys.push(this.#streamKey(stream));
         keyOf.set(stream, (key = keys.length));
       }
-      args.push(key, stream, frame);
+      args.push(key, frame);
     }
     let reply: unknown;
     try {
