@@ -14,40 +14,60 @@ export const NOTIFY_LIMIT = 7_900;
 /** What a notice adds around a chunk of frames: `{"e":"<epoch>","s":<seq>,"b":[…]}`. */
 const CHUNK_OVERHEAD = 100;
 
+/** A notice's frame list that stands for one frame too large for a notice (a list always starts with `[`). */
+const OVERSIZED = "-";
+
 /**
- * A batch as the publish statement takes it: `json`, the frames as one JSON
- * array of `[stream, frame]` (one JSON.stringify per frame, reused for the
- * sizes), and `chunks`, the notice each frame goes in — consecutive frames
- * share a positive chunk while their notice stays under NOTIFY's limit; a
- * frame too large for a notice alone gets a negative one of its own.
+ * A batch as the publish statement takes it: the streams and the frames as
+ * JSON arrays (each frame JSON-encoded once: that text is reused for the
+ * notices and their sizes), and the notices — consecutive frames share one
+ * while it stays under NOTIFY's limit; a frame too large for a notice gets
+ * one of its own that only names it. `notices` joins their frame lists with
+ * U+0001, which JSON text never contains raw; `starts` says where each
+ * notice's first frame is in the batch (1-based).
  */
 export function encodeBatch(batch: ReadonlyArray<{ stream: string; frame: string }>): {
-  json: string;
-  chunks: number[];
+  streams: string;
+  frames: string;
+  notices: string;
+  starts: number[];
 } {
-  const items: string[] = new Array(batch.length);
-  const chunks: number[] = new Array(batch.length);
-  let chunk = 0;
-  let bytes = NOTIFY_LIMIT;
+  const streams: string[] = new Array(batch.length);
+  const frames: string[] = new Array(batch.length);
+  const notices: string[] = [];
+  const starts: number[] = [];
+  let notice: string[] = [];
+  let bytes = CHUNK_OVERHEAD;
+  const flush = (): void => {
+    if (notice.length > 0) notices.push(notice.join(","));
+    notice = [];
+    bytes = CHUNK_OVERHEAD;
+  };
   for (let i = 0; i < batch.length; i++) {
-    const { stream, frame } = batch[i]!;
-    const item = JSON.stringify([stream, frame]);
-    items[i] = item;
-    // json_agg separates elements with ", "
-    const size = Buffer.byteLength(item) + 2;
+    const stream = JSON.stringify(batch[i]!.stream);
+    const frame = JSON.stringify(batch[i]!.frame);
+    streams[i] = stream;
+    frames[i] = frame;
+    const item = `[${stream},${frame}]`;
+    const size = Buffer.byteLength(item) + 1;
     if (CHUNK_OVERHEAD + size > NOTIFY_LIMIT) {
-      chunks[i] = -(i + 1);
-      bytes = NOTIFY_LIMIT;
+      flush();
+      notices.push(OVERSIZED);
+      starts.push(i + 1);
       continue;
     }
-    if (bytes + size > NOTIFY_LIMIT) {
-      chunk++;
-      bytes = CHUNK_OVERHEAD;
-    }
-    chunks[i] = chunk;
+    if (bytes + size > NOTIFY_LIMIT) flush();
+    if (notice.length === 0) starts.push(i + 1);
+    notice.push(item);
     bytes += size;
   }
-  return { json: `[${items.join(",")}]`, chunks };
+  flush();
+  return {
+    streams: `[${streams.join(",")}]`,
+    frames: `[${frames.join(",")}]`,
+    notices: notices.join("\u0001"),
+    starts,
+  };
 }
 
 /** The statements of one namespace (see `statements`). */
@@ -87,30 +107,28 @@ export function statements(prefix: string) {
       on conflict (id) do nothing`,
     head: `select epoch, seq::text as seq from ${meta} where id = 1`,
     // A batch of frames in one statement, one transaction: consecutive
-    // seqs, one commit. $1: the batch as JSON, `[[stream, frame], …]` in
-    // publish order; $2: the channel; $3: the notice chunk of each frame (see
-    // encodeBatch). The row lock taken by the update is held until commit, so
-    // publishers are serialized and commit order (which is NOTIFY delivery
-    // order) equals seq order. A rollback undoes the increment too, so seqs
-    // have no holes. One notice per chunk: its frames inline,
-    // `{e, s: first, b: [[stream, frame], …]}`, or, for a frame too large for
-    // a notice (a negative chunk), `{e, s: its seq, c: 1}` and listeners read
-    // it from the table.
+    // seqs, one commit. The row lock taken by the update is held until
+    // commit, so publishers are serialized and commit order (which is NOTIFY
+    // delivery order) equals seq order. A rollback undoes the increment too,
+    // so seqs have no holes. Parameters (see encodeBatch): $1 the streams and
+    // $2 the frames as JSON arrays, in publish order; $3 the channel; $4 the
+    // notices' frame lists, $5 where each starts in the batch; $6 the count.
+    // A notice carries its frames inline, `{e, s: first, b: [[stream, frame], …]}`,
+    // or, for a frame too large for one, `{e, s: its seq, c: 1}` and
+    // listeners read it from the table.
     publish: `
       with input as (
-             select j, chunk, ord from rows from (json_array_elements($1::json), unnest($3::int[])) with ordinality as i(j, chunk, ord)
+             select stream, frame, ord
+             from rows from (json_array_elements_text($1::json), json_array_elements_text($2::json)) with ordinality as i(stream, frame, ord)
            ),
-           m as (update ${meta} set seq = seq + cardinality($3::int[]) where id = 1
-                 returning epoch, seq - cardinality($3::int[]) as base),
-           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.j->>0, input.j->>1 from m, input)
+           m as (update ${meta} set seq = seq + $6::int where id = 1 returning epoch, seq - $6::int as base),
+           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             (select count(pg_notify($2, n.payload)) from (
-                select case when i.chunk < 0
-                         then json_build_object('e', m.epoch, 's', m.base + min(i.ord), 'c', 1)::text
-                         else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + min(i.ord)) ||
-                              ',"b":' || json_agg(i.j order by i.ord)::text || '}'
-                       end as payload
-                from input i group by i.chunk order by min(i.ord)) n) as notices
+             (select count(pg_notify($3, case
+                       when c.body = '${OVERSIZED}' then json_build_object('e', m.epoch, 's', m.base + c.start, 'c', 1)::text
+                       else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + c.start) || ',"b":[' || c.body || ']}'
+                     end))
+              from unnest(string_to_array($4, chr(1)), $5::int[]) with ordinality as c(body, start, ord)) as notices
       from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the

@@ -186,7 +186,7 @@ export class PostgresBroker implements Broker {
       this.#refused(batch.length);
       throw new Error(`${this.#target} is unreachable`);
     }
-    const { json, chunks } = encodeBatch(batch);
+    const { streams, frames, notices, starts } = encodeBatch(batch);
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
@@ -194,7 +194,7 @@ export class PostgresBroker implements Broker {
         result = await pool.query({
           name: `${this.#prefix}_publish`,
           text: this.#sql.publish,
-          values: [json, this.#channel, chunks],
+          values: [streams, frames, this.#channel, notices, starts, batch.length],
         });
       } catch (error) {
         if (isTimeout(error)) {

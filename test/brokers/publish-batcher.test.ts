@@ -95,16 +95,23 @@ describe("encodeBatch (PostgreSQL notices)", () => {
   it("puts consecutive frames in one notice while it fits, and a frame too large for a notice in one of its own", () => {
     const small = { stream: "s", frame: "x".repeat(3000) };
     const huge = { stream: "s", frame: "y".repeat(NOTIFY_LIMIT) };
-    const { json, chunks } = encodeBatch([small, small, small, huge, small, { stream: 'q"uote', frame: "ü\n" }]);
-    expect(JSON.parse(json)).toEqual([
+    const odd = { stream: 'q"uote', frame: "ü\n\u0001" };
+    const batch = [small, small, small, huge, small, odd];
+    const { streams, frames, notices, starts } = encodeBatch(batch);
+    expect(JSON.parse(streams)).toEqual(batch.map((f) => f.stream));
+    expect(JSON.parse(frames)).toEqual(batch.map((f) => f.frame));
+    // two 3,000-byte frames fill a notice; the huge one is only named; notices never straddle it
+    const lists = notices.split("\u0001");
+    expect(lists).toHaveLength(4);
+    expect(starts).toEqual([1, 3, 4, 5]);
+    expect(JSON.parse(`[${lists[0]}]`)).toEqual([
       ["s", small.frame],
       ["s", small.frame],
-      ["s", small.frame],
-      ["s", huge.frame],
-      ["s", small.frame],
-      ['q"uote', "ü\n"],
     ]);
-    // two 3,000-byte frames fill a notice; the huge one is read from the table; chunks never straddle it
-    expect(chunks).toEqual([1, 1, 2, -4, 3, 3]);
+    expect(lists[2]).toBe("-");
+    expect(JSON.parse(`[${lists[3]}]`)).toEqual([
+      ["s", small.frame],
+      ['q"uote', odd.frame],
+    ]);
   });
 });
