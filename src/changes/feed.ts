@@ -332,7 +332,11 @@ export class ChangeFeed {
         if (batch.length === 0) break;
         const requestIds = capture.requestIds(batch[0]!.seq, batch[batch.length - 1]!.seq);
         for (const change of batch) {
-          // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those
+          // most hooks are synchronous (they fire broadcasts and return): no await, no microtask for those,
+          // and the frames of the whole batch reach a scale-out broker together (PublishBatcher). An async
+          // hook is awaited before the next change's starts — every frame of a change before any of the
+          // next one's, whatever the hook awaits — so one that awaits its broadcast costs a broker round
+          // trip per change: that order cannot be kept while overlapping them.
           const pending = this.#dispatcher.dispatch(change, requestIds?.get(change.seq));
           if (pending) await pending;
           this.#claims.dispatched(change.seq);
