@@ -48,6 +48,14 @@ import { type ViewsOption, resolveViews } from "./views/environment.js";
 import { turboStreamFromGlobal } from "./views/turbo-stream-from.js";
 import type { Request, RequestHandler, Response } from "express";
 
+/**
+ * Broadcasts waiting for the broker at which the change feed stops claiming
+ * until they drain: several of a scale-out broker's batches (so batching is
+ * never throttled), and a bound on the frames a bulk update can pile up in
+ * memory when the broker is slower than the hooks.
+ */
+const PUBLISH_BACKLOG = 10_000;
+
 /** A Drizzle database over better-sqlite3, with or without a schema. */
 // biome-ignore lint/suspicious/noExplicitAny: any schema; Record<string, unknown> would reject the app's own schema type
 export type TurboDatabase = BetterSQLite3Database<any>;
@@ -230,6 +238,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
             )
         : undefined,
     requests,
+    backpressure: () => publisher.backlog(PUBLISH_BACKLOG),
   });
   const renderer = new StreamSourceRenderer({
     registry,

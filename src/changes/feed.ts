@@ -49,6 +49,12 @@ export interface ChangeFeedInit {
    * its hook broadcasts carries `request-id` (see RequestNotes).
    */
   requests?: RequestScopeAccess;
+  /**
+   * Awaited (when it returns a promise) before each claim: the publisher's
+   * backlog, so that broadcasts fired by hooks without awaiting them wait
+   * for the broker once too many are in flight.
+   */
+  backpressure?: () => Promise<void> | undefined;
 }
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -89,6 +95,7 @@ export class ChangeFeed {
   readonly #options: ResolvedCaptureOptions;
   readonly #onOtherFeed: (() => void) | undefined;
   readonly #requests: RequestScopeAccess | undefined;
+  readonly #backpressure: (() => Promise<void> | undefined) | undefined;
   readonly #dispatcher: HookDispatcher;
   /** done_seq as this feed last saw it, its own completions included (-1: not read yet); a higher one is another feed's work. */
   #seenDone = -1;
@@ -126,6 +133,7 @@ export class ChangeFeed {
       sawDone: (observed, own) => this.#sawDone(observed, own),
     });
     this.#requests = init.requests;
+    this.#backpressure = init.backpressure;
     this.#dispatcher = new HookDispatcher({
       registry: init.registry,
       logger: init.logger,
@@ -324,8 +332,13 @@ export class ChangeFeed {
             break;
           }
         }
+        const backlog = this.#backpressure?.();
+        if (backlog) {
+          await backlog;
+          if (this.#state !== "running" || this.#capture.busy) break;
+        }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
-        const claim = this.#claims.claim(now, batchSize);
+        const claim = this.#claims.claim(Date.now(), batchSize);
         const batch = claim.changes;
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
         if (claim.schemaChanged) this.#resync();

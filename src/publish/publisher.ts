@@ -21,6 +21,10 @@ export class Publisher {
   #state: "open" | "closed" = "open";
   /** Test listeners (turbocast/testing): every frame published, as published. */
   readonly #taps = new Set<(stream: string, frame: string) => void>();
+  /** Publishes handed to the broker and not settled yet. */
+  #pending = 0;
+  /** Waiting for the pending count to fall to a limit (see `backlog`). */
+  #waiters: Array<{ limit: number; resolve: () => void }> = [];
 
   constructor(broker: Broker, logger: Logger) {
     this.#broker = broker;
@@ -35,19 +39,25 @@ export class Publisher {
       this.#state !== "open"
         ? Promise.reject(new ClosedError("turbocast instance"))
         : this.#broker.publish(stream, frame);
+    this.#pending++;
     published.then(
       () => {
+        this.#settled();
         // 0 as well when nothing failed: one map lookup per publish
         const counted = this.#throttle.recovered(FAILED);
         if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
       },
-      (error: unknown) =>
-        void this.#throttle.log(
+      (error: unknown) => {
+        this.#settled();
+        this.#throttle.log(
           FAILED,
           "warn",
           `broadcast to ${stream} failed; further failures are counted until one succeeds`,
-          { error },
-        ),
+          {
+            error,
+          },
+        );
+      },
     );
     return published;
   };
@@ -56,6 +66,27 @@ export class Publisher {
   tap(listener: (stream: string, frame: string) => void): () => void {
     this.#taps.add(listener);
     return () => this.#taps.delete(listener);
+  }
+
+  /**
+   * Resolves once at most `limit` publishes are waiting for the broker;
+   * `undefined` when that is already so (no microtask). The change feed
+   * waits on it before claiming more changes, so hooks that fire broadcasts
+   * faster than the broker takes them (a bulk update, a slow broker) cannot
+   * pile frames up in memory without bound.
+   */
+  backlog(limit: number): Promise<void> | undefined {
+    if (this.#pending <= limit) return undefined;
+    return new Promise((resolve) => this.#waiters.push({ limit, resolve }));
+  }
+
+  #settled(): void {
+    this.#pending--;
+    if (this.#waiters.length === 0) return;
+    const ready = this.#waiters.filter((w) => this.#pending <= w.limit);
+    if (ready.length === 0) return;
+    this.#waiters = this.#waiters.filter((w) => this.#pending > w.limit);
+    for (const waiter of ready) waiter.resolve();
   }
 
   /** From now on every publish rejects with ClosedError. Safe to call twice. */

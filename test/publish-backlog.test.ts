@@ -1,0 +1,108 @@
+import Database from "better-sqlite3";
+import { drizzle } from "drizzle-orm/better-sqlite3";
+import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import nunjucks from "nunjucks";
+import { afterEach, describe, expect, it } from "vitest";
+import { type Broker, ModelStream, type Published, type Turbo, createTurbo } from "../src/index.js";
+import { Publisher } from "../src/publish/publisher.js";
+import { memoryLogger, tempDir, waitFor } from "./helpers.js";
+
+const rows = sqliteTable("rows", { id: integer("id").primaryKey(), body: text("body").notNull() });
+
+/** Broadcasts without awaiting, as a hook should (its frames reach the broker together). */
+class RowStream extends ModelStream<typeof rows> {
+  static override model = rows;
+  override onSave(row: typeof rows.$inferSelect): void {
+    void this.broadcastRaw(`<turbo-stream action="remove" target="row_${row.id}"></turbo-stream>`);
+  }
+}
+
+/** A broker that holds every publish until told to accept them. */
+class HeldBroker implements Broker {
+  readonly kind = "held";
+  held: Array<() => void> = [];
+  published = 0;
+  #seq = 0;
+  async start(): Promise<void> {}
+  publish(stream: string, frame: string): Promise<Published> {
+    this.published++;
+    const seq = ++this.#seq;
+    return new Promise((resolve) => this.held.push(() => resolve({ stream, frame, seq, position: `held.${seq}` })));
+  }
+  acceptAll(): void {
+    for (const accept of this.held.splice(0)) accept();
+  }
+  async history(): Promise<Published[]> {
+    return [];
+  }
+  async head(): Promise<string> {
+    return `held.${this.#seq}`;
+  }
+  async close(): Promise<void> {
+    this.acceptAll();
+  }
+}
+
+const turns = async (n: number): Promise<void> => {
+  for (let i = 0; i < n; i++) await new Promise((resolve) => setImmediate(resolve));
+};
+
+describe("publish backlog", () => {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  it("Publisher.backlog resolves once the publishes waiting for the broker fall to the limit", async () => {
+    const broker = new HeldBroker();
+    const publisher = new Publisher(broker, memoryLogger());
+    expect(publisher.backlog(0)).toBeUndefined();
+    const sent = [publisher.publish("a", "1"), publisher.publish("a", "2"), publisher.publish("a", "3")];
+    expect(publisher.backlog(3)).toBeUndefined();
+    let drained = false;
+    const waiting = publisher.backlog(1)!.then(() => (drained = true));
+    broker.held.shift()!();
+    await sent[0];
+    await turns(2);
+    expect(drained).toBe(false);
+    broker.acceptAll();
+    await waiting;
+    await Promise.all(sent);
+  });
+
+  it("stops claiming changes while 10,000 broadcasts wait for the broker, and goes on once they are accepted", async () => {
+    const { dir, cleanup } = tempDir();
+    cleanups.push(cleanup);
+    const sqlite = new Database(`${dir}/app.db`);
+    sqlite.pragma("journal_mode = WAL");
+    sqlite.exec("create table rows (id integer primary key, body text not null)");
+    cleanups.push(() => {
+      sqlite.close();
+    });
+    const broker = new HeldBroker();
+    const turbo: Turbo = await createTurbo({
+      db: drizzle(sqlite),
+      views: new nunjucks.Environment(null, { autoescape: true }),
+      streams: [RowStream],
+      broker,
+      logger: memoryLogger(),
+      secret: "test-secret-0123456789abcdef0123456789",
+      secretFile: `${dir}/.turbocast-secret`,
+    });
+    cleanups.push(() => turbo.close());
+
+    // 12,000 rows in one statement, written outside the app's db: the poll finds them
+    sqlite.exec(
+      "with recursive n(i) as (select 1 union all select i + 1 from n where i < 12000) insert into rows (id, body) select i, 'row ' || i from n",
+    );
+    // the feed claims 100 at a time; the claim after the backlog passed 10,000 does not happen
+    await waitFor(() => broker.published === 10_100, { timeoutMs: 20_000, message: "10,100 broadcasts" });
+    await turns(20);
+    expect(broker.published).toBe(10_100);
+    broker.acceptAll();
+    await waitFor(() => broker.published === 12_000, { timeoutMs: 20_000, message: "every change broadcast" });
+    broker.acceptAll();
+    await turbo.feed.drain();
+    expect(broker.published).toBe(12_000);
+  });
+});
