@@ -15,11 +15,13 @@ export interface BatchLimits {
 }
 
 /**
- * Redis: big enough that a feed batch (100 changes by default) and more go
- * in one round trip; small enough that one script keeps Redis busy for a few
- * ms at most (other clients wait meanwhile).
+ * Redis: a script call costs a few calls per stream of its batch besides one
+ * member per frame, so bigger batches are cheaper per frame (1,000 went
+ * 10–30% faster than 500 on a 10,000-row update over 100 streams); bounded
+ * so one script keeps Redis from its other clients for ~10 ms at most.
+ * Below Lua's 8,000-value stack for one stream's ZADD too.
  */
-export const REDIS_BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 500, bytes: 1 << 20 });
+export const REDIS_BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 1000, bytes: 1 << 20 });
 
 /**
  * PostgreSQL: a batch costs a commit and a round trip whatever its size, and
