@@ -1,0 +1,375 @@
+import type pg from "pg";
+import { CaptureInstallError } from "../../errors.js";
+import { NAMESPACE, quoteIdent, quoteLiteral } from "../sql.js";
+import type { PgColumnType } from "./decode.js";
+import { logDdl, logNames } from "./log.js";
+
+/**
+ * Change capture on PostgreSQL: three AFTER … FOR EACH ROW triggers per bound
+ * table, calling one plpgsql function that appends the row, as jsonb, to the
+ * change log in the writer's own transaction — so every writer is seen
+ * (Drizzle, raw SQL, bulk statements, `psql`, another service), a rolled-back
+ * write leaves nothing, and a committed one survives a crash.
+ *
+ *   _turbocast_ins   AFTER INSERT: the new row
+ *   _turbocast_upd   AFTER UPDATE WHEN (OLD *<> NEW): the new row and the old one
+ *   _turbocast_del   AFTER DELETE: the old row
+ *
+ * The triggers live on the table (in its schema); the function,
+ * `_turbocast_capture`, lives next to the change log. `*<>` compares the
+ * rows' stored bytes, so an UPDATE that changes no column is not a change
+ * (turbo-rails #610) while `12.50` -> `12.5` or `'a'` -> `'A'` under a
+ * case-insensitive collation still is; it also works for column types that
+ * have no equality operator (json, point).
+ *
+ * The function copies whole rows (`to_jsonb(NEW)`) rather than a column
+ * list, so nothing in it depends on the table's columns: a migration that
+ * adds, drops or renames a column needs no trigger change and leaves no
+ * window in which writes are captured without the new column (or fail on a
+ * dropped one). What does depend on the columns — their types, for decoding
+ * — is read again when the schema signature changes (see schemaSignature).
+ *
+ * It is SECURITY DEFINER, owned by the role that installs it, with a fixed
+ * search_path: a writer needs no privilege on the change log (another
+ * service, a `psql` user), and cannot redirect what the function calls. It
+ * also runs with `TimeZone = 'UTC'` (see decode.ts) and sends one
+ * `pg_notify(channel, '')` per row — PostgreSQL folds identical
+ * notifications of a transaction into one, delivered at commit.
+ */
+
+/** A bound table as capture sees it. */
+export interface PgCaptureTable {
+  /** The name the change log records (what the registry looks the table up by). */
+  name: string;
+  /** The Drizzle table's schema (`pgSchema`), or undefined: found through the search_path, as the app's queries find it. */
+  schema?: string;
+  /** SQL names of the primary-key columns. */
+  keys: readonly string[];
+  /** SQL names of the columns the Drizzle table declares (to warn about ones the database lacks). */
+  columns: readonly string[];
+}
+
+export type PgTriggerKind = "ins" | "upd" | "del";
+
+export const PG_TRIGGERS: Record<PgTriggerKind, { name: string; event: string; tgtype: number }> = {
+  // tgtype bits: 1 row, 4 insert, 8 delete, 16 update (AFTER is the absence of 2)
+  ins: { name: `${NAMESPACE}ins`, event: "INSERT", tgtype: 5 },
+  upd: { name: `${NAMESPACE}upd`, event: "UPDATE", tgtype: 17 },
+  del: { name: `${NAMESPACE}del`, event: "DELETE", tgtype: 9 },
+};
+
+const FUNCTION = `${NAMESPACE}capture`;
+
+/** The LISTEN/NOTIFY channel of a change log: one per log schema, so apps in other schemas are not woken. */
+export function channelFor(logSchema: string): string {
+  return `${NAMESPACE}${logSchema}`.slice(0, 63);
+}
+
+/** The body of the capture function (compared with pg_proc.prosrc to decide whether to replace it). */
+export function captureFunctionBody(logSchema: string): string {
+  const log = logNames(logSchema).changes;
+  const request = "nullif(current_setting('turbocast.request_id', true), '')";
+  return `
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    INSERT INTO ${log} (tbl, op, row_data, old_data, request_id) VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD), ${request});
+  ELSIF TG_OP = 'INSERT' THEN
+    INSERT INTO ${log} (tbl, op, row_data, request_id) VALUES (TG_ARGV[0], 'insert', to_jsonb(NEW), ${request});
+  ELSE
+    INSERT INTO ${log} (tbl, op, row_data, request_id) VALUES (TG_ARGV[0], 'delete', to_jsonb(OLD), ${request});
+  END IF;
+  PERFORM pg_notify(${quoteLiteral(channelFor(logSchema))}, '');
+  RETURN NULL;
+END
+`;
+}
+
+/** The function's settings, as pg_proc.proconfig lists them. */
+const FUNCTION_CONFIG = ["search_path=pg_catalog, pg_temp", "TimeZone=UTC"];
+
+function createFunction(logSchema: string): string {
+  return `CREATE OR REPLACE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(FUNCTION)}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC'
+AS $turbocast$${captureFunctionBody(logSchema)}$turbocast$`;
+}
+
+function createTrigger(kind: PgTriggerKind, relation: string, logSchema: string, name: string): string {
+  const trigger = PG_TRIGGERS[kind];
+  const when = kind === "upd" ? " WHEN (OLD.* *<> NEW.*)" : "";
+  return `CREATE TRIGGER ${quoteIdent(trigger.name)} AFTER ${trigger.event} ON ${relation} FOR EACH ROW${when} EXECUTE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(FUNCTION)}(${quoteLiteral(name)})`;
+}
+
+export interface PgTriggerSync {
+  /** The schema of the change log (the option, or the connection's current_schema()). */
+  logSchema: string;
+  /** Triggers created or recreated, as `schema.table.trigger`. */
+  created: string[];
+  /** turbocast triggers dropped: those of tables no longer bound (at start only). */
+  dropped: string[];
+  /** Bound tables that do not exist (yet): captured once a migration creates them. */
+  missingTables: string[];
+  /** Columns the Drizzle table declares but the database table lacks (their values decode as undefined). */
+  missingColumns: Array<{ table: string; columns: string[] }>;
+  /** Tables whose triggers are in place. */
+  captured: string[];
+  /** Each captured table's column types by SQL column name, for the decoder. */
+  types: Map<string, Map<string, PgColumnType>>;
+  /** schemaSignature() as read under the sync's lock. */
+  signature: string;
+}
+
+export interface PgSyncOptions {
+  /** Schema of the change log; default the connection's current_schema(). */
+  logSchema?: string;
+  /**
+   * Whether to drop this log's triggers on tables that are not bound: at
+   * start, yes (the database is made to match this app); after a schema
+   * change while running, no — another app version sharing the database
+   * during a rolling deploy may bind them.
+   */
+  dropUnbound?: boolean;
+}
+
+/** PostgreSQL's error for a missing privilege. */
+const INSUFFICIENT_PRIVILEGE = "42501";
+
+/**
+ * Makes the database's turbocast triggers match the bound tables, in one
+ * transaction (under an advisory lock, so processes starting together take
+ * turns): creates the change log and the capture function if needed, creates
+ * each bound table's missing triggers, and at start drops this log's
+ * triggers on tables that are no longer bound. On any failure nothing is
+ * changed. A no-op when everything already matches.
+ *
+ * Throws CaptureInstallError for a bound name that is a view or another
+ * relation that takes no row triggers, a key column the table lacks, or a
+ * missing privilege (named: TRIGGER on the table, CREATE on the log's schema).
+ */
+export async function syncPgTriggers(
+  client: pg.ClientBase,
+  tables: readonly PgCaptureTable[],
+  options: PgSyncOptions = {},
+): Promise<PgTriggerSync> {
+  await client.query("BEGIN");
+  try {
+    const result = await syncInTransaction(client, tables, options);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw error;
+  }
+}
+
+async function syncInTransaction(
+  client: pg.ClientBase,
+  tables: readonly PgCaptureTable[],
+  options: PgSyncOptions,
+): Promise<PgTriggerSync> {
+  await client.query(`SELECT pg_advisory_xact_lock(hashtext('${NAMESPACE}sync'))`);
+  const logSchema = options.logSchema ?? (await currentSchema(client));
+  const role = (await client.query<{ role: string }>("SELECT current_user AS role")).rows[0]!.role;
+  const privilege = (what: string, table: string, error: unknown): CaptureInstallError =>
+    new CaptureInstallError(table, `the role "${role}" lacks ${what}`, { cause: error });
+
+  const names = logNames(logSchema);
+  const logExists = (await client.query(`SELECT to_regclass($1) IS NOT NULL AS ok`, [names.changes])).rows[0].ok;
+  try {
+    if (!logExists) for (const ddl of logDdl(logSchema)) await client.query(ddl);
+    const fn = await client.query<{ src: string; config: string[] | null }>(
+      `SELECT p.prosrc AS src, p.proconfig AS config FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE n.nspname = $1 AND p.proname = $2`,
+      [logSchema, FUNCTION],
+    );
+    const current = fn.rows[0];
+    if (
+      current?.src !== captureFunctionBody(logSchema) ||
+      JSON.stringify(current?.config) !== JSON.stringify(FUNCTION_CONFIG)
+    ) {
+      await client.query(createFunction(logSchema));
+    }
+  } catch (error) {
+    if ((error as { code?: string }).code === INSUFFICIENT_PRIVILEGE) {
+      throw privilege(
+        `the CREATE privilege on schema "${logSchema}", where turbocast keeps its change log (GRANT CREATE ON SCHEMA ${quoteIdent(logSchema)} TO ${quoteIdent(role)}, or pick another schema)`,
+        tables[0]?.name ?? names.changes,
+        error,
+      );
+    }
+    throw error;
+  }
+  const functionOid = Number(
+    (await client.query(`SELECT $1::regprocedure::oid AS oid`, [`${quoteIdent(logSchema)}.${quoteIdent(FUNCTION)}()`]))
+      .rows[0].oid,
+  );
+
+  const result: PgTriggerSync = {
+    logSchema,
+    created: [],
+    dropped: [],
+    missingTables: [],
+    missingColumns: [],
+    captured: [],
+    types: new Map(),
+    signature: "",
+  };
+  const capturedOids = new Set<number>();
+  for (const table of tables) {
+    const relation =
+      table.schema === undefined ? quoteIdent(table.name) : `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`;
+    const found = await client.query<{ oid: string; kind: string; schema: string; name: string; may: boolean }>(
+      `SELECT c.oid, c.relkind AS kind, n.nspname AS schema, c.relname AS name,
+              has_table_privilege(c.oid, 'TRIGGER') AS may
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`,
+      [relation],
+    );
+    const rel = found.rows[0];
+    if (!rel) {
+      result.missingTables.push(table.name);
+      continue;
+    }
+    if (rel.kind === "v" || rel.kind === "m") {
+      throw new CaptureInstallError(
+        table.name,
+        `it is a ${rel.kind === "v" ? "view" : "materialized view"}; bind a table`,
+      );
+    }
+    if (rel.kind !== "r" && rel.kind !== "p") {
+      throw new CaptureInstallError(table.name, `it is not a table (relkind '${rel.kind}'); bind a table`);
+    }
+    const qualified = `${quoteIdent(rel.schema)}.${quoteIdent(rel.name)}`;
+    const columns = await client.query<{ name: string; oid: number; elem: number }>(
+      `SELECT a.attname AS name, t.oid::int AS oid, CASE WHEN t.typcategory = 'A' THEN t.typelem::int ELSE 0 END AS elem
+       FROM pg_attribute a
+       JOIN pg_type d ON d.oid = a.atttypid
+       JOIN pg_type t ON t.oid = CASE WHEN d.typtype = 'd' THEN d.typbasetype ELSE d.oid END
+       WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
+      [rel.oid],
+    );
+    const types = new Map(columns.rows.map((c) => [c.name, { oid: c.oid, elem: c.elem }] as const));
+    const missingKeys = table.keys.filter((k) => !types.has(k));
+    if (missingKeys.length > 0) {
+      throw new CaptureInstallError(
+        table.name,
+        `its primary-key column(s) ${missingKeys.join(", ")} do not exist in the database`,
+      );
+    }
+    const missing = table.columns.filter((c) => !types.has(c));
+    if (missing.length > 0) result.missingColumns.push({ table: table.name, columns: missing });
+    result.types.set(table.name, types);
+
+    const existing = await client.query<{ name: string; fn: string; tgtype: number; args: string; qual: boolean }>(
+      `SELECT tgname AS name, tgfoid::int AS fn, tgtype::int AS tgtype, encode(tgargs, 'escape') AS args, tgqual IS NOT NULL AS qual
+       FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal AND tgname LIKE '\\_turbocast\\_%'`,
+      [rel.oid],
+    );
+    const byName = new Map(existing.rows.map((t) => [t.name, t]));
+    for (const kind of Object.keys(PG_TRIGGERS) as PgTriggerKind[]) {
+      const want = PG_TRIGGERS[kind];
+      const have = byName.get(want.name);
+      const matches =
+        have !== undefined &&
+        Number(have.fn) === functionOid &&
+        have.tgtype === want.tgtype &&
+        have.args === `${table.name}\\000` &&
+        have.qual === (kind === "upd");
+      if (matches) continue;
+      if (!rel.may) {
+        throw privilege(
+          `the TRIGGER privilege on table ${qualified} (GRANT TRIGGER ON ${qualified} TO ${quoteIdent(role)}, or own the table)`,
+          table.name,
+          undefined,
+        );
+      }
+      try {
+        if (have) await client.query(`DROP TRIGGER ${quoteIdent(want.name)} ON ${qualified}`);
+        await client.query(createTrigger(kind, qualified, logSchema, table.name));
+      } catch (error) {
+        if ((error as { code?: string }).code === INSUFFICIENT_PRIVILEGE) {
+          throw privilege(`the TRIGGER privilege on table ${qualified}`, table.name, error);
+        }
+        throw new CaptureInstallError(table.name, `PostgreSQL refused its trigger: ${(error as Error).message}`, {
+          cause: error,
+        });
+      }
+      result.created.push(`${rel.schema}.${rel.name}.${want.name}`);
+    }
+    capturedOids.add(Number(rel.oid));
+    result.captured.push(table.name);
+  }
+
+  if (options.dropUnbound !== false) {
+    const ours = await client.query<{ rel: number; relation: string; name: string }>(
+      `SELECT t.tgrelid::int AS rel, t.tgrelid::regclass::text AS relation, t.tgname AS name
+       FROM pg_trigger t WHERE t.tgfoid = $1 AND NOT t.tgisinternal`,
+      [functionOid],
+    );
+    for (const t of ours.rows) {
+      if (capturedOids.has(t.rel)) continue;
+      await client.query(`DROP TRIGGER ${quoteIdent(t.name)} ON ${t.relation}`);
+      result.dropped.push(`${t.relation}.${t.name}`);
+    }
+  }
+  result.signature = await schemaSignature(client, tables);
+  return result;
+}
+
+async function currentSchema(client: pg.ClientBase): Promise<string> {
+  const schema = (await client.query<{ schema: string | null }>("SELECT current_schema() AS schema")).rows[0]!.schema;
+  if (schema === null) {
+    throw new CaptureInstallError(
+      "_turbocast_changes",
+      "the connection's search_path names no existing schema to keep the change log in (set capture.schema)",
+    );
+  }
+  return schema;
+}
+
+/**
+ * A string that changes when a bound table is created, dropped or
+ * recreated, gains or loses a column or changes a column's type, or loses a
+ * turbocast trigger: the feed compares it on every safety poll and syncs
+ * again when it moved (as the SQLite feed follows `schema_version`).
+ */
+export async function schemaSignature(client: pg.ClientBase, tables: readonly PgCaptureTable[]): Promise<string> {
+  const relations = tables.map((t) =>
+    t.schema === undefined ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+  );
+  const { rows } = await client.query<{ signature: string | null }>(SIGNATURE_SQL, [relations]);
+  return rows[0]?.signature ?? "";
+}
+
+const SIGNATURE_SQL = `
+SELECT string_agg(r.rel || ':' || coalesce(r.oid::text, '-') || ':' || coalesce((
+  SELECT md5(string_agg(a.attname || ' ' || a.atttypid::text, ',' ORDER BY a.attnum))
+  FROM pg_attribute a WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+), '') || ':' || coalesce((
+  SELECT count(*)::text FROM pg_trigger t WHERE t.tgrelid = r.oid AND t.tgname LIKE '\\_turbocast\\_%'
+), ''), ';' ORDER BY r.ord)
+FROM (SELECT rel, to_regclass(rel)::oid AS oid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(rel, ord)) r`;
+
+/**
+ * Drops turbocast's triggers of one table (or of every table captured into
+ * this log), and with every table the capture function — for tearing
+ * capture down by hand. In SQL: `DROP TRIGGER IF EXISTS _turbocast_ins ON
+ * <table>;` and likewise `_turbocast_upd`, `_turbocast_del`.
+ */
+export async function dropPgCaptureTriggers(
+  client: pg.ClientBase,
+  logSchema: string,
+  table?: string,
+): Promise<string[]> {
+  const { rows } = await client.query<{ relation: string; name: string; args: string }>(
+    `SELECT t.tgrelid::regclass::text AS relation, t.tgname AS name, encode(t.tgargs, 'escape') AS args
+     FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname = $1 AND p.proname = $2 AND NOT t.tgisinternal`,
+    [logSchema, FUNCTION],
+  );
+  const dropped: string[] = [];
+  for (const t of rows) {
+    if (table !== undefined && t.args !== `${table}\\000`) continue;
+    await client.query(`DROP TRIGGER IF EXISTS ${quoteIdent(t.name)} ON ${t.relation}`);
+    dropped.push(`${t.relation}.${t.name}`);
+  }
+  return dropped;
+}

@@ -1,0 +1,272 @@
+import type pg from "pg";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { CaptureInstallError } from "../../src/errors.js";
+import { PgChangeLog, type PgChangeRecord } from "../../src/changes/postgres/log.js";
+import { channelFor, syncPgTriggers } from "../../src/changes/postgres/triggers.js";
+import { createTestSchema, type TestSchema } from "./pg-helpers.js";
+
+const TABLES = [
+  { name: "items", keys: ["id"], columns: ["id", "body", "version"] },
+  { name: "notes", keys: ["id"], columns: ["id", "body", "mood"] },
+];
+const DDL = `
+CREATE TABLE items (id serial PRIMARY KEY, body text NOT NULL, version int NOT NULL DEFAULT 0);
+CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL);
+CREATE TABLE plain (id int PRIMARY KEY, body text);
+`;
+
+let schema: TestSchema;
+let pool: pg.Pool;
+let log: PgChangeLog;
+
+beforeEach(async () => {
+  schema = await createTestSchema("tclog");
+  pool = schema.pool();
+  await pool.query(DDL);
+  const client = await pool.connect();
+  try {
+    await syncPgTriggers(client, TABLES);
+  } finally {
+    client.release();
+  }
+  log = new PgChangeLog(pool, schema.name);
+});
+
+afterEach(async () => {
+  await schema.drop();
+});
+
+/** Claims and completes everything claimable now, as one feed would. */
+async function drainAll(owner = "me", limit = 100): Promise<PgChangeRecord[]> {
+  const out: PgChangeRecord[] = [];
+  let doneUpTo = 0;
+  let dispatched = 0;
+  for (;;) {
+    const batch = await log.completeAndClaim(owner, doneUpTo, dispatched, Date.now(), 30_000, limit);
+    if (batch.length === 0) break;
+    out.push(...batch);
+    doneUpTo = batch[batch.length - 1]!.seq;
+    dispatched = batch.length;
+  }
+  return out;
+}
+
+const bodies = (records: PgChangeRecord[]) => records.map((r) => [r.op, JSON.parse(r.row).body]);
+
+describe("PostgreSQL capture triggers and change log", () => {
+  it("captures insert, update (with the old row) and delete of every writer, skips no-op updates and unbound tables", async () => {
+    await pool.query("INSERT INTO items (body) VALUES ('a'), ('b')");
+    await pool.query("UPDATE items SET body = 'a2' WHERE body = 'a'");
+    await pool.query("UPDATE items SET body = body, version = version");
+    await pool.query("DELETE FROM items WHERE body = 'b'");
+    await pool.query("INSERT INTO plain VALUES (1, 'nobody')");
+    const records = await drainAll();
+    expect(bodies(records)).toEqual([
+      ["insert", "a"],
+      ["insert", "b"],
+      ["update", "a2"],
+      ["delete", "b"],
+    ]);
+    expect(JSON.parse(records[2]!.previous!)).toEqual({ id: 1, body: "a", version: 0 });
+    expect(records.map((r) => r.table)).toEqual(["items", "items", "items", "items"]);
+    expect(await drainAll()).toEqual([]);
+  });
+
+  it("leaves nothing of a rolled-back transaction or savepoint", async () => {
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query("INSERT INTO items (body) VALUES ('ghost')");
+      await client.query("ROLLBACK");
+      await client.query("BEGIN");
+      await client.query("INSERT INTO items (body) VALUES ('kept')");
+      await client.query("SAVEPOINT s");
+      await client.query("INSERT INTO items (body) VALUES ('ghost 2')");
+      await client.query("ROLLBACK TO SAVEPOINT s");
+      await client.query("COMMIT");
+    } finally {
+      client.release();
+    }
+    expect(bodies(await drainAll())).toEqual([["insert", "kept"]]);
+  });
+
+  it("never skips a change whose transaction commits after a later seq was dispatched", async () => {
+    const slow = await pool.connect();
+    try {
+      await slow.query("BEGIN");
+      await slow.query("INSERT INTO items (body) VALUES ('slow')"); // lower seq, still in flight
+      await pool.query("INSERT INTO items (body) VALUES ('fast')");
+      expect(bodies(await drainAll())).toEqual([["insert", "fast"]]);
+      // a long transaction holds nothing back
+      await pool.query("INSERT INTO items (body) VALUES ('later')");
+      expect(bodies(await drainAll())).toEqual([["insert", "later"]]);
+      await slow.query("COMMIT");
+    } finally {
+      slow.release();
+    }
+    const late = await drainAll();
+    expect(bodies(late)).toEqual([["insert", "slow"]]);
+    expect(late[0]!.seq).toBe(1);
+    expect(await drainAll()).toEqual([]);
+  });
+
+  it("dispatches two writes to one row in their order, however their transactions overlap", async () => {
+    await pool.query("INSERT INTO items (id, body) VALUES (1, 'v0')");
+    await drainAll();
+    const first = await pool.connect();
+    const second = await pool.connect();
+    try {
+      await first.query("BEGIN");
+      await first.query("UPDATE items SET body = 'v1' WHERE id = 1");
+      await second.query("BEGIN");
+      await second.query("INSERT INTO items (id, body) VALUES (2, 'other')");
+      const waiting = second.query("UPDATE items SET body = 'v2' WHERE id = 1"); // waits on the row lock
+      await first.query("COMMIT");
+      await waiting;
+      await second.query("COMMIT");
+    } finally {
+      first.release();
+      second.release();
+    }
+    const records = await drainAll();
+    expect(bodies(records).filter(([, b]) => b !== "other")).toEqual([
+      ["update", "v1"],
+      ["update", "v2"],
+    ]);
+  });
+
+  it("hands each change to exactly one of several concurrent claimers", async () => {
+    for (let i = 0; i < 10; i++) {
+      await pool.query(
+        `INSERT INTO items (body) SELECT 'row ' || g FROM generate_series(${i * 100 + 1}, ${i * 100 + 100}) g`,
+      );
+    }
+    const owners = ["a", "b", "c"];
+    const seen: number[] = [];
+    await Promise.all(
+      owners.map(async (owner) => {
+        let doneUpTo = 0;
+        let dispatched = 0;
+        let idle = 0;
+        while (idle < 20) {
+          const batch = await log.completeAndClaim(owner, doneUpTo, dispatched, Date.now(), 30_000, 37);
+          if (batch.length === 0) {
+            if (doneUpTo > 0) await log.complete(owner, doneUpTo, dispatched);
+            doneUpTo = 0;
+            dispatched = 0;
+            idle++;
+            await new Promise((r) => setImmediate(r));
+            continue;
+          }
+          idle = 0;
+          for (const r of batch) seen.push(r.seq);
+          doneUpTo = batch[batch.length - 1]!.seq;
+          dispatched = batch.length;
+        }
+      }),
+    );
+    expect(seen.length).toBe(1000);
+    expect(new Set(seen).size).toBe(1000);
+    expect(log.completed).toBe(1000);
+  });
+
+  it("takes over a claim whose lease ran out, from where it was completed", async () => {
+    await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 5) g");
+    const crashed = await log.completeAndClaim("dead", 0, 0, Date.now(), 50, 3);
+    expect(crashed.map((r) => r.seq)).toEqual([1, 2, 3]);
+    expect(await log.completeAndClaim("alive", 0, 0, Date.now(), 30_000, 10)).toEqual([]);
+    const taken = await log.completeAndClaim("alive", 0, 0, Date.now() + 100, 30_000, 10);
+    expect(taken.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(log.tookOver).toMatchObject({ from: "dead", why: "expired" });
+    expect(await log.complete("dead", 3, 3)).toBe(false);
+  });
+
+  it("notifies its channel at commit, once per transaction", async () => {
+    const listener = await pool.connect();
+    try {
+      const heard: string[] = [];
+      listener.on("notification", (n) => heard.push(n.channel));
+      await listener.query(`LISTEN "${channelFor(schema.name)}"`);
+      await pool.query("INSERT INTO items (body) SELECT 'n' || g FROM generate_series(1, 50) g");
+      await pool.query("SELECT 1"); // a round trip after the commit
+      await listener.query("SELECT 1");
+      expect(heard).toEqual([channelFor(schema.name)]);
+    } finally {
+      listener.release();
+    }
+  });
+
+  it("prunes dispatched changes beyond the retained count, never pending ones", async () => {
+    await pool.query("INSERT INTO items (body) SELECT 'p' || g FROM generate_series(1, 10) g");
+    await drainAll();
+    await pool.query("INSERT INTO items (body) VALUES ('pending')");
+    await log.prune({ count: 2, ageMs: 3_600_000 });
+    const { rows } = await pool.query("SELECT seq::int FROM _turbocast_changes ORDER BY seq");
+    expect(rows.map((r) => r.seq)).toEqual([10, 11]);
+    expect(bodies(await drainAll())).toEqual([["insert", "pending"]]);
+  });
+
+  it("claims a 10,000-row UPDATE in batches quickly", async () => {
+    await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 10000) g");
+    await drainAll("me", 1000);
+    await pool.query("UPDATE items SET version = 7");
+    const started = performance.now();
+    const records = await drainAll("me", 100);
+    const ms = performance.now() - started;
+    expect(records.length).toBe(10_000);
+    expect(records.every((r, i) => i === 0 || r.seq > records[i - 1]!.seq)).toBe(true);
+    expect(ms).toBeLessThan(10_000);
+  }, 30_000);
+});
+
+describe("PostgreSQL capture install errors", () => {
+  it("refuses a view and a table whose key column is missing, with nothing installed", async () => {
+    await pool.query("CREATE VIEW item_view AS SELECT * FROM items");
+    const client = await pool.connect();
+    try {
+      const error = await syncPgTriggers(client, [{ name: "item_view", keys: ["id"], columns: ["id"] }]).catch(
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(CaptureInstallError);
+      expect((error as CaptureInstallError).message).toMatch(/item_view.*view/);
+      const wrongKey = await syncPgTriggers(client, [{ name: "plain", keys: ["nope"], columns: [] }]).catch(
+        (e: unknown) => e,
+      );
+      expect((wrongKey as CaptureInstallError).code).toBe("TURBOCAST_CAPTURE_INSTALL_FAILED");
+    } finally {
+      client.release();
+    }
+    const { rows } = await pool.query(
+      "SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = 'plain'::regclass AND tgname LIKE '\\_turbocast\\_%'",
+    );
+    expect(rows[0].n).toBe(0);
+  });
+
+  it("names the TRIGGER privilege a role lacks", async () => {
+    const role = `${schema.name}_role`;
+    await schema.admin.query(`CREATE ROLE "${role}" LOGIN`);
+    try {
+      await schema.admin.query(`GRANT USAGE, CREATE ON SCHEMA "${schema.name}" TO "${role}"`);
+      await pool.query(`CREATE TABLE others (id int PRIMARY KEY)`);
+      const { default: pgModule } = await import("pg");
+      const client = new pgModule.Client({
+        ...schema.config,
+        connectionString: schema.url.replace("//postgres@", `//${role}@`),
+      });
+      await client.connect();
+      try {
+        const error = await syncPgTriggers(client, [{ name: "others", keys: ["id"], columns: ["id"] }], {
+          logSchema: `${schema.name}`,
+        }).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(CaptureInstallError);
+        expect((error as Error).message).toMatch(/lacks the TRIGGER privilege on table/);
+        expect((error as Error).message).toContain(role);
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await schema.admin.query(`DROP OWNED BY "${role}"`);
+      await schema.admin.query(`DROP ROLE "${role}"`);
+    }
+  });
+});

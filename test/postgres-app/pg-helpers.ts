@@ -1,0 +1,45 @@
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+
+/** The test server (trust auth). */
+export const PG_URL = process.env.TURBOCAST_TEST_PG ?? "postgres://postgres@127.0.0.1:5432/test";
+
+/**
+ * A schema of its own for one test (tests run in parallel with others on one
+ * server), and pools whose search_path is that schema, as an app's would be.
+ * `drop()` removes the schema with everything in it.
+ */
+export interface TestSchema {
+  name: string;
+  url: string;
+  /** Pool options of a connection that finds the schema's tables unqualified. */
+  config: pg.PoolConfig;
+  pool(max?: number): pg.Pool;
+  /** A superuser pool outside the schema's search_path (for setup and inspection). */
+  admin: pg.Pool;
+  drop(): Promise<void>;
+}
+
+export async function createTestSchema(prefix = "tc"): Promise<TestSchema> {
+  const name = `${prefix}_${randomBytes(5).toString("hex")}`;
+  const admin = new pg.Pool({ connectionString: PG_URL, max: 2 });
+  await admin.query(`CREATE SCHEMA "${name}"`);
+  const config: pg.PoolConfig = { connectionString: PG_URL, options: `-c search_path=${name}` };
+  const pools: pg.Pool[] = [];
+  return {
+    name,
+    url: PG_URL,
+    config,
+    admin,
+    pool(max = 4) {
+      const pool = new pg.Pool({ ...config, max });
+      pools.push(pool);
+      return pool;
+    },
+    async drop() {
+      await Promise.all(pools.map((p) => p.end().catch(() => {})));
+      await admin.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`);
+      await admin.end();
+    },
+  };
+}
