@@ -21,8 +21,10 @@ import pg from "pg";
  * - timestamps: jsonb writes `2024-05-06T07:08:09+00:00`, the text output
  *   `2024-05-06 07:08:09+00`.
  *
- * The triggers run with `TimeZone = 'UTC'`, so a `timestamptz` in
- * `mode: "string"` reads as an app whose sessions use UTC reads it.
+ * - time zones: jsonb writes a `timestamptz` in the writer's session time
+ *   zone; it is turned to UTC, so a `timestamptz` in `mode: "string"` reads
+ *   as an app whose sessions use UTC reads it (a Date is the same instant
+ *   whatever the zone).
  */
 
 /** A column's type as the decoder needs it: its OID, and for an array its element type's. */
@@ -100,10 +102,31 @@ function jsonText(value: unknown): string {
   return JSON.stringify(value);
 }
 
-/** jsonb's `T` and `+00:00` back to the text output's ` ` and `+00`. */
+const ZONED = /^(\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?([+-])(\d\d):(\d\d)(?::(\d\d))?$/;
+
+/** jsonb's `2024-05-06T09:08:09.5+02:00` as the text output of a UTC session: `2024-05-06 07:08:09.5+00`. */
+function zonedText(value: string): string {
+  const m = ZONED.exec(value);
+  if (!m) return value.replace("T", " "); // infinity, BC dates: as they are
+  const [, y, mo, d, h, mi, sec, fraction = "", sign, oh, om, os = "0"] = m;
+  const offsetMs = (sign === "-" ? -1 : 1) * ((Number(oh) * 60 + Number(om)) * 60 + Number(os)) * 1000;
+  const local = new Date(0);
+  // not Date.UTC: it reads years 0-99 as 1900-1999
+  local.setUTCFullYear(Number(y), Number(mo) - 1, Number(d));
+  local.setUTCHours(Number(h), Number(mi), Number(sec), 0);
+  const utc = new Date(local.getTime() - offsetMs);
+  const year = utc.getUTCFullYear();
+  if (year < 1 || year > 9999) return value.replace("T", " ");
+  const pad = (n: number) => String(n).padStart(2, "0");
+  return (
+    `${String(year).padStart(4, "0")}-${pad(utc.getUTCMonth() + 1)}-${pad(utc.getUTCDate())} ` +
+    `${pad(utc.getUTCHours())}:${pad(utc.getUTCMinutes())}:${pad(utc.getUTCSeconds())}${fraction}+00`
+  );
+}
+
+/** jsonb's `T` back to the text output's ` `, and a zoned value in UTC. */
 function timestampText(value: string, withZone: boolean): string {
-  const spaced = value.replace("T", " ");
-  return withZone ? spaced.replace(/([+-]\d\d):00$/, "$1") : spaced;
+  return withZone ? zonedText(value) : value.replace("T", " ");
 }
 
 /** A scalar as PostgreSQL's text output would have written it. */
@@ -112,7 +135,7 @@ function scalarText(value: unknown, oid: number): string {
   if (typeof value === "boolean") return value ? "t" : "f";
   if (typeof value === "string") {
     if (oid === OID.timestamp) return timestampText(value, false);
-    if (oid === OID.timestamptz || oid === OID.timetz) return timestampText(value, true);
+    if (oid === OID.timestamptz) return timestampText(value, true);
     return value;
   }
   // a json element of an array, or a composite value

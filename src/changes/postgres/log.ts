@@ -227,7 +227,7 @@ export class PgChangeLog {
         op: r.op,
         row: r.row,
         previous: r.previous,
-        requestId: r.request_id,
+        requestId: r.request_id || null,
       }));
     } catch (error) {
       await client.query("ROLLBACK").catch(() => {});

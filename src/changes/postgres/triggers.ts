@@ -6,35 +6,41 @@ import { logDdl, logNames } from "./log.js";
 
 /**
  * Change capture on PostgreSQL: three AFTER … FOR EACH ROW triggers per bound
- * table, calling one plpgsql function that appends the row, as jsonb, to the
- * change log in the writer's own transaction — so every writer is seen
- * (Drizzle, raw SQL, bulk statements, `psql`, another service), a rolled-back
- * write leaves nothing, and a committed one survives a crash.
+ * table that append the row, as jsonb, to the change log in the writer's own
+ * transaction — so every writer is seen (Drizzle, raw SQL, bulk statements,
+ * `psql`, another service), a rolled-back write (or savepoint) leaves
+ * nothing, and a committed one survives a crash — and one statement-level
+ * trigger that wakes the feeds:
  *
- *   _turbocast_ins   AFTER INSERT: the new row
- *   _turbocast_upd   AFTER UPDATE WHEN (OLD *<> NEW): the new row and the old one
- *   _turbocast_del   AFTER DELETE: the old row
+ *   _turbocast_ins      AFTER INSERT, each row: the new row
+ *   _turbocast_upd      AFTER UPDATE, each row WHEN (OLD.* *<> NEW.*): the new row and the old one
+ *   _turbocast_del      AFTER DELETE, each row: the old row
+ *   _turbocast_notify   AFTER INSERT OR UPDATE OR DELETE, each statement: pg_notify(channel, '')
  *
- * The triggers live on the table (in its schema); the function,
- * `_turbocast_capture`, lives next to the change log. `*<>` compares the
- * rows' stored bytes, so an UPDATE that changes no column is not a change
- * (turbo-rails #610) while `12.50` -> `12.5` or `'a'` -> `'A'` under a
- * case-insensitive collation still is; it also works for column types that
- * have no equality operator (json, point).
+ * The triggers live on the table; the functions they call
+ * (`_turbocast_capture_ins` / `_upd` / `_del`, `_turbocast_notify`) live
+ * next to the change log. `*<>` compares the rows' stored bytes, so an
+ * UPDATE that changes no column is not a change (turbo-rails #610) while
+ * `12.50` -> `12.5` or `'a'` -> `'A'` under a case-insensitive collation
+ * still is; it also works for column types without an equality operator
+ * (json, point). NOTIFY is sent once per statement, not per row (a bulk
+ * UPDATE sends one), and PostgreSQL folds a transaction's identical
+ * notifications into one, delivered at commit.
  *
- * The function copies whole rows (`to_jsonb(NEW)`) rather than a column
- * list, so nothing in it depends on the table's columns: a migration that
- * adds, drops or renames a column needs no trigger change and leaves no
- * window in which writes are captured without the new column (or fail on a
- * dropped one). What does depend on the columns — their types, for decoding
- * — is read again when the schema signature changes (see schemaSignature).
+ * The functions copy whole rows (`to_jsonb(NEW)`) rather than a column
+ * list, so nothing in them depends on the table's columns: a migration that
+ * adds, drops or renames a column needs no trigger change, and there is no
+ * window in which writes are captured without a new column (or fail on a
+ * dropped one). What does depend on the columns — their types, for
+ * decoding — is read again when the schema signature changes (see
+ * schemaSignature).
  *
- * It is SECURITY DEFINER, owned by the role that installs it, with a fixed
- * search_path: a writer needs no privilege on the change log (another
- * service, a `psql` user), and cannot redirect what the function calls. It
- * also runs with `TimeZone = 'UTC'` (see decode.ts) and sends one
- * `pg_notify(channel, '')` per row — PostgreSQL folds identical
- * notifications of a transaction into one, delivered at commit.
+ * They are SECURITY DEFINER, owned by the role that installs them: a writer
+ * needs no privilege on the change log (another service, a `psql` user) and
+ * cannot forge changes into it. They have no `SET search_path` (which costs
+ * about as much as the rest of the trigger): every name in them is
+ * schema-qualified and they use no operator, so a writer's search_path
+ * cannot redirect what they call.
  */
 
 /** A bound table as capture sees it. */
@@ -49,54 +55,84 @@ export interface PgCaptureTable {
   columns: readonly string[];
 }
 
-export type PgTriggerKind = "ins" | "upd" | "del";
+export type PgTriggerKind = "ins" | "upd" | "del" | "notify";
 
-export const PG_TRIGGERS: Record<PgTriggerKind, { name: string; event: string; tgtype: number }> = {
-  // tgtype bits: 1 row, 4 insert, 8 delete, 16 update (AFTER is the absence of 2)
-  ins: { name: `${NAMESPACE}ins`, event: "INSERT", tgtype: 5 },
-  upd: { name: `${NAMESPACE}upd`, event: "UPDATE", tgtype: 17 },
-  del: { name: `${NAMESPACE}del`, event: "DELETE", tgtype: 9 },
+interface TriggerSpec {
+  name: string;
+  fn: string;
+  event: string;
+  /** pg_trigger.tgtype: 1 row, 4 insert, 8 delete, 16 update (AFTER is the absence of 2) */
+  tgtype: number;
+  when: string;
+  /** Whether the trigger passes the table's name to its function. */
+  named: boolean;
+}
+
+export const PG_TRIGGERS: Record<PgTriggerKind, TriggerSpec> = {
+  ins: { name: `${NAMESPACE}ins`, fn: `${NAMESPACE}capture_ins`, event: "INSERT", tgtype: 5, when: "", named: true },
+  upd: {
+    name: `${NAMESPACE}upd`,
+    fn: `${NAMESPACE}capture_upd`,
+    event: "UPDATE",
+    tgtype: 17,
+    when: " WHEN (OLD.* *<> NEW.*)",
+    named: true,
+  },
+  del: { name: `${NAMESPACE}del`, fn: `${NAMESPACE}capture_del`, event: "DELETE", tgtype: 9, when: "", named: true },
+  notify: {
+    name: `${NAMESPACE}notify`,
+    fn: `${NAMESPACE}notify`,
+    event: "INSERT OR UPDATE OR DELETE",
+    tgtype: 28,
+    when: "",
+    named: false,
+  },
 };
 
-const FUNCTION = `${NAMESPACE}capture`;
+const KINDS = Object.keys(PG_TRIGGERS) as PgTriggerKind[];
 
 /** The LISTEN/NOTIFY channel of a change log: one per log schema, so apps in other schemas are not woken. */
 export function channelFor(logSchema: string): string {
   return `${NAMESPACE}${logSchema}`.slice(0, 63);
 }
 
-/** The body of the capture function (compared with pg_proc.prosrc to decide whether to replace it). */
-export function captureFunctionBody(logSchema: string): string {
+/** The body of each function (compared with pg_proc.prosrc to decide whether to replace it). */
+export function functionBody(kind: PgTriggerKind, logSchema: string): string {
+  if (kind === "notify") {
+    return `
+BEGIN
+  PERFORM pg_catalog.pg_notify(${quoteLiteral(channelFor(logSchema))}, '');
+  RETURN NULL;
+END
+`;
+  }
   const log = logNames(logSchema).changes;
-  const request = "nullif(current_setting('turbocast.request_id', true), '')";
+  const request = "pg_catalog.current_setting('turbocast.request_id', true)";
+  const values =
+    kind === "upd"
+      ? `'update', pg_catalog.to_jsonb(NEW), pg_catalog.to_jsonb(OLD)`
+      : kind === "ins"
+        ? `'insert', pg_catalog.to_jsonb(NEW), NULL`
+        : `'delete', pg_catalog.to_jsonb(OLD), NULL`;
   return `
 BEGIN
-  IF TG_OP = 'UPDATE' THEN
-    INSERT INTO ${log} (tbl, op, row_data, old_data, request_id) VALUES (TG_ARGV[0], 'update', to_jsonb(NEW), to_jsonb(OLD), ${request});
-  ELSIF TG_OP = 'INSERT' THEN
-    INSERT INTO ${log} (tbl, op, row_data, request_id) VALUES (TG_ARGV[0], 'insert', to_jsonb(NEW), ${request});
-  ELSE
-    INSERT INTO ${log} (tbl, op, row_data, request_id) VALUES (TG_ARGV[0], 'delete', to_jsonb(OLD), ${request});
-  END IF;
-  PERFORM pg_notify(${quoteLiteral(channelFor(logSchema))}, '');
+  INSERT INTO ${log} (tbl, op, row_data, old_data, request_id) VALUES (TG_ARGV[0], ${values}, ${request});
   RETURN NULL;
 END
 `;
 }
 
-/** The function's settings, as pg_proc.proconfig lists them. */
-const FUNCTION_CONFIG = ["search_path=pg_catalog, pg_temp", "TimeZone=UTC"];
-
-function createFunction(logSchema: string): string {
-  return `CREATE OR REPLACE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(FUNCTION)}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC'
-AS $turbocast$${captureFunctionBody(logSchema)}$turbocast$`;
+function createFunction(kind: PgTriggerKind, logSchema: string): string {
+  return `CREATE OR REPLACE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(PG_TRIGGERS[kind].fn)}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+AS $turbocast$${functionBody(kind, logSchema)}$turbocast$`;
 }
 
 function createTrigger(kind: PgTriggerKind, relation: string, logSchema: string, name: string): string {
-  const trigger = PG_TRIGGERS[kind];
-  const when = kind === "upd" ? " WHEN (OLD.* *<> NEW.*)" : "";
-  return `CREATE TRIGGER ${quoteIdent(trigger.name)} AFTER ${trigger.event} ON ${relation} FOR EACH ROW${when} EXECUTE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(FUNCTION)}(${quoteLiteral(name)})`;
+  const t = PG_TRIGGERS[kind];
+  const each = kind === "notify" ? "STATEMENT" : "ROW";
+  const args = t.named ? quoteLiteral(name) : "";
+  return `CREATE TRIGGER ${quoteIdent(t.name)} AFTER ${t.event} ON ${relation} FOR EACH ${each}${t.when} EXECUTE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(t.fn)}(${args})`;
 }
 
 export interface PgTriggerSync {
@@ -176,17 +212,16 @@ async function syncInTransaction(
   const logExists = (await client.query(`SELECT to_regclass($1) IS NOT NULL AS ok`, [names.changes])).rows[0].ok;
   try {
     if (!logExists) for (const ddl of logDdl(logSchema)) await client.query(ddl);
-    const fn = await client.query<{ src: string; config: string[] | null }>(
-      `SELECT p.prosrc AS src, p.proconfig AS config FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-       WHERE n.nspname = $1 AND p.proname = $2`,
-      [logSchema, FUNCTION],
+    const existing = await client.query<{ name: string; src: string; oid: number }>(
+      `SELECT p.proname AS name, p.prosrc AS src, p.oid::int AS oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE n.nspname = $1 AND p.proname LIKE '\\_turbocast\\_%'`,
+      [logSchema],
     );
-    const current = fn.rows[0];
-    if (
-      current?.src !== captureFunctionBody(logSchema) ||
-      JSON.stringify(current?.config) !== JSON.stringify(FUNCTION_CONFIG)
-    ) {
-      await client.query(createFunction(logSchema));
+    const current = new Map(existing.rows.map((f) => [f.name, f.src]));
+    for (const kind of KINDS) {
+      if (current.get(PG_TRIGGERS[kind].fn) !== functionBody(kind, logSchema)) {
+        await client.query(createFunction(kind, logSchema));
+      }
     }
   } catch (error) {
     if ((error as { code?: string }).code === INSUFFICIENT_PRIVILEGE) {
@@ -198,10 +233,13 @@ async function syncInTransaction(
     }
     throw error;
   }
-  const functionOid = Number(
-    (await client.query(`SELECT $1::regprocedure::oid AS oid`, [`${quoteIdent(logSchema)}.${quoteIdent(FUNCTION)}()`]))
-      .rows[0].oid,
+  const functions = await client.query<{ name: string; oid: number }>(
+    `SELECT p.proname AS name, p.oid::int AS oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname = $1 AND p.proname = ANY($2::text[])`,
+    [logSchema, KINDS.map((k) => PG_TRIGGERS[k].fn)],
   );
+  const functionOid = new Map(functions.rows.map((f) => [f.name, f.oid]));
+  const ourFunctions = [...functionOid.values()];
 
   const result: PgTriggerSync = {
     logSchema,
@@ -264,15 +302,15 @@ async function syncInTransaction(
       [rel.oid],
     );
     const byName = new Map(existing.rows.map((t) => [t.name, t]));
-    for (const kind of Object.keys(PG_TRIGGERS) as PgTriggerKind[]) {
+    for (const kind of KINDS) {
       const want = PG_TRIGGERS[kind];
       const have = byName.get(want.name);
       const matches =
         have !== undefined &&
-        Number(have.fn) === functionOid &&
+        Number(have.fn) === functionOid.get(want.fn) &&
         have.tgtype === want.tgtype &&
-        have.args === `${table.name}\\000` &&
-        have.qual === (kind === "upd");
+        have.args === (want.named ? `${table.name}\\000` : "") &&
+        have.qual === (want.when !== "");
       if (matches) continue;
       if (!rel.may) {
         throw privilege(
@@ -301,8 +339,8 @@ async function syncInTransaction(
   if (options.dropUnbound !== false) {
     const ours = await client.query<{ rel: number; relation: string; name: string }>(
       `SELECT t.tgrelid::int AS rel, t.tgrelid::regclass::text AS relation, t.tgname AS name
-       FROM pg_trigger t WHERE t.tgfoid = $1 AND NOT t.tgisinternal`,
-      [functionOid],
+       FROM pg_trigger t WHERE t.tgfoid = ANY($1::oid[]) AND NOT t.tgisinternal`,
+      [ourFunctions],
     );
     for (const t of ours.rows) {
       if (capturedOids.has(t.rel)) continue;
@@ -349,27 +387,24 @@ SELECT string_agg(r.rel || ':' || coalesce(r.oid::text, '-') || ':' || coalesce(
 FROM (SELECT rel, to_regclass(rel)::oid AS oid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(rel, ord)) r`;
 
 /**
- * Drops turbocast's triggers of one table (or of every table captured into
- * this log), and with every table the capture function — for tearing
- * capture down by hand. In SQL: `DROP TRIGGER IF EXISTS _turbocast_ins ON
- * <table>;` and likewise `_turbocast_upd`, `_turbocast_del`.
+ * Drops turbocast's triggers of one table (`table`: its name as a query
+ * finds it, optionally schema-qualified), or of every table captured into
+ * this log — for tearing capture down by hand. In SQL: `DROP TRIGGER IF
+ * EXISTS _turbocast_ins ON <table>;` and likewise `_turbocast_upd`,
+ * `_turbocast_del`, `_turbocast_notify`.
  */
 export async function dropPgCaptureTriggers(
   client: pg.ClientBase,
   logSchema: string,
   table?: string,
 ): Promise<string[]> {
-  const { rows } = await client.query<{ relation: string; name: string; args: string }>(
-    `SELECT t.tgrelid::regclass::text AS relation, t.tgname AS name, encode(t.tgargs, 'escape') AS args
+  const { rows } = await client.query<{ relation: string; name: string }>(
+    `SELECT t.tgrelid::regclass::text AS relation, t.tgname AS name
      FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace
-     WHERE n.nspname = $1 AND p.proname = $2 AND NOT t.tgisinternal`,
-    [logSchema, FUNCTION],
+     WHERE n.nspname = $1 AND p.proname LIKE '\\_turbocast\\_%' AND NOT t.tgisinternal
+       AND ($2::text IS NULL OR t.tgrelid = to_regclass($2))`,
+    [logSchema, table ?? null],
   );
-  const dropped: string[] = [];
-  for (const t of rows) {
-    if (table !== undefined && t.args !== `${table}\\000`) continue;
-    await client.query(`DROP TRIGGER IF EXISTS ${quoteIdent(t.name)} ON ${t.relation}`);
-    dropped.push(`${t.relation}.${t.name}`);
-  }
-  return dropped;
+  for (const t of rows) await client.query(`DROP TRIGGER IF EXISTS ${quoteIdent(t.name)} ON ${t.relation}`);
+  return rows.map((t) => `${t.relation}.${t.name}`);
 }
