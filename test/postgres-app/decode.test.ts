@@ -136,7 +136,7 @@ describe("decoding captured PostgreSQL rows through the Drizzle columns", () => 
       dayDate: new Date("2024-02-29T00:00:00Z"),
       clock: "23:59:58.5",
       span: "1 day 02:03:04",
-      doc: { big: 12345678901234567890, n: 1.5, nested: [1, "two", { three: null }], s: 'quo"te' },
+      doc: { big: 1234567890123456, n: 1.5, nested: [1, "two", { three: null }], s: 'quo"te' },
       plainDoc: [1, 2.5, "x"],
       uid: "0b5e6f4c-3c56-4c0b-9f0e-2d7a1c2b3a40",
       mood: "happy",
