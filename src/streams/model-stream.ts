@@ -1,12 +1,11 @@
 import type { InferSelectModel } from "drizzle-orm";
-import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import { FrameOptionsError, InvalidStreamClassError, MissingPrimaryKeyError } from "../errors.js";
 import type { RegisteredActor } from "../register.js";
 import type { BroadcastTarget } from "./declarative.js";
 import { rowStreamName, tableStreamName } from "./names.js";
 import { runtimeOf } from "./runtime.js";
 import { Stream, type StreamInit } from "./stream.js";
-import { type TableInfo, isSQLiteTable, tableInfo } from "./table.js";
+import { type BoundTable, type TableInfo, isBoundTable, tableInfo } from "./table.js";
 
 /** A single primary-key value, or `{ column: value }` for composite keys. */
 export type PrimaryKeyInput = string | number | bigint | Record<string, unknown>;
@@ -87,9 +86,9 @@ export type TableOf<S> = S extends { readonly [TABLE]?: infer T extends SQLiteTa
  *   }
  * }
  */
-export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Stream {
+export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream {
   /** The Drizzle table this class is bound to. Required. */
-  static model: SQLiteTable;
+  static model: BoundTable;
   /** Overrides the table name in this class's stream names (`row:<prefix>:<key>`, `all:<prefix>`). */
   static streamPrefix?: string;
 
@@ -146,9 +145,9 @@ export class ModelStream<TTable extends SQLiteTable = SQLiteTable> extends Strea
   /** @internal */
   static tableInfo(): TableInfo {
     const model = (this as typeof ModelStream).model;
-    if (!isSQLiteTable(model)) {
+    if (!isBoundTable(model)) {
       throw new InvalidStreamClassError(
-        `${this.name} extends ModelStream but its static model is not a Drizzle SQLite table`,
+        `${this.name} extends ModelStream but its static model is not a Drizzle SQLite or PostgreSQL table`,
       );
     }
     return tableInfo(model);

@@ -1,4 +1,3 @@
-import type { SQLiteTable } from "drizzle-orm/sqlite-core";
 import {
   DuplicateBindingError,
   DuplicateStreamNameError,
@@ -9,7 +8,7 @@ import {
 import { ModelStream } from "./model-stream.js";
 import { parseStreamName } from "./names.js";
 import { Stream } from "./stream.js";
-import { parseKeyPart } from "./table.js";
+import { type BoundTable, parseKeyPart } from "./table.js";
 
 export type AnyStreamClass = typeof Stream;
 export type AnyModelStreamClass = typeof ModelStream;
@@ -27,7 +26,7 @@ export function isModelStreamClass(value: unknown): value is AnyModelStreamClass
  * createTurbo from the scanned streams folder (and any classes passed in).
  */
 export class StreamRegistry {
-  #byTable = new Map<SQLiteTable, AnyModelStreamClass>();
+  #byTable = new Map<BoundTable, AnyModelStreamClass>();
   #byTableName = new Map<string, AnyModelStreamClass>();
   #byModelPrefix = new Map<string, AnyModelStreamClass>();
   #byNamedPrefix = new Map<string, AnyStreamClass>();
@@ -68,7 +67,7 @@ export class StreamRegistry {
     return [...this.#byTable.values()];
   }
 
-  forTable(table: SQLiteTable): AnyModelStreamClass | undefined {
+  forTable(table: BoundTable): AnyModelStreamClass | undefined {
     return this.#byTable.get(table);
   }
 

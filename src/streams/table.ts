@@ -1,42 +1,58 @@
-import { getTableColumns, getTableName, is } from "drizzle-orm";
-import { type SQLiteColumn, SQLiteTable, getTableConfig } from "drizzle-orm/sqlite-core";
+import { type Column, getTableColumns, getTableName, is } from "drizzle-orm";
+import { PgTable, getTableConfig as getPgTableConfig } from "drizzle-orm/pg-core";
+import { SQLiteTable, getTableConfig as getSQLiteTableConfig } from "drizzle-orm/sqlite-core";
+
+/** A Drizzle table turbocast can bind: SQLite (better-sqlite3) or PostgreSQL (node-postgres). */
+export type BoundTable = SQLiteTable | PgTable;
 
 /** A primary-key column: its property name on rows and its column definition. */
 export interface KeyColumn {
   key: string;
-  column: SQLiteColumn;
+  column: Column;
 }
 
 /** What turbocast needs to know about a bound Drizzle table, computed once. */
 export interface TableInfo {
-  table: SQLiteTable;
+  table: BoundTable;
   /** SQL name of the table. */
   name: string;
+  /** The PostgreSQL schema a `pgSchema` table names; undefined otherwise (found through the search_path). */
+  schema?: string;
   /** Row property name -> column, in declaration order. */
-  columns: Record<string, SQLiteColumn>;
+  columns: Record<string, Column>;
   /** Primary-key columns in a stable order: a composite key's declared order. Empty when the table has none. */
   keys: KeyColumn[];
 }
 
-const cache = new WeakMap<SQLiteTable, TableInfo>();
+const cache = new WeakMap<BoundTable, TableInfo>();
 
 export function isSQLiteTable(value: unknown): value is SQLiteTable {
   return typeof value === "object" && value !== null && is(value, SQLiteTable);
 }
 
-export function tableInfo(table: SQLiteTable): TableInfo {
+export function isPgTable(value: unknown): value is PgTable {
+  return typeof value === "object" && value !== null && is(value, PgTable);
+}
+
+export function isBoundTable(value: unknown): value is BoundTable {
+  return isSQLiteTable(value) || isPgTable(value);
+}
+
+export function tableInfo(table: BoundTable): TableInfo {
   let info = cache.get(table);
   if (info) return info;
-  const columns = getTableColumns(table) as Record<string, SQLiteColumn>;
-  const keyOf = new Map<SQLiteColumn, string>(Object.entries(columns).map(([k, c]) => [c, k]));
-  const config = getTableConfig(table);
-  let keyColumns: SQLiteColumn[] = Object.values(columns).filter((c) => c.primary);
+  const columns = getTableColumns(table) as Record<string, Column>;
+  const keyOf = new Map<Column, string>(Object.entries(columns).map(([k, c]) => [c, k]));
+  const config = isPgTable(table) ? getPgTableConfig(table) : getSQLiteTableConfig(table);
+  let keyColumns: Column[] = Object.values(columns).filter((c) => c.primary);
   if (keyColumns.length === 0 && config.primaryKeys.length > 0) {
-    keyColumns = config.primaryKeys[0]!.columns as SQLiteColumn[];
+    keyColumns = config.primaryKeys[0]!.columns as Column[];
   }
+  const schema = isPgTable(table) ? getPgTableConfig(table).schema : undefined;
   info = {
     table,
     name: getTableName(table),
+    ...(schema === undefined ? {} : { schema }),
     columns,
     keys: keyColumns.map((column) => ({ key: keyOf.get(column) ?? column.name, column })),
   };
@@ -45,7 +61,7 @@ export function tableInfo(table: SQLiteTable): TableInfo {
 }
 
 /** Turns a key part read back from a stream name into the column's JS type; `undefined` if it cannot be one. */
-export function parseKeyPart(column: SQLiteColumn, part: string): unknown {
+export function parseKeyPart(column: Column, part: string): unknown {
   switch (column.dataType) {
     case "number": {
       if (!/^-?\d+(\.\d+)?$/.test(part)) return undefined;

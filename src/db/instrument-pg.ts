@@ -1,0 +1,201 @@
+import { Column, getTableColumns, is } from "drizzle-orm";
+import type { PgTable } from "drizzle-orm/pg-core";
+import { ConfigError } from "../errors.js";
+import { type AnyModelStreamClass, attachStream } from "../streams/registry.js";
+import { type Instrumentation, relationalPrototypeOf } from "./instrument.js";
+
+/**
+ * createTurbo's instrumentation of a Drizzle node-postgres database: rows of
+ * bound tables read or returned through it carry `.stream`. (The change feed
+ * needs no hook here: the capture triggers' NOTIFY wakes it at every commit,
+ * whoever wrote.) It relies on two Drizzle internals, pinned by
+ * test/postgres-app/instrument.test.ts:
+ *
+ * - `session.prepareQuery(query, fields, name, arrayMode, customResultMapper)`
+ *   on the session's prototype returns a prepared query whose
+ *   `execute()` resolves to the mapped rows; `fields` is `{ path, field }[]`
+ *   for builder selects and `.returning()`. A transaction runs on a new
+ *   session over a pooled client that shares the database's `dialect`, so
+ *   the hook sits on the prototype and finds its database by dialect.
+ * - `PgRelationalQuery.prototype._prepare()` builds `db.query.*` queries and
+ *   passes `customResultMapper` to prepareQuery.
+ */
+export interface PgInstrumentOptions {
+  /** Which class, if any, is bound to a table. */
+  classFor(table: PgTable): AnyModelStreamClass | undefined;
+}
+
+interface SelectedField {
+  path: string[];
+  field: unknown;
+}
+
+interface PreparedLike {
+  execute: (...args: unknown[]) => Promise<unknown>;
+}
+
+interface SessionLike {
+  dialect: object;
+  prepareQuery: (...args: unknown[]) => PreparedLike;
+}
+
+/** Dialects of instrumented databases -> their options. */
+const instrumented = new WeakMap<object, PgInstrumentOptions>();
+const hookedSessions = new WeakSet<object>();
+const hookedRelational = new WeakSet<object>();
+
+/** Whether `db` is a Drizzle node-postgres database (its client a pg Pool or Client). */
+export function isNodePgDatabase(db: unknown): boolean {
+  const session = (db as { session?: { constructor?: { name?: string } } } | null)?.session;
+  const client = (db as { $client?: { query?: unknown; connect?: unknown } } | null)?.$client;
+  return (
+    typeof session === "object" &&
+    session !== null &&
+    /NodePgSession/.test(session.constructor?.name ?? "") &&
+    typeof client?.query === "function"
+  );
+}
+
+export function instrumentPgDatabase(db: unknown, options: PgInstrumentOptions): Instrumentation {
+  const session = (db as { session?: SessionLike }).session;
+  if (!session || typeof session.prepareQuery !== "function" || typeof session.dialect !== "object") {
+    throw new ConfigError("db must be a Drizzle node-postgres database (drizzle(pool))");
+  }
+  if (instrumented.has(session.dialect)) {
+    throw new ConfigError("this Drizzle database is already used by a running turbocast instance; close() it first");
+  }
+  const proto = Object.getPrototypeOf(session) as SessionLike;
+  if (!Object.hasOwn(proto, "prepareQuery")) {
+    throw new ConfigError(
+      "this drizzle-orm version's node-postgres session has no prepareQuery; turbocast needs to be updated for it",
+    );
+  }
+  installSessionHook(proto);
+  const relational = relationalPrototypeOf(db);
+  if (relational) installRelationalHook(relational);
+  instrumented.set(session.dialect, options);
+  let restored = false;
+  return {
+    restore() {
+      if (restored) return;
+      restored = true;
+      instrumented.delete(session.dialect);
+    },
+  };
+}
+
+function installSessionHook(proto: SessionLike): void {
+  if (hookedSessions.has(proto)) return;
+  hookedSessions.add(proto);
+  const prepareQuery = proto.prepareQuery;
+  proto.prepareQuery = function (this: SessionLike, ...args: unknown[]): PreparedLike {
+    const prepared = prepareQuery.apply(this, args);
+    const options = instrumented.get(this.dialect);
+    const table = options ? wholeRowTable(args[1] as SelectedField[] | undefined) : undefined;
+    const cls = table ? options!.classFor(table) : undefined;
+    if (!cls) return prepared;
+    const execute = prepared.execute;
+    prepared.execute = async function (this: PreparedLike, ...rest: unknown[]) {
+      const rows = await execute.apply(this, rest);
+      if (Array.isArray(rows)) for (const row of rows) if (row && typeof row === "object") attachStream(row, cls);
+      return rows;
+    };
+    return prepared;
+  };
+}
+
+/** The table whose every column, and nothing else, a builder select or returning() yields; else undefined (partial selects, joins, SQL expressions). */
+function wholeRowTable(fields: SelectedField[] | undefined): PgTable | undefined {
+  if (!fields || fields.length === 0) return undefined;
+  let table: PgTable | undefined;
+  for (const { path, field } of fields) {
+    if (path.length !== 1 || !is(field, Column)) return undefined;
+    const owner = (field as Column).table as PgTable;
+    if (table === undefined) table = owner;
+    else if (owner !== table) return undefined;
+    if ((getTableColumns(table) as Record<string, Column>)[path[0]!] !== field) return undefined;
+  }
+  return table && Object.keys(getTableColumns(table)).length === fields.length ? table : undefined;
+}
+
+interface RelationalSelectionItem {
+  tsKey: string;
+  relationTableTsKey?: string;
+  selection: RelationalSelectionItem[];
+}
+
+interface RelationalQueryLike {
+  dialect: object;
+  session: { prepareQuery: (...args: unknown[]) => PreparedLike };
+  table: PgTable;
+  fullSchema: Record<string, unknown>;
+  _toSQL?: () => { query: unknown };
+}
+
+/**
+ * Wraps `_prepare` of relational queries so the rows their result mapper
+ * builds (and the related rows nested in them) get `.stream`: the session's
+ * prepareQuery is called with a mapper that attaches after mapping.
+ */
+function installRelationalHook(target: object): void {
+  if (hookedRelational.has(target)) return;
+  const proto = target as { _prepare?: (this: RelationalQueryLike, name?: string) => PreparedLike };
+  const original = proto._prepare;
+  if (typeof original !== "function") {
+    throw new ConfigError(
+      "this drizzle-orm version has no PgRelationalQuery._prepare; turbocast needs to be updated for it",
+    );
+  }
+  hookedRelational.add(target);
+  proto._prepare = function (this: RelationalQueryLike, name?: string): PreparedLike {
+    const options = instrumented.get(this.dialect);
+    if (!options) return original.call(this, name);
+    const rootTable = this.table;
+    const fullSchema = this.fullSchema;
+    const selection = (this._toSQL?.().query as { selection?: RelationalSelectionItem[] } | undefined)?.selection ?? [];
+    const session = this.session;
+    // the query's own _prepare calls session.prepareQuery(query, fields, name, arrayMode, mapper): wrap the mapper
+    const view = Object.create(this, {
+      session: {
+        value: Object.create(session, {
+          prepareQuery: {
+            value: (...args: unknown[]) => {
+              const mapper = args[4] as ((rows: unknown[], map?: unknown) => unknown) | undefined;
+              if (mapper) {
+                args[4] = (rows: unknown[], map?: unknown) => {
+                  const result = mapper(rows, map);
+                  attachRelational(result, rootTable, selection, fullSchema, options);
+                  return result;
+                };
+              }
+              return session.prepareQuery(...args);
+            },
+          },
+        }),
+      },
+    }) as RelationalQueryLike;
+    return original.call(view, name);
+  };
+}
+
+function attachRelational(
+  value: unknown,
+  table: PgTable,
+  items: RelationalSelectionItem[],
+  fullSchema: Record<string, unknown>,
+  options: PgInstrumentOptions,
+): void {
+  if (!value || typeof value !== "object") return;
+  if (Array.isArray(value)) {
+    for (const item of value) attachRelational(item, table, items, fullSchema, options);
+    return;
+  }
+  const row = value as Record<string, unknown>;
+  const cls = options.classFor(table);
+  if (cls && Object.keys(getTableColumns(table)).every((k) => k in row)) attachStream(row, cls);
+  for (const item of items) {
+    if (!item.relationTableTsKey) continue;
+    const related = fullSchema[item.relationTableTsKey] as PgTable | undefined;
+    if (related) attachRelational(row[item.tsKey], related, item.selection ?? [], fullSchema, options);
+  }
+}
