@@ -2,6 +2,7 @@ import type pg from "pg";
 import type { ChangeOp, TakeOver } from "../log.js";
 import { ownerMayBeAlive } from "../owner.js";
 import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "../sql.js";
+import { signatureSubquery } from "./triggers.js";
 
 /**
  * The change log on PostgreSQL and its cursor.
@@ -37,6 +38,10 @@ import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "../sql.js";
  * open for long holds nothing back: windows pass it by and it lands in the
  * one after its commit.
  *
+ * `done_max` is the highest seq any feed marked done: it only grows, so a
+ * feed that sees it pass what it completed itself knows another feed works
+ * on the same log.
+ *
  * Claims are exclusive across processes and machines: a claim is one
  * transaction that locks the cursor row (`SELECT … FOR UPDATE`), and one
  * feed holds the cursor at a time, with a lease (`owner`, `lease_until`), as
@@ -66,7 +71,7 @@ export function logDdl(schema: string): string[] {
   done_snapshot pg_snapshot NOT NULL,
   window_snapshot pg_snapshot,
   window_done bigint NOT NULL DEFAULT 0,
-  completed bigint NOT NULL DEFAULT 0,
+  done_max bigint NOT NULL DEFAULT 0,
   owner text,
   claimed_seq bigint,
   lease_until bigint
@@ -93,9 +98,10 @@ interface CursorRow {
   lo: string;
   hi: string | null;
   done: string;
-  completed: string;
+  doneMax: string;
   owner: string | null;
   leaseUntil: string | null;
+  signature: string | null;
 }
 
 interface ChangeRow {
@@ -107,14 +113,26 @@ interface ChangeRow {
   request_id: string | null;
 }
 
-/** Prepared SQL over the change log of one schema. Every method runs on a pool connection of its own. */
+/** What a poll read: is there work this feed could claim, how far dispatch got, and the schema signature. */
+export interface PgPoll {
+  claimable: boolean;
+  doneSeq: number;
+  signature: string;
+}
+
+/**
+ * The change log of one schema. Every method runs on a pool connection of
+ * its own; `relations` (relationNames of the bound tables) lets a poll or a
+ * claim read the schema signature in the same round trip.
+ */
 export class PgChangeLog {
   readonly #pool: pg.Pool;
   readonly #sql: ReturnType<typeof statements>;
   readonly #mayBeAlive: (owner: string) => boolean;
   #lostClaim = false;
   #tookOver: TakeOver | null = null;
-  #completed = -1;
+  #doneSeq = -1;
+  #signature = "";
 
   constructor(pool: pg.Pool, schema: string, options: { mayBeAlive?: (owner: string) => boolean } = {}) {
     this.#pool = pool;
@@ -132,22 +150,27 @@ export class PgChangeLog {
     return this.#tookOver;
   }
 
-  /** How many changes every feed together has marked done, as the last claim read it (-1: no claim yet). */
-  get completed(): number {
-    return this.#completed;
+  /** The highest seq any feed marked done, as the last claim read it (-1: no claim yet). */
+  get doneSeq(): number {
+    return this.#doneSeq;
   }
 
-  /** One cheap read: is there work this feed could claim now? And how many changes were completed so far. */
-  async poll(owner: string, now: number): Promise<{ claimable: boolean; completed: number }> {
+  /** The schema signature the last claim read. */
+  get signature(): string {
+    return this.#signature;
+  }
+
+  async poll(owner: string, now: number, relations: readonly string[] = []): Promise<PgPoll> {
     const { rows } = await this.#pool.query<{
       pending: boolean;
       owner: string | null;
       leaseUntil: string | null;
-      completed: string;
-    }>(this.#sql.poll);
+      doneMax: string;
+      signature: string | null;
+    }>(this.#sql.poll, [relations]);
     const row = rows[0]!;
     const held = this.#heldBy({ owner: row.owner, leaseUntil: row.leaseUntil }, owner, now);
-    return { claimable: row.pending && held !== "live", completed: Number(row.completed) };
+    return { claimable: row.pending && held !== "live", doneSeq: Number(row.doneMax), signature: row.signature ?? "" };
   }
 
   #heldBy(
@@ -162,37 +185,37 @@ export class PgChangeLog {
 
   /**
    * In one transaction holding the cursor row's lock: marks this feed's
-   * changes up to `doneUpTo` done (0: none; `dispatched` of them), then takes
-   * the cursor for the next `limit` changes and returns them in dispatch
-   * order. Empty when there is nothing to dispatch or another live feed
-   * holds the cursor.
+   * changes up to `doneUpTo` done (0: none), then takes the cursor for the
+   * next `limit` changes and returns them in dispatch order. Empty when
+   * there is nothing to dispatch or another live feed holds the cursor.
    */
   async completeAndClaim(
     owner: string,
     doneUpTo: number,
-    dispatched: number,
     now: number,
     leaseMs: number,
     limit: number,
+    relations: readonly string[] = [],
   ): Promise<PgChangeRecord[]> {
     const client = await this.#pool.connect();
-    let release: Error | undefined;
+    let failure: Error | undefined;
     try {
       await client.query("BEGIN");
-      const cursor = (await client.query<CursorRow>(this.#sql.lock)).rows[0]!;
+      const cursor = (await client.query<CursorRow>(this.#sql.lock, [relations])).rows[0]!;
       let done = Number(cursor.done);
-      let completed = Number(cursor.completed);
+      let doneMax = Number(cursor.doneMax);
+      this.#signature = cursor.signature ?? "";
       this.#lostClaim = false;
       this.#tookOver = null;
       if (doneUpTo > 0) {
         if (cursor.owner === owner) {
           done = Math.max(done, doneUpTo);
-          completed += dispatched;
+          doneMax = Math.max(doneMax, doneUpTo);
         } else {
           this.#lostClaim = true;
         }
       }
-      this.#completed = completed;
+      this.#doneSeq = doneMax;
       const held = this.#heldBy(cursor, owner, now);
       if (held === "live") {
         await client.query("COMMIT");
@@ -208,7 +231,7 @@ export class PgChangeLog {
         const next = (await client.query<{ hi: string; first: string | null }>(this.#sql.open, [lo])).rows[0]!;
         hi = next.hi;
         if (next.first === null) {
-          await client.query(this.#sql.idle, [hi, completed]);
+          await client.query(this.#sql.idle, [hi, doneMax]);
           await client.query("COMMIT");
           return [];
         }
@@ -216,7 +239,7 @@ export class PgChangeLog {
         rows = (await client.query<ChangeRow>(this.#sql.fetch, [lo, hi, done, limit])).rows;
       }
       const last = rows.length > 0 ? Number(rows[rows.length - 1]!.seq) : done;
-      await client.query(this.#sql.take, [lo, hi, done, completed, owner, last, now + leaseMs]);
+      await client.query(this.#sql.take, [lo, hi, done, doneMax, owner, last, now + leaseMs]);
       await client.query("COMMIT");
       if (held !== "free" && rows.length > 0) {
         this.#tookOver = { from: cursor.owner!, why: held, after: done };
@@ -231,20 +254,17 @@ export class PgChangeLog {
       }));
     } catch (error) {
       await client.query("ROLLBACK").catch(() => {});
-      release = error as Error;
+      failure = error as Error;
       throw error;
     } finally {
       // a connection that failed mid-transaction is not given back to the pool
-      client.release(release);
+      client.release(failure);
     }
   }
 
-  /**
-   * Marks this feed's changes up to `upTo` done (`dispatched` of them) and
-   * gives the cursor back. False when the cursor is no longer this feed's.
-   */
-  async complete(owner: string, upTo: number, dispatched: number): Promise<boolean> {
-    const { rowCount } = await this.#pool.query(this.#sql.complete, [owner, upTo, dispatched]);
+  /** Marks this feed's changes up to `upTo` done and gives the cursor back. False when the cursor is no longer this feed's. */
+  async complete(owner: string, upTo: number): Promise<boolean> {
+    const { rowCount } = await this.#pool.query(this.#sql.complete, [owner, upTo]);
     return rowCount === 1;
   }
 
@@ -267,7 +287,7 @@ function statements(schema: string) {
   const { changes: T, cursor: C } = logNames(schema);
   return {
     poll: `
-      SELECT c.owner, c.lease_until::text AS "leaseUntil", c.completed::text AS completed,
+      SELECT c.owner, c.lease_until::text AS "leaseUntil", c.done_max::text AS "doneMax", ${signatureSubquery("$1")} AS signature,
         EXISTS (
           SELECT 1 FROM ${T} l
           WHERE l.xid >= pg_snapshot_xmin(c.done_snapshot)
@@ -278,7 +298,7 @@ function statements(schema: string) {
       FROM ${C} c WHERE c.id = 1`,
     lock: `
       SELECT done_snapshot::text AS lo, window_snapshot::text AS hi, window_done::text AS done,
-             completed::text AS completed, owner, lease_until::text AS "leaseUntil"
+             done_max::text AS "doneMax", owner, lease_until::text AS "leaseUntil", ${signatureSubquery("$1")} AS signature
       FROM ${C} WHERE id = 1 FOR UPDATE`,
     // in seq order from the window's first change: the primary key serves it, stopping after $4 rows
     fetch: `
@@ -296,15 +316,15 @@ function statements(schema: string) {
       )::text AS first
       FROM s`,
     idle: `
-      UPDATE ${C} SET done_snapshot = $1::pg_snapshot, window_snapshot = NULL, window_done = 0, completed = $2,
+      UPDATE ${C} SET done_snapshot = $1::pg_snapshot, window_snapshot = NULL, window_done = 0, done_max = $2,
         owner = NULL, claimed_seq = NULL, lease_until = NULL
       WHERE id = 1`,
     take: `
-      UPDATE ${C} SET done_snapshot = $1::pg_snapshot, window_snapshot = $2::pg_snapshot, window_done = $3, completed = $4,
+      UPDATE ${C} SET done_snapshot = $1::pg_snapshot, window_snapshot = $2::pg_snapshot, window_done = $3, done_max = $4,
         owner = $5, claimed_seq = $6, lease_until = $7
       WHERE id = 1`,
     complete: `
-      UPDATE ${C} SET window_done = greatest(window_done, $2), completed = completed + $3,
+      UPDATE ${C} SET window_done = greatest(window_done, $2), done_max = greatest(done_max, $2),
         owner = NULL, claimed_seq = NULL, lease_until = NULL
       WHERE id = 1 AND owner = $1`,
     renew: `UPDATE ${C} SET lease_until = $2 WHERE id = 1 AND owner = $1`,

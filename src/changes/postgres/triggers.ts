@@ -370,21 +370,30 @@ async function currentSchema(client: pg.ClientBase): Promise<string> {
  * again when it moved (as the SQLite feed follows `schema_version`).
  */
 export async function schemaSignature(client: pg.ClientBase, tables: readonly PgCaptureTable[]): Promise<string> {
-  const relations = tables.map((t) =>
-    t.schema === undefined ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-  );
-  const { rows } = await client.query<{ signature: string | null }>(SIGNATURE_SQL, [relations]);
+  const relations = relationNames(tables);
+  const { rows } = await client.query<{ signature: string | null }>(`SELECT ${signatureSubquery("$1")} AS signature`, [
+    relations,
+  ]);
   return rows[0]?.signature ?? "";
 }
 
-const SIGNATURE_SQL = `
-SELECT string_agg(r.rel || ':' || coalesce(r.oid::text, '-') || ':' || coalesce((
+/** The SQL names under which a sync finds the tables, in order: what schemaSignature takes. */
+export function relationNames(tables: readonly PgCaptureTable[]): string[] {
+  return tables.map((t) =>
+    t.schema === undefined ? quoteIdent(t.name) : `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+  );
+}
+
+/** schemaSignature as a scalar subquery over the relation names in `param` (a text[] parameter), to ride along another query. */
+export function signatureSubquery(param: string): string {
+  return `(SELECT string_agg(r.rel || ':' || coalesce(r.oid::text, '-') || ':' || coalesce((
   SELECT md5(string_agg(a.attname || ' ' || a.atttypid::text, ',' ORDER BY a.attnum))
   FROM pg_attribute a WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
 ), '') || ':' || coalesce((
   SELECT count(*)::text FROM pg_trigger t WHERE t.tgrelid = r.oid AND t.tgname LIKE '\\_turbocast\\_%'
 ), ''), ';' ORDER BY r.ord)
-FROM (SELECT rel, to_regclass(rel)::oid AS oid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(rel, ord)) r`;
+FROM (SELECT rel, to_regclass(rel)::oid AS oid, ord FROM unnest(${param}::text[]) WITH ORDINALITY AS u(rel, ord)) r)`;
+}
 
 /**
  * Drops turbocast's triggers of one table (`table`: its name as a query
