@@ -156,6 +156,17 @@ export class CaptureInstallError extends TurbocastError {
   }
 }
 
+/** The app's database could not be reached when turbocast started (PostgreSQL down, wrong address, refused login). */
+export class DatabaseUnreachableError extends TurbocastError {
+  constructor(target: string, cause: unknown) {
+    super(
+      "TURBOCAST_DATABASE_UNREACHABLE",
+      `cannot connect to PostgreSQL at ${target}: ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+  }
+}
+
 /**
  * A subscription request was refused. `status` is the HTTP status answered
  * (400 malformed, 403 refused, 414 URL too long, 500 authenticate failed,
