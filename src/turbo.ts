@@ -3,15 +3,18 @@ import type https from "node:https";
 import path from "node:path";
 import { and, eq } from "drizzle-orm";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
-import type { SQLiteTable } from "drizzle-orm/sqlite-core";
+import type { NodePgDatabase } from "drizzle-orm/node-postgres";
 import type nunjucks from "nunjucks";
 import type { Broker, HistoryOptions, Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
+import type { CaptureAdapter } from "./changes/capture.js";
 import { ChangeFeed } from "./changes/feed.js";
 import type { CaptureOptions } from "./changes/options.js";
+import { PgCapture } from "./changes/postgres/capture.js";
 import type { RequestScopeAccess } from "./changes/request-notes.js";
 import { SqliteCapture, sqliteClient } from "./changes/sqlite-capture.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
+import { instrumentPgDatabase, isNodePgDatabase } from "./db/instrument-pg.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
 import { localsOf } from "./delivery/page-middleware.js";
 import { Hub } from "./delivery/hub.js";
@@ -42,7 +45,7 @@ import { discoverStreams } from "./streams/discover.js";
 import { domId } from "./streams/dom-id.js";
 import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
-import { tableInfo } from "./streams/table.js";
+import { type BoundTable, tableInfo } from "./streams/table.js";
 import { TESTING, type TestingHooks } from "./testing-hooks.js";
 import { type ViewsOption, resolveViews } from "./views/environment.js";
 import { turboStreamFromGlobal } from "./views/turbo-stream-from.js";
@@ -56,9 +59,12 @@ import type { Request, RequestHandler, Response } from "express";
  */
 const PUBLISH_BACKLOG = 10_000;
 
-/** A Drizzle database over better-sqlite3, with or without a schema. */
+/** A Drizzle database over better-sqlite3 or node-postgres (`drizzle(pool)`), with or without a schema. */
 // biome-ignore lint/suspicious/noExplicitAny: any schema; Record<string, unknown> would reject the app's own schema type
-export type TurboDatabase = BetterSQLite3Database<any>;
+export type TurboDatabase = BetterSQLite3Database<any> | NodePgDatabase<any>;
+
+/** The safety poll on PostgreSQL, where NOTIFY wakes the feed at every commit (see CaptureOptions.pollIntervalMs). */
+const POSTGRES_POLL_INTERVAL_MS = 1_000;
 
 /**
  * Options of createTurbo. Every default is listed here; the delivery options
@@ -67,7 +73,7 @@ export type TurboDatabase = BetterSQLite3Database<any>;
  * maxStreamsPerSubscription, maxUrlLength) are documented on DeliveryOptions.
  */
 export interface TurboOptions extends DeliveryOptions {
-  /** The app's Drizzle better-sqlite3 database. Rows read through it carry `.stream`. */
+  /** The app's Drizzle database: better-sqlite3, or node-postgres (`drizzle(pool)`). Rows read through it carry `.stream`. */
   db: TurboDatabase;
   /**
    * The folder scanned for exported Stream / ModelStream classes (recursively;
@@ -170,7 +176,8 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const logger = options.logger ?? consoleLogger;
   const views = resolveViews(options.views);
   const db = options.db;
-  if (!db) throw new ConfigError("db is required: the app's Drizzle better-sqlite3 database");
+  if (!db) throw new ConfigError("db is required: the app's Drizzle better-sqlite3 or node-postgres database");
+  const postgres = isNodePgDatabase(db);
   const refreshDebounceMs = options.refreshDebounceMs ?? 500;
   const delivery = resolveDeliveryOptions(options);
   const signer = new StreamSigner({
@@ -203,9 +210,21 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     // a refresh caused by a request names it, so the page that made it can ignore it
     refresh: (stream, spec) => refreshes.refresh(stream, spec.requestId ?? currentRequestId()),
     async loadRow(table, pk) {
-      const info = tableInfo(table as SQLiteTable);
+      const info = tableInfo(table as BoundTable);
       const where = and(...info.keys.map((k) => eq(k.column, pk[k.key])));
-      return db.select().from(info.table).where(where).get() as Record<string, unknown> | undefined;
+      if (postgres) {
+        const rows = await (db as NodePgDatabase)
+          .select()
+          .from(info.table as never)
+          .where(where)
+          .limit(1);
+        return rows[0] as Record<string, unknown> | undefined;
+      }
+      return (db as BetterSQLite3Database)
+        .select()
+        .from(info.table as never)
+        .where(where)
+        .get() as Record<string, unknown> | undefined;
     },
   };
 
@@ -223,11 +242,14 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const notices = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
   /** Broker gaps come with outages: each kind at most once a minute, the rest counted. */
   const gaps = new LogThrottle(logger);
+  const capture: CaptureAdapter = postgres
+    ? new PgCapture({ client: (db as { $client?: unknown }).$client, logger, schema: options.capture?.schema })
+    : new SqliteCapture(sqliteClient(db as BetterSQLite3Database), requests);
   const feed = new ChangeFeed({
-    capture: new SqliteCapture(sqliteClient(db), requests),
+    capture,
     registry,
     logger,
-    options: options.capture,
+    options: postgres ? { pollIntervalMs: POSTGRES_POLL_INTERVAL_MS, ...options.capture } : options.capture,
     onOtherFeed:
       broker.kind === "memory"
         ? () =>
@@ -269,12 +291,15 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   let instrumentation: Instrumentation | undefined;
   let bound = false;
   try {
-    instrumentation = instrumentDatabase(db, {
-      classFor: (table) => registry.forTable(table),
-      // drains run outside the writing request's scope: a hook dispatching
-      // other requests' (or processes') changes must not carry its request id
-      onWrite: () => outsideRequest(() => feed.notify()),
-    });
+    instrumentation = postgres
+      ? // the capture triggers' NOTIFY wakes the feed at every commit: no write hook needed
+        instrumentPgDatabase(db, { classFor: (table) => registry.forTable(table) })
+      : instrumentDatabase(db as BetterSQLite3Database, {
+          classFor: (table) => registry.forTable(table),
+          // drains run outside the writing request's scope: a hook dispatching
+          // other requests' (or processes') changes must not carry its request id
+          onWrite: () => outsideRequest(() => feed.notify()),
+        });
     await broker.start(
       (frame) => {
         latestPosition = frame.position;
@@ -298,7 +323,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     views.addGlobal("turbo_stream_from", streamFrom);
     views.addGlobal("dom_id", domId);
     // last: from here on hooks may run, so everything they use is in place
-    feed.start();
+    await feed.start();
   } catch (error) {
     await feed.close();
     await endpoint.close();

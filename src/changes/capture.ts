@@ -9,9 +9,10 @@ import type { RowDecoder } from "./decode.js";
  * captured row is encoded — sits behind a CaptureAdapter, one per dialect
  * (SqliteCapture in sqlite-capture.ts).
  *
- * Every method is synchronous: better-sqlite3 is, and a microtask per poll
- * or claim would cost the SQLite hot path. An asynchronous dialect needs the
- * feed to await these calls (see the note on each).
+ * The database's methods may answer at once (better-sqlite3 is synchronous,
+ * and a microtask per poll or claim would cost the SQLite hot path) or with a
+ * promise (PostgreSQL, PgCapture in postgres/capture.ts): the feed awaits
+ * only what is a promise.
  */
 export interface CaptureAdapter {
   /**
@@ -27,13 +28,17 @@ export interface CaptureAdapter {
    * (after a schema change) rewrite only what this app's own view changed.
    * Throws CaptureInstallError with nothing changed.
    */
-  sync(tables: readonly TableInfo[]): CaptureSync;
-  /** Prepares the log's statements (and request notes); call once after the first sync. */
-  open(): void;
-  /** Releases what open() set up on the app's connection; the triggers stay. Safe to call twice. */
-  close(): void;
+  sync(tables: readonly TableInfo[]): MaybePromise<CaptureSync>;
+  /**
+   * Prepares the log's statements (and request notes); call once after the
+   * first sync. A dialect that hears of commits by itself (PostgreSQL's
+   * NOTIFY) calls `wake` for each, and when it may have missed some.
+   */
+  open(wake: () => void): MaybePromise<void>;
+  /** Releases what open() (and sync) set up; the triggers stay. Safe to call twice, and without open(). */
+  close(): MaybePromise<void>;
   /** One cheap read: is there work this feed could claim, how far did dispatch get, did the schema change? */
-  poll(owner: string, now: number): CapturePoll;
+  poll(owner: string, now: number): MaybePromise<CapturePoll>;
   /**
    * In one write transaction: marks this feed's changes up to `doneUpTo`
    * done (0: none), then takes the cursor for the next `limit` changes, in
@@ -41,19 +46,27 @@ export interface CaptureAdapter {
    * the cursor (one whose lease ran out, or whose process is gone, is taken
    * over).
    */
-  claim(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): Claim;
+  claim(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): MaybePromise<Claim>;
   /** Marks this feed's changes up to `upTo` done and gives the cursor back; false when the cursor is no longer this feed's. */
-  complete(owner: string, upTo: number): boolean;
+  complete(owner: string, upTo: number): MaybePromise<boolean>;
   /** Extends this feed's hold on the cursor to `until` (ms since epoch). */
-  renew(owner: string, until: number): void;
+  renew(owner: string, until: number): MaybePromise<void>;
   /** Deletes dispatched changes beyond what `retain` keeps; returns how many. */
-  prune(now: number, retain: { count: number; ageMs: number }): number;
+  prune(now: number, retain: { count: number; ageMs: number }): MaybePromise<number>;
   /** The request ids of changes in [first, last] this process wrote inside a request, by seq (null: none). */
   requestIds(first: number, last: number): Map<number, string> | null;
   /** Forgets request notes up to `doneSeq` (another feed dispatched those changes). */
   forgetRequests(doneSeq: number): void;
   /** How this dialect's captured row (ChangeRecord.row) becomes the entity `db.select()` would return. */
   decoderFor(info: TableInfo): RowDecoder;
+}
+
+/** A value now (a synchronous database) or later (an asynchronous one). */
+export type MaybePromise<T> = T | Promise<T>;
+
+/** Whether a MaybePromise is a promise (to be awaited). */
+export function isPromise<T>(value: MaybePromise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown } | null)?.then === "function";
 }
 
 export type ChangeOp = "insert" | "update" | "delete";

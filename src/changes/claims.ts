@@ -1,6 +1,6 @@
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
-import type { CaptureAdapter, Claim } from "./capture.js";
+import { type CaptureAdapter, type Claim, type MaybePromise, isPromise } from "./capture.js";
 import type { ResolvedCaptureOptions } from "./options.js";
 
 /** At most one prune per this many ms: it scans the retained log. */
@@ -40,6 +40,12 @@ export class Claims {
   #holding = false;
   #prunePending = false;
   #lastPrune = 0;
+  /**
+   * A completion an asynchronous database has not confirmed yet: the next
+   * claim waits for it, or it would find the cursor still this feed's and
+   * take the same changes again.
+   */
+  #releasing: Promise<void> | null = null;
 
   constructor(init: ClaimsInit) {
     this.#capture = init.capture;
@@ -60,8 +66,13 @@ export class Claims {
    * one write; renews the lease from here on while the batch is held.
    * Reached only with the previous batch fully dispatched.
    */
-  claim(now: number, limit: number): Claim {
+  claim(now: number, limit: number): MaybePromise<Claim> {
+    if (this.#releasing) return this.#releasing.then(() => this.claim(now, limit));
     const claim = this.#capture.claim(this.#owner, this.#doneUpTo, now, this.#options.leaseMs, limit);
+    return isPromise(claim) ? claim.then((c) => this.#claimed(c)) : this.#claimed(claim);
+  }
+
+  #claimed(claim: Claim): Claim {
     this.#sawDone(claim.doneSeq, this.#doneUpTo);
     if (claim.lostClaim) this.#warnLostClaim();
     if (claim.tookOver) {
@@ -91,23 +102,39 @@ export class Claims {
    * changes not dispatched yet when a drain stopped mid-batch (close, an
    * error), for any feed to take at once. Stops renewing.
    */
-  release(): void {
+  release(): MaybePromise<void> {
     if (this.#renewTimer) clearInterval(this.#renewTimer);
     this.#renewTimer = null;
+    if (this.#releasing) return this.#releasing;
     // inside a transaction the app holds open, our writes would share its fate: do them later
     if (this.#capture.busy || !this.#holding) return;
-    const now = Date.now();
+    const upTo = this.#doneUpTo;
     try {
-      if (!this.#capture.complete(this.#owner, this.#doneUpTo)) this.#warnLostClaim();
-      this.#sawDone(this.#doneUpTo, this.#doneUpTo);
-      if (this.#doneUpTo > 0) this.#prunePending = true;
-      this.#doneUpTo = 0;
-      this.#holding = false;
-      this.maybePrune(now);
+      const done = this.#capture.complete(this.#owner, upTo);
+      if (!isPromise(done)) return this.#released(done, upTo);
+      this.#releasing = done.then(
+        (ok) => this.#released(ok, upTo),
+        (error: unknown) =>
+          this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error),
+      );
+      void this.#releasing.finally(() => {
+        this.#releasing = null;
+      });
+      return this.#releasing;
     } catch (error) {
       // still holding: the next drain completes them (or the lease runs out)
       this.#failed("complete", "change feed could not mark dispatched changes done; retrying", error);
     }
+  }
+
+  #released(ok: boolean, upTo: number): void {
+    if (!ok) this.#warnLostClaim();
+    this.#sawDone(upTo, upTo);
+    if (upTo > 0) this.#prunePending = true;
+    // what was dispatched meanwhile (nothing: the feed claims again only after this) stays to complete
+    if (this.#doneUpTo === upTo) this.#doneUpTo = 0;
+    this.#holding = false;
+    this.maybePrune(Date.now());
   }
 
   /** Prunes the log when changes were marked done since the last prune, at most once per PRUNE_INTERVAL_MS. */
@@ -115,10 +142,12 @@ export class Claims {
     if (!this.#prunePending || now - this.#lastPrune < PRUNE_INTERVAL_MS || this.#capture.busy) return;
     this.#prunePending = false;
     this.#lastPrune = now;
+    const failed = (error: unknown) => this.#failed("prune", "change feed could not prune the change log", error);
     try {
-      this.#capture.prune(now, this.#options.retain);
+      const pruned = this.#capture.prune(now, this.#options.retain);
+      if (isPromise(pruned)) pruned.catch(failed);
     } catch (error) {
-      this.#failed("prune", "change feed could not prune the change log", error);
+      failed(error);
     }
   }
 
@@ -128,10 +157,12 @@ export class Claims {
     this.#renewTimer = setInterval(
       () => {
         if (this.#capture.busy) return;
+        const failed = (error: unknown) => this.#failed("renew", "change feed could not renew its claims", error);
         try {
-          this.#capture.renew(this.#owner, Date.now() + this.#options.leaseMs);
+          const renewed = this.#capture.renew(this.#owner, Date.now() + this.#options.leaseMs);
+          if (isPromise(renewed)) renewed.catch(failed);
         } catch (error) {
-          this.#failed("renew", "change feed could not renew its claims", error);
+          failed(error);
         }
       },
       Math.max(1, Math.floor(this.#options.leaseMs / 3)),

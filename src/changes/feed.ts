@@ -2,7 +2,7 @@ import { ClosedError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
-import type { CaptureAdapter, CaptureSync } from "./capture.js";
+import { type CaptureAdapter, type CapturePoll, type CaptureSync, type MaybePromise, isPromise } from "./capture.js";
 import { Claims } from "./claims.js";
 import { HookDispatcher } from "./dispatch.js";
 import { type CaptureOptions, type ResolvedCaptureOptions, resolveCaptureOptions } from "./options.js";
@@ -106,6 +106,12 @@ export class ChangeFeed {
   #lastPassStart = -Infinity;
   #pass: Promise<void> | null = null;
   #again = false;
+  /** start() waiting for an asynchronous database (sync, open). */
+  #starting: Promise<void> | null = null;
+  /** A poll of an asynchronous database in flight (ticks do not pile up behind a slow one). */
+  #polling = false;
+  /** A sync after a schema change in flight. */
+  #resyncing: Promise<void> | null = null;
   #closed: Promise<void> | null = null;
   /** Marks dispatched changes done and gives the cursor back when no drain did so within FINISH_DELAY_MS. */
   #finishTimer: NodeJS.Timeout | null = null;
@@ -153,11 +159,31 @@ export class ChangeFeed {
    * while no feed ran. Throws CaptureInstallError with nothing changed and
    * nothing running when a trigger cannot be installed.
    */
-  start(): void {
+  start(): MaybePromise<void> {
     if (this.#state === "running") return;
+    if (this.#starting) return this.#starting;
     if (this.#state !== "idle") throw new ClosedError("change feed");
-    this.#sync();
-    this.#capture.open();
+    const synced = this.#sync();
+    if (!isPromise(synced)) return this.#open();
+    this.#starting = synced
+      .then(() => this.#open())
+      .finally(() => {
+        this.#starting = null;
+      });
+    return this.#starting;
+  }
+
+  /** After the first sync: opens the log, starts polling, and drains what was committed while no feed ran. */
+  #open(): MaybePromise<void> {
+    if (this.#state !== "idle") return;
+    // the database's own wake-ups (PostgreSQL's NOTIFY) come from outside any request
+    const opened = this.#capture.open(() => this.#outsideRequests(() => this.notify()));
+    if (isPromise(opened)) return opened.then(() => this.#run());
+    this.#run();
+  }
+
+  #run(): void {
+    if (this.#state !== "idle") return;
     this.#state = "running";
     // started inside a request (lazily), the timer would carry its id into every tick
     this.#timer = this.#outsideRequests(() => setInterval(this.#tick, this.#options.pollIntervalMs));
@@ -183,7 +209,7 @@ export class ChangeFeed {
       this.#startPass();
     }
     await this.#pass;
-    if (this.#state === "running" && !this.#pass) this.#finishClaims();
+    if (this.#state === "running" && !this.#pass) await this.#finishClaims();
   }
 
   /**
@@ -195,8 +221,12 @@ export class ChangeFeed {
   close(): Promise<void> {
     if (this.#closed) return this.#closed;
     if (this.#state === "idle") {
+      // a start that failed (or never ran) may have left connections open
       this.#state = "closed";
-      this.#closed = Promise.resolve();
+      this.#closed = (async () => {
+        await this.#starting?.catch(() => {});
+        await this.#capture.close();
+      })();
       return this.#closed;
     }
     this.#state = "closing";
@@ -207,15 +237,20 @@ export class ChangeFeed {
     this.#finishTimer = null;
     this.#closed = (async () => {
       await this.#pass;
-      this.#finishClaims();
-      this.#capture.close();
+      await this.#resyncing;
+      await this.#finishClaims();
+      await this.#capture.close();
       this.#state = "closed";
     })();
     return this.#closed;
   }
 
-  #sync(): CaptureSync {
+  #sync(): MaybePromise<CaptureSync> {
     const result = this.#capture.sync(this.#registry.modelClasses.map((cls) => cls.tableInfo()));
+    return isPromise(result) ? result.then((r) => this.#synced(r)) : this.#synced(result);
+  }
+
+  #synced(result: CaptureSync): CaptureSync {
     for (const table of result.missingTables) {
       this.#outages.log(
         `missing table:${table}`,
@@ -240,9 +275,12 @@ export class ChangeFeed {
   }
 
   /** A migration changed the schema: bring the triggers up to date (a no-op if they are). */
-  #resync(): void {
-    try {
-      const result = this.#sync();
+  #resync(): MaybePromise<void> {
+    if (this.#resyncing) return this.#resyncing;
+    const failed = (error: unknown) =>
+      // the adapter still sees the schema as changed, so the next tick tries again
+      this.#failed("sync", "could not update change capture triggers after a schema change", error, "error");
+    const done = (result: CaptureSync) => {
       if (result.created.length > 0 || result.dropped.length > 0) {
         this.#logger.info("change capture triggers updated after a schema change", {
           created: result.created,
@@ -250,28 +288,50 @@ export class ChangeFeed {
         });
       }
       this.#recovered("sync");
+    };
+    try {
+      const result = this.#sync();
+      if (!isPromise(result)) return done(result);
+      this.#resyncing = result.then(done, failed).finally(() => {
+        this.#resyncing = null;
+      });
+      return this.#resyncing;
     } catch (error) {
-      // the adapter still sees the schema as changed, so the next tick tries again
-      this.#failed("sync", "could not update change capture triggers after a schema change", error, "error");
+      failed(error);
     }
   }
 
   #tick = (): void => {
-    if (this.#state !== "running" || this.#pass || this.#immediate || this.#delayed) return;
+    if (this.#state !== "running" || this.#pass || this.#immediate || this.#delayed || this.#polling) return;
     // A transaction the app left open (a raw BEGIN across an await) is not committed: look next tick.
     if (this.#capture.busy) return;
+    const failed = (error: unknown) => this.#failed("poll", "change feed could not poll the database; retrying", error);
     try {
       const now = Date.now();
       const poll = this.#capture.poll(this.owner, now);
-      this.#sawDone(poll.doneSeq, 0);
-      if (poll.schemaChanged) this.#resync();
-      if (poll.claimable) this.#schedule();
-      else this.#claims.maybePrune(now);
-      this.#recovered("poll");
+      if (!isPromise(poll)) {
+        this.#polled(poll, now);
+        return;
+      }
+      this.#polling = true;
+      poll
+        .then((p) => this.#polled(p, now), failed)
+        .finally(() => {
+          this.#polling = false;
+        });
     } catch (error) {
-      this.#failed("poll", "change feed could not poll the database; retrying", error);
+      failed(error);
     }
   };
+
+  #polled(poll: CapturePoll, now: number): void {
+    if (this.#state !== "running") return;
+    this.#sawDone(poll.doneSeq, 0);
+    if (poll.schemaChanged) void this.#resync();
+    if (poll.claimable) this.#schedule();
+    else this.#claims.maybePrune(now);
+    this.#recovered("poll");
+  }
 
   #schedule(): void {
     if (this.#state !== "running") return;
@@ -325,10 +385,11 @@ export class ChangeFeed {
         const now = Date.now();
         // holding the cursor, the claim is due anyway (to mark the last batch done): no poll first
         if (!this.#claims.holding) {
-          const poll = capture.poll(this.owner, now);
+          let poll = capture.poll(this.owner, now);
+          if (isPromise(poll)) poll = await poll;
           this.#sawDone(poll.doneSeq, 0);
           if (!poll.claimable) {
-            if (poll.schemaChanged) this.#resync();
+            if (poll.schemaChanged) await this.#resync();
             break;
           }
         }
@@ -338,10 +399,14 @@ export class ChangeFeed {
           if (this.#state !== "running" || this.#capture.busy) break;
         }
         // reached only with the previous batch fully dispatched: complete it as the next one is claimed
-        const claim = this.#claims.claim(Date.now(), batchSize);
+        let claim = this.#claims.claim(Date.now(), batchSize);
+        if (isPromise(claim)) claim = await claim;
         const batch = claim.changes;
         // a migration (by this app's own db too): triggers follow before the next change is dispatched
-        if (claim.schemaChanged) this.#resync();
+        if (claim.schemaChanged) {
+          const resynced = this.#resync();
+          if (isPromise(resynced)) await resynced;
+        }
         if (batch.length === 0) break;
         const requestIds = capture.requestIds(batch[0]!.seq, batch[batch.length - 1]!.seq);
         for (const change of batch) {
@@ -386,10 +451,10 @@ export class ChangeFeed {
   };
 
   /** Marks what was dispatched done and gives the cursor back (see Claims.release). */
-  #finishClaims(): void {
+  #finishClaims(): MaybePromise<void> {
     if (this.#finishTimer) clearTimeout(this.#finishTimer);
     this.#finishTimer = null;
-    this.#claims.release();
+    return this.#claims.release();
   }
 
   #outsideRequests<T>(fn: () => T): T {

@@ -129,7 +129,9 @@ export function sqliteClient(db: BetterSQLite3Database<any>): Database.Database 
     (db as unknown as { session?: { client?: unknown } }).session?.client;
   const client = candidate as Partial<Database.Database> | undefined;
   if (!client || typeof client.prepare !== "function" || typeof client.transaction !== "function") {
-    throw new ConfigError("db must be a Drizzle better-sqlite3 database (drizzle(new Database(file)))");
+    throw new ConfigError(
+      "db must be a Drizzle better-sqlite3 database (drizzle(new Database(file))) or a Drizzle node-postgres one (drizzle(pool))",
+    );
   }
   return client as Database.Database;
 }

@@ -13,10 +13,10 @@ export type PrimaryKeyInput = string | number | bigint | Record<string, unknown>
 /** Carries a ModelStream's table in its instance type, so `.for()` can type its argument and `pk`. */
 declare const TABLE: unique symbol;
 
-type Columns<T extends SQLiteTable> = T["_"]["columns"];
+type Columns<T extends BoundTable> = T["_"]["columns"];
 
 /** The columns declared with `.primaryKey()`; none when the key is the table's `primaryKey({ columns })`. */
-type KeyColumnNames<T extends SQLiteTable> = {
+type KeyColumnNames<T extends BoundTable> = {
   [K in keyof Columns<T>]: Columns<T>[K]["_"]["isPrimaryKey"] extends true ? K : never;
 }[keyof Columns<T>];
 
@@ -26,19 +26,19 @@ type KeyColumnNames<T extends SQLiteTable> = {
  * over the row's columns (which ones are keys is known only at run time).
  * `unknown` for a ModelStream whose table is not known to TypeScript.
  */
-export type PrimaryKeyOf<T extends SQLiteTable> = string extends T["_"]["name"]
+export type PrimaryKeyOf<T extends BoundTable> = string extends T["_"]["name"]
   ? unknown
   : [KeyColumnNames<T>] extends [never]
     ? Partial<InferSelectModel<T>>
     : InferSelectModel<T>[KeyColumnNames<T> & keyof InferSelectModel<T>];
 
 /** What `XStream.for()` takes: a row of the class's table, or its key. */
-export type StreamKeyInput<T extends SQLiteTable> = string extends T["_"]["name"]
+export type StreamKeyInput<T extends BoundTable> = string extends T["_"]["name"]
   ? unknown
   : InferSelectModel<T> | PrimaryKeyOf<T>;
 
 /** What `onSave` gets besides the row: the change context. */
-export interface SaveContext<TTable extends SQLiteTable = SQLiteTable> {
+export interface SaveContext<TTable extends BoundTable = BoundTable> {
   /** True for an insert, false for an update. */
   created: boolean;
   /** The row before an update, decoded like the row; undefined for an insert. */
@@ -65,7 +65,7 @@ export interface DeleteContext {
 }
 
 /** The table a ModelStream class (or instance type) is bound to. */
-export type TableOf<S> = S extends { readonly [TABLE]?: infer T extends SQLiteTable } ? T : SQLiteTable;
+export type TableOf<S> = S extends { readonly [TABLE]?: infer T extends BoundTable } ? T : BoundTable;
 
 /**
  * The stream of one row of a Drizzle table, or (`.all()`) of the whole table.

@@ -24,7 +24,8 @@ export async function createTestSchema(prefix = "tc"): Promise<TestSchema> {
   const name = `${prefix}_${randomBytes(5).toString("hex")}`;
   const admin = new pg.Pool({ connectionString: PG_URL, max: 2 });
   await admin.query(`CREATE SCHEMA "${name}"`);
-  const config: pg.PoolConfig = { connectionString: PG_URL, options: `-c search_path=${name}` };
+  // application_name: the test's own connections (the feed's too) can be told from everyone else's
+  const config: pg.PoolConfig = { connectionString: PG_URL, options: `-c search_path=${name}`, application_name: name };
   const pools: pg.Pool[] = [];
   return {
     name,
@@ -33,6 +34,8 @@ export async function createTestSchema(prefix = "tc"): Promise<TestSchema> {
     admin,
     pool(max = 4) {
       const pool = new pg.Pool({ ...config, max });
+      // an idle connection terminated by a test is dropped by the pool; unheard, its error would crash the run
+      pool.on("error", () => {});
       pools.push(pool);
       return pool;
     },

@@ -2,9 +2,10 @@ import pg from "pg";
 import { DatabaseUnreachableError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import type { TableInfo } from "../../streams/table.js";
+import type { CaptureAdapter, CapturePoll, CaptureSync, Claim } from "../capture.js";
 import { type PgColumnType, type PgRowDecoder, type DecodableColumn, pgRowDecoder } from "./decode.js";
 import { PgChangeListener } from "./listener.js";
-import { PgChangeLog, type PgChangeRecord } from "./log.js";
+import { PgChangeLog } from "./log.js";
 import { type PgCaptureTable, channelFor, relationNames, syncPgTriggers } from "./triggers.js";
 
 export interface PgCaptureInit {
@@ -13,29 +14,6 @@ export interface PgCaptureInit {
   logger: Logger;
   /** Schema of the change log and its functions. Default: the connection's current_schema() (the first schema of its search_path). */
   schema?: string;
-}
-
-/** What a sync did, for the feed to log. */
-export interface PgCaptureSync {
-  created: string[];
-  dropped: string[];
-  missingTables: string[];
-  missingColumns: Array<{ table: string; columns: string[] }>;
-  captured: string[];
-}
-
-export interface PgCapturePoll {
-  claimable: boolean;
-  doneSeq: number;
-  schemaChanged: boolean;
-}
-
-export interface PgClaim {
-  changes: PgChangeRecord[];
-  doneSeq: number;
-  lostClaim: boolean;
-  tookOver: PgChangeLog["tookOver"];
-  schemaChanged: boolean;
 }
 
 /** Connections the feed keeps: one for claims and the log's other writes, one spare for a renewal or prune meanwhile. */
@@ -54,7 +32,7 @@ const POOL_SIZE = 2;
  * settings: server, user, search_path), so claims never wait for, or
  * starve, the app's pool.
  */
-export class PgCapture {
+export class PgCapture implements CaptureAdapter {
   readonly busy = false;
   readonly #config: pg.PoolConfig;
   readonly #logger: Logger;
@@ -92,7 +70,7 @@ export class PgCapture {
     return this.#pool;
   }
 
-  async sync(tables: readonly TableInfo[]): Promise<PgCaptureSync> {
+  async sync(tables: readonly TableInfo[]): Promise<CaptureSync> {
     const pool = this.#pooled();
     let client: pg.PoolClient;
     try {
@@ -152,12 +130,12 @@ export class PgCapture {
     await pool?.end().catch(() => {});
   }
 
-  async poll(owner: string, now: number): Promise<PgCapturePoll> {
+  async poll(owner: string, now: number): Promise<CapturePoll> {
     const poll = await this.#log!.poll(owner, now, this.#relations);
     return { claimable: poll.claimable, doneSeq: poll.doneSeq, schemaChanged: poll.signature !== this.#signature };
   }
 
-  async claim(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): Promise<PgClaim> {
+  async claim(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): Promise<Claim> {
     const log = this.#log!;
     const changes = await log.completeAndClaim(owner, doneUpTo, now, leaseMs, limit, this.#relations);
     let ids: Map<number, string> | null = null;

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import type { ChangeOp, TakeOver } from "../log.js";
+import type { ChangeOp, TakeOver } from "../capture.js";
 import { ownerMayBeAlive } from "../owner.js";
 import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "../sql.js";
 import { signatureSubquery } from "./triggers.js";
