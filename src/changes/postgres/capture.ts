@@ -18,6 +18,9 @@ export interface PgCaptureInit {
 
 /** Connections the feed keeps: one for claims and the log's other writes, one spare for a renewal or prune meanwhile. */
 const POOL_SIZE = 2;
+/** Unless the app's pool sets its own. */
+const CONNECT_TIMEOUT_MS = 10_000;
+const QUERY_TIMEOUT_MS = 60_000;
 
 /**
  * Change capture on PostgreSQL: plpgsql triggers (triggers.ts) append to the
@@ -63,7 +66,15 @@ export class PgCapture implements CaptureAdapter {
 
   #pooled(): pg.Pool {
     if (!this.#pool) {
-      this.#pool = new pg.Pool({ ...this.#config, max: POOL_SIZE, idleTimeoutMillis: 30_000, keepAlive: true });
+      this.#pool = new pg.Pool({
+        // a cut link must fail a claim, not hang the feed: it retries on the next wake or poll
+        connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+        query_timeout: QUERY_TIMEOUT_MS,
+        ...this.#config,
+        max: POOL_SIZE,
+        idleTimeoutMillis: 30_000,
+        keepAlive: true,
+      });
       // an idle connection that dies (a restart, pg_terminate_backend) is dropped by the pool; unheard, it would crash the process
       this.#pool.on("error", () => {});
     }
