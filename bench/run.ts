@@ -22,7 +22,7 @@ import { runThroughput } from "./sections/throughput.js";
 import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
 import { runBulkUpdate } from "./sections/bulk-update.js";
 import { Child } from "./lib/ipc.js";
-import type { WriteCost } from "./lib/results.js";
+import type { PostgresCapture, WriteCost } from "./lib/results.js";
 
 const quick = process.argv.includes("--quick");
 const only = process.argv
@@ -175,6 +175,23 @@ async function main(): Promise<void> {
 
   if (sections.has("write-cost")) await measureWriteCost(results);
   if (sections.has("bulk-update")) await measureBulkUpdate(results);
+
+  log("change capture on a PostgreSQL app: write cost and a bulk UPDATE, beside SQLite");
+  const pgWriter = await Child.spawn("procs/write-cost-pg.ts", { name: "write-cost-pg" });
+  try {
+    results.postgresCapture = await pgWriter.request<PostgresCapture>(
+      "measure",
+      { inserts: quick ? 1000 : 2000, rounds: quick ? 3 : 5, bulkRows: 10_000 },
+      900_000,
+    );
+  } catch (error) {
+    results.postgresCapture = null;
+    results.missing.push(
+      `Change capture on PostgreSQL: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
+    );
+  } finally {
+    await pgWriter.stop();
+  }
 
   if (!results.endToEnd)
     results.missing.push(

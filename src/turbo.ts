@@ -292,8 +292,10 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   let bound = false;
   try {
     instrumentation = postgres
-      ? // the capture triggers' NOTIFY wakes the feed at every commit: no write hook needed
-        instrumentPgDatabase(db, { classFor: (table) => registry.forTable(table) })
+      ? instrumentPgDatabase(db, {
+          classFor: (table) => registry.forTable(table),
+          onWrite: () => outsideRequest(() => feed.notify()),
+        })
       : instrumentDatabase(db as BetterSQLite3Database, {
           classFor: (table) => registry.forTable(table),
           // drains run outside the writing request's scope: a hook dispatching

@@ -357,6 +357,38 @@ export function renderReport(results: Results, chartFile: string): string {
     out.push("");
   } else out.push("Not measured in this run (see *Not measured* below).", "");
 
+  if (results.postgresCapture) {
+    const p = results.postgresCapture;
+    out.push(
+      "## Change capture on a PostgreSQL app",
+      "",
+      `Drizzle node-postgres inserts per second into a PostgreSQL table (a fresh schema per round), ${int(p.inserts)} per round, ` +
+        "rounds alternating which mode goes first. With capture, a round ends only when every insert has reached its " +
+        "`onSave` hook (a no-op), so the figure includes the trigger, the NOTIFY, the claims and the dispatch. " +
+        "*per-turn*: one insert at a time; *burst*: all at once over a pool of 10 connections.",
+      "",
+      "| workload | without turbocast, inserts/s | with capture, inserts/s | slowdown | rounds without / with |",
+      "| --- | ---: | ---: | ---: | --- |",
+    );
+    for (const x of p.workloads) {
+      out.push(
+        `| ${x.workload} | ${int(median(x.without))} | ${int(median(x.with))} | ${times(median(x.without) / median(x.with))} | ` +
+          `${x.without.map(int).join(", ")} / ${x.with.map(int).join(", ")} |`,
+      );
+    }
+    out.push(
+      "",
+      `One UPDATE of ${int(p.bulk.rows)} rows, from the statement's start to the last \`onSave\` (a no-op: no broker), ` +
+        "changes dispatched per second:",
+      "",
+      "| app database | changes/s (median) | rounds |",
+      "| --- | ---: | --- |",
+      `| SQLite (WAL) | ${int(median(p.bulk.sqlite))} | ${p.bulk.sqlite.map(int).join(", ")} |`,
+      `| PostgreSQL | ${int(median(p.bulk.postgres))} | ${p.bulk.postgres.map(int).join(", ")} |`,
+      "",
+    );
+  }
+
   if (results.missing.length > 0) {
     out.push("## Not measured", "");
     for (const m of results.missing) out.push(`- ${m}`);

@@ -14,6 +14,8 @@ export interface Results {
   writeCost: WriteCost | null;
   /** Absent in runs before it was measured. */
   bulkUpdate?: BulkUpdate | null;
+  /** Change capture on a PostgreSQL app (procs/write-cost-pg.ts); absent in runs before it was measured. */
+  postgresCapture?: PostgresCapture | null;
   clock: Array<{ target: string; server: ClockOffset; clients: ClockOffset }>;
   /** What could not be measured, and why. */
   missing: string[];
@@ -66,4 +68,13 @@ export interface BulkUpdate {
     /** Rows / seconds from the UPDATE to the last frame back in the app's hub, one figure per round. */
     changesPerSecond: number[];
   }>;
+}
+
+export interface PostgresCapture {
+  /** Inserts per round. */
+  inserts: number;
+  /** Inserts per second, one figure per round, without turbocast and with capture (round ends when all reached onSave). */
+  workloads: Array<{ workload: "per-turn" | "burst"; without: number[]; with: number[] }>;
+  /** One UPDATE of `rows` rows: changes dispatched per second (statement start to last onSave), per round. */
+  bulk: { rows: number; sqlite: number[]; postgres: number[] };
 }

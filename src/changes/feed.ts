@@ -454,7 +454,14 @@ export class ChangeFeed {
   #finishClaims(): MaybePromise<void> {
     if (this.#finishTimer) clearTimeout(this.#finishTimer);
     this.#finishTimer = null;
-    return this.#claims.release();
+    const released = this.#claims.release();
+    if (!isPromise(released)) return released;
+    // Another process's feed that woke while this one held the cursor found nothing to claim and
+    // went back to sleep; on a database whose writers do not all wake every feed (PostgreSQL's
+    // quiet connections), look once more now that the cursor is free.
+    return released.then(() => {
+      if (this.#state === "running") this.#schedule();
+    });
   }
 
   #outsideRequests<T>(fn: () => T): T {

@@ -6,10 +6,15 @@ import { type Instrumentation, relationalPrototypeOf } from "./instrument.js";
 
 /**
  * createTurbo's instrumentation of a Drizzle node-postgres database: rows of
- * bound tables read or returned through it carry `.stream`. (The change feed
- * needs no hook here: the capture triggers' NOTIFY wakes it at every commit,
- * whoever wrote.) It relies on two Drizzle internals, pinned by
- * test/postgres-app/instrument.test.ts:
+ * bound tables read or returned through it carry `.stream`, and the change
+ * feed hears of the app's own writes the moment they commit — its pool's
+ * `query()` (every statement Drizzle runs outside a transaction, and the
+ * app's raw ones) and `db.transaction()`. The pool's connections are made
+ * quiet (`SET turbocast.quiet = 'on'`, on each connection the first time it is acquired): their
+ * writes send no NOTIFY, which would serialize their commits (see
+ * changes/postgres/triggers.ts). Writes on a client the app checks out of
+ * the pool itself are found by the safety poll. It relies on two Drizzle
+ * internals, pinned by test/postgres-app/instrument.test.ts:
  *
  * - `session.prepareQuery(query, fields, name, arrayMode, customResultMapper)`
  *   on the session's prototype returns a prepared query whose
@@ -23,6 +28,20 @@ import { type Instrumentation, relationalPrototypeOf } from "./instrument.js";
 export interface PgInstrumentOptions {
   /** Which class, if any, is bound to a table. */
   classFor(table: PgTable): AnyModelStreamClass | undefined;
+  /** Called after a statement that may have written committed (or a transaction ended). */
+  onWrite(): void;
+}
+
+/** The quiet setting, run on each connection of the app's pool before its first use by the app. */
+export const QUIET = "SET turbocast.quiet = 'on'";
+
+/** Statements that read only (or only end a transaction that did not commit): no drain after them. */
+const NOT_A_WRITE = /^\s*(?:select|show|set|reset|begin|start|savepoint|release|rollback|listen|unlisten|explain)\b/i;
+
+interface QueryableLike {
+  query: (...args: unknown[]) => unknown;
+  on?: (event: string, listener: (client: { query: (text: string) => Promise<unknown> }) => void) => unknown;
+  off?: (event: string, listener: (client: { query: (text: string) => Promise<unknown> }) => void) => unknown;
 }
 
 interface SelectedField {
@@ -74,13 +93,68 @@ export function instrumentPgDatabase(db: unknown, options: PgInstrumentOptions):
   const relational = relationalPrototypeOf(db);
   if (relational) installRelationalHook(relational);
   instrumented.set(session.dialect, options);
+  const unhookClient = hookClient((db as { $client?: QueryableLike }).$client, options.onWrite);
+  const ownTransaction = Object.hasOwn(session, "transaction");
+  const transaction = (session as unknown as { transaction: (...args: unknown[]) => Promise<unknown> }).transaction;
+  (session as unknown as { transaction: (...args: unknown[]) => Promise<unknown> }).transaction = function (
+    this: unknown,
+    ...args: unknown[]
+  ) {
+    // committed or rolled back: either way the feed may look (a rollback leaves nothing to find)
+    return transaction.apply(this, args).finally(() => options.onWrite());
+  };
   let restored = false;
   return {
     restore() {
       if (restored) return;
       restored = true;
       instrumented.delete(session.dialect);
+      unhookClient();
+      if (ownTransaction) (session as unknown as { transaction: unknown }).transaction = transaction;
+      else delete (session as unknown as { transaction?: unknown }).transaction;
     },
+  };
+}
+
+/** The SQL text of a `query()` call's first argument (a string or a query config). */
+function queryText(first: unknown): string {
+  if (typeof first === "string") return first;
+  return typeof (first as { text?: unknown } | null)?.text === "string" ? (first as { text: string }).text : "";
+}
+
+/**
+ * Wraps the pool's (or client's) `query()` so that a statement that may
+ * have written calls onWrite once it completed, and makes new pool
+ * connections quiet. Returns the undo.
+ */
+function hookClient(client: QueryableLike | undefined, onWrite: () => void): () => void {
+  if (!client || typeof client.query !== "function") return () => {};
+  const ownQuery = Object.hasOwn(client, "query");
+  const query = client.query;
+  client.query = function (this: unknown, ...args: unknown[]): unknown {
+    const result = query.apply(this, args);
+    if (typeof (result as Promise<unknown> | undefined)?.then === "function" && !NOT_A_WRITE.test(queryText(args[0]))) {
+      (result as Promise<unknown>).then(onWrite, onWrite);
+    }
+    return result;
+  };
+  const quieted = new WeakSet<object>();
+  const quiet = (connection: { query: (text: string) => Promise<unknown> }): void => {
+    if (quieted.has(connection)) return;
+    quieted.add(connection);
+    // "acquire" is emitted before the requester gets the connection: this runs before its first query
+    connection.query(QUIET).catch(() => {});
+  };
+  const isPool =
+    typeof client.on === "function" &&
+    typeof (client as { connect?: unknown }).connect === "function" &&
+    "totalCount" in client;
+  if (isPool) client.on!("acquire", quiet);
+  else void (query.call(client, QUIET) as Promise<unknown> | undefined)?.catch?.(() => {});
+  return () => {
+    if (ownQuery) client.query = query;
+    else delete (client as Partial<QueryableLike>).query;
+    if (isPool) client.off?.("acquire", quiet);
   };
 }
 

@@ -32,6 +32,7 @@ let schema: TestSchema;
 let pool: pg.Pool;
 let db: ReturnType<typeof drizzle<typeof schemaObjects>>;
 let restore: () => void;
+let writes = 0;
 
 beforeAll(async () => {
   schema = await createTestSchema("tcinstr");
@@ -44,7 +45,7 @@ beforeAll(async () => {
     [rooms, RoomStream as unknown as typeof ModelStream],
     [messages, MessageStream as unknown as typeof ModelStream],
   ]);
-  restore = instrumentPgDatabase(db, { classFor: (table) => classes.get(table) }).restore;
+  restore = instrumentPgDatabase(db, { classFor: (table) => classes.get(table), onWrite: () => writes++ }).restore;
 });
 
 afterAll(async () => {
@@ -92,6 +93,29 @@ describe("rows of bound PostgreSQL tables carry .stream", () => {
     expect(streamOf(joined)).toBeUndefined();
     const raw = await db.execute(sql`SELECT * FROM rooms LIMIT 1`);
     expect(streamOf(raw.rows[0])).toBeUndefined();
+  });
+});
+
+describe("the app's own writes on PostgreSQL", () => {
+  it("wake the feed after each write statement and transaction, not after reads", async () => {
+    writes = 0;
+    await db.select().from(rooms);
+    await pool.query("SELECT 1");
+    expect(writes).toBe(0);
+    await db.insert(rooms).values({ name: "w" });
+    expect(writes).toBe(1);
+    await db.execute(sql`UPDATE rooms SET name = name`);
+    await pool.query("DELETE FROM messages WHERE false");
+    expect(writes).toBe(3);
+    await db.transaction(async (tx) => {
+      await tx.insert(rooms).values({ name: "in tx" });
+    });
+    expect(writes).toBe(4);
+  });
+
+  it("run on quiet connections: their commits send no NOTIFY", async () => {
+    const { rows } = await pool.query("SELECT current_setting('turbocast.quiet', true) AS quiet");
+    expect(rows[0].quiet).toBe("on");
   });
 });
 

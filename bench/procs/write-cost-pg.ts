@@ -1,0 +1,184 @@
+/**
+ * Change capture on a PostgreSQL app, in a process of its own (the PostgreSQL
+ * twin of write-cost.ts):
+ *
+ * - write cost: Drizzle node-postgres inserts per second into a table with
+ *   turbocast's capture running and without it, in alternating rounds (a
+ *   fresh schema per round). With capture a round ends only when every insert
+ *   has reached its onSave hook (a no-op that counts), so the figure includes
+ *   the trigger, the NOTIFY, the claims and the dispatch. *per-turn*: one
+ *   insert at a time, as requests arrive; *burst*: all of them at once over
+ *   the pool (10 connections), drained in batches after.
+ * - bulk: one UPDATE of `rows` rows, from the statement's start until the
+ *   last onSave, on PostgreSQL and on SQLite (WAL) side by side: changes
+ *   dispatched per second by the feed alone (no broker: the hook counts).
+ *
+ * The server is BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/test);
+ * every schema it creates is dropped.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import Database from "better-sqlite3";
+import { drizzle as drizzleSqlite } from "drizzle-orm/better-sqlite3";
+import { drizzle } from "drizzle-orm/node-postgres";
+import { integer as pgInteger, pgTable, serial, text as pgText, timestamp } from "drizzle-orm/pg-core";
+import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
+import nunjucks from "nunjucks";
+import pg from "pg";
+import { ModelStream, createTurbo } from "../../src/index.js";
+import { silentLogger } from "../../src/logger.js";
+import type { AnyStreamClass } from "../../src/streams/registry.js";
+import { serve } from "../lib/ipc.js";
+
+const url = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
+
+const messages = pgTable("messages", {
+  id: serial("id").primaryKey(),
+  roomId: pgInteger("room_id").notNull(),
+  body: pgText("body").notNull(),
+  createdAt: timestamp("created_at", { withTimezone: true }).notNull(),
+});
+const DDL =
+  "CREATE TABLE messages (id serial PRIMARY KEY, room_id integer NOT NULL, body text NOT NULL, created_at timestamptz NOT NULL)";
+
+const sqliteMessages = sqliteTable("messages", {
+  id: integer("id").primaryKey({ autoIncrement: true }),
+  roomId: integer("room_id").notNull(),
+  body: text("body").notNull(),
+});
+
+let dispatched = 0;
+class MessageStream extends ModelStream<typeof messages> {
+  static override model = messages;
+  override onSave(): void {
+    dispatched++;
+  }
+}
+class SqliteMessageStream extends ModelStream<typeof sqliteMessages> {
+  static override model = sqliteMessages;
+  override onSave(): void {
+    dispatched++;
+  }
+}
+
+export type Workload = "per-turn" | "burst";
+type Mode = "without" | "with";
+
+const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-write-cost-pg-"));
+process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+const admin = new pg.Pool({ connectionString: url, max: 1 });
+
+const turboOptions = (streams: AnyStreamClass[]) => ({
+  views: new nunjucks.Environment(null, { autoescape: true }),
+  streams,
+  secret: "bench-secret-0123456789abcdef0123456789",
+  secretFile: path.join(dir, ".turbocast-secret"),
+  logger: silentLogger,
+});
+
+/** A fresh schema with the messages table, a pool whose search_path is it, and its cleanup. */
+async function freshSchema(): Promise<{ pool: pg.Pool; drop: () => Promise<void> }> {
+  const name = `bench_${randomBytes(4).toString("hex")}`;
+  await admin.query(`CREATE SCHEMA ${name}; SET search_path = ${name}; ${DDL}; RESET search_path`);
+  const pool = new pg.Pool({ connectionString: url, options: `-c search_path=${name}`, max: 10 });
+  return {
+    pool,
+    async drop() {
+      await pool.end();
+      await admin.query(`DROP SCHEMA ${name} CASCADE`);
+    },
+  };
+}
+
+const waitForDispatched = async (n: number): Promise<void> => {
+  while (dispatched < n) await new Promise((resolve) => setTimeout(resolve, 1));
+};
+
+/** One round: `n` inserts; returns inserts per second. */
+async function round(mode: Mode, workload: Workload, n: number): Promise<number> {
+  const { pool, drop } = await freshSchema();
+  const db = drizzle(pool);
+  const turbo = mode === "with" ? await createTurbo({ db, ...turboOptions([MessageStream]) }) : undefined;
+  dispatched = 0;
+  const row = (i: number) => ({
+    roomId: i % 10,
+    body: `message number ${i} with a little text`,
+    createdAt: new Date(),
+  });
+  const started = process.hrtime.bigint();
+  if (workload === "per-turn") {
+    for (let i = 0; i < n; i++) await db.insert(messages).values(row(i));
+  } else {
+    await Promise.all(Array.from({ length: n }, (_, i) => db.insert(messages).values(row(i))));
+  }
+  if (turbo) await waitForDispatched(n);
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  await turbo?.close();
+  await drop();
+  return n / seconds;
+}
+
+/** One bulk UPDATE of `rows` rows; returns changes dispatched per second, from the statement's start. */
+async function bulk(dialect: "postgres" | "sqlite", rows: number): Promise<number> {
+  if (dialect === "postgres") {
+    const { pool, drop } = await freshSchema();
+    await pool.query(
+      `INSERT INTO messages (room_id, body, created_at) SELECT g % 10, 'row ' || g, now() FROM generate_series(1, ${rows}) g`,
+    );
+    const turbo = await createTurbo({ db: drizzle(pool), ...turboOptions([MessageStream]) });
+    dispatched = 0;
+    const started = process.hrtime.bigint();
+    await pool.query("UPDATE messages SET room_id = room_id + 1");
+    await waitForDispatched(rows);
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    await turbo.close();
+    await drop();
+    return rows / seconds;
+  }
+  const sqlite = new Database(path.join(dir, `bulk-${randomBytes(4).toString("hex")}.db`));
+  sqlite.pragma("journal_mode = WAL");
+  sqlite.pragma("synchronous = NORMAL");
+  sqlite.exec(
+    "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, room_id INTEGER NOT NULL, body TEXT NOT NULL)",
+  );
+  sqlite
+    .prepare(
+      "WITH RECURSIVE g(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM g WHERE v < ?) INSERT INTO messages (room_id, body) SELECT v % 10, 'row ' || v FROM g",
+    )
+    .run(rows);
+  const turbo = await createTurbo({ db: drizzleSqlite(sqlite), ...turboOptions([SqliteMessageStream]) });
+  dispatched = 0;
+  const started = process.hrtime.bigint();
+  sqlite.exec("UPDATE messages SET room_id = room_id + 1");
+  turbo.feed.notify();
+  await waitForDispatched(rows);
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  await turbo.close();
+  sqlite.close();
+  return rows / seconds;
+}
+
+serve({
+  async measure(args: { inserts: number; rounds: number; bulkRows: number }) {
+    await round("without", "per-turn", 200);
+    await round("with", "per-turn", 200);
+    const workloads: Array<{ workload: Workload; without: number[]; with: number[] }> = [];
+    for (const workload of ["per-turn", "burst"] as const) {
+      const result = { workload, without: [] as number[], with: [] as number[] };
+      for (let r = 0; r < args.rounds; r++) {
+        const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
+        for (const mode of order) result[mode].push(await round(mode, workload, args.inserts));
+      }
+      workloads.push(result);
+    }
+    const bulkResult = { rows: args.bulkRows, sqlite: [] as number[], postgres: [] as number[] };
+    for (let r = 0; r < args.rounds; r++) {
+      bulkResult.sqlite.push(await bulk("sqlite", args.bulkRows));
+      bulkResult.postgres.push(await bulk("postgres", args.bulkRows));
+    }
+    await admin.end();
+    return { inserts: args.inserts, workloads, bulk: bulkResult };
+  },
+});
