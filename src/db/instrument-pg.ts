@@ -10,7 +10,7 @@ import { type Instrumentation, relationalPrototypeOf } from "./instrument.js";
  * feed hears of the app's own writes the moment they commit — its pool's
  * `query()` (every statement Drizzle runs outside a transaction, and the
  * app's raw ones) and `db.transaction()`. The pool's connections are made
- * quiet (`SET turbocast.quiet = 'on'`, on each connection the first time it is acquired): their
+ * quiet (`-c turbocast.quiet=on` among the startup options of the connections it opens from then on): their
  * writes send no NOTIFY, which would serialize their commits (see
  * changes/postgres/triggers.ts). Writes on a client the app checks out of
  * the pool itself are found by the safety poll. It relies on two Drizzle
@@ -32,16 +32,14 @@ export interface PgInstrumentOptions {
   onWrite(): void;
 }
 
-/** The quiet setting, run on each connection of the app's pool before its first use by the app. */
-export const QUIET = "SET turbocast.quiet = 'on'";
+/** The startup option that makes a connection quiet. */
+export const QUIET_OPTION = "-c turbocast.quiet=on";
 
 /** Statements that read only (or only end a transaction that did not commit): no drain after them. */
 const NOT_A_WRITE = /^\s*(?:select|show|set|reset|begin|start|savepoint|release|rollback|listen|unlisten|explain)\b/i;
 
 interface QueryableLike {
   query: (...args: unknown[]) => unknown;
-  on?: (event: string, listener: (client: { query: (text: string) => Promise<unknown> }) => void) => unknown;
-  off?: (event: string, listener: (client: { query: (text: string) => Promise<unknown> }) => void) => unknown;
 }
 
 interface SelectedField {
@@ -122,6 +120,15 @@ function queryText(first: unknown): string {
   return typeof (first as { text?: unknown } | null)?.text === "string" ? (first as { text: string }).text : "";
 }
 
+/** Whether a node-postgres client is a Pool (pg-pool), whose options make each new connection. */
+function isPool(client: QueryableLike): boolean {
+  return (
+    typeof (client as { connect?: unknown }).connect === "function" &&
+    "totalCount" in client &&
+    typeof (client as { options?: unknown }).options === "object"
+  );
+}
+
 /**
  * Wraps the pool's (or client's) `query()` so that a statement that may
  * have written calls onWrite once it completed, and makes new pool
@@ -138,23 +145,16 @@ function hookClient(client: QueryableLike | undefined, onWrite: () => void): () 
     }
     return result;
   };
-  const quieted = new WeakSet<object>();
-  const quiet = (connection: { query: (text: string) => Promise<unknown> }): void => {
-    if (quieted.has(connection)) return;
-    quieted.add(connection);
-    // "acquire" is emitted before the requester gets the connection: this runs before its first query
-    connection.query(QUIET).catch(() => {});
-  };
-  const isPool =
-    typeof client.on === "function" &&
-    typeof (client as { connect?: unknown }).connect === "function" &&
-    "totalCount" in client;
-  if (isPool) client.on!("acquire", quiet);
-  else void (query.call(client, QUIET) as Promise<unknown> | undefined)?.catch?.(() => {});
+  // A pool's new connections start quiet (a startup option: no query of ours on the app's
+  // connections). One it opened before keeps notifying until the pool replaces it — correct,
+  // only slower; a lone Client commits one transaction at a time anyway.
+  const pool = isPool(client) ? (client as unknown as { options: { options?: string } }).options : undefined;
+  const startup = pool?.options;
+  if (pool) pool.options = `${startup ?? ""} ${QUIET_OPTION}`.trim();
   return () => {
     if (ownQuery) client.query = query;
     else delete (client as Partial<QueryableLike>).query;
-    if (isPool) client.off?.("acquire", quiet);
+    if (pool) pool.options = startup;
   };
 }
 

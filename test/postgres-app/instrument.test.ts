@@ -113,9 +113,17 @@ describe("the app's own writes on PostgreSQL", () => {
     expect(writes).toBe(4);
   });
 
-  it("run on quiet connections: their commits send no NOTIFY", async () => {
-    const { rows } = await pool.query("SELECT current_setting('turbocast.quiet', true) AS quiet");
-    expect(rows[0].quiet).toBe("on");
+  it("run on quiet connections: the pool's new connections send no NOTIFY, and restore() ends it", async () => {
+    const quietPool = schema.pool();
+    const quietDb = drizzle(quietPool);
+    const { restore: undo } = instrumentPgDatabase(quietDb, { classFor: () => undefined, onWrite: () => {} });
+    const quiet = async (p: pg.Pool) =>
+      (await p.query("SELECT current_setting('turbocast.quiet', true) AS quiet")).rows[0].quiet as string | null;
+    expect(await quiet(quietPool)).toBe("on");
+    undo();
+    const loud = schema.pool();
+    expect(await quiet(loud)).toBeNull();
+    expect(quietPool.options.options).toBe(`-c search_path=${schema.name}`);
   });
 });
 
