@@ -45,7 +45,9 @@ import { signatureSubquery } from "./triggers.js";
  * Claims are exclusive across processes and machines: a claim is one
  * transaction that locks the cursor row (`SELECT … FOR UPDATE`), and one
  * feed holds the cursor at a time, with a lease (`owner`, `lease_until`), as
- * on SQLite.
+ * on SQLite. Leases are kept in the server's clock (ms since the epoch), not
+ * the machines': a machine whose clock runs ahead must not take a live claim
+ * over.
  */
 export function logNames(schema: string): { changes: string; cursor: string } {
   const s = quoteIdent(schema);
@@ -94,7 +96,11 @@ export interface PgChangeRecord {
   requestId: string | null;
 }
 
+/** The server's clock in ms since the epoch (leases are measured in it). */
+const SERVER_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint::text";
+
 interface CursorRow {
+  serverNow: string;
   lo: string;
   hi: string | null;
   done: string;
@@ -160,16 +166,18 @@ export class PgChangeLog {
     return this.#signature;
   }
 
-  async poll(owner: string, now: number, relations: readonly string[] = []): Promise<PgPoll> {
+  /** `now` is unused: leases are measured in the server's clock. */
+  async poll(owner: string, _now: number, relations: readonly string[] = []): Promise<PgPoll> {
     const { rows } = await this.#pool.query<{
       pending: boolean;
       owner: string | null;
       leaseUntil: string | null;
       doneMax: string;
       signature: string | null;
+      serverNow: string;
     }>(this.#sql.poll, [relations]);
     const row = rows[0]!;
-    const held = this.#heldBy({ owner: row.owner, leaseUntil: row.leaseUntil }, owner, now);
+    const held = this.#heldBy({ owner: row.owner, leaseUntil: row.leaseUntil }, owner, Number(row.serverNow));
     return { claimable: row.pending && held !== "live", doneSeq: Number(row.doneMax), signature: row.signature ?? "" };
   }
 
@@ -188,11 +196,12 @@ export class PgChangeLog {
    * changes up to `doneUpTo` done (0: none), then takes the cursor for the
    * next `limit` changes and returns them in dispatch order. Empty when
    * there is nothing to dispatch or another live feed holds the cursor.
+   * The lease runs `leaseMs` from the server's clock (`_now` is unused).
    */
   async completeAndClaim(
     owner: string,
     doneUpTo: number,
-    now: number,
+    _now: number,
     leaseMs: number,
     limit: number,
     relations: readonly string[] = [],
@@ -216,6 +225,7 @@ export class PgChangeLog {
         }
       }
       this.#doneSeq = doneMax;
+      const now = Number(cursor.serverNow);
       const held = this.#heldBy(cursor, owner, now);
       if (held === "live") {
         await client.query("COMMIT");
@@ -268,9 +278,9 @@ export class PgChangeLog {
     return rowCount === 1;
   }
 
-  /** Extends this feed's hold on the cursor. */
+  /** Extends this feed's hold on the cursor to `until` (this machine's clock), counted from the server's. */
   async renew(owner: string, until: number): Promise<void> {
-    await this.#pool.query(this.#sql.renew, [owner, until]);
+    await this.#pool.query(this.#sql.renew, [owner, Math.max(0, until - Date.now())]);
   }
 
   /**
@@ -288,6 +298,7 @@ function statements(schema: string) {
   return {
     poll: `
       SELECT c.owner, c.lease_until::text AS "leaseUntil", c.done_max::text AS "doneMax", ${signatureSubquery("$1")} AS signature,
+        ${SERVER_MS} AS "serverNow",
         EXISTS (
           SELECT 1 FROM ${T} l
           WHERE l.xid >= pg_snapshot_xmin(c.done_snapshot)
@@ -297,7 +308,7 @@ function statements(schema: string) {
         ) AS pending
       FROM ${C} c WHERE c.id = 1`,
     lock: `
-      SELECT done_snapshot::text AS lo, window_snapshot::text AS hi, window_done::text AS done,
+      SELECT ${SERVER_MS} AS "serverNow", done_snapshot::text AS lo, window_snapshot::text AS hi, window_done::text AS done,
              done_max::text AS "doneMax", owner, lease_until::text AS "leaseUntil", ${signatureSubquery("$1")} AS signature
       FROM ${C} WHERE id = 1 FOR UPDATE`,
     // in seq order from the window's first change: the primary key serves it, stopping after $4 rows
@@ -327,7 +338,7 @@ function statements(schema: string) {
       UPDATE ${C} SET window_done = greatest(window_done, $2), done_max = greatest(done_max, $2),
         owner = NULL, claimed_seq = NULL, lease_until = NULL
       WHERE id = 1 AND owner = $1`,
-    renew: `UPDATE ${C} SET lease_until = $2 WHERE id = 1 AND owner = $1`,
+    renew: `UPDATE ${C} SET lease_until = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2 WHERE id = 1 AND owner = $1`,
     prune: `
       DELETE FROM ${T} l USING ${C} c
       WHERE c.id = 1 AND pg_visible_in_snapshot(l.xid, c.done_snapshot)
