@@ -1,7 +1,7 @@
 import type pg from "pg";
 import type { ChangeOp, TakeOver } from "../capture.js";
 import { ownerMayBeAlive } from "../owner.js";
-import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "../sql.js";
+import { CURSOR_TABLE, LOG_TABLE, quoteIdent, quoteLiteral } from "../sql.js";
 import { signatureSubquery } from "./triggers.js";
 
 /**
@@ -209,8 +209,12 @@ export class PgChangeLog {
     const client = await this.#pool.connect();
     let failure: Error | undefined;
     try {
-      await client.query("BEGIN");
-      const cursor = (await client.query<CursorRow>(this.#sql.lock, [relations])).rows[0]!;
+      // one round trip: begin, lock the cursor, and read the window's next changes as far as this
+      // feed completed them (discarded below when another live feed holds the cursor)
+      const [, locked, fetched] = (await client.query(
+        this.#sql.lockAndFetch(owner, doneUpTo, limit, relations),
+      )) as unknown as [unknown, pg.QueryResult<CursorRow>, pg.QueryResult<ChangeRow>];
+      const cursor = locked.rows[0]!;
       let done = Number(cursor.done);
       let doneMax = Number(cursor.doneMax);
       this.#signature = cursor.signature ?? "";
@@ -233,24 +237,22 @@ export class PgChangeLog {
       }
       let lo = cursor.lo;
       let hi = cursor.hi;
-      let rows: ChangeRow[] =
-        hi === null ? [] : (await client.query<ChangeRow>(this.#sql.fetch, [lo, hi, done, limit])).rows;
+      // read after the same `done` as computed above (doneUpTo counts only when the cursor is this feed's)
+      let rows = fetched.rows;
       if (rows.length === 0) {
         // the window is exhausted (or there is none): what it held is done, and the next one opens now
         lo = hi ?? lo;
         const next = (await client.query<{ hi: string; first: string | null }>(this.#sql.open, [lo])).rows[0]!;
         hi = next.hi;
         if (next.first === null) {
-          await client.query(this.#sql.idle, [hi, doneMax]);
-          await client.query("COMMIT");
+          await client.query(this.#sql.idleAndCommit(hi, doneMax));
           return [];
         }
         done = Number(next.first) - 1;
         rows = (await client.query<ChangeRow>(this.#sql.fetch, [lo, hi, done, limit])).rows;
       }
       const last = rows.length > 0 ? Number(rows[rows.length - 1]!.seq) : done;
-      await client.query(this.#sql.take, [lo, hi, done, doneMax, owner, last, now + leaseMs]);
-      await client.query("COMMIT");
+      await client.query(this.#sql.takeAndCommit(lo, hi!, done, doneMax, owner, last, now + leaseMs));
       if (held !== "free" && rows.length > 0) {
         this.#tookOver = { from: cursor.owner!, why: held, after: done };
       }
@@ -293,6 +295,17 @@ export class PgChangeLog {
   }
 }
 
+/** An integer inlined into SQL (claims run as one simple-protocol round trip, which takes no parameters). */
+function int(value: number): string {
+  if (!Number.isSafeInteger(value)) throw new TypeError(`not an integer: ${value}`);
+  return String(value);
+}
+
+/** A text[] literal. */
+function textArray(values: readonly string[]): string {
+  return values.length === 0 ? "'{}'::text[]" : `ARRAY[${values.map(quoteLiteral).join(", ")}]::text[]`;
+}
+
 function statements(schema: string) {
   const { changes: T, cursor: C } = logNames(schema);
   return {
@@ -307,10 +320,22 @@ function statements(schema: string) {
             AND NOT (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)
         ) AS pending
       FROM ${C} c WHERE c.id = 1`,
-    lock: `
+    /** BEGIN; the cursor, locked; the window's next changes after what `owner` completed (`doneUpTo`). One round trip. */
+    lockAndFetch: (owner: string, doneUpTo: number, limit: number, relations: readonly string[]) => `
+      BEGIN;
       SELECT ${SERVER_MS} AS "serverNow", done_snapshot::text AS lo, window_snapshot::text AS hi, window_done::text AS done,
-             done_max::text AS "doneMax", owner, lease_until::text AS "leaseUntil", ${signatureSubquery("$1")} AS signature
-      FROM ${C} WHERE id = 1 FOR UPDATE`,
+             done_max::text AS "doneMax", owner, lease_until::text AS "leaseUntil",
+             ${signatureSubquery(textArray(relations))} AS signature
+      FROM ${C} WHERE id = 1 FOR UPDATE;
+      SELECT l.seq::text AS seq, l.tbl, l.op, l.row_data::text AS row, l.old_data::text AS previous, l.request_id
+      FROM ${T} l
+      -- scalar subqueries, evaluated once: the bound on seq is an index condition, the scan stops after the limit
+      WHERE l.seq > (
+          SELECT greatest(window_done, CASE WHEN owner = ${quoteLiteral(owner)} THEN ${int(doneUpTo)} ELSE 0 END)
+          FROM ${C} WHERE id = 1 AND window_snapshot IS NOT NULL)
+        AND pg_visible_in_snapshot(l.xid, (SELECT window_snapshot FROM ${C} WHERE id = 1))
+        AND NOT pg_visible_in_snapshot(l.xid, (SELECT done_snapshot FROM ${C} WHERE id = 1))
+      ORDER BY l.seq LIMIT ${int(limit)}`,
     // in seq order from the window's first change: the primary key serves it, stopping after $4 rows
     fetch: `
       SELECT l.seq::text AS seq, l.tbl, l.op, l.row_data::text AS row, l.old_data::text AS previous, l.request_id
@@ -326,14 +351,25 @@ function statements(schema: string) {
           AND pg_visible_in_snapshot(xid, s.hi) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)
       )::text AS first
       FROM s`,
-    idle: `
-      UPDATE ${C} SET done_snapshot = $1::pg_snapshot, window_snapshot = NULL, window_done = 0, done_max = $2,
-        owner = NULL, claimed_seq = NULL, lease_until = NULL
-      WHERE id = 1`,
-    take: `
-      UPDATE ${C} SET done_snapshot = $1::pg_snapshot, window_snapshot = $2::pg_snapshot, window_done = $3, done_max = $4,
-        owner = $5, claimed_seq = $6, lease_until = $7
-      WHERE id = 1`,
+    idleAndCommit: (hi: string, doneMax: number) => `
+      UPDATE ${C} SET done_snapshot = ${quoteLiteral(hi)}::pg_snapshot, window_snapshot = NULL, window_done = 0,
+        done_max = ${int(doneMax)}, owner = NULL, claimed_seq = NULL, lease_until = NULL
+      WHERE id = 1;
+      COMMIT`,
+    takeAndCommit: (
+      lo: string,
+      hi: string,
+      done: number,
+      doneMax: number,
+      owner: string,
+      last: number,
+      leaseUntil: number,
+    ) => `
+      UPDATE ${C} SET done_snapshot = ${quoteLiteral(lo)}::pg_snapshot, window_snapshot = ${quoteLiteral(hi)}::pg_snapshot,
+        window_done = ${int(done)}, done_max = ${int(doneMax)}, owner = ${quoteLiteral(owner)}, claimed_seq = ${int(last)},
+        lease_until = ${int(leaseUntil)}
+      WHERE id = 1;
+      COMMIT`,
     complete: `
       UPDATE ${C} SET window_done = greatest(window_done, $2), done_max = greatest(done_max, $2),
         owner = NULL, claimed_seq = NULL, lease_until = NULL
