@@ -5,9 +5,12 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import nunjucks from "nunjucks";
 import pg from "pg";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { pgTable, text } from "drizzle-orm/pg-core";
 import {
   CaptureInstallError,
+  ConfigError,
   DatabaseUnreachableError,
+  ModelStream,
   TemplateRenderError,
   type Turbo,
   type TurboOptions,
@@ -413,6 +416,30 @@ describe("failures", () => {
     const app = await openApp();
     await app.db.insert(items).values({ body: "fine" });
     await waitFor(() => recorder.calls.length === 1);
+  });
+
+  it("refuses a pgTable without a primary key, and a db that is neither SQLite nor PostgreSQL, with the usual typed errors", async () => {
+    const keyless = pgTable("plain_keyless", { body: text("body") });
+    class KeylessStream extends ModelStream<typeof keyless> {
+      static override model = keyless;
+    }
+    const pool = schema.pool();
+    const views = new nunjucks.Environment(null, { autoescape: true });
+    const noKey = await createTurbo({
+      db: drizzle(pool),
+      views,
+      streams: [KeylessStream],
+      logger: memoryLogger(),
+    }).catch((e: unknown) => e);
+    expect((noKey as { code?: string }).code).toBe("TURBOCAST_TABLE_WITHOUT_PRIMARY_KEY");
+    const neither = await createTurbo({
+      db: { select() {} } as never,
+      views,
+      streams: pgCaptureStreams,
+      logger: memoryLogger(),
+    }).catch((e: unknown) => e);
+    expect(neither).toBeInstanceOf(ConfigError);
+    expect((neither as Error).message).toMatch(/better-sqlite3.*node-postgres/);
   });
 
   it("refuses a bound view with CaptureInstallError, installing nothing", async () => {
