@@ -1,8 +1,14 @@
-import { Column, getTableColumns, is } from "drizzle-orm";
 import type { PgTable } from "drizzle-orm/pg-core";
 import { ConfigError } from "../errors.js";
 import { type AnyModelStreamClass, attachStream } from "../streams/registry.js";
-import { type Instrumentation, relationalPrototypeOf } from "./instrument.js";
+import {
+  type Instrumentation,
+  type RelationalSelectionItem,
+  type SelectedField,
+  attachRelational,
+  relationalPrototypeOf,
+  wholeRowTable,
+} from "./instrument.js";
 
 /**
  * createTurbo's instrumentation of a Drizzle node-postgres database: rows of
@@ -40,11 +46,6 @@ const NOT_A_WRITE = /^\s*(?:select|show|set|reset|begin|start|savepoint|release|
 
 interface QueryableLike {
   query: (...args: unknown[]) => unknown;
-}
-
-interface SelectedField {
-  path: string[];
-  field: unknown;
 }
 
 interface PreparedLike {
@@ -165,7 +166,7 @@ function installSessionHook(proto: SessionLike): void {
   proto.prepareQuery = function (this: SessionLike, ...args: unknown[]): PreparedLike {
     const prepared = prepareQuery.apply(this, args);
     const options = instrumented.get(this.dialect);
-    const table = options ? wholeRowTable(args[1] as SelectedField[] | undefined) : undefined;
+    const table = options ? (wholeRowTable(args[1] as SelectedField[] | undefined) as PgTable | undefined) : undefined;
     const cls = table ? options!.classFor(table) : undefined;
     if (!cls) return prepared;
     const execute = prepared.execute;
@@ -176,26 +177,6 @@ function installSessionHook(proto: SessionLike): void {
     };
     return prepared;
   };
-}
-
-/** The table whose every column, and nothing else, a builder select or returning() yields; else undefined (partial selects, joins, SQL expressions). */
-function wholeRowTable(fields: SelectedField[] | undefined): PgTable | undefined {
-  if (!fields || fields.length === 0) return undefined;
-  let table: PgTable | undefined;
-  for (const { path, field } of fields) {
-    if (path.length !== 1 || !is(field, Column)) return undefined;
-    const owner = (field as Column).table as PgTable;
-    if (table === undefined) table = owner;
-    else if (owner !== table) return undefined;
-    if ((getTableColumns(table) as Record<string, Column>)[path[0]!] !== field) return undefined;
-  }
-  return table && Object.keys(getTableColumns(table)).length === fields.length ? table : undefined;
-}
-
-interface RelationalSelectionItem {
-  tsKey: string;
-  relationTableTsKey?: string;
-  selection: RelationalSelectionItem[];
 }
 
 interface RelationalQueryLike {
@@ -238,7 +219,7 @@ function installRelationalHook(target: object): void {
               if (mapper) {
                 args[4] = (rows: unknown[], map?: unknown) => {
                   const result = mapper(rows, map);
-                  attachRelational(result, rootTable, selection, fullSchema, options);
+                  attachRelational(result, rootTable, selection, fullSchema, options.classFor);
                   return result;
                 };
               }
@@ -250,26 +231,4 @@ function installRelationalHook(target: object): void {
     }) as RelationalQueryLike;
     return original.call(view, name);
   };
-}
-
-function attachRelational(
-  value: unknown,
-  table: PgTable,
-  items: RelationalSelectionItem[],
-  fullSchema: Record<string, unknown>,
-  options: PgInstrumentOptions,
-): void {
-  if (!value || typeof value !== "object") return;
-  if (Array.isArray(value)) {
-    for (const item of value) attachRelational(item, table, items, fullSchema, options);
-    return;
-  }
-  const row = value as Record<string, unknown>;
-  const cls = options.classFor(table);
-  if (cls && Object.keys(getTableColumns(table)).every((k) => k in row)) attachStream(row, cls);
-  for (const item of items) {
-    if (!item.relationTableTsKey) continue;
-    const related = fullSchema[item.relationTableTsKey] as PgTable | undefined;
-    if (related) attachRelational(row[item.tsKey], related, item.selection ?? [], fullSchema, options);
-  }
 }

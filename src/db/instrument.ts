@@ -25,7 +25,7 @@ export interface Instrumentation {
   restore(): void;
 }
 
-interface SelectedField {
+export interface SelectedField {
   path: string[];
   field: unknown;
 }
@@ -98,10 +98,40 @@ export function cachingPrepare(client: ClientLike, size = STATEMENT_CACHE_SIZE):
   };
 }
 
-interface RelationalSelectionItem {
+/** One field of a relational query's selection, as Drizzle describes it (`_toSQL().query.selection`). */
+export interface RelationalSelectionItem {
   tsKey: string;
   relationTableTsKey?: string;
   selection: RelationalSelectionItem[];
+}
+
+/**
+ * Gives `.stream` to the rows a relational query returned (`value`: a row,
+ * an array of rows, or nothing) whose table is bound, and to the related
+ * rows loaded with `with`, following the query's selection through the
+ * schema. Rows missing some of their table's columns (a partial `columns`)
+ * get none. Shared by both dialects' instrumentation.
+ */
+export function attachRelational<T extends object>(
+  value: unknown,
+  table: T,
+  items: readonly RelationalSelectionItem[],
+  fullSchema: Record<string, unknown>,
+  classFor: (table: T) => AnyModelStreamClass | undefined,
+): void {
+  if (!value || typeof value !== "object") return;
+  if (Array.isArray(value)) {
+    for (const item of value) attachRelational(item, table, items, fullSchema, classFor);
+    return;
+  }
+  const row = value as Record<string, unknown>;
+  const cls = classFor(table);
+  if (cls && Object.keys(getTableColumns(table as never)).every((k) => k in row)) attachStream(row, cls);
+  for (const item of items) {
+    if (!item.relationTableTsKey) continue;
+    const related = fullSchema[item.relationTableTsKey] as T | undefined;
+    if (related) attachRelational(row[item.tsKey], related, item.selection ?? [], fullSchema, classFor);
+  }
 }
 
 export interface InstrumentOptions {
@@ -215,8 +245,12 @@ export function instrumentDatabase(
   };
 }
 
-/** The table whose every column, and nothing else, a builder select or returning() yields; else undefined (partial selects, joins, SQL expressions). */
-function wholeRowTable(fields: SelectedField[] | undefined): SQLiteTable | undefined {
+/**
+ * The table whose every column, and nothing else, a builder select or
+ * returning() yields; else undefined (partial selects, joins, SQL
+ * expressions). Shared by both dialects' instrumentation.
+ */
+export function wholeRowTable(fields: SelectedField[] | undefined): SQLiteTable | undefined {
   if (!fields || fields.length === 0) return undefined;
   let table: SQLiteTable | undefined;
   for (const { path, field } of fields) {
@@ -267,22 +301,7 @@ function installRelationalHook(target: object): void {
     const selection = (this._toSQL?.().query as { selection?: RelationalSelectionItem[] } | undefined)?.selection ?? [];
     prepared.customResultMapper = (rows, mapColumnValue) => {
       const result = mapper(rows, mapColumnValue);
-      const attach = (value: unknown, table: SQLiteTable, items: RelationalSelectionItem[]): void => {
-        if (!value || typeof value !== "object") return;
-        if (Array.isArray(value)) {
-          for (const item of value) attach(item, table, items);
-          return;
-        }
-        const row = value as Record<string, unknown>;
-        const cls = options.classFor(table);
-        if (cls && Object.keys(getTableColumns(table)).every((k) => k in row)) attachStream(row, cls);
-        for (const item of items) {
-          if (!item.relationTableTsKey) continue;
-          const related = fullSchema[item.relationTableTsKey] as SQLiteTable | undefined;
-          if (related) attach(row[item.tsKey], related, item.selection ?? []);
-        }
-      };
-      attach(result, rootTable, selection);
+      attachRelational(result, rootTable, selection, fullSchema, options.classFor);
       return result;
     };
     return prepared;
