@@ -107,6 +107,17 @@ export function checks(results: Results): Check[] {
       measured: "not measured",
       met: null,
     });
+  if (results.postgresCapture) {
+    const ratios = results.postgresCapture.workloads.map((w) => ({
+      name: w.workload,
+      r: median(w.without) / median(w.with),
+    }));
+    out.push({
+      goal: "change capture on a PostgreSQL app costs writes at most 1.3×",
+      measured: ratios.map((x) => `${x.name} ${times(x.r)}`).join(", "),
+      met: ratios.every((x) => x.r <= 1.3),
+    });
+  }
   if (results.endToEnd) {
     const e2e = quantile(
       results.endToEnd.samples.map((s) => s.last),
