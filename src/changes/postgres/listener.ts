@@ -78,7 +78,13 @@ export class PgChangeListener {
   }
 
   async #connect(): Promise<void> {
-    const client = new pg.Client({ ...this.#config, keepAlive: true });
+    // timeouts: on a cut link (no RST) a connect or heartbeat would otherwise wait forever
+    const client = new pg.Client({
+      connectionTimeoutMillis: this.#heartbeatMs,
+      ...this.#config,
+      query_timeout: this.#heartbeatMs,
+      keepAlive: true,
+    });
     // before connect: a refused connection emits "error" too, and an unheard one crashes the process
     client.on("error", (error) => this.#lost(client, error));
     client.on("end", () => this.#lost(client, undefined));
