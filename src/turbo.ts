@@ -295,6 +295,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       ? instrumentPgDatabase(db, {
           classFor: (table) => registry.forTable(table),
           onWrite: () => outsideRequest(() => feed.notify()),
+          requestId: currentRequestId,
         })
       : instrumentDatabase(db as BetterSQLite3Database, {
           classFor: (table) => registry.forTable(table),

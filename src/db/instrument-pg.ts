@@ -1,4 +1,7 @@
+import { sql } from "drizzle-orm";
 import type { PgTable } from "drizzle-orm/pg-core";
+import type pg from "pg";
+import { quoteLiteral } from "../changes/sql.js";
 import { ConfigError } from "../errors.js";
 import { type AnyModelStreamClass, attachStream } from "../streams/registry.js";
 import {
@@ -36,10 +39,19 @@ export interface PgInstrumentOptions {
   classFor(table: PgTable): AnyModelStreamClass | undefined;
   /** Called after a statement that may have written committed (or a transaction ended). */
   onWrite(): void;
+  /**
+   * The X-Turbo-Request-Id of the code running now, if any: a write made
+   * inside a request records it in its changes (`turbocast.request_id`), so
+   * the hooks run inside that request's id, as on SQLite.
+   */
+  requestId?: () => string | undefined;
 }
 
 /** The startup option that makes a connection quiet. */
 export const QUIET_OPTION = "-c turbocast.quiet=on";
+
+/** Statements that write rows (the ones whose changes a request id is recorded with). */
+const WRITES_ROWS = /^\s*(?:insert|update|delete|merge|with)\b/i;
 
 /** Statements that read only (or only end a transaction that did not commit): no drain after them. */
 const NOT_A_WRITE = /^\s*(?:select|show|set|reset|begin|start|savepoint|release|rollback|listen|unlisten|explain)\b/i;
@@ -92,13 +104,22 @@ export function instrumentPgDatabase(db: unknown, options: PgInstrumentOptions):
   const relational = relationalPrototypeOf(db);
   if (relational) installRelationalHook(relational);
   instrumented.set(session.dialect, options);
-  const unhookClient = hookClient((db as { $client?: QueryableLike }).$client, options.onWrite);
+  const unhookClient = hookClient((db as { $client?: QueryableLike }).$client, options);
   const ownTransaction = Object.hasOwn(session, "transaction");
   const transaction = (session as unknown as { transaction: (...args: unknown[]) => Promise<unknown> }).transaction;
   (session as unknown as { transaction: (...args: unknown[]) => Promise<unknown> }).transaction = function (
     this: unknown,
     ...args: unknown[]
   ) {
+    const requestId = options.requestId?.();
+    if (requestId !== undefined && typeof args[0] === "function") {
+      const body = args[0] as (tx: { execute(query: unknown): Promise<unknown> }) => Promise<unknown>;
+      // transaction-local: the capture triggers copy it into every change this transaction writes
+      args[0] = async (tx: { execute(query: unknown): Promise<unknown> }) => {
+        await tx.execute(sql`SELECT pg_catalog.set_config('turbocast.request_id', ${requestId}, true)`);
+        return body(tx);
+      };
+    }
     // committed or rolled back: either way the feed may look (a rollback leaves nothing to find)
     return transaction.apply(this, args).finally(() => options.onWrite());
   };
@@ -121,6 +142,30 @@ function queryText(first: unknown): string {
   return typeof (first as { text?: unknown } | null)?.text === "string" ? (first as { text: string }).text : "";
 }
 
+/**
+ * Runs one statement of the pool in a transaction that first sets
+ * `turbocast.request_id` (one round trip more, each way: BEGIN with the
+ * setting, COMMIT), so the changes it writes carry the request's id.
+ */
+async function queryInRequest(pool: pg.Pool, requestId: string, args: unknown[]): Promise<unknown> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    await client.query(`BEGIN; SELECT pg_catalog.set_config('turbocast.request_id', ${quoteLiteral(requestId)}, true)`);
+    const result = await (client.query as (...a: unknown[]) => Promise<unknown>)(...args);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch((rollback: Error) => {
+      broken = rollback;
+    });
+    throw error;
+  } finally {
+    // a connection whose ROLLBACK failed is not given back to the pool
+    client.release(broken);
+  }
+}
+
 /** Whether a node-postgres client is a Pool (pg-pool), whose options make each new connection. */
 function isPool(client: QueryableLike): boolean {
   return (
@@ -135,12 +180,20 @@ function isPool(client: QueryableLike): boolean {
  * have written calls onWrite once it completed, and makes new pool
  * connections quiet. Returns the undo.
  */
-function hookClient(client: QueryableLike | undefined, onWrite: () => void): () => void {
+function hookClient(client: QueryableLike | undefined, options: PgInstrumentOptions): () => void {
   if (!client || typeof client.query !== "function") return () => {};
+  const { onWrite } = options;
   const ownQuery = Object.hasOwn(client, "query");
   const query = client.query;
+  const pooled = isPool(client);
   client.query = function (this: unknown, ...args: unknown[]): unknown {
-    const result = query.apply(this, args);
+    // a pool's write inside a request: in a transaction of its own that records the request's id
+    const requestId =
+      pooled && typeof args[args.length - 1] !== "function" && WRITES_ROWS.test(queryText(args[0]))
+        ? options.requestId?.()
+        : undefined;
+    const result =
+      requestId === undefined ? query.apply(this, args) : queryInRequest(client as unknown as pg.Pool, requestId, args);
     if (typeof (result as Promise<unknown> | undefined)?.then === "function" && !NOT_A_WRITE.test(queryText(args[0]))) {
       (result as Promise<unknown>).then(onWrite, onWrite);
     }
@@ -149,7 +202,7 @@ function hookClient(client: QueryableLike | undefined, onWrite: () => void): () 
   // A pool's new connections start quiet (a startup option: no query of ours on the app's
   // connections). One it opened before keeps notifying until the pool replaces it — correct,
   // only slower; a lone Client commits one transaction at a time anyway.
-  const pool = isPool(client) ? (client as unknown as { options: { options?: string } }).options : undefined;
+  const pool = pooled ? (client as unknown as { options: { options?: string } }).options : undefined;
   const startup = pool?.options;
   if (pool) pool.options = `${startup ?? ""} ${QUIET_OPTION}`.trim();
   return () => {

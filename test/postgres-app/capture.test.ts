@@ -16,6 +16,7 @@ import {
   type TurboOptions,
   createTurbo,
 } from "../../src/index.js";
+import { currentRequestId, runInRequest } from "../../src/delivery/request-context.js";
 import { type HookCall, recorder } from "../fixtures/capture/streams.js";
 import { DDL, items, kinds, plain, schema as tables } from "../fixtures/capture-pg/schema.js";
 import { PgItemStream, pgCaptureStreams } from "../fixtures/capture-pg/streams.js";
@@ -308,6 +309,31 @@ describe("every write to a bound PostgreSQL table reaches its hooks once, after 
     await db.insert(items).values({ body: "marker" });
     await waitFor(() => recorder.calls.length === 1);
     expect((await logRows()).map((r) => r.tbl)).toEqual(["items"]);
+  });
+
+  it("runs the hooks of a write made inside a request inside that request's id, as on SQLite", async () => {
+    const app = await openApp();
+    const seen: Array<string | undefined> = [];
+    recorder.behaviour = () => void seen.push(currentRequestId());
+    // awaited inside the scope, as a route handler awaits: a Drizzle builder runs when awaited
+    await runInRequest({ requestId: "req-1" }, async () => {
+      await app.db.insert(items).values({ body: "in a request" });
+    });
+    await runInRequest({ requestId: "req-2" }, () =>
+      app.db.transaction(async (tx) => {
+        await tx.insert(items).values({ body: "in a request's transaction" });
+      }),
+    );
+    await expect(
+      runInRequest({ requestId: "req-3" }, async () => {
+        await app.db.insert(items).values({ id: 1, body: "duplicate key" });
+      }),
+    ).rejects.toThrow();
+    await app.db.insert(items).values({ body: "outside" });
+    psql("INSERT INTO items (body) VALUES ('psql')");
+    await waitFor(() => recorder.calls.length === 4);
+    expect(bodies()).toEqual(["in a request", "in a request's transaction", "outside", "psql"]);
+    expect(seen).toEqual(["req-1", "req-2", undefined, undefined]);
   });
 
   it("dispatches changes committed while no app ran when the app starts", async () => {
