@@ -242,9 +242,10 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const notices = new LogThrottle(logger, { intervalMs: Number.POSITIVE_INFINITY });
   /** Broker gaps come with outages: each kind at most once a minute, the rest counted. */
   const gaps = new LogThrottle(logger);
-  const capture: CaptureAdapter = postgres
+  const pgCapture = postgres
     ? new PgCapture({ client: (db as { $client?: unknown }).$client, logger, schema: options.capture?.schema })
-    : new SqliteCapture(sqliteClient(db as BetterSQLite3Database), requests);
+    : undefined;
+  const capture: CaptureAdapter = pgCapture ?? new SqliteCapture(sqliteClient(db as BetterSQLite3Database), requests);
   const feed = new ChangeFeed({
     capture,
     registry,
@@ -295,7 +296,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       ? instrumentPgDatabase(db, {
           classFor: (table) => registry.forTable(table),
           onWrite: () => outsideRequest(() => feed.notify()),
-          requestId: currentRequestId,
+          // the scope's token (its request id, page, actor, suppression), as the SQLite notes record it
+          requestId: () => {
+            const token = requests.current();
+            return token === undefined ? undefined : pgCapture!.noteFor(token);
+          },
         })
       : instrumentDatabase(db as BetterSQLite3Database, {
           classFor: (table) => registry.forTable(table),

@@ -107,6 +107,14 @@ describe("every write to a bound PostgreSQL table reaches its hooks once, after 
         stream,
         entityStream: stream,
         thisEntity: true,
+        // version: the change's seq, the same in every process (as on SQLite)
+        context: {
+          created: true,
+          previous: undefined,
+          changed: ["id", "body", "version"],
+          version: 1,
+          actor: undefined,
+        },
       },
       {
         table: "items",
@@ -116,6 +124,13 @@ describe("every write to a bound PostgreSQL table reaches its hooks once, after 
         stream,
         entityStream: stream,
         thisEntity: true,
+        context: {
+          created: false,
+          previous: { id: 1, body: "first", version: 0 },
+          changed: ["body", "version"],
+          version: 2,
+          actor: undefined,
+        },
       },
       {
         table: "items",
@@ -125,6 +140,7 @@ describe("every write to a bound PostgreSQL table reaches its hooks once, after 
         stream,
         entityStream: stream,
         thisEntity: true,
+        context: { version: 3, actor: undefined },
       },
     ]);
     expect(JSON.stringify(recorder.calls[0]!.entity)).toBe(`{"id":1,"body":"first","version":0}`);

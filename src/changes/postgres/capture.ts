@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { DatabaseUnreachableError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
@@ -51,6 +52,8 @@ export class PgCapture implements CaptureAdapter {
   /** Column types per table name; the inner maps are updated in place, so decoders made earlier see new columns. */
   readonly #types = new Map<string, Map<string, PgColumnType>>();
   #requestIds: Map<number, string> | null = null;
+  /** Marks the scope tokens this instance writes into the log: tokens are process-local, so only its own mean anything here. */
+  readonly #tokenPrefix = `${randomBytes(6).toString("base64url")}:`;
 
   constructor(init: PgCaptureInit) {
     this.#config = connectionConfig(init.client);
@@ -150,7 +153,12 @@ export class PgCapture implements CaptureAdapter {
     const log = this.#log!;
     const changes = await log.completeAndClaim(owner, doneUpTo, now, leaseMs, limit, this.#relations);
     let ids: Map<number, string> | null = null;
-    for (const change of changes) if (change.requestId !== null) (ids ??= new Map()).set(change.seq, change.requestId);
+    const prefix = this.#tokenPrefix;
+    for (const change of changes) {
+      // another process's scope (or another writer's setting) is nothing this process can run a hook in
+      if (change.requestId?.startsWith(prefix))
+        (ids ??= new Map()).set(change.seq, change.requestId.slice(prefix.length));
+    }
     this.#requestIds = ids;
     return {
       changes,
@@ -173,7 +181,16 @@ export class PgCapture implements CaptureAdapter {
     return this.#log!.prune(retain);
   }
 
-  /** The request ids the writers of the last claimed batch set (`turbocast.request_id`), by seq. */
+  /**
+   * What this instance's writes record as `turbocast.request_id` for the
+   * scope token `token` (a request, or suppressingBroadcasts — see
+   * RequestNotes): the token, marked as this instance's.
+   */
+  noteFor(token: string): string {
+    return this.#tokenPrefix + token;
+  }
+
+  /** The scope tokens this instance's writes recorded in the last claimed batch (`turbocast.request_id`), by seq. */
   requestIds(first: number, last: number): Map<number, string> | null {
     const ids = this.#requestIds;
     if (!ids) return null;
