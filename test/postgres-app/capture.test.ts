@@ -352,6 +352,20 @@ describe("every write to a bound PostgreSQL table reaches its hooks once, after 
     expect(seen).toEqual(["req-1", "req-2", undefined, undefined]);
   });
 
+  it("dispatches no change the app wrote inside turbo.suppressingBroadcasts", async () => {
+    const app = await openApp();
+    await app.turbo.suppressingBroadcasts(async () => {
+      await app.db.insert(items).values({ body: "quiet" });
+      await app.db.transaction(async (tx) => {
+        await tx.insert(items).values({ body: "quiet in a transaction" });
+      });
+    });
+    await app.db.insert(items).values({ body: "heard" });
+    await waitFor(() => bodies().includes("heard"));
+    await app.turbo.feed.drain();
+    expect(bodies()).toEqual(["heard"]);
+  });
+
   it("dispatches changes committed while no app ran when the app starts", async () => {
     psql("INSERT INTO items (body) VALUES ('before')");
     // no triggers yet: the first start installs them; a write after a close() is kept for the next start
