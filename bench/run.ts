@@ -14,7 +14,7 @@ import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { log } from "./lib/log.js";
 import { renderReport } from "./lib/report.js";
-import type { Results } from "./lib/results.js";
+import type { PostgresCapture, Results, WriteCost } from "./lib/results.js";
 import { fanoutSvg } from "./lib/svg.js";
 import { Target, type TargetSpec } from "./lib/target.js";
 import { runFanout } from "./sections/fanout.js";
@@ -22,7 +22,6 @@ import { runThroughput } from "./sections/throughput.js";
 import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
 import { runBulkUpdate } from "./sections/bulk-update.js";
 import { Child } from "./lib/ipc.js";
-import type { PostgresCapture, WriteCost } from "./lib/results.js";
 
 const quick = process.argv.includes("--quick");
 const only = process.argv
