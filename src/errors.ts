@@ -140,6 +140,13 @@ export class ClosedError extends TurbocastError {
   }
 }
 
+/** `turbo.disconnect` / `turbo.reauthorize` was given no selector, or a user without a key. */
+export class InvalidSelectorError extends TurbocastError {
+  constructor(message: string) {
+    super("TURBOCAST_INVALID_SELECTOR", message);
+  }
+}
+
 /** `turbo_stream_from` / `turbo.streamSource` was given nothing to subscribe to, or something that is not a streamable. */
 export class InvalidStreamableError extends TurbocastError {
   constructor(message: string) {

@@ -5,7 +5,9 @@ import { and, eq } from "drizzle-orm";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { NodePgDatabase } from "drizzle-orm/node-postgres";
 import type nunjucks from "nunjucks";
-import type { Broker, HistoryOptions, Published } from "./brokers/broker.js";
+import { randomBytes } from "node:crypto";
+import type { Broker, ControlMessage, HistoryOptions, Published } from "./brokers/broker.js";
+import type { ConnectionSelector } from "./delivery/connection-registry.js";
 import { memoryBroker } from "./brokers/memory.js";
 import type { CaptureAdapter } from "./changes/capture.js";
 import { ChangeFeed } from "./changes/feed.js";
@@ -35,7 +37,7 @@ import {
   type StreamSourceOptions,
   type Streamable,
 } from "./delivery/stream-source.js";
-import { ConfigError } from "./errors.js";
+import { ClosedError, ConfigError, InvalidSelectorError } from "./errors.js";
 import { LogThrottle } from "./log-throttle.js";
 import { type Logger, consoleLogger } from "./logger.js";
 import { Publisher } from "./publish/publisher.js";
@@ -156,8 +158,45 @@ export interface Turbo {
    * await turbo.suppressingBroadcasts(() => db.update(messages).set({ body: "" }).run());
    */
   suppressingBroadcasts<T>(fn: () => T): T;
+  /**
+   * Closes, in every process, the open subscriptions of `user` and/or that
+   * hold `stream` (both given: those of that user holding that stream). Each
+   * gets one `refresh` frame first, then SSE ends its response and WebSocket
+   * closes with CloseCode.ACCESS_ENDED (4403); the page reloads into what the
+   * server now shows it, and any new subscription goes through every check.
+   * `user` is a user as `authenticate` returns it (its `userKey`) or the key
+   * itself; `stream` a row, a Stream, a ModelStream class (its table-wide
+   * stream, as in `turbo_stream_from`), a stream name, or an array of these.
+   * Applied in this process at once; a frame published after the promise
+   * resolved reaches none of them in any process (the message travels the
+   * frames' ordered path through the broker). A broker outage is logged and
+   * the disconnect still applies here. Resolves with how many subscriptions
+   * this process closed; nothing matching is a no-op.
+   *
+   * @example
+   * await db.delete(memberships).where(and(eq(memberships.roomId, room.id), eq(memberships.userId, bob.id)));
+   * await turbo.disconnect({ user: bob, stream: room });
+   */
+  disconnect(options: AccessSelector): Promise<number>;
+  /**
+   * Re-runs `userPassesTest`, in every process, for the open subscriptions of
+   * `user` and/or holding `stream` (all of them without either) and closes
+   * those that fail, as `disconnect` does. A check that throws keeps its
+   * subscription (logged). Resolves, once this process's checks are done,
+   * with how many of its subscriptions were closed; other processes check
+   * theirs when the message reaches them.
+   */
+  reauthorize(options?: AccessSelector): Promise<number>;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
   close(): Promise<void>;
+}
+
+/** Which subscriptions `turbo.disconnect` / `turbo.reauthorize` are about. */
+export interface AccessSelector {
+  /** A user as `authenticate` returns it (its `userKey` is taken), or a user key (string or number). */
+  user?: unknown;
+  /** A row, a Stream, a ModelStream class (its table-wide stream), a stream name, or an array of these. */
+  stream?: Streamable;
 }
 
 /**
@@ -262,6 +301,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         : undefined,
     requests,
     backpressure: () => publisher.backlog(PUBLISH_BACKLOG),
+    afterDelete: (stream) => closeDeleted(stream.name),
   });
   const renderer = new StreamSourceRenderer({
     registry,
@@ -271,7 +311,72 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     maxStreams: delivery.maxStreamsPerSubscription,
     latestPosition: () => latestPosition,
   });
-  const endpoint = new DeliveryEndpoint({ hub, broker, registry, signer, renderer, options: delivery, logger });
+  const endpoint = new DeliveryEndpoint({
+    hub,
+    broker,
+    registry,
+    signer,
+    renderer,
+    options: delivery,
+    logger,
+    position: () => latestPosition,
+  });
+  /** Names this instance in control messages: it acted on its own subscriptions before sending one. */
+  const instanceId = randomBytes(9).toString("base64url");
+  const accessLog = new LogThrottle(logger);
+  const onControl = (message: ControlMessage): void => {
+    if (message.origin === instanceId || closing !== undefined) return;
+    const selector = { userKey: message.userKey, streams: message.streams };
+    if (message.type === "disconnect") endpoint.access.disconnect(selector);
+    else void endpoint.access.reauthorize(selector);
+  };
+  /** Tells the other processes; a broker outage is logged (at most once a minute), never thrown: this process acted already. */
+  const sendControl = async (message: ControlMessage): Promise<void> => {
+    try {
+      await broker.control(message);
+      accessLog.recovered("control failed", "disconnects reach the other processes again");
+    } catch (error) {
+      accessLog.log(
+        "control failed",
+        "warn",
+        `turbo.${message.type}() could not reach the other processes through the ${broker.kind} broker; applied in this process only (their periodic re-check still runs)`,
+        { error },
+      );
+    }
+  };
+  /**
+   * A deleted row's subscriptions are closed in every process, this one
+   * included, when the message arrives through the broker: after the frames
+   * the delete's hook published, which went that way first. A broker that is
+   * down leaves this process to do it alone.
+   */
+  const closeDeleted = (name: string): void => {
+    if (closing !== undefined) return;
+    broker.control({ type: "disconnect", origin: "", streams: [name] }).catch((error: unknown) => {
+      endpoint.access.disconnect({ streams: [name] });
+      accessLog.log(
+        "control failed",
+        "warn",
+        `the subscriptions of deleted ${name} could not be closed in the other processes through the ${broker.kind} broker; closed in this process only`,
+        { error },
+      );
+    });
+  };
+  const selectorOf = (options: AccessSelector | undefined, method: string): ConnectionSelector => {
+    if (options !== undefined && (options === null || typeof options !== "object"))
+      throw new InvalidSelectorError(`turbo.${method}() takes { user?, stream? }`);
+    const { user, stream } = options ?? {};
+    let userKey: string | undefined;
+    if (user !== undefined) {
+      userKey = typeof user === "string" || typeof user === "number" ? String(user) : delivery.userKey(user);
+      if (userKey === undefined)
+        throw new InvalidSelectorError(
+          `turbo.${method}(): the user has no key (userKey(user) gave none); pass the user authenticate returns, or its key`,
+        );
+    }
+    const streams = stream === undefined ? undefined : renderer.namesOf([stream]);
+    return { userKey, streams };
+  };
   const streamFrom = turboStreamFromGlobal(
     views,
     (streamables, opts) => renderer.render(undefined, null, streamables, opts),
@@ -314,6 +419,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         hub.deliver(frame);
       },
       {
+        control: onControl,
         gap: (reason) => {
           // one outage can report several gaps (subscription lost, publishes refused): count them
           gaps.log("gap", "warn", `frames may have been missed (${reason}); subscribers get a refresh`);
@@ -363,6 +469,24 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     signStreamName: (name) => signer.sign(name),
     suppressingBroadcasts: (fn) =>
       runInRequest({ ...(currentScope() ?? { requestId: undefined }), suppressed: true }, fn),
+    async disconnect(options) {
+      const selector = selectorOf(options, "disconnect");
+      if (selector.userKey === undefined && selector.streams === undefined)
+        throw new InvalidSelectorError("turbo.disconnect() needs a user, a stream or both");
+      if (closing !== undefined) throw new ClosedError("turbocast instance");
+      const closed = endpoint.access.disconnect(selector);
+      await sendControl({ type: "disconnect", origin: instanceId, ...selector });
+      return closed;
+    },
+    async reauthorize(options) {
+      const selector = selectorOf(options, "reauthorize");
+      if (closing !== undefined) throw new ClosedError("turbocast instance");
+      const [closed] = await Promise.all([
+        endpoint.access.reauthorize(selector),
+        sendControl({ type: "reauthorize", origin: instanceId, ...selector }),
+      ]);
+      return closed;
+    },
     close() {
       closing ??= (async () => {
         // first: the change being dispatched may still publish to live subscribers

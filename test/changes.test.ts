@@ -333,6 +333,7 @@ describe("every write to a bound table reaches its hooks once, after commit", ()
         down ? Promise.reject(new BrokerError("broker unreachable")) : inner.publish(stream, frame),
       history: (streams, after) => inner.history(streams, after),
       head: () => inner.head(),
+      control: (message) => inner.control(message),
       close: () => inner.close(),
     };
     app = await openApp(path.join(tmp.dir, "app.db"), { broker });
@@ -905,6 +906,7 @@ describe("a createTurbo that throws leaves nothing running", () => {
       publish: (s, f) => inner.publish(s, f),
       history: (s, a) => inner.history(s, a),
       head: () => inner.head(),
+      control: (m) => inner.control(m),
       close: () => inner.close(),
     };
     const timers = trackTimers();

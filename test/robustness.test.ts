@@ -3,7 +3,7 @@ import { drizzle } from "drizzle-orm/better-sqlite3";
 import nunjucks from "nunjucks";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import type { Broker, BrokerEvents, Published } from "../src/brokers/broker.js";
+import type { Broker, BrokerEvents, ControlMessage, Published } from "../src/brokers/broker.js";
 import { MemoryBroker } from "../src/brokers/memory.js";
 import { runInRequest } from "../src/delivery/request-context.js";
 import { BrokerError, ClosedError, type Turbo, createTurbo } from "../src/index.js";
@@ -30,6 +30,9 @@ class FlakyBroker implements Broker {
   }
   head() {
     return this.inner.head();
+  }
+  control(message: ControlMessage) {
+    return this.down ? Promise.reject(new BrokerError("broker unreachable")) : this.inner.control(message);
   }
   close() {
     return this.inner.close();

@@ -28,6 +28,32 @@ export interface BrokerEvents {
   gap(reason: string): void;
   /** A logged-once notice about the broker's connection. */
   log(level: "info" | "warn" | "error", message: string, error?: unknown): void;
+  /** A control message sent with `control()` by any process, this one included, in order with the frames. */
+  control?(message: ControlMessage): void;
+}
+
+/**
+ * What one process tells every process's live subscriptions (DESIGN.md,
+ * "Live authorization"): close, or check again, those of a user and/or
+ * holding one of some streams. Carried as JSON.
+ */
+export interface ControlMessage {
+  readonly type: "disconnect" | "reauthorize";
+  /** The turbocast instance that sent it (it acted on its own subscriptions already). */
+  readonly origin: string;
+  readonly userKey?: string | undefined;
+  readonly streams?: readonly string[] | undefined;
+}
+
+/** A control message as received from another process, or null when it is not one. */
+export function parseControl(value: unknown): ControlMessage | null {
+  if (value === null || typeof value !== "object") return null;
+  const { type, origin, userKey, streams } = value as Record<string, unknown>;
+  if (type !== "disconnect" && type !== "reauthorize") return null;
+  if (typeof origin !== "string") return null;
+  if (userKey !== undefined && typeof userKey !== "string") return null;
+  if (streams !== undefined && !(Array.isArray(streams) && streams.every((s) => typeof s === "string"))) return null;
+  return { type, origin, userKey, streams: streams as string[] | undefined };
 }
 
 export interface Broker {
@@ -45,6 +71,13 @@ export interface Broker {
   history(streams: readonly string[], after: string): Promise<Published[] | null>;
   /** The position of the newest frame (or the epoch's start): what a page rendered now has seen. */
   head(): Promise<string>;
+  /**
+   * Sends a control message to every process's `events.control`, this one
+   * included, on the path frames take and in order with them: a frame
+   * published after `control()` resolved reaches no process before the
+   * message does. Rejects (BrokerUnavailableError) when the broker is down.
+   */
+  control(message: ControlMessage): Promise<void>;
   /** Stop delivering and release connections. Safe to call twice. */
   close(): Promise<void>;
 }

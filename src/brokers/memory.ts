@@ -3,6 +3,7 @@ import { ClosedError } from "../errors.js";
 import {
   type Broker,
   type BrokerEvents,
+  type ControlMessage,
   type HistoryOptions,
   type Published,
   formatPosition,
@@ -27,6 +28,7 @@ export class MemoryBroker implements Broker {
   #seq = 0;
   #state: "new" | "open" | "closed" = "new";
   #deliver: ((frame: Published) => void) | null = null;
+  #events: BrokerEvents | null = null;
   #streams = new Map<string, StreamHistory>();
   #history: Required<HistoryOptions>;
   #idleMs: number;
@@ -39,9 +41,10 @@ export class MemoryBroker implements Broker {
     this.#idleMs = Math.max(options.idleMs ?? DEFAULT_IDLE_MS, this.#history.ageMs);
   }
 
-  async start(deliver: (frame: Published) => void, _events: BrokerEvents): Promise<void> {
+  async start(deliver: (frame: Published) => void, events: BrokerEvents): Promise<void> {
     if (this.#state === "closed") throw new ClosedError("memory broker");
     this.#deliver = deliver;
+    this.#events = events;
     this.#state = "open";
     this.#sweep ??= setInterval(() => this.#evictAll(Date.now()), Math.max(10, Math.min(this.#history.ageMs, 30_000)));
     this.#sweep.unref();
@@ -92,9 +95,16 @@ export class MemoryBroker implements Broker {
     return formatPosition(this.epoch, this.#seq);
   }
 
+  async control(message: ControlMessage): Promise<void> {
+    if (this.#state === "closed") throw new ClosedError("memory broker");
+    // frames are delivered synchronously by publish(): whatever came before is out already
+    this.#events?.control?.(message);
+  }
+
   async close(): Promise<void> {
     this.#state = "closed";
     this.#deliver = null;
+    this.#events = null;
     if (this.#sweep) clearInterval(this.#sweep);
     this.#sweep = null;
     this.#streams.clear();

@@ -45,6 +45,8 @@ export interface HookDispatcherInit {
   decoderFor: (info: TableInfo) => RowDecoder;
   /** Runs a hook inside the request its change was written in. */
   requests?: RequestScopeAccess;
+  /** Called with a deleted row's stream after its `onDelete` settled, failed or not: the row is gone either way. */
+  afterDelete?: ((stream: ModelStream) => void) | undefined;
 }
 
 /**
@@ -71,6 +73,7 @@ export class HookDispatcher {
   readonly #hookTimeoutMs: number;
   readonly #decoderFor: (info: TableInfo) => RowDecoder;
   readonly #requests: RequestScopeAccess | undefined;
+  readonly #afterDelete: ((stream: ModelStream) => void) | undefined;
   readonly #throttle: LogThrottle;
   /** Throttle kinds of the failures being counted, by `table.step`: the step's next success reports them. */
   readonly #failing = new Map<string, Set<string>>();
@@ -83,6 +86,7 @@ export class HookDispatcher {
     this.#hookTimeoutMs = init.hookTimeoutMs;
     this.#decoderFor = init.decoderFor;
     this.#requests = init.requests;
+    this.#afterDelete = init.afterDelete;
     this.#throttle = new LogThrottle(init.logger);
   }
 
@@ -119,11 +123,24 @@ export class HookDispatcher {
     if (typeof (actor as PromiseLike<unknown> | undefined)?.then === "function") {
       return (actor as Promise<unknown>).then((user) => {
         decoded.actor = user ?? undefined;
-        return this.run(decoded, change);
+        return this.#runAndClose(decoded, change);
       });
     }
     decoded.actor = actor ?? undefined;
-    return this.run(decoded, change);
+    return this.#runAndClose(decoded, change);
+  }
+
+  /** Runs the hook; a delete's subscriptions are closed after it, so the frames it published go out first. */
+  #runAndClose(decoded: DecodedChange, change: ChangeRecord): Promise<void> | undefined {
+    const pending = this.run(decoded, change);
+    if (decoded.op !== "delete" || this.#afterDelete === undefined) return pending;
+    if (pending === undefined) return void this.#deleted(decoded);
+    return pending.then(() => this.#deleted(decoded));
+  }
+
+  #deleted(decoded: DecodedChange): void {
+    const stream = (decoded.entity as { stream?: unknown }).stream;
+    if (stream !== undefined) this.#afterDelete?.(stream as ModelStream);
   }
 
   /**

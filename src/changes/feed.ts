@@ -4,6 +4,7 @@ import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import { type CaptureAdapter, type CapturePoll, type CaptureSync, type MaybePromise, isPromise } from "./capture.js";
 import { Claims } from "./claims.js";
+import type { ModelStream } from "../streams/model-stream.js";
 import { HookDispatcher } from "./dispatch.js";
 import { type CaptureOptions, type ResolvedCaptureOptions, resolveCaptureOptions } from "./options.js";
 import { newOwner } from "./owner.js";
@@ -55,6 +56,8 @@ export interface ChangeFeedInit {
    * for the broker once too many are in flight.
    */
   backpressure?: () => Promise<void> | undefined;
+  /** Called with a deleted row's stream once its `onDelete` settled (live authorization closes its subscriptions). */
+  afterDelete?: (stream: ModelStream) => void;
 }
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -146,6 +149,7 @@ export class ChangeFeed {
       hookTimeoutMs: this.#options.hookTimeoutMs,
       decoderFor: (info) => init.capture.decoderFor(info),
       requests: init.requests,
+      afterDelete: init.afterDelete,
     });
   }
 

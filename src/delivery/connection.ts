@@ -1,3 +1,4 @@
+import type { Published } from "../brokers/broker.js";
 import type { Sink } from "./hub.js";
 import type { Transport } from "./options.js";
 
@@ -22,6 +23,14 @@ export interface Connection extends Sink {
   heartbeat(): void;
   /** Ends the connection cleanly (server shutting down). Safe to call twice. */
   close(): void;
+  /**
+   * Access ended (a disconnect, a failed re-check, a deleted row, an
+   * expired signature): sends this connection alone `refresh` (a refresh
+   * frame, so the page reloads into what the server now shows it), then
+   * ends it for good — SSE ends the response, WebSocket closes with
+   * CloseCode.ACCESS_ENDED. Nothing is sent after it. Safe to call twice.
+   */
+  revoke(refresh: Published): void;
   /** Ends it at once, without a goodbye. */
   terminate(): void;
 }

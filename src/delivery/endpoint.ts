@@ -13,7 +13,8 @@ import type { ResolvedDeliveryOptions } from "./options.js";
 import { pageMiddleware, serveClientScript } from "./page-middleware.js";
 import { SseEndpoint } from "./sse-endpoint.js";
 import type { ParsedSubscription, StreamSigner, StreamSourceRenderer } from "./stream-source.js";
-import { type SubscriptionSteps, authorize } from "./subscription.js";
+import { type Authorized, type SubscriptionSteps, authorize } from "./subscription.js";
+import { LiveAuthorization, recheckSlots } from "./live-authorization.js";
 import { WebSocketUpgrade } from "./websocket-upgrade.js";
 
 /** How long close() waits for clients to answer the WebSocket close handshake before cutting them off. */
@@ -27,6 +28,8 @@ export interface DeliveryInit {
   renderer: StreamSourceRenderer;
   options: ResolvedDeliveryOptions;
   logger: Logger;
+  /** The newest position this process has seen (the id of the refresh frame a revoked subscription gets). */
+  position: () => string | null;
 }
 
 /**
@@ -40,7 +43,8 @@ export interface DeliveryInit {
 export class DeliveryEndpoint {
   #init: DeliveryInit;
   #state: "open" | "closing" | "closed" = "open";
-  #connections = new ConnectionRegistry();
+  #connections: ConnectionRegistry;
+  #access: LiveAuthorization;
   /** Lines that a client or an outage can trigger: each kind at most once a minute, repeats counted. */
   #log: LogThrottle;
   #sse: SseEndpoint;
@@ -52,12 +56,33 @@ export class DeliveryEndpoint {
   constructor(init: DeliveryInit) {
     this.#init = init;
     this.#log = new LogThrottle(init.logger);
+    this.#connections = new ConnectionRegistry({ slots: recheckSlots(init.options.reauthorizeMs) });
+    this.#access = new LiveAuthorization({
+      connections: this.#connections,
+      registry: init.registry,
+      log: this.#log,
+      reauthorizeMs: init.options.reauthorizeMs,
+      expiring: init.options.signatureTtlMs !== undefined,
+      position: init.position,
+    });
+    this.#access.start();
     const steps: SubscriptionSteps = {
       options: init.options,
       connections: this.#connections,
       log: this.#log,
       accepting: () => this.#state === "open",
       authorize: (req, parsed, checkOrigin) => this.#authorize(req, parsed, checkOrigin),
+      admit: (connection, authorized) =>
+        this.#access.admit(
+          connection,
+          {
+            streams: authorized.names,
+            user: authorized.user,
+            userKey: authorized.userKey,
+            expiresAt: authorized.expiresAt,
+          },
+          authorized.mark,
+        ),
       refused: (error) => this.#noteRefusal(error),
       subscribe: (connection, names, cursor, refresh, page) =>
         this.#subscribe(connection, names, cursor, refresh, page),
@@ -81,9 +106,14 @@ export class DeliveryEndpoint {
     return this.#connections.size;
   }
 
-  /** The live connections, by stream (for closing those of a user or a stream). */
+  /** The live connections, by stream and by user. */
   get connections(): ConnectionRegistry {
     return this.#connections;
+  }
+
+  /** Disconnects and re-checks this process's subscriptions (turbo.ts carries them to the other processes). */
+  get access(): LiveAuthorization {
+    return this.#access;
   }
 
   /**
@@ -121,17 +151,20 @@ export class DeliveryEndpoint {
   async #close(): Promise<void> {
     this.#state = "closing";
     clearInterval(this.#heartbeat);
+    this.#access.stop();
     this.#websocket.detach();
     await this.#connections.closeAll(CLOSE_GRACE_MS);
     await this.#websocket.close();
     this.#state = "closed";
   }
 
-  #authorize(req: Request, parsed: ParsedSubscription, checkOrigin?: () => boolean): Promise<string[]> {
+  #authorize(req: Request, parsed: ParsedSubscription, checkOrigin?: () => boolean): Promise<Authorized> {
     return authorize(req, parsed, {
       signer: this.#init.signer,
       registry: this.#init.registry,
       authenticate: this.#init.options.authenticate,
+      userKey: this.#init.options.userKey,
+      mark: () => this.#access.mark(),
       log: this.#log,
       ...(checkOrigin ? { checkOrigin } : {}),
     });

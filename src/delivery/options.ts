@@ -47,10 +47,27 @@ export interface DeliveryOptions {
   maxStreamsPerSubscription?: number;
   /** Longest subscription URL (path and query) accepted; longer gets 414. Default 8,192. */
   maxUrlLength?: number;
+  /**
+   * The key a live subscription is found by in `turbo.disconnect({ user })`,
+   * from the user `authenticate` returned. Keys are compared as strings (they
+   * cross processes). Default: `user.id` when it is a string or number, else
+   * the user itself when it is one; otherwise the subscription has no key.
+   */
+  userKey?: (user: unknown) => string | number | null | undefined;
+  /**
+   * Every open subscription's `userPassesTest` is run again this often, each
+   * at its own moment within the interval; one that fails gets a refresh and
+   * is closed. `false` turns the periodic re-check off (`turbo.disconnect` and
+   * `turbo.reauthorize` still work). Default 60,000.
+   */
+  reauthorizeMs?: number | false;
 }
 
-export type ResolvedDeliveryOptions = Required<Omit<DeliveryOptions, "secret" | "secretFile" | "signatureTtlMs">> & {
+export type ResolvedDeliveryOptions = Required<
+  Omit<DeliveryOptions, "secret" | "secretFile" | "signatureTtlMs" | "userKey">
+> & {
   signatureTtlMs: number | undefined;
+  userKey: (user: unknown) => string | undefined;
 };
 
 export const DELIVERY_DEFAULTS = {
@@ -62,7 +79,14 @@ export const DELIVERY_DEFAULTS = {
   maxBufferedBytes: 1024 * 1024,
   maxStreamsPerSubscription: 20,
   maxUrlLength: 8_192,
+  reauthorizeMs: 60_000,
 } as const;
+
+/** userKey's default: `user.id`, else the user itself, when it is a string or a number. */
+export function defaultUserKey(user: unknown): string | number | undefined {
+  const id = user !== null && typeof user === "object" ? (user as { id?: unknown }).id : user;
+  return typeof id === "string" || typeof id === "number" ? id : undefined;
+}
 
 /** Applies the defaults and refuses what cannot work, naming the option. */
 export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDeliveryOptions {
@@ -109,9 +133,21 @@ export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDelive
   );
   if (!Number.isInteger(maxStreamsPerSubscription))
     throw new ConfigError("maxStreamsPerSubscription must be an integer");
+  const userKey = options.userKey ?? defaultUserKey;
+  if (typeof userKey !== "function") throw new ConfigError("userKey must be a function (user) => string | number");
+  const reauthorizeMs =
+    options.reauthorizeMs === false
+      ? false
+      : positive("reauthorizeMs", options.reauthorizeMs, DELIVERY_DEFAULTS.reauthorizeMs);
   return {
     path,
     transport,
+    userKey: (user) => {
+      if (user === null || user === undefined) return undefined;
+      const key = userKey(user);
+      return key === null || key === undefined ? undefined : String(key);
+    },
+    reauthorizeMs,
     authenticate,
     allowedOrigins,
     signatureTtlMs,

@@ -115,6 +115,13 @@ export class SseConnection implements Connection {
     this.#res.end();
   }
 
+  revoke(refresh: Published): void {
+    if (this.#life.state !== "open") return;
+    // sent even to a slow subscriber: it is the last frame, and end() follows at once
+    this.#write(sseBytes(refresh));
+    this.close();
+  }
+
   terminate(): void {
     this.#res.destroy();
   }

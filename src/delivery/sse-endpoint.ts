@@ -4,7 +4,7 @@ import { buildFrame } from "../frames/frame.js";
 import { answer } from "./answers.js";
 import { SSE_CONTENT_TYPE, SseConnection } from "./sse-connection.js";
 import { parseSubscriptionUrl } from "./stream-source.js";
-import { EXPIRED_STATUS, type SubscriptionSteps, sseCursor } from "./subscription.js";
+import { type Authorized, EXPIRED_STATUS, type SubscriptionSteps, sseCursor } from "./subscription.js";
 
 const REFRESH_FRAME = buildFrame({ action: "refresh" });
 
@@ -29,8 +29,9 @@ export class SseEndpoint {
   async serve(req: Request, res: Response): Promise<void> {
     const steps = this.#steps;
     if (!steps.accepting()) return this.#answer(res, 503);
+    if (req.method === "HEAD") return this.#probe(req, res);
     if (req.method !== "GET") {
-      res.set("Allow", "GET");
+      res.set("Allow", "GET, HEAD");
       return answer(res, 405);
     }
     if (req.headers.upgrade !== undefined) {
@@ -49,13 +50,13 @@ export class SseEndpoint {
     // Express's negotiator parses media ranges (type/subtype case-insensitively,
     // wildcards, parameters, q=0 as "not acceptable"); no Accept header accepts anything
     if (req.accepts(SSE_CONTENT_TYPE) === false) return answer(res, 406);
-    let names: string[];
+    let authorized: Authorized;
     let cursor: { cursor: string | null; refresh: boolean };
     let page: string | null;
     try {
       const parsed = parseSubscriptionUrl(req.originalUrl ?? req.url, steps.options);
       page = parsed.page;
-      names = await steps.authorize(req, parsed);
+      authorized = await steps.authorize(req, parsed);
       const lastEventId = req.headers["last-event-id"];
       cursor = sseCursor(typeof lastEventId === "string" ? lastEventId : undefined, parsed.after);
     } catch (error) {
@@ -72,9 +73,31 @@ export class SseEndpoint {
       maxBufferedBytes: steps.options.maxBufferedBytes,
       onClose: (c) => steps.connections.remove(c),
     });
-    steps.connections.add(connection, { streams: names });
     connection.start();
-    await steps.subscribe(connection, names, cursor.cursor, cursor.refresh, page);
+    if (!steps.admit(connection, authorized)) return;
+    await steps.subscribe(connection, authorized.names, cursor.cursor, cursor.refresh, page);
+  }
+
+  /**
+   * HEAD runs every check of a subscription and answers with the status
+   * alone, subscribing nothing: 200 when it would be served; 400, 403 (an
+   * expired signature included) or 414 when it is refused for good; 500 or
+   * 503 when it failed for now. A browser cannot read the status of a
+   * refused WebSocket handshake (it sees close 1006, like a network
+   * failure): the client script asks this before it reconnects.
+   */
+  async #probe(req: Request, res: Response): Promise<void> {
+    const steps = this.#steps;
+    if (!steps.accepting()) return answer(res, 503);
+    try {
+      const parsed = parseSubscriptionUrl(req.originalUrl ?? req.url, steps.options);
+      await steps.authorize(req, parsed);
+    } catch (error) {
+      if (!(error instanceof SubscriptionRefusedError)) throw error;
+      steps.refused(error);
+      return answer(res, error.status === EXPIRED_STATUS ? 403 : error.status);
+    }
+    res.status(200).set("Cache-Control", "no-store").end();
   }
 
   /**

@@ -69,6 +69,15 @@ export class StreamSigner {
    * is public, so checking it first leaks nothing.
    */
   verify(token: string): string {
+    return this.open(token).name;
+  }
+
+  /**
+   * `verify()`, also giving when the token expires (ms since the epoch;
+   * undefined: never): an open subscription is closed when its earliest
+   * signature expires.
+   */
+  open(token: string): { name: string; expiresAt: number | undefined } {
     if (typeof token !== "string" || token.length > MAX_TOKEN_LENGTH) throw new BadSignatureError("malformed token");
     const parts = token.split(".");
     if (parts.length !== 3) throw new BadSignatureError("malformed token");
@@ -88,7 +97,7 @@ export class StreamSigner {
     if (!timingSafeEqual(given, expected)) throw new BadSignatureError("signature mismatch");
     if (expiry !== "" && parseInt(expiry, 36) * 1000 <= this.#now())
       throw new BadSignatureError("signature expired", { expired: true });
-    return name;
+    return { name, expiresAt: expiry === "" ? undefined : parseInt(expiry, 36) * 1000 };
   }
 
   #mac(expiry: string, name: string): Buffer {
@@ -239,16 +248,7 @@ export class StreamSourceRenderer {
 
   /** The distinct stream names of `streamables`, in order. Throws on none, on too many, and on anything that is not a streamable. */
   streamNames(streamables: readonly Streamable[]): string[] {
-    const names: string[] = [];
-    const add = (value: unknown, index: number): void => {
-      if (Array.isArray(value)) {
-        for (const item of value) add(item, index);
-        return;
-      }
-      const name = this.#toStream(value, index).name;
-      if (!names.includes(name)) names.push(name);
-    };
-    streamables.forEach(add);
+    const names = this.namesOf(streamables);
     if (names.length === 0) {
       throw new InvalidStreamableError(
         "turbo_stream_from needs at least one streamable: a row, a Stream, a ModelStream class or a stream name",
@@ -259,6 +259,26 @@ export class StreamSourceRenderer {
         `turbo_stream_from names ${names.length} streams; at most ${this.#options.maxStreams} (maxStreamsPerSubscription) fit one subscription`,
       );
     }
+    return names;
+  }
+
+  /**
+   * The distinct stream names of `streamables`, in order, read as
+   * `turbo_stream_from` reads them (a ModelStream class is its table-wide
+   * stream), with no bound on their number. Throws InvalidStreamableError
+   * for anything that is not a streamable.
+   */
+  namesOf(streamables: readonly Streamable[]): string[] {
+    const names: string[] = [];
+    const add = (value: unknown, index: number): void => {
+      if (Array.isArray(value)) {
+        for (const item of value) add(item, index);
+        return;
+      }
+      const name = this.#toStream(value, index).name;
+      if (!names.includes(name)) names.push(name);
+    };
+    streamables.forEach(add);
     return names;
   }
 

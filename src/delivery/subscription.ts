@@ -32,7 +32,13 @@ export interface SubscriptionSteps {
   /** Whether new subscriptions are taken (false once close() began). */
   accepting(): boolean;
   /** `authorize()` with this instance's signer, registry and authenticate. */
-  authorize(req: Request, parsed: ParsedSubscription, checkOrigin?: () => boolean): Promise<string[]>;
+  authorize(req: Request, parsed: ParsedSubscription, checkOrigin?: () => boolean): Promise<Authorized>;
+  /**
+   * Registers an authorized connection (started, not yet subscribed) for the
+   * heartbeat, close() and live authorization; false when a disconnect
+   * naming it came in while it was being authorized (it was revoked).
+   */
+  admit(connection: Connection, authorized: Authorized): boolean;
   /** Says on the server why a subscription was refused (the client only ever sees the status). */
   refused(error: SubscriptionRefusedError): void;
   /** Replays from `cursor` into a registered connection, then goes live; a failed replay ends it so the client retries. */
@@ -46,10 +52,26 @@ export interface SubscriptionSteps {
   ): Promise<void>;
 }
 
+/** What a granted subscription is: what live authorization needs to check it again, or to find it. */
+export interface Authorized {
+  /** The distinct stream names. */
+  readonly names: string[];
+  readonly user: unknown;
+  /** userKey(user); undefined for no user. */
+  readonly userKey: string | undefined;
+  /** When the earliest signature expires; undefined: never. */
+  readonly expiresAt: number | undefined;
+  /** LiveAuthorization.mark() before the checks began. */
+  readonly mark: number;
+}
+
 export interface AuthorizeContext {
   signer: StreamSigner;
   registry: StreamRegistry;
   authenticate: (req: Request) => unknown;
+  userKey: (user: unknown) => string | undefined;
+  /** LiveAuthorization.mark(): taken before the checks, so a disconnect during them is not missed. */
+  mark: () => number;
   log: LogThrottle;
   /** WebSocket upgrades: whether the Origin may subscribe (checked after the signatures). */
   checkOrigin?: () => boolean;
@@ -64,17 +86,21 @@ export interface AuthorizeContext {
  * learns nothing about which stream exists or which check failed. A name
  * that verifies but that no class serves (a class removed since the page
  * was rendered) is refused with that same 403 rather than a 404.
- * Resolves with the distinct stream names.
+ * Resolves with the distinct stream names, the user and the earliest expiry.
  */
 export async function authorize(
   req: Request,
   parsed: ParsedSubscription,
   context: AuthorizeContext,
-): Promise<string[]> {
+): Promise<Authorized> {
+  const mark = context.mark();
   const names: string[] = [];
+  let expiresAt: number | undefined;
   for (const token of parsed.tokens) {
     try {
-      names.push(context.signer.verify(token));
+      const opened = context.signer.open(token);
+      names.push(opened.name);
+      if (opened.expiresAt !== undefined) expiresAt = Math.min(expiresAt ?? Infinity, opened.expiresAt);
     } catch (error) {
       // a genuine token past its expiry: the page is stale, not hostile (see EXPIRED_STATUS)
       if (error instanceof BadSignatureError && error.expired) throw refuse(EXPIRED_STATUS, "signature expired", error);
@@ -120,7 +146,7 @@ export async function authorize(
   );
   const failed = verdicts.indexOf(false);
   if (failed !== -1) throw refuse(403, `userPassesTest refused ${JSON.stringify(unique[failed])}`);
-  return unique;
+  return { names: unique, user: user ?? null, userKey: context.userKey(user), expiresAt, mark };
 }
 
 /**

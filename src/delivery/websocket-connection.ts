@@ -9,6 +9,12 @@ export const CloseCode = {
   GOING_AWAY: 1001,
   /** The client sent a message: subscriptions are receive-only. */
   POLICY_VIOLATION: 1008,
+  /**
+   * Access ended (turbo.disconnect, a failed re-check, a deleted row, an
+   * expired signature): the subscription got one refresh frame first. Final:
+   * the client script does not reconnect — the refreshed page subscribes anew.
+   */
+  ACCESS_ENDED: 4403,
 } as const;
 
 /** The part of ws's internals a pre-built frame goes through: the connection's Sender (as engine.io/Socket.IO do). */
@@ -102,6 +108,12 @@ export class WebSocketConnection implements Connection {
 
   close(): void {
     this.#closeWith(CloseCode.GOING_AWAY, "server shutting down");
+  }
+
+  revoke(refresh: Published): void {
+    if (this.#life.state !== "open") return;
+    this.send(refresh);
+    this.#closeWith(CloseCode.ACCESS_ENDED, "access ended");
   }
 
   terminate(): void {

@@ -6,7 +6,7 @@ import { WebSocketServer } from "ws";
 import { SubscriptionRefusedError } from "../errors.js";
 import { abortHandshake } from "./answers.js";
 import { parseSubscriptionUrl } from "./stream-source.js";
-import { EXPIRED_STATUS, type SubscriptionSteps } from "./subscription.js";
+import { type Authorized, EXPIRED_STATUS, type SubscriptionSteps } from "./subscription.js";
 import { WebSocketConnection } from "./websocket-connection.js";
 
 type Server = http.Server | https.Server;
@@ -106,14 +106,14 @@ export class WebSocketUpgrade {
     const app = this.#app ?? ((defaultApp ??= express()) as unknown as ExpressAppLike);
     Object.setPrototypeOf(req, app.request);
     const request = req as Request;
-    let names: string[];
+    let authorized: Authorized;
     let after: string | null;
     let page: string | null;
     try {
       const parsed = parseSubscriptionUrl(req.url ?? "", steps.options);
       after = parsed.after;
       page = parsed.page;
-      names = await steps.authorize(request, parsed, () => originAllowed(request, steps.options.allowedOrigins));
+      authorized = await steps.authorize(request, parsed, () => originAllowed(request, steps.options.allowedOrigins));
     } catch (error) {
       if (error instanceof SubscriptionRefusedError) {
         steps.refused(error);
@@ -132,8 +132,8 @@ export class WebSocketUpgrade {
         maxBufferedBytes: steps.options.maxBufferedBytes,
         onClose: (c) => steps.connections.remove(c),
       });
-      steps.connections.add(connection, { streams: names });
-      steps.subscribe(connection, names, after, false, page).catch((error: unknown) => {
+      if (!steps.admit(connection, authorized)) return;
+      steps.subscribe(connection, authorized.names, after, false, page).catch((error: unknown) => {
         steps.log.log("websocket failed", "error", "WebSocket subscription failed", { error });
       });
     });

@@ -184,12 +184,12 @@ describe("refused subscriptions", () => {
     expect(await statuses(`${query(tokens[0]!)}&pad=${"x".repeat(1024)}`)).toEqual({ sse: 414, ws: 414 });
   });
 
-  it("answers other methods with 405 and a non-SSE Accept with 406", async () => {
+  it("answers methods other than GET and HEAD with 405 and a non-SSE Accept with 406", async () => {
     app = await startApp();
     const url = `${app.url}${query(token(RoomStream.for(1).name))}`;
     const post = await fetch(url, { method: "POST" });
     expect(post.status).toBe(405);
-    expect(post.headers.get("allow")).toBe("GET");
+    expect(post.headers.get("allow")).toBe("GET, HEAD");
     expect((await fetch(url, { headers: { Accept: "text/html" } })).status).toBe(406);
   });
 
