@@ -33,6 +33,8 @@ async function openPage(withClientScript: boolean) {
   app.app.get("/turbo.js", (_req, res) => res.type("text/javascript").sendFile(TURBO));
   app.app.get("/live/:id", (req, res) => {
     const tag = app!.turbo.streamSource(res, [RoomStream.for(Number(req.params.id))], { transport: "websocket" });
+    // happy-dom caches a response without Cache-Control, which would keep a refresh from reaching the server
+    res.set("Cache-Control", "no-store");
     res.type("html").send(`<!doctype html><html><head>
 ${withClientScript ? '<script defer src="/turbo-streams/client.js"></script>' : ""}
 <script type="module" src="/turbo.js"></script>
@@ -66,6 +68,42 @@ describe("client script", () => {
     await RoomStream.for(1).broadcastRaw(append("live again"));
     await waitFor(() => texts().length === 22);
     expect(texts()).toEqual(["first", ...Array.from({ length: 20 }, (_, i) => `missed ${i}`), "live again"]);
+  });
+
+  // (happy-dom fetches the refreshed page but renders an empty body; the Chromium test of the demo follows a refresh through)
+  it("stops reconnecting when a reconnect is refused for good, and refreshes the page once", async () => {
+    await openPage(true);
+    await waitFor(() => app!.turbo.hub.size === 1);
+    const seen = { loads: 0, probes: 0, upgrades: 0 };
+    app!.server.on("request", (req: import("node:http").IncomingMessage) => {
+      if (req.url?.startsWith("/live/")) seen.loads++;
+      if (req.method === "HEAD") seen.probes++;
+    });
+    app!.server.on("upgrade", () => seen.upgrades++);
+    // the room turns private (only alice): this anonymous page may no longer subscribe
+    app!.sqlite.prepare("update rooms set private = 1 where id = 1").run();
+    for (const socket of app!.sockets) socket.destroy();
+    // the handshake is refused (close 1006 in a browser); the HEAD probe says 403: the page is refreshed
+    await waitFor(() => seen.loads === 1, { timeoutMs: 10_000, message: "the page was refreshed" });
+    expect(seen.probes).toBe(1);
+    const settled = { ...seen };
+    // long enough for several backoff retries (0.25 s, 0.5 s, 1 s…) had the script kept trying
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect(seen).toEqual(settled);
+  });
+
+  it("does not reconnect a socket closed with 4403 (access ended): the refresh frame it got reloads the page", async () => {
+    await openPage(true);
+    await waitFor(() => app!.turbo.hub.size === 1);
+    const seen = { loads: 0, upgrades: 0 };
+    app!.server.on("request", (req: import("node:http").IncomingMessage) => {
+      if (req.url?.startsWith("/live/")) seen.loads++;
+    });
+    app!.server.on("upgrade", () => seen.upgrades++);
+    expect(await app!.turbo.disconnect({ stream: RoomStream.for(1) })).toBe(1);
+    await waitFor(() => seen.loads === 1, { timeoutMs: 10_000, message: "the refresh frame reloaded the page" });
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect(seen).toEqual({ loads: 1, upgrades: 0 });
   });
 
   it("without the script the standard element still receives frames over WebSocket", async () => {

@@ -11,6 +11,15 @@
  * applied twice. SSE sources need none of this: EventSource reconnects and
  * resumes with Last-Event-ID by itself.
  *
+ * A refusal is final: a socket the server closed with 4403 (access ended;
+ * it sent a refresh frame first) is not reopened, and when a reconnect's
+ * handshake fails — which a browser reports as close 1006, like a network
+ * failure — the script asks the server with a HEAD of the subscription URL:
+ * a 4xx answer (403: signature, user or stream no longer allowed) stops
+ * reconnecting and refreshes the page once (at most once a minute per page,
+ * so a page that is refused again does not loop); no answer or a 5xx is
+ * transient and the backoff goes on.
+ *
  * Load it before Turbo, as a classic script:
  *   <script src="/turbo-streams/client.js"></script>
  *   <script type="module" src="/turbo.js"></script>
@@ -25,6 +34,39 @@
   var MAX_DELAY_MS = 30000;
   /* Close codes after which reconnecting cannot help (the server refused what this client did). */
   var FINAL_CODES = { 1003: true, 1008: true, 1009: true };
+
+  /* ---- final refusal (live authorization) ---- */
+  /* The server closed the subscription because access ended, after sending a refresh frame (CloseCode.ACCESS_ENDED). */
+  var ACCESS_ENDED = 4403;
+  var REFUSED_REFRESH_MS = 60000;
+
+  /* Resolves true when the server refuses `wsUrl` for good: a HEAD of it answers 4xx (408 and 429 are transient). */
+  function refusedForGood(wsUrl) {
+    var httpUrl = wsUrl.replace(/^ws/i, "http");
+    return fetch(httpUrl, { method: "HEAD", credentials: "same-origin", cache: "no-store" }).then(
+      (response) =>
+        response.status >= 400 && response.status < 500 && response.status !== 408 && response.status !== 429,
+      () => false,
+    );
+  }
+
+  /* Reloads the page into what the server now shows it, once: a page refused again within a minute stays as it is. */
+  function refreshOnce() {
+    var key = `turbocast:refused:${window.location.pathname}${window.location.search}`;
+    var now = Date.now();
+    var last = window.__turbocastRefused || 0;
+    try {
+      last = Math.max(last, Number(window.sessionStorage.getItem(key)) || 0);
+      window.sessionStorage.setItem(key, String(now));
+    } catch (_) {
+      /* no storage (privacy mode): the window's own memory still stops a Turbo Drive loop */
+    }
+    if (now - last < REFUSED_REFRESH_MS) return;
+    window.__turbocastRefused = now;
+    if (window.Turbo?.visit) window.Turbo.visit(window.location.href, { action: "replace" });
+    else window.location.reload();
+  }
+  /* ---- end of final refusal ---- */
 
   /**
    * What Turbo's StreamObserver sees instead of a WebSocket: an EventTarget
@@ -43,8 +85,10 @@
       timer = null;
       if (closed) return;
       if (position) url.searchParams.set("after", position);
+      var opened = false;
       socket = new WebSocket(url.toString());
       socket.onopen = () => {
+        opened = true;
         attempt = 0;
         target.dispatchEvent(new Event("open"));
       };
@@ -56,10 +100,21 @@
       };
       socket.onclose = (event) => {
         socket = null;
-        if (closed || FINAL_CODES[event.code]) return;
-        var delay = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** attempt++);
-        timer = setTimeout(connect, delay / 2 + Math.random() * (delay / 2));
+        if (closed || FINAL_CODES[event.code] || event.code === ACCESS_ENDED) return;
+        if (opened) return retry();
+        // the handshake failed, and the browser does not say why: ask the server
+        refusedForGood(url.toString()).then((final) => {
+          if (closed) return;
+          if (!final) return retry();
+          closed = true;
+          refreshOnce();
+        });
       };
+    }
+
+    function retry() {
+      var delay = Math.min(MAX_DELAY_MS, MIN_DELAY_MS * 2 ** attempt++);
+      timer = setTimeout(connect, delay / 2 + Math.random() * (delay / 2));
     }
 
     target.close = () => {
