@@ -38,6 +38,7 @@ class HeldBroker implements Broker {
   async head(): Promise<string> {
     return `held.${this.#seq}`;
   }
+  async control(): Promise<void> {}
   async close(): Promise<void> {
     this.acceptAll();
   }

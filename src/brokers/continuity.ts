@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
-import { type BrokerEvents, type Published, formatPosition } from "./broker.js";
+import { type BrokerEvents, type ControlMessage, type Published, formatPosition, parseControl } from "./broker.js";
 import { type TimerSet, notStartedError } from "./connection.js";
 
 /**
@@ -54,12 +54,18 @@ export interface RefreshRequest {
 export type ChannelMessage =
   | { kind: "frame"; epoch: string; seq: number; stream?: string; frame?: string; count?: number }
   | { kind: "frames"; epoch: string; seq: number; frames: Array<{ stream: string; frame: string }> }
-  | { kind: "refresh"; request: RefreshRequest };
+  | { kind: "refresh"; request: RefreshRequest }
+  | { kind: "control"; message: ControlMessage };
+
+/** A control message's payload on a broker's channel (decoded by decodeChannelMessage). */
+export function encodeControl(message: ControlMessage): string {
+  return JSON.stringify({ ctl: message });
+}
 
 /**
  * Decodes a channel payload — `{e,s,n?,f?,c?}` for a frame, `{e,s,b}` for a
- * batch (`b`: `[stream, frame]` pairs), `{g,o,at,…}` for a refresh request;
- * `null` for anything else.
+ * batch (`b`: `[stream, frame]` pairs), `{g,o,at,…}` for a refresh request,
+ * `{ctl}` for a control message; `null` for anything else.
  */
 export function decodeChannelMessage(text: string): ChannelMessage | null {
   let message: unknown;
@@ -70,6 +76,10 @@ export function decodeChannelMessage(text: string): ChannelMessage | null {
   }
   if (typeof message !== "object" || message === null) return null;
   const m = message as Record<string, unknown>;
+  if (m.ctl !== undefined) {
+    const control = parseControl(m.ctl);
+    return control === null ? null : { kind: "control", message: control };
+  }
   if (typeof m.g === "string" && typeof m.o === "string" && typeof m.at === "number") {
     return { kind: "refresh", request: m as unknown as RefreshRequest };
   }

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { type Published, formatPosition } from "./broker.js";
+import { type ControlMessage, type Published, formatPosition } from "./broker.js";
 import { errorMessage } from "./connection.js";
 
 /**
@@ -8,6 +8,9 @@ import { errorMessage } from "./connection.js";
  * last frame and (`c`) how many frames it holds.
  */
 export type FrameNotice = { e: string; s: number; n?: string; f?: string; c?: number };
+
+/** A control message's notice: handed over in its place among the frames. */
+export type ControlNotice = { control: ControlMessage };
 
 /** What the pump needs from its broker. */
 export interface PumpHost {
@@ -18,6 +21,7 @@ export interface PumpHost {
   seen(epoch: string, seq: number): void;
   pool(): pg.Pool | null;
   deliver(frame: Published): void;
+  control(message: ControlMessage): void;
   gap(reason: string): void;
   queryFailed(error: unknown): void;
 }
@@ -27,11 +31,12 @@ export interface PumpHost {
  * arrives in commit order, which is seq order; a notice without its frame
  * (too large to inline), or one that skips seqs, makes the pump read the
  * missing frames from the table first. Frames the table no longer has mean a gap.
+ * A control message waits its turn like a frame.
  */
 export class NoticePump {
   #host: PumpHost;
   #fetchRange: string;
-  #inbox: FrameNotice[] = [];
+  #inbox: Array<FrameNotice | ControlNotice> = [];
   #pumping = false;
   /**
    * seq of the newest frame delivered: notices are delivered one by one
@@ -44,7 +49,7 @@ export class NoticePump {
     this.#fetchRange = fetchRange;
   }
 
-  push(notice: FrameNotice): void {
+  push(notice: FrameNotice | ControlNotice): void {
     this.#inbox.push(notice);
     if (this.#host.isOpen()) void this.run();
   }
@@ -56,7 +61,7 @@ export class NoticePump {
    */
   resetTo(seq: number): void {
     this.delivered = seq;
-    this.#inbox = this.#inbox.filter((notice) => notice.s > seq);
+    this.#inbox = this.#inbox.filter((notice) => "control" in notice || notice.s > seq);
   }
 
   /** A new epoch does not continue the old one's seqs: it starts at its first notice. */
@@ -75,6 +80,10 @@ export class NoticePump {
     try {
       while (this.#inbox.length > 0 && host.isOpen()) {
         const notice = this.#inbox.shift()!;
+        if ("control" in notice) {
+          host.control(notice.control);
+          continue;
+        }
         if (notice.e !== host.epoch()) host.seen(notice.e, notice.s);
         if (this.delivered !== null && notice.s <= this.delivered) continue;
         const from = this.delivered ?? notice.s - (notice.c ?? 1);

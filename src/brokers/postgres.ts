@@ -10,13 +10,14 @@ import { BrokerError, ClosedError } from "../errors.js";
 import {
   type Broker,
   type BrokerEvents,
+  type ControlMessage,
   type HistoryOptions,
   type Published,
   formatPosition,
   parsePosition,
 } from "./broker.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
-import { Continuity, decodeChannelMessage } from "./continuity.js";
+import { Continuity, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { type ConnectionConfig, createListener, createPool, ensureSchema } from "./postgres-connection.js";
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
@@ -96,6 +97,7 @@ export class PostgresBroker implements Broker {
         seen: (epoch, seq) => this.#seen(epoch, seq),
         pool: () => this.#pool,
         deliver: (frame) => this.#continuity.deliver(this.#deliver, frame),
+        control: (message) => this.#events?.control?.(message),
         gap: (reason) => this.#continuity.gap(reason),
         queryFailed: (error) => this.#queryFailed(error),
       },
@@ -233,6 +235,25 @@ export class PostgresBroker implements Broker {
 
   #refused(count: number): void {
     for (let i = 0; i < count; i++) this.#continuity.refused();
+  }
+
+  async control(message: ControlMessage): Promise<void> {
+    if (this.#state === "closed") throw new ClosedError("postgres broker");
+    const pool = this.#pool;
+    if (this.#state === "new" || this.#state === "connecting" || !pool) throw notStartedError("postgres");
+    if (this.#state === "down") {
+      throw new BrokerError(`postgres broker cannot send a control message: ${this.#target} is unreachable`);
+    }
+    // NOTIFY on the frames' channel, committed when the query returns: notices arrive in commit
+    // order, so every frame published after this resolved reaches every process after the message
+    try {
+      await pool.query("select pg_notify($1, $2)", [this.#channel, encodeControl(message)]);
+    } catch (error) {
+      this.#queryFailed(error);
+      throw new BrokerError(`postgres broker could not send a control message: ${errorMessage(error)}`, {
+        cause: error,
+      });
+    }
   }
 
   async history(streams: readonly string[], after: string): Promise<Published[] | null> {
@@ -428,6 +449,11 @@ export class PostgresBroker implements Broker {
     if (message === null) return;
     if (message.kind === "refresh") {
       this.#continuity.answer(message.request);
+      return;
+    }
+    // through the pump: after the frames before it, which it may still be reading from the table
+    if (message.kind === "control") {
+      this.#pump.push({ control: message.message });
       return;
     }
     if (message.kind === "frames") {

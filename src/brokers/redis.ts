@@ -9,13 +9,14 @@ import { BrokerError, ClosedError } from "../errors.js";
 import {
   type Broker,
   type BrokerEvents,
+  type ControlMessage,
   type HistoryOptions,
   type Published,
   formatPosition,
   parsePosition,
 } from "./broker.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
-import { Continuity, type RefreshRequest, decodeChannelMessage } from "./continuity.js";
+import { Continuity, type RefreshRequest, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
@@ -197,6 +198,22 @@ export class RedisBroker implements Broker {
       position: formatPosition(epoch, first + i),
       frame,
     }));
+  }
+
+  async control(message: ControlMessage): Promise<void> {
+    if (this.#state === "closed") throw new ClosedError("redis broker");
+    const cmd = this.#cmd;
+    if (this.#state === "new" || this.#state === "connecting" || !cmd) throw notStartedError("redis");
+    if (!this.#cmdUp)
+      throw new BrokerError(`redis broker cannot send a control message: ${this.#target} is unreachable`);
+    // the channel the frames take: Redis pushes to subscribers in the order it ran the PUBLISHes,
+    // so every frame published after this resolved reaches every process after the message
+    try {
+      await cmd.publish(this.#channel, encodeControl(message));
+    } catch (error) {
+      this.#commandFailed(error);
+      throw new BrokerError(`redis broker could not send a control message: ${errorMessage(error)}`, { cause: error });
+    }
   }
 
   async history(streams: readonly string[], after: string): Promise<Published[] | null> {
@@ -415,6 +432,10 @@ export class RedisBroker implements Broker {
     if (message === null) return;
     if (message.kind === "refresh") {
       this.#continuity.answer(message.request);
+      return;
+    }
+    if (message.kind === "control") {
+      this.#events?.control?.(message.message);
       return;
     }
     // until the first head read the epoch is unknown and nobody is subscribed yet

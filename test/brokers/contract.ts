@@ -294,6 +294,39 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     expect(delivered.map((f) => f.frame)).toEqual([frame("4")]);
   });
 
+  it("carries a control message to every broker of the namespace, the sender's included, in order with the frames", async () => {
+    const start = async (broker: Broker) => {
+      const timeline: unknown[] = [];
+      await broker.start((f) => timeline.push(f.frame), {
+        gap: () => {},
+        log: () => {},
+        control: (message) => timeline.push(message),
+      });
+      return { broker, timeline };
+    };
+    const one = await start(make());
+    const two = capabilities.shared ? await start(make()) : one;
+    const message = { type: "disconnect", origin: "o1", userKey: "bob", streams: ["a", "ü 🎉"] } as const;
+    // over NOTIFY's payload limit: PostgreSQL's notice carries only its seq, and the frame is read from the table
+    const before = frame(`before ${"x".repeat(9_000)}`);
+    await one.broker.publish("a", before);
+    await one.broker.control(message);
+    // published by another process once control() resolved: no process sees it before the message
+    await two.broker.publish("a", frame("after"));
+    await one.broker.control({ type: "reauthorize", origin: "o2" });
+    for (const { timeline } of new Set([one, two])) {
+      await waitFor(() => timeline.length === 4);
+      expect(timeline).toEqual([
+        before,
+        message,
+        frame("after"),
+        { type: "reauthorize", origin: "o2", userKey: undefined, streams: undefined },
+      ]);
+    }
+    await one.broker.close();
+    await expect(one.broker.control(message)).rejects.toMatchObject({ code: "TURBOCAST_CLOSED" });
+  });
+
   it("is safe to close twice, and refuses to publish afterwards", async () => {
     const broker = make();
     await startWithHub(broker);
