@@ -2,7 +2,7 @@ import { EventSource } from "eventsource";
 import WebSocket from "ws";
 import type { Logger } from "../src/logger.js";
 import { mkdtempSync, rmSync } from "node:fs";
-import type http from "node:http";
+import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -156,3 +156,71 @@ export async function upgradeStatus(
 export function toWs(url: string): string {
   return url.replace(/^http/, "ws");
 }
+
+/** One subscription as the server ended it: what it carried, and how it ended. */
+export interface LiveSubscriber {
+  /** The frames received, in order (SSE `data`, WebSocket text messages). */
+  frames: string[];
+  /** Resolves once it is subscribed (SSE: the `retry:` line came; WebSocket: open). */
+  ready: Promise<void>;
+  /** Resolves when it ended: SSE with no code, WebSocket with its close code. */
+  ended: Promise<{ code?: number }>;
+  close(): void;
+}
+
+/**
+ * A raw SSE subscription that never reconnects (EventSource would), so what
+ * one response carried is all there is.
+ */
+export function subscribeSse(url: string, headers: Record<string, string> = {}): LiveSubscriber {
+  const frames: string[] = [];
+  let buffer = "";
+  let resolveReady!: () => void;
+  let rejectReady!: (error: Error) => void;
+  let resolveEnded!: (end: { code?: number }) => void;
+  const ready = new Promise<void>((resolve, reject) => {
+    resolveReady = resolve;
+    rejectReady = reject;
+  });
+  const ended = new Promise<{ code?: number }>((resolve) => (resolveEnded = resolve));
+  ready.catch(() => {});
+  const req = http.get(url, { headers: { Accept: "text/event-stream", ...headers } }, (res) => {
+    if (res.statusCode !== 200) rejectReady(new Error(`SSE answered ${res.statusCode}`));
+    res.setEncoding("utf8");
+    res.on("data", (chunk: string) => {
+      buffer += chunk;
+      let end = buffer.indexOf("\n\n");
+      while (end !== -1) {
+        const lines = buffer.slice(0, end).split("\n");
+        buffer = buffer.slice(end + 2);
+        if (lines.some((line) => line.startsWith("retry:"))) resolveReady();
+        const data = lines.filter((line) => line.startsWith("data: ")).map((line) => line.slice(6));
+        if (data.length > 0) frames.push(data.join("\n"));
+        end = buffer.indexOf("\n\n");
+      }
+    });
+    res.on("close", () => resolveEnded({}));
+  });
+  req.on("error", rejectReady);
+  return { frames, ended, ready, close: () => req.destroy() };
+}
+
+/** A WebSocket subscription (`ws` never reconnects by itself); `url` may be http:// or ws://. */
+export function subscribeWs(url: string, headers: Record<string, string> = {}): LiveSubscriber {
+  const opened = openWs(toWs(url), { headers });
+  const subscriber: LiveSubscriber = {
+    frames: [],
+    ready: opened.then(({ messages }) => {
+      // the client's own array: frames arriving later show up here
+      subscriber.frames = messages;
+    }),
+    ended: opened.then(async ({ closed }) => ({ code: (await closed).code })),
+    close: () => void opened.then(({ ws }) => ws.terminate()).catch(() => {}),
+  };
+  subscriber.ready.catch(() => {});
+  subscriber.ended.catch(() => {});
+  return subscriber;
+}
+
+/** A frame without the position attribute WebSocket messages carry. */
+export const withoutPosition = (frame: string): string => frame.replace(/ data-turbocast-position="[^"]*"/, "");

@@ -22,7 +22,16 @@ import {
   uniqueName,
 } from "./brokers/servers.js";
 import { DDL, type WorkerConfig, type WorkerEvent, type WorkerRequest } from "./fixtures/app-worker-shared.js";
-import { openWs, tempDir, unescapeHtml, waitFor } from "./helpers.js";
+import {
+  type LiveSubscriber,
+  openWs,
+  subscribeSse,
+  subscribeWs,
+  tempDir,
+  unescapeHtml,
+  waitFor,
+  withoutPosition,
+} from "./helpers.js";
 
 const root = path.resolve(import.meta.dirname, "..");
 const FIXTURE = path.join(import.meta.dirname, "fixtures", "app-worker.ts");
@@ -455,6 +464,72 @@ describe.each(kinds)("scale-out at full stack: three app workers on one $kind br
         `[scale-out ${kind}] failover: SSE resumed on worker ${b.index} after ${sse.lastEventIds.length - 1} reconnection(s) with Last-Event-ID ${seen}; ` +
           `${frames.length} frames, each once per client`,
       );
+    });
+  });
+});
+
+describe.each(kinds)("live authorization across processes on one $kind broker", ({ kind, unavailable }) => {
+  describeWithServer(`two workers, ${kind}`, unavailable, () => {
+    const REFRESH = '<turbo-stream action="refresh"></turbo-stream>';
+    const subscribe = (open: typeof subscribeSse, url: string, user: string): LiveSubscriber => {
+      const subscriber = open(url, { "x-user": user });
+      cleanups.push(subscriber.close);
+      return subscriber;
+    };
+    const revoke = (file: string, user: string): void => {
+      const sqlite = new Database(file);
+      sqlite.prepare("insert into revoked (user) values (?)").run(user);
+      sqlite.close();
+    };
+
+    it("disconnect closes a revoked user's SSE and WebSocket subscriptions on every worker with exactly one refresh; a frame published after it resolved reaches only the others", async () => {
+      const { workers, file } = await startWorkers(kind, 2);
+      const [local, remote] = workers as [AppWorker, AppWorker];
+      const bob = [
+        subscribe(subscribeSse, await local.pageSrc(1, "sse"), "bob"),
+        subscribe(subscribeSse, await remote.pageSrc(1, "sse"), "bob"),
+        subscribe(subscribeWs, await remote.pageSrc(1, "websocket"), "bob"),
+      ];
+      const alice = [
+        subscribe(subscribeSse, await remote.pageSrc(1, "sse"), "alice"),
+        subscribe(subscribeWs, await remote.pageSrc(1, "websocket"), "alice"),
+      ];
+      await Promise.all([...bob, ...alice].map((s) => s.ready));
+
+      revoke(file, "bob");
+      expect(await local.request({ op: "disconnect", user: "bob" })).toBe(1);
+      const row = await local.insert(1, "after the disconnect");
+      for (const s of alice) {
+        await waitFor(() => s.frames.length === 1, { timeoutMs: 15_000, message: "alice gets the later frame" });
+        expect(withoutPosition(s.frames[0]!)).toBe(append(row.id, "after the disconnect"));
+      }
+      const ends = await Promise.all(bob.map((s) => s.ended));
+      expect(ends[2]!.code).toBe(4403);
+      for (const s of bob) expect(s.frames.map(withoutPosition)).toEqual([REFRESH]);
+      // their reconnects go through every check again, on either worker
+      for (const w of workers) {
+        const status = (await fetch(await w.pageSrc(1, "sse"), { method: "HEAD", headers: { "x-user": "bob" } }))
+          .status;
+        expect(status).toBe(403);
+      }
+    });
+
+    it("reauthorize closes, on every worker, only the subscriptions whose userPassesTest now fails", async () => {
+      const { workers, file } = await startWorkers(kind, 2);
+      const [local, remote] = workers as [AppWorker, AppWorker];
+      const carol = [
+        subscribe(subscribeSse, await remote.pageSrc(2, "sse"), "carol"),
+        subscribe(subscribeWs, await remote.pageSrc(2, "websocket"), "carol"),
+      ];
+      const dave = subscribe(subscribeWs, await remote.pageSrc(2, "websocket"), "dave");
+      await Promise.all([...carol, dave].map((s) => s.ready));
+      revoke(file, "carol");
+      expect(await local.request({ op: "reauthorize" })).toBe(0);
+      await Promise.all(carol.map((s) => s.ended));
+      for (const s of carol) expect(s.frames.map(withoutPosition)).toEqual([REFRESH]);
+      const row = await local.insert(2, "for dave");
+      await waitFor(() => dave.frames.length === 1, { timeoutMs: 15_000 });
+      expect(withoutPosition(dave.frames[0]!)).toBe(append(row.id, "for dave"));
     });
   });
 });

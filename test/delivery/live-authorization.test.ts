@@ -1,8 +1,7 @@
-import http from "node:http";
 import { afterEach, describe, expect, it } from "vitest";
 import { memoryBroker } from "../../src/index.js";
 import type { TurboOptions } from "../../src/turbo.js";
-import { openWs, toWs, waitFor } from "../helpers.js";
+import { type LiveSubscriber, subscribeSse, subscribeWs, waitFor, withoutPosition } from "../helpers.js";
 import { RoomStream, type TestApp, startApp } from "./fixture.js";
 
 let app: TestApp | undefined;
@@ -16,72 +15,22 @@ afterEach(async () => {
 
 const REFRESH = '<turbo-stream action="refresh"></turbo-stream>';
 const isRefresh = (frame: string): boolean => frame.includes('action="refresh"');
-/** A frame without the position attribute WebSocket messages carry. */
-const plain = (frame: string): string => frame.replace(/ data-turbocast-position="[^"]*"/, "");
+const plain = withoutPosition;
 
 /** Users are `{ name }` (the fixture's x-user header); their key is the name. */
 const start = (options: Partial<TurboOptions> = {}): Promise<TestApp> =>
   startApp({ userKey: (user) => (user as { name: string }).name, ...options });
 
-interface Subscriber {
-  /** The frames received, in order (SSE `data`, WebSocket text messages). */
-  frames: string[];
-  /** Resolves when the server ended the subscription: SSE with no code, WebSocket with its close code. */
-  ended: Promise<{ code?: number }>;
-  ready: Promise<void>;
-  close(): void;
-}
-
-/** A raw SSE subscription that never reconnects (EventSource would), so what one response carried is all there is. */
-function sse(url: string, user: string): Subscriber {
-  const frames: string[] = [];
-  let buffer = "";
-  let resolveReady!: () => void;
-  let rejectReady!: (error: Error) => void;
-  let resolveEnded!: (end: { code?: number }) => void;
-  const ready = new Promise<void>((resolve, reject) => {
-    resolveReady = resolve;
-    rejectReady = reject;
-  });
-  const ended = new Promise<{ code?: number }>((resolve) => (resolveEnded = resolve));
-  ready.catch(() => {});
-  const req = http.get(url, { headers: { Accept: "text/event-stream", "x-user": user } }, (res) => {
-    if (res.statusCode !== 200) rejectReady(new Error(`SSE answered ${res.statusCode}`));
-    res.setEncoding("utf8");
-    res.on("data", (chunk: string) => {
-      buffer += chunk;
-      let end = buffer.indexOf("\n\n");
-      while (end !== -1) {
-        const lines = buffer.slice(0, end).split("\n");
-        buffer = buffer.slice(end + 2);
-        if (lines.some((line) => line.startsWith("retry:"))) resolveReady();
-        const data = lines.filter((line) => line.startsWith("data: ")).map((line) => line.slice(6));
-        if (data.length > 0) frames.push(data.join("\n"));
-        end = buffer.indexOf("\n\n");
-      }
-    });
-    res.on("close", () => resolveEnded({}));
-  });
-  req.on("error", rejectReady);
-  const subscriber = { frames, ended, ready, close: () => req.destroy() };
+/** A subscription as `user`, kept for cleanup. */
+function sse(url: string, user: string): LiveSubscriber {
+  const subscriber = subscribeSse(url, { "x-user": user });
   cleanups.push(subscriber.close);
   return subscriber;
 }
 
-/** A WebSocket subscription (the `ws` client never reconnects by itself). */
-function websocket(url: string, user: string): Subscriber {
-  const opened = openWs(toWs(url), { headers: { "x-user": user } });
-  const subscriber: Subscriber = {
-    frames: [],
-    ready: opened.then(({ ws, messages }) => {
-      cleanups.push(() => ws.terminate());
-      // the client's own array: frames arriving later show up here
-      subscriber.frames = messages;
-    }),
-    ended: opened.then(async ({ closed }) => ({ code: (await closed).code })),
-    close: () => void opened.then(({ ws }) => ws.terminate()),
-  };
-  subscriber.ended.catch(() => {});
+function websocket(url: string, user: string): LiveSubscriber {
+  const subscriber = subscribeWs(url, { "x-user": user });
+  cleanups.push(subscriber.close);
   return subscriber;
 }
 
