@@ -128,8 +128,11 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     res.redirect(303, "/");
   });
 
-  app.post("/logout", (_req, res) => {
+  app.post("/logout", async (req, res) => {
     res.setHeader("Set-Cookie", clearedSessionCookie());
+    // the user's open pages stop receiving at once: each gets a refresh and reloads into the login page.
+    // (The demo's cookie is stateless, so pages of the same user in other browsers refresh too, and stay signed in.)
+    if (req.user) await turbo.disconnect({ user: req.user });
     res.redirect(303, "/login");
   });
 
@@ -176,7 +179,16 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
         .map((u) => [u.id, u]),
     );
     const list = rows.map((message) => ({ message, author: authors.get(message.userId) }));
-    res.render("rooms/show.njk", { room, messages: list });
+    const members = room.isPrivate
+      ? db
+          .select({ id: users.id, name: users.name })
+          .from(memberships)
+          .innerJoin(users, eq(users.id, memberships.userId))
+          .where(eq(memberships.roomId, room.id))
+          .orderBy(asc(users.name))
+          .all()
+      : [];
+    res.render("rooms/show.njk", { room, messages: list, members });
   });
 
   app.post("/rooms/:id/members", signedIn, (req, res) => {
@@ -197,7 +209,7 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     res.redirect(303, `/rooms/${room.id}`);
   });
 
-  app.post("/rooms/:id/private", signedIn, (req, res) => {
+  app.post("/rooms/:id/private", signedIn, async (req, res) => {
     const room = visibleRoom(req, res);
     if (!room) return;
     if (room.createdBy !== req.user!.id) {
@@ -208,6 +220,29 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
       tx.insert(memberships).values({ roomId: room.id, userId: req.user!.id }).onConflictDoNothing().run();
       tx.update(rooms).set({ isPrivate: true }).where(eq(rooms.id, room.id)).run();
     });
+    // the open pages of this room of everyone who is no longer allowed in stop receiving now (refreshed into not-found)
+    await turbo.reauthorize({ stream: room });
+    res.redirect(303, `/rooms/${room.id}`);
+  });
+
+  app.post("/rooms/:id/members/:userId/delete", signedIn, async (req, res) => {
+    const room = visibleRoom(req, res);
+    if (!room) return;
+    if (!room.isPrivate || room.createdBy !== req.user!.id) {
+      return res
+        .status(403)
+        .render("error.njk", { status: 403, message: "Only the creator of a private room removes members." });
+    }
+    const memberId = Number(req.params.userId);
+    if (memberId === room.createdBy) {
+      return res.status(422).render("error.njk", { status: 422, message: "The creator stays a member." });
+    }
+    db.delete(memberships)
+      .where(and(eq(memberships.roomId, room.id), eq(memberships.userId, memberId)))
+      .run();
+    // the removed member's open pages of this room stop receiving at once, in every process: each gets
+    // a refresh and reloads into the not-found page (the periodic re-check would catch it within reauthorizeMs)
+    await turbo.disconnect({ user: memberId, stream: room });
     res.redirect(303, `/rooms/${room.id}`);
   });
 

@@ -168,6 +168,52 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     await carol.context().close();
   });
 
+  it("ends a removed member's open page: it refreshes into the not-found page and never shows a later message", async () => {
+    const alice = await signIn("alice");
+    const bob = await signIn("bob");
+    const secret = roomId("secret plans");
+    await alice.goto(`${base}/rooms/${secret}`);
+    await bob.goto(`${base}/rooms/${secret}`);
+    const before = `before the removal ${Date.now()}`;
+    await send(alice, before);
+    await waitFor(async () => (await messageItems(bob, before).count()) === 1, { message: "bob is live in the room" });
+
+    await Promise.all([
+      alice.waitForURL(`${base}/rooms/${secret}`),
+      alice.locator("#members button", { hasText: "Remove" }).first().click(),
+    ]);
+    // bob's stream got a refresh and was closed: his page reloads into the not-found page
+    await waitFor(async () => (await bob.locator("body").textContent())?.includes("No such room") === true, {
+      message: "bob's page refreshed into the not-found page",
+    });
+    expect(await bob.locator("#messages").count()).toBe(0);
+    expect(await bob.locator("turbo-stream-source").count()).toBe(0);
+
+    // alice's page keeps working; bob's never shows what follows
+    const after = `after the removal ${Date.now()}`;
+    await send(alice, after);
+    await waitFor(async () => (await messageItems(alice, after).count()) === 1);
+    expect(await bob.getByText(after).count()).toBe(0);
+    expect(await alice.locator("#members li", { hasText: "bob" }).count()).toBe(0);
+    await alice.context().close();
+    await bob.context().close();
+    // bob back in the room, for the other tests
+    const bobId = (chat.db.$client.prepare("SELECT id FROM users WHERE name = 'bob'").get() as { id: number }).id;
+    chat.db.$client.prepare("INSERT INTO memberships (room_id, user_id) VALUES (?, ?)").run(secret, bobId);
+  });
+
+  it("ends the open pages of a user who signs out: another tab refreshes into the login page", async () => {
+    const bob = await signIn("bob");
+    const other = await bob.context().newPage();
+    await other.goto(`${base}/rooms/${roomId("random")}`);
+    await bob.goto(`${base}/rooms/${roomId("general")}`);
+    await waitFor(async () => (await other.locator("turbo-stream-source").count()) === 1);
+    await Promise.all([bob.waitForURL(`${base}/login`), bob.click("text=Sign out")]);
+    await waitFor(() => other.url() === `${base}/login`, { message: "the other tab refreshed into the login page" });
+    expect(await other.locator("turbo-stream-source").count()).toBe(0);
+    await bob.context().close();
+  });
+
   for (const [label, room] of [
     ["Server-Sent Events", "general"],
     ["WebSocket", "random"],
