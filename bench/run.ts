@@ -5,7 +5,7 @@
  *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
  *   npm run bench -- --quick           smaller run, written to bench/out/ instead
  *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse)
- *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update), written to
+ *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update, reauthorize), written to
  *                                      bench/out/; the report says what the others did not measure
  */
 import { execSync } from "node:child_process";
@@ -18,6 +18,7 @@ import type { PostgresCapture, Results, WriteCost } from "./lib/results.js";
 import { fanoutSvg } from "./lib/svg.js";
 import { Target, type TargetSpec } from "./lib/target.js";
 import { runFanout } from "./sections/fanout.js";
+import { runReauthorizeCost } from "./sections/reauthorize.js";
 import { runThroughput } from "./sections/throughput.js";
 import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
 import { runBulkUpdate } from "./sections/bulk-update.js";
@@ -29,7 +30,7 @@ const only = process.argv
   ?.slice("--targets=".length)
   .split(",");
 
-const SECTIONS = ["fanout", "write-cost", "bulk-update"] as const;
+const SECTIONS = ["fanout", "write-cost", "bulk-update", "reauthorize"] as const;
 const sections = new Set(
   process.argv
     .find((a) => a.startsWith("--sections="))
@@ -94,6 +95,7 @@ async function main(): Promise<void> {
     render: null,
     writeCost: null,
     bulkUpdate: null,
+    reauthorize: null,
     clock: [],
     missing: [],
     notes: [],
@@ -190,6 +192,17 @@ async function main(): Promise<void> {
     );
   } finally {
     await pgWriter.stop();
+  }
+
+  if (sections.has("reauthorize")) {
+    log("periodic re-check: CPU per round over 10,000 subscriptions");
+    try {
+      results.reauthorize = await runReauthorizeCost({ subscriptions: 10_000, rounds: quick ? 5 : 15 });
+    } catch (error) {
+      results.missing.push(
+        `Periodic re-check cost: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
+      );
+    }
   }
 
   if (!results.endToEnd)

@@ -309,6 +309,30 @@ export function renderReport(results: Results, chartFile: string): string {
     out.push("");
   } else out.push("Not measured in this run (see *Not measured* below).", "");
 
+  out.push("## Periodic re-check (live authorization)", "");
+  if (results.reauthorize) {
+    const r = results.reauthorize;
+    out.push(
+      `CPU of one round of the periodic re-check: ${int(r.subscriptions)} live subscriptions (one stream each), every one's ` +
+        `\`userPassesTest\` run once, slot by slot as the timer does over one \`reauthorizeMs\` (${int(r.reauthorizeMs)} ms, ` +
+        `${r.slots} slots: one slot per ${ms(r.reauthorizeMs / r.slots)}). Measured in one process, apart from the fan-out: ` +
+        "the re-check adds nothing to the publish path.",
+      "",
+      "| userPassesTest | CPU per round (median) | per subscription | share of one core at the default interval | rounds, ms |",
+      "| --- | ---: | ---: | ---: | --- |",
+    );
+    for (const [label, median_, rounds] of [
+      ["returns at once (the re-check's own cost)", r.trivialMedianMs, r.trivialMs],
+      ["one SQLite primary-key lookup", r.lookupMedianMs, r.lookupMs],
+    ] as const) {
+      out.push(
+        `| ${label} | ${ms(median_)} | ${((median_ * 1000) / r.subscriptions).toFixed(2)} µs | ` +
+          `${((median_ / r.reauthorizeMs) * 100).toFixed(3)} % | ${rounds.map((x) => x.toFixed(1)).join(", ")} |`,
+      );
+    }
+    out.push("");
+  } else out.push("Not measured in this run (see *Not measured* below).", "");
+
   out.push("## Write cost of change capture", "");
   if (results.writeCost) {
     const w = results.writeCost;

@@ -16,6 +16,7 @@ export interface Results {
   bulkUpdate?: BulkUpdate | null;
   /** Change capture on a PostgreSQL app (procs/write-cost-pg.ts); absent in runs before it was measured. */
   postgresCapture?: PostgresCapture | null;
+  reauthorize?: ReauthorizeCost | null;
   clock: Array<{ target: string; server: ClockOffset; clients: ClockOffset }>;
   /** What could not be measured, and why. */
   missing: string[];
@@ -77,4 +78,17 @@ export interface PostgresCapture {
   workloads: Array<{ workload: "per-turn" | "burst"; without: number[]; with: number[] }>;
   /** One UPDATE of `rows` rows: changes dispatched per second (statement start to last onSave), per round. */
   bulk: { rows: number; sqlite: number[]; postgres: number[] };
+}
+
+/** The periodic re-check's CPU per round (every subscription checked once, as over one reauthorizeMs), in-process. */
+export interface ReauthorizeCost {
+  subscriptions: number;
+  reauthorizeMs: number;
+  slots: number;
+  /** CPU ms of one round, per measured round: a userPassesTest that returns at once. */
+  trivialMs: number[];
+  /** The same with one SQLite primary-key lookup per check. */
+  lookupMs: number[];
+  trivialMedianMs: number;
+  lookupMedianMs: number;
 }

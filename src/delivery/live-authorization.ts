@@ -76,7 +76,7 @@ export class LiveAuthorization {
   start(): void {
     const { reauthorizeMs, connections } = this.#init;
     if (reauthorizeMs !== false && this.#recheckTimer === null) {
-      this.#recheckTimer = setInterval(() => this.#recheckSlot(), reauthorizeMs / connections.slots);
+      this.#recheckTimer = setInterval(() => void this.recheckNextSlot(), reauthorizeMs / connections.slots);
       this.#recheckTimer.unref();
     }
     if (this.#init.expiring && this.#expiryTimer === null) {
@@ -142,11 +142,15 @@ export class LiveAuthorization {
     return results.filter(Boolean).length;
   }
 
-  /** One tick of the periodic re-check: the connections of the next slot. */
-  #recheckSlot(): void {
+  /**
+   * One tick of the periodic re-check: checks the connections of the next
+   * slot; resolves with how many were closed once their checks are done.
+   */
+  async recheckNextSlot(): Promise<number> {
     const slot = this.#nextSlot;
     this.#nextSlot = (slot + 1) % this.#init.connections.slots;
-    for (const connection of this.#init.connections.inSlot(slot)) void this.#check(connection);
+    const results = await Promise.all(this.#init.connections.inSlot(slot).map((c) => this.#check(c)));
+    return results.filter(Boolean).length;
   }
 
   /** Checks one subscription again; resolves with whether it was closed. Never rejects. */
