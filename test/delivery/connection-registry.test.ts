@@ -53,6 +53,45 @@ describe("ConnectionRegistry", () => {
     expect(registry.all()).toEqual([b]);
   });
 
+  it("finds a user's connections, and a user's holding given streams, through its indexes", () => {
+    const registry = new ConnectionRegistry();
+    const bob1 = fakeConnection();
+    const bob3 = fakeConnection();
+    const carol1 = fakeConnection();
+    const anonymous = fakeConnection();
+    registry.add(bob1, { streams: ["row:rooms:1", "named:lobby"], userKey: "2" });
+    registry.add(bob3, { streams: ["row:rooms:3"], userKey: "2" });
+    registry.add(carol1, { streams: ["row:rooms:1"], userKey: "3" });
+    registry.add(anonymous, { streams: ["row:rooms:1"] });
+    expect(registry.withUser("2")).toEqual([bob1, bob3]);
+    expect(registry.matching({ userKey: "2" })).toEqual([bob1, bob3]);
+    expect(registry.matching({ streams: ["row:rooms:1"] })).toEqual([bob1, carol1, anonymous]);
+    expect(registry.matching({ streams: ["row:rooms:3", "named:lobby"] })).toEqual([bob3, bob1]);
+    expect(registry.matching({ userKey: "2", streams: ["row:rooms:1"] })).toEqual([bob1]);
+    expect(registry.matching({ userKey: "9" })).toEqual([]);
+    expect(registry.matching({ userKey: "9", streams: ["row:rooms:1"] })).toEqual([]);
+    expect(registry.matching({})).toHaveLength(4);
+    registry.remove(bob1);
+    expect(registry.withUser("2")).toEqual([bob3]);
+    registry.remove(bob3);
+    expect(registry.matching({ userKey: "2" })).toEqual([]);
+  });
+
+  it("deals connections round-robin into re-check slots and buckets them by expiry second", () => {
+    const registry = new ConnectionRegistry({ slots: 3 });
+    const connections = Array.from({ length: 7 }, () => fakeConnection());
+    for (const [i, c] of connections.entries()) {
+      registry.add(c, { streams: ["named:lobby"], expiresAt: i < 2 ? 5_000 : i === 2 ? 4_500 : undefined });
+    }
+    expect([0, 1, 2].map((slot) => registry.inSlot(slot).length)).toEqual([3, 2, 2]);
+    // expiries are whole seconds (signatures carry seconds): 4.5 s waits for the bucket of second 5
+    expect(registry.expiringIn(5)).toEqual(connections.slice(0, 3));
+    expect(registry.expiringIn(4)).toEqual([]);
+    registry.remove(connections[0]!);
+    expect(registry.inSlot(0)).toHaveLength(2);
+    expect(registry.expiringIn(5)).toHaveLength(2);
+  });
+
   it("closes every connection and cuts off those that do not finish within the grace period", async () => {
     const registry = new ConnectionRegistry();
     const polite = fakeConnection();

@@ -1,7 +1,12 @@
 import { afterEach, describe, expect, it } from "vitest";
+import type { Connection } from "../../src/delivery/connection.js";
+import { ConnectionRegistry } from "../../src/delivery/connection-registry.js";
+import { LiveAuthorization } from "../../src/delivery/live-authorization.js";
 import { memoryBroker } from "../../src/index.js";
+import { LogThrottle } from "../../src/log-throttle.js";
+import { StreamRegistry } from "../../src/streams/registry.js";
 import type { TurboOptions } from "../../src/turbo.js";
-import { type LiveSubscriber, subscribeSse, subscribeWs, waitFor, withoutPosition } from "../helpers.js";
+import { type LiveSubscriber, memoryLogger, subscribeSse, subscribeWs, waitFor, withoutPosition } from "../helpers.js";
 import { RoomStream, type TestApp, startApp } from "./fixture.js";
 
 let app: TestApp | undefined;
@@ -237,5 +242,61 @@ describe("turbo.disconnect and turbo.reauthorize", () => {
     expect(await head(`${app.url}/turbo-streams?s=forged`, "alice")).toBe(403);
     expect(await head(`${app.url}/turbo-streams`, "alice")).toBe(400);
     expect(app.turbo.hub.size).toBe(0);
+  });
+});
+
+describe("LiveAuthorization", () => {
+  /** A connection that records the frames it is sent and being revoked. */
+  function fakeConnection(): Connection & { revoked: string[] } {
+    const connection = {
+      state: "open" as "open" | "closing" | "closed",
+      revoked: [] as string[],
+      revoke(refresh: { frame: string }) {
+        if (connection.state !== "open") return;
+        connection.revoked.push(refresh.frame);
+        connection.state = "closing";
+      },
+    };
+    return connection as unknown as Connection & { revoked: string[] };
+  }
+
+  function access(): { live: LiveAuthorization; connections: ConnectionRegistry } {
+    const connections = new ConnectionRegistry({ slots: 4 });
+    const live = new LiveAuthorization({
+      connections,
+      registry: new StreamRegistry(),
+      log: new LogThrottle(memoryLogger()),
+      reauthorizeMs: false,
+      expiring: false,
+      position: () => "e.7",
+    });
+    return { live, connections };
+  }
+
+  it("revokes at once a subscription admitted after a disconnect that named it began its authorization", () => {
+    const { live, connections } = access();
+    const mark = live.mark();
+    // bob's userPassesTest passed, then he was disconnected, then his connection is registered
+    expect(live.disconnect({ userKey: "bob" })).toBe(0);
+    const late = fakeConnection();
+    expect(live.admit(late, { streams: ["row:rooms:1"], userKey: "bob" }, mark)).toBe(false);
+    expect(late.revoked).toEqual([REFRESH]);
+    expect(connections.size).toBe(0);
+    // others, and bob's authorizations begun after the disconnect, are admitted
+    const carol = fakeConnection();
+    expect(live.admit(carol, { streams: ["row:rooms:1"], userKey: "carol" }, mark)).toBe(true);
+    const again = fakeConnection();
+    expect(live.admit(again, { streams: ["row:rooms:1"], userKey: "bob" }, live.mark())).toBe(true);
+    expect(connections.size).toBe(2);
+  });
+
+  it("revokes each connection once, however often a disconnect names it", () => {
+    const { live, connections } = access();
+    const bob = fakeConnection();
+    live.admit(bob, { streams: ["row:rooms:1"], userKey: "bob" }, live.mark());
+    expect(live.disconnect({ userKey: "bob", streams: ["row:rooms:1"] })).toBe(1);
+    expect(live.disconnect({ userKey: "bob" })).toBe(0);
+    expect(bob.revoked).toEqual([REFRESH]);
+    expect(connections.size).toBe(0);
   });
 });
