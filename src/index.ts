@@ -1,5 +1,5 @@
 export { createTurbo } from "./turbo.js";
-export type { Turbo, TurboOptions, TurboDatabase } from "./turbo.js";
+export type { Turbo, TurboOptions, TurboDatabase, AccessSelector } from "./turbo.js";
 export { Stream } from "./streams/stream.js";
 export type {
   TargetOptions,
@@ -31,7 +31,7 @@ export { redisBroker, RedisBroker } from "./brokers/redis.js";
 export type { RedisBrokerOptions } from "./brokers/redis.js";
 export { postgresBroker, PostgresBroker } from "./brokers/postgres.js";
 export type { PostgresBrokerOptions } from "./brokers/postgres.js";
-export type { Broker, BrokerEvents, Published, HistoryOptions } from "./brokers/broker.js";
+export type { Broker, BrokerEvents, ControlMessage, Published, HistoryOptions } from "./brokers/broker.js";
 export type { Logger } from "./logger.js";
 export type { DeliveryOptions, Transport, Authenticate } from "./delivery/options.js";
 export { CloseCode } from "./delivery/websocket-connection.js";
