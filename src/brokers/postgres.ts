@@ -244,6 +244,8 @@ export class PostgresBroker implements Broker {
     if (this.#state === "down") {
       throw new BrokerError(`postgres broker cannot send a control message: ${this.#target} is unreachable`);
     }
+    // after this process's frames published before it (they may still wait for their batch)
+    await this.#batcher.flushed();
     // NOTIFY on the frames' channel, committed when the query returns: notices arrive in commit
     // order, so every frame published after this resolved reaches every process after the message
     try {

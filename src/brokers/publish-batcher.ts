@@ -71,6 +71,8 @@ export class PublishBatcher {
   #head = 0;
   #scheduled = false;
   #running: Promise<void> | null = null;
+  /** The newest publish: batches go in call order, so once it settled every earlier one has. */
+  #last: Promise<unknown> | null = null;
 
   constructor(init: PublishBatcherInit) {
     this.#send = init.send;
@@ -84,12 +86,26 @@ export class PublishBatcher {
   }
 
   publish(stream: string, frame: string): Promise<Published> {
-    return new Promise<Published>((resolve, reject) => {
+    const published = new Promise<Published>((resolve, reject) => {
       this.#queue.push({ stream, frame, resolve, reject });
       if (this.#scheduled || this.#running) return;
       this.#scheduled = true;
       queueMicrotask(this.#start);
     });
+    this.#last = published;
+    return published;
+  }
+
+  /**
+   * Resolves once every publish made so far has settled, published or not
+   * (later ones are not waited for): a control message sent then follows
+   * them on the channel (see Broker.control).
+   */
+  async flushed(): Promise<void> {
+    await this.#last?.then(
+      () => {},
+      () => {},
+    );
   }
 
   /** Resolves once every publish made so far has settled. */

@@ -206,6 +206,8 @@ export class RedisBroker implements Broker {
     if (this.#state === "new" || this.#state === "connecting" || !cmd) throw notStartedError("redis");
     if (!this.#cmdUp)
       throw new BrokerError(`redis broker cannot send a control message: ${this.#target} is unreachable`);
+    // after this process's frames published before it (they may still wait for their batch)
+    await this.#batcher.flushed();
     // the channel the frames take: Redis pushes to subscribers in the order it ran the PUBLISHes,
     // so every frame published after this resolved reaches every process after the message
     try {

@@ -309,8 +309,10 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     const message = { type: "disconnect", origin: "o1", userKey: "bob", streams: ["a", "ü 🎉"] } as const;
     // over NOTIFY's payload limit: PostgreSQL's notice carries only its seq, and the frame is read from the table
     const before = frame(`before ${"x".repeat(9_000)}`);
-    await one.broker.publish("a", before);
+    // not awaited: a frame published before control() was called goes first even while it waits for its batch
+    const beforePublished = one.broker.publish("a", before);
     await one.broker.control(message);
+    await beforePublished;
     // published by another process once control() resolved: no process sees it before the message
     await two.broker.publish("a", frame("after"));
     await one.broker.control({ type: "reauthorize", origin: "o2" });
