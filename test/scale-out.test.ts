@@ -514,6 +514,25 @@ describe.each(kinds)("live authorization across processes on one $kind broker", 
       }
     });
 
+    it("closes the subscriptions of a deleted row's stream on every worker, with exactly one refresh", async () => {
+      const { workers } = await startWorkers(kind, 2);
+      const [local, remote] = workers as [AppWorker, AppWorker];
+      const room3 = [
+        subscribe(subscribeSse, await local.pageSrc(3, "sse"), "erin"),
+        subscribe(subscribeSse, await remote.pageSrc(3, "sse"), "erin"),
+        subscribe(subscribeWs, await remote.pageSrc(3, "websocket"), "erin"),
+      ];
+      const room1 = subscribe(subscribeWs, await remote.pageSrc(1, "websocket"), "erin");
+      await Promise.all([...room3, room1].map((s) => s.ready));
+      await local.request({ op: "deleteRoom", id: 3 });
+      const ends = await Promise.all(room3.map((s) => s.ended));
+      expect(ends[2]!.code).toBe(4403);
+      for (const s of room3) expect(s.frames.map(withoutPosition)).toEqual([REFRESH]);
+      const row = await local.insert(1, "room 1 lives on");
+      await waitFor(() => room1.frames.length === 1, { timeoutMs: 15_000 });
+      expect(withoutPosition(room1.frames[0]!)).toBe(append(row.id, "room 1 lives on"));
+    });
+
     it("reauthorize closes, on every worker, only the subscriptions whose userPassesTest now fails", async () => {
       const { workers, file } = await startWorkers(kind, 2);
       const [local, remote] = workers as [AppWorker, AppWorker];
