@@ -1,5 +1,6 @@
 export { createTurbo } from "./turbo.js";
-export type { Turbo, TurboOptions, TurboDatabase, AccessSelector } from "./turbo.js";
+export type { Turbo, TurboOptions, TurboDatabase } from "./turbo.js";
+export type { AccessSelector } from "./delivery/revocation.js";
 export { Stream } from "./streams/stream.js";
 export type {
   TargetOptions,

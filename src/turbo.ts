@@ -5,9 +5,7 @@ import { and, eq } from "drizzle-orm";
 import type { BetterSQLite3Database } from "drizzle-orm/better-sqlite3";
 import type { NodePgDatabase } from "drizzle-orm/node-postgres";
 import type nunjucks from "nunjucks";
-import { randomBytes } from "node:crypto";
-import type { Broker, ControlMessage, HistoryOptions, Published } from "./brokers/broker.js";
-import type { ConnectionSelector } from "./delivery/connection-registry.js";
+import type { Broker, HistoryOptions, Published } from "./brokers/broker.js";
 import { memoryBroker } from "./brokers/memory.js";
 import type { CaptureAdapter } from "./changes/capture.js";
 import { ChangeFeed } from "./changes/feed.js";
@@ -18,6 +16,7 @@ import { SqliteCapture, sqliteClient } from "./changes/sqlite-capture.js";
 import { type Instrumentation, instrumentDatabase } from "./db/instrument.js";
 import { instrumentPgDatabase, isNodePgDatabase } from "./db/instrument-pg.js";
 import { DeliveryEndpoint } from "./delivery/endpoint.js";
+import { type AccessSelector, Revocations } from "./delivery/revocation.js";
 import { localsOf } from "./delivery/page-middleware.js";
 import { Hub } from "./delivery/hub.js";
 import { type DeliveryOptions, resolveDeliveryOptions } from "./delivery/options.js";
@@ -37,7 +36,7 @@ import {
   type StreamSourceOptions,
   type Streamable,
 } from "./delivery/stream-source.js";
-import { ClosedError, ConfigError, InvalidSelectorError } from "./errors.js";
+import { ConfigError } from "./errors.js";
 import { LogThrottle } from "./log-throttle.js";
 import { type Logger, consoleLogger } from "./logger.js";
 import { Publisher } from "./publish/publisher.js";
@@ -191,14 +190,6 @@ export interface Turbo {
   close(): Promise<void>;
 }
 
-/** Which subscriptions `turbo.disconnect` / `turbo.reauthorize` are about. */
-export interface AccessSelector {
-  /** A user as `authenticate` returns it (its `userKey` is taken), or a user key (string or number). */
-  user?: unknown;
-  /** A row, a Stream, a ModelStream class (its table-wide stream), a stream name, or an array of these. */
-  stream?: Streamable;
-}
-
 /**
  * Starts turbocast for an app: registers the stream classes, instruments the
  * Drizzle database, starts the broker and the hub, installs change capture
@@ -301,7 +292,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         : undefined,
     requests,
     backpressure: () => publisher.backlog(PUBLISH_BACKLOG),
-    afterDelete: (stream) => closeDeleted(stream.name),
+    afterDelete: (stream) => revocations.closeDeleted(stream.name),
   });
   const renderer = new StreamSourceRenderer({
     registry,
@@ -321,62 +312,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     logger,
     position: () => latestPosition,
   });
-  /** Names this instance in control messages: it acted on its own subscriptions before sending one. */
-  const instanceId = randomBytes(9).toString("base64url");
-  const accessLog = new LogThrottle(logger);
-  const onControl = (message: ControlMessage): void => {
-    if (message.origin === instanceId || closing !== undefined) return;
-    const selector = { userKey: message.userKey, streams: message.streams };
-    if (message.type === "disconnect") endpoint.access.disconnect(selector);
-    else void endpoint.access.reauthorize(selector);
-  };
-  /** Tells the other processes; a broker outage is logged (at most once a minute), never thrown: this process acted already. */
-  const sendControl = async (message: ControlMessage): Promise<void> => {
-    try {
-      await broker.control(message);
-      accessLog.recovered("control failed", "disconnects reach the other processes again");
-    } catch (error) {
-      accessLog.log(
-        "control failed",
-        "warn",
-        `turbo.${message.type}() could not reach the other processes through the ${broker.kind} broker; applied in this process only (their periodic re-check still runs)`,
-        { error },
-      );
-    }
-  };
-  /**
-   * A deleted row's subscriptions are closed in every process, this one
-   * included, when the message arrives through the broker: after the frames
-   * the delete's hook published, which went that way first. A broker that is
-   * down leaves this process to do it alone.
-   */
-  const closeDeleted = (name: string): void => {
-    if (closing !== undefined) return;
-    broker.control({ type: "disconnect", origin: "", streams: [name] }).catch((error: unknown) => {
-      endpoint.access.disconnect({ streams: [name] });
-      accessLog.log(
-        "control failed",
-        "warn",
-        `the subscriptions of deleted ${name} could not be closed in the other processes through the ${broker.kind} broker; closed in this process only`,
-        { error },
-      );
-    });
-  };
-  const selectorOf = (options: AccessSelector | undefined, method: string): ConnectionSelector => {
-    if (options !== undefined && (options === null || typeof options !== "object"))
-      throw new InvalidSelectorError(`turbo.${method}() takes { user?, stream? }`);
-    const { user, stream } = options ?? {};
-    let userKey: string | undefined;
-    if (user !== undefined) {
-      userKey = typeof user === "string" || typeof user === "number" ? String(user) : delivery.userKey(user);
-      if (userKey === undefined)
-        throw new InvalidSelectorError(
-          `turbo.${method}(): the user has no key (userKey(user) gave none); pass the user authenticate returns, or its key`,
-        );
-    }
-    const streams = stream === undefined ? undefined : renderer.namesOf([stream]);
-    return { userKey, streams };
-  };
+  const revocations = new Revocations({
+    broker,
+    access: endpoint.access,
+    logger,
+    userKey: delivery.userKey,
+    namesOf: (streamables) => renderer.namesOf(streamables),
+  });
   const streamFrom = turboStreamFromGlobal(
     views,
     (streamables, opts) => renderer.render(undefined, null, streamables, opts),
@@ -419,7 +361,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         hub.deliver(frame);
       },
       {
-        control: onControl,
+        control: (message) => revocations.onControl(message),
         gap: (reason) => {
           // one outage can report several gaps (subscription lost, publishes refused): count them
           gaps.log("gap", "warn", `frames may have been missed (${reason}); subscribers get a refresh`);
@@ -469,28 +411,13 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     signStreamName: (name) => signer.sign(name),
     suppressingBroadcasts: (fn) =>
       runInRequest({ ...(currentScope() ?? { requestId: undefined }), suppressed: true }, fn),
-    async disconnect(options) {
-      const selector = selectorOf(options, "disconnect");
-      if (selector.userKey === undefined && selector.streams === undefined)
-        throw new InvalidSelectorError("turbo.disconnect() needs a user, a stream or both");
-      if (closing !== undefined) throw new ClosedError("turbocast instance");
-      const closed = endpoint.access.disconnect(selector);
-      await sendControl({ type: "disconnect", origin: instanceId, ...selector });
-      return closed;
-    },
-    async reauthorize(options) {
-      const selector = selectorOf(options, "reauthorize");
-      if (closing !== undefined) throw new ClosedError("turbocast instance");
-      const [closed] = await Promise.all([
-        endpoint.access.reauthorize(selector),
-        sendControl({ type: "reauthorize", origin: instanceId, ...selector }),
-      ]);
-      return closed;
-    },
+    disconnect: (options) => revocations.disconnect(options),
+    reauthorize: (options) => revocations.reauthorize(options),
     close() {
       closing ??= (async () => {
         // first: the change being dispatched may still publish to live subscribers
         await feed.close();
+        revocations.close();
         publisher.close();
         await endpoint.close();
         removeGlobal();
