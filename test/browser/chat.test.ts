@@ -177,6 +177,7 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     const before = `before the removal ${Date.now()}`;
     await send(alice, before);
     await waitFor(async () => (await messageItems(bob, before).count()) === 1, { message: "bob is live in the room" });
+    await alice.screenshot({ path: path.join(ensureOutputDir(), "private-room-members.png"), fullPage: true });
 
     await Promise.all([
       alice.waitForURL(`${base}/rooms/${secret}`),
