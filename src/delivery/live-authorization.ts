@@ -105,9 +105,7 @@ export class LiveAuthorization {
    */
   admit(connection: Connection, info: ConnectionInfo, mark: number): boolean {
     this.#init.connections.add(connection, info);
-    const missed =
-      mark < this.#forgottenSeq || this.#revocations.some((r) => r.seq > mark && matches(info, r.selector));
-    if (!missed) return true;
+    if (!this.#revokedSince(mark, info)) return true;
     this.revoke(connection);
     return false;
   }
@@ -195,6 +193,15 @@ export class LiveAuthorization {
       for (const connection of this.#init.connections.expiringIn(second)) this.revoke(connection);
     }
     this.#expiredUpTo = Math.max(this.#expiredUpTo, now);
+  }
+
+  /** Whether a disconnect since `mark` names a connection registered with `info`: newest first, since authorizations are short. */
+  #revokedSince(mark: number, info: ConnectionInfo): boolean {
+    if (mark < this.#forgottenSeq) return true;
+    for (let i = this.#revocations.length - 1; i >= 0 && this.#revocations[i]!.seq > mark; i--) {
+      if (matches(info, this.#revocations[i]!.selector)) return true;
+    }
+    return false;
   }
 
   #remember(selector: ConnectionSelector, now: number): void {
