@@ -140,7 +140,15 @@ export class HookDispatcher {
 
   #deleted(decoded: DecodedChange): void {
     const stream = (decoded.entity as { stream?: unknown }).stream;
-    if (stream !== undefined) this.#afterDelete?.(stream as ModelStream);
+    if (stream === undefined) return;
+    try {
+      this.#afterDelete?.(stream as ModelStream);
+    } catch (error) {
+      // never into the drain: the next change must still be dispatched
+      this.#throttle.log("afterDelete", "error", `closing the subscriptions of deleted ${decoded.table} rows failed`, {
+        error,
+      });
+    }
   }
 
   /**

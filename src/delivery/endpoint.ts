@@ -111,7 +111,7 @@ export class DeliveryEndpoint {
     return this.#connections;
   }
 
-  /** Disconnects and re-checks this process's subscriptions (turbo.ts carries them to the other processes). */
+  /** Disconnects and re-checks this process's subscriptions (Revocations carries them to the other processes). */
   get access(): LiveAuthorization {
     return this.#access;
   }
