@@ -293,6 +293,32 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     await carol.context().close();
   });
 
+  it("refreshes a non-member's open page of a room made private into the not-found page (turbo.reauthorize)", async () => {
+    const alice = await signIn("alice");
+    const carol = await signIn("carol");
+    await alice.goto(`${base}/`);
+    await alice.fill('input[aria-label="Room name"]', `den ${Date.now()}`);
+    await Promise.all([alice.waitForURL(/\/rooms\/\d+$/), alice.click("text=Create")]);
+    const roomUrl = alice.url();
+    await carol.goto(roomUrl);
+    await waitFor(async () => (await carol.locator("turbo-stream-source").count()) === 1);
+    const before = `while public ${Date.now()}`;
+    await send(alice, before);
+    await waitFor(async () => (await messageItems(carol, before).count()) === 1, {
+      message: "carol is live in the room",
+    });
+    await Promise.all([alice.waitForURL(roomUrl), alice.click("#make-private")]);
+    await waitFor(async () => (await carol.locator("body").textContent())?.includes("No such room") === true, {
+      message: "carol's page refreshed into the not-found page",
+    });
+    const after = `now private ${Date.now()}`;
+    await send(alice, after);
+    await waitFor(async () => (await messageItems(alice, after).count()) === 1);
+    expect(await carol.getByText(after).count()).toBe(0);
+    await alice.context().close();
+    await carol.context().close();
+  });
+
   it("keeps one subscription and one copy of each message across Turbo Drive visits and back/forward", async () => {
     const alice = await signIn("alice");
     const bob = await signIn("bob");
