@@ -315,7 +315,7 @@ export function renderReport(results: Results, chartFile: string): string {
     out.push(
       `CPU of one round of the periodic re-check: ${int(r.subscriptions)} live subscriptions (one stream each), every one's ` +
         `\`userPassesTest\` run once, slot by slot as the timer does over one \`reauthorizeMs\` (${int(r.reauthorizeMs)} ms, ` +
-        `${r.slots} slots: one slot per ${ms(r.reauthorizeMs / r.slots)}). Measured in one process, apart from the fan-out: ` +
+        `${r.slots} slots: one slot per ${ms(r.reauthorizeMs / r.slots)} ms). Measured in one process, apart from the fan-out: ` +
         "the re-check adds nothing to the publish path.",
       "",
       "| userPassesTest | CPU per round (median) | per subscription | share of one core at the default interval | rounds, ms |",
