@@ -269,7 +269,8 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
 
   it("fails every publish of a batch the server refuses, with TURBOCAST_BROKER, publishing none of it", async (context) => {
     const broker = make();
-    if (!ns?.breakStream) return context.skip();
+    // only a broker with a server can have a batch refused (the memory broker never refuses one)
+    if (!ns?.breakStream) return context.skip("this broker has no server that could refuse a batch");
     const { delivered } = await startWithHub(broker);
     const before = await broker.head();
     await ns.breakStream("broken");

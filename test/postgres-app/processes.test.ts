@@ -154,14 +154,16 @@ describe("PostgreSQL change capture across processes", () => {
     await turbo.feed.drain(); // claims nothing: the cursor is the live child's
     expect(recorder.calls).toHaveLength(0);
 
+    // the child holds the claim while its hook hangs; read it before the kill, since
+    // this process's feed (polling every 20 ms) may take it over before a read after it
+    const claim = await cursor();
+    expect(claim).toMatchObject({ done: 0, claimed: 1 });
+    expect(claim.owner).toContain(`/${dying.child.pid}/`);
     let dispatchedAt = 0;
     recorder.behaviour = () => void (dispatchedAt = Date.now());
     dying.child.kill("SIGKILL");
     await dying.exited;
     const killedAt = Date.now();
-    const claim = await cursor();
-    expect(claim).toMatchObject({ done: 0, claimed: 1 });
-    expect(claim.owner).toContain(`/${dying.child.pid}/`);
 
     await waitFor(() => recorder.calls.length === 1);
     expect(recorder.calls[0]!.entity).toMatchObject({ body: "hang here" });
