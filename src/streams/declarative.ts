@@ -9,6 +9,12 @@ import { Stream } from "./stream.js";
 export type BroadcastTarget = Stream | null | undefined | false | readonly BroadcastTarget[];
 
 /**
+ * A mapping's result: the targets, or a promise of them — an app on
+ * PostgreSQL has only asynchronous queries (a room's members, a card's board).
+ */
+export type BroadcastMapping = BroadcastTarget | Promise<BroadcastTarget>;
+
+/**
  * The defaults of the declarative form, in one place (turbo-rails'
  * conventions, with `<table>` the table's SQL name and `<singular>` its
  * singular, see singularOf):
@@ -33,7 +39,7 @@ export const BROADCAST_DEFAULTS = {
 export interface DeclaredBroadcasts {
   /** "partials": insert / replace / remove with the partial; "refreshes": a debounced refresh. */
   kind: "partials" | "refreshes";
-  mapping: (row: never) => BroadcastTarget;
+  mapping: (row: never) => BroadcastMapping;
   partial: string;
   /** The template's variable holding the row (the singular name). */
   local: string;
@@ -66,7 +72,7 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
     if (typeof mapping !== "function") {
       throw new BroadcastConfigError(
         cls.name,
-        `${to !== undefined ? "broadcastsTo" : "broadcastsRefreshesTo"} must be a function (row) => stream | stream[]`,
+        `${to !== undefined ? "broadcastsTo" : "broadcastsRefreshesTo"} must be a function (row) => stream | stream[] | Promise<stream | stream[]>`,
       );
     }
     const table = cls.tableInfo().name;
@@ -129,20 +135,54 @@ export interface DeclaredChange {
 }
 
 /**
- * Broadcasts one change as the class declares (synchronously: it renders
- * and publishes, and publish failures are logged by the publisher). With
- * partials: a created row is inserted into every stream it maps to; an
- * updated row is replaced in the streams it stays in, removed from those it
- * left and inserted into those it entered (from the previous row's mapping
- * and the new one's); a deleted row is removed. With refreshes: every
- * stream of the row before and after gets a debounced refresh. Throws what
- * the mapping throws, and FrameOptionsError when it returns something that
- * is not a stream.
+ * Broadcasts one change as the class declares: it renders and publishes
+ * (publish failures are logged by the publisher), synchronously when the
+ * mapping returns streams, and once its promises settle when it returns
+ * promises (the returned promise; the caller awaits it before the next
+ * change, so every frame of a change is published before any of the
+ * next's). With partials: a created row is inserted into every stream it
+ * maps to; an updated row is replaced in the streams it stays in, removed
+ * from those it left and inserted into those it entered (from the previous
+ * row's mapping and the new one's); a deleted row is removed. With
+ * refreshes: every stream of the row before and after gets a debounced
+ * refresh. Throws (or rejects with) what the mapping throws, and
+ * FrameOptionsError when it returns something that is not a stream.
  */
-export function broadcastDeclared(cls: typeof ModelStream, declared: DeclaredBroadcasts, change: DeclaredChange): void {
-  const { op, entity, previous } = change;
+export function broadcastDeclared(
+  cls: typeof ModelStream,
+  declared: DeclaredBroadcasts,
+  change: DeclaredChange,
+): Promise<void> | undefined {
+  const { entity, previous } = change;
   const after = streamsOf(cls, declared, entity);
-  const before = previous === undefined ? null : streamsOf(cls, declared, previous);
+  let before: Streams | Promise<Streams> | null;
+  try {
+    before = previous === undefined ? null : streamsOf(cls, declared, previous);
+  } catch (error) {
+    // the first mapping's promise is dropped with this change: its rejection is not the one to report
+    if (isPromise(after)) after.catch(() => {});
+    throw error;
+  }
+  if (isPromise(after) || isPromise(before)) {
+    return Promise.all([after, before]).then(([after, before]) =>
+      publishDeclared(cls, declared, change, after, before),
+    );
+  }
+  publishDeclared(cls, declared, change, after, before);
+  return undefined;
+}
+
+type Streams = Map<string, Stream>;
+
+/** The frames of one change, from the streams of the row after it and (for an update) before it. */
+function publishDeclared(
+  cls: typeof ModelStream,
+  declared: DeclaredBroadcasts,
+  change: DeclaredChange,
+  after: Streams,
+  before: Streams | null,
+): void {
+  const { op, entity, previous } = change;
   if (declared.kind === "refreshes") {
     for (const stream of before === null ? after.values() : new Map([...before, ...after]).values()) {
       void stream.refresh();
@@ -193,9 +233,14 @@ export function broadcastDeclared(cls: typeof ModelStream, declared: DeclaredBro
   }
 }
 
-/** The distinct streams a row maps to, by name. */
-function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: object): Map<string, Stream> {
-  const streams = new Map<string, Stream>();
+/** The distinct streams a row maps to, by name; a promise of them when the mapping returns one. */
+function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: object): Streams | Promise<Streams> {
+  const mapped = (declared.mapping as (row: object) => unknown)(row);
+  return isPromise(mapped) ? mapped.then((value) => collect(cls, declared, value)) : collect(cls, declared, mapped);
+}
+
+function collect(cls: typeof ModelStream, declared: DeclaredBroadcasts, mapped: unknown): Streams {
+  const streams: Streams = new Map();
   const add = (value: unknown): void => {
     if (value === null || value === undefined || value === false) return;
     if (Array.isArray(value)) {
@@ -205,13 +250,17 @@ function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: o
     if (!(value instanceof Stream)) {
       const what = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
       throw new FrameOptionsError(
-        `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, or nothing`,
+        `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, nothing, or a promise of one of these`,
       );
     }
     if (!streams.has(value.name)) streams.set(value.name, value);
   };
-  add((declared.mapping as (row: object) => unknown)(row));
+  add(mapped);
   return streams;
+}
+
+function isPromise(value: unknown): value is Promise<unknown> {
+  return typeof (value as PromiseLike<unknown> | null | undefined)?.then === "function";
 }
 
 function describe(value: unknown): string {
