@@ -23,6 +23,7 @@ export type BroadcastMapping = BroadcastTarget | Promise<BroadcastTarget>;
  *   target     "<table>"                   the list's element id, where rows are inserted
  *   insertsBy  "append"                    or "prepend"
  *   toOthers   false                       true: skip the page whose request wrote the row
+ *   locals     none                        (row) => more variables for the partial, or a promise of them
  *
  * A row's own element id is `domId(row)` ("<singular>_<key>"): replace and
  * remove aim at it, so the partial's root element must carry it
@@ -44,6 +45,8 @@ export interface DeclaredBroadcasts {
   /** The template's variable holding the row (the singular name). */
   local: string;
   target: string | ((row: never) => string);
+  /** More variables for the partial, beside the row; may return a promise. */
+  locals: ((row: never) => object | Promise<object>) | undefined;
   insertsBy: "append" | "prepend";
   toOthers: boolean;
 }
@@ -85,6 +88,9 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
     if ((typeof target !== "string" || target === "") && typeof target !== "function") {
       throw new BroadcastConfigError(cls.name, "target must be an element id or a function (row) => element id");
     }
+    if (cls.locals !== undefined && typeof cls.locals !== "function") {
+      throw new BroadcastConfigError(cls.name, "locals must be a function (row) => object | Promise<object>");
+    }
     const partial = cls.partial ?? BROADCAST_DEFAULTS.partial(table, singular);
     if (typeof partial !== "string" || partial === "") {
       throw new BroadcastConfigError(cls.name, "partial must be a template name");
@@ -95,6 +101,7 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
       partial,
       local: singular,
       target: target as DeclaredBroadcasts["target"],
+      locals: cls.locals as DeclaredBroadcasts["locals"],
       insertsBy,
       toOthers: (cls.toOthers ?? BROADCAST_DEFAULTS.toOthers) === true,
     };
@@ -153,24 +160,34 @@ export function broadcastDeclared(
   declared: DeclaredBroadcasts,
   change: DeclaredChange,
 ): Promise<void> | undefined {
-  const { entity, previous } = change;
-  const after = streamsOf(cls, declared, entity);
-  let before: Streams | Promise<Streams> | null;
-  try {
-    before = previous === undefined ? null : streamsOf(cls, declared, previous);
-  } catch (error) {
-    // the first mapping's promise is dropped with this change: its rejection is not the one to report
-    if (isPromise(after)) after.catch(() => {});
-    throw error;
-  }
-  if (isPromise(after) || isPromise(before)) {
-    return Promise.all([after, before]).then(([after, before]) =>
-      publishDeclared(cls, declared, change, after, before),
+  const { op, entity, previous } = change;
+  const pending: Promise<unknown>[] = [];
+  const settle = <T>(compute: () => T): T => {
+    try {
+      const value = compute();
+      if (isPromise(value)) pending.push(value);
+      return value;
+    } catch (error) {
+      // the earlier promises are dropped with this change: their rejections are not the one to report
+      for (const promise of pending) promise.catch(() => {});
+      throw error;
+    }
+  };
+  const after = settle(() => streamsOf(cls, declared, entity));
+  const before = settle(() => (previous === undefined ? null : streamsOf(cls, declared, previous)));
+  const locals = settle(() =>
+    declared.kind === "partials" && op !== "delete" ? (declared.locals as LocalsOf | undefined)?.(entity) : undefined,
+  );
+  if (pending.length > 0) {
+    return Promise.all([after, before, locals]).then(([after, before, locals]) =>
+      publishDeclared(cls, declared, change, after, before, locals),
     );
   }
-  publishDeclared(cls, declared, change, after, before);
+  publishDeclared(cls, declared, change, after as Streams, before as Streams | null, locals as object | undefined);
   return undefined;
 }
+
+type LocalsOf = (row: object) => object | Promise<object> | undefined;
 
 type Streams = Map<string, Stream>;
 
@@ -181,6 +198,7 @@ function publishDeclared(
   change: DeclaredChange,
   after: Streams,
   before: Streams | null,
+  locals: object | undefined,
 ): void {
   const { op, entity, previous } = change;
   if (declared.kind === "refreshes") {
@@ -195,7 +213,7 @@ function publishDeclared(
   const rendered = (): string => {
     if (html === undefined) {
       try {
-        html = runtime.render(declared.partial, { [declared.local]: entity });
+        html = runtime.render(declared.partial, { ...locals, [declared.local]: entity });
       } catch (error) {
         throw error instanceof TemplateRenderError ? error : new TemplateRenderError(declared.partial, error);
       }

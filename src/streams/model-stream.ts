@@ -110,6 +110,15 @@ export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream 
   static broadcastsRefreshesTo?: (row: never) => BroadcastMapping;
   /** The template of one row for broadcastsTo. Default `"<table>/_<singular>.njk"`, rendered with `{ <singular>: row }`. */
   static partial?: string;
+  /**
+   * More variables for the partial, beside the row (turbo-rails' `locals:`):
+   * what the row does not carry, such as its author. May return a promise
+   * (a query); not called for a delete, which renders nothing.
+   *
+   * @example
+   * static override locals = async (message: Message) => ({ author: await authorOf(message) });
+   */
+  static locals?: (row: never) => object | Promise<object>;
   /** The element id rows are inserted into (or a function of the row). Default: the table name. */
   static target?: string | ((row: never) => string);
   /**
