@@ -83,6 +83,8 @@ describe.skipIf(!enabled)("the chat app on PostgreSQL in Chromium", () => {
       const text = `hello over ${label} ${Date.now()}`;
       await send(alice, text);
       await waitFor(async () => (await messageItems(bob, text).count()) === 1, { message: "bob sees alice's message" });
+      // the broadcast partial's author comes from MessageStream.locals, an awaited query
+      expect(await messageItems(bob, text).locator(".author").textContent()).toBe("alice");
 
       await messageItems(alice, text).locator("a", { hasText: "Edit" }).click();
       await alice.fill('input[aria-label="Edit message"]', `${text} (changed)`);
@@ -97,6 +99,32 @@ describe.skipIf(!enabled)("the chat app on PostgreSQL in Chromium", () => {
       await bob.context().close();
     });
   }
+
+  it("removes a room made private from carol's open room list live (an async broadcastsTo), and keeps it on alice's", async () => {
+    const alice = await signIn("alice");
+    const carol = await signIn("carol");
+    const name = `lounge ${Date.now()}`;
+    await alice.goto(`${base}/`);
+    await alice.fill('input[aria-label="Room name"]', name);
+    await Promise.all([alice.waitForURL(/\/rooms\/\d+$/), alice.click("text=Create")]);
+    const roomUrl = alice.url();
+    await carol.goto(`${base}/`);
+    const listed = (page: Page) => page.locator("#rooms > li", { hasText: name }).count();
+    await waitFor(async () => (await listed(carol)) === 1, { message: "carol sees the public room" });
+    const aliceList = await alice.context().newPage();
+    await aliceList.goto(`${base}/`);
+    expect(await listed(aliceList)).toBe(1);
+    await alice.goto(roomUrl);
+    await Promise.all([alice.waitForURL(roomUrl), alice.click("#make-private")]);
+    await waitFor(async () => (await listed(carol)) === 0, { message: "the room leaves carol's list" });
+    // RoomStream.broadcastsTo awaited the members: alice's own stream got the insert
+    await waitFor(async () => (await aliceList.locator(`#rooms > li:has-text("${name}") .private`).count()) === 1, {
+      message: "alice's list shows it, now private",
+    });
+    expect(await listed(aliceList)).toBe(1);
+    await alice.context().close();
+    await carol.context().close();
+  });
 
   it("shows a row written by psql", async () => {
     const bob = await signIn("bob");
