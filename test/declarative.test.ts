@@ -242,6 +242,28 @@ describe("broadcastsTo", () => {
     expect(cardHooks.deletes.map((d) => d.card.id)).toEqual([1, 2]);
   });
 
+  it("renders the partial with the class's locals, sync or a promise, and does not ask for them on a delete", async () => {
+    const { turbo, db } = await openApp();
+    const asked: number[] = [];
+    cardHooks.locals = (card) => {
+      asked.push(card.id);
+      return card.id === 1 ? { extra: " (sync)" } : Promise.resolve({ extra: " (async)", card: "not the row" });
+    };
+    const frames = await captureBroadcasts(turbo, () => {
+      db.insert(cards).values({ id: 1, boardId: 1, title: "a" }).run();
+      db.insert(cards).values({ id: 2, boardId: 1, title: "b" }).run();
+      db.update(cards).set({ title: "c" }).where(eq(cards.id, 2)).run();
+    });
+    // the row wins over a local of the same name
+    expect(frames.map((f) => f.html)).toEqual([
+      '<li id="card_1">a (sync)</li>',
+      '<li id="card_2">b (async)</li>',
+      '<li id="card_2">c (async)</li>',
+    ]);
+    await captureBroadcasts(turbo, () => db.delete(cards).run());
+    expect(asked).toEqual([1, 2, 2]);
+  });
+
   it("logs a mapping's rejected promise as a failed hook with table, key and version, and goes on", async () => {
     const { turbo, db, log, sqlite } = await openApp();
     cardHooks.mapping = async (card) => {
