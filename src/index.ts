@@ -20,7 +20,7 @@ export type {
   DeleteContext,
 } from "./streams/model-stream.js";
 export { BROADCAST_DEFAULTS } from "./streams/declarative.js";
-export type { BroadcastTarget } from "./streams/declarative.js";
+export type { BroadcastMapping, BroadcastTarget } from "./streams/declarative.js";
 export { domId, singularize } from "./streams/dom-id.js";
 export type { Register, RegisteredDb, RegisteredActor } from "./register.js";
 export { buildFrame, BUILTIN_ACTIONS } from "./frames/frame.js";

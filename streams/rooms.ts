@@ -17,25 +17,24 @@ import { memberships, rooms } from "../src/app/schema.js";
  */
 export class RoomStream extends ModelStream<typeof rooms> {
   static override model = rooms;
-  static override broadcastsTo = (room: Room) =>
-    room.isPrivate ? membersOf(room.id).map((userId) => UserRoomsStream.for(userId)) : RoomStream.all();
+  // async: the members are a query, and on PostgreSQL every query is awaited
+  static override broadcastsTo = async (room: Room) =>
+    room.isPrivate ? (await membersOf(room.id)).map((userId) => UserRoomsStream.for(userId)) : RoomStream.all();
 
   override async userPassesTest(user: User | null) {
     if (!user) return false;
     if (this.isAll) return true; // the public room list
     const room = await this.load();
-    return room !== undefined && canSeeRoom(this.db, user.id, room);
+    return room !== undefined && (await canSeeRoom(this.db, user.id, room));
   }
 }
 
-function membersOf(roomId: number): number[] {
-  const db = RoomStream.all().db;
-  return db
-    .select({ userId: memberships.userId })
+async function membersOf(roomId: number): Promise<number[]> {
+  const members = await RoomStream.all()
+    .db.select({ userId: memberships.userId })
     .from(memberships)
-    .where(eq(memberships.roomId, roomId))
-    .all()
-    .map((m) => m.userId);
+    .where(eq(memberships.roomId, roomId));
+  return members.map((m) => m.userId);
 }
 
 /** A user's own stream: private rooms they belong to appear in their room list. */

@@ -21,6 +21,7 @@ import {
   ArchiveStream,
   BoardStream,
   CardStream,
+  NoteStream,
   TEMPLATES,
   cardHooks,
   declarativeStreams,
@@ -205,6 +206,115 @@ describe("broadcastsTo", () => {
     expect(String(failures[1]!.message)).toContain("returned an object");
     // the hooks still ran for all three
     expect(cardHooks.saves.map((s) => s.card.id)).toEqual([1, 2, 3]);
+  });
+
+  it("awaits a mapping that returns a promise: the same frames, each change's before the next's, hooks after them", async () => {
+    const { turbo, db, sqlite } = await openApp();
+    const order: string[] = [];
+    // an app on PostgreSQL looks the streams up asynchronously; the first card's lookup is the slowest
+    cardHooks.mapping = async (card) => {
+      await new Promise((resolve) => setTimeout(resolve, card.id === 1 ? 30 : 0));
+      order.push(`mapped ${card.id}`);
+      return card.archived ? [] : BoardStream.for(card.boardId);
+    };
+    cardHooks.onSave = (card) => order.push(`onSave ${card.id}`);
+    const created = await captureBroadcasts(turbo, () => {
+      db.insert(cards).values({ id: 1, boardId: 1, title: "slow" }).run();
+      db.insert(cards).values({ id: 2, boardId: 2, title: "fast" }).run();
+    });
+    expect(created.map(short)).toEqual([`${board(1)} append cards`, `${board(2)} append cards`]);
+    expect(created[0]!.html).toContain('id="card_1"');
+    expect(order).toEqual(["mapped 1", "onSave 1", "mapped 2", "onSave 2"]);
+
+    const moved = await captureBroadcasts(turbo, () => {
+      db.update(cards).set({ boardId: 2 }).where(eq(cards.id, 1)).run();
+      db.update(cards).set({ title: "renamed" }).where(eq(cards.id, 2)).run();
+      db.update(cards).set({ archived: true }).where(eq(cards.id, 2)).run();
+    });
+    expect(moved.map(short)).toEqual([
+      `${board(1)} remove card_1`,
+      `${board(2)} append cards`,
+      `${board(2)} replace card_2`,
+      `${board(2)} remove card_2`,
+    ]);
+    const deleted = await captureBroadcasts(turbo, () => sqlite.exec("DELETE FROM cards"));
+    expect(deleted.map(short)).toEqual([`${board(2)} remove card_1`]);
+    expect(cardHooks.deletes.map((d) => d.card.id)).toEqual([1, 2]);
+  });
+
+  it("renders the partial with the class's locals, sync or a promise, and does not ask for them on a delete", async () => {
+    const { turbo, db } = await openApp();
+    const asked: number[] = [];
+    cardHooks.locals = (card) => {
+      asked.push(card.id);
+      return card.id === 1 ? { extra: " (sync)" } : Promise.resolve({ extra: " (async)", card: "not the row" });
+    };
+    const frames = await captureBroadcasts(turbo, () => {
+      db.insert(cards).values({ id: 1, boardId: 1, title: "a" }).run();
+      db.insert(cards).values({ id: 2, boardId: 1, title: "b" }).run();
+      db.update(cards).set({ title: "c" }).where(eq(cards.id, 2)).run();
+    });
+    // the row wins over a local of the same name
+    expect(frames.map((f) => f.html)).toEqual([
+      '<li id="card_1">a (sync)</li>',
+      '<li id="card_2">b (async)</li>',
+      '<li id="card_2">c (async)</li>',
+    ]);
+    await captureBroadcasts(turbo, () => db.delete(cards).run());
+    expect(asked).toEqual([1, 2, 2]);
+  });
+
+  it("logs a mapping's rejected promise as a failed hook with table, key and version, and goes on", async () => {
+    const { turbo, db, log, sqlite } = await openApp();
+    cardHooks.mapping = async (card) => {
+      if (card.title === "rejects") throw new Error("lookup failed");
+      if (card.title === "object") return { not: "a stream" };
+      return BoardStream.for(card.boardId);
+    };
+    const frames = await captureBroadcasts(turbo, () => {
+      db.insert(cards).values({ id: 1, boardId: 1, title: "rejects" }).run();
+      db.insert(cards).values({ id: 2, boardId: 1, title: "object" }).run();
+      db.insert(cards).values({ id: 3, boardId: 1, title: "fine" }).run();
+    });
+    expect(frames.map(short)).toEqual([`${board(1)} append cards`]);
+    const seqs = sqlite.prepare("SELECT seq FROM _turbocast_changes ORDER BY seq").pluck().all() as number[];
+    const failures = log.filter((e) => e.details?.code === "TURBOCAST_HOOK_FAILED");
+    expect(failures.map((e) => [e.details!.table, e.details!.key, e.details!.version])).toEqual([
+      ["cards", 1, seqs[0]],
+      ["cards", 2, seqs[1]],
+    ]);
+    expect(failures[0]!.message).toContain("CardStream.broadcastsTo");
+    expect(failures[0]!.message).toContain("lookup failed");
+    expect(String(failures[1]!.message)).toContain("returned an object");
+    expect(cardHooks.saves.map((s) => s.card.id)).toEqual([1, 2, 3]);
+  });
+
+  it("logs a mapping that never settles as the mapping's failure after hookTimeoutMs, and goes on", async () => {
+    const { turbo, db, log } = await openApp({ capture: { hookTimeoutMs: 50 } });
+    cardHooks.mapping = (card) => (card.title === "hangs" ? new Promise(() => {}) : BoardStream.for(card.boardId));
+    const frames = await captureBroadcasts(turbo, () => {
+      db.insert(cards).values({ id: 1, boardId: 1, title: "hangs" }).run();
+      db.insert(cards).values({ id: 2, boardId: 1, title: "fine" }).run();
+    });
+    expect(frames.map(short)).toEqual([`${board(1)} append cards`]);
+    const failures = log.filter((e) => e.details?.code === "TURBOCAST_HOOK_FAILED");
+    expect(failures.map((e) => [e.details!.table, e.details!.key])).toEqual([["cards", 1]]);
+    expect(failures[0]!.message).toContain("CardStream.broadcastsTo");
+    expect(failures[0]!.message).toContain("hookTimeoutMs");
+  });
+
+  it("broadcastsRefreshesTo may return a promise too", async () => {
+    const { turbo, db } = await openApp();
+    NoteStream.mapping = async (note) => BoardStream.for(note.boardId);
+    try {
+      const moved = await captureBroadcasts(turbo, () => {
+        db.insert(notes).values({ id: 1, boardId: 1, body: "a" }).run();
+        db.update(notes).set({ boardId: 2 }).where(eq(notes.id, 1)).run();
+      });
+      expect(moved.map(short).sort()).toEqual([`${board(1)} refresh undefined`, `${board(2)} refresh undefined`]);
+    } finally {
+      NoteStream.mapping = undefined;
+    }
   });
 
   it("follows the class's partial, target, insertsBy, and several streams per row; composite keys in element ids", async () => {

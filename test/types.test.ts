@@ -49,6 +49,18 @@ class NotAStreamMapping extends ModelStream<typeof messages> {
   static override broadcastsTo = (message: Message) => message.body;
 }
 
+// an app on PostgreSQL maps rows with an async query: a promise of streams compiles, a promise of anything else does not
+class AsyncMapping extends ModelStream<typeof messages> {
+  static override model = messages;
+  static override broadcastsTo = async (message: Message) => [RoomStream.for(message.roomId)];
+}
+
+// @ts-expect-error a mapping's promise resolves to streams, not strings
+class NotAStreamPromise extends ModelStream<typeof messages> {
+  static override model = messages;
+  static override broadcastsTo = async (message: Message) => message.body;
+}
+
 class MembershipStream extends ModelStream<typeof memberships> {
   static override model = memberships;
 }
@@ -62,7 +74,12 @@ class NotificationsStream extends Stream {
 
 describe("XStream.for(), the typed accessor of a row's stream", () => {
   it("declares the change context's types (checked by tsc)", () => {
-    expect([ContextStream.broadcastsTo, NotAStreamMapping.model]).toHaveLength(2);
+    expect([
+      ContextStream.broadcastsTo,
+      NotAStreamMapping.model,
+      AsyncMapping.model,
+      NotAStreamPromise.model,
+    ]).toHaveLength(4);
   });
 
   it("gives the class's own instance, with its pk typed from the key column", () => {

@@ -3,13 +3,12 @@ import type { ChatDatabase } from "./db.js";
 import { type Room, memberships } from "./schema.js";
 
 /** Public rooms are open to every signed-in user; private ones to their members. */
-export function canSeeRoom(db: ChatDatabase, userId: number | null, room: Room): boolean {
+export async function canSeeRoom(db: ChatDatabase, userId: number | null, room: Room): Promise<boolean> {
   if (userId === null) return false;
   if (!room.isPrivate) return true;
-  const member = db
+  const [member] = await db
     .select({ userId: memberships.userId })
     .from(memberships)
-    .where(and(eq(memberships.roomId, room.id), eq(memberships.userId, userId)))
-    .get();
+    .where(and(eq(memberships.roomId, room.id), eq(memberships.userId, userId)));
   return member !== undefined;
 }

@@ -8,7 +8,7 @@ import nunjucks from "nunjucks";
 import { type Broker, type Logger, type Turbo, createTurbo, domId } from "turbocast";
 import { LogThrottle } from "../log-throttle.js";
 import { canSeeRoom } from "./access.js";
-import { type ChatDatabase, openDatabase, setAppDb } from "./db.js";
+import { type ChatDatabase, chatDatabaseUrl, openDatabase, openPostgresDatabase, setAppDb } from "./db.js";
 import { type Room, type User, memberships, messages, rooms, users } from "./schema.js";
 import { clearedSessionCookie, sessionCookie, sessionUserId } from "./session.js";
 
@@ -16,8 +16,13 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 const require = createRequire(import.meta.url);
 
 export interface ChatOptions {
-  /** SQLite file. Default: CHAT_DB or data/chat.db. */
+  /** SQLite file. Default: CHAT_DB or data/chat.db (unless the app runs on PostgreSQL). */
   dbFile?: string;
+  /**
+   * PostgreSQL instead of SQLite: `postgres://…`. Default: DATABASE_URL when
+   * neither `dbFile` nor CHAT_DB is set. Tables are created (and seeded) when missing.
+   */
+  databaseUrl?: string;
   /** Signs session cookies and stream names. Default: TURBOCAST_SECRET, else a development secret. */
   secret?: string;
   /** Scale-out broker; default in-memory. */
@@ -51,20 +56,30 @@ function developmentSecret(): string {
   return "turbocast-demo-development-secret-not-for-production";
 }
 
+/** A transaction on the PostgreSQL database, typed like the app's db (node-postgres transactions are asynchronous; better-sqlite3's are not). */
+function transactionPg<T>(db: ChatDatabase, fn: (tx: ChatDatabase) => Promise<T>): Promise<T> {
+  return (db as unknown as { transaction(fn: (tx: ChatDatabase) => Promise<T>): Promise<T> }).transaction(fn);
+}
+
 /** Builds the demo chat app: Express, nunjucks views, turbocast on one http.Server. */
 export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp> {
-  const { sqlite, db } = openDatabase(options.dbFile);
+  const databaseUrl = options.databaseUrl ?? (options.dbFile === undefined ? chatDatabaseUrl() : undefined);
+  const opened = databaseUrl ? await openPostgresDatabase(databaseUrl) : openDatabase(options.dbFile);
+  const { db } = opened;
+  const closeDatabase = async () => {
+    if ("pool" in opened) await opened.pool.end();
+    else opened.sqlite.close();
+  };
   setAppDb(db);
   const secret = options.secret ?? process.env.TURBOCAST_SECRET ?? developmentSecret();
 
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(root, "views")), { autoescape: true });
-  // a message broadcast renders with { message } alone: its partial looks the author up
-  views.addGlobal("author_of", (message: { userId: number }) =>
-    db.select().from(users).where(eq(users.id, message.userId)).get(),
-  );
-  const userFromRequest = (req: http.IncomingMessage): User | null => {
+  // builders are awaited, not .get()/.all()/.run(): the same code runs on SQLite and PostgreSQL
+  const userFromRequest = async (req: http.IncomingMessage): Promise<User | null> => {
     const id = sessionUserId(req, secret);
-    return id === null ? null : (db.select().from(users).where(eq(users.id, id)).get() ?? null);
+    if (id === null) return null;
+    const [user] = await db.select().from(users).where(eq(users.id, id));
+    return user ?? null;
   };
 
   const turbo = await createTurbo({
@@ -85,8 +100,8 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   app.get("/assets/turbo.js", (_req, res) => res.sendFile(require.resolve("@hotwired/turbo/dist/turbo.es2017-esm.js")));
   app.use("/assets", express.static(path.join(root, "public")));
   app.use(turbo.middleware());
-  app.use((req, res, next) => {
-    req.user = userFromRequest(req);
+  app.use(async (req, res, next) => {
+    req.user = await userFromRequest(req);
     res.locals.currentUser = req.user;
     res.locals.turbocastClientUrl = turbo.clientScriptPath;
     next();
@@ -99,10 +114,10 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   };
 
   /** The room, if the signed-in user may see it; otherwise answers 404 (a private room's existence is not revealed). */
-  const visibleRoom = (req: Request, res: Response): Room | undefined => {
+  const visibleRoom = async (req: Request, res: Response): Promise<Room | undefined> => {
     const id = Number(req.params.id);
-    const room = Number.isInteger(id) ? db.select().from(rooms).where(eq(rooms.id, id)).get() : undefined;
-    if (room && canSeeRoom(db, req.user!.id, room)) return room;
+    const [room] = Number.isInteger(id) ? await db.select().from(rooms).where(eq(rooms.id, id)) : [];
+    if (room && (await canSeeRoom(db, req.user!.id, room))) return room;
     res.status(404).render("error.njk", { status: 404, message: "No such room, or it is private." });
     return undefined;
   };
@@ -114,7 +129,7 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     res.render("sessions/new.njk", {});
   });
 
-  app.post("/login", (req, res) => {
+  app.post("/login", async (req, res) => {
     const name = String(req.body?.name ?? "").trim();
     if (!/^[\p{L}\p{N} _.-]{1,40}$/u.test(name)) {
       return res.status(422).render("sessions/new.njk", {
@@ -122,8 +137,8 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
         name,
       });
     }
-    const user =
-      db.select().from(users).where(eq(users.name, name)).get() ?? db.insert(users).values({ name }).returning().get();
+    const [found] = await db.select().from(users).where(eq(users.name, name));
+    const user = found ?? (await db.insert(users).values({ name }).returning())[0]!;
     res.setHeader("Set-Cookie", sessionCookie(user.id, secret));
     res.redirect(303, "/");
   });
@@ -136,97 +151,109 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     res.redirect(303, "/login");
   });
 
-  app.get("/", signedIn, (req, res) => {
+  app.get("/", signedIn, async (req, res) => {
     const userId = req.user!.id;
-    const all = db.select().from(rooms).orderBy(asc(rooms.id)).all();
+    const all = await db.select().from(rooms).orderBy(asc(rooms.id));
+    const visible = await Promise.all(all.map((room) => canSeeRoom(db, userId, room)));
     res.render("rooms/index.njk", {
-      rooms: all.filter((room) => canSeeRoom(db, userId, room)),
+      rooms: all.filter((_room, i) => visible[i]),
       roomsStream: turbo.registry.forTable(rooms)!.all(),
       myRoomsStream: turbo.registry.namedClass("user-rooms")!.for(userId),
     });
   });
 
-  app.post("/rooms", signedIn, (req, res) => {
+  app.post("/rooms", signedIn, async (req, res) => {
     const name = String(req.body?.name ?? "")
       .trim()
       .slice(0, 60);
     if (!name) return res.status(422).render("error.njk", { status: 422, message: "A room needs a name." });
     const transport = req.body?.transport === "websocket" ? "websocket" : "sse";
     const isPrivate = req.body?.private === "1";
-    const room = db.transaction((tx) => {
-      const created = tx
-        .insert(rooms)
-        .values({ name, transport, isPrivate, createdBy: req.user!.id })
-        .returning()
-        .get();
-      if (isPrivate) tx.insert(memberships).values({ roomId: created.id, userId: req.user!.id }).run();
-      return created;
-    });
+    const values = { name, transport, isPrivate, createdBy: req.user!.id } as const;
+    const room =
+      "pool" in opened
+        ? // node-postgres transactions are asynchronous; better-sqlite3's are not
+          await transactionPg(db, async (tx) => {
+            const [created] = await tx.insert(rooms).values(values).returning();
+            if (isPrivate) await tx.insert(memberships).values({ roomId: created!.id, userId: req.user!.id });
+            return created!;
+          })
+        : db.transaction((tx) => {
+            const created = tx.insert(rooms).values(values).returning().get();
+            if (isPrivate) tx.insert(memberships).values({ roomId: created.id, userId: req.user!.id }).run();
+            return created;
+          });
     res.redirect(303, `/rooms/${room.id}`);
   });
 
-  app.get("/rooms/:id", signedIn, (req, res) => {
-    const room = visibleRoom(req, res);
+  app.get("/rooms/:id", signedIn, async (req, res) => {
+    const room = await visibleRoom(req, res);
     if (!room) return;
     // whole rows (not a join): they carry .stream, which dom_id needs
-    const rows = db.select().from(messages).where(eq(messages.roomId, room.id)).orderBy(asc(messages.id)).all();
+    const rows = await db.select().from(messages).where(eq(messages.roomId, room.id)).orderBy(asc(messages.id));
     const authors = new Map(
-      db
-        .select()
-        .from(users)
-        .where(inArray(users.id, [...new Set(rows.map((m) => m.userId))]))
-        .all()
-        .map((u) => [u.id, u]),
+      (
+        await db
+          .select()
+          .from(users)
+          .where(inArray(users.id, [...new Set(rows.map((m) => m.userId))]))
+      ).map((u) => [u.id, u]),
     );
     const list = rows.map((message) => ({ message, author: authors.get(message.userId) }));
     const members = room.isPrivate
-      ? db
+      ? await db
           .select({ id: users.id, name: users.name })
           .from(memberships)
           .innerJoin(users, eq(users.id, memberships.userId))
           .where(eq(memberships.roomId, room.id))
           .orderBy(asc(users.name))
-          .all()
       : [];
     res.render("rooms/show.njk", { room, messages: list, members });
   });
 
-  app.post("/rooms/:id/members", signedIn, (req, res) => {
-    const room = visibleRoom(req, res);
+  app.post("/rooms/:id/members", signedIn, async (req, res) => {
+    const room = await visibleRoom(req, res);
     if (!room) return;
     if (!room.isPrivate || room.createdBy !== req.user!.id) {
       return res
         .status(403)
         .render("error.njk", { status: 403, message: "Only the creator of a private room adds members." });
     }
-    const member = db
+    const [member] = await db
       .select()
       .from(users)
-      .where(eq(users.name, String(req.body?.name ?? "").trim()))
-      .get();
+      .where(eq(users.name, String(req.body?.name ?? "").trim()));
     if (!member) return res.status(422).render("error.njk", { status: 422, message: "No user by that name." });
-    db.insert(memberships).values({ roomId: room.id, userId: member.id }).onConflictDoNothing().run();
+    await db.insert(memberships).values({ roomId: room.id, userId: member.id }).onConflictDoNothing();
     res.redirect(303, `/rooms/${room.id}`);
   });
 
   app.post("/rooms/:id/private", signedIn, async (req, res) => {
-    const room = visibleRoom(req, res);
+    const room = await visibleRoom(req, res);
     if (!room) return;
     if (room.createdBy !== req.user!.id) {
       return res.status(403).render("error.njk", { status: 403, message: "Only its creator makes a room private." });
     }
     // the creator stays a member; RoomStream.broadcastsTo moves the room out of everyone else's list
-    db.transaction((tx) => {
-      tx.insert(memberships).values({ roomId: room.id, userId: req.user!.id }).onConflictDoNothing().run();
-      tx.update(rooms).set({ isPrivate: true }).where(eq(rooms.id, room.id)).run();
-    });
+    const membership = { roomId: room.id, userId: req.user!.id };
+    if ("pool" in opened) {
+      await transactionPg(db, async (tx) => {
+        await tx.insert(memberships).values(membership).onConflictDoNothing();
+        await tx.update(rooms).set({ isPrivate: true }).where(eq(rooms.id, room.id));
+      });
+    } else {
+      db.transaction((tx) => {
+        tx.insert(memberships).values(membership).onConflictDoNothing().run();
+        tx.update(rooms).set({ isPrivate: true }).where(eq(rooms.id, room.id)).run();
+      });
+    }
     // the open pages of this room of everyone who is no longer allowed in stop receiving now (refreshed into not-found)
     await turbo.reauthorize({ stream: room });
     res.redirect(303, `/rooms/${room.id}`);
   });
 
   app.post("/rooms/:id/members/:userId/delete", signedIn, async (req, res) => {
-    const room = visibleRoom(req, res);
+    const room = await visibleRoom(req, res);
     if (!room) return;
     if (!room.isPrivate || room.createdBy !== req.user!.id) {
       return res
@@ -237,22 +264,20 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     if (memberId === room.createdBy) {
       return res.status(422).render("error.njk", { status: 422, message: "The creator stays a member." });
     }
-    db.delete(memberships)
-      .where(and(eq(memberships.roomId, room.id), eq(memberships.userId, memberId)))
-      .run();
+    await db.delete(memberships).where(and(eq(memberships.roomId, room.id), eq(memberships.userId, memberId)));
     // the removed member's open pages of this room stop receiving at once, in every process: each gets
     // a refresh and reloads into the not-found page (the periodic re-check would catch it within reauthorizeMs)
     await turbo.disconnect({ user: memberId, stream: room });
     res.redirect(303, `/rooms/${room.id}`);
   });
 
-  app.post("/rooms/:id/messages", signedIn, (req, res) => {
-    const room = visibleRoom(req, res);
+  app.post("/rooms/:id/messages", signedIn, async (req, res) => {
+    const room = await visibleRoom(req, res);
     if (!room) return;
     const body = String(req.body?.body ?? "")
       .trim()
       .slice(0, 2000);
-    if (body) db.insert(messages).values({ roomId: room.id, userId: req.user!.id, body }).run();
+    if (body) await db.insert(messages).values({ roomId: room.id, userId: req.user!.id, body });
     // the message itself arrives through the room's stream, in this page as in every other
     if (wantsStream(req)) {
       res.type("text/vnd.turbo-stream.html");
@@ -265,44 +290,42 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
   });
 
   /** The signed-in user's own message, or answers 404. */
-  const ownMessage = (req: Request, res: Response) => {
+  const ownMessage = async (req: Request, res: Response) => {
     const id = Number(req.params.id);
-    const message = Number.isInteger(id)
-      ? db
+    const [message] = Number.isInteger(id)
+      ? await db
           .select()
           .from(messages)
           .where(and(eq(messages.id, id), eq(messages.userId, req.user!.id)))
-          .get()
-      : undefined;
+      : [];
     if (!message) res.status(404).render("error.njk", { status: 404, message: "No such message of yours." });
     return message;
   };
 
-  app.get("/messages/:id/edit", signedIn, (req, res) => {
-    const message = ownMessage(req, res);
+  app.get("/messages/:id/edit", signedIn, async (req, res) => {
+    const message = await ownMessage(req, res);
     if (message) res.render("messages/edit.njk", { message });
   });
 
-  app.post("/messages/:id", signedIn, (req, res) => {
-    const message = ownMessage(req, res);
+  app.post("/messages/:id", signedIn, async (req, res) => {
+    const message = await ownMessage(req, res);
     if (!message) return;
     const body = String(req.body?.body ?? "")
       .trim()
       .slice(0, 2000);
     if (!body) return res.status(422).render("messages/edit.njk", { message });
-    const updated = db
+    const [updated] = await db
       .update(messages)
       .set({ body, editedAt: new Date() })
       .where(eq(messages.id, message.id))
-      .returning()
-      .get();
+      .returning();
     res.render("messages/_message.njk", { message: updated, author: req.user });
   });
 
-  app.post("/messages/:id/delete", signedIn, (req, res) => {
-    const message = ownMessage(req, res);
+  app.post("/messages/:id/delete", signedIn, async (req, res) => {
+    const message = await ownMessage(req, res);
     if (!message) return;
-    db.delete(messages).where(eq(messages.id, message.id)).run();
+    await db.delete(messages).where(eq(messages.id, message.id));
     if (wantsStream(req)) {
       res.type("text/vnd.turbo-stream.html");
       return res.send(`<turbo-stream action="remove" target="${domId(message)}"></turbo-stream>`);
@@ -331,7 +354,7 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       setAppDb(null);
-      sqlite.close();
+      await closeDatabase();
     },
   };
 }

@@ -2,14 +2,15 @@ import cluster, { type Worker } from "node:cluster";
 import { availableParallelism } from "node:os";
 import { type Broker, postgresBroker, redisBroker } from "turbocast";
 import { createChatApp } from "./app.js";
-import { databasePath, openDatabase } from "./db.js";
+import { chatDatabaseUrl, databasePath, openDatabase, openPostgresDatabase } from "./db.js";
 
 /**
  * `npm run start:cluster`: the demo on N worker processes (WORKERS, default
  * the number of cores) sharing one SQLite file (CHAT_DB) and port (PORT,
- * HOST). Frames cross workers through Redis (REDIS_URL, default
- * redis://127.0.0.1:6379) or, with BROKER=postgres, PostgreSQL
- * (DATABASE_URL); BROKER_PREFIX names the broker's keys or tables (default
+ * HOST) — or, with DATABASE_URL and no CHAT_DB, one PostgreSQL database and
+ * no shared file at all. Frames cross workers through Redis (REDIS_URL,
+ * default redis://127.0.0.1:6379) or, with BROKER=postgres (the default on
+ * PostgreSQL), PostgreSQL (DATABASE_URL); BROKER_PREFIX names the broker's keys or tables (default
  * `turbocast`), so several apps can share one server. The change feed still
  * dispatches each write once, whichever worker claims it.
  *
@@ -22,7 +23,8 @@ import { databasePath, openDatabase } from "./db.js";
 const workers = Number(process.env.WORKERS ?? Math.max(2, availableParallelism()));
 const port = Number(process.env.PORT ?? 3000);
 const host = process.env.HOST ?? "localhost";
-const kind = process.env.BROKER ?? "redis";
+const databaseUrl = chatDatabaseUrl();
+const kind = process.env.BROKER ?? (databaseUrl ? "postgres" : "redis");
 const prefix = process.env.BROKER_PREFIX;
 /** How long the primary waits for its workers to close before killing them. */
 const SHUTDOWN_GRACE_MS = 10_000;
@@ -50,8 +52,9 @@ function broker(): Broker {
 }
 
 if (cluster.isPrimary) {
-  // migrate and seed once, before any worker opens the file
-  openDatabase(databasePath()).sqlite.close();
+  // migrate and seed once, before any worker opens the database
+  if (databaseUrl) await (await openPostgresDatabase(databaseUrl)).pool.end();
+  else openDatabase(databasePath()).sqlite.close();
   let stopping = false;
   let announced = false;
   const serving = new Set<number>();
@@ -61,7 +64,7 @@ if (cluster.isPrimary) {
     if (!announced && serving.size === workers) {
       announced = true;
       console.log(
-        `turbocast chat on http://${host}:${port} with ${workers} workers (${kind} broker, database ${databasePath()})`,
+        `turbocast chat on http://${host}:${port} with ${workers} workers (${kind} broker, database ${databaseUrl ? "PostgreSQL" : databasePath()})`,
       );
     }
   });

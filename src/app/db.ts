@@ -1,8 +1,16 @@
 import Database from "better-sqlite3";
 import { drizzle } from "drizzle-orm/better-sqlite3";
+import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { schema } from "./schema.js";
+import pg from "pg";
+import { MIGRATION as PG_MIGRATION, schema as pgSchema } from "./schema-pg.js";
+import { schema, useDialect } from "./schema.js";
+
+/** The demo's PostgreSQL database: DATABASE_URL, unless CHAT_DB names a SQLite file. */
+export function chatDatabaseUrl(): string | undefined {
+  return process.env.CHAT_DB ? undefined : process.env.DATABASE_URL || undefined;
+}
 
 /** The demo's database file: CHAT_DB overrides the default `data/chat.db`. */
 export function databasePath(): string {
@@ -40,6 +48,7 @@ CREATE INDEX IF NOT EXISTS messages_room ON messages(room_id, id);
 
 /** Opens (creating, migrating and on first start seeding) the demo's SQLite file. */
 export function openDatabase(file = databasePath()) {
+  useDialect("sqlite");
   mkdirSync(path.dirname(file), { recursive: true });
   const sqlite = new Database(file);
   // WAL lets the change feed's poll and other processes read while the app writes
@@ -83,6 +92,67 @@ declare module "turbocast" {
     db: ChatDatabase;
     actor: import("./schema.js").User | null;
   }
+}
+
+/**
+ * Opens the demo's PostgreSQL database (`DATABASE_URL`): creates the tables
+ * when missing and seeds an empty database, in one transaction under an
+ * advisory lock (workers of `start:cluster` may start together). The app's
+ * code is typed against the SQLite db; on PostgreSQL it awaits the same
+ * builders (schema.ts swaps the tables).
+ */
+export async function openPostgresDatabase(url: string): Promise<{ db: ChatDatabase; pool: pg.Pool }> {
+  useDialect("postgres");
+  const pool = new pg.Pool({ connectionString: url });
+  // an idle connection that dies (a server restart) is dropped by the pool; unheard, it would crash the process
+  pool.on("error", () => {});
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    await client.query("SELECT pg_advisory_xact_lock(hashtext('turbocast_chat_migration'))");
+    await client.query(PG_MIGRATION);
+    const { rows } = await client.query<{ n: number }>("SELECT count(*)::int AS n FROM users");
+    if (rows[0]!.n === 0) await seedPostgres(client);
+    await client.query("COMMIT");
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    client.release();
+    await pool.end();
+    throw error;
+  }
+  client.release();
+  return { db: drizzlePg(pool, { schema: pgSchema }) as unknown as ChatDatabase, pool };
+}
+
+async function seedPostgres(client: pg.PoolClient): Promise<void> {
+  const now = Date.now();
+  const id = async (sql: string, values: unknown[]) =>
+    (await client.query<{ id: number }>(`${sql} RETURNING id`, values)).rows[0]!.id;
+  const [alice, bob] = [
+    await id("INSERT INTO users (name) VALUES ($1)", ["alice"]),
+    await id("INSERT INTO users (name) VALUES ($1)", ["bob"]),
+  ];
+  await id("INSERT INTO users (name) VALUES ($1)", ["carol"]);
+  const room = "INSERT INTO rooms (name, is_private, transport, created_by, created_at) VALUES ($1, $2, $3, $4, $5)";
+  const general = await id(room, ["general", false, "sse", alice, new Date(now)]);
+  const random = await id(room, ["random", false, "websocket", bob, new Date(now)]);
+  const secret = await id(room, ["secret plans", true, "sse", alice, new Date(now)]);
+  await client.query("INSERT INTO memberships (room_id, user_id) VALUES ($1, $2), ($1, $3)", [secret, alice, bob]);
+  const message = "INSERT INTO messages (room_id, user_id, body, created_at) VALUES ($1, $2, $3, $4)";
+  await client.query(message, [
+    general,
+    alice,
+    "Welcome to turbocast! Open this room in a second window and say hello.",
+    new Date(now),
+  ]);
+  await client.query(message, [
+    general,
+    bob,
+    "Every message arrives live, over Server-Sent Events in this room.",
+    new Date(now + 1),
+  ]);
+  await client.query(message, [random, bob, "This room subscribes over WebSocket.", new Date(now + 2)]);
+  await client.query(message, [secret, alice, "Only members can read this room.", new Date(now + 3)]);
 }
 
 let current: ChatDatabase | null = null;

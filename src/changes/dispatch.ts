@@ -181,18 +181,25 @@ export class HookDispatcher {
       stream.entity = entity as ModelStream["entity"];
       const declared = declaredBroadcasts(cls);
       const hook: HookStep = op === "delete" ? "onDelete" : "onSave";
-      const body = (): unknown => {
-        if (declared !== null) this.#broadcast(cls, declared, decoded, change);
+      const runStreamHook = (): unknown => {
         step = hook;
         return runHook(stream, decoded);
       };
+      const body = (): unknown => {
+        if (declared === null) return runStreamHook();
+        step = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
+        const broadcast = this.#broadcast(cls, declared, decoded, change);
+        // an async mapping: the hook runs after the change's declared frames are published, as with a sync one
+        return broadcast === undefined ? runStreamHook() : broadcast.then(runStreamHook);
+      };
       // passes run outside any request (the feed's #startPass): a change written in one runs inside its scope again
       const result = requestId === undefined ? body() : this.#requests!.run(requestId, body);
-      // most hooks are synchronous (they fire broadcasts and return): no timer for those
+      // most hooks and mappings are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
         return this.#settled(Promise.resolve(result)).then(
           () => this.#succeeded(cls, change, hook),
-          (error: unknown) => this.#hookFailed(cls, change, hook, error),
+          // `step`: a mapping that never settles is logged as the mapping's failure, not the hook's
+          (error: unknown) => this.#hookFailed(cls, change, step, error),
         );
       }
       this.#succeeded(cls, change, step);
@@ -202,20 +209,35 @@ export class HookDispatcher {
     return undefined;
   }
 
-  /** The declarative broadcasts of a change; a failure is logged like a hook's, and the hook still runs. */
+  /**
+   * The declarative broadcasts of a change; a failure is logged like a
+   * hook's, and the hook still runs. A promise (never rejecting) while an
+   * async mapping is pending.
+   */
   #broadcast(
     cls: AnyModelStreamClass,
     declared: DeclaredBroadcasts,
     decoded: DecodedChange,
     change: ChangeRecord,
-  ): void {
+  ): Promise<void> | undefined {
     const step: HookStep = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
     try {
-      broadcastDeclared(cls, declared, { op: decoded.op, entity: decoded.entity, previous: decoded.previous });
+      const pending = broadcastDeclared(cls, declared, {
+        op: decoded.op,
+        entity: decoded.entity,
+        previous: decoded.previous,
+      });
+      if (pending) {
+        return pending.then(
+          () => this.#succeeded(cls, change, step),
+          (error: unknown) => this.#hookFailed(cls, change, step, error),
+        );
+      }
       this.#succeeded(cls, change, step);
     } catch (error) {
       this.#hookFailed(cls, change, step, error);
     }
+    return undefined;
   }
 
   #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep, error: unknown): void {

@@ -418,7 +418,8 @@ export class ChangeFeed {
           // and the frames of the whole batch reach a scale-out broker together (PublishBatcher). An async
           // hook is awaited before the next change's starts — every frame of a change before any of the
           // next one's, whatever the hook awaits — so one that awaits its broadcast costs a broker round
-          // trip per change: that order cannot be kept while overlapping them.
+          // trip per change: that order cannot be kept while overlapping them. A broadcastsTo that returns a
+          // promise is awaited the same way (HookDispatcher), its frames published before the next change's.
           const pending = this.#dispatcher.dispatch(change, requestIds?.get(change.seq));
           if (pending) await pending;
           this.#claims.dispatched(change.seq);

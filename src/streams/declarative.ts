@@ -9,6 +9,12 @@ import { Stream } from "./stream.js";
 export type BroadcastTarget = Stream | null | undefined | false | readonly BroadcastTarget[];
 
 /**
+ * A mapping's result: the targets, or a promise of them — an app on
+ * PostgreSQL has only asynchronous queries (a room's members, a card's board).
+ */
+export type BroadcastMapping = BroadcastTarget | Promise<BroadcastTarget>;
+
+/**
  * The defaults of the declarative form, in one place (turbo-rails'
  * conventions, with `<table>` the table's SQL name and `<singular>` its
  * singular, see singularOf):
@@ -17,6 +23,7 @@ export type BroadcastTarget = Stream | null | undefined | false | readonly Broad
  *   target     "<table>"                   the list's element id, where rows are inserted
  *   insertsBy  "append"                    or "prepend"
  *   toOthers   false                       true: skip the page whose request wrote the row
+ *   locals     none                        (row) => more variables for the partial, or a promise of them
  *
  * A row's own element id is `domId(row)` ("<singular>_<key>"): replace and
  * remove aim at it, so the partial's root element must carry it
@@ -33,11 +40,13 @@ export const BROADCAST_DEFAULTS = {
 export interface DeclaredBroadcasts {
   /** "partials": insert / replace / remove with the partial; "refreshes": a debounced refresh. */
   kind: "partials" | "refreshes";
-  mapping: (row: never) => BroadcastTarget;
+  mapping: (row: never) => BroadcastMapping;
   partial: string;
   /** The template's variable holding the row (the singular name). */
   local: string;
   target: string | ((row: never) => string);
+  /** More variables for the partial, beside the row; may return a promise. */
+  locals: ((row: never) => object | Promise<object>) | undefined;
   insertsBy: "append" | "prepend";
   toOthers: boolean;
 }
@@ -66,7 +75,7 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
     if (typeof mapping !== "function") {
       throw new BroadcastConfigError(
         cls.name,
-        `${to !== undefined ? "broadcastsTo" : "broadcastsRefreshesTo"} must be a function (row) => stream | stream[]`,
+        `${to !== undefined ? "broadcastsTo" : "broadcastsRefreshesTo"} must be a function (row) => stream | stream[] | Promise<stream | stream[]>`,
       );
     }
     const table = cls.tableInfo().name;
@@ -79,6 +88,9 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
     if ((typeof target !== "string" || target === "") && typeof target !== "function") {
       throw new BroadcastConfigError(cls.name, "target must be an element id or a function (row) => element id");
     }
+    if (cls.locals !== undefined && typeof cls.locals !== "function") {
+      throw new BroadcastConfigError(cls.name, "locals must be a function (row) => object | Promise<object>");
+    }
     const partial = cls.partial ?? BROADCAST_DEFAULTS.partial(table, singular);
     if (typeof partial !== "string" || partial === "") {
       throw new BroadcastConfigError(cls.name, "partial must be a template name");
@@ -89,6 +101,7 @@ export function declaredBroadcasts(cls: typeof ModelStream): DeclaredBroadcasts 
       partial,
       local: singular,
       target: target as DeclaredBroadcasts["target"],
+      locals: cls.locals as DeclaredBroadcasts["locals"],
       insertsBy,
       toOthers: (cls.toOthers ?? BROADCAST_DEFAULTS.toOthers) === true,
     };
@@ -129,20 +142,65 @@ export interface DeclaredChange {
 }
 
 /**
- * Broadcasts one change as the class declares (synchronously: it renders
- * and publishes, and publish failures are logged by the publisher). With
- * partials: a created row is inserted into every stream it maps to; an
- * updated row is replaced in the streams it stays in, removed from those it
- * left and inserted into those it entered (from the previous row's mapping
- * and the new one's); a deleted row is removed. With refreshes: every
- * stream of the row before and after gets a debounced refresh. Throws what
- * the mapping throws, and FrameOptionsError when it returns something that
- * is not a stream.
+ * Broadcasts one change as the class declares: it renders and publishes
+ * (publish failures are logged by the publisher), synchronously when the
+ * mapping returns streams, and once its promises settle when it returns
+ * promises (the returned promise; the caller awaits it before the next
+ * change, so every frame of a change is published before any of the
+ * next's). With partials: a created row is inserted into every stream it
+ * maps to; an updated row is replaced in the streams it stays in, removed
+ * from those it left and inserted into those it entered (from the previous
+ * row's mapping and the new one's); a deleted row is removed. With
+ * refreshes: every stream of the row before and after gets a debounced
+ * refresh. Throws (or rejects with) what the mapping throws, and
+ * FrameOptionsError when it returns something that is not a stream.
  */
-export function broadcastDeclared(cls: typeof ModelStream, declared: DeclaredBroadcasts, change: DeclaredChange): void {
+export function broadcastDeclared(
+  cls: typeof ModelStream,
+  declared: DeclaredBroadcasts,
+  change: DeclaredChange,
+): Promise<void> | undefined {
   const { op, entity, previous } = change;
-  const after = streamsOf(cls, declared, entity);
-  const before = previous === undefined ? null : streamsOf(cls, declared, previous);
+  const pending: Promise<unknown>[] = [];
+  const settle = <T>(compute: () => T): T => {
+    try {
+      const value = compute();
+      if (isPromise(value)) pending.push(value);
+      return value;
+    } catch (error) {
+      // the earlier promises are dropped with this change: their rejections are not the one to report
+      for (const promise of pending) promise.catch(() => {});
+      throw error;
+    }
+  };
+  const after = settle(() => streamsOf(cls, declared, entity));
+  const before = settle(() => (previous === undefined ? null : streamsOf(cls, declared, previous)));
+  const locals = settle(() =>
+    declared.kind === "partials" && op !== "delete" ? (declared.locals as LocalsOf | undefined)?.(entity) : undefined,
+  );
+  if (pending.length > 0) {
+    return Promise.all([after, before, locals]).then(([after, before, locals]) =>
+      publishDeclared(cls, declared, change, after, before, locals),
+    );
+  }
+  publishDeclared(cls, declared, change, after as Streams, before as Streams | null, locals as object | undefined);
+  return undefined;
+}
+
+type LocalsOf = (row: object) => object | Promise<object> | undefined;
+
+type Streams = Map<string, Stream>;
+
+/** The frames of one change, from the streams of the row after it and (for an update) before it. */
+function publishDeclared(
+  cls: typeof ModelStream,
+  declared: DeclaredBroadcasts,
+  change: DeclaredChange,
+  after: Streams,
+  before: Streams | null,
+  locals: object | undefined,
+): void {
+  const { op, entity, previous } = change;
   if (declared.kind === "refreshes") {
     for (const stream of before === null ? after.values() : new Map([...before, ...after]).values()) {
       void stream.refresh();
@@ -155,7 +213,7 @@ export function broadcastDeclared(cls: typeof ModelStream, declared: DeclaredBro
   const rendered = (): string => {
     if (html === undefined) {
       try {
-        html = runtime.render(declared.partial, { [declared.local]: entity });
+        html = runtime.render(declared.partial, { ...locals, [declared.local]: entity });
       } catch (error) {
         throw error instanceof TemplateRenderError ? error : new TemplateRenderError(declared.partial, error);
       }
@@ -193,9 +251,14 @@ export function broadcastDeclared(cls: typeof ModelStream, declared: DeclaredBro
   }
 }
 
-/** The distinct streams a row maps to, by name. */
-function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: object): Map<string, Stream> {
-  const streams = new Map<string, Stream>();
+/** The distinct streams a row maps to, by name; a promise of them when the mapping returns one. */
+function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: object): Streams | Promise<Streams> {
+  const mapped = (declared.mapping as (row: object) => unknown)(row);
+  return isPromise(mapped) ? mapped.then((value) => collect(cls, declared, value)) : collect(cls, declared, mapped);
+}
+
+function collect(cls: typeof ModelStream, declared: DeclaredBroadcasts, mapped: unknown): Streams {
+  const streams: Streams = new Map();
   const add = (value: unknown): void => {
     if (value === null || value === undefined || value === false) return;
     if (Array.isArray(value)) {
@@ -205,13 +268,17 @@ function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: o
     if (!(value instanceof Stream)) {
       const what = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
       throw new FrameOptionsError(
-        `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, or nothing`,
+        `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, nothing, or a promise of one of these`,
       );
     }
     if (!streams.has(value.name)) streams.set(value.name, value);
   };
-  add((declared.mapping as (row: object) => unknown)(row));
+  add(mapped);
   return streams;
+}
+
+function isPromise(value: unknown): value is Promise<unknown> {
+  return typeof (value as PromiseLike<unknown> | null | undefined)?.then === "function";
 }
 
 function describe(value: unknown): string {

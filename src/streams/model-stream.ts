@@ -1,7 +1,7 @@
 import type { InferSelectModel } from "drizzle-orm";
 import { FrameOptionsError, InvalidStreamClassError, MissingPrimaryKeyError } from "../errors.js";
 import type { RegisteredActor } from "../register.js";
-import type { BroadcastTarget } from "./declarative.js";
+import type { BroadcastMapping } from "./declarative.js";
 import { rowStreamName, tableStreamName } from "./names.js";
 import { runtimeOf } from "./runtime.js";
 import { Stream, type StreamInit } from "./stream.js";
@@ -98,15 +98,27 @@ export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream 
    * they stay, removed from streams they left and inserted into streams
    * they entered; deleted ones removed. Defaults of `partial`, `target`,
    * `insertsBy`, `toOthers`: see BROADCAST_DEFAULTS (declarative.ts).
+   * It may return a promise (an app on PostgreSQL queries asynchronously):
+   * the change's frames go out once it settles, still before the next
+   * change's.
    *
    * @example
    * static override broadcastsTo = (card: Card) => (card.archived ? [] : BoardStream.for(card.boardId));
    */
-  static broadcastsTo?: (row: never) => BroadcastTarget;
-  /** Instead of partial updates: a debounced `refresh` to these streams on every change (Turbo 8 morphing). */
-  static broadcastsRefreshesTo?: (row: never) => BroadcastTarget;
+  static broadcastsTo?: (row: never) => BroadcastMapping;
+  /** Instead of partial updates: a debounced `refresh` to these streams on every change (Turbo 8 morphing); may return a promise. */
+  static broadcastsRefreshesTo?: (row: never) => BroadcastMapping;
   /** The template of one row for broadcastsTo. Default `"<table>/_<singular>.njk"`, rendered with `{ <singular>: row }`. */
   static partial?: string;
+  /**
+   * More variables for the partial, beside the row (turbo-rails' `locals:`):
+   * what the row does not carry, such as its author. May return a promise
+   * (a query); not called for a delete, which renders nothing.
+   *
+   * @example
+   * static override locals = async (message: Message) => ({ author: await authorOf(message) });
+   */
+  static locals?: (row: never) => object | Promise<object>;
   /** The element id rows are inserted into (or a function of the row). Default: the table name. */
   static target?: string | ((row: never) => string);
   /**

@@ -46,7 +46,10 @@ export function tableInfo(table: BoundTable): TableInfo {
   const config = isPgTable(table) ? getPgTableConfig(table) : getSQLiteTableConfig(table);
   let keyColumns: Column[] = Object.values(columns).filter((c) => c.primary);
   if (keyColumns.length === 0 && config.primaryKeys.length > 0) {
-    keyColumns = config.primaryKeys[0]!.columns as Column[];
+    // pg-core hands the extra-config callback copies of the columns (the `t` of primaryKey({ columns: [t.a, t.b] })),
+    // so a composite key's columns are found by SQL name, not identity
+    const byName = new Map(Object.values(columns).map((c) => [c.name, c]));
+    keyColumns = (config.primaryKeys[0]!.columns as Column[]).map((c) => byName.get(c.name) ?? c);
   }
   const schema = isPgTable(table) ? getPgTableConfig(table).schema : undefined;
   info = {

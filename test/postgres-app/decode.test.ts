@@ -13,6 +13,7 @@ import {
   numeric,
   pgEnum,
   pgTable,
+  primaryKey,
   real,
   serial,
   smallint,
@@ -27,6 +28,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type DecodableColumn, parseRowJson, pgRowDecoder } from "../../src/changes/postgres/decode.js";
 import { PgChangeLog } from "../../src/changes/postgres/log.js";
 import { syncPgTriggers } from "../../src/changes/postgres/triggers.js";
+import { tableInfo } from "../../src/streams/table.js";
 import { createTestSchema, type TestSchema } from "./pg-helpers.js";
 
 const mood = pgEnum("mood", ["sad", "ok", "happy"]);
@@ -193,5 +195,18 @@ describe("decoding captured PostgreSQL rows through the Drizzle columns", () => 
       unknown
     >;
     expect(marked).toEqual({ a: "\u000012345678901234567890", b: "12", c: ["\u00001.50", "\u0000-2e3"], d: 'x"1' });
+  });
+});
+
+describe("a composite primary key declared in pgTable's extra config", () => {
+  it("keys rows by the columns' property names (pg-core hands the callback copies of the columns)", () => {
+    const pairs = pgTable(
+      "pairs",
+      { roomId: integer("room_id").notNull(), userId: integer("user_id").notNull() },
+      (t) => [primaryKey({ columns: [t.roomId, t.userId] })],
+    );
+    const info = tableInfo(pairs);
+    expect(info.keys.map((k) => k.key)).toEqual(["roomId", "userId"]);
+    expect(info.keys[0]!.column).toBe(getTableColumns(pairs).roomId);
   });
 });
