@@ -20,7 +20,17 @@ export interface Published {
    * (`wsFrame`: the complete WebSocket frame; `sseChunk`: the SSE event framed
    * as one HTTP/1.1 chunk).
    */
-  encoded?: { ws?: Buffer; wsFrame?: Buffer; sse?: Buffer; sseChunk?: Buffer };
+  encoded?: {
+    ws?: Buffer;
+    wsFrame?: Buffer;
+    sse?: Buffer;
+    sseChunk?: Buffer;
+    /** Union SSE (the client script's one EventSource per page): the event with the frame's stream marked. */
+    sseUnion?: Buffer;
+    sseUnionChunk?: Buffer;
+    /** Shared WebSocket connections: the complete frame per set of subscription ids it goes to (a few per frame). */
+    wsTagged?: Map<string, Buffer>;
+  };
 }
 
 export interface BrokerEvents {

@@ -1,5 +1,6 @@
 import * as ws from "ws";
 import type { Published } from "../brokers/broker.js";
+import { escapeHtml } from "../frames/escape.js";
 
 /**
  * Wire encodings, made once per frame and per transport and memoised on the
@@ -17,17 +18,37 @@ const LINE_BREAK = /\r\n|\r|\n/;
  * browser joins them with LF). An id with CR/LF would end the field early
  * and forge another: refused.
  */
-export function encodeSse(frame: Published): Buffer {
+export function encodeSse(frame: Published, markStream = false): Buffer {
   if (!SAFE_ID.test(frame.position))
     throw new TypeError(`refusing to send an SSE id with unsafe characters: ${JSON.stringify(frame.position)}`);
   let text = `id: ${frame.position}\n`;
-  for (const line of frame.frame.split(LINE_BREAK)) text += `data: ${line}\n`;
+  const body = markStream ? withAttributes(frame.frame, streamAttribute(frame)) : frame.frame;
+  for (const line of body.split(LINE_BREAK)) text += `data: ${line}\n`;
   return Buffer.from(`${text}\n`, "utf8");
+}
+
+/** The attribute that names a frame's stream on a shared connection (the client script routes frames to tabs by it). */
+export const STREAM_ATTRIBUTE = "data-turbocast-stream";
+/** The attribute that lists the subscription ids a frame on a shared WebSocket belongs to. */
+export const FOR_ATTRIBUTE = "data-turbocast-for";
+
+function streamAttribute(frame: Published): string {
+  return frame.stream === "" ? "" : ` ${STREAM_ATTRIBUTE}="${escapeHtml(frame.stream)}"`;
+}
+
+/** `frame` with `attributes` (each with its leading space) added to its opening `<turbo-stream` tag. */
+function withAttributes(frame: string, attributes: string): string {
+  const match = attributes === "" ? null : OPENING_TAG.exec(frame);
+  if (!match) return frame;
+  const at = match[0].length;
+  return `${frame.slice(0, at)}${attributes}${frame.slice(at)}`;
 }
 
 /** The attribute that carries a frame's position on WebSocket messages (Turbo ignores unknown attributes). */
 export const POSITION_ATTRIBUTE = "data-turbocast-position";
 const OPENING_TAG = /^\s*<turbo-stream(?=[\s/>])/i;
+/** Most tag sets whose bytes a frame keeps (ids differ little between pages: the client script numbers them from 1). */
+const MAX_TAG_SETS = 16;
 
 /**
  * One WebSocket text message: the frame, with its position as an attribute
@@ -44,6 +65,44 @@ export function encodeWs(frame: Published): Buffer {
     `${frame.frame.slice(0, at)} ${POSITION_ATTRIBUTE}="${frame.position}"${frame.frame.slice(at)}`,
     "utf8",
   );
+}
+
+/**
+ * A frame on a shared WebSocket: as encodeWs, plus the ids of the
+ * subscriptions it is sent for (`tags`, space-separated) and its stream,
+ * so the client script can advance each subscription's position and route
+ * the frame to the tab that holds it. Without an opening `<turbo-stream` tag
+ * (a refresh always has one) it goes as it is.
+ */
+export function encodeWsTagged(frame: Published, tags: string): Buffer {
+  const position = SAFE_ID.test(frame.position) ? ` ${POSITION_ATTRIBUTE}="${frame.position}"` : "";
+  return Buffer.from(
+    withAttributes(frame.frame, `${position} ${FOR_ATTRIBUTE}="${escapeHtml(tags)}"${streamAttribute(frame)}`),
+    "utf8",
+  );
+}
+
+/** The complete WebSocket frame of a frame for the subscriptions `tags`, kept for a few tag sets. */
+export function wsTaggedFrameBytes(frame: Published, tags: string): Buffer {
+  const encoded = (frame.encoded ??= {});
+  const sets = (encoded.wsTagged ??= new Map());
+  let bytes = sets.get(tags);
+  if (bytes) return bytes;
+  bytes = wsFrameOf(encodeWsTagged(frame, tags));
+  if (sets.size < MAX_TAG_SETS) sets.set(tags, bytes);
+  return bytes;
+}
+
+/** The union SSE event of a frame (its stream marked), memoised like the others. */
+export function sseUnionBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  return (encoded.sseUnion ??= encodeSse(frame, true));
+}
+
+/** The union SSE event as one HTTP/1.1 chunk (see sseChunkBytes). */
+export function sseUnionChunkBytes(frame: Published): Buffer {
+  const encoded = (frame.encoded ??= {});
+  return (encoded.sseUnionChunk ??= chunkOf(sseUnionBytes(frame)));
 }
 
 /** The SSE bytes of a frame, encoded by the first subscriber that needs them. */
@@ -65,14 +124,16 @@ export function wsBytes(frame: Published): Buffer {
  */
 export function sseChunkBytes(frame: Published): Buffer {
   const encoded = (frame.encoded ??= {});
-  if (encoded.sseChunk) return encoded.sseChunk;
-  const event = sseBytes(frame);
+  return (encoded.sseChunk ??= chunkOf(sseBytes(frame)));
+}
+
+function chunkOf(event: Buffer): Buffer {
   const head = `${event.length.toString(16)}\r\n`;
   const chunk = Buffer.allocUnsafe(head.length + event.length + 2);
   chunk.write(head, 0, "latin1");
   event.copy(chunk, head.length);
   chunk.write("\r\n", head.length + event.length, "latin1");
-  return (encoded.sseChunk = chunk);
+  return chunk;
 }
 
 /**
@@ -89,7 +150,10 @@ const buildWsFrame = (ws as unknown as { Sender: { frame(data: Buffer, options: 
  */
 export function wsFrameBytes(frame: Published): Buffer {
   const encoded = (frame.encoded ??= {});
-  if (encoded.wsFrame) return encoded.wsFrame;
-  const parts = buildWsFrame(wsBytes(frame), { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true });
-  return (encoded.wsFrame = parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+  return (encoded.wsFrame ??= wsFrameOf(wsBytes(frame)));
+}
+
+function wsFrameOf(payload: Buffer): Buffer {
+  const parts = buildWsFrame(payload, { readOnly: false, mask: false, rsv1: false, opcode: 1, fin: true });
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
 }

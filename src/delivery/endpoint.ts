@@ -13,7 +13,7 @@ import type { ResolvedDeliveryOptions } from "./options.js";
 import { pageMiddleware, serveClientScript } from "./page-middleware.js";
 import { SseEndpoint } from "./sse-endpoint.js";
 import type { ParsedSubscription, StreamSigner, StreamSourceRenderer } from "./stream-source.js";
-import { type Authorized, type SubscriptionSteps, authorize } from "./subscription.js";
+import { type Authorized, type Cursor, type SubscriptionSteps, authorize } from "./subscription.js";
 import { LiveAuthorization, recheckSlots } from "./live-authorization.js";
 import { WebSocketUpgrade } from "./websocket-upgrade.js";
 
@@ -84,8 +84,8 @@ export class DeliveryEndpoint {
           authorized.mark,
         ),
       refused: (error) => this.#noteRefusal(error),
-      subscribe: (connection, names, cursor, refresh, page) =>
-        this.#subscribe(connection, names, cursor, refresh, page),
+      subscribe: (connection, names, cursor) => this.#subscribe(connection, names, cursor),
+      hubSubscribe: (names, sink, options) => init.hub.subscribe(names, sink, options),
     };
     this.#websocket = new WebSocketUpgrade(steps);
     this.#sse = new SseEndpoint(steps, (req) => this.#websocket.attachedTo(req));
@@ -170,16 +170,10 @@ export class DeliveryEndpoint {
     });
   }
 
-  async #subscribe(
-    connection: Connection,
-    names: string[],
-    cursor: string | null,
-    refresh: boolean,
-    page: string | null,
-  ): Promise<void> {
+  async #subscribe(connection: Connection, names: string[], cursor: Cursor): Promise<void> {
     connection.beginReplay();
     try {
-      const unsubscribe = await this.#init.hub.subscribe(names, connection, { cursor, refresh, page });
+      const unsubscribe = await this.#init.hub.subscribe(names, connection, cursor);
       connection.endReplay();
       connection.attach(unsubscribe);
     } catch (error) {

@@ -6,6 +6,12 @@ import { buildFrame } from "../frames/frame.js";
 export interface Sink {
   /** Sends one frame. Must not throw; a transport that cannot keep up closes itself. */
   send(frame: Published): void;
+  /**
+   * The subscription is live: what it replayed and what arrived meanwhile
+   * was sent, and from now on `send` carries frames as they are published.
+   * Called once, synchronously, before any live frame.
+   */
+  live?(): void;
 }
 
 export interface SubscribeOptions {
@@ -19,6 +25,14 @@ export interface SubscribeOptions {
   refresh?: boolean;
   /** The digest of the subscribing page's id: frames broadcast `{ toOthers: true }` by that page's requests skip it. */
   page?: string | null;
+  /**
+   * A cursor per stream instead of one for all (the union of a page's
+   * sources, each rendered at its own position): each stream replays after
+   * its own cursor, in one pass in position order, so the position of the
+   * last frame sent still resumes every stream. `null`: that stream starts
+   * live. Cursors of different epochs get a refresh.
+   */
+  cursors?: ReadonlyMap<string, string | null>;
 }
 
 /**
@@ -81,7 +95,10 @@ export class Hub {
    * replay already sent. Resolves with the unsubscribe function.
    */
   async subscribe(streams: readonly string[], sink: Sink, options: SubscribeOptions = {}): Promise<() => void> {
-    const replay = options.refresh === true || Boolean(options.cursor);
+    const cursors = options.cursors;
+    const replay =
+      options.refresh === true ||
+      (cursors ? [...cursors.values()].some((cursor) => cursor !== null) : Boolean(options.cursor));
     const entry: Entry = {
       sink,
       streams,
@@ -109,12 +126,13 @@ export class Hub {
     };
     if (replay) {
       try {
-        await this.#replay(entry, options.refresh === true ? null : (options.cursor ?? null));
+        if (options.refresh !== true && cursors) await this.#replayEach(entry, cursors);
+        else await this.#replay(entry, options.refresh === true ? null : (options.cursor ?? null));
       } catch (error) {
         unsubscribe();
         throw error;
       }
-    }
+    } else sink.live?.();
     return unsubscribe;
   }
 
@@ -169,14 +187,62 @@ export class Hub {
         if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
       }
     }
+    this.#goLive(entry, null);
+  }
+
+  /** Replays each stream after its own cursor: one history read from the oldest, filtered per stream. */
+  async #replayEach(entry: Entry, cursors: ReadonlyMap<string, string | null>): Promise<void> {
+    const after = new Map<string, number>();
+    let oldest: string | null = null;
+    let oldestSeq = Number.POSITIVE_INFINITY;
+    let newestSeq = 0;
+    let epoch: string | undefined;
+    let mixedEpochs = false;
+    for (const [stream, cursor] of cursors) {
+      const parsed = cursor === null ? null : parsePosition(cursor);
+      if (parsed === null) {
+        // live from now: nothing of its history
+        after.set(stream, Number.POSITIVE_INFINITY);
+        continue;
+      }
+      if (epoch !== undefined && parsed.epoch !== epoch) mixedEpochs = true;
+      epoch = parsed.epoch;
+      after.set(stream, parsed.seq);
+      newestSeq = Math.max(newestSeq, parsed.seq);
+      if (parsed.seq < oldestSeq) {
+        oldestSeq = parsed.seq;
+        oldest = cursor;
+      }
+    }
+    const missed = oldest === null || mixedEpochs ? null : await this.#broker.history(entry.streams, oldest);
+    if (entry.closed) return;
+    if (missed === null) {
+      const refresh = await this.#refreshFrame();
+      if (entry.closed) return;
+      entry.sink.send(refresh);
+      entry.lastSeq = refresh.seq;
+    } else {
+      entry.lastSeq = newestSeq;
+      for (const frame of missed) {
+        if (frame.seq > (after.get(frame.stream) ?? Number.POSITIVE_INFINITY)) entry.sink.send(frame);
+        entry.lastSeq = Math.max(entry.lastSeq, frame.seq);
+      }
+    }
+    // a stream without a cursor skipped its history; what was published since it subscribed is all pending
+    this.#goLive(entry, (stream) => after.get(stream) === Number.POSITIVE_INFINITY);
+  }
+
+  /** Sends what arrived during the replay and not in it, then lets frames through as they come. */
+  #goLive(entry: Entry, startsLive: ((stream: string) => boolean) | null): void {
     const pending = entry.pending ?? [];
     entry.pending = null;
     for (const frame of pending) {
       // a refresh queued by refreshAll() has stream "" and always goes out
-      if (frame.stream === "" || frame.seq > entry.lastSeq) {
+      if (frame.stream === "" || frame.seq > entry.lastSeq || startsLive?.(frame.stream)) {
         entry.lastSeq = Math.max(entry.lastSeq, frame.seq);
         if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
       }
     }
+    entry.sink.live?.();
   }
 }

@@ -61,6 +61,21 @@ export interface DeliveryOptions {
    * `turbo.reauthorize` still work). Default 60,000.
    */
   reauthorizeMs?: number | false;
+  /**
+   * Most subscriptions one shared connection holds (the sources of a page,
+   * or of a browser's tabs with sharing on): past it a WebSocket `subscribe`
+   * is answered with an error (429), and a union SSE URL may name at most
+   * this many times `maxStreamsPerSubscription` streams. Default 32.
+   */
+  maxSubscriptionsPerConnection?: number;
+  /** Largest WebSocket message a client may send (a control message); larger closes the socket with 1009. Default 16,384 bytes. */
+  maxMessageBytes?: number;
+  /**
+   * WebSocket control messages a client may send per second, on average
+   * (bursts of twice as many pass); faster closes the socket with 1008.
+   * Default 20.
+   */
+  maxMessagesPerSecond?: number;
 }
 
 export type ResolvedDeliveryOptions = Required<
@@ -80,6 +95,9 @@ export const DELIVERY_DEFAULTS = {
   maxStreamsPerSubscription: 20,
   maxUrlLength: 8_192,
   reauthorizeMs: 60_000,
+  maxSubscriptionsPerConnection: 32,
+  maxMessageBytes: 16_384,
+  maxMessagesPerSecond: 20,
 } as const;
 
 /** userKey's default: `user.id`, else the user itself, when it is a string or a number. */
@@ -139,6 +157,13 @@ export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDelive
     options.reauthorizeMs === false
       ? false
       : positive("reauthorizeMs", options.reauthorizeMs, DELIVERY_DEFAULTS.reauthorizeMs);
+  const maxSubscriptionsPerConnection = positive(
+    "maxSubscriptionsPerConnection",
+    options.maxSubscriptionsPerConnection,
+    DELIVERY_DEFAULTS.maxSubscriptionsPerConnection,
+  );
+  if (!Number.isInteger(maxSubscriptionsPerConnection))
+    throw new ConfigError("maxSubscriptionsPerConnection must be an integer");
   return {
     path,
     transport,
@@ -156,5 +181,12 @@ export function resolveDeliveryOptions(options: DeliveryOptions): ResolvedDelive
     maxBufferedBytes: positive("maxBufferedBytes", options.maxBufferedBytes, DELIVERY_DEFAULTS.maxBufferedBytes),
     maxStreamsPerSubscription,
     maxUrlLength: positive("maxUrlLength", options.maxUrlLength, DELIVERY_DEFAULTS.maxUrlLength),
+    maxSubscriptionsPerConnection,
+    maxMessageBytes: positive("maxMessageBytes", options.maxMessageBytes, DELIVERY_DEFAULTS.maxMessageBytes),
+    maxMessagesPerSecond: positive(
+      "maxMessagesPerSecond",
+      options.maxMessagesPerSecond,
+      DELIVERY_DEFAULTS.maxMessagesPerSecond,
+    ),
   };
 }

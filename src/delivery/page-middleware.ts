@@ -19,7 +19,7 @@ export interface TurboLocals {
    * requests, so `{ toOthers: true }` broadcasts skip it. Made on first use.
    */
   readonly pageId: string;
-  /** Renders a `<turbo-stream-source>` for this request. */
+  /** Renders a `<turbo-stream-source>` for this request: streams an earlier tag of the request named are left out (nothing at all when none is new). */
   streamSource(streamables: readonly Streamable[], options?: StreamSourceOptions): string;
 }
 
@@ -56,6 +56,7 @@ export function pageMiddleware(init: PageMiddlewareInit): RequestHandler {
     const actor = authenticate ? onceActor(() => authenticate(req)) : undefined;
     const proceed = (position: string | null): void => {
       let pageId: string | undefined;
+      const rendered = new Set<string>();
       const locals: TurboLocals = {
         position,
         requestId,
@@ -64,7 +65,7 @@ export function pageMiddleware(init: PageMiddlewareInit): RequestHandler {
           return pageId;
         },
         streamSource: (streamables, options) =>
-          init.renderer.render(req, position, streamables, options, locals.pageId),
+          init.renderer.render(req, position, streamables, options, locals.pageId, rendered),
       };
       res.locals.turbocast = locals;
       runInRequest({ requestId, page, actor }, next);

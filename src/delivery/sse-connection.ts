@@ -2,7 +2,7 @@ import { OutgoingMessage } from "node:http";
 import type { Response } from "express";
 import type { Published } from "../brokers/broker.js";
 import { BufferBound, type Connection, ConnectionLifecycle } from "./connection.js";
-import { sseBytes, sseChunkBytes } from "./encode.js";
+import { sseBytes, sseChunkBytes, sseUnionBytes, sseUnionChunkBytes } from "./encode.js";
 
 const HEARTBEAT = Buffer.from(": heartbeat\n\n", "utf8");
 const HTTP_WRITE = OutgoingMessage.prototype.write;
@@ -18,6 +18,8 @@ export interface SseConnectionOptions {
   maxBufferedBytes: number;
   /** Called once when the connection closes, however it closed. */
   onClose: (connection: SseConnection) => void;
+  /** A union URL (the client script's): each frame's stream is marked, for routing among shared tabs. */
+  union?: boolean;
 }
 
 /**
@@ -42,10 +44,14 @@ export class SseConnection implements Connection {
    * object (Express changes its prototype) and send() runs per subscriber.
    */
   #direct: import("node:net").Socket | null = null;
+  #event: (frame: Published) => Buffer;
+  #chunk: (frame: Published) => Buffer;
 
   constructor(res: Response, options: SseConnectionOptions) {
     this.#res = res;
     this.#options = options;
+    this.#event = options.union === true ? sseUnionBytes : sseBytes;
+    this.#chunk = options.union === true ? sseUnionChunkBytes : sseChunkBytes;
     this.#bound = new BufferBound(options.maxBufferedBytes);
     res.on("close", () => {
       this.#life.finish();
@@ -100,9 +106,9 @@ export class SseConnection implements Connection {
     // Only while none of the response waits in http's own buffer, so the order of bytes is kept.
     const socket = this.#direct;
     if (socket !== null && !socket.destroyed && (res as unknown as WithOutputSize).outputSize === 0) {
-      socket.write(sseChunkBytes(frame));
+      socket.write(this.#chunk(frame));
       this.#checkBound();
-    } else this.#write(sseBytes(frame));
+    } else this.#write(this.#event(frame));
   }
 
   heartbeat(): void {

@@ -4,7 +4,14 @@ import { buildFrame } from "../frames/frame.js";
 import { answer } from "./answers.js";
 import { SSE_CONTENT_TYPE, SseConnection } from "./sse-connection.js";
 import { parseSubscriptionUrl } from "./stream-source.js";
-import { type Authorized, EXPIRED_STATUS, type SubscriptionSteps, sseCursor } from "./subscription.js";
+import {
+  type Authorized,
+  type Cursor,
+  EXPIRED_STATUS,
+  type SubscriptionSteps,
+  sseCursor,
+  unionCursors,
+} from "./subscription.js";
 
 const REFRESH_FRAME = buildFrame({ action: "refresh" });
 
@@ -51,14 +58,19 @@ export class SseEndpoint {
     // wildcards, parameters, q=0 as "not acceptable"); no Accept header accepts anything
     if (req.accepts(SSE_CONTENT_TYPE) === false) return answer(res, 406);
     let authorized: Authorized;
-    let cursor: { cursor: string | null; refresh: boolean };
-    let page: string | null;
+    let cursor: Cursor;
+    let union = false;
     try {
       const parsed = parseSubscriptionUrl(req.originalUrl ?? req.url, steps.options);
-      page = parsed.page;
       authorized = await steps.authorize(req, parsed);
-      const lastEventId = req.headers["last-event-id"];
-      cursor = sseCursor(typeof lastEventId === "string" ? lastEventId : undefined, parsed.after);
+      const header = req.headers["last-event-id"];
+      const lastEventId = typeof header === "string" ? header : undefined;
+      const { positions } = parsed;
+      union = positions !== undefined;
+      cursor = {
+        ...(positions ? unionCursors({ ...parsed, positions }, lastEventId) : sseCursor(lastEventId, parsed.after)),
+        page: parsed.page,
+      };
     } catch (error) {
       if (error instanceof SubscriptionRefusedError) {
         steps.refused(error);
@@ -72,10 +84,11 @@ export class SseEndpoint {
       retryMs: steps.options.retryMs,
       maxBufferedBytes: steps.options.maxBufferedBytes,
       onClose: (c) => steps.connections.remove(c),
+      union,
     });
     connection.start();
     if (!steps.admit(connection, authorized)) return;
-    await steps.subscribe(connection, authorized.names, cursor.cursor, cursor.refresh, page);
+    await steps.subscribe(connection, authorized.names, cursor);
   }
 
   /**

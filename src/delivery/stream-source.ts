@@ -122,12 +122,20 @@ export const AFTER_PARAM = "after";
  * its own toOthers frames.
  */
 export const PAGE_PARAM = "p";
+/**
+ * A union URL (the client script's one EventSource for all the sources of a
+ * page) gives each signed name its own position: `s=<token>~<position>`
+ * (`s=<token>` alone: live from now), and no `after=`.
+ */
+export const POSITION_SEPARATOR = "~";
 
 export interface ParsedSubscription {
   tokens: string[];
   after: string | null;
   /** The digest of the page id (`p=`), as toOthers frames carry it; null when absent or malformed. */
   page: string | null;
+  /** A union URL's position per token (aligned with `tokens`); absent for an ordinary URL. */
+  positions?: (string | null)[];
 }
 
 /** The subscription URL of signed stream names `tokens` from `after`: path-absolute, as SSE sources use it. */
@@ -153,7 +161,10 @@ export function subscriptionUrl(
  */
 export function parseSubscriptionUrl(
   rawUrl: string,
-  options: Pick<ResolvedDeliveryOptions, "maxUrlLength" | "maxStreamsPerSubscription">,
+  options: Pick<
+    ResolvedDeliveryOptions,
+    "maxUrlLength" | "maxStreamsPerSubscription" | "maxSubscriptionsPerConnection"
+  >,
 ): ParsedSubscription {
   if (rawUrl.length > options.maxUrlLength)
     throw new SubscriptionRefusedError(414, `URL of ${rawUrl.length} characters`);
@@ -163,22 +174,44 @@ export function parseSubscriptionUrl(
   } catch (error) {
     throw new SubscriptionRefusedError(400, "unparseable URL", { cause: error });
   }
-  const tokens = params.getAll(STREAM_PARAM);
-  if (tokens.length === 0) throw new SubscriptionRefusedError(400, `no ${STREAM_PARAM}= parameter`);
-  if (tokens.length > options.maxStreamsPerSubscription) {
-    throw new SubscriptionRefusedError(400, `${tokens.length} streams; at most ${options.maxStreamsPerSubscription}`);
-  }
-  for (const token of tokens) {
+  const values = params.getAll(STREAM_PARAM);
+  if (values.length === 0) throw new SubscriptionRefusedError(400, `no ${STREAM_PARAM}= parameter`);
+  const union = values.some((value) => value.includes(POSITION_SEPARATOR));
+  const most = union
+    ? options.maxStreamsPerSubscription * options.maxSubscriptionsPerConnection
+    : options.maxStreamsPerSubscription;
+  if (values.length > most) throw new SubscriptionRefusedError(400, `${values.length} streams; at most ${most}`);
+  const tokens: string[] = [];
+  const positions: (string | null)[] = [];
+  for (const value of values) {
+    const at = value.indexOf(POSITION_SEPARATOR);
+    const token = at === -1 ? value : value.slice(0, at);
     if (token.length === 0 || token.length > MAX_TOKEN_LENGTH)
       throw new SubscriptionRefusedError(400, `a signed stream name of ${token.length} characters`);
+    const position = at === -1 ? null : value.slice(at + 1);
+    if (position !== null && parsePosition(position) === null)
+      throw new SubscriptionRefusedError(400, "malformed position of a signed stream name");
+    tokens.push(token);
+    positions.push(position);
   }
   const afters = params.getAll(AFTER_PARAM);
   if (afters.length > 1) throw new SubscriptionRefusedError(400, `${AFTER_PARAM}= given ${afters.length} times`);
+  if (union && afters.length > 0)
+    throw new SubscriptionRefusedError(400, `${AFTER_PARAM}= in a URL whose names carry their own positions`);
   const after = afters[0] ?? null;
   if (after !== null && parsePosition(after) === null)
     throw new SubscriptionRefusedError(400, `malformed ${AFTER_PARAM}= position`);
-  const page = readPageId(params.get(PAGE_PARAM));
-  return { tokens, after, page: page === undefined ? null : pageDigest(page) };
+  const id = readPageId(params.get(PAGE_PARAM));
+  const page = id === undefined ? null : pageDigest(id);
+  return union ? { tokens, after, page, positions } : { tokens, after, page };
+}
+
+/**
+ * The stream name inside a token, unverified: only for a token `authorize`
+ * has already verified (it maps a union URL's positions onto its streams).
+ */
+export function tokenStreamName(token: string): string {
+  return Buffer.from(token.slice(0, token.indexOf(".")), "base64url").toString("utf8");
 }
 
 /**
@@ -213,7 +246,11 @@ export class StreamSourceRenderer {
   }
 
   /**
-   * The tag for `streamables`, subscribed from `position`. SSE sources get a
+   * The tag for `streamables`, subscribed from `position`. With `rendered`
+   * (the names already subscribed by earlier tags of the same request), a
+   * name in it is left out and the others are added to it: a later tag
+   * carries only what is new, or is the empty string, so a page never
+   * receives a frame twice because two templates named one stream. SSE sources get a
    * path-absolute URL; WebSocket sources an absolute ws:// or wss:// URL
    * built from the request (`req.protocol` and `req.host`, so Express's
    * trust proxy setting decides whether X-Forwarded-Proto/Host count),
@@ -225,6 +262,7 @@ export class StreamSourceRenderer {
     streamables: readonly Streamable[],
     options: StreamSourceOptions = {},
     page?: string,
+    rendered?: Set<string>,
   ): string {
     const transport = options.transport ?? this.#options.transport;
     if (transport !== "sse" && transport !== "websocket") {
@@ -232,7 +270,12 @@ export class StreamSourceRenderer {
         `turbo_stream_from: transport must be "sse" or "websocket", got ${JSON.stringify(transport)}`,
       );
     }
-    const names = this.streamNames(streamables);
+    let names = this.streamNames(streamables);
+    if (rendered) {
+      names = names.filter((name) => !rendered.has(name));
+      for (const name of names) rendered.add(name);
+      if (names.length === 0) return "";
+    }
     const tokens = names.map((name) => this.#options.signer.sign(name));
     let src = subscriptionUrl(this.#options.path, tokens, position ?? this.#options.latestPosition(), page);
     if (transport === "websocket") {

@@ -7,7 +7,8 @@ import type { Stream } from "../streams/stream.js";
 import type { Connection } from "./connection.js";
 import type { ConnectionRegistry } from "./connection-registry.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
-import type { ParsedSubscription, StreamSigner } from "./stream-source.js";
+import type { Sink, SubscribeOptions } from "./hub.js";
+import { type ParsedSubscription, type StreamSigner, tokenStreamName } from "./stream-source.js";
 
 /**
  * Internal status of a subscription whose signatures are genuine but expired
@@ -41,15 +42,13 @@ export interface SubscriptionSteps {
   admit(connection: Connection, authorized: Authorized): boolean;
   /** Says on the server why a subscription was refused (the client only ever sees the status). */
   refused(error: SubscriptionRefusedError): void;
-  /** Replays from `cursor` into a registered connection, then goes live; a failed replay ends it so the client retries. */
-  /** `page`: the page id the source URL carried (`p=`), so `{ toOthers: true }` frames of its own requests skip it. */
-  subscribe(
-    connection: Connection,
-    names: string[],
-    cursor: string | null,
-    refresh: boolean,
-    page: string | null,
-  ): Promise<void>;
+  /**
+   * Replays from `cursor` (or from each stream's own, see SubscribeOptions.cursors) into a registered
+   * connection, then goes live; a failed replay ends it so the client retries.
+   */
+  subscribe(connection: Connection, names: string[], cursor: Cursor): Promise<void>;
+  /** A hub subscription for one of several on a shared connection (the caller handles a failed replay). */
+  hubSubscribe(names: readonly string[], sink: Sink, options: SubscribeOptions): Promise<() => void>;
 }
 
 /** What a granted subscription is: what live authorization needs to check it again, or to find it. */
@@ -64,6 +63,15 @@ export interface Authorized {
   /** LiveAuthorization.mark() before the checks began. */
   readonly mark: number;
 }
+/**
+ * Where a subscription starts: one cursor for every stream, or one per
+ * stream (a union URL); and the page it is for (`{ toOthers: true }` frames
+ * of that page's requests skip it).
+ */
+export type Cursor = (
+  | { cursor: string | null; refresh: boolean }
+  | { cursors: ReadonlyMap<string, string | null>; refresh: boolean }
+) & { page?: string | null };
 
 export interface AuthorizeContext {
   signer: StreamSigner;
@@ -166,4 +174,42 @@ export function sseCursor(
       : { cursor: lastEventId, refresh: false };
   }
   return { cursor: after, refresh: false };
+}
+
+/**
+ * The cursor of each stream of a union URL: the oldest position any of its
+ * tokens gives (a stream two sources name replays for the older one, never
+ * leaving a gap in the other), moved up to a Last-Event-ID from this same
+ * union — its events go out in position order, so that id says every stream
+ * has everything up to it. A Last-Event-ID we could not have sent gets a
+ * refresh, as for an ordinary URL.
+ */
+export function unionCursors(
+  parsed: ParsedSubscription & { positions: (string | null)[] },
+  lastEventId: string | undefined,
+): Cursor {
+  const last = lastEventId === undefined || lastEventId === "" ? undefined : parsePosition(lastEventId);
+  if (last === null) return { cursor: null, refresh: true };
+  const cursors = new Map<string, string | null>();
+  parsed.tokens.forEach((token, i) => {
+    const name = tokenStreamName(token);
+    const position = parsed.positions[i] ?? null;
+    const known = cursors.get(name);
+    if (known === undefined || (position !== null && (known === null || earlier(position, known))))
+      cursors.set(name, position);
+  });
+  if (last !== undefined) {
+    for (const [name, cursor] of cursors) {
+      if (cursor === null || !earlier(lastEventId!, cursor)) cursors.set(name, lastEventId!);
+    }
+  }
+  return { cursors, refresh: false };
+}
+
+/** Whether position `a` comes before `b` (another epoch counts as before: the newer id wins). */
+function earlier(a: string, b: string): boolean {
+  const pa = parsePosition(a);
+  const pb = parsePosition(b);
+  if (!pa || !pb || pa.epoch !== pb.epoch) return false;
+  return pa.seq < pb.seq;
 }

@@ -1,13 +1,18 @@
-import type { WebSocket } from "ws";
+import type { RawData, WebSocket } from "ws";
 import type { Published } from "../brokers/broker.js";
 import { BufferBound, type Connection, ConnectionLifecycle } from "./connection.js";
-import { wsBytes, wsFrameBytes } from "./encode.js";
+import { encodeWsTagged, wsBytes, wsFrameBytes, wsTaggedFrameBytes } from "./encode.js";
 
 /** Close codes turbocast sends (RFC 6455 §7.4.1). */
 export const CloseCode = {
   /** The server is shutting down (turbo.close()); the client script reconnects. */
   GOING_AWAY: 1001,
-  /** The client sent a message: subscriptions are receive-only. */
+  /** A shared connection got a binary message: the control protocol is JSON text. */
+  UNSUPPORTED_DATA: 1003,
+  /**
+   * A URL-subscribed connection got a message (it is receive-only), or a
+   * shared one sent control messages faster than `maxMessagesPerSecond`.
+   */
   POLICY_VIOLATION: 1008,
   /**
    * Access ended (turbo.disconnect, a failed re-check, a deleted row, an
@@ -15,6 +20,8 @@ export const CloseCode = {
    * the client script does not reconnect — the refreshed page subscribes anew.
    */
   ACCESS_ENDED: 4403,
+  /** A message over `maxMessageBytes` (sent by ws itself). */
+  MESSAGE_TOO_BIG: 1009,
 } as const;
 
 /** The part of ws's internals a pre-built frame goes through: the connection's Sender (as engine.io/Socket.IO do). */
@@ -25,6 +32,8 @@ interface WithSender {
 export interface WebSocketConnectionOptions {
   maxBufferedBytes: number;
   onClose: (connection: WebSocketConnection) => void;
+  /** A shared connection's control messages; without it any message closes the socket with 1008. */
+  onMessage?: (data: RawData, isBinary: boolean) => void;
 }
 
 /**
@@ -52,7 +61,12 @@ export class WebSocketConnection implements Connection {
     const sender = (ws as unknown as WithSender)._sender;
     this.#sender = ws.extensions === "" && typeof sender?.sendFrame === "function" ? sender : null;
     ws.on("pong", () => (this.#alive = true));
-    ws.on("message", () => this.#closeWith(CloseCode.POLICY_VIOLATION, "turbocast subscriptions are receive-only"));
+    const onMessage = options.onMessage;
+    ws.on("message", (data, isBinary) => {
+      if (this.#life.state !== "open") return;
+      if (onMessage) onMessage(data, isBinary);
+      else this.closeWith(CloseCode.POLICY_VIOLATION, "turbocast subscriptions are receive-only");
+    });
     // a socket error is followed by "close"; listening keeps it from being thrown
     ws.on("error", () => {});
     ws.on("close", () => {
@@ -96,6 +110,22 @@ export class WebSocketConnection implements Connection {
     if (this.#bound.exceeded(ws.bufferedAmount)) this.terminate();
   }
 
+  /** A frame on a shared connection, marked with the ids of the subscriptions it is for (see encodeWsTagged). */
+  sendTagged(frame: Published, tags: string): void {
+    if (this.#life.state !== "open") return;
+    const ws = this.#ws;
+    if (ws.readyState !== ws.OPEN) return;
+    if (this.#sender !== null) this.#sender.sendFrame!([wsTaggedFrameBytes(frame, tags)]);
+    else ws.send(encodeWsTagged(frame, tags), { binary: false });
+    if (this.#bound.exceeded(ws.bufferedAmount)) this.terminate();
+  }
+
+  /** A control answer (JSON text) on a shared connection. */
+  sendText(text: string): void {
+    if (this.#life.state !== "open" || this.#ws.readyState !== this.#ws.OPEN) return;
+    this.#ws.send(text, { binary: false });
+  }
+
   heartbeat(): void {
     if (this.#life.state !== "open") return;
     if (!this.#alive) {
@@ -107,13 +137,13 @@ export class WebSocketConnection implements Connection {
   }
 
   close(): void {
-    this.#closeWith(CloseCode.GOING_AWAY, "server shutting down");
+    this.closeWith(CloseCode.GOING_AWAY, "server shutting down");
   }
 
   revoke(refresh: Published): void {
     if (this.#life.state !== "open") return;
     this.send(refresh);
-    this.#closeWith(CloseCode.ACCESS_ENDED, "access ended");
+    this.closeWith(CloseCode.ACCESS_ENDED, "access ended");
   }
 
   terminate(): void {
@@ -121,7 +151,8 @@ export class WebSocketConnection implements Connection {
     this.#ws.terminate();
   }
 
-  #closeWith(code: number, reason: string): void {
+  /** Closes with one of CloseCode's codes; safe to call twice. */
+  closeWith(code: number, reason: string): void {
     if (this.#life.state !== "open") return;
     this.#life.state = "closing";
     this.#ws.close(code, reason);

@@ -5,6 +5,7 @@ import express, { type Request } from "express";
 import { WebSocketServer } from "ws";
 import { SubscriptionRefusedError } from "../errors.js";
 import { abortHandshake } from "./answers.js";
+import { SHARED_PROTOCOL, SharedConnection } from "./shared-connection.js";
 import { parseSubscriptionUrl } from "./stream-source.js";
 import { type Authorized, EXPIRED_STATUS, type SubscriptionSteps } from "./subscription.js";
 import { WebSocketConnection } from "./websocket-connection.js";
@@ -44,12 +45,13 @@ export class WebSocketUpgrade {
 
   constructor(steps: SubscriptionSteps) {
     this.#steps = steps;
-    // Subscribers never send; a large message is a misbehaving client (ws closes it with 1009).
+    // A subscriber sends only control messages (on a shared connection); a larger message is a misbehaving client (ws closes it with 1009).
     this.#wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
-      maxPayload: 4096,
+      maxPayload: steps.options.maxMessageBytes,
       perMessageDeflate: false,
+      handleProtocols: (protocols) => (protocols.has(SHARED_PROTOCOL) ? SHARED_PROTOCOL : false),
     });
   }
 
@@ -106,6 +108,10 @@ export class WebSocketUpgrade {
     const app = this.#app ?? ((defaultApp ??= express()) as unknown as ExpressAppLike);
     Object.setPrototypeOf(req, app.request);
     const request = req as Request;
+    if (offersSharedProtocol(req)) {
+      this.#upgradeShared(request, socket, head);
+      return;
+    }
     let authorized: Authorized;
     let after: string | null;
     let page: string | null;
@@ -133,11 +139,45 @@ export class WebSocketUpgrade {
         onClose: (c) => steps.connections.remove(c),
       });
       if (!steps.admit(connection, authorized)) return;
-      steps.subscribe(connection, authorized.names, after, false, page).catch((error: unknown) => {
+      steps.subscribe(connection, authorized.names, { cursor: after, refresh: false, page }).catch((error: unknown) => {
         steps.log.log("websocket failed", "error", "WebSocket subscription failed", { error });
       });
     });
   }
+
+  /**
+   * A shared connection (see SharedConnection): only the Origin is checked
+   * here; every subscribe on it then goes through the other checks.
+   */
+  #upgradeShared(request: Request, socket: Duplex, head: Buffer): void {
+    const steps = this.#steps;
+    if (!originAllowed(request, steps.options.allowedOrigins)) {
+      steps.refused(new SubscriptionRefusedError(403, "foreign Origin"));
+      abortHandshake(socket, 403);
+      return;
+    }
+    if (socket.destroyed) return;
+    this.#wss.handleUpgrade(request, socket, head, (ws) => {
+      if (!steps.accepting()) {
+        ws.terminate();
+        return;
+      }
+      let shared: SharedConnection | undefined;
+      const connection = new WebSocketConnection(ws, {
+        maxBufferedBytes: steps.options.maxBufferedBytes,
+        onClose: (c) => steps.connections.remove(c),
+        onMessage: (data, isBinary) => shared?.message(data, isBinary),
+      });
+      shared = new SharedConnection({ connection, request, steps });
+      connection.attach(() => shared.close());
+      steps.connections.add(connection, { streams: [] });
+    });
+  }
+}
+
+function offersSharedProtocol(req: http.IncomingMessage): boolean {
+  const header = req.headers["sec-websocket-protocol"];
+  return typeof header === "string" && header.split(",").some((p) => p.trim() === SHARED_PROTOCOL);
 }
 
 function pathnameOf(url: string | undefined): string {
