@@ -4,7 +4,7 @@
  *
  *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
  *   npm run bench -- --quick           smaller run, written to bench/out/ instead
- *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse)
+ *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse, tc-mux1, tc-mux5)
  *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update, reauthorize), written to
  *                                      bench/out/; the report says what the others did not measure
  */
@@ -51,6 +51,9 @@ const SPECS: TargetSpec[] = [
   { key: "socketio", label: "Socket.IO", server: "socketio", protocol: "sio", ns: WS_NS },
   { key: "tc-ws", label: "turbocast WS", server: "turbocast", protocol: "ws", ns: WS_NS },
   { key: "tc-sse", label: "turbocast SSE", server: "turbocast", protocol: "sse", ns: SSE_NS },
+  // the client script's one connection per page: pages holding 1 and 5 subscriptions on it
+  { key: "tc-mux1", label: "turbocast shared WS, 1 sub", server: "turbocast", protocol: "mux1", ns: WS_NS },
+  { key: "tc-mux5", label: "turbocast shared WS, 5 subs", server: "turbocast", protocol: "mux5", ns: WS_NS },
 ];
 
 // a partial run (--quick, or only some sections) never replaces the committed report

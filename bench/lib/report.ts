@@ -226,6 +226,20 @@ export function renderReport(results: Results, chartFile: string): string {
     );
   }
 
+  if (results.fanout.some((c) => c.target === "tc-mux1" || c.target === "tc-mux5")) {
+    out.push("## Fan-out on a shared connection (one connection per page)", "");
+    out.push(
+      ...fanoutTable(
+        results,
+        ["bare-ws", "tc-ws", "tc-mux1", "tc-mux5"],
+        "The client script's shared WebSocket (`turbocast.v1`): each of the N connections is a page holding 1 or 5 " +
+          "subscriptions on it (the room broadcast to, and 4 other rooms), next to bare ws and a URL-subscribed turbocast " +
+          "WebSocket. A frame on a shared connection carries the ids of the subscriptions it is for (memoised per set of ids).",
+      ),
+      "",
+    );
+  }
+
   out.push("## Throughput at 1,000 subscribers", "");
   out.push(
     "The publish rate rises step by step until delivery falls behind: a broadcast does not reach every subscriber, " +

@@ -7,6 +7,8 @@ const COLORS: Record<string, string> = {
   socketio: "#e8a33d",
   "tc-ws": "#1f6fb5",
   "tc-sse": "#5bb6e0",
+  "tc-mux1": "#2e9e5b",
+  "tc-mux5": "#8fce6b",
 };
 
 const esc = (s: string): string =>
@@ -25,7 +27,7 @@ function axis(max: number): { top: number; step: number } {
  * scale), a bar per server at the median, a whisker up to p99.
  */
 export function fanoutSvg(results: Results): string {
-  const order = ["raw-tcp", "bare-ws", "socketio", "tc-ws", "tc-sse"];
+  const order = ["raw-tcp", "bare-ws", "socketio", "tc-ws", "tc-sse", "tc-mux1", "tc-mux5"];
   const ns = [...new Set(results.fanout.map((c) => c.n))].sort((a, b) => a - b);
   const present = order.filter((k) => results.fanout.some((c) => c.target === k));
   const panelW = 300;

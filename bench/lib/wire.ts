@@ -155,6 +155,7 @@ export async function openWebSocket(
   origin: string | undefined,
   handlers: WireHandlers,
   timeoutMs = 30_000,
+  subprotocol?: string,
 ): Promise<WireConnection> {
   const url = new URL(rawUrl);
   const key = randomBytes(16).toString("base64");
@@ -165,6 +166,7 @@ export async function openWebSocket(
     "Sec-WebSocket-Version: 13",
   ];
   if (origin) headers.push(`Origin: ${origin}`);
+  if (subprotocol) headers.push(`Sec-WebSocket-Protocol: ${subprotocol}`);
   const { socket, status, head, rest } = await request(url, { headers, timeoutMs });
   const accept = createHash("sha1")
     .update(key + WS_GUID)

@@ -17,7 +17,8 @@ import { broadcastId } from "../lib/frame.js";
 import { emit, serve } from "../lib/ipc.js";
 import { type WireConnection, openEventStream, openWebSocket } from "../lib/wire.js";
 
-export type Protocol = "tcp" | "ws" | "sio" | "sse";
+/** `mux1` / `mux5`: turbocast's shared WebSocket (the client script's), a page holding 1 or 5 subscriptions on it. */
+export type Protocol = "tcp" | "ws" | "sio" | "sse" | "mux1" | "mux5";
 
 export interface ClientsConfig {
   protocol: Protocol;
@@ -110,6 +111,62 @@ function openWs(url: string, origin: string | undefined, sio: boolean): Promise<
   });
 }
 
+/**
+ * A page's shared connection: the `turbocast.v1` subprotocol, then one
+ * `subscribe` per subscription the URL's fragment lists (arrays of signed
+ * names); open once every one is answered `subscribed`.
+ */
+function openMux(url: string, origin: string | undefined): Promise<Connection> {
+  const subscriptions = JSON.parse(decodeURIComponent(new URL(url).hash.slice(1))) as string[][];
+  return new Promise((resolve, reject) => {
+    let closing = false;
+    let settled = false;
+    let answered = 0;
+    let wire: WireConnection | null = null;
+    const fail = (error: Error): void => {
+      if (settled) return;
+      settled = true;
+      reject(error);
+    };
+    openWebSocket(
+      url,
+      origin,
+      {
+        message(data, connection) {
+          const t = now();
+          if (data[0] === 0x7b) {
+            const answer = JSON.parse(data.toString("utf8")) as { type: string };
+            if (answer.type !== "subscribed") return fail(new Error(`subscribe answered ${data.toString("utf8")}`));
+            if (++answered === subscriptions.length && !settled) {
+              settled = true;
+              resolve({
+                close() {
+                  closing = true;
+                  connection.destroy();
+                },
+              });
+            }
+            return;
+          }
+          const id = broadcastId(data);
+          if (id >= 0) received(id, t);
+        },
+        closed() {
+          if (!settled) fail(new Error("closed during the handshake"));
+          else if (!closing) unexpectedCloses++;
+        },
+      },
+      30_000,
+      "turbocast.v1",
+    ).then((connection) => {
+      wire = connection;
+      subscriptions.forEach((streams, i) => {
+        wire!.send(JSON.stringify({ type: "subscribe", id: i + 1, streams, after: null }));
+      });
+    }, fail);
+  });
+}
+
 async function openSse(url: string): Promise<Connection> {
   let closing = false;
   const connection = await openEventStream(url, {
@@ -169,6 +226,7 @@ function open(): Promise<Connection> {
   if (!config) throw new Error("configure first");
   if (config.protocol === "tcp") return openTcp(config.url);
   if (config.protocol === "sse") return openSse(config.url);
+  if (config.protocol === "mux1" || config.protocol === "mux5") return openMux(config.url, config.origin);
   return openWs(config.url, config.origin, config.protocol === "sio");
 }
 

@@ -136,7 +136,14 @@ export function turbocastServer(): BenchServer {
       const origin = `http://127.0.0.1:${port}`;
       const ws = sourceSrc(await get(`${origin}/rooms/1?transport=websocket`));
       const sse = new URL(sourceSrc(await get(`${origin}/rooms/1?transport=sse`)), origin).href;
-      return { port, origin, urls: { ws, sse } };
+      // a page's shared connection holding 1 or 5 subscriptions: the room broadcast to, and 4 other rooms
+      const shared = (count: number): string => {
+        const subscriptions = Array.from({ length: count }, (_, i) => [
+          turbo!.signStreamName(RoomStream.for(i + 1).name),
+        ]);
+        return `ws://127.0.0.1:${port}${turbo!.path}#${encodeURIComponent(JSON.stringify(subscriptions))}`;
+      };
+      return { port, origin, urls: { ws, sse, mux1: shared(1), mux5: shared(5) } };
     },
     subscribers: () => turbo?.hub.size ?? 0,
     broadcast(_id, frame) {
