@@ -83,6 +83,40 @@ describe("hub", () => {
     expect(rec.frames.map((f) => f.frame)).toEqual(["1", "2", "3", "4"]);
   });
 
+  it("replays each stream after its own cursor in one pass, says when it is live, and lets a cursorless stream start live", async () => {
+    const { broker, hub } = await setup();
+    const start = await broker.head();
+    await broker.publish("a", "a1");
+    await broker.publish("b", "b1");
+    const middle = await broker.head();
+    await broker.publish("a", "a2");
+    await broker.publish("b", "b2");
+    await broker.publish("c", "c-before");
+    const got = recorder();
+    const events: string[] = [];
+    const sink = {
+      send: (f: Published) => {
+        got.sink.send(f);
+        events.push(f.frame);
+      },
+      live: () => events.push("live"),
+    };
+    const subscribing = hub.subscribe(["a", "b", "c"], sink, {
+      cursors: new Map([
+        ["a", start],
+        ["b", middle],
+        ["c", null],
+      ]),
+    });
+    await broker.publish("c", "c-after");
+    await subscribing;
+    await broker.publish("b", "b3");
+    // in position order; a from start, b from middle, c from the moment it subscribed
+    expect(events).toEqual(["a1", "a2", "b2", "c-after", "live", "b3"]);
+    const seqs = got.frames.slice(0, 3).map((f) => f.seq);
+    expect([...seqs].sort((x, y) => x - y)).toEqual(seqs);
+  });
+
   it("sends one refresh instead of a silent gap", async () => {
     const { broker, hub } = await setup({ history: { frames: 1, ageMs: 0, maxFrames: 1 } });
     const cursor = await broker.head();
