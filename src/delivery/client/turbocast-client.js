@@ -290,6 +290,8 @@
     } else if (message.state === "refused") {
       sub.state = "refused";
       sub.element.removeAttribute("connected");
+      /* the holder forgets it too (a leader tab would otherwise subscribe it again with the next change) */
+      changed();
       if (message.status === 403 || message.status === 410) refreshOnce();
       else if (window.console) console.warn(`turbocast: a subscription was refused (${message.status})`);
     }
