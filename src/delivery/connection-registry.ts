@@ -83,13 +83,6 @@ export class ConnectionRegistry {
     if (expirySecond !== undefined) addTo(this.#byExpiry, expirySecond, connection);
   }
 
-  /** Replaces what is known of a live connection (a shared connection subscribed or unsubscribed); ignored once it is removed. */
-  update(connection: Connection, info: ConnectionInfo): void {
-    if (!this.#entries.has(connection)) return;
-    this.remove(connection);
-    this.add(connection, info);
-  }
-
   /** Forgets a connection; safe to call for one never added or already removed. */
   remove(connection: Connection): void {
     const entry = this.#entries.get(connection);

@@ -85,7 +85,6 @@ export class DeliveryEndpoint {
         ),
       refused: (error) => this.#noteRefusal(error),
       subscribe: (connection, names, cursor) => this.#subscribe(connection, names, cursor),
-      hubSubscribe: (names, sink, options) => init.hub.subscribe(names, sink, options),
     };
     this.#websocket = new WebSocketUpgrade(steps);
     this.#sse = new SseEndpoint(steps, (req) => this.#websocket.attachedTo(req));

@@ -2,9 +2,11 @@ import type { Request } from "express";
 import type { RawData } from "ws";
 import { parsePosition, type Published } from "../brokers/broker.js";
 import { SubscriptionRefusedError } from "../errors.js";
-import type { Sink } from "./hub.js";
+import { type Connection, ConnectionLifecycle } from "./connection.js";
+import { exceptOf } from "./hub.js";
+import { pageDigest, readPageId } from "./request-context.js";
 import { MAX_TOKEN_LENGTH } from "./stream-source.js";
-import { EXPIRED_STATUS, type SubscriptionSteps } from "./subscription.js";
+import { type Authorized, EXPIRED_STATUS, type SubscriptionSteps } from "./subscription.js";
 import { CloseCode, type WebSocketConnection } from "./websocket-connection.js";
 
 /**
@@ -13,7 +15,7 @@ import { CloseCode, type WebSocketConnection } from "./websocket-connection.js";
  * connection with no subscription, on which the client subscribes and
  * unsubscribes with JSON text messages (DCRF's shape):
  *
- *   → {"type":"subscribe","id":1,"streams":["<signed>",…],"after":"<position>"|null}
+ *   → {"type":"subscribe","id":1,"streams":["<signed>",…],"after":"<position>"|null,"page":"<p= of the source>"}
  *   ← {"type":"subscribed","id":1}                 live; what it replayed came before
  *   ← {"type":"refused","id":1,"status":403}        403 no / 410 signature expired / 500, 503 try again later
  *   → {"type":"unsubscribe","id":1}
@@ -40,14 +42,6 @@ export type Answer =
   | { type: "refused"; id: Id; status: number }
   | { type: "error"; id: Id | null; status: 400 | 404 | 429; reason: string };
 
-interface Subscription {
-  readonly id: Id;
-  readonly key: string;
-  streams: readonly string[];
-  state: "authorizing" | "replaying" | "live" | "closed";
-  unsubscribe: (() => void) | null;
-}
-
 export interface SharedConnectionInit {
   connection: WebSocketConnection;
   /** The upgrade request: each subscribe is authorized with it, as a new connection would be. */
@@ -56,18 +50,101 @@ export interface SharedConnectionInit {
 }
 
 /**
+ * One subscription of a shared connection. It is a Connection of its own to
+ * the rest of delivery — registered with its streams, replayed into and
+ * attached by the same steps as a URL subscription — whose frames go out on
+ * the shared socket, marked with its id.
+ */
+class SharedSubscription implements Connection {
+  readonly transport = "websocket" as const;
+  readonly id: Id;
+  readonly key: string;
+  streams: readonly string[] = [];
+  /** The digest of the page that rendered its source (`{ toOthers: true }` frames of that page skip it). */
+  page: string | null = null;
+  /** authorizing → replaying → live; closed once it ended, however. */
+  phase: "authorizing" | "replaying" | "live" | "closed" = "authorizing";
+  readonly #owner: SharedConnection;
+  readonly #life = new ConnectionLifecycle();
+
+  constructor(owner: SharedConnection, id: Id) {
+    this.#owner = owner;
+    this.id = id;
+    this.key = String(id);
+  }
+
+  get state(): "open" | "closing" | "closed" {
+    return this.#life.state;
+  }
+
+  get closed(): Promise<void> {
+    return this.#life.closed;
+  }
+
+  beginReplay(): void {
+    this.#owner.replayBegins();
+  }
+
+  endReplay(): void {
+    this.#owner.replayEnds();
+  }
+
+  attach(unsubscribe: () => void): void {
+    this.#life.attach(unsubscribe);
+  }
+
+  send(frame: Published): void {
+    if (this.phase !== "closed") this.#owner.send(this, frame);
+  }
+
+  live(): void {
+    if (this.phase === "replaying") this.#owner.goesLive(this);
+  }
+
+  /** The socket's own heartbeat covers it. */
+  heartbeat(): void {}
+
+  /** Server shutting down: the socket itself closes with 1001. */
+  close(): void {
+    this.#owner.end(this, null);
+  }
+
+  /** Its replay failed (the broker is down): the client subscribes it again later. */
+  terminate(): void {
+    this.#owner.end(this, 503);
+  }
+
+  /**
+   * Access ended (live authorization): this subscription alone is refused
+   * with 403 and the socket stays open for the page's other sources; the
+   * client script refreshes the page itself (at most once a minute), so no
+   * refresh frame is sent on the shared socket.
+   */
+  revoke(_refresh?: Published): void {
+    this.#owner.end(this, 403);
+  }
+
+  /** Ends it (unsubscribes it from the hub); safe to call twice. */
+  finish(): void {
+    this.phase = "closed";
+    this.#life.finish();
+  }
+}
+
+/**
  * The subscriptions of one shared WebSocket. Each is a hub subscription of
- * its own, so each replays after its own position; what goes out live is
- * sent once per frame (tagged with every live subscription that holds its
- * stream), so a stream two sources name arrives once.
+ * its own (a SharedSubscription), so each replays after its own position;
+ * what goes out live is sent once per frame, marked with every live
+ * subscription that holds its stream, so a stream two sources name arrives
+ * once.
  */
 export class SharedConnection {
   readonly #connection: WebSocketConnection;
   readonly #request: Request;
   readonly #steps: SubscriptionSteps;
-  readonly #subscriptions = new Map<string, Subscription>();
+  readonly #subscriptions = new Map<string, SharedSubscription>();
   /** Live subscriptions by stream: who a live frame is for. */
-  readonly #live = new Map<string, Set<Subscription>>();
+  readonly #live = new Map<string, Set<SharedSubscription>>();
   /** The last frame sent live: the hub hands it to each subscription that holds its stream, one after another. */
   #lastLive: Published | null = null;
   #replays = 0;
@@ -86,11 +163,10 @@ export class SharedConnection {
     return this.#steps.options.maxMessagesPerSecond * 2;
   }
 
-  /** The connection closed: every subscription ends. */
+  /** The socket closed: every subscription ends. */
   close(): void {
     this.#closed = true;
-    for (const subscription of this.#subscriptions.values()) this.#end(subscription);
-    this.#subscriptions.clear();
+    for (const subscription of [...this.#subscriptions.values()]) this.end(subscription, null);
   }
 
   message(data: RawData, isBinary: boolean): void {
@@ -161,82 +237,91 @@ export class SharedConnection {
       });
       return;
     }
-    const subscription: Subscription = { id, key, streams: [], state: "authorizing", unsubscribe: null };
+    const subscription = new SharedSubscription(this, id);
     this.#subscriptions.set(key, subscription);
-    this.#start(subscription, streams as string[], (after as string | null | undefined) ?? null).catch(
+    // the page id (`p=` of the source's URL) is not checked: a page can only name itself (see PAGE_PARAM)
+    const pageId = readPageId(typeof message.page === "string" ? message.page : undefined);
+    const page = pageId === undefined ? null : pageDigest(pageId);
+    this.#start(subscription, streams as string[], (after as string | null | undefined) ?? null, page).catch(
       (error: unknown) => {
         this.#steps.log.log("shared subscribe failed", "error", "a shared-connection subscribe failed", { error });
-        this.#refuse(subscription, 500);
+        this.end(subscription, 500);
       },
     );
   }
 
-  async #start(subscription: Subscription, tokens: string[], after: string | null): Promise<void> {
+  /** The checks of a new connection, then registration, replay and live, as for a URL subscription. */
+  async #start(
+    subscription: SharedSubscription,
+    tokens: string[],
+    after: string | null,
+    page: string | null,
+  ): Promise<void> {
     const steps = this.#steps;
-    let names: string[];
+    let authorized: Authorized;
     try {
-      names = (await steps.authorize(this.#request, { tokens, after, page: null })).names;
+      authorized = await steps.authorize(this.#request, { tokens, after, page });
     } catch (error) {
       if (!(error instanceof SubscriptionRefusedError)) throw error;
       steps.refused(error);
-      this.#refuse(subscription, error.status === EXPIRED_STATUS ? 410 : error.status);
+      this.end(subscription, error.status === EXPIRED_STATUS ? 410 : error.status);
       return;
     }
     if (isClosed(subscription)) return;
     if (!steps.accepting()) {
-      this.#refuse(subscription, 503);
+      this.end(subscription, 503);
       return;
     }
-    subscription.streams = names;
-    subscription.state = "replaying";
-    this.#updateRegistry();
+    subscription.streams = authorized.names;
+    subscription.page = page;
+    subscription.phase = "replaying";
+    // registered for live authorization with its own user and expiry; a disconnect during its checks revoked it
+    if (!steps.admit(subscription, authorized)) return;
+    await steps.subscribe(subscription, authorized.names, { cursor: after, refresh: false, page });
+  }
+
+  replayBegins(): void {
     if (this.#replays++ === 0) this.#connection.beginReplay();
-    try {
-      const unsubscribe = await steps.hubSubscribe(names, this.#sinkFor(subscription), { cursor: after });
-      if (isClosed(subscription)) unsubscribe();
-      else subscription.unsubscribe = unsubscribe;
-    } catch (error) {
-      // the broker could not replay (it is down): this subscription is tried again later, the others go on
-      steps.log.log("replay failed", "warn", "could not replay history for a shared-connection subscription", {
-        error,
-      });
-      this.#refuse(subscription, 503);
-    } finally {
-      if (--this.#replays === 0) this.#connection.endReplay();
+  }
+
+  replayEnds(): void {
+    if (--this.#replays === 0) this.#connection.endReplay();
+  }
+
+  send(subscription: SharedSubscription, frame: Published): void {
+    // its replay, and what arrived during it: for this subscription alone
+    if (subscription.phase !== "live") this.#connection.sendTagged(frame, subscription.key);
+    else if (frame !== this.#lastLive) {
+      this.#lastLive = frame;
+      this.#connection.sendTagged(frame, this.#tagsFor(frame));
     }
   }
 
-  #sinkFor(subscription: Subscription): Sink {
-    return {
-      send: (frame) => {
-        if (subscription.state === "closed") return;
-        // its replay, and what arrived during it: for this subscription alone
-        if (subscription.state !== "live") this.#connection.sendTagged(frame, subscription.key);
-        else if (frame !== this.#lastLive) {
-          this.#lastLive = frame;
-          this.#connection.sendTagged(frame, this.#tagsFor(frame.stream));
-        }
-      },
-      live: () => {
-        if (subscription.state !== "replaying") return;
-        subscription.state = "live";
-        for (const stream of subscription.streams) {
-          let holders = this.#live.get(stream);
-          if (!holders) this.#live.set(stream, (holders = new Set()));
-          holders.add(subscription);
-        }
-        this.#answer({ type: "subscribed", id: subscription.id });
-      },
-    };
+  goesLive(subscription: SharedSubscription): void {
+    subscription.phase = "live";
+    for (const stream of subscription.streams) {
+      let holders = this.#live.get(stream);
+      if (!holders) this.#live.set(stream, (holders = new Set()));
+      holders.add(subscription);
+    }
+    this.#answer({ type: "subscribed", id: subscription.id });
   }
 
-  /** The ids a live frame of `stream` is for ("" is a refresh: every live subscription). */
-  #tagsFor(stream: string): string {
+  /**
+   * The ids a live frame is for: the live subscriptions holding its stream
+   * (a refresh, stream "": every live one), less those of the page a
+   * `{ toOthers: true }` frame skips — with tabs sharing the connection,
+   * that page may be another tab's.
+   */
+  #tagsFor(frame: Published): string {
+    const except = exceptOf(frame.frame);
     const keys: string[] = [];
-    if (stream === "") {
-      for (const subscription of this.#subscriptions.values())
-        if (subscription.state === "live") keys.push(subscription.key);
-    } else for (const subscription of this.#live.get(stream) ?? []) keys.push(subscription.key);
+    const holders =
+      frame.stream === ""
+        ? [...this.#subscriptions.values()].filter((subscription) => subscription.phase === "live")
+        : (this.#live.get(frame.stream) ?? []);
+    for (const subscription of holders)
+      if (except === null || subscription.page !== except) keys.push(subscription.key);
     return keys.join(" ");
   }
 
@@ -246,37 +331,22 @@ export class SharedConnection {
       this.#answer({ type: "error", id, status: 404, reason: "no such subscription" });
       return;
     }
-    this.#subscriptions.delete(subscription.key);
-    this.#end(subscription);
-    this.#updateRegistry();
+    this.end(subscription, null);
     this.#answer({ type: "unsubscribed", id });
   }
 
-  #refuse(subscription: Subscription, status: number): void {
-    if (subscription.state === "closed") return;
-    this.#subscriptions.delete(subscription.key);
-    this.#end(subscription);
-    this.#updateRegistry();
-    this.#answer({ type: "refused", id: subscription.id, status });
-  }
-
-  #end(subscription: Subscription): void {
-    subscription.state = "closed";
-    subscription.unsubscribe?.();
-    subscription.unsubscribe = null;
+  /** Ends a subscription; with a status, the client is told it was refused. Safe to call twice. */
+  end(subscription: SharedSubscription, status: number | null): void {
+    if (subscription.phase === "closed") return;
+    if (this.#subscriptions.get(subscription.key) === subscription) this.#subscriptions.delete(subscription.key);
     for (const stream of subscription.streams) {
       const holders = this.#live.get(stream);
       holders?.delete(subscription);
       if (holders?.size === 0) this.#live.delete(stream);
     }
-  }
-
-  #updateRegistry(): void {
-    if (this.#closed) return;
-    const streams = new Set<string>();
-    for (const subscription of this.#subscriptions.values())
-      for (const stream of subscription.streams) streams.add(stream);
-    this.#steps.connections.update(this.#connection, { streams: [...streams] });
+    subscription.finish();
+    this.#steps.connections.remove(subscription);
+    if (status !== null) this.#answer({ type: "refused", id: subscription.id, status });
   }
 
   #answer(answer: Answer): void {
@@ -285,8 +355,8 @@ export class SharedConnection {
 }
 
 /** Read again after an await: an unsubscribe may have ended it meanwhile. */
-function isClosed(subscription: Subscription): boolean {
-  return subscription.state === "closed";
+function isClosed(subscription: SharedSubscription): boolean {
+  return subscription.phase === "closed";
 }
 
 /** Why a subscribe's `streams` and `after` are malformed, or `null`. */

@@ -7,7 +7,6 @@ import type { Stream } from "../streams/stream.js";
 import type { Connection } from "./connection.js";
 import type { ConnectionRegistry } from "./connection-registry.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
-import type { Sink, SubscribeOptions } from "./hub.js";
 import { type ParsedSubscription, type StreamSigner, tokenStreamName } from "./stream-source.js";
 
 /**
@@ -47,8 +46,6 @@ export interface SubscriptionSteps {
    * connection, then goes live; a failed replay ends it so the client retries.
    */
   subscribe(connection: Connection, names: string[], cursor: Cursor): Promise<void>;
-  /** A hub subscription for one of several on a shared connection (the caller handles a failed replay). */
-  hubSubscribe(names: readonly string[], sink: Sink, options: SubscribeOptions): Promise<() => void>;
 }
 
 /** What a granted subscription is: what live authorization needs to check it again, or to find it. */
