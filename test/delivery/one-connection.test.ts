@@ -1,4 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { exceptFrame } from "../../src/delivery/hub.js";
+import { pageDigest } from "../../src/delivery/request-context.js";
 import { LobbyStream, RoomStream, type TestApp, startApp } from "./fixture.js";
 import { openSse, unescapeHtml, waitFor } from "../helpers.js";
 
@@ -84,6 +86,22 @@ describe("the union SSE URL of the client script", () => {
     await LobbyStream.for().remove({ target: "c" });
     await waitFor(() => sse.messages.length === 3);
     expect(sse.messages.map((m) => targetOf(m.data))).toEqual(["a", "b", "c"]);
+  });
+
+  it("skips the { toOthers: true } frames of the page its p= names", async () => {
+    app = await startApp();
+    const lobby = app.turbo.signStreamName(LobbyStream.for().name);
+    const head = await app.turbo.broker.head();
+    const page = "union-page-id-0123456789";
+    const sse = openSse(`${app.url}/turbo-streams?s=${lobby}~${head}&p=${page}`);
+    closers.push(() => sse.source.close());
+    await sse.opened;
+    await LobbyStream.for().broadcastRaw(
+      exceptFrame('<turbo-stream action="remove" target="mine"></turbo-stream>', pageDigest(page)),
+    );
+    await LobbyStream.for().remove({ target: "others" });
+    await waitFor(() => sse.messages.length === 1);
+    expect(targetOf(sse.messages[0]!.data)).toBe("others");
   });
 
   it("refuses a union URL with after=, a malformed position, or more names than a connection may hold", async () => {

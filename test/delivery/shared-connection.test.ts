@@ -1,5 +1,7 @@
 import WebSocket from "ws";
 import { afterEach, describe, expect, it } from "vitest";
+import { exceptFrame } from "../../src/delivery/hub.js";
+import { pageDigest } from "../../src/delivery/request-context.js";
 import { StreamSigner } from "../../src/delivery/stream-source.js";
 import {
   LobbyStream,
@@ -148,6 +150,26 @@ describe("the shared WebSocket connection (control protocol)", () => {
     ]);
     const answerIndex = client.answers.findIndex((a) => a.type === "subscribed" && a.id === 2);
     expect(answerIndex).toBeGreaterThan(-1);
+  });
+
+  it("skips, for a { toOthers: true } frame, only the subscriptions of the page it names", async () => {
+    app = await startApp();
+    const client = await shared();
+    const lobby = sign(LobbyStream.for().name);
+    const acting = "acting-page-id-0123456789";
+    client.send({ type: "subscribe", id: "mine", streams: [lobby], page: acting });
+    client.send({ type: "subscribe", id: "theirs", streams: [lobby], page: "another-page-id-0123456789" });
+    client.send({ type: "subscribe", id: "anon", streams: [lobby] });
+    for (const id of ["mine", "theirs", "anon"]) await client.answer("subscribed", id);
+    await LobbyStream.for().broadcastRaw(
+      exceptFrame('<turbo-stream action="remove" target="others"></turbo-stream>', pageDigest(acting)),
+    );
+    await LobbyStream.for().remove({ target: "everyone" });
+    await waitFor(() => client.frames.length === 2);
+    expect(client.frames.map((f) => [targetOf(f), forOf(f)])).toEqual([
+      ["others", "theirs anon"],
+      ["everyone", "mine theirs anon"],
+    ]);
   });
 
   it("refuses what a new connection would be refused, answering with the request id", async () => {

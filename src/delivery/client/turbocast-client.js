@@ -179,6 +179,7 @@
       transport: /^wss?:$/i.test(url.protocol) ? "websocket" : "sse",
       tokens: tokens,
       position: url.searchParams.get("after"),
+      page: url.searchParams.get("p"),
     };
   }
 
@@ -197,6 +198,7 @@
       tokens: parsed.tokens,
       names: parsed.tokens.map(tokenName),
       position: parsed.position,
+      page: parsed.page,
       state: "pending",
     };
     byElement.set(element, sub);
@@ -237,7 +239,13 @@
     var list = [];
     byGid.forEach((sub) => {
       if (sub.state !== "refused")
-        list.push({ gid: sub.gid, transport: sub.transport, tokens: sub.tokens, position: sub.position });
+        list.push({
+          gid: sub.gid,
+          transport: sub.transport,
+          tokens: sub.tokens,
+          position: sub.position,
+          page: sub.page,
+        });
     });
     return list;
   }
@@ -350,7 +358,10 @@
     }
     function subscribe(entry) {
       entry.sent = true;
-      send({ type: "subscribe", id: entry.d.gid, streams: entry.d.tokens, after: entry.position || null });
+      var message = { type: "subscribe", id: entry.d.gid, streams: entry.d.tokens, after: entry.position || null };
+      /* the page that rendered the source: { toOthers: true } frames of its own requests skip it */
+      if (entry.d.page) message.page = entry.d.page;
+      send(message);
     }
     function connect() {
       timer = null;
@@ -472,6 +483,9 @@
           query.push(`s=${encodeURIComponent(entry.position ? `${token}~${entry.position}` : token)}`);
         });
       });
+      /* one page per union: the first source's, which is the page id the page's requests send (X-Turbocast-Page) */
+      var page = group.find((entry) => entry.d.page);
+      if (page) query.push(`p=${encodeURIComponent(page.d.page)}`);
       return `${PATH}?${query.join("&")}`;
     }
     function take(group) {
