@@ -276,7 +276,8 @@
     var relevant = stream === undefined ? mine : mine.filter((sub) => sub.names.indexOf(stream) !== -1);
     if (relevant.length === 0) return;
     var position = message.position;
-    if (position) {
+    /* a refresh (no stream) carries the newest position seen, likely a frame's already applied: never skipped */
+    if (position && stream !== undefined) {
       const before = appliedFor.get(position);
       if (before?.some((sub) => byGid.get(sub.gid) === sub)) return;
       appliedFor.delete(position);
@@ -387,7 +388,14 @@
           var entry = subs.get(gid);
           if (position) entry.position = position[1];
         });
-        emit({ kind: "frame", html: event.data, position: position ? position[1] : null, gids: current });
+        var stream = STREAM.exec(event.data);
+        emit({
+          kind: "frame",
+          html: event.data,
+          position: position ? position[1] : null,
+          gids: current,
+          stream: stream ? unescapeAttribute(stream[1]) : undefined,
+        });
       };
       s.onclose = (event) => {
         if (socket !== s) return;
