@@ -53,7 +53,14 @@ const SPECS: TargetSpec[] = [
   { key: "tc-sse", label: "turbocast SSE", server: "turbocast", protocol: "sse", ns: SSE_NS },
   // the client script's one connection per page: pages holding 1 and 5 subscriptions on it
   { key: "tc-mux1", label: "turbocast shared WS, 1 sub", server: "turbocast", protocol: "mux1", ns: WS_NS },
-  { key: "tc-mux5", label: "turbocast shared WS, 5 subs", server: "turbocast", protocol: "mux5", ns: WS_NS },
+  {
+    key: "tc-mux5",
+    label: "turbocast shared WS, 5 subs",
+    server: "turbocast",
+    protocol: "mux5",
+    ns: WS_NS,
+    subscriptionsPerConnection: 5,
+  },
 ];
 
 // a partial run (--quick, or only some sections) never replaces the committed report

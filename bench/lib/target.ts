@@ -12,6 +12,8 @@ export interface TargetSpec {
   protocol: Protocol;
   /** Subscriber counts this target is measured at. */
   ns: readonly number[];
+  /** Server-side subscriptions each subscriber holds (a page with several sources on one shared connection). Default 1. */
+  subscriptionsPerConnection?: number;
 }
 
 export interface BroadcastSample {
@@ -90,7 +92,7 @@ export class Target {
     const deadline = Date.now() + 60_000;
     for (;;) {
       const registered = await this.server.request<number>("subscribers");
-      if (registered === result.open) break;
+      if (registered === result.open * (this.spec.subscriptionsPerConnection ?? 1)) break;
       if (Date.now() > deadline)
         throw new Error(`${this.spec.key}: server has ${registered} subscribers, clients hold ${result.open}`);
       await sleep(50);
