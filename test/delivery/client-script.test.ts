@@ -83,9 +83,12 @@ describe("client script", () => {
     // the room turns private (only alice): this anonymous page may no longer subscribe
     app!.sqlite.prepare("update rooms set private = 1 where id = 1").run();
     for (const socket of app!.sockets) socket.destroy();
-    // the handshake is refused (close 1006 in a browser); the HEAD probe says 403: the page is refreshed
+    // the page's shared socket comes back (its upgrade checks only the Origin) and its subscribe is
+    // answered {"type":"refused","status":403}: the page is refreshed, with no HEAD probe needed
+    // (a URL-subscribed socket's refused handshake is what the probe is for)
     await waitFor(() => seen.loads === 1, { timeoutMs: 10_000, message: "the page was refreshed" });
-    expect(seen.probes).toBe(1);
+    expect(seen.probes).toBe(0);
+    expect(seen.upgrades).toBe(1);
     const settled = { ...seen };
     // long enough for several backoff retries (0.25 s, 0.5 s, 1 s…) had the script kept trying
     await new Promise((resolve) => setTimeout(resolve, 2_000));
