@@ -5,7 +5,7 @@
  *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
  *   npm run bench -- --quick           smaller run, written to bench/out/ instead
  *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse, tc-mux1, tc-mux5)
- *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update, reauthorize), written to
+ *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update, reauthorize, data), written to
  *                                      bench/out/; the report says what the others did not measure
  */
 import { execSync } from "node:child_process";
@@ -22,6 +22,7 @@ import { runReauthorizeCost } from "./sections/reauthorize.js";
 import { runThroughput } from "./sections/throughput.js";
 import { runEndToEnd, runRenderCost } from "./sections/turbocast.js";
 import { runBulkUpdate } from "./sections/bulk-update.js";
+import { runDataCost } from "./sections/data.js";
 import { Child } from "./lib/ipc.js";
 
 const quick = process.argv.includes("--quick");
@@ -30,7 +31,7 @@ const only = process.argv
   ?.slice("--targets=".length)
   .split(",");
 
-const SECTIONS = ["fanout", "write-cost", "bulk-update", "reauthorize"] as const;
+const SECTIONS = ["fanout", "write-cost", "bulk-update", "reauthorize", "data"] as const;
 const sections = new Set(
   process.argv
     .find((a) => a.startsWith("--sections="))
@@ -186,6 +187,7 @@ async function main(): Promise<void> {
 
   if (sections.has("write-cost")) await measureWriteCost(results);
   if (sections.has("bulk-update")) await measureBulkUpdate(results);
+  if (sections.has("data")) await measureData(results);
 
   log("change capture on a PostgreSQL app: write cost and a bulk UPDATE, beside SQLite");
   const pgWriter = await Child.spawn("procs/write-cost-pg.ts", { name: "write-cost-pg" });
@@ -249,6 +251,24 @@ async function measureWriteCost(results: Results): Promise<void> {
     );
   } finally {
     await writer.stop();
+  }
+}
+
+async function measureData(results: Results): Promise<void> {
+  log(
+    "data subscribers: delivery per write with 1,000 data subscribers next to 1,000 HTML ones; ETag hits on 10,000 rows",
+  );
+  try {
+    results.data = await runDataCost({
+      subscribers: 1000,
+      writes: quick ? 50 : 200,
+      rows: 10_000,
+      hits: quick ? 200 : 2000,
+    });
+  } catch (error) {
+    results.missing.push(
+      `Data subscribers: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
+    );
   }
 }
 

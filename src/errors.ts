@@ -226,3 +226,26 @@ export class BroadcastConfigError extends TurbocastError {
     this.streamClass = streamClass;
   }
 }
+
+/** `static fields` names a column the class's table does not have, or is neither a list nor "*". */
+export class DataFieldsError extends TurbocastError {
+  constructor(streamClass: string, message: string) {
+    super("TURBOCAST_DATA_FIELDS", `${streamClass}.fields: ${message}`);
+  }
+}
+
+/**
+ * A data sync could not be answered: the stream has no `sync`, it returned
+ * more rows than `maxSyncRows`, rows that are not rows of a bound table, or
+ * writes kept landing while it ran. `status` is what HTTP and the shared
+ * connection answer with.
+ */
+export class SyncError extends TurbocastError {
+  readonly status: number;
+  readonly stream: string;
+  constructor(stream: string, status: number, message: string, options?: { cause?: unknown }) {
+    super("TURBOCAST_SYNC", `sync of ${stream}: ${message}`, options);
+    this.status = status;
+    this.stream = stream;
+  }
+}

@@ -44,3 +44,8 @@ export { dropCaptureTriggers } from "./changes/triggers.js";
 export type { FeedState } from "./changes/feed.js";
 export type { CaptureOptions } from "./changes/options.js";
 export * from "./errors.js";
+export type { DataOptions } from "./data/options.js";
+export { DATA_DEFAULTS } from "./data/options.js";
+export type { DataHandlerTarget } from "./data/handler.js";
+export type { FieldsOption } from "./data/fields.js";
+export type { SyncedSet, SyncRows } from "./data/sync.js";

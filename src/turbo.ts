@@ -36,6 +36,11 @@ import {
   type StreamSourceOptions,
   type Streamable,
 } from "./delivery/stream-source.js";
+import { DataCache, type DataHandlerTarget, dataHandler } from "./data/handler.js";
+import { checkDataFields } from "./data/fields.js";
+import { type DataOptions, resolveDataOptions } from "./data/options.js";
+import { SyncReader, type SyncedSet, postgresSyncSource, sqliteSyncSource } from "./data/sync.js";
+import { logNames } from "./changes/postgres/log.js";
 import { ConfigError } from "./errors.js";
 import { LogThrottle } from "./log-throttle.js";
 import { type Logger, consoleLogger } from "./logger.js";
@@ -44,7 +49,8 @@ import { RefreshDebouncer } from "./publish/refresh-debouncer.js";
 import { checkDeclaredBroadcasts } from "./streams/declarative.js";
 import { discoverStreams } from "./streams/discover.js";
 import { domId } from "./streams/dom-id.js";
-import { type AnyStreamClass, StreamRegistry } from "./streams/registry.js";
+import { type AnyStreamClass, StreamRegistry, isModelStreamClass, isStreamClass } from "./streams/registry.js";
+import { Stream } from "./streams/stream.js";
 import { type StreamRuntime, bindStreamClass, unbindStreamClass } from "./streams/runtime.js";
 import { type BoundTable, tableInfo } from "./streams/table.js";
 import { TESTING, type TestingHooks } from "./testing-hooks.js";
@@ -99,6 +105,8 @@ export interface TurboOptions extends DeliveryOptions {
    * `retain` `{ count: 10_000, ageMs: 3_600_000 }` (see CaptureOptions for each).
    */
   capture?: CaptureOptions;
+  /** Data subscribers: `maxSyncRows` (default 10,000) and `cachedSets` (default 1,000); see DataOptions. */
+  data?: DataOptions;
 }
 
 /** A running turbocast instance. */
@@ -186,6 +194,26 @@ export interface Turbo {
    * theirs when the message reaches them.
    */
   reauthorize(options?: AccessSelector): Promise<number>;
+  /**
+   * Express middleware that answers GET with a stream's set as JSON —
+   * `{ version, rows }`, rows from the stream class's `sync` through each
+   * row class's `static fields` — and an ETag of its version
+   * (`If-None-Match` gets 304). The set is cached in this process and
+   * marked stale by every data event of the stream, whichever process
+   * dispatched the change. Takes a stream, a registered class (a
+   * ModelStream's table-wide stream, a plain Stream's one stream) or
+   * `(req) => stream`; the request's user must pass its `userPassesTest`.
+   *
+   * @example
+   * app.get("/rooms/:id/messages.json", turbo.dataHandler((req) => RoomStream.for(Number(req.params.id))));
+   */
+  dataHandler(target: DataHandlerTarget): RequestHandler;
+  /**
+   * A stream's set as data subscribers get it: the rows its class's `sync`
+   * returns, through each row class's `static fields`, and the change log's
+   * position they were read at. Throws SyncError (TURBOCAST_SYNC).
+   */
+  sync(stream: Stream): Promise<SyncedSet>;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
   close(): Promise<void>;
 }
@@ -221,6 +249,9 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   for (const cls of classes) registry.register(cls);
   // declarative broadcasts fail here, not at the first change: both forms on one class, a partial that is not there
   for (const cls of registry.modelClasses) checkDeclaredBroadcasts(cls, (name) => views.getTemplate(name));
+  // a field list naming a column the table lacks fails here, not when the first event would carry it
+  for (const cls of registry.modelClasses) checkDataFields(cls);
+  const dataOptions = resolveDataOptions(options.data);
 
   const broker = options.broker ?? memoryBroker({ history: options.history });
   const hub = new Hub(broker);
@@ -236,6 +267,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       const page = opts?.toOthers === true ? currentScope()?.page : undefined;
       return publish(stream, page === undefined ? frame : exceptFrame(frame, pageDigest(page)));
     },
+    publishData: (channel, json) => publish(channel, json),
     db,
     // a refresh caused by a request names it, so the page that made it can ignore it
     refresh: (stream, spec) => refreshes.refresh(stream, spec.requestId ?? currentRequestId()),
@@ -302,6 +334,15 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     maxStreams: delivery.maxStreamsPerSubscription,
     latestPosition: () => latestPosition,
   });
+  const syncReader = new SyncReader({
+    source: pgCapture
+      ? postgresSyncSource(
+          (db as unknown as { $client: Parameters<typeof postgresSyncSource>[0] }).$client,
+          () => logNames(pgCapture.logSchema ?? "public").changes,
+        )
+      : sqliteSyncSource(sqliteClient(db as BetterSQLite3Database)),
+    maxRows: dataOptions.maxSyncRows,
+  });
   const endpoint = new DeliveryEndpoint({
     hub,
     broker,
@@ -311,6 +352,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
     options: delivery,
     logger,
     position: () => latestPosition,
+    syncReader,
   });
   const revocations = new Revocations({
     broker,
@@ -330,6 +372,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       );
     },
   );
+  const dataCache = new DataCache({ hub, reader: syncReader, maxEntries: dataOptions.cachedSets });
   const removeGlobal = (): void => {
     const globals = (views as unknown as { globals?: Record<string, unknown> }).globals;
     if (globals?.turbo_stream_from === streamFrom) delete globals.turbo_stream_from;
@@ -409,6 +452,15 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       return renderer.render(req, null, streamables, opts);
     },
     signStreamName: (name) => signer.sign(name),
+    sync: (stream) => syncReader.read(stream),
+    dataHandler(target) {
+      return dataHandler({
+        cache: dataCache,
+        resolve: dataTargetResolver(registry, target),
+        authenticate: delivery.authenticate,
+        log: notices,
+      });
+    },
     suppressingBroadcasts: (fn) =>
       runInRequest({ ...(currentScope() ?? { requestId: undefined }), suppressed: true }, fn),
     disconnect: (options) => revocations.disconnect(options),
@@ -420,6 +472,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
         revocations.close();
         publisher.close();
         await endpoint.close();
+        dataCache.close();
         removeGlobal();
         for (const cls of registry.classes) unbindStreamClass(cls, runtime);
         refreshes.close();
@@ -432,4 +485,18 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   const testing: TestingHooks = { tap: (listener) => publisher.tap(listener), flushRefreshes: () => refreshes.flush() };
   Object.defineProperty(turbo, TESTING, { value: testing });
   return turbo;
+}
+
+/** How a dataHandler finds the stream of a request; a class that is not registered is refused at once. */
+function dataTargetResolver(registry: StreamRegistry, target: DataHandlerTarget): (req: Request) => Stream {
+  if (target instanceof Stream) return () => target;
+  if (isModelStreamClass(target) || isStreamClass(target)) {
+    if (!registry.classes.has(target)) {
+      throw new ConfigError(`dataHandler(${target.name}): the class is not registered with this turbocast instance`);
+    }
+    const stream = isModelStreamClass(target) ? target.all() : (target as typeof Stream).for();
+    return () => stream;
+  }
+  if (typeof target === "function") return target as (req: Request) => Stream;
+  throw new ConfigError("dataHandler takes a stream, a registered stream class, or (req) => stream");
 }

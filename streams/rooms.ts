@@ -2,7 +2,7 @@ import { eq } from "drizzle-orm";
 import { ModelStream, Stream } from "turbocast";
 import { canSeeRoom } from "../src/app/access.js";
 import type { Room, User } from "../src/app/schema.js";
-import { memberships, rooms } from "../src/app/schema.js";
+import { memberships, messages, rooms } from "../src/app/schema.js";
 
 /**
  * A room's page subscribes to its row stream (messages come and go there);
@@ -20,6 +20,9 @@ export class RoomStream extends ModelStream<typeof rooms> {
   // async: the members are a query, and on PostgreSQL every query is awaited
   static override broadcastsTo = async (room: Room) =>
     room.isPrivate ? (await membersOf(room.id)).map((userId) => UserRoomsStream.for(userId)) : RoomStream.all();
+  /** A room's data subscribers (the live message count) sync to its messages; MessageStream lists no fields: key and version only. */
+  static override sync = async (room: RoomStream) =>
+    await room.db.select().from(messages).where(eq(messages.roomId, room.pk!));
 
   override async userPassesTest(user: User | null) {
     if (!user) return false;

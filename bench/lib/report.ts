@@ -438,6 +438,29 @@ export function renderReport(results: Results, chartFile: string): string {
     );
   }
 
+  if (results.data) {
+    const d = results.data;
+    out.push(
+      "## Data subscribers",
+      "",
+      `In one process: a Drizzle insert into a table whose rows \`broadcastsTo\` a room, from the insert to the last ` +
+        `delivery, per write (median and p99 over ${int(d.writes)} writes), each subscriber taking the frame's memoised ` +
+        "WebSocket bytes as the transports do. The data event is built once per change (fields projected once, JSON once).",
+      "",
+      "| subscribers of the room | per write, median | p99 | bytes handed to sockets per write |",
+      "| --- | ---: | ---: | ---: |",
+      `| none | ${ms(d.noSubscribersMedianMs)} ms | — | 0 |`,
+      `| ${int(d.subscribers)} HTML | ${ms(d.htmlMedianMs)} ms | ${ms(d.htmlP99Ms)} ms | ${int(d.htmlBytesPerWrite)} |`,
+      `| ${int(d.subscribers)} HTML + ${int(d.subscribers)} data | ${ms(d.htmlAndDataMedianMs)} ms | ${ms(d.htmlAndDataP99Ms)} ms | ${int(d.htmlAndDataBytesPerWrite)} |`,
+      "",
+      `\`turbo.dataHandler\` for a set of ${int(d.rows)} rows over HTTP (keep-alive): the first GET reads and caches it ` +
+        `(${ms(d.firstGetMs)} ms, ${int(d.firstGetBytes)} bytes); a conditional GET with its ETag is answered 304 from the ` +
+        `cache in ${ms(d.etagHitP50Ms)} ms p50 (${ms(d.etagHitP99Ms)} ms p99) including the round trip, ` +
+        `${d.handlerHitP50Us.toFixed(1)} µs p50 in the handler itself.`,
+      "",
+    );
+  }
+
   if (results.missing.length > 0) {
     out.push("## Not measured", "");
     for (const m of results.missing) out.push(`- ${m}`);

@@ -17,6 +17,8 @@ export interface Results {
   /** Change capture on a PostgreSQL app (procs/write-cost-pg.ts); absent in runs before it was measured. */
   postgresCapture?: PostgresCapture | null;
   reauthorize?: ReauthorizeCost | null;
+  /** Data subscribers (bench/sections/data.ts); absent in runs before it was measured. */
+  data?: DataCost | null;
   clock: Array<{ target: string; server: ClockOffset; clients: ClockOffset }>;
   /** What could not be measured, and why. */
   missing: string[];
@@ -91,4 +93,23 @@ export interface ReauthorizeCost {
   lookupMs: number[];
   trivialMedianMs: number;
   lookupMedianMs: number;
+}
+
+/** Data subscribers (in-process): delivery per write with HTML subscribers alone and with data subscribers beside them; ETag hits. */
+export interface DataCost {
+  subscribers: number;
+  writes: number;
+  noSubscribersMedianMs: number;
+  htmlMedianMs: number;
+  htmlAndDataMedianMs: number;
+  htmlP99Ms: number;
+  htmlAndDataP99Ms: number;
+  htmlBytesPerWrite: number;
+  htmlAndDataBytesPerWrite: number;
+  rows: number;
+  firstGetMs: number;
+  firstGetBytes: number;
+  etagHitP50Ms: number;
+  etagHitP99Ms: number;
+  handlerHitP50Us: number;
 }

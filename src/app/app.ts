@@ -208,7 +208,9 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
           .where(eq(memberships.roomId, room.id))
           .orderBy(asc(users.name))
       : [];
-    res.render("rooms/show.njk", { room, messages: list, members });
+    // the live message count (public/message-count.js) subscribes to the room's data events with it
+    const roomData = turbo.signStreamName(turbo.registry.forTable(rooms)!.for(room.id).name);
+    res.render("rooms/show.njk", { room, messages: list, members, roomData });
   });
 
   app.post("/rooms/:id/members", signedIn, async (req, res) => {

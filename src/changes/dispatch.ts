@@ -1,9 +1,16 @@
+import { publishDataEvents } from "../data/events.js";
 import { HookError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { ModelStream } from "../streams/model-stream.js";
-import { type DeclaredBroadcasts, broadcastDeclared, declaredBroadcasts } from "../streams/declarative.js";
+import {
+  type DeclaredBroadcasts,
+  type MappedStreams,
+  broadcastDeclared,
+  declaredBroadcasts,
+} from "../streams/declarative.js";
 import { type AnyModelStreamClass, type StreamRegistry, attachStream } from "../streams/registry.js";
+import { runtimeOf } from "../streams/runtime.js";
 import type { TableInfo } from "../streams/table.js";
 import type { ChangeOp, ChangeRecord } from "./capture.js";
 import type { RowDecoder } from "./decode.js";
@@ -34,7 +41,7 @@ export interface DecodedChange {
   actor: unknown;
 }
 
-export type HookStep = "decode" | "broadcastsTo" | "broadcastsRefreshesTo" | "onSave" | "onDelete";
+export type HookStep = "decode" | "dataEvents" | "broadcastsTo" | "broadcastsRefreshesTo" | "onSave" | "onDelete";
 
 export interface HookDispatcherInit {
   registry: StreamRegistry;
@@ -186,7 +193,11 @@ export class HookDispatcher {
         return runHook(stream, decoded);
       };
       const body = (): unknown => {
-        if (declared === null) return runStreamHook();
+        if (declared === null) {
+          // no declaration: the row's own stream and the table-wide one
+          this.#publishData(cls, decoded, null, change);
+          return runStreamHook();
+        }
         step = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
         const broadcast = this.#broadcast(cls, declared, decoded, change);
         // an async mapping: the hook runs after the change's declared frames are published, as with a sync one
@@ -222,11 +233,13 @@ export class HookDispatcher {
   ): Promise<void> | undefined {
     const step: HookStep = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
     try {
-      const pending = broadcastDeclared(cls, declared, {
-        op: decoded.op,
-        entity: decoded.entity,
-        previous: decoded.previous,
-      });
+      // the data events go to the streams the HTML went to, from the same mapping
+      const pending = broadcastDeclared(
+        cls,
+        declared,
+        { op: decoded.op, entity: decoded.entity, previous: decoded.previous },
+        (mapped) => this.#publishData(cls, decoded, mapped, change),
+      );
       if (pending) {
         return pending.then(
           () => this.#succeeded(cls, change, step),
@@ -238,6 +251,22 @@ export class HookDispatcher {
       this.#hookFailed(cls, change, step, error);
     }
     return undefined;
+  }
+
+  /** The change's data events (data/events.ts); a failure is logged like a hook's, and the hook still runs. */
+  #publishData(
+    cls: AnyModelStreamClass,
+    decoded: DecodedChange,
+    mapped: MappedStreams | null,
+    change: ChangeRecord,
+  ): void {
+    try {
+      const runtime = runtimeOf(cls);
+      publishDataEvents(cls, decoded, mapped, (channel, json) => void runtime.publishData(channel, json));
+      this.#succeeded(cls, change, "dataEvents");
+    } catch (error) {
+      this.#hookFailed(cls, change, "dataEvents", error);
+    }
   }
 
   #hookFailed(cls: AnyModelStreamClass, change: ChangeRecord, step: HookStep, error: unknown): void {

@@ -1,5 +1,7 @@
 import * as ws from "ws";
 import type { Published } from "../brokers/broker.js";
+import { isDataChannel } from "../data/channel.js";
+import { dataSseText, dataWsText } from "../data/wire.js";
 import { escapeHtml } from "../frames/escape.js";
 
 /**
@@ -21,6 +23,7 @@ const LINE_BREAK = /\r\n|\r|\n/;
 export function encodeSse(frame: Published, markStream = false): Buffer {
   if (!SAFE_ID.test(frame.position))
     throw new TypeError(`refusing to send an SSE id with unsafe characters: ${JSON.stringify(frame.position)}`);
+  if (isDataChannel(frame.stream)) return Buffer.from(dataSseText(frame), "utf8");
   let text = `id: ${frame.position}\n`;
   const body = markStream ? withAttributes(frame.frame, streamAttribute(frame)) : frame.frame;
   for (const line of body.split(LINE_BREAK)) text += `data: ${line}\n`;
@@ -58,6 +61,7 @@ const MAX_TAG_SETS = 16;
  * `<turbo-stream` is sent as it is.
  */
 export function encodeWs(frame: Published): Buffer {
+  if (isDataChannel(frame.stream)) return Buffer.from(dataWsText(frame), "utf8");
   const match = SAFE_ID.test(frame.position) ? OPENING_TAG.exec(frame.frame) : null;
   if (!match) return Buffer.from(frame.frame, "utf8");
   const at = match[0].length;
@@ -75,6 +79,7 @@ export function encodeWs(frame: Published): Buffer {
  * (a refresh always has one) it goes as it is.
  */
 export function encodeWsTagged(frame: Published, tags: string): Buffer {
+  if (isDataChannel(frame.stream)) return Buffer.from(dataWsText(frame, tags), "utf8");
   const position = SAFE_ID.test(frame.position) ? ` ${POSITION_ATTRIBUTE}="${frame.position}"` : "";
   return Buffer.from(
     withAttributes(frame.frame, `${position} ${FOR_ATTRIBUTE}="${escapeHtml(tags)}"${streamAttribute(frame)}`),

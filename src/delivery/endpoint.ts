@@ -2,12 +2,14 @@ import type http from "node:http";
 import type https from "node:https";
 import type { NextFunction, Request, RequestHandler, Response } from "express";
 import type { Broker } from "../brokers/broker.js";
-import { ClosedError, type SubscriptionRefusedError } from "../errors.js";
+import { ClosedError, type SubscriptionRefusedError, SyncError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Connection } from "./connection.js";
 import { ConnectionRegistry } from "./connection-registry.js";
+import { type DataStart, subscribeData } from "../data/subscription.js";
+import { SyncReader } from "../data/sync.js";
 import type { Hub } from "./hub.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
 import { pageMiddleware, serveClientScript } from "./page-middleware.js";
@@ -30,6 +32,8 @@ export interface DeliveryInit {
   logger: Logger;
   /** The newest position this process has seen (the id of the refresh frame a revoked subscription gets). */
   position: () => string | null;
+  /** Reads the set a data subscription syncs to. */
+  syncReader: SyncReader;
 }
 
 /**
@@ -85,6 +89,12 @@ export class DeliveryEndpoint {
         ),
       refused: (error) => this.#noteRefusal(error),
       subscribe: (connection, names, cursor) => this.#subscribe(connection, names, cursor),
+      subscribeData: (connection, names, start) => this.#subscribeData(connection, names, start),
+      dataRefusal: (names, sync) => {
+        if (!sync) return null;
+        if (names.length !== 1) return 400;
+        return SyncReader.canSync(this.#init.registry.resolve(names[0]!)) ? null : 404;
+      },
     };
     this.#websocket = new WebSocketUpgrade(steps);
     this.#sse = new SseEndpoint(steps, (req) => this.#websocket.attachedTo(req));
@@ -181,6 +191,32 @@ export class DeliveryEndpoint {
         "replay failed",
         "warn",
         "could not replay history for a subscription; closing it so the client retries",
+        { error },
+      );
+      connection.terminate();
+    }
+  }
+
+  /**
+   * A data subscription (data/subscription.ts): its sync, or its replay
+   * after `after`, then live. Throws SyncError for a sync that cannot be
+   * answered (the caller refuses with its status); a replay that fails ends
+   * it so the client retries, as for frames.
+   */
+  async #subscribeData(connection: Connection, names: string[], start: DataStart): Promise<void> {
+    const { hub, broker, registry, syncReader } = this.#init;
+    connection.beginReplay();
+    try {
+      const unsubscribe = await subscribeData({ hub, broker, registry, reader: syncReader }, names, connection, start);
+      connection.endReplay();
+      connection.attach(unsubscribe);
+    } catch (error) {
+      connection.endReplay();
+      if (error instanceof SyncError) throw error;
+      this.#log.log(
+        "data replay failed",
+        "warn",
+        "could not sync or replay a data subscription; closing it so the client retries",
         { error },
       );
       connection.terminate();

@@ -1,7 +1,9 @@
 import type { Request } from "express";
 import type { RawData } from "ws";
 import { parsePosition, type Published } from "../brokers/broker.js";
-import { SubscriptionRefusedError } from "../errors.js";
+import { dataChannel } from "../data/channel.js";
+import type { DataStart } from "../data/subscription.js";
+import { SubscriptionRefusedError, SyncError } from "../errors.js";
 import { type Connection, ConnectionLifecycle } from "./connection.js";
 import { exceptOf } from "./hub.js";
 import { pageDigest, readPageId } from "./request-context.js";
@@ -21,6 +23,12 @@ import { CloseCode, type WebSocketConnection } from "./websocket-connection.js";
  *   → {"type":"unsubscribe","id":1}
  *   ← {"type":"unsubscribed","id":1}
  *   ← {"type":"error","id":1|null,"status":400,"reason":"…"}   400 bad request / 404 no such id / 429 too many subscriptions
+ *
+ * A data subscription (data/subscription.ts) adds `"data":true`, and
+ * `"sync":true` for the set first, or `"version":<n>` with `after` to
+ * resume; its events come as `{"type":"data","for":"<ids>","position":…,"event":{…}}`
+ * (data/wire.ts), and a sync that cannot be answered is refused with its
+ * status (400 several streams, 404 no sync, 413 too many rows).
  *
  * Frames are the same text messages as on a URL-subscribed socket, with two
  * more attributes on the opening tag: `data-turbocast-for` (the ids of the
@@ -237,12 +245,17 @@ export class SharedConnection {
       });
       return;
     }
+    const data = dataStartOf(message, (after as string | null | undefined) ?? null);
+    if (typeof data === "string") {
+      this.#answer({ type: "error", id, status: 400, reason: data });
+      return;
+    }
     const subscription = new SharedSubscription(this, id);
     this.#subscriptions.set(key, subscription);
     // the page id (`p=` of the source's URL) is not checked: a page can only name itself (see PAGE_PARAM)
     const pageId = readPageId(typeof message.page === "string" ? message.page : undefined);
     const page = pageId === undefined ? null : pageDigest(pageId);
-    this.#start(subscription, streams as string[], (after as string | null | undefined) ?? null, page).catch(
+    this.#start(subscription, streams as string[], (after as string | null | undefined) ?? null, page, data).catch(
       (error: unknown) => {
         this.#steps.log.log("shared subscribe failed", "error", "a shared-connection subscribe failed", { error });
         this.end(subscription, 500);
@@ -256,6 +269,7 @@ export class SharedConnection {
     tokens: string[],
     after: string | null,
     page: string | null,
+    data: DataStart | null,
   ): Promise<void> {
     const steps = this.#steps;
     let authorized: Authorized;
@@ -272,11 +286,22 @@ export class SharedConnection {
       this.end(subscription, 503);
       return;
     }
-    subscription.streams = authorized.names;
+    // a data subscription's frames come on its streams' data channels: who a live frame is for goes by those
+    subscription.streams = data === null ? authorized.names : authorized.names.map(dataChannel);
     subscription.page = page;
     subscription.phase = "replaying";
     // registered for live authorization with its own user and expiry; a disconnect during its checks revoked it
     if (!steps.admit(subscription, authorized)) return;
+    if (data !== null) {
+      try {
+        await steps.subscribeData(subscription, authorized.names, data);
+      } catch (error) {
+        if (!(error instanceof SyncError)) throw error;
+        steps.log.log(`sync refused ${error.status}`, "info", error.message);
+        this.end(subscription, error.status);
+      }
+      return;
+    }
     await steps.subscribe(subscription, authorized.names, { cursor: after, refresh: false, page });
   }
 
@@ -381,4 +406,20 @@ function rawText(data: RawData): string {
   if (Array.isArray(data)) return Buffer.concat(data).toString("utf8");
   if (data instanceof ArrayBuffer) return Buffer.from(data).toString("utf8");
   return data.toString("utf8");
+}
+
+/**
+ * A data subscription's start (`"data": true`, with `"sync": true` or a
+ * `"version"` to resume after), null for frames, or why it is malformed.
+ */
+function dataStartOf(message: Record<string, unknown>, after: string | null): DataStart | null | string {
+  const { data, sync, version } = message;
+  if (data === undefined || data === false) {
+    return sync === undefined && version === undefined ? null : "sync and version are for data subscriptions";
+  }
+  if (data !== true) return "data must be true or false";
+  if (sync !== undefined && typeof sync !== "boolean") return "sync must be true or false";
+  if (version !== undefined && version !== null && !(Number.isSafeInteger(version) && (version as number) >= 0))
+    return "version must be a non-negative integer or null";
+  return { sync: sync === true, after, version: (version as number | null | undefined) ?? null };
 }

@@ -78,6 +78,11 @@ export class SseEndpoint {
       }
       throw error;
     }
+    const data = dataParams(req.originalUrl ?? req.url);
+    if (data !== null) {
+      const refusal = typeof data === "string" || union ? 400 : steps.dataRefusal(authorized.names, data.sync);
+      if (refusal !== null) return answer(res, refusal);
+    }
     if (res.destroyed || res.writableEnded) return;
     if (!steps.accepting()) return this.#answer(res, 503);
     const connection = new SseConnection(res, {
@@ -88,6 +93,18 @@ export class SseEndpoint {
     });
     connection.start();
     if (!steps.admit(connection, authorized)) return;
+    if (data !== null && typeof data !== "string") {
+      // sync=1: every (re)connect starts from a fresh set; otherwise Last-Event-ID (or after=) resumes exactly
+      const after = data.sync || !("cursor" in cursor) ? null : cursor.cursor;
+      await steps
+        .subscribeData(connection, authorized.names, { sync: data.sync, after, version: data.version })
+        .catch((error) => {
+          // a set over maxSyncRows: known only once read; the stream ends and the server says why
+          steps.log.log("sse sync failed", "warn", error instanceof Error ? error.message : String(error), { error });
+          connection.close();
+        });
+      return;
+    }
     await steps.subscribe(connection, authorized.names, cursor);
   }
 
@@ -132,4 +149,26 @@ export class SseEndpoint {
     const body = status === EXPIRED_STATUS ? `data: ${REFRESH_FRAME}\n\n` : "";
     res.end(`retry: ${status === EXPIRED_STATUS ? this.#steps.options.retryMs : TRANSIENT_RETRY_MS}\n\n${body}`);
   }
+}
+
+/**
+ * A data subscription over SSE (`data=1`, with `sync=1` or `version=<n>`):
+ * its events come as named `turbocast-data` events, which Turbo ignores.
+ * null for frames; a string says why the parameters are malformed.
+ */
+function dataParams(rawUrl: string): { sync: boolean; version: number | null } | string | null {
+  let params: URLSearchParams;
+  try {
+    params = new URL(rawUrl, "http://turbocast.invalid").searchParams;
+  } catch {
+    return null;
+  }
+  const data = params.get("data");
+  if (data === null) return null;
+  if (data !== "1") return "data= must be 1";
+  const sync = params.get("sync");
+  if (sync !== null && sync !== "1") return "sync= must be 1";
+  const version = params.get("version");
+  if (version !== null && !/^\d{1,15}$/.test(version)) return "version= must be a non-negative integer";
+  return { sync: sync === "1", version: version === null ? null : Number(version) };
 }

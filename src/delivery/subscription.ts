@@ -4,6 +4,7 @@ import { BadSignatureError, SubscriptionRefusedError } from "../errors.js";
 import type { LogThrottle } from "../log-throttle.js";
 import type { StreamRegistry } from "../streams/registry.js";
 import type { Stream } from "../streams/stream.js";
+import type { DataStart } from "../data/subscription.js";
 import type { Connection } from "./connection.js";
 import type { ConnectionRegistry } from "./connection-registry.js";
 import type { ResolvedDeliveryOptions } from "./options.js";
@@ -46,6 +47,13 @@ export interface SubscriptionSteps {
    * connection, then goes live; a failed replay ends it so the client retries.
    */
   subscribe(connection: Connection, names: string[], cursor: Cursor): Promise<void>;
+  /**
+   * Subscribes a registered connection to the data channels of `names`
+   * (data/subscription.ts); throws SyncError when its sync cannot be answered.
+   */
+  subscribeData(connection: Connection, names: string[], start: DataStart): Promise<void>;
+  /** Why a data subscription of `names` would be refused before it starts (400 a sync of several streams, 404 no sync), or null. */
+  dataRefusal(names: readonly string[], sync: boolean): number | null;
 }
 
 /** What a granted subscription is: what live authorization needs to check it again, or to find it. */

@@ -1,4 +1,5 @@
 import type { Broker, Published } from "../brokers/broker.js";
+import { isDataChannel } from "../data/channel.js";
 import { ClosedError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
@@ -34,7 +35,8 @@ export class Publisher {
 
   /** Publishes an already built frame to a stream name; rejects with ClosedError once closed. */
   publish = (stream: string, frame: string): Promise<Published> => {
-    if (this.#taps.size > 0) for (const tap of this.#taps) tap(stream, frame);
+    // taps record what pages get: data events travel on data channels (data/events.ts) beside them
+    if (this.#taps.size > 0 && !isDataChannel(stream)) for (const tap of this.#taps) tap(stream, frame);
     const published =
       this.#state !== "open"
         ? Promise.reject(new ClosedError("turbocast instance"))

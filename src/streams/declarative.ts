@@ -159,6 +159,7 @@ export function broadcastDeclared(
   cls: typeof ModelStream,
   declared: DeclaredBroadcasts,
   change: DeclaredChange,
+  onMapped?: (mapped: MappedStreams) => void,
 ): Promise<void> | undefined {
   const { op, entity, previous } = change;
   const pending: Promise<unknown>[] = [];
@@ -179,12 +180,20 @@ export function broadcastDeclared(
     declared.kind === "partials" && op !== "delete" ? (declared.locals as LocalsOf | undefined)?.(entity) : undefined,
   );
   if (pending.length > 0) {
-    return Promise.all([after, before, locals]).then(([after, before, locals]) =>
-      publishDeclared(cls, declared, change, after, before, locals),
-    );
+    return Promise.all([after, before, locals]).then(([after, before, locals]) => {
+      publishDeclared(cls, declared, change, after, before, locals);
+      onMapped?.({ before, after });
+    });
   }
   publishDeclared(cls, declared, change, after as Streams, before as Streams | null, locals as object | undefined);
+  onMapped?.({ before: before as Streams | null, after: after as Streams });
   return undefined;
+}
+
+/** The streams a change's row mapped to, by name, after it and (for an update whose previous row is known) before it. */
+export interface MappedStreams {
+  before: Map<string, Stream> | null;
+  after: Map<string, Stream>;
 }
 
 type LocalsOf = (row: object) => object | Promise<object> | undefined;

@@ -91,6 +91,17 @@ export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream 
   static model: BoundTable;
   /** Overrides the table name in this class's stream names (`row:<prefix>:<key>`, `all:<prefix>`). */
   static streamPrefix?: string;
+  /**
+   * The columns (row property names) a data event, a sync and
+   * `turbo.dataHandler` may carry besides the key. Default: none — the key
+   * and version only, so a column nobody listed never leaves the server;
+   * `"*"` every column. A name that is not a column is refused at start
+   * (TURBOCAST_DATA_FIELDS).
+   *
+   * @example
+   * static override fields = ["body", "roomId", "createdAt"];
+   */
+  static fields?: "*" | readonly string[];
 
   /**
    * Declarative broadcasts: the streams whose lists show a row (nothing: in

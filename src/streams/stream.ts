@@ -56,6 +56,20 @@ export class Stream {
   /** Overrides the name derived from the class name. */
   static streamName?: string;
 
+  /**
+   * The rows of this stream's set, for data subscribers that ask for a sync
+   * and for `turbo.dataHandler`: rows read through turbocast's db (whole
+   * rows, so each says its class and goes out through its `static fields`).
+   * Return them synchronously (Drizzle's `.all()`) and they are read in one
+   * transaction with the change log's position. A row's own stream syncs its
+   * row without it; at most `maxSyncRows` rows (default 10,000).
+   *
+   * @example
+   * static override sync = (room: RoomStream) =>
+   *   room.db.select().from(messages).where(eq(messages.roomId, room.pk)).all();
+   */
+  static sync?: (stream: never) => readonly object[] | Promise<readonly object[]>;
+
   /** The stream's full, namespaced name (what subscriptions sign). */
   readonly name: string;
   /** The parts after the stream's base name, as strings (`NotificationsStream.for(7)` -> `["7"]`). */

@@ -245,6 +245,9 @@
           tokens: sub.tokens,
           position: sub.position,
           page: sub.page,
+          data: sub.data,
+          sync: sub.sync,
+          version: sub.version,
         });
     });
     return list;
@@ -287,9 +290,36 @@
     render(message.html);
   }
 
+  /* A data event (or sync) for this tab's Turbocast.subscribe subscriptions. */
+  function onData(message) {
+    message.gids.forEach((gid) => {
+      var sub = byGid.get(gid);
+      if (!sub?.data) return;
+      if (message.position) sub.position = message.position;
+      if (typeof message.event.version === "number") sub.version = message.event.version;
+      var handler = message.event.action === "sync" ? sub.handlers.onSync : sub.handlers.onEvent;
+      try {
+        if (typeof handler === "function") handler(message.event);
+      } catch (error) {
+        if (window.console) console.error("turbocast: a data handler threw", error);
+      }
+    });
+  }
+
   function onState(message) {
     var sub = byGid.get(message.gid);
     if (!sub) return;
+    if (sub.data) {
+      if (message.state === "live") sub.state = "live";
+      else if (message.state === "down" && sub.state === "live") sub.state = "pending";
+      else if (message.state === "refused") {
+        /* a refused data subscription is not retried; the page stays as it is */
+        sub.state = "refused";
+        changed();
+        if (window.console) console.warn(`turbocast: a data subscription was refused (${message.status})`);
+      }
+      return;
+    }
     if (message.state === "live") {
       sub.state = "live";
       sub.element.setAttribute("connected", "");
@@ -360,6 +390,12 @@
     function subscribe(entry) {
       entry.sent = true;
       var message = { type: "subscribe", id: entry.d.gid, streams: entry.d.tokens, after: entry.position || null };
+      if (entry.d.data) {
+        /* resumes after the last event it applied, or starts with the set when it asks for one */
+        message.data = true;
+        if (entry.version !== null && entry.version !== undefined) message.version = entry.version;
+        else if (entry.d.sync) message.sync = true;
+      }
       /* the page that rendered the source: { toOthers: true } frames of its own requests skip it */
       if (entry.d.page) message.page = entry.d.page;
       send(message);
@@ -376,12 +412,24 @@
       };
       s.onmessage = (event) => {
         if (typeof event.data !== "string") return;
-        if (event.data.charAt(0) === "{") return answer(JSON.parse(event.data));
+        if (event.data.charAt(0) === "{") {
+          const message = JSON.parse(event.data);
+          return message.type === "data" ? dataMessage(message) : answer(message);
+        }
         var tags = FOR.exec(event.data);
         if (!tags) return;
         var position = POSITION.exec(event.data);
         var gids = unescapeAttribute(tags[1]).split(" ");
-        var current = gids.filter((gid) => subs.has(gid));
+        var current = gids.filter((gid) => subs.has(gid) && !subs.get(gid).d.data);
+        /* a refresh for a data subscription: events were lost, so it starts again from a sync */
+        gids.forEach((gid) => {
+          var entry = subs.get(gid);
+          if (!entry?.d.data) return;
+          entry.position = null;
+          entry.version = null;
+          send({ type: "unsubscribe", id: gid });
+          subscribe(entry);
+        });
         /* a frame for subscriptions this page has left (in flight when it unsubscribed) is not applied */
         if (current.length === 0) return;
         current.forEach((gid) => {
@@ -408,6 +456,18 @@
         if (FINAL_CODES[event.code] || subs.size === 0) return;
         timer = setTimeout(connect, backoff(attempt++));
       };
+    }
+    function dataMessage(message) {
+      var gids = String(message.for || "")
+        .split(" ")
+        .filter((gid) => subs.has(gid));
+      if (gids.length === 0 || !message.event) return;
+      gids.forEach((gid) => {
+        var entry = subs.get(gid);
+        if (message.position) entry.position = message.position;
+        if (typeof message.event.version === "number") entry.version = message.event.version;
+      });
+      emit({ kind: "data", event: message.event, position: message.position || null, gids: gids });
     }
     function answer(message) {
       var entry = subs.get(String(message.id));
@@ -452,7 +512,7 @@
         });
         wanted.forEach((d, gid) => {
           if (subs.has(gid)) return;
-          var entry = { d: d, position: d.position, sent: false, retry: null };
+          var entry = { d: d, position: d.position, version: d.version, sent: false, retry: null };
           subs.set(gid, entry);
           if (open) subscribe(entry);
         });
@@ -608,6 +668,7 @@
   function deliver(message) {
     if (SHARE) channel.postMessage(message);
     if (message.kind === "frame") onFrame(message);
+    else if (message.kind === "data") onData(message);
     else onState(message);
   }
 
@@ -616,6 +677,7 @@
     channel.onmessage = (event) => {
       var message = event.data;
       if (message.kind === "frame") onFrame(message);
+      else if (message.kind === "data") onData(message);
       else if (message.kind === "state") onState(message);
       else if (message.kind === "hello") announce();
       else if (holder && message.kind === "subs") {
@@ -639,6 +701,45 @@
       return new Promise(() => {});
     });
   } else SHARE = false;
+
+  /*
+   * Data subscribers: Turbocast.subscribe(signedName, { onEvent, onSync })
+   * subscribes to a stream's data events on the page's shared WebSocket
+   * (`"data": true`). With onSync, the set comes first ({ action: "sync",
+   * rows, version }), then every change after it ({ action, table, key,
+   * data, version }); after a cut it resumes from the last position and
+   * version it saw, and after lost events (a refresh) it syncs again.
+   * Returns the function that unsubscribes.
+   */
+  window.Turbocast = {
+    subscribe(signedName, handlers) {
+      if (typeof signedName !== "string" || signedName === "")
+        throw new TypeError("Turbocast.subscribe needs a signed stream name");
+      var id = `data-${++counter}`;
+      var sub = {
+        id: id,
+        gid: SHARE ? `${TAB}:${id}` : id,
+        element: null,
+        transport: "websocket",
+        tokens: [signedName],
+        names: [tokenName(signedName)],
+        position: null,
+        page: null,
+        state: "pending",
+        data: true,
+        sync: typeof handlers?.onSync === "function",
+        version: null,
+        handlers: handlers || {},
+      };
+      byGid.set(sub.gid, sub);
+      changed();
+      return () => {
+        if (byGid.get(sub.gid) !== sub) return;
+        byGid.delete(sub.gid);
+        changed();
+      };
+    },
+  };
 
   /* A network that comes back should not wait out a long backoff. */
   window.addEventListener("online", () => {
