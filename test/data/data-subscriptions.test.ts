@@ -194,6 +194,19 @@ describe("data subscriptions on the shared WebSocket", () => {
     );
   });
 
+  it("ends a data subscription whose access ends (turbo.disconnect), like a frame subscription", async () => {
+    const { db, turbo } = await openApp();
+    const client = await shared();
+    client.send({ type: "subscribe", id: 1, streams: [sign(RoomStream.for(1).name)], data: true, sync: true });
+    await waitFor(() => client.messages.some((m) => m.type === "subscribed"));
+    expect(await turbo.disconnect({ stream: RoomStream.for(1) })).toBe(1);
+    await waitFor(() => client.messages.some((m) => m.type === "refused"));
+    expect(client.messages.find((m) => m.type === "refused")).toMatchObject({ id: 1, status: 403 });
+    db.insert(messages).values({ roomId: 1, body: "after access ended" }).run();
+    await turbo.feed.drain();
+    expect(client.data().map((m) => m.event!.action)).toEqual(["sync"]);
+  });
+
   it("never sends a hidden column", async () => {
     const { db, turbo } = await openApp();
     const client = await shared();
