@@ -208,7 +208,10 @@ describe.skipIf(!enabled)("the chat app in Chromium", () => {
     const other = await bob.context().newPage();
     await other.goto(`${base}/rooms/${roomId("random")}`);
     await bob.goto(`${base}/rooms/${roomId("general")}`);
-    await waitFor(async () => (await other.locator("turbo-stream-source").count()) === 1);
+    // live, not only rendered: a sign-out before the other tab subscribed would have nothing to end
+    await waitFor(async () => (await other.locator("turbo-stream-source[connected]").count()) === 1, {
+      message: "the other tab's subscription is live",
+    });
     await Promise.all([bob.waitForURL(`${base}/login`), bob.click("text=Sign out")]);
     await waitFor(() => other.url() === `${base}/login`, { message: "the other tab refreshed into the login page" });
     expect(await other.locator("turbo-stream-source").count()).toBe(0);
