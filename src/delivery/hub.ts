@@ -175,16 +175,13 @@ export class Hub {
     const missed = cursor === null ? null : await this.#broker.history(entry.streams, cursor);
     if (entry.closed) return;
     if (missed === null) {
-      const refresh = await this.#refreshFrame();
-      if (entry.closed) return;
-      entry.sink.send(refresh);
-      entry.lastSeq = refresh.seq;
+      if (!(await this.#sendRefresh(entry))) return;
     } else {
       entry.lastSeq = cursor === null ? 0 : (parsePosition(cursor)?.seq ?? 0);
       for (const frame of missed) {
         if (frame.seq <= entry.lastSeq) continue;
         entry.lastSeq = frame.seq;
-        if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
+        this.#sendReplayed(entry, frame);
       }
     }
     this.#goLive(entry, null);
@@ -217,19 +214,30 @@ export class Hub {
     const missed = oldest === null || mixedEpochs ? null : await this.#broker.history(entry.streams, oldest);
     if (entry.closed) return;
     if (missed === null) {
-      const refresh = await this.#refreshFrame();
-      if (entry.closed) return;
-      entry.sink.send(refresh);
-      entry.lastSeq = refresh.seq;
+      if (!(await this.#sendRefresh(entry))) return;
     } else {
       entry.lastSeq = newestSeq;
       for (const frame of missed) {
-        if (frame.seq > (after.get(frame.stream) ?? Number.POSITIVE_INFINITY)) entry.sink.send(frame);
+        if (frame.seq > (after.get(frame.stream) ?? Number.POSITIVE_INFINITY)) this.#sendReplayed(entry, frame);
         entry.lastSeq = Math.max(entry.lastSeq, frame.seq);
       }
     }
     // a stream without a cursor skipped its history; what was published since it subscribed is all pending
     this.#goLive(entry, (stream) => after.get(stream) === Number.POSITIVE_INFINITY);
+  }
+
+  /** A cursor outside the history gets one refresh; false when the entry closed meanwhile. */
+  async #sendRefresh(entry: Entry): Promise<boolean> {
+    const refresh = await this.#refreshFrame();
+    if (entry.closed) return false;
+    entry.sink.send(refresh);
+    entry.lastSeq = refresh.seq;
+    return true;
+  }
+
+  /** A replayed frame, unless it is a toOthers frame of this entry's own page. */
+  #sendReplayed(entry: Entry, frame: Published): void {
+    if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
   }
 
   /** Sends what arrived during the replay and not in it, then lets frames through as they come. */
