@@ -147,7 +147,10 @@ export async function createChatApp(options: ChatOptions = {}): Promise<ChatApp>
     res.setHeader("Set-Cookie", clearedSessionCookie());
     // the user's open pages stop receiving at once: each gets a refresh and reloads into the login page.
     // (The demo's cookie is stateless, so pages of the same user in other browsers refresh too, and stay signed in.)
-    if (req.user) await turbo.disconnect({ user: req.user });
+    // after the response has gone out: a page refreshed before this browser dropped the cookie would
+    // reload still signed in and subscribe again
+    const user = req.user;
+    if (user) res.once("finish", () => void turbo.disconnect({ user }).catch(() => {}));
     res.redirect(303, "/login");
   });
 
