@@ -235,7 +235,7 @@ export class Hub {
     return true;
   }
 
-  /** A replayed frame, unless it is a toOthers frame of this entry's own page. */
+  /** A replayed or queued frame, unless it is a toOthers frame of this entry's own page. */
   #sendReplayed(entry: Entry, frame: Published): void {
     if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
   }
@@ -248,7 +248,7 @@ export class Hub {
       // a refresh queued by refreshAll() has stream "" and always goes out
       if (frame.stream === "" || frame.seq > entry.lastSeq || startsLive?.(frame.stream)) {
         entry.lastSeq = Math.max(entry.lastSeq, frame.seq);
-        if (entry.page === null || exceptOf(frame.frame) !== entry.page) entry.sink.send(frame);
+        this.#sendReplayed(entry, frame);
       }
     }
     entry.sink.live?.();
