@@ -39,7 +39,7 @@ import {
 import { DataCache, type DataHandlerTarget, dataHandler } from "./data/handler.js";
 import { checkDataFields } from "./data/fields.js";
 import { type DataOptions, resolveDataOptions } from "./data/options.js";
-import { SyncReader, type SyncedSet, postgresSyncSource, sqliteSyncSource } from "./data/sync.js";
+import { type PgSyncDatabase, SyncReader, type SyncedSet, postgresSyncSource, sqliteSyncSource } from "./data/sync.js";
 import { logNames } from "./changes/postgres/log.js";
 import { ConfigError } from "./errors.js";
 import { LogThrottle } from "./log-throttle.js";
@@ -211,7 +211,8 @@ export interface Turbo {
   /**
    * A stream's set as data subscribers get it: the rows its class's `sync`
    * returns, through each row class's `static fields`, and the change log's
-   * position they were read at. Throws SyncError (TURBOCAST_SYNC).
+   * version they were read at (every change at or below it is in the rows,
+   * every change not in them is above it). Throws SyncError (TURBOCAST_SYNC).
    */
   sync(stream: Stream): Promise<SyncedSet>;
   /** Ends every subscription, stops the change feed, unbinds the stream classes. Safe to call twice. */
@@ -336,10 +337,11 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
   });
   const syncReader = new SyncReader({
     source: pgCapture
-      ? postgresSyncSource(
-          (db as unknown as { $client: Parameters<typeof postgresSyncSource>[0] }).$client,
-          () => logNames(pgCapture.logSchema ?? "public").changes,
-        )
+      ? postgresSyncSource({
+          db: db as unknown as PgSyncDatabase,
+          changesTable: () => logNames(pgCapture.logSchema ?? "public").changes,
+          waitMs: dataOptions.syncWaitMs,
+        })
       : sqliteSyncSource(sqliteClient(db as BetterSQLite3Database)),
     maxRows: dataOptions.maxSyncRows,
   });
@@ -452,7 +454,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       return renderer.render(req, null, streamables, opts);
     },
     signStreamName: (name) => signer.sign(name),
-    sync: (stream) => syncReader.read(stream),
+    sync: (stream) => syncReader.read(stream).then(({ rows, version }) => ({ rows, version })),
     dataHandler(target) {
       return dataHandler({
         cache: dataCache,

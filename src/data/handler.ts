@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import type { Request, RequestHandler } from "express";
 import type { Published } from "../brokers/broker.js";
 import type { Hub } from "../delivery/hub.js";
@@ -93,9 +94,11 @@ export class DataCache {
     try {
       const synced = await this.#reader.read(stream);
       if (set.generation !== generation) return;
+      const body = `{"version":${synced.version},"rows":${JSON.stringify(synced.rows)}}`;
       set.version = synced.version;
-      set.etag = `"${synced.version}"`;
-      set.body = `{"version":${synced.version},"rows":${JSON.stringify(synced.rows)}}`;
+      // a version that does not name the set alone (PostgreSQL, a write in flight at the read) is told apart by the body
+      set.etag = synced.exact ? `"${synced.version}"` : `"${synced.version}-${digest(body)}"`;
+      set.body = body;
     } finally {
       set.reading = null;
     }
@@ -171,6 +174,10 @@ export function dataHandler(init: DataHandlerInit): RequestHandler {
       next(error);
     });
   };
+}
+
+function digest(body: string): string {
+  return createHash("sha1").update(body).digest("base64url").slice(0, 16);
 }
 
 function matches(header: string | undefined, etag: string): boolean {

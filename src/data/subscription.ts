@@ -13,7 +13,11 @@ export interface DataStart {
   sync: boolean;
   /** Resume: replay every event after this position (the last one the client saw, the sync's included). */
   after: string | null;
-  /** Resume: the version of the last event the client applied; events at or below it are not sent again. */
+  /**
+   * Resume: the version of the sync the client applied; events at or below it
+   * are in the sync and not sent again. (Not the last event's: on PostgreSQL
+   * a change with a lower version may be dispatched after a higher one.)
+   */
   version: number | null;
 }
 

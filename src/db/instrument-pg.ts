@@ -111,6 +111,10 @@ export function instrumentPgDatabase(db: unknown, options: PgInstrumentOptions):
     this: unknown,
     ...args: unknown[]
   ) {
+    // a read-only transaction (a sync's) writes no change to note, nor any the feed should look for
+    if ((args[1] as { accessMode?: unknown } | undefined)?.accessMode === "read only") {
+      return transaction.apply(this, args);
+    }
     const requestId = options.requestId?.();
     if (requestId !== undefined && typeof args[0] === "function") {
       const body = args[0] as (tx: { execute(query: unknown): Promise<unknown> }) => Promise<unknown>;

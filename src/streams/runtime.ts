@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from "node:async_hooks";
 import type { Published } from "../brokers/broker.js";
 import { NotBoundError } from "../errors.js";
 import type { FrameSpec } from "../frames/frame.js";
@@ -58,4 +59,23 @@ export function runtimeOf(cls: StreamClassKey): StreamRuntime {
   const runtime = bindings.get(cls);
   if (!runtime) throw new NotBoundError(cls.name || "stream class");
   return runtime;
+}
+
+/** The transaction a sync reads in, standing in for the app's database it was opened on. */
+const readingIn = new AsyncLocalStorage<{ db: unknown; in: unknown }>();
+
+/**
+ * Runs `fn` with `this.db` of the streams bound to `db` being `tx` (a
+ * transaction on it), for `fn` and everything it awaits: a stream class's
+ * `sync` on PostgreSQL reads in the sync's REPEATABLE READ transaction.
+ */
+export function withStreamDb<T>(db: unknown, tx: unknown, fn: () => T): T {
+  return readingIn.run({ db, in: tx }, fn);
+}
+
+/** `this.db` of a stream of `cls`: the app's database, or the transaction withStreamDb opened on it. */
+export function streamDbOf(cls: StreamClassKey): unknown {
+  const db = runtimeOf(cls).db;
+  const reading = readingIn.getStore();
+  return reading !== undefined && reading.db === db ? reading.in : db;
 }

@@ -3,7 +3,7 @@ import { FrameOptionsError, TemplateRenderError } from "../errors.js";
 import { type FrameSpec, buildFrame } from "../frames/frame.js";
 import { defaultStreamPrefix, namedStreamName } from "./names.js";
 import type { RegisteredDb } from "../register.js";
-import { type BroadcastOptions, runtimeOf } from "./runtime.js";
+import { type BroadcastOptions, runtimeOf, streamDbOf } from "./runtime.js";
 
 export type { BroadcastOptions } from "./runtime.js";
 
@@ -85,10 +85,11 @@ export class Stream {
    * The Drizzle database given to createTurbo, for hooks, `userPassesTest`
    * and helpers that must not import the app's own db module. Typed through
    * `Register` (register.ts); throws NotBoundError when the class is not
-   * registered with a running turbocast instance.
+   * registered with a running turbocast instance. Inside a `sync` on
+   * PostgreSQL it is the sync's read transaction (the same Drizzle API).
    */
   get db(): RegisteredDb {
-    return runtimeOf(this.constructor).db as RegisteredDb;
+    return streamDbOf(this.constructor) as RegisteredDb;
   }
 
   /** The base name of a plain Stream class. */

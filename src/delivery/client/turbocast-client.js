@@ -296,7 +296,8 @@
       var sub = byGid.get(gid);
       if (!sub?.data) return;
       if (message.position) sub.position = message.position;
-      if (typeof message.event.version === "number") sub.version = message.event.version;
+      /* the sync's version: a resume drops the events it already holds (later ones may come out of version order) */
+      if (message.event.action === "sync") sub.version = message.event.version;
       var handler = message.event.action === "sync" ? sub.handlers.onSync : sub.handlers.onEvent;
       try {
         if (typeof handler === "function") handler(message.event);
@@ -391,7 +392,7 @@
       entry.sent = true;
       var message = { type: "subscribe", id: entry.d.gid, streams: entry.d.tokens, after: entry.position || null };
       if (entry.d.data) {
-        /* resumes after the last event it applied, or starts with the set when it asks for one */
+        /* resumes after the last position it saw, dropping what its sync held; or starts with the set when it asks for one */
         message.data = true;
         if (entry.version !== null && entry.version !== undefined) message.version = entry.version;
         else if (entry.d.sync) message.sync = true;
@@ -465,7 +466,7 @@
       gids.forEach((gid) => {
         var entry = subs.get(gid);
         if (message.position) entry.position = message.position;
-        if (typeof message.event.version === "number") entry.version = message.event.version;
+        if (message.event.action === "sync") entry.version = message.event.version;
       });
       emit({ kind: "data", event: message.event, position: message.position || null, gids: gids });
     }
@@ -707,8 +708,12 @@
    * subscribes to a stream's data events on the page's shared WebSocket
    * (`"data": true`). With onSync, the set comes first ({ action: "sync",
    * rows, version }), then every change after it ({ action, table, key,
-   * data, version }); after a cut it resumes from the last position and
-   * version it saw, and after lost events (a refresh) it syncs again.
+   * data, version }); after a cut it resumes from the last position it saw
+   * (with its sync's version, so nothing the sync held comes twice), and
+   * after lost events (a refresh) it syncs again. Apply events as upserts
+   * and deletes by key, in the order they come: each row's changes come in
+   * order, though on PostgreSQL versions of different rows need not, and a
+   * change the sync already holds may come once more after it.
    * Returns the function that unsubscribes.
    */
   window.Turbocast = {
