@@ -1,50 +1,26 @@
-import WebSocket from "ws";
 import { afterEach, describe, expect, it } from "vitest";
 import { PASSWORD_HASH, SECRET } from "../fixtures/data/schema.js";
 import { openSse, waitFor } from "../helpers.js";
-import { type DataApp, describeDialects } from "./dialects.js";
-
-interface Message {
-  type: string;
-  id?: unknown;
-  for?: string;
-  status?: number;
-  position?: string;
-  event?: { action: string; version: number; data?: Record<string, unknown>; rows?: Record<string, unknown>[] };
-}
+import {
+  type DataApp,
+  type SharedMessage as Message,
+  type SharedSocket,
+  describeDialects,
+  openShared,
+} from "./dialects.js";
 
 /** Every text message any socket got: no hidden column may be in one. */
 const seen: string[] = [];
-const sockets: WebSocket[] = [];
+const sockets: SharedSocket[] = [];
 
-async function shared(app: DataApp, user?: string) {
-  const ws = new WebSocket(`${app.url.replace(/^http/, "ws")}/turbo-streams`, "turbocast.v1", {
-    headers: user ? { "x-user": user } : {},
-  });
-  sockets.push(ws);
-  const messages: Message[] = [];
-  const frames: string[] = [];
-  ws.on("message", (data) => {
-    const text = data.toString("utf8");
-    seen.push(text);
-    if (text.startsWith("{")) messages.push(JSON.parse(text) as Message);
-    else frames.push(text);
-  });
-  await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve());
-    ws.once("error", reject);
-  });
-  return {
-    ws,
-    messages,
-    frames,
-    send: (message: unknown) => ws.send(JSON.stringify(message)),
-    data: () => messages.filter((m) => m.type === "data"),
-  };
+async function shared(app: DataApp, user?: string): Promise<SharedSocket> {
+  const socket = await openShared(app, { user, onText: (text) => seen.push(text) });
+  sockets.push(socket);
+  return socket;
 }
 
 afterEach(() => {
-  for (const ws of sockets.splice(0)) ws.terminate();
+  for (const socket of sockets.splice(0)) socket.ws.terminate();
 });
 
 const sign = (app: DataApp, name: string) => app.turbo.signStreamName(name);

@@ -6,6 +6,7 @@ import { sql } from "drizzle-orm";
 import { drizzle as sqliteDrizzle } from "drizzle-orm/better-sqlite3";
 import { drizzle as pgDrizzle } from "drizzle-orm/node-postgres";
 import express from "express";
+import WebSocket from "ws";
 import nunjucks from "nunjucks";
 import { afterEach, beforeEach, describe } from "vitest";
 import { sqliteClient } from "../../src/changes/sqlite-capture.js";
@@ -171,59 +172,113 @@ export const DIALECTS: readonly Dialect[] = [sqlite, postgres];
  * its own titled "<title> (<dialect>)".
  */
 export function describeDialects(title: string, body: (context: DialectContext) => void): void {
-  for (const dialect of DIALECTS) {
-    describe(`${title} (${dialect.name})`, () => {
-      let database: Awaited<ReturnType<Dialect["prepare"]>> | undefined;
-      let views: { dir: string; cleanup: () => void } | undefined;
-      const closing: Array<() => Promise<void>> = [];
+  for (const dialect of DIALECTS) describeOn(dialect.name, title, body);
+}
 
-      beforeEach(async () => {
-        views = tempDir("turbocast-data-views-");
-        for (const [name, text] of Object.entries(TEMPLATES)) {
-          mkdirSync(path.dirname(path.join(views.dir, name)), { recursive: true });
-          writeFileSync(path.join(views.dir, name), text);
-        }
-        database = await dialect.prepare();
-      });
+/** Declares `body`'s tests on one dialect (what only it can do), titled "<title> (<dialect>)". */
+export function describeOn(name: DialectName, title: string, body: (context: DialectContext) => void): void {
+  const dialect = DIALECTS.find((d) => d.name === name)!;
+  describe(`${title} (${dialect.name})`, () => {
+    let database: Awaited<ReturnType<Dialect["prepare"]>> | undefined;
+    let views: { dir: string; cleanup: () => void } | undefined;
+    const closing: Array<() => Promise<void>> = [];
 
-      afterEach(async () => {
-        for (const close of closing.splice(0).reverse()) await close();
-        await database?.drop();
-        database = undefined;
-        views?.cleanup();
-      });
-
-      body({
-        name: dialect.name,
-        streams: dialect.streams,
-        syncModes: dialect.syncModes,
-        get schema() {
-          return database?.schema;
-        },
-        async open(options = {}, streams) {
-          const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(views!.dir), { autoescape: true });
-          const app = await database!.open(
-            {
-              logger: memoryLogger(),
-              ...SECRET_OPTIONS,
-              authenticate: (req) => (req.headers["x-user"] as string | undefined) ?? null,
-              ...(streams === undefined ? {} : { streams }),
-              ...options,
-            },
-            env,
-          );
-          const web = express();
-          web.use(app.turbo.middleware());
-          const server = http.createServer(web);
-          app.turbo.listen(server);
-          const { url } = await listen(server);
-          closing.push(async () => {
-            await app.turbo.close();
-            await closeServer(server);
-          });
-          return { ...app, web, url };
-        },
-      });
+    beforeEach(async () => {
+      views = tempDir("turbocast-data-views-");
+      for (const [name, text] of Object.entries(TEMPLATES)) {
+        mkdirSync(path.dirname(path.join(views.dir, name)), { recursive: true });
+        writeFileSync(path.join(views.dir, name), text);
+      }
+      database = await dialect.prepare();
     });
-  }
+
+    afterEach(async () => {
+      for (const close of closing.splice(0).reverse()) await close();
+      await database?.drop();
+      database = undefined;
+      views?.cleanup();
+    });
+
+    body({
+      name: dialect.name,
+      streams: dialect.streams,
+      syncModes: dialect.syncModes,
+      get schema() {
+        return database?.schema;
+      },
+      async open(options = {}, streams) {
+        const env = new nunjucks.Environment(new nunjucks.FileSystemLoader(views!.dir), { autoescape: true });
+        const app = await database!.open(
+          {
+            logger: memoryLogger(),
+            ...SECRET_OPTIONS,
+            authenticate: (req) => (req.headers["x-user"] as string | undefined) ?? null,
+            ...(streams === undefined ? {} : { streams }),
+            ...options,
+          },
+          env,
+        );
+        const web = express();
+        web.use(app.turbo.middleware());
+        const server = http.createServer(web);
+        app.turbo.listen(server);
+        const { url } = await listen(server);
+        closing.push(async () => {
+          await app.turbo.close();
+          await closeServer(server);
+        });
+        return { ...app, web, url };
+      },
+    });
+  });
+}
+
+/** A JSON message of the shared connection (a control answer, or a data message). */
+export interface SharedMessage {
+  type: string;
+  id?: unknown;
+  for?: string;
+  status?: number;
+  position?: string;
+  event?: { action: string; version: number; data?: Record<string, unknown>; rows?: Record<string, unknown>[] };
+}
+
+export interface SharedSocket {
+  ws: WebSocket;
+  /** JSON messages, in order. */
+  messages: SharedMessage[];
+  /** Frames (HTML), in order. */
+  frames: string[];
+  send(message: unknown): void;
+  /** The data messages so far. */
+  data(): SharedMessage[];
+}
+
+/** A `ws` client on the app's shared connection (`turbocast.v1`), as the client script opens it; `user` goes in x-user. */
+export async function openShared(
+  app: Pick<DataApp, "url">,
+  options: { user?: string | undefined; onText?: (text: string) => void } = {},
+): Promise<SharedSocket> {
+  const ws = new WebSocket(`${app.url.replace(/^http/, "ws")}/turbo-streams`, "turbocast.v1", {
+    headers: options.user === undefined ? {} : { "x-user": options.user },
+  });
+  const messages: SharedMessage[] = [];
+  const frames: string[] = [];
+  ws.on("message", (data) => {
+    const text = data.toString("utf8");
+    options.onText?.(text);
+    if (text.startsWith("{")) messages.push(JSON.parse(text) as SharedMessage);
+    else frames.push(text);
+  });
+  await new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("error", reject);
+  });
+  return {
+    ws,
+    messages,
+    frames,
+    send: (message) => ws.send(JSON.stringify(message)),
+    data: () => messages.filter((m) => m.type === "data"),
+  };
 }

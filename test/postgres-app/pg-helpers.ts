@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 
@@ -17,6 +18,8 @@ export interface TestSchema {
   pool(max?: number): pg.Pool;
   /** A superuser pool outside the schema's search_path (for setup and inspection). */
   admin: pg.Pool;
+  /** Runs SQL through the psql command-line client in the schema, as another service or an operator would. */
+  psql(statements: string): void;
   drop(): Promise<void>;
 }
 
@@ -38,6 +41,14 @@ export async function createTestSchema(prefix = "tc"): Promise<TestSchema> {
       pool.on("error", () => {});
       pools.push(pool);
       return pool;
+    },
+    psql(statements) {
+      const result = spawnSync(
+        "psql",
+        [PG_URL, "-v", "ON_ERROR_STOP=1", "-q", "-c", `SET search_path = "${name}"; ${statements}`],
+        { encoding: "utf8" },
+      );
+      if (result.status !== 0) throw new Error(`psql failed: ${result.stderr}`);
     },
     async drop() {
       await Promise.all(pools.map((p) => p.end().catch(() => {})));
