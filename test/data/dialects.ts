@@ -1,4 +1,5 @@
 import http from "node:http";
+import type { Socket } from "node:net";
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
@@ -49,6 +50,8 @@ export interface DataApp {
   newestSeq(): Promise<number>;
   /** A SyncReader like the one the app's subscriptions use (maxRows 1,000). */
   reader(): SyncReader;
+  /** Drops every connection to the app's server, as a network failure would (clients reconnect). */
+  cut(): void;
 }
 
 export interface DialectContext {
@@ -72,7 +75,7 @@ interface Dialect {
   /** Makes the test's empty database; returns what opens apps on it and what drops it. */
   prepare(): Promise<{
     schema?: TestSchema;
-    open(options: Partial<TurboOptions>, views: nunjucks.Environment): Promise<Omit<DataApp, "web" | "url">>;
+    open(options: Partial<TurboOptions>, views: nunjucks.Environment): Promise<Omit<DataApp, "web" | "url" | "cut">>;
     drop(): Promise<void>;
   }>;
 }
@@ -221,13 +224,21 @@ export function describeOn(name: DialectName, title: string, body: (context: Dia
         const web = express();
         web.use(app.turbo.middleware());
         const server = http.createServer(web);
+        const connections = new Set<Socket>();
+        server.on("connection", (socket) => {
+          connections.add(socket);
+          socket.once("close", () => connections.delete(socket));
+        });
         app.turbo.listen(server);
         const { url } = await listen(server);
         closing.push(async () => {
           await app.turbo.close();
           await closeServer(server);
         });
-        return { ...app, web, url };
+        const cut = () => {
+          for (const socket of connections) socket.destroy();
+        };
+        return { ...app, web, url, cut };
       },
     });
   });

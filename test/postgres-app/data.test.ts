@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import path from "node:path";
+import { Browser } from "happy-dom";
 import pg from "pg";
 import { afterEach, describe, expect, it } from "vitest";
 import type { Published } from "../../src/brokers/broker.js";
@@ -159,6 +160,59 @@ describeOn("PostgreSQL", "data subscribers on PostgreSQL", (context) => {
       });
       expect((await fresh.json()).rows.map((r: { body: string }) => r.body)).toEqual(["held", "later"]);
       expect(fresh.headers.get("etag")).toBe(`"${await app.newestSeq()}"`);
+    });
+  });
+
+  describe("the client script", () => {
+    it("resumes with its sync's version, so a change dispatched after a higher version is not dropped", async () => {
+      const app = await context.open({ data: { syncWaitMs: 100 } });
+      const signed = app.turbo.signStreamName(context.streams.RoomStream.for(1).name);
+      app.web.get("/page", (_req, res) => {
+        res
+          .set("Cache-Control", "no-store")
+          .type("html")
+          .send(`<!doctype html><html><head>
+<script defer src="/turbo-streams/client.js"></script>
+<script>
+  window.got = [];
+  window.addEventListener("load", () => {
+    Turbocast.subscribe(${JSON.stringify(signed)}, {
+      onSync: (event) => window.got.push(["sync", event.rows.map((row) => row.body).join(",")]),
+      onEvent: (event) => window.got.push([event.action, event.data.body]),
+    });
+  });
+</script></head><body></body></html>`);
+      });
+      const held = await connect(context);
+      await held.query("BEGIN");
+      await held.query("INSERT INTO messages (room_id, body) VALUES (1, 'held')");
+      await app.exec("INSERT INTO messages (room_id, body) VALUES (1, 'later')");
+      await app.turbo.feed.drain();
+
+      const browser = new Browser({
+        settings: { enableJavaScriptEvaluation: true, suppressInsecureJavaScriptEnvironmentWarning: true } as never,
+      });
+      try {
+        const page = browser.newPage();
+        await page.goto(`${app.url}/page`);
+        const got = () => (page.mainFrame.window as unknown as { got: string[][] }).got;
+        await waitFor(() => got().length === 1);
+        await app.exec("INSERT INTO messages (room_id, body) VALUES (1, 'after')");
+        await waitFor(() => got().length === 2);
+        // the network drops; the held transaction (a lower version than 'after') commits while the page is away
+        app.cut();
+        await waitFor(() => app.turbo.hub.size === 0);
+        await held.query("COMMIT");
+        await app.turbo.feed.drain();
+        await waitFor(() => got().length === 3, { timeoutMs: 10_000, message: "the change made while away" });
+        expect(got()).toEqual([
+          ["sync", "later"],
+          ["created", "after"],
+          ["created", "held"],
+        ]);
+      } finally {
+        await browser.close();
+      }
     });
   });
 
