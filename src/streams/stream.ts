@@ -60,9 +60,11 @@ export class Stream {
    * The rows of this stream's set, for data subscribers that ask for a sync
    * and for `turbo.dataHandler`: rows read through turbocast's db (whole
    * rows, so each says its class and goes out through its `static fields`).
-   * Return them synchronously (Drizzle's `.all()`) and they are read in one
-   * transaction with the change log's position. A row's own stream syncs its
-   * row without it; at most `maxSyncRows` rows (default 10,000).
+   * On SQLite, return them synchronously (Drizzle's `.all()`) and they are
+   * read in one transaction with the change log's position; on PostgreSQL,
+   * read through `stream.db` (the sync's REPEATABLE READ transaction). A
+   * row's own stream syncs its row without it; at most `maxSyncRows` rows
+   * (default 10,000).
    *
    * @example
    * static override sync = (room: RoomStream) =>
