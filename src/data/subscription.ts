@@ -32,8 +32,10 @@ export interface DataSubscriptionInit {
  * The sink between the hub and a data subscriber's connection: holds what
  * arrives while the sync is read, then lets through only events above the
  * version the subscriber already has (the sync's, or the one it resumed
- * with) — so a change is either in the sync or sent after it, once, even
- * when its event is dispatched after the sync read it.
+ * with) — so a change is either in the sync or sent after it, even when its
+ * event is dispatched after the sync read it. (On PostgreSQL a change above
+ * the sync's version may be in the sync too, and still sent: see
+ * postgresSyncSource.)
  */
 export class DataGate implements Sink {
   readonly #target: Sink;
