@@ -32,12 +32,6 @@ async function dataEventsOf(turbo: Turbo, stream: string): Promise<DataEvent[]> 
   return events;
 }
 
-/** Writes through the app's db, then waits until the feed dispatched them. */
-async function write(app: DataApp, ...statements: string[]): Promise<void> {
-  for (const statement of statements) await app.exec(statement);
-  await app.turbo.feed.drain();
-}
-
 describeDialects("data events", (context) => {
   describe("static fields", () => {
     it("sends only the key and version by default, to the row's own stream and the table-wide one", async () => {
@@ -45,7 +39,7 @@ describeDialects("data events", (context) => {
       const app = await context.open();
       const own = await dataEventsOf(app.turbo, UserStream.for(1).name);
       const all = await dataEventsOf(app.turbo, UserStream.all().name);
-      await write(app, `insert into users (id, name, password_hash) values (1, 'ada', '${PASSWORD_HASH}')`);
+      await app.write(`insert into users (id, name, password_hash) values (1, 'ada', '${PASSWORD_HASH}')`);
       await waitFor(() => own.length === 1 && all.length === 1);
       expect(own[0]).toEqual({ action: "created", table: "users", key: 1, data: { id: 1 }, version: own[0]!.version });
       expect(all).toEqual(own);
@@ -60,7 +54,7 @@ describeDialects("data events", (context) => {
       }
       const app = await context.open({}, [RoomStream, MessageStream, StarUserStream]);
       const all = await dataEventsOf(app.turbo, StarUserStream.all().name);
-      await write(app, "insert into users (id, name, password_hash) values (2, 'grace', 'visible-by-choice')");
+      await app.write("insert into users (id, name, password_hash) values (2, 'grace', 'visible-by-choice')");
       await waitFor(() => all.length === 1);
       expect(all[0]!.data).toEqual({ id: 2, name: "grace", passwordHash: "visible-by-choice" });
     });
@@ -80,11 +74,10 @@ describeDialects("data events", (context) => {
     it("go where the row's HTML goes: created, updated, deleted in order with increasing versions", async () => {
       const { RoomStream } = context.streams;
       const app = await context.open();
-      await write(app, "insert into rooms (id, name) values (1, 'one'), (2, 'two')");
+      await app.write("insert into rooms (id, name) values (1, 'one'), (2, 'two')");
       const room1 = await dataEventsOf(app.turbo, RoomStream.for(1).name);
       const room2 = await dataEventsOf(app.turbo, RoomStream.for(2).name);
-      await write(
-        app,
+      await app.write(
         "insert into messages (id, room_id, body) values (10, 1, 'hi')",
         "update messages set body = 'hello' where id = 10",
         "update messages set room_id = 2 where id = 10",
@@ -110,7 +103,7 @@ describeDialects("data events", (context) => {
       await app.turbo.hub.subscribe([RoomStream.for(1).name], { send: (f) => void html.push(f.frame) });
       const data = await dataEventsOf(app.turbo, RoomStream.for(1).name);
       const tapped = await captureBroadcasts(app.turbo, async () => {
-        await write(app, "insert into messages (room_id, body) values (1, 'only html')");
+        await app.write("insert into messages (room_id, body) values (1, 'only html')");
         await waitFor(() => html.length === 1 && data.length === 1);
       });
       expect(html[0]).toMatch(/^<turbo-stream action="append"/);
@@ -136,7 +129,7 @@ describeDialects("data events", (context) => {
       it(`stays consistent when another connection writes during a ${mode} sync: each change in the set or after it, once`, async () => {
         const { RoomStream } = context.streams;
         const app = await context.open();
-        await write(app, "insert into messages (room_id, body) values (1, 'before')");
+        await app.write("insert into messages (room_id, body) values (1, 'before')");
         const events = await dataEventsOf(app.turbo, RoomStream.for(1).name);
         let writes = 0;
         syncHooks.async = mode === "async";
@@ -193,7 +186,7 @@ describeDialects("data events", (context) => {
 
     it("answers the set with an ETag, 304 for it, and the new set after a write", async () => {
       const app = await context.open();
-      await write(app, "insert into messages (room_id, body) values (1, 'first')");
+      await app.write("insert into messages (room_id, body) values (1, 'first')");
       const url = await serve(app);
       const first = await fetch(`${url}/rooms/1/messages.json`);
       const text = await first.text();
@@ -206,7 +199,7 @@ describeDialects("data events", (context) => {
       const again = await fetch(`${url}/rooms/1/messages.json`, { headers: { "if-none-match": etag } });
       expect(again.status).toBe(304);
 
-      await write(app, "insert into messages (room_id, body) values (1, 'second')");
+      await app.write("insert into messages (room_id, body) values (1, 'second')");
       const changed = await waitFor(async () => {
         const response = await fetch(`${url}/rooms/1/messages.json`, { headers: { "if-none-match": etag } });
         return response.status === 200 ? response : null;
@@ -216,7 +209,7 @@ describeDialects("data events", (context) => {
       expect(JSON.parse(body).rows.map((r: { body: string }) => r.body)).toEqual(["first", "second"]);
       expect(changed.headers.get("etag")).not.toBe(etag);
       // a write elsewhere in the database leaves this set's ETag alone
-      await write(app, "insert into messages (room_id, body) values (2, 'other room')");
+      await app.write("insert into messages (room_id, body) values (2, 'other room')");
       const still = await fetch(`${url}/rooms/1/messages.json`, {
         headers: { "if-none-match": changed.headers.get("etag")! },
       });
@@ -251,7 +244,7 @@ describeDialects("data events", (context) => {
 
     it("sends the sync first, then every change after its version once, even one written during the sync", async () => {
       const app = await context.open();
-      await write(app, "insert into messages (room_id, body) values (1, 'before')");
+      await app.write("insert into messages (room_id, body) values (1, 'before')");
       syncHooks.during = () => {
         syncHooks.during = null;
         return app.other("insert into messages (room_id, body) values (1, 'during')");
@@ -262,7 +255,7 @@ describeDialects("data events", (context) => {
       } finally {
         syncHooks.during = null;
       }
-      await write(app, "insert into messages (room_id, body) values (1, 'after')");
+      await app.write("insert into messages (room_id, body) values (1, 'after')");
       await waitFor(() => got.some((g) => g.event.data?.body === "after"));
       const [sync, ...events] = got;
       expect(sync!.event.action).toBe("sync");
@@ -278,19 +271,18 @@ describeDialects("data events", (context) => {
       const app = await context.open();
       const first = subscriber(app);
       const unsubscribe = await first.subscribe({ sync: true, after: null, version: null });
-      await write(app, "insert into messages (room_id, body) values (1, 'one')");
+      await app.write("insert into messages (room_id, body) values (1, 'one')");
       await waitFor(() => first.got.length === 2);
       unsubscribe();
       // missed while away
-      await write(
-        app,
+      await app.write(
         "insert into messages (room_id, body) values (1, 'two')",
         "update messages set body = 'one, edited' where body = 'one'",
       );
       const [sync, last] = [first.got[0]!, first.got[first.got.length - 1]!];
       const again = subscriber(app);
       await again.subscribe({ sync: false, after: last.position, version: sync.event.version });
-      await write(app, "insert into messages (room_id, body) values (1, 'three')");
+      await app.write("insert into messages (room_id, body) values (1, 'three')");
       await waitFor(() => again.got.length === 3);
       expect(again.got.map((g) => [g.event.action, g.event.data?.body])).toEqual([
         ["created", "two"],
@@ -326,8 +318,7 @@ describeDialects("data events", (context) => {
       const streams = [RoomStream.for(1).name, RoomStream.all().name, MessageStream.all().name, UserStream.all().name];
       for (const stream of streams) await dataEventsOf(app.turbo, stream);
       const before = payloads.length;
-      await write(
-        app,
+      await app.write(
         "insert into rooms (id, name) values (1, 'r')",
         `insert into users (id, name, password_hash) values (9, 'u', '${PASSWORD_HASH}')`,
         "insert into messages (room_id, body) values (1, 'm')",

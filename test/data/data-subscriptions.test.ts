@@ -25,17 +25,11 @@ afterEach(() => {
 
 const sign = (app: DataApp, name: string) => app.turbo.signStreamName(name);
 
-/** Writes through the app's db, then waits until the feed dispatched them. */
-async function write(app: DataApp, ...statements: string[]): Promise<void> {
-  for (const statement of statements) await app.exec(statement);
-  await app.turbo.feed.drain();
-}
-
 describeDialects("data subscriptions", (context) => {
   describe("on the shared WebSocket", () => {
     it("sends the sync, then events; an HTML subscription of the same stream on the same socket gets frames only", async () => {
       const app = await context.open();
-      await write(app, "insert into messages (room_id, body) values (1, 'first')");
+      await app.write("insert into messages (room_id, body) values (1, 'first')");
       const client = await shared(app);
       const room = sign(app, context.streams.RoomStream.for(1).name);
       client.send({ type: "subscribe", id: "d", streams: [room], data: true, sync: true });
@@ -48,7 +42,7 @@ describeDialects("data subscriptions", (context) => {
       expect(client.messages.findIndex((m) => m.type === "data")).toBeLessThan(
         client.messages.findIndex((m) => m.type === "subscribed" && m.id === "d"),
       );
-      await write(app, "insert into messages (room_id, body) values (1, 'second')");
+      await app.write("insert into messages (room_id, body) values (1, 'second')");
       await waitFor(() => client.data().length === 2 && client.frames.length === 1);
       const event = client.data()[1]!;
       expect(event).toMatchObject({
@@ -66,11 +60,10 @@ describeDialects("data subscriptions", (context) => {
       const room = sign(app, context.streams.RoomStream.for(1).name);
       first.send({ type: "subscribe", id: 1, streams: [room], data: true, sync: true });
       await waitFor(() => first.messages.some((m) => m.type === "subscribed"));
-      await write(app, "insert into messages (room_id, body) values (1, 'one')");
+      await app.write("insert into messages (room_id, body) values (1, 'one')");
       await waitFor(() => first.data().length === 2);
       first.ws.terminate();
-      await write(
-        app,
+      await app.write(
         "insert into messages (room_id, body) values (1, 'two')",
         "update messages set body = 'one, edited' where id = 1",
       );
@@ -121,7 +114,7 @@ describeDialects("data subscriptions", (context) => {
       expect(await app.turbo.disconnect({ stream: RoomStream.for(1) })).toBe(1);
       await waitFor(() => client.messages.some((m) => m.type === "refused"));
       expect(client.messages.find((m) => m.type === "refused")).toMatchObject({ id: 1, status: 403 });
-      await write(app, "insert into messages (room_id, body) values (1, 'after access ended')");
+      await app.write("insert into messages (room_id, body) values (1, 'after access ended')");
       expect(client.data().map((m) => m.event!.action)).toEqual(["sync"]);
     });
 
@@ -132,8 +125,7 @@ describeDialects("data subscriptions", (context) => {
       client.send({ type: "subscribe", id: 1, streams: [sign(app, UserStream.all().name)], data: true });
       client.send({ type: "subscribe", id: 2, streams: [sign(app, RoomStream.for(1).name)], data: true, sync: true });
       await waitFor(() => client.messages.filter((m) => m.type === "subscribed").length === 2);
-      await write(
-        app,
+      await app.write(
         `insert into users (id, name, password_hash) values (1, 'ada', '${PASSWORD_HASH}')`,
         "insert into messages (room_id, body) values (1, 'm')",
         "delete from messages",
@@ -149,7 +141,7 @@ describeDialects("data subscriptions", (context) => {
   describe("over SSE", () => {
     it("sends the sync and events as named turbocast-data events, which an unnamed listener (Turbo) never sees", async () => {
       const app = await context.open();
-      await write(app, "insert into messages (room_id, body) values (1, 'first')");
+      await app.write("insert into messages (room_id, body) values (1, 'first')");
       const token = encodeURIComponent(sign(app, context.streams.RoomStream.for(1).name));
       const sse = openSse(`${app.url}/turbo-streams?s=${token}&data=1&sync=1`);
       const named: Array<{ id: string; event: Message["event"] }> = [];
@@ -161,7 +153,7 @@ describeDialects("data subscriptions", (context) => {
       await sse.opened;
       await waitFor(() => named.length === 1);
       expect(named[0]!.event).toMatchObject({ action: "sync", rows: [{ id: 1, roomId: 1, body: "first" }] });
-      await write(app, "insert into messages (room_id, body) values (1, 'second')");
+      await app.write("insert into messages (room_id, body) values (1, 'second')");
       await waitFor(() => named.length === 2);
       expect(named[1]!.event).toMatchObject({ action: "created", data: { body: "second" } });
       expect(named[1]!.id).toMatch(/\./);
@@ -185,11 +177,10 @@ describeDialects("data subscriptions", (context) => {
       const ids: string[] = [];
       events(first.source, got, ids);
       await first.opened;
-      await write(app, "insert into messages (room_id, body) values (1, 'one')");
+      await app.write("insert into messages (room_id, body) values (1, 'one')");
       await waitFor(() => got.length === 1);
       first.source.close();
-      await write(
-        app,
+      await app.write(
         "insert into messages (room_id, body) values (1, 'two')",
         "update messages set body = 'one, edited' where id = 1",
       );
@@ -199,7 +190,7 @@ describeDialects("data subscriptions", (context) => {
       events(again.source, missed, []);
       await again.opened;
       await waitFor(() => missed.length === 2);
-      await write(app, "insert into messages (room_id, body) values (1, 'three')");
+      await app.write("insert into messages (room_id, body) values (1, 'three')");
       await waitFor(() => missed.length === 3);
       expect(missed.map((e) => [e!.action, e!.data!.body])).toEqual([
         ["created", "two"],

@@ -41,6 +41,8 @@ export interface DataApp {
   url: string;
   /** Runs SQL through the app's own Drizzle database (raw SQL, as an app may). */
   exec(statement: string): Promise<void>;
+  /** Runs each statement through exec, then waits until the feed dispatched them. */
+  write(...statements: string[]): Promise<void>;
   /**
    * Runs SQL on a connection of its own, as another writer would. SQLite:
    * synchronously (a sync()'s `during` hook may call it and stay synchronous).
@@ -75,7 +77,10 @@ interface Dialect {
   /** Makes the test's empty database; returns what opens apps on it and what drops it. */
   prepare(): Promise<{
     schema?: TestSchema;
-    open(options: Partial<TurboOptions>, views: nunjucks.Environment): Promise<Omit<DataApp, "web" | "url" | "cut">>;
+    open(
+      options: Partial<TurboOptions>,
+      views: nunjucks.Environment,
+    ): Promise<Omit<DataApp, "web" | "url" | "cut" | "write">>;
     drop(): Promise<void>;
   }>;
 }
@@ -238,7 +243,11 @@ export function describeOn(name: DialectName, title: string, body: (context: Dia
         const cut = () => {
           for (const socket of connections) socket.destroy();
         };
-        return { ...app, web, url, cut };
+        const write = async (...statements: string[]) => {
+          for (const statement of statements) await app.exec(statement);
+          await app.turbo.feed.drain();
+        };
+        return { ...app, web, url, cut, write };
       },
     });
   });
