@@ -38,11 +38,7 @@ describe("capture on PostgreSQL alone", () => {
   const saves = (table = "items") => recorder.calls.filter((c) => c.table === table);
   const bodies = (): unknown[] => saves().map((c) => c.entity.body);
 
-  /** Runs SQL through psql; fails the test on an error. */
-  function psql(statements: string): void {
-    const run = database.shell(statements);
-    if (run.status !== 0) throw new Error(`psql failed: ${run.stderr}`);
-  }
+  const psql = (statements: string): void => database.schema.psql(statements);
 
   describe("dispatch", () => {
     it("dispatches every writer's commit at once (NOTIFY), without waiting for the poll", async () => {
