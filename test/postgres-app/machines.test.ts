@@ -252,6 +252,11 @@ describe.skipIf(refusal !== null && !inCI)("PostgreSQL apps on several machines 
       const got = frames.map((f) => /<li id="message_\d+">([^<]*)<\/li>/.exec(f)?.[1]);
       expect([...got].sort()).toEqual([...bodies].sort());
     }
+    // a machine reports its hook over IPC after the hook's broadcast, which may reach the clients first
+    await waitFor(() => machines.flatMap((m) => m.hooks).length >= bodies.length, {
+      timeoutMs: 10_000,
+      message: `hooks per machine: ${machines.map((m) => m.hooks.length).join(", ")}`,
+    });
     const hooks = machines.flatMap((m) => m.hooks);
     expect(hooks.map((h) => h.body).sort()).toEqual([...bodies].sort());
     console.log(`[machines] hooks ran on machines ${machines.map((m) => m.hooks.length).join(" + ")}`);
