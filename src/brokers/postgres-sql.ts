@@ -11,8 +11,8 @@ export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
 /** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
 export const NOTIFY_LIMIT = 7_900;
 
-/** What a notice adds around a chunk of frames: `{"e":"<epoch>","s":<seq>,"b":[…]}`. */
-const CHUNK_OVERHEAD = 100;
+/** What a notice adds around a chunk of frames: `{"o":"<origin>","n":<batch>,"i":<index>,"e":"<epoch>","s":<seq>,"b":[…]}`. */
+const CHUNK_OVERHEAD = 160;
 
 /** A notice's frame list that stands for one frame too large for a notice (a list always starts with `[`). */
 const OVERSIZED = "-";
@@ -112,10 +112,12 @@ export function statements(prefix: string) {
     // delivery order) equals seq order. A rollback undoes the increment too,
     // so seqs have no holes. Parameters (see encodeBatch): $1 the streams and
     // $2 the frames as JSON arrays, in publish order; $3 the channel; $4 the
-    // notices' frame lists, $5 where each starts in the batch; $6 the count.
-    // A notice carries its frames inline, `{e, s: first, b: [[stream, frame], …]}`,
-    // or, for a frame too large for one, `{e, s: its seq, c: 1}` and
-    // listeners read it from the table.
+    // notices' frame lists, $5 where each starts in the batch; $6 the count;
+    // $7 the notices' opening, `{"o":<origin>,"n":<batch number>,`.
+    // A notice carries its frames inline, `{o, n, i, e, s: first, b: [[stream, frame], …]}`
+    // (`i`: where its frames start in the batch), or, for a frame too large
+    // for one, `{o, n, i, e, s: its seq, c: 1}` and listeners read it from the
+    // table — except the publishing process, which knows its own frames.
     publish: `
       with input as (
              select stream, frame, ord
@@ -124,10 +126,9 @@ export function statements(prefix: string) {
            m as (update ${meta} set seq = seq + $6::int where id = 1 returning epoch, seq - $6::int as base),
            f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             (select count(pg_notify($3, case
-                       when c.body = '${OVERSIZED}' then json_build_object('e', m.epoch, 's', m.base + c.start, 'c', 1)::text
-                       else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + c.start) || ',"b":[' || c.body || ']}'
-                     end))
+             (select count(pg_notify($3, $7::text || '"i":' || (c.start - 1) || ',"e":' || to_json(m.epoch)::text ||
+                       ',"s":' || (m.base + c.start) ||
+                       case when c.body = '${OVERSIZED}' then ',"c":1}' else ',"b":[' || c.body || ']}' end))
               from unnest(string_to_array($4, chr(1)), $5::int[]) with ordinality as c(body, start, ord)) as notices
       from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,

@@ -77,6 +77,9 @@ export class PostgresBroker implements Broker {
       new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });
   #closing: Promise<void> | null = null;
+  /** Batches this broker published (numbered in their notices), until their last notice comes back. */
+  #own = new Map<number, OwnBatch>();
+  #batches = 0;
 
   constructor(options: PostgresBrokerOptions | string) {
     const resolved = resolvePostgresOptions(options);
@@ -166,22 +169,30 @@ export class PostgresBroker implements Broker {
     this.#every(Math.max(1_000, this.#config.commandTimeoutMs * 2), () => void this.#heartbeat());
   }
 
-  async publish(stream: string, frame: string): Promise<Published> {
-    if (this.#state === "closed") throw new ClosedError("postgres broker");
+  publish(stream: string, frame: string): Promise<Published> {
+    // not async: the batcher's promise is the publish's (one promise per frame, not two)
+    if (this.#state === "closed") return Promise.reject(new ClosedError("postgres broker"));
     if (typeof stream !== "string" || typeof frame !== "string") {
-      throw new BrokerError("publish(stream, frame) takes two strings");
+      return Promise.reject(new BrokerError("publish(stream, frame) takes two strings"));
     }
     if (this.#state === "new" || this.#state === "connecting" || !this.#pool) {
-      throw notStartedError("postgres");
+      return Promise.reject(notStartedError("postgres"));
     }
     if (this.#state === "down") {
       this.#continuity.refused();
-      throw new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
+      return Promise.reject(
+        new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`),
+      );
     }
     return this.#batcher.publish(stream, frame);
   }
 
-  /** One statement for a batch of frames (see PublishBatcher): consecutive seqs, one commit, one notice. */
+  /**
+   * One statement for a batch of frames (see PublishBatcher): consecutive
+   * seqs, one commit, its notices. The batch stays in #own until its last
+   * notice comes back, so this process delivers its own frames without
+   * decoding them (or reading the large ones back from the table).
+   */
   async #publishBatch(batch: readonly OutgoingFrame[]): Promise<Published[]> {
     const pool = this.#pool;
     if (!pool || this.#state === "down") {
@@ -189,6 +200,34 @@ export class PostgresBroker implements Broker {
       throw new Error(`${this.#target} is unreachable`);
     }
     const { streams, frames, notices, starts } = encodeBatch(batch);
+    const number = ++this.#batches;
+    const counts = new Map<number, number>();
+    for (let i = 0; i < starts.length; i++)
+      counts.set(starts[i]! - 1, (starts[i + 1] ?? batch.length + 1) - starts[i]!);
+    const own: OwnBatch = { frames: batch, counts, published: null };
+    this.#own.set(number, own);
+    try {
+      return await this.#runPublish(pool, batch, own, [
+        streams,
+        frames,
+        this.#channel,
+        notices,
+        starts,
+        batch.length,
+        `{"o":"${this.#continuity.id}","n":${number},`,
+      ]);
+    } catch (error) {
+      this.#own.delete(number);
+      throw error;
+    }
+  }
+
+  async #runPublish(
+    pool: pg.Pool,
+    batch: readonly OutgoingFrame[],
+    own: OwnBatch,
+    values: unknown[],
+  ): Promise<Published[]> {
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
@@ -196,7 +235,7 @@ export class PostgresBroker implements Broker {
         result = await pool.query({
           name: `${this.#prefix}_publish`,
           text: this.#sql.publish,
-          values: [streams, frames, this.#channel, notices, starts, batch.length],
+          values,
         });
       } catch (error) {
         if (isTimeout(error)) {
@@ -224,12 +263,9 @@ export class PostgresBroker implements Broker {
       }
       const first = Number(row.first);
       this.#seen(row.epoch, first + batch.length - 1);
-      return batch.map(({ stream, frame }, i) => ({
-        stream,
-        seq: first + i,
-        position: formatPosition(row.epoch, first + i),
-        frame,
-      }));
+      // its notices may have come first and made them already
+      own.published ??= publishedFrames(batch, row.epoch, first);
+      return own.published;
     }
   }
 
@@ -317,6 +353,7 @@ export class PostgresBroker implements Broker {
     this.#intervals = [];
     this.#deliver = null;
     this.#pump.clear();
+    this.#own.clear();
     const listener = this.#listener;
     const pool = this.#pool;
     this.#listener = null;
@@ -360,6 +397,8 @@ export class PostgresBroker implements Broker {
     if (this.#state !== "down") return;
     this.#continuity.lost(what, error);
     this.#pump.clear();
+    // their notices went to the lost LISTEN connection
+    this.#own.clear();
     this.#dropListener();
     this.#scheduleRecovery();
   }
@@ -447,6 +486,7 @@ export class PostgresBroker implements Broker {
     // (re)established they wait in the inbox, and #connect drops those at or
     // below the head it reads
     if (this.#state === "closed") return;
+    if (this.#ownNotice(payload)) return;
     const message = decodeChannelMessage(payload);
     if (message === null) return;
     if (message.kind === "refresh") {
@@ -460,11 +500,57 @@ export class PostgresBroker implements Broker {
     }
     if (message.kind === "frames") {
       const { epoch, seq, frames } = message;
-      for (let i = 0; i < frames.length; i++)
-        this.#pump.push({ e: epoch, s: seq + i, n: frames[i]!.stream, f: frames[i]!.frame });
+      const published: Published[] = new Array(frames.length);
+      for (let i = 0; i < frames.length; i++) {
+        published[i] = {
+          stream: frames[i]!.stream,
+          seq: seq + i,
+          position: formatPosition(epoch, seq + i),
+          frame: frames[i]!.frame,
+        };
+      }
+      this.#pump.push({ e: epoch, s: seq, c: frames.length, frames: published, offset: 0 });
+    } else if (message.stream !== undefined && message.frame !== undefined) {
+      const { epoch, seq, stream, frame } = message;
+      this.#pump.push({
+        e: epoch,
+        s: seq,
+        c: 1,
+        frames: [{ stream, seq, position: formatPosition(epoch, seq), frame }],
+        offset: 0,
+      });
     } else {
-      this.#pump.push({ e: message.epoch, s: message.seq, n: message.stream, f: message.frame, c: message.count });
+      // frames up to seq, `count` of them, to be read from the table
+      const count = message.count ?? 1;
+      this.#pump.push({ e: message.epoch, s: message.seq - count + 1, c: count, frames: null, offset: 0 });
     }
+  }
+
+  /**
+   * A notice of a batch this broker published (its opening names this broker
+   * and the batch) goes to the pump with the frames this process already
+   * has: true. Notices come in commit order, so own batches before it that are
+   * still held never came (a failed statement): dropped.
+   */
+  #ownNotice(payload: string): boolean {
+    if (this.#own.size === 0) return false;
+    const opening = OWN_OPENING.exec(payload.length > 200 ? payload.slice(0, 200) : payload);
+    if (opening === null || opening[1] !== this.#continuity.id) return false;
+    const number = Number(opening[2]);
+    const index = Number(opening[3]);
+    const batch = this.#own.get(number);
+    for (const held of this.#own.keys()) {
+      if (held >= number) break;
+      this.#own.delete(held);
+    }
+    const count = batch?.counts.get(index);
+    if (batch === undefined || count === undefined) return false;
+    const epoch = opening[4]!;
+    const seq = Number(opening[5]);
+    batch.published ??= publishedFrames(batch.frames, epoch, seq - index);
+    if (index + count === batch.frames.length) this.#own.delete(number);
+    this.#pump.push({ e: epoch, s: seq, c: count, frames: batch.published, offset: index });
+    return true;
   }
 
   // --- retention -----------------------------------------------------------
@@ -519,3 +605,22 @@ export class PostgresBroker implements Broker {
 export function postgresBroker(options: PostgresBrokerOptions | string): Broker {
   return new PostgresBroker(options);
 }
+
+/** A batch this broker published: its frames, how many each notice carries (by its first frame's index), and the frames as published once numbered. */
+interface OwnBatch {
+  readonly frames: readonly OutgoingFrame[];
+  readonly counts: ReadonlyMap<number, number>;
+  published: Published[] | null;
+}
+
+function publishedFrames(frames: readonly OutgoingFrame[], epoch: string, first: number): Published[] {
+  const out: Published[] = new Array(frames.length);
+  for (let i = 0; i < frames.length; i++) {
+    const seq = first + i;
+    out[i] = { stream: frames[i]!.stream, seq, position: formatPosition(epoch, seq), frame: frames[i]!.frame };
+  }
+  return out;
+}
+
+/** The opening of a batch's notice (the publish statement): origin, batch number, index in the batch, epoch, first seq. */
+const OWN_OPENING = /^\{"o":"([A-Za-z0-9_-]+)","n":(\d+),"i":(\d+),"e":"([A-Za-z0-9_-]+)","s":(\d+),/;

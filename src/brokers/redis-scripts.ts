@@ -14,8 +14,10 @@ import { createHash } from "node:crypto";
  *   a cursor older than `idleMs` — whose streams may have expired whole — is
  *   answered with a gap.
  * - `s:<stream>`: one sorted set per stream, scored by seq, members
- *   `<seq>:<ms>:<frame>`, plus one marker member `~floor` scored with the seq
- *   of the newest frame evicted from the stream (0 while none was). Frame
+ *   `<seq>:<ms>:<item>` where `<item>` is the frame's `[stream, frame]` pair
+ *   as JSON (the very text the channel message carries, so a frame crosses
+ *   the wire to Redis once), plus one marker member `~floor` scored with the
+ *   seq of the newest frame evicted from the stream (0 while none was). Frame
  *   members start with a digit, so the marker cannot collide with one, and its
  *   score is below every retained frame's, so a range read that starts below
  *   the floor returns the marker first: that is how a trimmed cursor shows.
@@ -41,7 +43,7 @@ end
 `;
 
 /** ARGV of PUBLISH_SCRIPT before the frames. */
-export const PUBLISH_FIXED_ARGS = 9;
+export const PUBLISH_FIXED_ARGS = 10;
 
 /**
  * Publishes a batch of frames in one call: they take consecutive seqs in
@@ -49,14 +51,16 @@ export const PUBLISH_FIXED_ARGS = 9;
  *
  * KEYS: meta, clock, then s:<stream> of each distinct stream of the batch.
  * ARGV: epoch candidate, min seq of a new epoch, frames to keep, ageMs,
- * maxFrames, idleMs, channel, clockStepMs, the batch as JSON
- * (`[[stream, frame], …]`: the channel message's `b`, encoded by Node's
- * JSON.stringify rather than cjson, which costs Redis more), then per frame
- * (in publish order) two: the index in KEYS of its stream's key, the frame.
+ * maxFrames, idleMs, channel, clockStepMs, the channel message's opening
+ * (`{"o":<origin>,"n":<batch number>,`), the index in KEYS of each frame's
+ * stream (comma-separated, in publish order), then one per frame: its item,
+ * the `[stream, frame]` pair as JSON (encoded by Node's JSON.stringify rather
+ * than cjson, which costs Redis more).
  * Returns { epoch, seq of the first frame }.
  *
  * One message on the channel carries the whole batch:
- * `{ e: epoch, s: first seq, b: [[stream, frame], …] }`.
+ * `{ o: origin, n: batch number, e: epoch, s: first seq, b: [[stream, frame], …] }`
+ * (its items joined as they came).
  */
 export const PUBLISH_SCRIPT = `
 -- all or nothing: a key of another type (someone else's) fails the batch
@@ -72,24 +76,23 @@ for k = 3, #KEYS do
 end
 ${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 2
--- the batch as JSON, [[stream, frame], …], encoded by the caller
-local batch = ARGV[${PUBLISH_FIXED_ARGS}]
+local count = #ARGV - ${PUBLISH_FIXED_ARGS}
 local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
 
 -- one ZADD per stream with all its frames (a call costs more than a member)
 local members = {}
-for i = 0, count - 1 do
+local i = 0
+for key in string.gmatch(ARGV[${PUBLISH_FIXED_ARGS}], '%d+') do
+  local k = tonumber(key)
   local seq = first + i
-  local at = ${PUBLISH_FIXED_ARGS} + 1 + i * 2
-  local k = tonumber(ARGV[at])
   local list = members[k]
   if not list then
     if card[k] == 0 then list = { 0, '~floor' } else list = {} end
     members[k] = list
   end
   list[#list + 1] = seq
-  list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[at + 1]
+  list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[${PUBLISH_FIXED_ARGS} + 1 + i]
+  i = i + 1
 end
 for k, list in pairs(members) do
   card[k] = card[k] + redis.call('ZADD', KEYS[k], unpack(list))
@@ -132,7 +135,8 @@ if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[8]) then
 end
 
 -- the epoch is base64url: nothing to escape
-redis.call('PUBLISH', ARGV[7], '{"e":"' .. epoch .. '","s":' .. string.format('%d', first) .. ',"b":' .. batch .. '}')
+redis.call('PUBLISH', ARGV[7], ARGV[9] .. '"e":"' .. epoch .. '","s":' .. string.format('%d', first) ..
+  ',"b":[' .. table.concat(ARGV, ',', ${PUBLISH_FIXED_ARGS} + 1) .. ']}')
 return { epoch, first }
 `;
 

@@ -19,8 +19,8 @@ import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection
 import { Continuity, type RefreshRequest, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
-import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
-import { type OutgoingFrame, REDIS_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
+import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_FIXED_ARGS, PUBLISH_SCRIPT } from "./redis-scripts.js";
+import { type OutgoingFrame, PublishBatcher, REDIS_BATCH_LIMITS, REDIS_IN_FLIGHT } from "./publish-batcher.js";
 
 export type { RedisBrokerOptions } from "./redis-options.js";
 
@@ -71,10 +71,15 @@ export class RedisBroker implements Broker {
   #batcher = new PublishBatcher({
     send: (frames) => this.#publishBatch(frames),
     limits: REDIS_BATCH_LIMITS,
+    // one connection: Redis runs the script calls in the order they were sent
+    inFlight: REDIS_IN_FLIGHT,
     failure: (stream, error) =>
       new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });
   #closing: Promise<void> | null = null;
+  /** Batches this broker published (numbered in its channel messages), until their message comes back. */
+  #own = new Map<number, OwnBatch>();
+  #batches = 0;
 
   constructor(options: RedisBrokerOptions | string) {
     const resolved = resolveRedisOptions(options);
@@ -137,30 +142,39 @@ export class RedisBroker implements Broker {
     }
   }
 
-  async publish(stream: string, frame: string): Promise<Published> {
-    if (this.#state === "closed") throw new ClosedError("redis broker");
+  publish(stream: string, frame: string): Promise<Published> {
+    // not async: the batcher's promise is the publish's (one promise per frame, not two)
+    if (this.#state === "closed") return Promise.reject(new ClosedError("redis broker"));
     if (typeof stream !== "string" || typeof frame !== "string") {
-      throw new BrokerError("publish(stream, frame) takes two strings");
+      return Promise.reject(new BrokerError("publish(stream, frame) takes two strings"));
     }
     if (this.#state === "new" || this.#state === "connecting" || !this.#cmd) {
-      throw notStartedError("redis");
+      return Promise.reject(notStartedError("redis"));
     }
     if (!this.#cmdUp) {
       this.#continuity.refused();
-      throw new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
+      return Promise.reject(
+        new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`),
+      );
     }
     return this.#batcher.publish(stream, frame);
   }
 
-  /** One script call for a batch of frames (see PublishBatcher): consecutive seqs, one channel message. */
+  /**
+   * One script call for a batch of frames (see PublishBatcher): consecutive
+   * seqs, one channel message. The batch stays in #own until its message
+   * comes back, so this process delivers its own frames without decoding them.
+   */
   async #publishBatch(frames: readonly OutgoingFrame[]): Promise<Published[]> {
     const cmd = this.#cmd;
     if (!cmd || !this.#cmdUp) {
       for (let i = 0; i < frames.length; i++) this.#continuity.refused();
       throw new Error(`${this.#target} is unreachable`);
     }
+    const number = ++this.#batches;
     const keys = [`${this.#prefix}meta`, `${this.#prefix}clock`];
-    const keyOf = new Map<string, number>();
+    const keyOf = new Map<string, { index: number; json: string }>();
+    const indexes: number[] = new Array(frames.length);
     const args: Array<string | number> = [
       this.#newEpoch(),
       this.#continuity.newEpochMinSeq(),
@@ -170,20 +184,27 @@ export class RedisBroker implements Broker {
       this.#idleMs,
       this.#channel,
       this.#clockStepMs,
-      JSON.stringify(frames.map(({ stream, frame }) => [stream, frame])),
+      `{"o":"${this.#continuity.id}","n":${number},`,
+      "",
     ];
-    for (const { stream, frame } of frames) {
+    for (let i = 0; i < frames.length; i++) {
+      const { stream, frame } = frames[i]!;
       let key = keyOf.get(stream);
       if (key === undefined) {
         keys.push(this.#streamKey(stream));
-        keyOf.set(stream, (key = keys.length));
+        keyOf.set(stream, (key = { index: keys.length, json: JSON.stringify(stream) }));
       }
-      args.push(key, frame);
+      indexes[i] = key.index;
+      args.push(`[${key.json},${JSON.stringify(frame)}]`);
     }
+    args[PUBLISH_FIXED_ARGS - 1] = indexes.join(",");
+    const own: OwnBatch = { frames, published: null };
+    this.#own.set(number, own);
     let reply: unknown;
     try {
       reply = await runScript(cmd, PUBLISH_SCRIPT, keys, args);
     } catch (error) {
+      this.#own.delete(number);
       this.#commandFailed(error);
       // publishes lost to the connection are frames nobody gets: counted, so
       // every process is asked to refresh once Redis is back
@@ -192,12 +213,8 @@ export class RedisBroker implements Broker {
     }
     const [epoch, first] = reply as [string, number];
     this.#seen(epoch, first + frames.length - 1);
-    return frames.map(({ stream, frame }, i) => ({
-      stream,
-      seq: first + i,
-      position: formatPosition(epoch, first + i),
-      frame,
-    }));
+    // the channel message may have come first and made them already
+    return own.published ?? publishedFrames(own, epoch, first);
   }
 
   async control(message: ControlMessage): Promise<void> {
@@ -246,7 +263,7 @@ export class RedisBroker implements Broker {
         const first = member.indexOf(":");
         const second = member.indexOf(":", first + 1);
         const seq = Number(member.slice(0, first));
-        out.push({ stream, seq, position: formatPosition(cursor.epoch, seq), frame: member.slice(second + 1) });
+        out.push({ stream, seq, position: formatPosition(cursor.epoch, seq), frame: frameOfItem(member, second + 1) });
       }
     });
     if (streams.length > 1) out.sort((a, b) => a.seq - b.seq);
@@ -286,6 +303,7 @@ export class RedisBroker implements Broker {
     await this.#batcher.idle();
     this.#timers.clearAll();
     this.#deliver = null;
+    this.#own.clear();
     const connections = [this.#cmd, this.#sub].filter((c): c is Redis => c !== null);
     this.#cmd = null;
     this.#sub = null;
@@ -329,6 +347,8 @@ export class RedisBroker implements Broker {
       } else {
         if (this.#subLive) this.#subMissed = true;
         this.#subLive = false;
+        // their messages went to the lost subscription
+        this.#own.clear();
         this.#lost("its subscription", this.#lastError);
       }
     });
@@ -338,7 +358,8 @@ export class RedisBroker implements Broker {
       if (this.#state === "closed") return;
       this.#timer(this.#maxBackoffMs, () => connection.connect().catch(() => {}));
     });
-    if (role === "sub") connection.on("message", (_channel: string, text: string) => this.#onMessage(text));
+    // as bytes: a batch this process published is recognised by its opening and never decoded whole
+    if (role === "sub") connection.on("messageBuffer", (_channel: Buffer, message: Buffer) => this.#onMessage(message));
     connection.connect().catch(() => {
       // failures surface through 'error'/'close' and are retried by retryStrategy
     });
@@ -428,33 +449,70 @@ export class RedisBroker implements Broker {
     if (error instanceof Error && /timed out/i.test(error.message)) this.#cmd?.disconnect(true);
   }
 
-  #onMessage(text: string): void {
+  #onMessage(message: Buffer): void {
     if (this.#state === "closed" || !this.#subLive) return;
-    const message = decodeChannelMessage(text);
-    if (message === null) return;
-    if (message.kind === "refresh") {
-      this.#continuity.answer(message.request);
+    const own = this.#ownBatch(message);
+    if (own !== null) {
+      // until the first head read the epoch is unknown and nobody is subscribed yet
+      if (this.#continuity.epoch === null) return;
+      const { batch, epoch, first } = own;
+      batch.published ??= publishedFrames(batch, epoch, first);
+      for (const frame of batch.published) this.#onFrame(epoch, frame);
       return;
     }
-    if (message.kind === "control") {
-      this.#events?.control?.(message.message);
+    const decoded = decodeChannelMessage(message.toString());
+    if (decoded === null) return;
+    if (decoded.kind === "refresh") {
+      this.#continuity.answer(decoded.request);
       return;
     }
-    // until the first head read the epoch is unknown and nobody is subscribed yet
+    if (decoded.kind === "control") {
+      this.#events?.control?.(decoded.message);
+      return;
+    }
     if (this.#continuity.epoch === null) return;
-    if (message.kind === "frames") {
-      const { epoch, seq, frames } = message;
-      for (let i = 0; i < frames.length; i++) this.#onFrame(epoch, seq + i, frames[i]!.stream, frames[i]!.frame);
-    } else if (message.stream !== undefined && message.frame !== undefined) {
-      this.#onFrame(message.epoch, message.seq, message.stream, message.frame);
+    if (decoded.kind === "frames") {
+      const { epoch, seq, frames } = decoded;
+      for (let i = 0; i < frames.length; i++) {
+        const s = seq + i;
+        this.#onFrame(epoch, {
+          stream: frames[i]!.stream,
+          seq: s,
+          position: formatPosition(epoch, s),
+          frame: frames[i]!.frame,
+        });
+      }
+    } else if (decoded.stream !== undefined && decoded.frame !== undefined) {
+      const { epoch, seq, stream, frame } = decoded;
+      this.#onFrame(epoch, { stream, seq, position: formatPosition(epoch, seq), frame });
     }
   }
 
-  #onFrame(epoch: string, seq: number, stream: string, frame: string): void {
-    if (epoch === this.#continuity.epoch && seq <= this.#delivered) return;
-    this.#seen(epoch, seq);
-    this.#delivered = seq;
-    this.#continuity.deliver(this.#deliver, { stream, seq, position: formatPosition(epoch, seq), frame });
+  /**
+   * The batch a channel message carries when this broker published it (its
+   * opening names this broker and the batch), with the epoch and first seq
+   * Redis gave it; else null. Messages come in the order the scripts ran, so
+   * own batches before it that are still held never came (a failed call): dropped.
+   */
+  #ownBatch(message: Buffer): { batch: OwnBatch; epoch: string; first: number } | null {
+    if (this.#own.size === 0) return null;
+    const opening = OWN_OPENING.exec(message.toString("latin1", 0, Math.min(message.length, 160)));
+    if (opening === null || opening[1] !== this.#continuity.id) return null;
+    const number = Number(opening[2]);
+    const batch = this.#own.get(number);
+    for (const held of this.#own.keys()) {
+      if (held > number) break;
+      this.#own.delete(held);
+    }
+    if (batch === undefined) return null;
+    return { batch, epoch: opening[3]!, first: Number(opening[4]) };
+  }
+
+  #onFrame(epoch: string, frame: Published): void {
+    if (epoch === this.#continuity.epoch && frame.seq <= this.#delivered) return;
+    this.#seen(epoch, frame.seq);
+    this.#delivered = frame.seq;
+    this.#continuity.deliver(this.#deliver, frame);
   }
 
   // --- helpers -------------------------------------------------------------
@@ -507,4 +565,40 @@ export class RedisBroker implements Broker {
  */
 export function redisBroker(options: RedisBrokerOptions | string): Broker {
   return new RedisBroker(options);
+}
+
+/** A batch this broker published, its frames as handed to the script, and as published once Redis numbered them. */
+interface OwnBatch {
+  readonly frames: readonly OutgoingFrame[];
+  published: Published[] | null;
+}
+
+function publishedFrames(batch: OwnBatch, epoch: string, first: number): Published[] {
+  const { frames } = batch;
+  const out: Published[] = new Array(frames.length);
+  for (let i = 0; i < frames.length; i++) {
+    const seq = first + i;
+    out[i] = { stream: frames[i]!.stream, seq, position: formatPosition(epoch, seq), frame: frames[i]!.frame };
+  }
+  return out;
+}
+
+/** The opening of a batch's channel message (PUBLISH_SCRIPT): origin, batch number, epoch, first seq. */
+const OWN_OPENING = /^\{"o":"([A-Za-z0-9_-]+)","n":(\d+),"e":"([A-Za-z0-9_-]+)","s":(\d+),/;
+
+/**
+ * The frame of a stream member's item (`["stream","frame"]` as JSON, from
+ * `start`). A member written before items were stored (the raw frame) is
+ * returned as it is.
+ */
+function frameOfItem(member: string, start: number): string {
+  if (member.charCodeAt(start) === 91 /* [ */) {
+    try {
+      const item: unknown = JSON.parse(member.slice(start));
+      if (Array.isArray(item) && item.length === 2 && typeof item[1] === "string") return item[1];
+    } catch {
+      // not an item: a raw frame that starts with "["
+    }
+  }
+  return member.slice(start);
 }
