@@ -17,12 +17,13 @@ import {
   parsePosition,
 } from "./broker.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
+import { OPENING_LENGTH, OWN_OPENING, messageHead } from "./batch-wire.js";
 import { Continuity, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { type ConnectionConfig, createListener, createPool, ensureSchema } from "./postgres-connection.js";
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
-import { type Statements, encodeBatch, statements } from "./postgres-sql.js";
+import { type Statements, encodeBatch, intArray, statements } from "./postgres-sql.js";
 import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
@@ -199,22 +200,27 @@ export class PostgresBroker implements Broker {
       this.#refused(batch.length);
       throw new Error(`${this.#target} is unreachable`);
     }
-    const { streams, frames, notices, starts } = encodeBatch(batch);
+    const encoded = encodeBatch(batch);
     const number = ++this.#batches;
     const counts = new Map<number, number>();
+    const { starts } = encoded;
     for (let i = 0; i < starts.length; i++)
       counts.set(starts[i]! - 1, (starts[i + 1] ?? batch.length + 1) - starts[i]!);
     const own: OwnBatch = { frames: batch, counts, published: null };
     this.#own.set(number, own);
     try {
       return await this.#runPublish(pool, batch, own, [
-        streams,
-        frames,
-        this.#channel,
-        notices,
-        starts,
+        encoded.streams,
+        encoded.body,
+        intArray(encoded.offsets),
+        intArray(encoded.lengths),
         batch.length,
-        `{"o":"${this.#continuity.id}","n":${number},`,
+        this.#channel,
+        messageHead(this.#continuity.id, number),
+        encoded.tails,
+        intArray(starts),
+        intArray(encoded.noticeOffsets),
+        intArray(encoded.noticeLengths),
       ]);
     } catch (error) {
       this.#own.delete(number);
@@ -534,7 +540,7 @@ export class PostgresBroker implements Broker {
    */
   #ownNotice(payload: string): boolean {
     if (this.#own.size === 0) return false;
-    const opening = OWN_OPENING.exec(payload.length > 200 ? payload.slice(0, 200) : payload);
+    const opening = OWN_OPENING.exec(payload.length > OPENING_LENGTH ? payload.slice(0, OPENING_LENGTH) : payload);
     if (opening === null || opening[1] !== this.#continuity.id) return false;
     const number = Number(opening[2]);
     const index = Number(opening[3]);
@@ -621,6 +627,3 @@ function publishedFrames(frames: readonly OutgoingFrame[], epoch: string, first:
   }
   return out;
 }
-
-/** The opening of a batch's notice (the publish statement): origin, batch number, index in the batch, epoch, first seq. */
-const OWN_OPENING = /^\{"o":"([A-Za-z0-9_-]+)","n":(\d+),"i":(\d+),"e":"([A-Za-z0-9_-]+)","s":(\d+),/;

@@ -14,9 +14,7 @@ import { createHash } from "node:crypto";
  *   a cursor older than `idleMs` — whose streams may have expired whole — is
  *   answered with a gap.
  * - `s:<stream>`: one sorted set per stream, scored by seq, members
- *   `<seq>:<ms>:<item>` where `<item>` is the frame's `[stream, frame]` pair
- *   as JSON (the very text the channel message carries, so a frame crosses
- *   the wire to Redis once), plus one marker member `~floor` scored with the
+ *   `<seq>:<ms>:<frame>`, plus one marker member `~floor` scored with the
  *   seq of the newest frame evicted from the stream (0 while none was). Frame
  *   members start with a digit, so the marker cannot collide with one, and its
  *   score is below every retained frame's, so a range read that starts below
@@ -42,25 +40,20 @@ if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
 end
 `;
 
-/** ARGV of PUBLISH_SCRIPT before the frames. */
-export const PUBLISH_FIXED_ARGS = 10;
-
 /**
  * Publishes a batch of frames in one call: they take consecutive seqs in
- * ARGV order, so the batch is one step of the seq order for every process.
+ * the order given, so the batch is one step of the seq order for every process.
  *
  * KEYS: meta, clock, then s:<stream> of each distinct stream of the batch.
  * ARGV: epoch candidate, min seq of a new epoch, frames to keep, ageMs,
- * maxFrames, idleMs, channel, clockStepMs, the channel message's opening
- * (`{"o":<origin>,"n":<batch number>,`), the index in KEYS of each frame's
- * stream (comma-separated, in publish order), then one per frame: its item,
- * the `[stream, frame]` pair as JSON (encoded by Node's JSON.stringify rather
- * than cjson, which costs Redis more).
+ * maxFrames, idleMs, channel, clockStepMs, then the batch as batch-wire.ts
+ * sends it: the channel message's head (`{"o":…,"n":…,`) and tail (`"k":…}`
+ * and a newline), the number of frames, each frame's stream (an index into
+ * KEYS from 3, counting from 0; comma-separated), each frame's byte length
+ * (comma-separated), and the body (the frames back to back). No frame is
+ * encoded or decoded on either side: the script cuts the body into members,
+ * and the channel message carries the body as it came.
  * Returns { epoch, seq of the first frame }.
- *
- * One message on the channel carries the whole batch:
- * `{ o: origin, n: batch number, e: epoch, s: first seq, b: [[stream, frame], …] }`
- * (its items joined as they came).
  */
 export const PUBLISH_SCRIPT = `
 -- all or nothing: a key of another type (someone else's) fails the batch
@@ -76,23 +69,27 @@ for k = 3, #KEYS do
 end
 ${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local count = #ARGV - ${PUBLISH_FIXED_ARGS}
+local count = tonumber(ARGV[11])
 local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
 
 -- one ZADD per stream with all its frames (a call costs more than a member)
 local members = {}
-local i = 0
-for key in string.gmatch(ARGV[${PUBLISH_FIXED_ARGS}], '%d+') do
-  local k = tonumber(key)
-  local seq = first + i
+local body = ARGV[14]
+local lengths = string.gmatch(ARGV[13], '%d+')
+local at = 1
+local seq = first
+for index in string.gmatch(ARGV[12], '%d+') do
+  local k = tonumber(index) + 3
+  local ends = at + tonumber(lengths())
   local list = members[k]
   if not list then
     if card[k] == 0 then list = { 0, '~floor' } else list = {} end
     members[k] = list
   end
   list[#list + 1] = seq
-  list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[${PUBLISH_FIXED_ARGS} + 1 + i]
-  i = i + 1
+  list[#list + 1] = seq .. ':' .. now .. ':' .. string.sub(body, at, ends - 1)
+  at = ends
+  seq = seq + 1
 end
 for k, list in pairs(members) do
   card[k] = card[k] + redis.call('ZADD', KEYS[k], unpack(list))
@@ -135,8 +132,7 @@ if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[8]) then
 end
 
 -- the epoch is base64url: nothing to escape
-redis.call('PUBLISH', ARGV[7], ARGV[9] .. '"e":"' .. epoch .. '","s":' .. string.format('%d', first) ..
-  ',"b":[' .. table.concat(ARGV, ',', ${PUBLISH_FIXED_ARGS} + 1) .. ']}')
+redis.call('PUBLISH', ARGV[7], ARGV[9] .. '"e":"' .. epoch .. '","s":' .. string.format('%d', first) .. ',' .. ARGV[10] .. body)
 return { epoch, first }
 `;
 

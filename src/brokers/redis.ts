@@ -15,11 +15,12 @@ import {
   formatPosition,
   parsePosition,
 } from "./broker.js";
+import { OPENING_LENGTH, OWN_OPENING, encodeFrames, messageHead, messageTail } from "./batch-wire.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
 import { Continuity, type RefreshRequest, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
-import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_FIXED_ARGS, PUBLISH_SCRIPT } from "./redis-scripts.js";
+import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
 import { type OutgoingFrame, PublishBatcher, REDIS_BATCH_LIMITS, REDIS_IN_FLIGHT } from "./publish-batcher.js";
 
 export type { RedisBrokerOptions } from "./redis-options.js";
@@ -172,10 +173,11 @@ export class RedisBroker implements Broker {
       throw new Error(`${this.#target} is unreachable`);
     }
     const number = ++this.#batches;
+    const { body, byteLengths, streams, streamIndexes } = encodeFrames(frames);
     const keys = [`${this.#prefix}meta`, `${this.#prefix}clock`];
-    const keyOf = new Map<string, { index: number; json: string }>();
-    const indexes: number[] = new Array(frames.length);
-    const args: Array<string | number> = [
+    for (const stream of streams) keys.push(this.#streamKey(stream));
+    const indexes = streamIndexes.join(",");
+    const args: Array<string | number | Buffer> = [
       this.#newEpoch(),
       this.#continuity.newEpochMinSeq(),
       this.#history.frames,
@@ -184,20 +186,13 @@ export class RedisBroker implements Broker {
       this.#idleMs,
       this.#channel,
       this.#clockStepMs,
-      `{"o":"${this.#continuity.id}","n":${number},`,
-      "",
+      messageHead(this.#continuity.id, number),
+      messageTail(frames),
+      frames.length,
+      indexes,
+      byteLengths.join(","),
+      body,
     ];
-    for (let i = 0; i < frames.length; i++) {
-      const { stream, frame } = frames[i]!;
-      let key = keyOf.get(stream);
-      if (key === undefined) {
-        keys.push(this.#streamKey(stream));
-        keyOf.set(stream, (key = { index: keys.length, json: JSON.stringify(stream) }));
-      }
-      indexes[i] = key.index;
-      args.push(`[${key.json},${JSON.stringify(frame)}]`);
-    }
-    args[PUBLISH_FIXED_ARGS - 1] = indexes.join(",");
     const own: OwnBatch = { frames, published: null };
     this.#own.set(number, own);
     let reply: unknown;
@@ -263,7 +258,7 @@ export class RedisBroker implements Broker {
         const first = member.indexOf(":");
         const second = member.indexOf(":", first + 1);
         const seq = Number(member.slice(0, first));
-        out.push({ stream, seq, position: formatPosition(cursor.epoch, seq), frame: frameOfItem(member, second + 1) });
+        out.push({ stream, seq, position: formatPosition(cursor.epoch, seq), frame: member.slice(second + 1) });
       }
     });
     if (streams.length > 1) out.sort((a, b) => a.seq - b.seq);
@@ -496,7 +491,7 @@ export class RedisBroker implements Broker {
    */
   #ownBatch(message: Buffer): { batch: OwnBatch; epoch: string; first: number } | null {
     if (this.#own.size === 0) return null;
-    const opening = OWN_OPENING.exec(message.toString("latin1", 0, Math.min(message.length, 160)));
+    const opening = OWN_OPENING.exec(message.toString("latin1", 0, Math.min(message.length, OPENING_LENGTH)));
     if (opening === null || opening[1] !== this.#continuity.id) return null;
     const number = Number(opening[2]);
     const batch = this.#own.get(number);
@@ -505,7 +500,7 @@ export class RedisBroker implements Broker {
       this.#own.delete(held);
     }
     if (batch === undefined) return null;
-    return { batch, epoch: opening[3]!, first: Number(opening[4]) };
+    return { batch, epoch: opening[4]!, first: Number(opening[5]) };
   }
 
   #onFrame(epoch: string, frame: Published): void {
@@ -581,24 +576,4 @@ function publishedFrames(batch: OwnBatch, epoch: string, first: number): Publish
     out[i] = { stream: frames[i]!.stream, seq, position: formatPosition(epoch, seq), frame: frames[i]!.frame };
   }
   return out;
-}
-
-/** The opening of a batch's channel message (PUBLISH_SCRIPT): origin, batch number, epoch, first seq. */
-const OWN_OPENING = /^\{"o":"([A-Za-z0-9_-]+)","n":(\d+),"e":"([A-Za-z0-9_-]+)","s":(\d+),/;
-
-/**
- * The frame of a stream member's item (`["stream","frame"]` as JSON, from
- * `start`). A member written before items were stored (the raw frame) is
- * returned as it is.
- */
-function frameOfItem(member: string, start: number): string {
-  if (member.charCodeAt(start) === 91 /* [ */) {
-    try {
-      const item: unknown = JSON.parse(member.slice(start));
-      if (Array.isArray(item) && item.length === 2 && typeof item[1] === "string") return item[1];
-    } catch {
-      // not an item: a raw frame that starts with "["
-    }
-  }
-  return member.slice(start);
 }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { Published } from "../../src/brokers/broker.js";
+import { decodeChannelMessage } from "../../src/brokers/continuity.js";
 import { NOTIFY_LIMIT, encodeBatch } from "../../src/brokers/postgres-sql.js";
 import { type OutgoingFrame, PublishBatcher } from "../../src/brokers/publish-batcher.js";
 
@@ -92,26 +93,50 @@ describe("PublishBatcher", () => {
 });
 
 describe("encodeBatch (PostgreSQL notices)", () => {
+  /** The notices as the statement builds them, for a batch whose first frame got `first`. */
+  function notices(batch: OutgoingFrame[], first: number): string[] {
+    const encoded = encodeBatch(batch);
+    const tails = encoded.tails.split("\u0001");
+    return tails.map((tail, n) => {
+      const start = encoded.starts[n]!;
+      const body = encoded.body.subarray(
+        encoded.noticeOffsets[n]!,
+        encoded.noticeOffsets[n]! + encoded.noticeLengths[n]!,
+      );
+      return `{"o":"O","n":1,"i":${start - 1},"e":"E","s":${first + start - 1},${tail}${body.toString()}`;
+    });
+  }
+
   it("puts consecutive frames in one notice while it fits, and a frame too large for a notice in one of its own", () => {
     const small = { stream: "s", frame: "x".repeat(3000) };
     const huge = { stream: "s", frame: "y".repeat(NOTIFY_LIMIT) };
-    const odd = { stream: 'q"uote', frame: "ü\n\u0001" };
+    const odd = { stream: 'q"uote\n', frame: "ü\n\u0001 — 🎉" };
     const batch = [small, small, small, huge, small, odd];
-    const { streams, frames, notices, starts } = encodeBatch(batch);
-    expect(JSON.parse(streams)).toEqual(batch.map((f) => f.stream));
-    expect(JSON.parse(frames)).toEqual(batch.map((f) => f.frame));
+    const encoded = encodeBatch(batch);
+    expect(JSON.parse(encoded.streams)).toEqual(batch.map((f) => f.stream));
+    // the body holds every frame, cut by offsets and byte lengths
+    expect(
+      batch.map((_, i) =>
+        encoded.body.subarray(encoded.offsets[i]!, encoded.offsets[i]! + encoded.lengths[i]!).toString(),
+      ),
+    ).toEqual(batch.map((f) => f.frame));
     // two 3,000-byte frames fill a notice; the huge one is only named; notices never straddle it
-    const lists = notices.split("\u0001");
-    expect(lists).toHaveLength(4);
-    expect(starts).toEqual([1, 3, 4, 5]);
-    expect(JSON.parse(`[${lists[0]}]`)).toEqual([
-      ["s", small.frame],
-      ["s", small.frame],
+    expect(encoded.starts).toEqual([1, 3, 4, 5]);
+    const sent = notices(batch, 100);
+    for (const notice of sent) expect(Buffer.byteLength(notice)).toBeLessThan(8000);
+    expect(sent.map((notice) => decodeChannelMessage(notice))).toEqual([
+      { kind: "frames", epoch: "E", seq: 100, frames: [small, small] },
+      { kind: "frames", epoch: "E", seq: 102, frames: [small] },
+      { kind: "frame", epoch: "E", seq: 103, stream: undefined, frame: undefined, count: 1 },
+      { kind: "frames", epoch: "E", seq: 104, frames: [small, odd] },
     ]);
-    expect(lists[2]).toBe("-");
-    expect(JSON.parse(`[${lists[3]}]`)).toEqual([
-      ["s", small.frame],
-      ['q"uote', odd.frame],
-    ]);
+  });
+
+  it("keeps notices under NOTIFY's limit whatever the streams' names cost", () => {
+    const batch = Array.from({ length: 400 }, (_, i) => ({ stream: `"\u0001${i}"`.repeat(8), frame: `<p>${i}</p>` }));
+    const sent = notices(batch, 1);
+    expect(sent.length).toBeGreaterThan(1);
+    for (const notice of sent) expect(Buffer.byteLength(notice)).toBeLessThan(8000);
+    expect(sent.flatMap((notice) => (decodeChannelMessage(notice) as { frames: unknown[] }).frames)).toEqual(batch);
   });
 });
