@@ -23,12 +23,14 @@
  *   npx tsx bench/procs/bulk-update.ts [app=sqlite] [brokers=memory,redis,postgres] [hook=fire] [rows=10000] [rounds=3]
  *
  * with BULK_CPU_PROFILE=<dir>, each measured round (UPDATE to last frame) is
- * written there as a .cpuprofile (node:inspector), setup left out.
+ * written there as a .cpuprofile (node:inspector), setup left out; with
+ * BULK_VERBOSE=1 each round prints its GC pauses and this process's CPU time.
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import os from "node:os";
+import { PerformanceObserver } from "node:perf_hooks";
 import path from "node:path";
 import Database from "better-sqlite3";
 import { sql } from "drizzle-orm";
@@ -52,6 +54,15 @@ const PG_URL = withDefaultUser(
 );
 const ROOMS = 100;
 const PROFILE_DIR = process.env.BULK_CPU_PROFILE;
+const VERBOSE = process.env.BULK_VERBOSE === "1";
+
+/** Milliseconds of GC pauses so far (BULK_VERBOSE). */
+let gcMs = 0;
+if (VERBOSE) {
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) gcMs += entry.duration;
+  }).observe({ entryTypes: ["gc"] });
+}
 
 const rooms = sqliteTable("rooms", {
   id: integer("id").primaryKey(),
@@ -238,6 +249,8 @@ async function round(app: AppKind, kind: BrokerKind, hook: HookStyle, rows: numb
       },
     });
     const profile = PROFILE_DIR ? await startProfile() : null;
+    const gcBefore = gcMs;
+    const cpuBefore = process.cpuUsage();
     const started = process.hrtime.bigint();
     await database.update();
     let timer: NodeJS.Timeout | undefined;
@@ -251,6 +264,12 @@ async function round(app: AppKind, kind: BrokerKind, hook: HookStyle, rows: numb
       }),
     ]).finally(() => clearTimeout(timer));
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    if (VERBOSE) {
+      const cpu = process.cpuUsage(cpuBefore);
+      console.log(
+        `  ${app} app, ${kind}: ${Math.round(rows / seconds)} changes/s; ${Math.round(seconds * 1000)} ms, of which GC pauses ${Math.round(gcMs - gcBefore)} ms; this process's CPU ${Math.round((cpu.user + cpu.system) / 1000)} ms`,
+      );
+    }
     await profile?.(`${app}-${kind}-${hook}-${id}`);
     return rows / seconds;
   } finally {
