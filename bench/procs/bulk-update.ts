@@ -24,7 +24,8 @@
  *
  * with BULK_CPU_PROFILE=<dir>, each measured round (UPDATE to last frame) is
  * written there as a .cpuprofile (node:inspector), setup left out; with
- * BULK_VERBOSE=1 each round prints its GC pauses and this process's CPU time.
+ * BULK_VERBOSE=1 each round prints its GC pauses, this process's CPU time and
+ * the time from the last hook to the last frame back (the broker's tail).
  */
 import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -90,8 +91,12 @@ const pgMessages = pgTable("messages", {
 
 let style: HookStyle = "fire";
 
+/** When the last hook ran (BULK_VERBOSE: the round's tail is the time from it to the last frame back). */
+let lastHookAt = 0n;
+
 /** The hook of both apps: one replace per row on its room's stream. */
 function onSave(rooms: { for(pk: number): { replace: ModelStream["replace"] } }, message: Message) {
+  lastHookAt = process.hrtime.bigint();
   const sent = rooms
     .for(message.roomId)
     .replace("messages/_message.njk", { message }, { target: `message_${message.id}` });
@@ -263,11 +268,13 @@ async function round(app: AppKind, kind: BrokerKind, hook: HookStyle, rows: numb
         );
       }),
     ]).finally(() => clearTimeout(timer));
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const endedAt = process.hrtime.bigint();
+    const seconds = Number(endedAt - started) / 1e9;
+    const tailMs = Number(endedAt - lastHookAt) / 1e6;
     if (VERBOSE) {
       const cpu = process.cpuUsage(cpuBefore);
       console.log(
-        `  ${app} app, ${kind}: ${Math.round(rows / seconds)} changes/s; ${Math.round(seconds * 1000)} ms, of which GC pauses ${Math.round(gcMs - gcBefore)} ms; this process's CPU ${Math.round((cpu.user + cpu.system) / 1000)} ms`,
+        `  ${app} app, ${kind}: ${Math.round(rows / seconds)} changes/s; ${Math.round(seconds * 1000)} ms, of which GC pauses ${Math.round(gcMs - gcBefore)} ms; this process's CPU ${Math.round((cpu.user + cpu.system) / 1000)} ms; last hook to last frame ${Math.round(tailMs)} ms`,
       );
     }
     await profile?.(`${app}-${kind}-${hook}-${id}`);
