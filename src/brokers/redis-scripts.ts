@@ -78,6 +78,8 @@ local body = ARGV[14]
 local lengths = string.gmatch(ARGV[13], '%d+')
 local at = 1
 local seq = first
+-- numbers are formatted once per frame (the score and the member share it): that is a good part of a frame's cost
+local stamp = ':' .. now .. ':'
 for index in string.gmatch(ARGV[12], '%d+') do
   local k = tonumber(index) + 3
   local ends = at + tonumber(lengths())
@@ -86,8 +88,9 @@ for index in string.gmatch(ARGV[12], '%d+') do
     if card[k] == 0 then list = { 0, '~floor' } else list = {} end
     members[k] = list
   end
-  list[#list + 1] = seq
-  list[#list + 1] = seq .. ':' .. now .. ':' .. string.sub(body, at, ends - 1)
+  local score = seq .. ''
+  list[#list + 1] = score
+  list[#list + 1] = score .. stamp .. string.sub(body, at, ends - 1)
   at = ends
   seq = seq + 1
 end
