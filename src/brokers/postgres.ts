@@ -172,20 +172,34 @@ export class PostgresBroker implements Broker {
 
   publish(stream: string, frame: string): Promise<Published> {
     // not async: the batcher's promise is the publish's (one promise per frame, not two)
-    if (this.#state === "closed") return Promise.reject(new ClosedError("postgres broker"));
+    const refused = this.#refusal(stream, frame);
+    return refused === null ? this.#batcher.publish(stream, frame) : Promise.reject(refused);
+  }
+
+  /** See Broker.publishUnawaited: a publish without a promise. */
+  publishUnawaited(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void {
+    const refused = this.#refusal(stream, frame);
+    if (refused === null) this.#batcher.publishUnawaited(stream, frame, failed);
+    else failed(refused, stream);
+  }
+
+  /** See Broker.backlog. */
+  backlog(limit: number): Promise<void> | undefined {
+    return this.#batcher.backlog(limit);
+  }
+
+  /** Why a publish is refused before it is queued (the error it rejects with), or null. */
+  #refusal(stream: string, frame: string): Error | null {
+    if (this.#state === "closed") return new ClosedError("postgres broker");
     if (typeof stream !== "string" || typeof frame !== "string") {
-      return Promise.reject(new BrokerError("publish(stream, frame) takes two strings"));
+      return new BrokerError("publish(stream, frame) takes two strings");
     }
-    if (this.#state === "new" || this.#state === "connecting" || !this.#pool) {
-      return Promise.reject(notStartedError("postgres"));
-    }
+    if (this.#state === "new" || this.#state === "connecting" || !this.#pool) return notStartedError("postgres");
     if (this.#state === "down") {
       this.#continuity.refused();
-      return Promise.reject(
-        new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`),
-      );
+      return new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
     }
-    return this.#batcher.publish(stream, frame);
+    return null;
   }
 
   /**

@@ -39,8 +39,10 @@ export const REDIS_IN_FLIGHT = 2;
 export const POSTGRES_BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 2000, bytes: 2 << 20 });
 
 interface Waiting extends OutgoingFrame {
-  resolve(published: Published): void;
-  reject(error: unknown): void;
+  /** null: a publish nobody awaits (see `publishUnawaited`). */
+  resolve: ((published: Published) => void) | null;
+  /** The promise's reject, or (a publish nobody awaits) the function told about its failure. */
+  reject(error: unknown, stream: string): void;
 }
 
 export interface PublishBatcherInit {
@@ -91,8 +93,13 @@ export class PublishBatcher {
   #inFlight = 0;
   /** idle() callers, told when nothing waits and nothing is in flight. */
   #idleWaiters: Array<() => void> = [];
-  /** The newest publish: batches go in call order, so once it settled every earlier one has. */
-  #last: Promise<unknown> | null = null;
+  /** Frames taken by publish calls so far, and answered (published or failed) so far: batches go in call order. */
+  #taken = 0;
+  #answeredFrames = 0;
+  /** flushed() callers, each told once the frames taken before its call are answered. */
+  #flushWaiters: Array<{ upTo: number; resolve: () => void }> = [];
+  /** backlog() callers, each told once at most its limit of frames are unanswered. */
+  #backlogWaiters: Array<{ limit: number; resolve: () => void }> = [];
 
   constructor(init: PublishBatcherInit) {
     this.#send = init.send;
@@ -106,13 +113,30 @@ export class PublishBatcher {
     return this.#queue.length - this.#head;
   }
 
+  /** Frames waiting for a batch or in one not answered yet. */
+  get unanswered(): number {
+    return this.#taken - this.#answeredFrames;
+  }
+
   publish(stream: string, frame: string): Promise<Published> {
     const published = new Promise<Published>((resolve, reject) => {
       this.#queue.push({ stream, frame, resolve, reject });
     });
+    this.#taken++;
     this.#schedule();
-    this.#last = published;
     return published;
+  }
+
+  /**
+   * Publishes like `publish`, for a frame whose promise nobody would await
+   * (a data event): no promise is made, and a failure goes to `failed` with
+   * the error a publish would reject with (one function for all of them:
+   * it is told the frame's stream).
+   */
+  publishUnawaited(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void {
+    this.#queue.push({ stream, frame, resolve: null, reject: failed });
+    this.#taken++;
+    this.#schedule();
   }
 
   /**
@@ -120,11 +144,18 @@ export class PublishBatcher {
    * (later ones are not waited for): a control message sent then follows
    * them on the channel (see Broker.control).
    */
-  async flushed(): Promise<void> {
-    await this.#last?.then(
-      () => {},
-      () => {},
-    );
+  flushed(): Promise<void> {
+    if (this.#answeredFrames >= this.#taken) return Promise.resolve();
+    return new Promise((resolve) => this.#flushWaiters.push({ upTo: this.#taken, resolve }));
+  }
+
+  /**
+   * Resolves once at most `limit` frames wait for a batch or an answer;
+   * `undefined` when that is already so (see Broker.backlog).
+   */
+  backlog(limit: number): Promise<void> | undefined {
+    if (this.unanswered <= limit) return undefined;
+    return new Promise((resolve) => this.#backlogWaiters.push({ limit, resolve }));
   }
 
   /** Resolves once every publish made so far has settled (and those made meanwhile). */
@@ -159,18 +190,34 @@ export class PublishBatcher {
     }
     sent.then(
       (published) => {
-        for (let i = 0; i < batch.length; i++) batch[i]!.resolve(published[i]!);
-        this.#answered();
+        for (let i = 0; i < batch.length; i++) batch[i]!.resolve?.(published[i]!);
+        this.#answered(batch.length);
       },
       (error: unknown) => {
-        for (const waiting of batch) waiting.reject(this.#failure(waiting.stream, error));
-        this.#answered();
+        for (const waiting of batch) waiting.reject(this.#failure(waiting.stream, error), waiting.stream);
+        this.#answered(batch.length);
       },
     );
   }
 
-  #answered(): void {
+  #answered(frames: number): void {
     this.#inFlight--;
+    this.#answeredFrames += frames;
+    if (this.#flushWaiters.length > 0) {
+      const done = this.#flushWaiters.filter((w) => w.upTo <= this.#answeredFrames);
+      if (done.length > 0) {
+        this.#flushWaiters = this.#flushWaiters.filter((w) => w.upTo > this.#answeredFrames);
+        for (const waiter of done) waiter.resolve();
+      }
+    }
+    if (this.#backlogWaiters.length > 0) {
+      const unanswered = this.unanswered;
+      const ready = this.#backlogWaiters.filter((w) => unanswered <= w.limit);
+      if (ready.length > 0) {
+        this.#backlogWaiters = this.#backlogWaiters.filter((w) => unanswered > w.limit);
+        for (const waiter of ready) waiter.resolve();
+      }
+    }
     // what was published meanwhile goes next, all of it in one batch (up to the limits)
     if (this.#head < this.#queue.length) this.#start();
     else if (this.#isIdle()) this.#wakeIdle();

@@ -145,20 +145,34 @@ export class RedisBroker implements Broker {
 
   publish(stream: string, frame: string): Promise<Published> {
     // not async: the batcher's promise is the publish's (one promise per frame, not two)
-    if (this.#state === "closed") return Promise.reject(new ClosedError("redis broker"));
+    const refused = this.#refusal(stream, frame);
+    return refused === null ? this.#batcher.publish(stream, frame) : Promise.reject(refused);
+  }
+
+  /** See Broker.publishUnawaited: a publish without a promise. */
+  publishUnawaited(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void {
+    const refused = this.#refusal(stream, frame);
+    if (refused === null) this.#batcher.publishUnawaited(stream, frame, failed);
+    else failed(refused, stream);
+  }
+
+  /** See Broker.backlog. */
+  backlog(limit: number): Promise<void> | undefined {
+    return this.#batcher.backlog(limit);
+  }
+
+  /** Why a publish is refused before it is queued (the error it rejects with), or null. */
+  #refusal(stream: string, frame: string): Error | null {
+    if (this.#state === "closed") return new ClosedError("redis broker");
     if (typeof stream !== "string" || typeof frame !== "string") {
-      return Promise.reject(new BrokerError("publish(stream, frame) takes two strings"));
+      return new BrokerError("publish(stream, frame) takes two strings");
     }
-    if (this.#state === "new" || this.#state === "connecting" || !this.#cmd) {
-      return Promise.reject(notStartedError("redis"));
-    }
+    if (this.#state === "new" || this.#state === "connecting" || !this.#cmd) return notStartedError("redis");
     if (!this.#cmdUp) {
       this.#continuity.refused();
-      return Promise.reject(
-        new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`),
-      );
+      return new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
     }
-    return this.#batcher.publish(stream, frame);
+    return null;
   }
 
   /**

@@ -92,6 +92,65 @@ describe("PublishBatcher", () => {
   });
 });
 
+describe("PublishBatcher: publishes nobody awaits", () => {
+  it("sends them in call order with awaited ones, and tells `failed` of each with its stream when a batch fails", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (stream, error) => new Error(`${stream}: ${(error as Error).message}`),
+      limits: { frames: 100, bytes: 1 << 20 },
+    });
+    const failures: Array<[string, string]> = [];
+    const failed = (error: unknown, stream: string) => failures.push([stream, (error as Error).message]);
+    const awaited = batcher.publish("a", "1");
+    batcher.publishUnawaited("data:a", "2", failed);
+    const last = batcher.publish("b", "3");
+    expect(batcher.unanswered).toBe(3);
+    await tick();
+    expect(server.batches.map((b) => b.map((f) => f.frame))).toEqual([["1", "2", "3"]]);
+    server.answers[0]!.resolve();
+    expect((await awaited).seq).toBe(1);
+    expect((await last).seq).toBe(3);
+    expect(batcher.unanswered).toBe(0);
+    batcher.publishUnawaited("data:b", "4", failed);
+    const refused = batcher.publish("b", "5");
+    await tick();
+    server.answers[1]!.reject(new Error("refused"));
+    await expect(refused).rejects.toThrow("b: refused");
+    expect(failures).toEqual([["data:b", "data:b: refused"]]);
+    expect(batcher.unanswered).toBe(0);
+  });
+
+  it("flushed() and backlog() count them: flushed waits for every frame taken before it, backlog for the queue to fall to its limit", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 2, bytes: 1 << 20 },
+    });
+    const failed = () => {};
+    for (let i = 0; i < 5; i++) batcher.publishUnawaited("s", String(i), failed);
+    let flushed = false;
+    const flushing = batcher.flushed().then(() => (flushed = true));
+    batcher.publishUnawaited("s", "later", failed);
+    expect(batcher.backlog(6)).toBeUndefined();
+    let drained = false;
+    const draining = batcher.backlog(2)!.then(() => (drained = true));
+    await tick();
+    server.answers[0]!.resolve(); // 2 of 6 answered: 4 left
+    await tick();
+    expect(drained).toBe(false);
+    server.answers[1]!.resolve(); // 4 answered: 2 left
+    await draining;
+    expect(flushed).toBe(false);
+    await tick();
+    server.answers[2]!.resolve(); // the 5 taken before flushed() are answered
+    await flushing;
+    expect(batcher.unanswered).toBe(0);
+    await batcher.idle();
+  });
+});
+
 describe("encodeBatch (PostgreSQL notices)", () => {
   /** The notices as the statement builds them, for a batch whose first frame got `first`. */
   function notices(batch: OutgoingFrame[], first: number): string[] {
