@@ -1,5 +1,5 @@
 import { afterEach, expect, it } from "vitest";
-import { type Broker, type HistoryOptions, formatPosition, parsePosition } from "../../src/brokers/broker.js";
+import { type Broker, type HistoryOptions, type Published, formatPosition, parsePosition } from "../../src/brokers/broker.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
 
@@ -158,7 +158,7 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     const broker = make();
     const { hub } = await startWithHub(broker);
     const start = await broker.head();
-    const p = [];
+    const p: Published[] = [];
     for (const [stream, label] of [
       ["a", "1"],
       ["b", "2"],
@@ -199,7 +199,7 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
     const broker = make({ history: { frames: 2, maxFrames: 3, ageMs: 60_000 } });
     const { hub } = await startWithHub(broker);
     const start = await broker.head();
-    const p = [];
+    const p: Published[] = [];
     for (let i = 0; i < 5; i++) p.push(await broker.publish("a", frame(String(i))));
     await broker.publish("b", frame("other stream, untouched"));
     // a sweep that ran between two publishes trims less: wait for the cap to hold for all five
