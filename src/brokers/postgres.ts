@@ -19,12 +19,18 @@ import {
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
 import { OPENING_LENGTH, OWN_OPENING, messageHead } from "./batch-wire.js";
 import { Continuity, decodeChannelMessage, encodeControl } from "./continuity.js";
-import { type ConnectionConfig, createListener, createPool, ensureSchema } from "./postgres-connection.js";
+import {
+  type ConnectionConfig,
+  createListener,
+  createPool,
+  createPublisher,
+  ensureSchema,
+} from "./postgres-connection.js";
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
 import { type Statements, encodeBatch, intArray, statements } from "./postgres-sql.js";
-import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
+import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, POSTGRES_IN_FLIGHT, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
 export { withDefaultUser } from "./postgres-connection.js";
@@ -74,10 +80,18 @@ export class PostgresBroker implements Broker {
   #batcher = new PublishBatcher({
     send: (frames) => this.#publishBatch(frames),
     limits: POSTGRES_BATCH_LIMITS,
+    // one pipelined connection (#publisher): PostgreSQL runs the statements in the order sent
+    inFlight: POSTGRES_IN_FLIGHT,
     failure: (stream, error) =>
       new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });
   #closing: Promise<void> | null = null;
+  /**
+   * The connection publishes go through (createPublisher), made at the first
+   * publish and again after it is lost: a process that never publishes holds
+   * only its pool and its LISTEN connection.
+   */
+  #publisher: Promise<pg.Client> | null = null;
   /** Batches this broker published (numbered in their notices), until their last notice comes back. */
   #own = new Map<number, OwnBatch>();
   #batches = 0;
@@ -251,8 +265,10 @@ export class PostgresBroker implements Broker {
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
-        // named: each pooled connection plans the statement once, not once per batch (planning is a good part of its time)
-        result = await pool.query({
+        // every batch awaits the same connection, so they reach it in the order they were sent
+        const publisher = await this.#publishConnection();
+        // named: the connection plans the statement once, not once per batch (planning is a good part of its time)
+        result = await publisher.query({
           name: `${this.#prefix}_publish`,
           text: this.#sql.publish,
           values,
@@ -287,6 +303,30 @@ export class PostgresBroker implements Broker {
       own.published ??= publishedFrames(batch, row.epoch, first);
       return own.published;
     }
+  }
+
+  /** The publish connection, connected (see #publisher); rejects as a query would when it cannot connect. */
+  #publishConnection(): Promise<pg.Client> {
+    if (this.#publisher) return this.#publisher;
+    const client = createPublisher(this.#config);
+    const connected = client.connect().then(() => client);
+    this.#publisher = connected;
+    const drop = (error: unknown): void => {
+      this.#lastError = error;
+      // the next batch makes a new one; a batch in flight on it fails as a lost connection
+      if (this.#publisher === connected) this.#publisher = null;
+      client.end().catch(() => {});
+    };
+    client.on("error", drop);
+    client.on("end", () => drop(this.#lastError));
+    connected.catch(drop);
+    return connected;
+  }
+
+  #dropPublisher(): void {
+    const publisher = this.#publisher;
+    this.#publisher = null;
+    publisher?.then((client) => client.end()).catch(() => {});
   }
 
   #refused(count: number): void {
@@ -366,7 +406,7 @@ export class PostgresBroker implements Broker {
   async #close(): Promise<void> {
     const wasOpen = this.#state === "open";
     this.#state = "closed";
-    // frames published before close still go out (or fail) through the pool
+    // frames published before close still go out (or fail) on the publish connection
     if (wasOpen) await this.#batcher.idle();
     this.#timers.clearAll();
     for (const interval of this.#intervals) clearInterval(interval);
@@ -376,9 +416,15 @@ export class PostgresBroker implements Broker {
     this.#own.clear();
     const listener = this.#listener;
     const pool = this.#pool;
+    const publisher = this.#publisher;
     this.#listener = null;
     this.#pool = null;
-    await Promise.all([listener?.end().catch(() => {}), pool?.end().catch(() => {})]);
+    this.#publisher = null;
+    await Promise.all([
+      listener?.end().catch(() => {}),
+      pool?.end().catch(() => {}),
+      publisher?.then((client) => client.end()).catch(() => {}),
+    ]);
   }
 
   // --- connecting ----------------------------------------------------------
@@ -420,6 +466,7 @@ export class PostgresBroker implements Broker {
     // their notices went to the lost LISTEN connection
     this.#own.clear();
     this.#dropListener();
+    this.#dropPublisher();
     this.#scheduleRecovery();
   }
 
