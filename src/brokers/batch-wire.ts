@@ -96,6 +96,16 @@ export function messageTail(frames: readonly OutgoingFrame[], from = 0, to = fra
   return `"k":${JSON.stringify(streams)},"x":[${indexes.join(",")}],"l":[${lengths.join(",")}]}\n`;
 }
 
+/**
+ * `messageTail` for a whole batch already encoded: its streams and stream
+ * indexes as `encodeFrames` found them (`indexes`: those joined with commas).
+ */
+export function batchTail(frames: readonly OutgoingFrame[], encoded: EncodedBatch, indexes: string): string {
+  const lengths: number[] = new Array(frames.length);
+  for (let i = 0; i < frames.length; i++) lengths[i] = frames[i]!.frame.length;
+  return `"k":${JSON.stringify(encoded.streams)},"x":[${indexes}],"l":[${lengths.join(",")}]}\n`;
+}
+
 /** The start of a channel message's JSON part: who published the batch, and its number there. */
 export function messageHead(origin: string, batch: number, index?: number): string {
   return index === undefined ? `{"o":"${origin}","n":${batch},` : `{"o":"${origin}","n":${batch},"i":${index},`;

@@ -15,7 +15,7 @@ import {
   formatPosition,
   parsePosition,
 } from "./broker.js";
-import { OPENING_LENGTH, OWN_OPENING, encodeFrames, messageHead, messageTail } from "./batch-wire.js";
+import { OPENING_LENGTH, OWN_OPENING, batchTail, encodeFrames, messageHead } from "./batch-wire.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
 import { Continuity, type RefreshRequest, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
@@ -187,10 +187,10 @@ export class RedisBroker implements Broker {
       throw new Error(`${this.#target} is unreachable`);
     }
     const number = ++this.#batches;
-    const { body, byteLengths, streams, streamIndexes } = encodeFrames(frames);
+    const encoded = encodeFrames(frames);
     const keys = [`${this.#prefix}meta`, `${this.#prefix}clock`];
-    for (const stream of streams) keys.push(this.#streamKey(stream));
-    const indexes = streamIndexes.join(",");
+    for (const stream of encoded.streams) keys.push(this.#streamKey(stream));
+    const indexes = encoded.streamIndexes.join(",");
     const args: Array<string | number | Buffer> = [
       this.#newEpoch(),
       this.#continuity.newEpochMinSeq(),
@@ -201,11 +201,11 @@ export class RedisBroker implements Broker {
       this.#channel,
       this.#clockStepMs,
       messageHead(this.#continuity.id, number),
-      messageTail(frames),
+      batchTail(frames, encoded, indexes),
       frames.length,
       indexes,
-      byteLengths.join(","),
-      body,
+      encoded.byteLengths.join(","),
+      encoded.body,
     ];
     const own: OwnBatch = { frames, published: null };
     this.#own.set(number, own);
@@ -222,8 +222,9 @@ export class RedisBroker implements Broker {
     }
     const [epoch, first] = reply as [string, number];
     this.#seen(epoch, first + frames.length - 1);
-    // the channel message may have come first and made them already
-    return own.published ?? publishedFrames(own, epoch, first);
+    // the channel message may have come first and made them already; else it takes these
+    own.published ??= publishedFrames(own, epoch, first);
+    return own.published;
   }
 
   async control(message: ControlMessage): Promise<void> {

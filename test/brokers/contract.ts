@@ -1,5 +1,11 @@
 import { afterEach, expect, it } from "vitest";
-import { type Broker, type HistoryOptions, type Published, formatPosition, parsePosition } from "../../src/brokers/broker.js";
+import {
+  type Broker,
+  type HistoryOptions,
+  type Published,
+  formatPosition,
+  parsePosition,
+} from "../../src/brokers/broker.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
 
