@@ -273,9 +273,12 @@ async function measureData(results: Results): Promise<void> {
 }
 
 async function measureBulkUpdate(results: Results): Promise<void> {
-  log("bulk update: changes/s through the in-memory, Redis and PostgreSQL brokers side by side");
+  log(
+    "bulk update: changes/s through the in-memory, Redis and PostgreSQL brokers side by side, on a SQLite and a PostgreSQL app",
+  );
   try {
     results.bulkUpdate = await runBulkUpdate({
+      apps: ["sqlite", "postgres"],
       brokers: ["memory", "redis", "postgres"],
       runs: [
         { hook: "fire", rows: 10_000, rounds: quick ? 3 : 5 },

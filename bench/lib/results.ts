@@ -63,6 +63,8 @@ export interface WriteCost {
 
 export interface BulkUpdate {
   cells: Array<{
+    /** The app's database: a Drizzle better-sqlite3 or node-postgres app. Absent in runs before PostgreSQL apps were measured (SQLite). */
+    app?: "sqlite" | "postgres";
     /** Rows changed by the one UPDATE of a round (one frame each). */
     rows: number;
     broker: "memory" | "redis" | "postgres";

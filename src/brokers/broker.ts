@@ -74,6 +74,20 @@ export interface Broker {
   /** Publish a frame; resolves once the broker has accepted it, with its position. */
   publish(stream: string, frame: string): Promise<Published>;
   /**
+   * Optional: publishes as `publish` does, for a frame whose promise nobody
+   * would await (a data event), without making one: a failure goes to
+   * `failed` with the error `publish` would reject with. One `failed` serves
+   * every call (it is told the frame's stream), so a publish costs no closure.
+   */
+  publishUnawaited?(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void;
+  /**
+   * Optional, for a broker that queues frames on their way to its server:
+   * resolves once at most `limit` of them wait there (awaited or not);
+   * `undefined` when that is already so. The change feed waits on it (and on
+   * the publishes it awaits) before claiming more changes.
+   */
+  backlog?(limit: number): Promise<void> | undefined;
+  /**
    * Frames of `streams` after the position `after`, oldest first; `null` when
    * the retained history no longer reaches back to `after` (or `after` comes
    * from another epoch): the caller must send a refresh.

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { LogThrottle } from "../log-throttle.js";
 import type { Logger } from "../logger.js";
 import { type BrokerEvents, type ControlMessage, type Published, formatPosition, parseControl } from "./broker.js";
+import { framesOfBody } from "./batch-wire.js";
 import { type TimerSet, notStartedError } from "./connection.js";
 
 /**
@@ -63,16 +64,26 @@ export function encodeControl(message: ControlMessage): string {
 }
 
 /**
- * Decodes a channel payload — `{e,s,n?,f?,c?}` for a frame, `{e,s,b}` for a
- * batch (`b`: `[stream, frame]` pairs), `{g,o,at,…}` for a refresh request,
+ * Decodes a channel payload — `{e,s,k,x,l}` and a newline, then the frames,
+ * for a batch (see batch-wire.ts), `{e,s,n?,f?,c?}` for a frame or frames to
+ * read from the server, `{e,s,b}` for a batch (`b`: `[stream, frame]` pairs;
+ * as published before batch-wire), `{g,o,at,…}` for a refresh request,
  * `{ctl}` for a control message; `null` for anything else.
  */
 export function decodeChannelMessage(text: string): ChannelMessage | null {
+  // JSON text has no raw newline: one ends a batch's header, and its frames follow
+  const newline = text.indexOf("\n");
   let message: unknown;
   try {
-    message = JSON.parse(text);
+    message = JSON.parse(newline < 0 ? text : text.slice(0, newline));
   } catch {
     return null;
+  }
+  if (newline >= 0) {
+    const m = message as Record<string, unknown> | null;
+    if (typeof m !== "object" || m === null || typeof m.e !== "string" || typeof m.s !== "number") return null;
+    const frames = framesOfBody(m, text.slice(newline + 1));
+    return frames === null ? null : { kind: "frames", epoch: m.e, seq: m.s, frames };
   }
   if (typeof message !== "object" || message === null) return null;
   const m = message as Record<string, unknown>;

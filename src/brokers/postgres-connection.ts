@@ -34,6 +34,27 @@ export function createPool(config: ConnectionConfig, onError: (error: Error) => 
   return pool;
 }
 
+/**
+ * The client publishes go through: one connection, pipelined (pg's
+ * `pipeline`), so the next batch's statement is on its way while the server
+ * runs one, and the server runs them in the order they were sent — commit
+ * order, hence position order, stays call order. The same timeouts as the
+ * pool's: the server cancels a stuck statement first (an error for that
+ * batch alone); the client-side timeout is the backstop for a dead link.
+ * Not yet connected.
+ */
+export function createPublisher(config: ConnectionConfig): pg.Client {
+  return new pg.Client({
+    connectionString: config.connectionString,
+    application_name: config.applicationName,
+    connectionTimeoutMillis: config.commandTimeoutMs,
+    statement_timeout: config.commandTimeoutMs,
+    query_timeout: config.commandTimeoutMs + 1_000,
+    keepAlive: true,
+    pipeline: true,
+  });
+}
+
 /** The client that LISTENs (not pooled: a pooled client may be handed to a query and released). Not yet connected. */
 export function createListener(config: ConnectionConfig): pg.Client {
   return new pg.Client({

@@ -3,11 +3,18 @@ import { type ControlMessage, type Published, formatPosition } from "./broker.js
 import { errorMessage } from "./connection.js";
 
 /**
- * A frame's notice on the channel: inline when it fits under NOTIFY's limit,
- * else only its seq — or, for a batch too large to inline, the seq of its
- * last frame and (`c`) how many frames it holds.
+ * Frames announced on the channel, `c` of them at consecutive seqs from `s`:
+ * carried inline (`frames`, from `offset`: a notice's part of a batch), or
+ * only named (`frames` null: a frame too large for a notice, or an old
+ * notice of frames up to a seq) and read from the table.
  */
-export type FrameNotice = { e: string; s: number; n?: string; f?: string; c?: number };
+export type FrameNotice = {
+  e: string;
+  s: number;
+  c: number;
+  frames: readonly Published[] | null;
+  offset: number;
+};
 
 /** A control message's notice: handed over in its place among the frames. */
 export type ControlNotice = { control: ControlMessage };
@@ -37,6 +44,8 @@ export class NoticePump {
   #host: PumpHost;
   #fetchRange: string;
   #inbox: Array<FrameNotice | ControlNotice> = [];
+  /** The inbox's head: notices before it were taken (shift() would make a big batch's notices quadratic). */
+  #head = 0;
   #pumping = false;
   /**
    * seq of the newest frame delivered: notices are delivered one by one
@@ -61,7 +70,10 @@ export class NoticePump {
    */
   resetTo(seq: number): void {
     this.delivered = seq;
-    this.#inbox = this.#inbox.filter((notice) => "control" in notice || notice.s > seq);
+    this.#inbox = this.#inbox
+      .slice(this.#head)
+      .filter((notice) => "control" in notice || notice.s + notice.c - 1 > seq);
+    this.#head = 0;
   }
 
   /** A new epoch does not continue the old one's seqs: it starts at its first notice. */
@@ -71,6 +83,7 @@ export class NoticePump {
 
   clear(): void {
     this.#inbox = [];
+    this.#head = 0;
   }
 
   async run(): Promise<void> {
@@ -78,37 +91,34 @@ export class NoticePump {
     this.#pumping = true;
     const host = this.#host;
     try {
-      while (this.#inbox.length > 0 && host.isOpen()) {
-        const notice = this.#inbox.shift()!;
+      while (this.#head < this.#inbox.length && host.isOpen()) {
+        const notice = this.#take();
         if ("control" in notice) {
           host.control(notice.control);
           continue;
         }
-        if (notice.e !== host.epoch()) host.seen(notice.e, notice.s);
-        if (this.delivered !== null && notice.s <= this.delivered) continue;
-        const from = this.delivered ?? notice.s - (notice.c ?? 1);
-        if (notice.s === from + 1 && notice.n !== undefined && notice.f !== undefined) {
-          this.#hand({
-            stream: notice.n,
-            seq: notice.s,
-            position: formatPosition(notice.e, notice.s),
-            frame: notice.f,
-          });
+        const last = notice.s + notice.c - 1;
+        if (notice.e !== host.epoch()) host.seen(notice.e, last);
+        if (this.delivered !== null && last <= this.delivered) continue;
+        const from = this.delivered ?? notice.s - 1;
+        if (notice.s <= from + 1 && notice.frames !== null) {
+          // inline and nothing missing before it: hand over what is new
+          for (let i = from + 1 - notice.s; i < notice.c; i++) this.#hand(notice.frames[notice.offset + i]!);
           continue;
         }
         const pool = host.pool();
         if (!pool) return;
         let rows: Array<{ seq: string; stream: string; frame: string }>;
         try {
-          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#fetchRange, [from, notice.s]))
+          rows = (await pool.query<{ seq: string; stream: string; frame: string }>(this.#fetchRange, [from, last]))
             .rows;
         } catch (error) {
           // frames that could not be read: this process's subscribers refresh
           // (after the recovery, when the connection broke)
           host.queryFailed(error);
           if (host.isOpen()) {
-            this.delivered = notice.s;
-            host.gap(`frames up to seq ${notice.s} could not be read: ${errorMessage(error)}`);
+            this.delivered = last;
+            host.gap(`frames up to seq ${last} could not be read: ${errorMessage(error)}`);
             continue;
           }
           return;
@@ -123,13 +133,25 @@ export class NoticePump {
           this.#hand({ stream: row.stream, seq, position: formatPosition(notice.e, seq), frame: row.frame });
           expected = seq + 1;
         }
-        if (expected <= notice.s) missing = true;
-        this.delivered = notice.s;
+        if (expected <= last) missing = true;
+        this.delivered = last;
         if (missing) host.gap("frames were pruned before this process could read them");
       }
     } finally {
       this.#pumping = false;
     }
+  }
+
+  #take(): FrameNotice | ControlNotice {
+    const notice = this.#inbox[this.#head++]!;
+    if (this.#head === this.#inbox.length) {
+      this.#inbox = [];
+      this.#head = 0;
+    } else if (this.#head > 1024 && this.#head * 2 > this.#inbox.length) {
+      this.#inbox = this.#inbox.slice(this.#head);
+      this.#head = 0;
+    }
+    return notice;
   }
 
   #hand(frame: Published): void {

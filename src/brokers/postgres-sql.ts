@@ -5,69 +5,109 @@
  * checked against `IDENTIFIER` (it is spliced into the SQL as a quoted name).
  */
 
+import { encodeFrames, messageTail } from "./batch-wire.js";
+import type { OutgoingFrame } from "./publish-batcher.js";
+
 /** A table prefix or channel name that is safe to splice into SQL as a quoted identifier. */
 export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
 
 /** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
 export const NOTIFY_LIMIT = 7_900;
 
-/** What a notice adds around a chunk of frames: `{"e":"<epoch>","s":<seq>,"b":[…]}`. */
-const CHUNK_OVERHEAD = 100;
+/** What a notice has besides its frames and their streams: `{"o":…,"n":…,"i":…,"e":…,"s":…,"k":[…],"x":[…],"l":[…]}` and a newline. */
+const NOTICE_OVERHEAD = 160;
 
-/** A notice's frame list that stands for one frame too large for a notice (a list always starts with `[`). */
-const OVERSIZED = "-";
+/** What a frame adds to a notice besides its bytes: its stream index and length in `x` and `l`, and commas. */
+const PER_FRAME_OVERHEAD = 16;
+
+/** The tail of a notice that stands for one frame too large for a notice: listeners read it from the table. */
+const OVERSIZED_TAIL = '"c":1}';
 
 /**
- * A batch as the publish statement takes it: the streams and the frames as
- * JSON arrays (each frame JSON-encoded once: that text is reused for the
- * notices and their sizes), and the notices — consecutive frames share one
- * while it stays under NOTIFY's limit; a frame too large for a notice gets
- * one of its own that only names it. `notices` joins their frame lists with
- * U+0001, which JSON text never contains raw; `starts` says where each
- * notice's first frame is in the batch (1-based).
+ * A batch as the publish statement takes it (see batch-wire.ts): the frames'
+ * bytes back to back, each frame's stream, byte offset and length, and the
+ * notices — consecutive frames share one while it stays under NOTIFY's limit,
+ * and a frame too large for a notice gets one of its own that only names it.
+ * Each notice is its frames' part of the body (an offset and length in
+ * bytes) after its JSON tail (batch-wire's `messageTail`, or OVERSIZED_TAIL);
+ * the tails are joined with U+0001, which JSON text never contains raw, and
+ * `starts` says where each notice's first frame is in the batch (1-based).
  */
-export function encodeBatch(batch: ReadonlyArray<{ stream: string; frame: string }>): {
+export function encodeBatch(batch: readonly OutgoingFrame[]): {
+  body: Buffer;
   streams: string;
-  frames: string;
-  notices: string;
+  offsets: number[];
+  lengths: readonly number[];
+  tails: string;
   starts: number[];
+  noticeOffsets: number[];
+  noticeLengths: number[];
 } {
-  const streams: string[] = new Array(batch.length);
-  const frames: string[] = new Array(batch.length);
-  const notices: string[] = [];
+  const { body, byteLengths } = encodeFrames(batch);
+  const offsets: number[] = new Array(batch.length);
+  const tails: string[] = [];
   const starts: number[] = [];
-  let notice: string[] = [];
-  let bytes = CHUNK_OVERHEAD;
-  const flush = (): void => {
-    if (notice.length > 0) notices.push(notice.join(","));
-    notice = [];
-    bytes = CHUNK_OVERHEAD;
+  const noticeOffsets: number[] = [];
+  const noticeLengths: number[] = [];
+  let offset = 0;
+  let from = 0;
+  let fromOffset = 0;
+  let size = NOTICE_OVERHEAD;
+  let streams = new Set<string>();
+  const flush = (to: number): void => {
+    if (to > from) {
+      tails.push(messageTail(batch, from, to));
+      starts.push(from + 1);
+      noticeOffsets.push(fromOffset);
+      noticeLengths.push(offset - fromOffset);
+    }
+    from = to;
+    fromOffset = offset;
+    size = NOTICE_OVERHEAD;
+    streams = new Set();
   };
   for (let i = 0; i < batch.length; i++) {
-    const stream = JSON.stringify(batch[i]!.stream);
-    const frame = JSON.stringify(batch[i]!.frame);
-    streams[i] = stream;
-    frames[i] = frame;
-    const item = `[${stream},${frame}]`;
-    const size = Buffer.byteLength(item) + 1;
-    if (CHUNK_OVERHEAD + size > NOTIFY_LIMIT) {
-      flush();
-      notices.push(OVERSIZED);
+    offsets[i] = offset;
+    const { stream } = batch[i]!;
+    const length = byteLengths[i]!;
+    // a stream named in the notice costs its JSON at most: 6 characters of escape per code unit
+    const named = stream.length * 6 + 3;
+    if (NOTICE_OVERHEAD + named + length + PER_FRAME_OVERHEAD > NOTIFY_LIMIT) {
+      flush(i);
+      tails.push(OVERSIZED_TAIL);
       starts.push(i + 1);
+      noticeOffsets.push(offset);
+      noticeLengths.push(0);
+      offset += length;
+      from = i + 1;
+      fromOffset = offset;
       continue;
     }
-    if (bytes + size > NOTIFY_LIMIT) flush();
-    if (notice.length === 0) starts.push(i + 1);
-    notice.push(item);
-    bytes += size;
+    let extra = length + PER_FRAME_OVERHEAD + (streams.has(stream) ? 0 : named);
+    if (size + extra > NOTIFY_LIMIT) {
+      flush(i);
+      extra = length + PER_FRAME_OVERHEAD + named;
+    }
+    streams.add(stream);
+    size += extra;
+    offset += length;
   }
-  flush();
+  flush(batch.length);
   return {
-    streams: `[${streams.join(",")}]`,
-    frames: `[${frames.join(",")}]`,
-    notices: notices.join("\u0001"),
+    body,
+    streams: JSON.stringify(batch.map((f) => f.stream)),
+    offsets,
+    lengths: byteLengths,
+    tails: tails.join("\u0001"),
     starts,
+    noticeOffsets,
+    noticeLengths,
   };
+}
+
+/** An int[] parameter as PostgreSQL's array text (node-postgres would quote and escape each number). */
+export function intArray(values: readonly number[]): string {
+  return `{${values.join(",")}}`;
 }
 
 /** The statements of one namespace (see `statements`). */
@@ -110,25 +150,31 @@ export function statements(prefix: string) {
     // seqs, one commit. The row lock taken by the update is held until
     // commit, so publishers are serialized and commit order (which is NOTIFY
     // delivery order) equals seq order. A rollback undoes the increment too,
-    // so seqs have no holes. Parameters (see encodeBatch): $1 the streams and
-    // $2 the frames as JSON arrays, in publish order; $3 the channel; $4 the
-    // notices' frame lists, $5 where each starts in the batch; $6 the count.
-    // A notice carries its frames inline, `{e, s: first, b: [[stream, frame], …]}`,
-    // or, for a frame too large for one, `{e, s: its seq, c: 1}` and
-    // listeners read it from the table.
+    // so seqs have no holes. Parameters (see encodeBatch): $1 the frames'
+    // streams as a JSON array, $2 the body (bytea), $3 and $4 each frame's
+    // byte offset and length in it, $5 the count, $6 the channel; the
+    // notices: $7 their opening (`{"o":<origin>,"n":<batch>,`), $8 their JSON
+    // tails, $9 where each starts in the batch, $10 and $11 the byte offset
+    // and length of its frames in the body. A notice is batch-wire's message
+    // for its frames (`{o, n, i, e, s, k, x, l}`, a newline, the frames), or,
+    // for a frame too large for one, `{o, n, i, e, s: its seq, c: 1}`, which
+    // listeners read from the table — except the publishing process, which
+    // knows its own frames.
     publish: `
       with input as (
-             select stream, frame, ord
-             from rows from (json_array_elements_text($1::json), json_array_elements_text($2::json)) with ordinality as i(stream, frame, ord)
+             select stream, off, len, ord
+             from rows from (json_array_elements_text($1::json), unnest($3::int[]), unnest($4::int[]))
+                  with ordinality as i(stream, off, len, ord)
            ),
-           m as (update ${meta} set seq = seq + $6::int where id = 1 returning epoch, seq - $6::int as base),
-           f as (insert into ${frames} (seq, stream, frame) select m.base + input.ord, input.stream, input.frame from m, input)
+           m as (update ${meta} set seq = seq + $5::int where id = 1 returning epoch, seq - $5::int as base),
+           f as (insert into ${frames} (seq, stream, frame)
+                 select m.base + input.ord, input.stream, convert_from(substring($2::bytea from input.off + 1 for input.len), 'UTF8')
+                 from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             (select count(pg_notify($3, case
-                       when c.body = '${OVERSIZED}' then json_build_object('e', m.epoch, 's', m.base + c.start, 'c', 1)::text
-                       else '{"e":' || to_json(m.epoch)::text || ',"s":' || (m.base + c.start) || ',"b":[' || c.body || ']}'
-                     end))
-              from unnest(string_to_array($4, chr(1)), $5::int[]) with ordinality as c(body, start, ord)) as notices
+             (select count(pg_notify($6, $7::text || '"i":' || (c.start - 1) || ',"e":' || to_json(m.epoch)::text ||
+                       ',"s":' || (m.base + c.start) || ',' || c.tail ||
+                       convert_from(substring($2::bytea from c.off + 1 for c.len), 'UTF8')))
+              from unnest(string_to_array($8, chr(1)), $9::int[], $10::int[], $11::int[]) as c(tail, start, off, len)) as notices
       from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the

@@ -17,13 +17,20 @@ import {
   parsePosition,
 } from "./broker.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
+import { OPENING_LENGTH, OWN_OPENING, messageHead } from "./batch-wire.js";
 import { Continuity, decodeChannelMessage, encodeControl } from "./continuity.js";
-import { type ConnectionConfig, createListener, createPool, ensureSchema } from "./postgres-connection.js";
+import {
+  type ConnectionConfig,
+  createListener,
+  createPool,
+  createPublisher,
+  ensureSchema,
+} from "./postgres-connection.js";
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
-import { type Statements, encodeBatch, statements } from "./postgres-sql.js";
-import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
+import { type Statements, encodeBatch, intArray, statements } from "./postgres-sql.js";
+import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, POSTGRES_IN_FLIGHT, PublishBatcher } from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
 
 export { withDefaultUser } from "./postgres-connection.js";
@@ -73,10 +80,21 @@ export class PostgresBroker implements Broker {
   #batcher = new PublishBatcher({
     send: (frames) => this.#publishBatch(frames),
     limits: POSTGRES_BATCH_LIMITS,
+    // one pipelined connection (#publisher): PostgreSQL runs the statements in the order sent
+    inFlight: POSTGRES_IN_FLIGHT,
     failure: (stream, error) =>
       new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });
   #closing: Promise<void> | null = null;
+  /**
+   * The connection publishes go through (createPublisher), made at the first
+   * publish and again after it is lost: a process that never publishes holds
+   * only its pool and its LISTEN connection.
+   */
+  #publisher: Promise<pg.Client> | null = null;
+  /** Batches this broker published (numbered in their notices), until their last notice comes back. */
+  #own = new Map<number, OwnBatch>();
+  #batches = 0;
 
   constructor(options: PostgresBrokerOptions | string) {
     const resolved = resolvePostgresOptions(options);
@@ -166,37 +184,94 @@ export class PostgresBroker implements Broker {
     this.#every(Math.max(1_000, this.#config.commandTimeoutMs * 2), () => void this.#heartbeat());
   }
 
-  async publish(stream: string, frame: string): Promise<Published> {
-    if (this.#state === "closed") throw new ClosedError("postgres broker");
-    if (typeof stream !== "string" || typeof frame !== "string") {
-      throw new BrokerError("publish(stream, frame) takes two strings");
-    }
-    if (this.#state === "new" || this.#state === "connecting" || !this.#pool) {
-      throw notStartedError("postgres");
-    }
-    if (this.#state === "down") {
-      this.#continuity.refused();
-      throw new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
-    }
-    return this.#batcher.publish(stream, frame);
+  publish(stream: string, frame: string): Promise<Published> {
+    // not async: the batcher's promise is the publish's (one promise per frame, not two)
+    const refused = this.#refusal(stream, frame);
+    return refused === null ? this.#batcher.publish(stream, frame) : Promise.reject(refused);
   }
 
-  /** One statement for a batch of frames (see PublishBatcher): consecutive seqs, one commit, one notice. */
+  /** See Broker.publishUnawaited: a publish without a promise. */
+  publishUnawaited(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void {
+    const refused = this.#refusal(stream, frame);
+    if (refused === null) this.#batcher.publishUnawaited(stream, frame, failed);
+    else failed(refused, stream);
+  }
+
+  /** See Broker.backlog. */
+  backlog(limit: number): Promise<void> | undefined {
+    return this.#batcher.backlog(limit);
+  }
+
+  /** Why a publish is refused before it is queued (the error it rejects with), or null. */
+  #refusal(stream: string, frame: string): Error | null {
+    if (this.#state === "closed") return new ClosedError("postgres broker");
+    if (typeof stream !== "string" || typeof frame !== "string") {
+      return new BrokerError("publish(stream, frame) takes two strings");
+    }
+    if (this.#state === "new" || this.#state === "connecting" || !this.#pool) return notStartedError("postgres");
+    if (this.#state === "down") {
+      this.#continuity.refused();
+      return new BrokerError(`postgres broker cannot publish to "${stream}": ${this.#target} is unreachable`);
+    }
+    return null;
+  }
+
+  /**
+   * One statement for a batch of frames (see PublishBatcher): consecutive
+   * seqs, one commit, its notices. The batch stays in #own until its last
+   * notice comes back, so this process delivers its own frames without
+   * decoding them (or reading the large ones back from the table).
+   */
   async #publishBatch(batch: readonly OutgoingFrame[]): Promise<Published[]> {
     const pool = this.#pool;
     if (!pool || this.#state === "down") {
       this.#refused(batch.length);
       throw new Error(`${this.#target} is unreachable`);
     }
-    const { streams, frames, notices, starts } = encodeBatch(batch);
+    const encoded = encodeBatch(batch);
+    const number = ++this.#batches;
+    const counts = new Map<number, number>();
+    const { starts } = encoded;
+    for (let i = 0; i < starts.length; i++)
+      counts.set(starts[i]! - 1, (starts[i + 1] ?? batch.length + 1) - starts[i]!);
+    const own: OwnBatch = { frames: batch, counts, published: null };
+    this.#own.set(number, own);
+    try {
+      return await this.#runPublish(pool, batch, own, [
+        encoded.streams,
+        encoded.body,
+        intArray(encoded.offsets),
+        intArray(encoded.lengths),
+        batch.length,
+        this.#channel,
+        messageHead(this.#continuity.id, number),
+        encoded.tails,
+        intArray(starts),
+        intArray(encoded.noticeOffsets),
+        intArray(encoded.noticeLengths),
+      ]);
+    } catch (error) {
+      this.#own.delete(number);
+      throw error;
+    }
+  }
+
+  async #runPublish(
+    pool: pg.Pool,
+    batch: readonly OutgoingFrame[],
+    own: OwnBatch,
+    values: unknown[],
+  ): Promise<Published[]> {
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
-        // named: each pooled connection plans the statement once, not once per batch (planning is a good part of its time)
-        result = await pool.query({
+        // every batch awaits the same connection, so they reach it in the order they were sent
+        const publisher = await this.#publishConnection();
+        // named: the connection plans the statement once, not once per batch (planning is a good part of its time)
+        result = await publisher.query({
           name: `${this.#prefix}_publish`,
           text: this.#sql.publish,
-          values: [streams, frames, this.#channel, notices, starts, batch.length],
+          values,
         });
       } catch (error) {
         if (isTimeout(error)) {
@@ -224,13 +299,34 @@ export class PostgresBroker implements Broker {
       }
       const first = Number(row.first);
       this.#seen(row.epoch, first + batch.length - 1);
-      return batch.map(({ stream, frame }, i) => ({
-        stream,
-        seq: first + i,
-        position: formatPosition(row.epoch, first + i),
-        frame,
-      }));
+      // its notices may have come first and made them already
+      own.published ??= publishedFrames(batch, row.epoch, first);
+      return own.published;
     }
+  }
+
+  /** The publish connection, connected (see #publisher); rejects as a query would when it cannot connect. */
+  #publishConnection(): Promise<pg.Client> {
+    if (this.#publisher) return this.#publisher;
+    const client = createPublisher(this.#config);
+    const connected = client.connect().then(() => client);
+    this.#publisher = connected;
+    const drop = (error: unknown): void => {
+      this.#lastError = error;
+      // the next batch makes a new one; a batch in flight on it fails as a lost connection
+      if (this.#publisher === connected) this.#publisher = null;
+      client.end().catch(() => {});
+    };
+    client.on("error", drop);
+    client.on("end", () => drop(this.#lastError));
+    connected.catch(drop);
+    return connected;
+  }
+
+  #dropPublisher(): void {
+    const publisher = this.#publisher;
+    this.#publisher = null;
+    publisher?.then((client) => client.end()).catch(() => {});
   }
 
   #refused(count: number): void {
@@ -310,18 +406,25 @@ export class PostgresBroker implements Broker {
   async #close(): Promise<void> {
     const wasOpen = this.#state === "open";
     this.#state = "closed";
-    // frames published before close still go out (or fail) through the pool
+    // frames published before close still go out (or fail) on the publish connection
     if (wasOpen) await this.#batcher.idle();
     this.#timers.clearAll();
     for (const interval of this.#intervals) clearInterval(interval);
     this.#intervals = [];
     this.#deliver = null;
     this.#pump.clear();
+    this.#own.clear();
     const listener = this.#listener;
     const pool = this.#pool;
+    const publisher = this.#publisher;
     this.#listener = null;
     this.#pool = null;
-    await Promise.all([listener?.end().catch(() => {}), pool?.end().catch(() => {})]);
+    this.#publisher = null;
+    await Promise.all([
+      listener?.end().catch(() => {}),
+      pool?.end().catch(() => {}),
+      publisher?.then((client) => client.end()).catch(() => {}),
+    ]);
   }
 
   // --- connecting ----------------------------------------------------------
@@ -360,7 +463,10 @@ export class PostgresBroker implements Broker {
     if (this.#state !== "down") return;
     this.#continuity.lost(what, error);
     this.#pump.clear();
+    // their notices went to the lost LISTEN connection
+    this.#own.clear();
     this.#dropListener();
+    this.#dropPublisher();
     this.#scheduleRecovery();
   }
 
@@ -447,6 +553,7 @@ export class PostgresBroker implements Broker {
     // (re)established they wait in the inbox, and #connect drops those at or
     // below the head it reads
     if (this.#state === "closed") return;
+    if (this.#ownNotice(payload)) return;
     const message = decodeChannelMessage(payload);
     if (message === null) return;
     if (message.kind === "refresh") {
@@ -460,11 +567,57 @@ export class PostgresBroker implements Broker {
     }
     if (message.kind === "frames") {
       const { epoch, seq, frames } = message;
-      for (let i = 0; i < frames.length; i++)
-        this.#pump.push({ e: epoch, s: seq + i, n: frames[i]!.stream, f: frames[i]!.frame });
+      const published: Published[] = new Array(frames.length);
+      for (let i = 0; i < frames.length; i++) {
+        published[i] = {
+          stream: frames[i]!.stream,
+          seq: seq + i,
+          position: formatPosition(epoch, seq + i),
+          frame: frames[i]!.frame,
+        };
+      }
+      this.#pump.push({ e: epoch, s: seq, c: frames.length, frames: published, offset: 0 });
+    } else if (message.stream !== undefined && message.frame !== undefined) {
+      const { epoch, seq, stream, frame } = message;
+      this.#pump.push({
+        e: epoch,
+        s: seq,
+        c: 1,
+        frames: [{ stream, seq, position: formatPosition(epoch, seq), frame }],
+        offset: 0,
+      });
     } else {
-      this.#pump.push({ e: message.epoch, s: message.seq, n: message.stream, f: message.frame, c: message.count });
+      // frames up to seq, `count` of them, to be read from the table
+      const count = message.count ?? 1;
+      this.#pump.push({ e: message.epoch, s: message.seq - count + 1, c: count, frames: null, offset: 0 });
     }
+  }
+
+  /**
+   * A notice of a batch this broker published (its opening names this broker
+   * and the batch) goes to the pump with the frames this process already
+   * has: true. Notices come in commit order, so own batches before it that are
+   * still held never came (a failed statement): dropped.
+   */
+  #ownNotice(payload: string): boolean {
+    if (this.#own.size === 0) return false;
+    const opening = OWN_OPENING.exec(payload.length > OPENING_LENGTH ? payload.slice(0, OPENING_LENGTH) : payload);
+    if (opening === null || opening[1] !== this.#continuity.id) return false;
+    const number = Number(opening[2]);
+    const index = Number(opening[3]);
+    const batch = this.#own.get(number);
+    for (const held of this.#own.keys()) {
+      if (held >= number) break;
+      this.#own.delete(held);
+    }
+    const count = batch?.counts.get(index);
+    if (batch === undefined || count === undefined) return false;
+    const epoch = opening[4]!;
+    const seq = Number(opening[5]);
+    batch.published ??= publishedFrames(batch.frames, epoch, seq - index);
+    if (index + count === batch.frames.length) this.#own.delete(number);
+    this.#pump.push({ e: epoch, s: seq, c: count, frames: batch.published, offset: index });
+    return true;
   }
 
   // --- retention -----------------------------------------------------------
@@ -518,4 +671,20 @@ export class PostgresBroker implements Broker {
  */
 export function postgresBroker(options: PostgresBrokerOptions | string): Broker {
   return new PostgresBroker(options);
+}
+
+/** A batch this broker published: its frames, how many each notice carries (by its first frame's index), and the frames as published once numbered. */
+interface OwnBatch {
+  readonly frames: readonly OutgoingFrame[];
+  readonly counts: ReadonlyMap<number, number>;
+  published: Published[] | null;
+}
+
+function publishedFrames(frames: readonly OutgoingFrame[], epoch: string, first: number): Published[] {
+  const out: Published[] = new Array(frames.length);
+  for (let i = 0; i < frames.length; i++) {
+    const seq = first + i;
+    out[i] = { stream: frames[i]!.stream, seq, position: formatPosition(epoch, seq), frame: frames[i]!.frame };
+  }
+  return out;
 }

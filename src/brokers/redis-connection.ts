@@ -6,7 +6,7 @@ export async function runScript(
   cmd: Redis,
   script: string,
   keys: string[],
-  args: Array<string | number>,
+  args: Array<string | number | Buffer>,
 ): Promise<unknown> {
   try {
     return await cmd.evalsha(sha1(script), keys.length, ...keys, ...args);

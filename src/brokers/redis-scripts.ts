@@ -14,8 +14,8 @@ import { createHash } from "node:crypto";
  *   a cursor older than `idleMs` — whose streams may have expired whole — is
  *   answered with a gap.
  * - `s:<stream>`: one sorted set per stream, scored by seq, members
- *   `<seq>:<ms>:<frame>`, plus one marker member `~floor` scored with the seq
- *   of the newest frame evicted from the stream (0 while none was). Frame
+ *   `<seq>:<ms>:<frame>`, plus one marker member `~floor` scored with the
+ *   seq of the newest frame evicted from the stream (0 while none was). Frame
  *   members start with a digit, so the marker cannot collide with one, and its
  *   score is below every retained frame's, so a range read that starts below
  *   the floor returns the marker first: that is how a trimmed cursor shows.
@@ -40,23 +40,20 @@ if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
 end
 `;
 
-/** ARGV of PUBLISH_SCRIPT before the frames. */
-export const PUBLISH_FIXED_ARGS = 9;
-
 /**
  * Publishes a batch of frames in one call: they take consecutive seqs in
- * ARGV order, so the batch is one step of the seq order for every process.
+ * the order given, so the batch is one step of the seq order for every process.
  *
  * KEYS: meta, clock, then s:<stream> of each distinct stream of the batch.
  * ARGV: epoch candidate, min seq of a new epoch, frames to keep, ageMs,
- * maxFrames, idleMs, channel, clockStepMs, the batch as JSON
- * (`[[stream, frame], …]`: the channel message's `b`, encoded by Node's
- * JSON.stringify rather than cjson, which costs Redis more), then per frame
- * (in publish order) two: the index in KEYS of its stream's key, the frame.
+ * maxFrames, idleMs, channel, clockStepMs, then the batch as batch-wire.ts
+ * sends it: the channel message's head (`{"o":…,"n":…,`) and tail (`"k":…}`
+ * and a newline), the number of frames, each frame's stream (an index into
+ * KEYS from 3, counting from 0; comma-separated), each frame's byte length
+ * (comma-separated), and the body (the frames back to back). No frame is
+ * encoded or decoded on either side: the script cuts the body into members,
+ * and the channel message carries the body as it came.
  * Returns { epoch, seq of the first frame }.
- *
- * One message on the channel carries the whole batch:
- * `{ e: epoch, s: first seq, b: [[stream, frame], …] }`.
  */
 export const PUBLISH_SCRIPT = `
 -- all or nothing: a key of another type (someone else's) fails the batch
@@ -72,24 +69,30 @@ for k = 3, #KEYS do
 end
 ${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local count = (#ARGV - ${PUBLISH_FIXED_ARGS}) / 2
--- the batch as JSON, [[stream, frame], …], encoded by the caller
-local batch = ARGV[${PUBLISH_FIXED_ARGS}]
+local count = tonumber(ARGV[11])
 local first = redis.call('HINCRBY', KEYS[1], 'seq', count) - count + 1
 
 -- one ZADD per stream with all its frames (a call costs more than a member)
 local members = {}
-for i = 0, count - 1 do
-  local seq = first + i
-  local at = ${PUBLISH_FIXED_ARGS} + 1 + i * 2
-  local k = tonumber(ARGV[at])
+local body = ARGV[14]
+local lengths = string.gmatch(ARGV[13], '%d+')
+local at = 1
+local seq = first
+-- numbers are formatted once per frame (the score and the member share it): that is a good part of a frame's cost
+local stamp = ':' .. now .. ':'
+for index in string.gmatch(ARGV[12], '%d+') do
+  local k = tonumber(index) + 3
+  local ends = at + tonumber(lengths())
   local list = members[k]
   if not list then
     if card[k] == 0 then list = { 0, '~floor' } else list = {} end
     members[k] = list
   end
-  list[#list + 1] = seq
-  list[#list + 1] = seq .. ':' .. now .. ':' .. ARGV[at + 1]
+  local score = seq .. ''
+  list[#list + 1] = score
+  list[#list + 1] = score .. stamp .. string.sub(body, at, ends - 1)
+  at = ends
+  seq = seq + 1
 end
 for k, list in pairs(members) do
   card[k] = card[k] + redis.call('ZADD', KEYS[k], unpack(list))
@@ -132,7 +135,7 @@ if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[8]) then
 end
 
 -- the epoch is base64url: nothing to escape
-redis.call('PUBLISH', ARGV[7], '{"e":"' .. epoch .. '","s":' .. string.format('%d', first) .. ',"b":' .. batch .. '}')
+redis.call('PUBLISH', ARGV[7], ARGV[9] .. '"e":"' .. epoch .. '","s":' .. string.format('%d', first) .. ',' .. ARGV[10] .. body)
 return { epoch, first }
 `;
 

@@ -15,12 +15,13 @@ import {
   formatPosition,
   parsePosition,
 } from "./broker.js";
+import { OPENING_LENGTH, OWN_OPENING, batchTail, encodeFrames, messageHead } from "./batch-wire.js";
 import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection.js";
 import { Continuity, type RefreshRequest, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
 import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
-import { type OutgoingFrame, REDIS_BATCH_LIMITS, PublishBatcher } from "./publish-batcher.js";
+import { type OutgoingFrame, PublishBatcher, REDIS_BATCH_LIMITS, REDIS_IN_FLIGHT } from "./publish-batcher.js";
 
 export type { RedisBrokerOptions } from "./redis-options.js";
 
@@ -71,10 +72,15 @@ export class RedisBroker implements Broker {
   #batcher = new PublishBatcher({
     send: (frames) => this.#publishBatch(frames),
     limits: REDIS_BATCH_LIMITS,
+    // one connection: Redis runs the script calls in the order they were sent
+    inFlight: REDIS_IN_FLIGHT,
     failure: (stream, error) =>
       new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
   });
   #closing: Promise<void> | null = null;
+  /** Batches this broker published (numbered in its channel messages), until their message comes back. */
+  #own = new Map<number, OwnBatch>();
+  #batches = 0;
 
   constructor(options: RedisBrokerOptions | string) {
     const resolved = resolveRedisOptions(options);
@@ -137,31 +143,55 @@ export class RedisBroker implements Broker {
     }
   }
 
-  async publish(stream: string, frame: string): Promise<Published> {
-    if (this.#state === "closed") throw new ClosedError("redis broker");
-    if (typeof stream !== "string" || typeof frame !== "string") {
-      throw new BrokerError("publish(stream, frame) takes two strings");
-    }
-    if (this.#state === "new" || this.#state === "connecting" || !this.#cmd) {
-      throw notStartedError("redis");
-    }
-    if (!this.#cmdUp) {
-      this.#continuity.refused();
-      throw new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
-    }
-    return this.#batcher.publish(stream, frame);
+  publish(stream: string, frame: string): Promise<Published> {
+    // not async: the batcher's promise is the publish's (one promise per frame, not two)
+    const refused = this.#refusal(stream, frame);
+    return refused === null ? this.#batcher.publish(stream, frame) : Promise.reject(refused);
   }
 
-  /** One script call for a batch of frames (see PublishBatcher): consecutive seqs, one channel message. */
+  /** See Broker.publishUnawaited: a publish without a promise. */
+  publishUnawaited(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void {
+    const refused = this.#refusal(stream, frame);
+    if (refused === null) this.#batcher.publishUnawaited(stream, frame, failed);
+    else failed(refused, stream);
+  }
+
+  /** See Broker.backlog. */
+  backlog(limit: number): Promise<void> | undefined {
+    return this.#batcher.backlog(limit);
+  }
+
+  /** Why a publish is refused before it is queued (the error it rejects with), or null. */
+  #refusal(stream: string, frame: string): Error | null {
+    if (this.#state === "closed") return new ClosedError("redis broker");
+    if (typeof stream !== "string" || typeof frame !== "string") {
+      return new BrokerError("publish(stream, frame) takes two strings");
+    }
+    if (this.#state === "new" || this.#state === "connecting" || !this.#cmd) return notStartedError("redis");
+    if (!this.#cmdUp) {
+      this.#continuity.refused();
+      return new BrokerError(`redis broker cannot publish to "${stream}": ${this.#target} is unreachable`);
+    }
+    return null;
+  }
+
+  /**
+   * One script call for a batch of frames (see PublishBatcher): consecutive
+   * seqs, one channel message. The batch stays in #own until its message
+   * comes back, so this process delivers its own frames without decoding them.
+   */
   async #publishBatch(frames: readonly OutgoingFrame[]): Promise<Published[]> {
     const cmd = this.#cmd;
     if (!cmd || !this.#cmdUp) {
       for (let i = 0; i < frames.length; i++) this.#continuity.refused();
       throw new Error(`${this.#target} is unreachable`);
     }
+    const number = ++this.#batches;
+    const encoded = encodeFrames(frames);
     const keys = [`${this.#prefix}meta`, `${this.#prefix}clock`];
-    const keyOf = new Map<string, number>();
-    const args: Array<string | number> = [
+    for (const stream of encoded.streams) keys.push(this.#streamKey(stream));
+    const indexes = encoded.streamIndexes.join(",");
+    const args: Array<string | number | Buffer> = [
       this.#newEpoch(),
       this.#continuity.newEpochMinSeq(),
       this.#history.frames,
@@ -170,20 +200,20 @@ export class RedisBroker implements Broker {
       this.#idleMs,
       this.#channel,
       this.#clockStepMs,
-      JSON.stringify(frames.map(({ stream, frame }) => [stream, frame])),
+      messageHead(this.#continuity.id, number),
+      batchTail(frames, encoded, indexes),
+      frames.length,
+      indexes,
+      encoded.byteLengths.join(","),
+      encoded.body,
     ];
-    for (const { stream, frame } of frames) {
-      let key = keyOf.get(stream);
-      if (key === undefined) {
-        keys.push(this.#streamKey(stream));
-        keyOf.set(stream, (key = keys.length));
-      }
-      args.push(key, frame);
-    }
+    const own: OwnBatch = { frames, published: null };
+    this.#own.set(number, own);
     let reply: unknown;
     try {
       reply = await runScript(cmd, PUBLISH_SCRIPT, keys, args);
     } catch (error) {
+      this.#own.delete(number);
       this.#commandFailed(error);
       // publishes lost to the connection are frames nobody gets: counted, so
       // every process is asked to refresh once Redis is back
@@ -192,12 +222,9 @@ export class RedisBroker implements Broker {
     }
     const [epoch, first] = reply as [string, number];
     this.#seen(epoch, first + frames.length - 1);
-    return frames.map(({ stream, frame }, i) => ({
-      stream,
-      seq: first + i,
-      position: formatPosition(epoch, first + i),
-      frame,
-    }));
+    // the channel message may have come first and made them already; else it takes these
+    own.published ??= publishedFrames(own, epoch, first);
+    return own.published;
   }
 
   async control(message: ControlMessage): Promise<void> {
@@ -286,6 +313,7 @@ export class RedisBroker implements Broker {
     await this.#batcher.idle();
     this.#timers.clearAll();
     this.#deliver = null;
+    this.#own.clear();
     const connections = [this.#cmd, this.#sub].filter((c): c is Redis => c !== null);
     this.#cmd = null;
     this.#sub = null;
@@ -329,6 +357,8 @@ export class RedisBroker implements Broker {
       } else {
         if (this.#subLive) this.#subMissed = true;
         this.#subLive = false;
+        // their messages went to the lost subscription
+        this.#own.clear();
         this.#lost("its subscription", this.#lastError);
       }
     });
@@ -338,7 +368,8 @@ export class RedisBroker implements Broker {
       if (this.#state === "closed") return;
       this.#timer(this.#maxBackoffMs, () => connection.connect().catch(() => {}));
     });
-    if (role === "sub") connection.on("message", (_channel: string, text: string) => this.#onMessage(text));
+    // as bytes: a batch this process published is recognised by its opening and never decoded whole
+    if (role === "sub") connection.on("messageBuffer", (_channel: Buffer, message: Buffer) => this.#onMessage(message));
     connection.connect().catch(() => {
       // failures surface through 'error'/'close' and are retried by retryStrategy
     });
@@ -428,33 +459,70 @@ export class RedisBroker implements Broker {
     if (error instanceof Error && /timed out/i.test(error.message)) this.#cmd?.disconnect(true);
   }
 
-  #onMessage(text: string): void {
+  #onMessage(message: Buffer): void {
     if (this.#state === "closed" || !this.#subLive) return;
-    const message = decodeChannelMessage(text);
-    if (message === null) return;
-    if (message.kind === "refresh") {
-      this.#continuity.answer(message.request);
+    const own = this.#ownBatch(message);
+    if (own !== null) {
+      // until the first head read the epoch is unknown and nobody is subscribed yet
+      if (this.#continuity.epoch === null) return;
+      const { batch, epoch, first } = own;
+      batch.published ??= publishedFrames(batch, epoch, first);
+      for (const frame of batch.published) this.#onFrame(epoch, frame);
       return;
     }
-    if (message.kind === "control") {
-      this.#events?.control?.(message.message);
+    const decoded = decodeChannelMessage(message.toString());
+    if (decoded === null) return;
+    if (decoded.kind === "refresh") {
+      this.#continuity.answer(decoded.request);
       return;
     }
-    // until the first head read the epoch is unknown and nobody is subscribed yet
+    if (decoded.kind === "control") {
+      this.#events?.control?.(decoded.message);
+      return;
+    }
     if (this.#continuity.epoch === null) return;
-    if (message.kind === "frames") {
-      const { epoch, seq, frames } = message;
-      for (let i = 0; i < frames.length; i++) this.#onFrame(epoch, seq + i, frames[i]!.stream, frames[i]!.frame);
-    } else if (message.stream !== undefined && message.frame !== undefined) {
-      this.#onFrame(message.epoch, message.seq, message.stream, message.frame);
+    if (decoded.kind === "frames") {
+      const { epoch, seq, frames } = decoded;
+      for (let i = 0; i < frames.length; i++) {
+        const s = seq + i;
+        this.#onFrame(epoch, {
+          stream: frames[i]!.stream,
+          seq: s,
+          position: formatPosition(epoch, s),
+          frame: frames[i]!.frame,
+        });
+      }
+    } else if (decoded.stream !== undefined && decoded.frame !== undefined) {
+      const { epoch, seq, stream, frame } = decoded;
+      this.#onFrame(epoch, { stream, seq, position: formatPosition(epoch, seq), frame });
     }
   }
 
-  #onFrame(epoch: string, seq: number, stream: string, frame: string): void {
-    if (epoch === this.#continuity.epoch && seq <= this.#delivered) return;
-    this.#seen(epoch, seq);
-    this.#delivered = seq;
-    this.#continuity.deliver(this.#deliver, { stream, seq, position: formatPosition(epoch, seq), frame });
+  /**
+   * The batch a channel message carries when this broker published it (its
+   * opening names this broker and the batch), with the epoch and first seq
+   * Redis gave it; else null. Messages come in the order the scripts ran, so
+   * own batches before it that are still held never came (a failed call): dropped.
+   */
+  #ownBatch(message: Buffer): { batch: OwnBatch; epoch: string; first: number } | null {
+    if (this.#own.size === 0) return null;
+    const opening = OWN_OPENING.exec(message.toString("latin1", 0, Math.min(message.length, OPENING_LENGTH)));
+    if (opening === null || opening[1] !== this.#continuity.id) return null;
+    const number = Number(opening[2]);
+    const batch = this.#own.get(number);
+    for (const held of this.#own.keys()) {
+      if (held > number) break;
+      this.#own.delete(held);
+    }
+    if (batch === undefined) return null;
+    return { batch, epoch: opening[4]!, first: Number(opening[5]) };
+  }
+
+  #onFrame(epoch: string, frame: Published): void {
+    if (epoch === this.#continuity.epoch && frame.seq <= this.#delivered) return;
+    this.#seen(epoch, frame.seq);
+    this.#delivered = frame.seq;
+    this.#continuity.deliver(this.#deliver, frame);
   }
 
   // --- helpers -------------------------------------------------------------
@@ -507,4 +575,20 @@ export class RedisBroker implements Broker {
  */
 export function redisBroker(options: RedisBrokerOptions | string): Broker {
   return new RedisBroker(options);
+}
+
+/** A batch this broker published, its frames as handed to the script, and as published once Redis numbered them. */
+interface OwnBatch {
+  readonly frames: readonly OutgoingFrame[];
+  published: Published[] | null;
+}
+
+function publishedFrames(batch: OwnBatch, epoch: string, first: number): Published[] {
+  const { frames } = batch;
+  const out: Published[] = new Array(frames.length);
+  for (let i = 0; i < frames.length; i++) {
+    const seq = first + i;
+    out[i] = { stream: frames[i]!.stream, seq, position: formatPosition(epoch, seq), frame: frames[i]!.frame };
+  }
+  return out;
 }

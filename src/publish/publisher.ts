@@ -64,6 +64,30 @@ export class Publisher {
     return published;
   };
 
+  /**
+   * Publishes a data event (data/events.ts), whose promise nobody awaits:
+   * through the broker's `publishUnawaited` when it has one, so the event
+   * costs no promise; else as `publish`. A failure is logged as a publish's.
+   */
+  publishData = (channel: string, json: string): void => {
+    if (this.#broker.publishUnawaited === undefined || this.#state !== "open") {
+      void this.publish(channel, json);
+      return;
+    }
+    this.#broker.publishUnawaited(channel, json, this.#unawaitedFailed);
+  };
+
+  readonly #unawaitedFailed = (error: unknown, stream: string): void => {
+    this.#throttle.log(
+      FAILED,
+      "warn",
+      `broadcast to ${stream} failed; further failures are counted until one succeeds`,
+      {
+        error,
+      },
+    );
+  };
+
   /** Calls `listener` with every frame published from now on; returns the function that stops it. */
   tap(listener: (stream: string, frame: string) => void): () => void {
     this.#taps.add(listener);
@@ -78,8 +102,11 @@ export class Publisher {
    * pile frames up in memory without bound.
    */
   backlog(limit: number): Promise<void> | undefined {
-    if (this.#pending <= limit) return undefined;
-    return new Promise((resolve) => this.#waiters.push({ limit, resolve }));
+    // the broker's queue holds the publishes nobody awaits too (publishData)
+    const queued = this.#broker.backlog?.(limit);
+    if (this.#pending <= limit) return queued;
+    const pending = new Promise<void>((resolve) => this.#waiters.push({ limit, resolve }));
+    return queued === undefined ? pending : Promise.all([pending, queued]).then(() => {});
   }
 
   #settled(): void {

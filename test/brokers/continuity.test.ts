@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { BrokerEvents } from "../../src/brokers/broker.js";
 import { TimerSet } from "../../src/brokers/connection.js";
+import { OWN_OPENING, batchTail, encodeFrames, messageHead, messageTail } from "../../src/brokers/batch-wire.js";
 import { Continuity, decodeChannelMessage } from "../../src/brokers/continuity.js";
 
 function setup() {
@@ -126,5 +127,27 @@ describe("broker continuity (what the Redis and PostgreSQL brokers share)", () =
     for (const junk of ["", "nope", "null", "[]", '{"e":1,"s":"x"}', '{"g":"x"}']) {
       expect(decodeChannelMessage(junk)).toBeNull();
     }
+  });
+
+  it("decodes a batch as batch-wire sends it: a JSON head, a newline, the frames back to back, cut by their lengths", () => {
+    const frames = [
+      { stream: "a", frame: "<p>one\nline two</p>" },
+      { stream: 'b "quoted"', frame: "ünïcødé 🎉 \\ {}" },
+      { stream: "a", frame: "" },
+      { stream: "a", frame: "\n" },
+    ];
+    const encoded = encodeFrames(frames);
+    const tail = messageTail(frames);
+    // the whole batch's tail, made from what encodeFrames found, is the same text
+    expect(batchTail(frames, encoded, encoded.streamIndexes.join(","))).toBe(tail);
+    const message = `${messageHead("O", 7)}"e":"E","s":40,${tail}${encoded.body.toString()}`;
+    expect(decodeChannelMessage(message)).toEqual({ kind: "frames", epoch: "E", seq: 40, frames });
+    // what the publishing broker reads of it to know its own batch
+    expect(OWN_OPENING.exec(message)?.slice(1)).toEqual(["O", "7", undefined, "E", "40"]);
+    // lengths that do not cut the body exactly, or name no stream: not a batch
+    expect(decodeChannelMessage(`${message}x`)).toBeNull();
+    expect(decodeChannelMessage('{"e":"E","s":1,"k":["a"],"x":[1],"l":[1]}\nx')).toBeNull();
+    expect(decodeChannelMessage('{"e":"E","s":1,"k":["a"],"x":[0],"l":[2]}\nx')).toBeNull();
+    expect(decodeChannelMessage('{"e":"E","s":1}\nx')).toBeNull();
   });
 });

@@ -1,5 +1,11 @@
 import { afterEach, expect, it } from "vitest";
-import { type Broker, type HistoryOptions, type Published, formatPosition, parsePosition } from "../../src/brokers/broker.js";
+import {
+  type Broker,
+  type HistoryOptions,
+  type Published,
+  formatPosition,
+  parsePosition,
+} from "../../src/brokers/broker.js";
 import { waitFor } from "../helpers.js";
 import { isRefresh, recordingSink, startWithHub } from "./harness.js";
 
@@ -82,6 +88,24 @@ export function brokerContract(namespace: () => ContractNamespace, capabilities:
       await waitFor(() => delivered.length === 60);
       expect(delivered.map((f) => f.seq)).toEqual(seqs);
     }
+  });
+
+  it("carries any text to every broker of the namespace: multi-line, quoted and non-ASCII frames and stream names", async () => {
+    const one = await startWithHub(make());
+    const all = capabilities.shared ? [one, await startWithHub(make())] : [one];
+    const texts = ['multi\nline "quoted" \\ backslash', "ünïcødé — 🎉🎉 ∑", '\r\n\t{}[],:"\u0001', "", "a\nb\n"];
+    const streams = ["plain", 'quo"ted\nname', "ünï 🎉", "data:x:1"];
+    const calls = texts.flatMap((text, i) =>
+      streams.map((stream, j) => ({ stream, frame: i % 2 === 0 ? frame(text) : text, by: (i + j) % all.length })),
+    );
+    // every broker publishes some, in one turn: each sees its own batch and the other's
+    const published = await Promise.all(calls.map((c) => all[c.by]!.broker.publish(c.stream, c.frame)));
+    const bySeq = [...published].sort((x, y) => x.seq - y.seq);
+    for (const { delivered } of all) {
+      await waitFor(() => delivered.length === calls.length, { message: "every frame delivered" });
+      expect(delivered.map((f) => [f.stream, f.seq, f.frame])).toEqual(bySeq.map((p) => [p.stream, p.seq, p.frame]));
+    }
+    expect(published.map((p) => [p.stream, p.frame])).toEqual(calls.map((c) => [c.stream, c.frame]));
   });
 
   it("keeps call order for many publishes made at once: positions follow the calls, per stream and across streams, and each promise gets its own", async () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { Published } from "../../src/brokers/broker.js";
+import { decodeChannelMessage } from "../../src/brokers/continuity.js";
 import { NOTIFY_LIMIT, encodeBatch } from "../../src/brokers/postgres-sql.js";
 import { type OutgoingFrame, PublishBatcher } from "../../src/brokers/publish-batcher.js";
 
@@ -91,27 +92,110 @@ describe("PublishBatcher", () => {
   });
 });
 
+describe("PublishBatcher: publishes nobody awaits", () => {
+  it("sends them in call order with awaited ones, and tells `failed` of each with its stream when a batch fails", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (stream, error) => new Error(`${stream}: ${(error as Error).message}`),
+      limits: { frames: 100, bytes: 1 << 20 },
+    });
+    const failures: Array<[string, string]> = [];
+    const failed = (error: unknown, stream: string) => failures.push([stream, (error as Error).message]);
+    const awaited = batcher.publish("a", "1");
+    batcher.publishUnawaited("data:a", "2", failed);
+    const last = batcher.publish("b", "3");
+    expect(batcher.unanswered).toBe(3);
+    await tick();
+    expect(server.batches.map((b) => b.map((f) => f.frame))).toEqual([["1", "2", "3"]]);
+    server.answers[0]!.resolve();
+    expect((await awaited).seq).toBe(1);
+    expect((await last).seq).toBe(3);
+    expect(batcher.unanswered).toBe(0);
+    batcher.publishUnawaited("data:b", "4", failed);
+    const refused = batcher.publish("b", "5");
+    await tick();
+    server.answers[1]!.reject(new Error("refused"));
+    await expect(refused).rejects.toThrow("b: refused");
+    expect(failures).toEqual([["data:b", "data:b: refused"]]);
+    expect(batcher.unanswered).toBe(0);
+  });
+
+  it("flushed() and backlog() count them: flushed waits for every frame taken before it, backlog for the queue to fall to its limit", async () => {
+    const server = fakeServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 2, bytes: 1 << 20 },
+    });
+    const failed = () => {};
+    for (let i = 0; i < 5; i++) batcher.publishUnawaited("s", String(i), failed);
+    let flushed = false;
+    const flushing = batcher.flushed().then(() => (flushed = true));
+    batcher.publishUnawaited("s", "later", failed);
+    expect(batcher.backlog(6)).toBeUndefined();
+    let drained = false;
+    const draining = batcher.backlog(2)!.then(() => (drained = true));
+    await tick();
+    server.answers[0]!.resolve(); // 2 of 6 answered: 4 left
+    await tick();
+    expect(drained).toBe(false);
+    server.answers[1]!.resolve(); // 4 answered: 2 left
+    await draining;
+    expect(flushed).toBe(false);
+    await tick();
+    server.answers[2]!.resolve(); // the 5 taken before flushed() are answered
+    await flushing;
+    expect(batcher.unanswered).toBe(0);
+    await batcher.idle();
+  });
+});
+
 describe("encodeBatch (PostgreSQL notices)", () => {
+  /** The notices as the statement builds them, for a batch whose first frame got `first`. */
+  function notices(batch: OutgoingFrame[], first: number): string[] {
+    const encoded = encodeBatch(batch);
+    const tails = encoded.tails.split("\u0001");
+    return tails.map((tail, n) => {
+      const start = encoded.starts[n]!;
+      const body = encoded.body.subarray(
+        encoded.noticeOffsets[n]!,
+        encoded.noticeOffsets[n]! + encoded.noticeLengths[n]!,
+      );
+      return `{"o":"O","n":1,"i":${start - 1},"e":"E","s":${first + start - 1},${tail}${body.toString()}`;
+    });
+  }
+
   it("puts consecutive frames in one notice while it fits, and a frame too large for a notice in one of its own", () => {
     const small = { stream: "s", frame: "x".repeat(3000) };
     const huge = { stream: "s", frame: "y".repeat(NOTIFY_LIMIT) };
-    const odd = { stream: 'q"uote', frame: "ü\n\u0001" };
+    const odd = { stream: 'q"uote\n', frame: "ü\n\u0001 — 🎉" };
     const batch = [small, small, small, huge, small, odd];
-    const { streams, frames, notices, starts } = encodeBatch(batch);
-    expect(JSON.parse(streams)).toEqual(batch.map((f) => f.stream));
-    expect(JSON.parse(frames)).toEqual(batch.map((f) => f.frame));
+    const encoded = encodeBatch(batch);
+    expect(JSON.parse(encoded.streams)).toEqual(batch.map((f) => f.stream));
+    // the body holds every frame, cut by offsets and byte lengths
+    expect(
+      batch.map((_, i) =>
+        encoded.body.subarray(encoded.offsets[i]!, encoded.offsets[i]! + encoded.lengths[i]!).toString(),
+      ),
+    ).toEqual(batch.map((f) => f.frame));
     // two 3,000-byte frames fill a notice; the huge one is only named; notices never straddle it
-    const lists = notices.split("\u0001");
-    expect(lists).toHaveLength(4);
-    expect(starts).toEqual([1, 3, 4, 5]);
-    expect(JSON.parse(`[${lists[0]}]`)).toEqual([
-      ["s", small.frame],
-      ["s", small.frame],
+    expect(encoded.starts).toEqual([1, 3, 4, 5]);
+    const sent = notices(batch, 100);
+    for (const notice of sent) expect(Buffer.byteLength(notice)).toBeLessThan(8000);
+    expect(sent.map((notice) => decodeChannelMessage(notice))).toEqual([
+      { kind: "frames", epoch: "E", seq: 100, frames: [small, small] },
+      { kind: "frames", epoch: "E", seq: 102, frames: [small] },
+      { kind: "frame", epoch: "E", seq: 103, stream: undefined, frame: undefined, count: 1 },
+      { kind: "frames", epoch: "E", seq: 104, frames: [small, odd] },
     ]);
-    expect(lists[2]).toBe("-");
-    expect(JSON.parse(`[${lists[3]}]`)).toEqual([
-      ["s", small.frame],
-      ['q"uote', odd.frame],
-    ]);
+  });
+
+  it("keeps notices under NOTIFY's limit whatever the streams' names cost", () => {
+    const batch = Array.from({ length: 400 }, (_, i) => ({ stream: `"\u0001${i}"`.repeat(8), frame: `<p>${i}</p>` }));
+    const sent = notices(batch, 1);
+    expect(sent.length).toBeGreaterThan(1);
+    for (const notice of sent) expect(Buffer.byteLength(notice)).toBeLessThan(8000);
+    expect(sent.flatMap((notice) => (decodeChannelMessage(notice) as { frames: unknown[] }).frames)).toEqual(batch);
   });
 });
