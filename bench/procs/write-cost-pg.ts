@@ -174,7 +174,7 @@ serve({
       workloads.push(result);
     }
     const bulkResult = { rows: args.bulkRows, sqlite: [] as number[], postgres: [] as number[] };
-    for (let r = 0; r < args.rounds; r++) {
+    for (let r = 0; r < (args.bulkRows > 0 ? args.rounds : 0); r++) {
       bulkResult.sqlite.push(await bulk("sqlite", args.bulkRows));
       bulkResult.postgres.push(await bulk("postgres", args.bulkRows));
     }
