@@ -196,8 +196,9 @@ async function main(): Promise<void> {
     await Promise.all(targets.map((t) => t.stop()));
   }
 
-  // without the fan-out section, end to end on its own: the two apps at 1,000 subscribers
-  if (!sections.has("fanout") && sections.has("end-to-end")) {
+  // end to end on its own (the two apps at 1,000 subscribers) when the fan-out stage did not measure it:
+  // --sections=end-to-end, or --targets without tc-ws
+  if ((sections.has("fanout") || sections.has("end-to-end")) && !results.endToEnd) {
     if (E2E_N + 64 > fd.soft)
       results.missing.push(
         `End to end at N = ${E2E_N.toLocaleString("en-US")}: the file-descriptor limit (${fd.soft}) is too low.`,

@@ -455,7 +455,10 @@ export function renderReport(results: Results, chartFile: string): string {
     out.push(
       "## Change capture on a PostgreSQL app",
       "",
-      `Drizzle node-postgres inserts per second into a PostgreSQL table (a fresh schema per round), ${int(p.inserts)} per round. ` +
+      `Drizzle node-postgres inserts per second into a PostgreSQL table, ${int(p.inserts)} per round and mode` +
+        (paired
+          ? " (each mode in a schema of its own, set up once for all rounds). "
+          : " (a fresh schema per round). ") +
         "With capture, a round ends only when every insert has reached its " +
         "`onSave` hook (a no-op), so the figure includes the trigger, the claims and the dispatch. " +
         "*per-turn*: one insert at a time; *burst*: all at once over a pool of 10 connections. " +

@@ -3,15 +3,15 @@
  * twin of write-cost.ts):
  *
  * - write cost: Drizzle node-postgres inserts per second into a table with
- *   turbocast's capture running and without it (a fresh schema per round).
- *   With capture a round ends only when every insert has reached its onSave
- *   hook (a no-op that counts), so the figure includes the trigger, the
- *   claims and the dispatch. *per-turn*: one insert at a time, as requests
- *   arrive; *burst*: all of them at once over the pool (10 connections),
- *   drained in batches after. Many short rounds: in each, both workloads,
- *   each measured without and with capture back to back (which goes first
- *   alternates), so every pair sees the same moment of this shared machine;
- *   the slowdown is the median of the pairs' ratios.
+ *   turbocast's capture running and without it, each side in a schema of its
+ *   own set up once. With capture a segment ends only when every insert has
+ *   reached its onSave hook (a no-op that counts), so the figure includes the
+ *   trigger, the claims and the dispatch. *per-turn*: one insert at a time,
+ *   as requests arrive; *burst*: all of them at once over the pool (10
+ *   connections), drained in batches after. In each round both workloads
+ *   are measured without and with capture back to back (which goes first
+ *   alternates), so a pair sees the same moment of this shared machine; the
+ *   slowdown is the median of the pairs' ratios.
  * - bulk: one UPDATE of `rows` rows, from the statement's start until the
  *   last onSave, on PostgreSQL and on SQLite (WAL) side by side: changes
  *   dispatched per second by the feed alone (no broker: the hook counts).
@@ -113,27 +113,44 @@ const waitForDispatched = (n: number): Promise<void> => {
   });
 };
 
-/** One round: `n` inserts; returns inserts per second. */
-async function round(mode: Mode, workload: Workload, n: number): Promise<number> {
+/** One side of the comparison: a schema of its own and a Drizzle db over it, with turbocast running or not. */
+interface Side {
+  mode: Mode;
+  db: ReturnType<typeof drizzle>;
+  close(): Promise<void>;
+}
+
+async function openSide(mode: Mode): Promise<Side> {
   const { pool, drop } = await freshSchema();
   const db = drizzle(pool);
   const turbo = mode === "with" ? await createTurbo({ db, ...turboOptions([MessageStream]) }) : undefined;
+  return {
+    mode,
+    db,
+    async close() {
+      await turbo?.close();
+      await drop();
+    },
+  };
+}
+
+let rows = 0;
+
+/** One segment: `n` inserts on `side`, and with capture until each reached onSave; returns inserts per second. */
+async function segment(side: Side, workload: Workload, n: number): Promise<number> {
   dispatched = 0;
-  const row = (i: number) => ({
-    roomId: i % 10,
-    body: `message number ${i} with a little text`,
-    createdAt: new Date(),
-  });
+  const row = () => {
+    const i = rows++;
+    return { roomId: i % 10, body: `message number ${i} with a little text`, createdAt: new Date() };
+  };
   const started = process.hrtime.bigint();
   if (workload === "per-turn") {
-    for (let i = 0; i < n; i++) await db.insert(messages).values(row(i));
+    for (let i = 0; i < n; i++) await side.db.insert(messages).values(row());
   } else {
-    await Promise.all(Array.from({ length: n }, (_, i) => db.insert(messages).values(row(i))));
+    await Promise.all(Array.from({ length: n }, () => side.db.insert(messages).values(row())));
   }
-  if (turbo) await waitForDispatched(n);
+  if (side.mode === "with") await waitForDispatched(n);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  await turbo?.close();
-  await drop();
   return n / seconds;
 }
 
@@ -179,25 +196,32 @@ async function bulk(dialect: "postgres" | "sqlite", rows: number): Promise<numbe
 
 serve({
   async measure(args: { inserts: number; rounds: number; bulkRows: number; bulkRounds?: number }) {
-    for (const workload of ["per-turn", "burst"] as const) {
-      await round("without", workload, 200);
-      await round("with", workload, 200);
-    }
+    // both sides stay up for the whole measurement, so segments can alternate without setting up between them
+    const sides = { without: await openSide("without"), with: await openSide("with") };
     const workloads = (["per-turn", "burst"] as const).map((workload) => ({
       workload,
       without: [] as number[],
       with: [] as number[],
       ratios: [] as number[],
     }));
-    for (let r = 0; r < args.rounds; r++) {
-      for (const result of workloads) {
-        const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
-        const pair = {} as Record<Mode, number>;
-        for (const mode of order) pair[mode] = await round(mode, result.workload, args.inserts);
-        result.without.push(pair.without);
-        result.with.push(pair.with);
-        result.ratios.push(pair.without / pair.with);
+    try {
+      for (const { workload } of workloads) {
+        await segment(sides.without, workload, 200);
+        await segment(sides.with, workload, 200);
       }
+      for (let r = 0; r < args.rounds; r++) {
+        for (const result of workloads) {
+          const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
+          const pair = {} as Record<Mode, number>;
+          for (const mode of order) pair[mode] = await segment(sides[mode], result.workload, args.inserts);
+          result.without.push(pair.without);
+          result.with.push(pair.with);
+          result.ratios.push(pair.without / pair.with);
+        }
+      }
+    } finally {
+      await sides.without.close();
+      await sides.with.close();
     }
     const bulkResult = { rows: args.bulkRows, sqlite: [] as number[], postgres: [] as number[] };
     for (let r = 0; r < (args.bulkRows > 0 ? (args.bulkRounds ?? args.rounds) : 0); r++) {

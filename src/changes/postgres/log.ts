@@ -207,6 +207,8 @@ export class PgChangeLog {
    * next `limit` changes and returns them in dispatch order. Empty when
    * there is nothing to dispatch or another live feed holds the cursor.
    * The lease runs `leaseMs` from the server's clock (`_now` is unused).
+   * Two round trips: the lock and the read, then the cursor's update and
+   * COMMIT.
    */
   async completeAndClaim(
     owner: string,
