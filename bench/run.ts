@@ -4,9 +4,15 @@
  *
  *   npm run bench                      full run (N up to 10,000): bench/RESULTS.md, bench/fanout.svg, bench/results.json
  *   npm run bench -- --quick           smaller run, written to bench/out/ instead
- *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse, tc-mux1, tc-mux5)
- *   npm run bench -- --sections=a,b    only these sections (fanout, write-cost, bulk-update, reauthorize, data), written to
- *                                      bench/out/; the report says what the others did not measure
+ *   npm run bench -- --targets=a,b     only these servers (raw-tcp, bare-ws, socketio, tc-ws, tc-sse, tc-mux1, tc-mux5;
+ *                                      tc-pg: the turbocast app on PostgreSQL, measured end to end only)
+ *   npm run bench -- --sections=a,b    only these sections (fanout, end-to-end, write-cost, bulk-update, reauthorize, data),
+ *                                      written to bench/out/; the report says what the others did not measure
+ *
+ * End to end (and render cost) run inside the fan-out section, at 1,000 subscribers, on its turbocast WS
+ * server and a PostgreSQL twin started for it; --sections=end-to-end runs them alone (the two apps at 1,000
+ * subscribers, nothing else): `npm run bench -- --quick --sections=end-to-end`. write-cost measures the
+ * SQLite app's and the PostgreSQL app's (BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432/test).
  */
 import { execSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -31,7 +37,7 @@ const only = process.argv
   ?.slice("--targets=".length)
   .split(",");
 
-const SECTIONS = ["fanout", "write-cost", "bulk-update", "reauthorize", "data"] as const;
+const SECTIONS = ["fanout", "end-to-end", "write-cost", "bulk-update", "reauthorize", "data"] as const;
 const sections = new Set(
   process.argv
     .find((a) => a.startsWith("--sections="))
@@ -63,6 +69,16 @@ const SPECS: TargetSpec[] = [
     subscriptionsPerConnection: 5,
   },
 ];
+
+/** The turbocast WS app on PostgreSQL: measured end to end beside tc-ws (not in the fan-out rounds: its fan-out is tc-ws's). */
+const PG_APP: TargetSpec = {
+  key: "tc-pg",
+  label: "turbocast WS, PostgreSQL app",
+  server: "turbocast-pg",
+  protocol: "ws",
+  ns: [1000],
+};
+const E2E_N = 1000;
 
 // a partial run (--quick, or only some sections) never replaces the committed report
 const partial = quick || sections.size < SECTIONS.length;
@@ -98,7 +114,7 @@ async function main(): Promise<void> {
         .map((x) => x.toFixed(2))
         .join(" / "),
     },
-    labels: Object.fromEntries(SPECS.map((s) => [s.key, s.label])),
+    labels: Object.fromEntries([...SPECS, PG_APP].map((s) => [s.key, s.label])),
     fanout: [],
     memory: [],
     throughput: [],
@@ -157,14 +173,7 @@ async function main(): Promise<void> {
             maxLagMs: 100,
           });
           const tc = active.find((t) => t.spec.key === "tc-ws");
-          if (!tc) return;
-          log("end to end at 1,000 subscribers: Drizzle insert -> capture -> onSave -> render -> received");
-          results.endToEnd = await runEndToEnd(tc, { warmup: 5, samples: quick ? 20 : 30 });
-          log("render cost at 1,000 subscribers, then at 1");
-          const renders = [await runRenderCost(tc, 20)];
-          await tc.resize(1);
-          renders.unshift(await runRenderCost(tc, 20));
-          results.render = renders;
+          if (tc) await measureEndToEnd(results, tc);
         },
       },
     );
@@ -176,35 +185,33 @@ async function main(): Promise<void> {
           `${results.labels[cell.target]} at N = ${cell.n}: ${cell.connectFailures} connections failed to open.`,
         );
     }
-    results.clock = targets.map((t) => ({
-      target: t.spec.key,
-      server: { offset: t.server.clockOffset, uncertainty: t.server.clockUncertainty },
-      clients: { offset: t.clients.clockOffset, uncertainty: t.clients.clockUncertainty },
-    }));
+    results.clock.push(
+      ...targets.map((t) => ({
+        target: t.spec.key,
+        server: { offset: t.server.clockOffset, uncertainty: t.server.clockUncertainty },
+        clients: { offset: t.clients.clockOffset, uncertainty: t.clients.clockUncertainty },
+      })),
+    );
   } finally {
     await Promise.all(targets.map((t) => t.stop()));
   }
 
-  if (sections.has("write-cost")) await measureWriteCost(results);
+  // end to end on its own (the two apps at 1,000 subscribers) when the fan-out stage did not measure it:
+  // --sections=end-to-end, or --targets without tc-ws
+  if ((sections.has("fanout") || sections.has("end-to-end")) && !results.endToEnd) {
+    if (E2E_N + 64 > fd.soft)
+      results.missing.push(
+        `End to end at N = ${E2E_N.toLocaleString("en-US")}: the file-descriptor limit (${fd.soft}) is too low.`,
+      );
+    else await measureEndToEnd(results, undefined);
+  }
+
+  if (sections.has("write-cost")) {
+    await measureWriteCost(results);
+    await measurePostgresCapture(results);
+  }
   if (sections.has("bulk-update")) await measureBulkUpdate(results);
   if (sections.has("data")) await measureData(results);
-
-  log("change capture on a PostgreSQL app: write cost and a bulk UPDATE, beside SQLite");
-  const pgWriter = await Child.spawn("procs/write-cost-pg.ts", { name: "write-cost-pg" });
-  try {
-    results.postgresCapture = await pgWriter.request<PostgresCapture>(
-      "measure",
-      { inserts: quick ? 1000 : 2000, rounds: quick ? 3 : 5, bulkRows: 10_000 },
-      900_000,
-    );
-  } catch (error) {
-    results.postgresCapture = null;
-    results.missing.push(
-      `Change capture on PostgreSQL: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
-    );
-  } finally {
-    await pgWriter.stop();
-  }
 
   if (sections.has("reauthorize")) {
     log("periodic re-check: CPU per round over 10,000 subscriptions");
@@ -232,6 +239,86 @@ async function main(): Promise<void> {
   writeFileSync(`${outDir}fanout.svg`, fanoutSvg(results));
   writeFileSync(`${outDir}RESULTS.md`, renderReport(results, "fanout.svg"));
   log(`wrote ${outDir}RESULTS.md, fanout.svg and results.json`);
+}
+
+/**
+ * End to end at 1,000 subscribers on the SQLite app (`sqlite`, the fan-out's tc-ws server, or one
+ * started here) and on the PostgreSQL app (started here), alternated sample by sample; then the
+ * render cost on the SQLite app. Either app can be left out with --targets.
+ */
+async function measureEndToEnd(results: Results, sqlite: Target | undefined): Promise<void> {
+  const started: Target[] = [];
+  const apps: Target[] = [];
+  const start = async (spec: TargetSpec): Promise<Target | undefined> => {
+    const t = new Target(spec);
+    started.push(t);
+    log(`starting ${spec.label}`);
+    try {
+      await t.start();
+      log(`  ${spec.label}: connecting ${E2E_N} subscribers`);
+      await t.resize(E2E_N);
+      return t;
+    } catch (error) {
+      const reason = error instanceof Error ? error.message.split("\n")[0] : String(error);
+      results.missing.push(`End to end on ${spec.label}: its server did not start (${reason}).`);
+      log(`  skipped: ${reason}`);
+      return undefined;
+    }
+  };
+  try {
+    const wanted = (key: string): boolean => !only || only.includes(key);
+    const tcWs = SPECS.find((s) => s.key === "tc-ws")!;
+    const onSqlite = sqlite ?? (wanted("tc-ws") ? await start({ ...tcWs, ns: [E2E_N] }) : undefined);
+    if (onSqlite) apps.push(onSqlite);
+    const onPostgres = wanted(PG_APP.key) ? await start(PG_APP) : undefined;
+    if (onPostgres) apps.push(onPostgres);
+    if (apps.length === 0) return;
+    log(
+      `end to end at ${E2E_N.toLocaleString("en-US")} subscribers: Drizzle insert -> capture -> onSave -> render -> received` +
+        (apps.length > 1 ? " (SQLite and PostgreSQL apps taking turns)" : ""),
+    );
+    const runs = await runEndToEnd(apps, { warmup: 5, samples: quick ? 20 : 40 });
+    const none = { n: E2E_N, samples: [], fanoutSamples: [] };
+    results.endToEnd = {
+      ...(onSqlite ? runs.get(onSqlite.spec.key)! : none),
+      postgres: onPostgres ? runs.get(PG_APP.key)! : null,
+    };
+    for (const t of started) {
+      results.clock.push({
+        target: t.spec.key,
+        server: { offset: t.server.clockOffset, uncertainty: t.server.clockUncertainty },
+        clients: { offset: t.clients.clockOffset, uncertainty: t.clients.clockUncertainty },
+      });
+    }
+    if (onSqlite) {
+      log("render cost at 1,000 subscribers, then at 1");
+      const renders = [await runRenderCost(onSqlite, 20)];
+      await onSqlite.resize(1);
+      renders.unshift(await runRenderCost(onSqlite, 20));
+      results.render = renders;
+    }
+  } finally {
+    await Promise.all(started.map((t) => t.stop()));
+  }
+}
+
+async function measurePostgresCapture(results: Results): Promise<void> {
+  log("change capture on a PostgreSQL app: write cost and a bulk UPDATE, beside SQLite");
+  const pgWriter = await Child.spawn("procs/write-cost-pg.ts", { name: "write-cost-pg" });
+  try {
+    results.postgresCapture = await pgWriter.request<PostgresCapture>(
+      "measure",
+      { inserts: quick ? 500 : 1000, rounds: quick ? 6 : 12, bulkRows: 10_000, bulkRounds: quick ? 3 : 5 },
+      900_000,
+    );
+  } catch (error) {
+    results.postgresCapture = null;
+    results.missing.push(
+      `Change capture on PostgreSQL: the measurement failed (${error instanceof Error ? error.message.split("\n")[0] : String(error)}).`,
+    );
+  } finally {
+    await pgWriter.stop();
+  }
 }
 
 async function measureWriteCost(results: Results): Promise<void> {

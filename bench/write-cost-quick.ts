@@ -1,16 +1,22 @@
 /**
  * The bench's write-cost measurement on its own, repeated: spawns
- * bench/procs/write-cost.ts (as `npm run bench` does) `runs` times and prints
- * the per-turn and burst slowdowns (median without / median with) of each run,
- * then the median slowdown over the runs.
+ * bench/procs/write-cost.ts (or, with --pg, bench/procs/write-cost-pg.ts) as
+ * `npm run bench` does, `runs` times, and prints each workload's slowdown
+ * (median without / median with; on PostgreSQL the median of the paired
+ * rounds' ratios) of each run, then the median slowdown over the runs and
+ * their range.
  *
- * Run: npx tsx bench/write-cost-quick.ts [runs=3] [inserts=5000] [rounds=5]
+ * Run: npx tsx bench/write-cost-quick.ts [--pg] [runs=3] [inserts=5000 (--pg: 1000)] [rounds=5 (--pg: 12)]
  * Not part of npm test.
  */
 import { Child } from "./lib/ipc.js";
-import type { WriteCost } from "./lib/results.js";
+import type { PostgresCapture, WriteCost } from "./lib/results.js";
 
-const [runs = 3, inserts = 5000, rounds = 5] = process.argv.slice(2).map(Number);
+const pg = process.argv.includes("--pg");
+const [runs = 3, inserts = pg ? 1000 : 5000, rounds = pg ? 12 : 5] = process.argv
+  .slice(2)
+  .filter((a) => !a.startsWith("--"))
+  .map(Number);
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -18,14 +24,17 @@ const median = (xs: number[]): number => {
 };
 const ratios: Record<string, number[]> = {};
 for (let run = 0; run < runs; run++) {
-  const writer = await Child.spawn("procs/write-cost.ts", { name: "write-cost" });
+  const writer = await Child.spawn(pg ? "procs/write-cost-pg.ts" : "procs/write-cost.ts", { name: "write-cost" });
   try {
-    const workloads = await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds }, 600_000);
-    const line = workloads.map((w) => {
-      const r = median(w.without) / median(w.with);
+    const workloads = pg
+      ? (await writer.request<PostgresCapture>("measure", { inserts, rounds, bulkRows: 0 }, 900_000)).workloads
+      : await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds }, 600_000);
+    const line = workloads.map((w: WriteCost["workloads"][number] | PostgresCapture["workloads"][number]) => {
+      // PostgreSQL rounds come in pairs measured back to back: the median of their ratios, as the report takes it
+      const r = "ratios" in w && w.ratios?.length ? median(w.ratios) : median(w.without) / median(w.with);
       (ratios[w.workload] ??= []).push(r);
       const cached =
-        w.cached && w.cached.length > 0
+        "cached" in w && w.cached && w.cached.length > 0
           ? ` (cache only ${Math.round(median(w.cached))}, capture alone ${(median(w.cached) / median(w.with)).toFixed(3)}x)`
           : "";
       return `${w.workload} ${Math.round(median(w.without))}/${Math.round(median(w.with))} = ${r.toFixed(3)}x${cached}`;
@@ -37,6 +46,9 @@ for (let run = 0; run < runs; run++) {
 }
 console.log(
   Object.entries(ratios)
-    .map(([w, rs]) => `${w} median ${median(rs).toFixed(3)}x [${rs.map((r) => r.toFixed(2)).join(", ")}]`)
+    .map(
+      ([w, rs]) =>
+        `${w} median ${median(rs).toFixed(3)}x, range ${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)} [${rs.map((r) => r.toFixed(2)).join(", ")}]`,
+    )
     .join("\n"),
 );

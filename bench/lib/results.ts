@@ -30,12 +30,22 @@ export interface ClockOffset {
   uncertainty: number;
 }
 
-export interface EndToEnd {
+/** End to end on one app (bench/sections/turbocast.ts). */
+export interface EndToEndRun {
   n: number;
   /** Drizzle insert -> capture -> onSave -> render -> frame at every subscriber. */
   samples: BroadcastSample[];
   /** turbocast WS fan-out alone (broadcastRaw of a built frame), interleaved with the inserts. */
   fanoutSamples: BroadcastSample[];
+}
+
+/**
+ * End to end on the SQLite app (the run's own fields; empty samples when only the PostgreSQL one was
+ * measured) and on the PostgreSQL app, alternated sample by sample with it.
+ */
+export interface EndToEnd extends EndToEndRun {
+  /** The same app on PostgreSQL (BENCH_PG_URL); null when it was not measured, absent in runs before it was. */
+  postgres?: EndToEndRun | null;
 }
 
 export interface RenderCost {
@@ -79,7 +89,13 @@ export interface PostgresCapture {
   /** Inserts per round. */
   inserts: number;
   /** Inserts per second, one figure per round, without turbocast and with capture (round ends when all reached onSave). */
-  workloads: Array<{ workload: "per-turn" | "burst"; without: number[]; with: number[] }>;
+  workloads: Array<{
+    workload: "per-turn" | "burst";
+    without: number[];
+    with: number[];
+    /** Per round, without / with of the two measured back to back (absent in runs before it was measured). */
+    ratios?: number[];
+  }>;
   /** One UPDATE of `rows` rows: changes dispatched per second (statement start to last onSave), per round. */
   bulk: { rows: number; sqlite: number[]; postgres: number[] };
 }

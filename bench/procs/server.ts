@@ -1,7 +1,8 @@
 /**
  * One server under test, in its own process (started with --expose-gc so
  * memory is measured after a full collection). The kind is the first
- * argument: raw-tcp, bare-ws, socketio, turbocast.
+ * argument: raw-tcp, bare-ws, socketio, turbocast, turbocast-pg (the same app on
+ * PostgreSQL).
  */
 import { now, sleep } from "../lib/clock.js";
 import { benchFrame } from "../lib/frame.js";
@@ -20,6 +21,8 @@ async function load(): Promise<BenchServer> {
       return (await import("../servers/raw-tcp.js")).rawTcpServer();
     case "turbocast":
       return (await import("../servers/turbocast.js")).turbocastServer();
+    case "turbocast-pg":
+      return (await import("../servers/turbocast-pg.js")).turbocastPgServer();
     default:
       throw new Error(`unknown server kind ${kind}`);
   }
@@ -97,6 +100,12 @@ serve({
   },
   async close() {
     await server.close();
+    return true;
+  },
+  /** Closes the server first (the PostgreSQL app drops its schema), for at most 3 s, then exits. */
+  async exit() {
+    await Promise.race([server.close().catch((error: unknown) => console.error("close failed", error)), sleep(3000)]);
+    setImmediate(() => process.exit(0));
     return true;
   },
 });

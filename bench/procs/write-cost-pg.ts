@@ -3,12 +3,15 @@
  * twin of write-cost.ts):
  *
  * - write cost: Drizzle node-postgres inserts per second into a table with
- *   turbocast's capture running and without it, in alternating rounds (a
- *   fresh schema per round). With capture a round ends only when every insert
- *   has reached its onSave hook (a no-op that counts), so the figure includes
- *   the trigger, the NOTIFY, the claims and the dispatch. *per-turn*: one
- *   insert at a time, as requests arrive; *burst*: all of them at once over
- *   the pool (10 connections), drained in batches after.
+ *   turbocast's capture running and without it, each side in a schema of its
+ *   own set up once. With capture a segment ends only when every insert has
+ *   reached its onSave hook (a no-op that counts), so the figure includes the
+ *   trigger, the claims and the dispatch. *per-turn*: one insert at a time,
+ *   as requests arrive; *burst*: all of them at once over the pool (10
+ *   connections), drained in batches after. In each round both workloads
+ *   are measured without and with capture back to back (which goes first
+ *   alternates), so a pair sees the same moment of this shared machine; the
+ *   slowdown is the median of the pairs' ratios.
  * - bulk: one UPDATE of `rows` rows, from the statement's start until the
  *   last onSave, on PostgreSQL and on SQLite (WAL) side by side: changes
  *   dispatched per second by the feed alone (no broker: the hook counts).
@@ -31,6 +34,7 @@ import { ModelStream, createTurbo } from "../../src/index.js";
 import { silentLogger } from "../../src/logger.js";
 import type { AnyStreamClass } from "../../src/streams/registry.js";
 import { serve } from "../lib/ipc.js";
+import type { PostgresCapture } from "../lib/results.js";
 
 const url = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 
@@ -50,16 +54,21 @@ const sqliteMessages = sqliteTable("messages", {
 });
 
 let dispatched = 0;
+let expected = 0;
+let allDispatched: (() => void) | null = null;
+const count = (): void => {
+  if (++dispatched === expected) allDispatched?.();
+};
 class MessageStream extends ModelStream<typeof messages> {
   static override model = messages;
   override onSave(): void {
-    dispatched++;
+    count();
   }
 }
 class SqliteMessageStream extends ModelStream<typeof sqliteMessages> {
   static override model = sqliteMessages;
   override onSave(): void {
-    dispatched++;
+    count();
   }
 }
 
@@ -92,31 +101,56 @@ async function freshSchema(): Promise<{ pool: pg.Pool; drop: () => Promise<void>
   };
 }
 
-const waitForDispatched = async (n: number): Promise<void> => {
-  while (dispatched < n) await new Promise((resolve) => setTimeout(resolve, 1));
+/** Resolves once `n` changes reached onSave since `dispatched` was reset. */
+const waitForDispatched = (n: number): Promise<void> => {
+  if (dispatched >= n) return Promise.resolve();
+  expected = n;
+  return new Promise<void>((resolve) => {
+    allDispatched = () => {
+      allDispatched = null;
+      resolve();
+    };
+  });
 };
 
-/** One round: `n` inserts; returns inserts per second. */
-async function round(mode: Mode, workload: Workload, n: number): Promise<number> {
+/** One side of the comparison: a schema of its own and a Drizzle db over it, with turbocast running or not. */
+interface Side {
+  mode: Mode;
+  db: ReturnType<typeof drizzle>;
+  close(): Promise<void>;
+}
+
+async function openSide(mode: Mode): Promise<Side> {
   const { pool, drop } = await freshSchema();
   const db = drizzle(pool);
   const turbo = mode === "with" ? await createTurbo({ db, ...turboOptions([MessageStream]) }) : undefined;
+  return {
+    mode,
+    db,
+    async close() {
+      await turbo?.close();
+      await drop();
+    },
+  };
+}
+
+let rows = 0;
+
+/** One segment: `n` inserts on `side`, and with capture until each reached onSave; returns inserts per second. */
+async function segment(side: Side, workload: Workload, n: number): Promise<number> {
   dispatched = 0;
-  const row = (i: number) => ({
-    roomId: i % 10,
-    body: `message number ${i} with a little text`,
-    createdAt: new Date(),
-  });
+  const row = () => {
+    const i = rows++;
+    return { roomId: i % 10, body: `message number ${i} with a little text`, createdAt: new Date() };
+  };
   const started = process.hrtime.bigint();
   if (workload === "per-turn") {
-    for (let i = 0; i < n; i++) await db.insert(messages).values(row(i));
+    for (let i = 0; i < n; i++) await side.db.insert(messages).values(row());
   } else {
-    await Promise.all(Array.from({ length: n }, (_, i) => db.insert(messages).values(row(i))));
+    await Promise.all(Array.from({ length: n }, () => side.db.insert(messages).values(row())));
   }
-  if (turbo) await waitForDispatched(n);
+  if (side.mode === "with") await waitForDispatched(n);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  await turbo?.close();
-  await drop();
   return n / seconds;
 }
 
@@ -161,24 +195,40 @@ async function bulk(dialect: "postgres" | "sqlite", rows: number): Promise<numbe
 }
 
 serve({
-  async measure(args: { inserts: number; rounds: number; bulkRows: number }) {
-    await round("without", "per-turn", 200);
-    await round("with", "per-turn", 200);
-    const workloads: Array<{ workload: Workload; without: number[]; with: number[] }> = [];
-    for (const workload of ["per-turn", "burst"] as const) {
-      const result = { workload, without: [] as number[], with: [] as number[] };
-      for (let r = 0; r < args.rounds; r++) {
-        const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
-        for (const mode of order) result[mode].push(await round(mode, workload, args.inserts));
+  async measure(args: { inserts: number; rounds: number; bulkRows: number; bulkRounds?: number }) {
+    // both sides stay up for the whole measurement, so segments can alternate without setting up between them
+    const sides = { without: await openSide("without"), with: await openSide("with") };
+    const workloads = (["per-turn", "burst"] as const).map((workload) => ({
+      workload,
+      without: [] as number[],
+      with: [] as number[],
+      ratios: [] as number[],
+    }));
+    try {
+      for (const { workload } of workloads) {
+        await segment(sides.without, workload, 200);
+        await segment(sides.with, workload, 200);
       }
-      workloads.push(result);
+      for (let r = 0; r < args.rounds; r++) {
+        for (const result of workloads) {
+          const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
+          const pair = {} as Record<Mode, number>;
+          for (const mode of order) pair[mode] = await segment(sides[mode], result.workload, args.inserts);
+          result.without.push(pair.without);
+          result.with.push(pair.with);
+          result.ratios.push(pair.without / pair.with);
+        }
+      }
+    } finally {
+      await sides.without.close();
+      await sides.with.close();
     }
     const bulkResult = { rows: args.bulkRows, sqlite: [] as number[], postgres: [] as number[] };
-    for (let r = 0; r < args.rounds; r++) {
+    for (let r = 0; r < (args.bulkRows > 0 ? (args.bulkRounds ?? args.rounds) : 0); r++) {
       bulkResult.sqlite.push(await bulk("sqlite", args.bulkRows));
       bulkResult.postgres.push(await bulk("postgres", args.bulkRows));
     }
     await admin.end();
-    return { inserts: args.inserts, workloads, bulk: bulkResult };
+    return { inserts: args.inserts, workloads, bulk: bulkResult } satisfies PostgresCapture;
   },
 });

@@ -1,6 +1,6 @@
 import { nextId } from "../lib/ids.js";
 import { log } from "../lib/log.js";
-import type { EndToEnd, RenderCost } from "../lib/results.js";
+import type { EndToEndRun, RenderCost } from "../lib/results.js";
 import type { BroadcastSample, Target } from "../lib/target.js";
 import { sleep } from "../lib/clock.js";
 
@@ -9,24 +9,39 @@ import { sleep } from "../lib/clock.js";
  * change feed claims it, MessageStream.onSave renders the message template
  * and appends it to the room's stream) until the last subscriber has the
  * frame; alternated with a broadcastRaw of an already built frame on the
- * same server and subscribers, so both see the same conditions.
+ * same server and subscribers, so both see the same conditions. With
+ * several apps (SQLite and PostgreSQL, each holding its own subscribers at
+ * once), they take turns sample by sample, in a rotating order.
  */
-export async function runEndToEnd(tc: Target, options: { warmup: number; samples: number }): Promise<EndToEnd> {
+export async function runEndToEnd(
+  apps: Target[],
+  options: { warmup: number; samples: number },
+): Promise<Map<string, EndToEndRun>> {
   for (let i = 0; i < options.warmup; i++) {
-    await tc.broadcast(nextId(), 15_000, "insert");
-    await tc.broadcast(nextId());
+    for (const app of apps) {
+      await app.broadcast(nextId(), 15_000, "insert");
+      await app.broadcast(nextId());
+    }
   }
-  const samples: BroadcastSample[] = [];
-  const fanoutSamples: BroadcastSample[] = [];
+  const runs = new Map(
+    apps.map((app) => [app.spec.key, { n: app.size, samples: [], fanoutSamples: [] } as EndToEndRun]),
+  );
   for (let i = 0; i < options.samples; i++) {
-    samples.push(await tc.broadcast(nextId(), 15_000, "insert"));
-    await sleep(5);
-    fanoutSamples.push(await tc.broadcast(nextId()));
-    await sleep(5);
+    for (let k = 0; k < apps.length; k++) {
+      const app = apps[(k + i) % apps.length]!;
+      const run = runs.get(app.spec.key)!;
+      run.samples.push(await app.broadcast(nextId(), 15_000, "insert"));
+      await sleep(5);
+      run.fanoutSamples.push(await app.broadcast(nextId()));
+      await sleep(5);
+    }
   }
-  const incomplete = [...samples, ...fanoutSamples].filter((s) => s.count < tc.size).length;
-  if (incomplete > 0) log(`  end to end: ${incomplete} broadcasts did not reach every subscriber`);
-  return { n: tc.size, samples, fanoutSamples };
+  for (const app of apps) {
+    const run = runs.get(app.spec.key)!;
+    const incomplete = [...run.samples, ...run.fanoutSamples].filter((s) => s.count < app.size).length;
+    if (incomplete > 0) log(`  end to end, ${app.spec.label}: ${incomplete} broadcasts did not reach every subscriber`);
+  }
+  return runs;
 }
 
 /** Template renders while `count` `append` broadcasts (which render) go to the target's current subscribers. */

@@ -9,7 +9,8 @@ import { drizzle } from "drizzle-orm/better-sqlite3";
 import { integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import express from "express";
 import nunjucks from "nunjucks";
-import { ModelStream, createTurbo } from "../../src/index.js";
+import { ModelStream, type Stream, createTurbo } from "../../src/index.js";
+import type { AnyStreamClass } from "../../src/streams/registry.js";
 import { now } from "../lib/clock.js";
 import { MARK, MESSAGE_BODY } from "../lib/frame.js";
 import type { BenchServer } from "./types.js";
@@ -25,18 +26,26 @@ const messages = sqliteTable("messages", {
   body: text("body").notNull(),
 });
 
-type Message = typeof messages.$inferSelect;
+/** A message row as the hook gets it (the same shape on both databases). */
+export interface BenchMessage {
+  id: number;
+  roomId: number;
+  body: string;
+}
+
+/** What an app's streams/messages.ts does: a new message is appended to its room's page. */
+export function appendMessage(room: Stream, message: BenchMessage): Promise<unknown> {
+  return room.append("messages/_message.njk", { message }, { target: "messages" });
+}
 
 class RoomStream extends ModelStream<typeof rooms> {
   static override model = rooms;
 }
 
-/** What an app's streams/messages.ts does: a new message is appended to its room's page. */
 class MessageStream extends ModelStream<typeof messages> {
   static override model = messages;
-  override async onSave(message: Message, { created }: { created: boolean }): Promise<void> {
-    if (created)
-      await RoomStream.for(message.roomId).append("messages/_message.njk", { message }, { target: "messages" });
+  override async onSave(message: BenchMessage, { created }: { created: boolean }): Promise<void> {
+    if (created) await appendMessage(RoomStream.for(message.roomId), message);
   }
 }
 
@@ -73,27 +82,35 @@ function get(url: string): Promise<string> {
   });
 }
 
+/** What differs between the bench app on SQLite and on PostgreSQL: the database, its tables' stream classes. */
+export interface BenchAppDatabase {
+  /** The app's Drizzle database, with a `rooms` table holding room 1 and an empty `messages` table. */
+  db: unknown;
+  /** The stream classes bound to `rooms` and `messages` (MessageStream's onSave calls appendMessage). */
+  streams: AnyStreamClass[];
+  /** The stream of room `id` (RoomStream.for). */
+  room(id: number): Stream;
+  /** Room `id` read through the app's db, so the row carries its `.stream`. */
+  findRoom(id: number): unknown;
+  /** A Drizzle insert of message `id` into room 1 (returns once it committed). */
+  insertMessage(id: number): unknown;
+  close(): Promise<void>;
+}
+
 /**
- * turbocast as an app runs it: an Express app over a SQLite file, streams
- * bound to Drizzle tables with change capture, `turbo.middleware()` and
- * `turbo.listen(server)` on one http.Server. Subscribers use the real signed
- * URLs of a page's `<turbo-stream-source>` (fetched from the app itself).
- * Template renders are counted through a wrapped nunjucks environment.
+ * turbocast as an app runs it: an Express app over its database (SQLite
+ * here, PostgreSQL in turbocast-pg.ts), streams bound to Drizzle tables with
+ * change capture, `turbo.middleware()` and `turbo.listen(server)` on one
+ * http.Server. Subscribers use the real signed URLs of a page's
+ * `<turbo-stream-source>` (fetched from the app itself). Template renders
+ * are counted through a wrapped nunjucks environment.
  */
-export function turbocastServer(): BenchServer {
+export function turbocastApp(open: () => Promise<BenchAppDatabase>): BenchServer {
   const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-bench-"));
   for (const [name, source] of Object.entries(TEMPLATES)) {
     mkdirSync(path.dirname(path.join(dir, "views", name)), { recursive: true });
     writeFileSync(path.join(dir, "views", name), source);
   }
-  const sqlite = new Database(path.join(dir, "app.db"));
-  sqlite.pragma("journal_mode = WAL");
-  sqlite.exec(`
-    create table rooms (id integer primary key, name text not null);
-    create table messages (id integer primary key, room_id integer not null, body text not null);
-    insert into rooms (id, name) values (1, 'General');
-  `);
-  const db = drizzle(sqlite);
   const views = new nunjucks.Environment(new nunjucks.FileSystemLoader(path.join(dir, "views")), { autoescape: true });
   let renders = 0;
   const render = views.render.bind(views) as (name: string, context?: object) => string;
@@ -103,33 +120,36 @@ export function turbocastServer(): BenchServer {
   }) as typeof views.render;
 
   const server = http.createServer();
+  let database: BenchAppDatabase | undefined;
   let turbo: Awaited<ReturnType<typeof createTurbo>> | undefined;
-  const room = RoomStream.for(1);
+  let room: Stream | undefined;
 
   return {
     async start() {
+      database = await open();
+      const app = database;
       turbo = await createTurbo({
-        db,
+        db: app.db as Parameters<typeof createTurbo>[0]["db"],
         views,
-        streams: [RoomStream, MessageStream],
+        streams: app.streams,
         secret: "bench-secret-0123456789abcdef0123456789",
         secretFile: path.join(dir, ".turbocast-secret"),
         logger: { info: () => {}, warn: (m) => console.warn(m), error: (m, meta) => console.error(m, meta) },
       });
-      const app = express();
-      views.express(app);
-      app.use(turbo.middleware());
-      app.get("/rooms/:id", (req, res) => {
-        // read through the app's db, so the row carries its .stream
-        const row = db
-          .select()
-          .from(rooms)
-          .where(eq(rooms.id, Number(req.params.id)))
-          .get();
-        if (!row) return void res.sendStatus(404);
-        res.render("rooms/show.njk", { room: row, transport: req.query.transport });
+      room = app.room(1);
+      const web = express();
+      views.express(web);
+      web.use(turbo.middleware());
+      web.get("/rooms/:id", async (req, res, next) => {
+        try {
+          const row = await app.findRoom(Number(req.params.id));
+          if (!row) return void res.sendStatus(404);
+          res.render("rooms/show.njk", { room: row, transport: req.query.transport });
+        } catch (error) {
+          next(error);
+        }
       });
-      server.on("request", app);
+      server.on("request", web);
       turbo.listen(server);
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
       const { port } = server.address() as AddressInfo;
@@ -138,32 +158,32 @@ export function turbocastServer(): BenchServer {
       const sse = new URL(sourceSrc(await get(`${origin}/rooms/1?transport=sse`)), origin).href;
       // a page's shared connection holding 1 or 5 subscriptions: the room broadcast to, and 4 other rooms
       const shared = (count: number): string => {
-        const subscriptions = Array.from({ length: count }, (_, i) => [
-          turbo!.signStreamName(RoomStream.for(i + 1).name),
-        ]);
+        const subscriptions = Array.from({ length: count }, (_, i) => [turbo!.signStreamName(app.room(i + 1).name)]);
         return `ws://127.0.0.1:${port}${turbo!.path}#${encodeURIComponent(JSON.stringify(subscriptions))}`;
       };
       return { port, origin, urls: { ws, sse, mux1: shared(1), mux5: shared(5) } };
     },
     subscribers: () => turbo?.hub.size ?? 0,
     broadcast(_id, frame) {
-      return room.broadcastRaw(frame);
+      return room!.broadcastRaw(frame);
     },
     commands: {
       /** A broadcast that renders its template: `stream.append(template, context)`. */
       append(args: { id: number }) {
         const message = { id: args.id, roomId: 1, body: MESSAGE_BODY };
         const tPub = now();
-        const done = room.append("messages/_message.njk", { message }, { target: "messages" });
+        const done = appendMessage(room!, message);
         const tSync = now();
         return done.then(() => ({ tPub, tSync }));
       },
-      /** The whole write path: a Drizzle insert; capture, the hook, the render and the broadcast follow. */
-      insert(args: { id: number }) {
+      /**
+       * The whole write path: a Drizzle insert; capture, the hook, the render and the broadcast follow.
+       * tSync: when the insert returned (SQLite) or committed (PostgreSQL).
+       */
+      async insert(args: { id: number }) {
         const tPub = now();
-        db.insert(messages).values({ id: args.id, roomId: 1, body: MESSAGE_BODY }).run();
-        const tSync = now();
-        return { tPub, tSync };
+        await database!.insertMessage(args.id);
+        return { tPub, tSync: now() };
       },
       renders: () => renders,
     },
@@ -171,8 +191,36 @@ export function turbocastServer(): BenchServer {
       await turbo?.close();
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
-      sqlite.close();
+      await database?.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The bench app on a SQLite file (WAL). */
+export function turbocastServer(): BenchServer {
+  return turbocastApp(async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-bench-db-"));
+    const sqlite = new Database(path.join(dir, "app.db"));
+    sqlite.pragma("journal_mode = WAL");
+    sqlite.exec(`
+      create table rooms (id integer primary key, name text not null);
+      create table messages (id integer primary key, room_id integer not null, body text not null);
+      insert into rooms (id, name) values (1, 'General');
+    `);
+    const db = drizzle(sqlite);
+    return {
+      db,
+      streams: [RoomStream, MessageStream],
+      room: (id) => RoomStream.for(id),
+      findRoom: (id) => db.select().from(rooms).where(eq(rooms.id, id)).get(),
+      insertMessage(id) {
+        db.insert(messages).values({ id, roomId: 1, body: MESSAGE_BODY }).run();
+      },
+      async close() {
+        sqlite.close();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  });
 }

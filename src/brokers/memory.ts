@@ -12,8 +12,10 @@ import {
 } from "./broker.js";
 
 interface StreamHistory {
-  frames: Published[];
+  /** The frames from `head` on are kept; the slots before it are evicted ones, cleared, compacted away in bulk. */
+  frames: Array<Published | undefined>;
   times: number[];
+  head: number;
   /** seq of the newest frame evicted from this stream (0: none yet). */
   floor: number;
 }
@@ -57,7 +59,7 @@ export class MemoryBroker implements Broker {
     const now = Date.now();
     let history = this.#streams.get(stream);
     if (!history) {
-      history = { frames: [], times: [], floor: 0 };
+      history = { frames: [], times: [], head: 0, floor: 0 };
       this.#streams.set(stream, history);
     }
     history.frames.push(published);
@@ -78,7 +80,7 @@ export class MemoryBroker implements Broker {
       this.#evict(history, Date.now());
       if (cursor.seq < history.floor) return null;
       // frames are in seq order: binary-search the first one after the cursor
-      let lo = 0;
+      let lo = history.head;
       let hi = history.frames.length;
       while (lo < hi) {
         const mid = (lo + hi) >>> 1;
@@ -112,13 +114,23 @@ export class MemoryBroker implements Broker {
 
   #evict(history: StreamHistory, now: number): void {
     const { frames: keep, ageMs, maxFrames } = this.#history;
-    let drop = 0;
     const n = history.frames.length;
-    while (n - drop > keep && (n - drop > maxFrames || now - history.times[drop]! > ageMs)) drop++;
-    if (drop === 0) return;
-    history.floor = history.frames[drop - 1]!.seq;
-    history.frames.splice(0, drop);
-    history.times.splice(0, drop);
+    let head = history.head;
+    while (n - head > keep && (n - head > maxFrames || now - history.times[head]! > ageMs)) {
+      history.floor = history.frames[head]!.seq;
+      history.frames[head] = undefined;
+      head++;
+    }
+    if (head === history.head) return;
+    history.head = head;
+    // A stream at its cap evicts a frame per publish: shifting the arrays each time cost a copy of the
+    // whole history (over 100 µs per publish at 10,000 frames). The cleared slots are dropped in bulk
+    // once they are as many as the kept ones, so a publish costs O(1) on average.
+    if (head * 2 >= n) {
+      history.frames.splice(0, head);
+      history.times.splice(0, head);
+      history.head = 0;
+    }
   }
 
   #evictAll(now: number): void {
@@ -128,7 +140,7 @@ export class MemoryBroker implements Broker {
       // writes to any more stop costing memory. Its newest seq becomes a
       // broker-wide floor: a cursor older than it may have missed that
       // stream's frames, so it gets a refresh — never a silent gap.
-      const newest = history.times[history.times.length - 1];
+      const newest = history.times.length > history.head ? history.times[history.times.length - 1] : undefined;
       if (newest === undefined || now - newest > this.#idleMs) {
         this.#forgottenFloor = Math.max(this.#forgottenFloor, history.frames.at(-1)?.seq ?? history.floor);
         this.#streams.delete(name);

@@ -38,6 +38,15 @@ export function isBoundTable(value: unknown): value is BoundTable {
   return isSQLiteTable(value) || isPgTable(value);
 }
 
+/**
+ * The TableInfo of `value` when it was computed before (so `value` is a
+ * bound table), else undefined: a lookup without the prototype walks of
+ * isBoundTable, for the paths every change takes (`XStream.for`).
+ */
+export function knownTableInfo(value: unknown): TableInfo | undefined {
+  return typeof value === "object" && value !== null ? cache.get(value as BoundTable) : undefined;
+}
+
 export function tableInfo(table: BoundTable): TableInfo {
   let info = cache.get(table);
   if (info) return info;

@@ -2,7 +2,7 @@ import { drizzle } from "drizzle-orm/node-postgres";
 import { pgTable, text } from "drizzle-orm/pg-core";
 import nunjucks from "nunjucks";
 import pg from "pg";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   CaptureInstallError,
   ConfigError,
@@ -10,6 +10,7 @@ import {
   ModelStream,
   createTurbo,
 } from "../../src/index.js";
+import { PgChangeLog } from "../../src/changes/postgres/log.js";
 import { currentRequestId, runInRequest } from "../../src/delivery/request-context.js";
 import { captureContract } from "../capture/contract.js";
 import { type PostgresDatabase, postgresDialect } from "../capture/postgres.js";
@@ -53,6 +54,39 @@ describe("capture on PostgreSQL alone", () => {
       await waitFor(() => recorder.calls.length === 23, { timeoutMs: 2000 });
       expect(new Set(bodies()).size).toBe(23);
     });
+
+    it("spaces its claims under a stream of writes (each takes the changes of a span), and dispatches each once, in order", async () => {
+      const { db } = await database.open();
+      await db.insert(items).values({ body: "warm-up" });
+      await waitFor(() => bodies().includes("warm-up"));
+      recorder.calls = [];
+      const claims: Array<{ start: number; ms: number; changes: number }> = [];
+      const claim = PgChangeLog.prototype.completeAndClaim;
+      const spy = vi.spyOn(PgChangeLog.prototype, "completeAndClaim").mockImplementation(async function (
+        this: PgChangeLog,
+        ...args
+      ) {
+        const start = performance.now();
+        const changes = await claim.apply(this, args);
+        claims.push({ start, ms: performance.now() - start, changes: changes.length });
+        return changes;
+      });
+      try {
+        // one insert at a time, as requests arrive: without spacing, the feed claims again as soon as its last
+        // claim is back (about one claim per insert, each a round trip that commits)
+        for (let i = 0; i < 200; i++) await db.insert(items).values({ body: `row ${i}` });
+        await waitFor(() => recorder.calls.length === 200);
+      } finally {
+        spy.mockRestore();
+      }
+      expect(bodies()).toEqual(Array.from({ length: 200 }, (_, i) => `row ${i}`));
+      const taking = claims.filter((c) => c.changes > 0);
+      const gaps = taking.slice(1).map((c, i) => c.start - taking[i]!.start);
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+      // the spacing is 16 claim durations (20 ms at most): well over the claim itself
+      expect(median(gaps)).toBeGreaterThan(1.5 * median(claims.map((c) => c.ms)));
+      expect(taking.length).toBeLessThan(100);
+    }, 30_000);
 
     it("runs the hooks of a write made inside a request inside that request's id, as on SQLite", async () => {
       const app = await database.open();

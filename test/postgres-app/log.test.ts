@@ -1,4 +1,4 @@
-import type pg from "pg";
+import pg from "pg";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CaptureInstallError } from "../../src/errors.js";
 import { PgChangeLog, type PgChangeRecord } from "../../src/changes/postgres/log.js";
@@ -195,6 +195,50 @@ describe("PostgreSQL capture triggers and change log", () => {
     } finally {
       listener.release();
     }
+  });
+
+  it("sends no NOTIFY from a quiet session (turbocast.quiet = on), and one from any other, in commit order", async () => {
+    const quiet = new pg.Pool({ ...schema.config, options: `${schema.config.options} -c turbocast.quiet=on`, max: 1 });
+    const listener = await pool.connect();
+    try {
+      const heard: string[] = [];
+      listener.on("notification", (n) => heard.push(n.payload ?? ""));
+      await listener.query(`LISTEN "${channelFor(schema.name)}"`);
+      await quiet.query("INSERT INTO items (body) VALUES ('quiet')");
+      await quiet.query("UPDATE items SET body = 'quiet 2'");
+      await pool.query("INSERT INTO items (body) VALUES ('loud')");
+      await waitFor(() => heard.length > 0);
+      await listener.query("SELECT 1");
+      expect(heard).toEqual([""]);
+      // the quiet writes were captured all the same
+      expect(bodies(await drainAll())).toEqual([
+        ["insert", "quiet"],
+        ["update", "quiet 2"],
+        ["insert", "loud"],
+      ]);
+    } finally {
+      listener.release();
+      await quiet.end();
+    }
+  });
+
+  it("replaces a notify trigger installed without the quiet condition (an earlier version's)", async () => {
+    await pool.query(`DROP TRIGGER _turbocast_notify ON items;
+      CREATE TRIGGER _turbocast_notify AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH STATEMENT
+      EXECUTE FUNCTION "${schema.name}"._turbocast_notify()`);
+    const client = await pool.connect();
+    try {
+      const sync = await syncPgTriggers(client, TABLES, { dropUnbound: false });
+      expect(sync.created).toEqual([`${schema.name}.items._turbocast_notify`]);
+      const again = await syncPgTriggers(client, TABLES, { dropUnbound: false });
+      expect(again.created).toEqual([]);
+    } finally {
+      client.release();
+    }
+    const { rows } = await pool.query(
+      "SELECT pg_get_triggerdef(oid) AS def FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname = '_turbocast_notify'",
+    );
+    expect(rows[0].def).toContain("turbocast.quiet");
   });
 
   it("prunes dispatched changes beyond the retained count, never pending ones", async () => {

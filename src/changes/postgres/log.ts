@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import type pg from "pg";
 import type { ChangeOp, TakeOver } from "../capture.js";
 import { ownerMayBeAlive } from "../owner.js";
@@ -119,6 +120,15 @@ interface ChangeRow {
   request_id: string | null;
 }
 
+/**
+ * A claim's read: the window's next changes (hi null), or the next window's snapshot (hi), its first
+ * change (first, null when it has none) and its first changes (one row with a null seq when none).
+ */
+interface FetchedRow extends ChangeRow {
+  hi: string | null;
+  first: string | null;
+}
+
 /** What a poll read: is there work this feed could claim, how far dispatch got, and the schema signature. */
 export interface PgPoll {
   claimable: boolean;
@@ -175,7 +185,7 @@ export class PgChangeLog {
       doneMax: string;
       signature: string | null;
       serverNow: string;
-    }>(this.#sql.poll, [relations]);
+    }>({ ...this.#sql.poll, values: [relations] });
     const row = rows[0]!;
     const held = this.#heldBy({ owner: row.owner, leaseUntil: row.leaseUntil }, owner, Number(row.serverNow));
     return { claimable: row.pending && held !== "live", doneSeq: Number(row.doneMax), signature: row.signature ?? "" };
@@ -197,6 +207,8 @@ export class PgChangeLog {
    * next `limit` changes and returns them in dispatch order. Empty when
    * there is nothing to dispatch or another live feed holds the cursor.
    * The lease runs `leaseMs` from the server's clock (`_now` is unused).
+   * Two round trips: the lock and the read, then the cursor's update and
+   * COMMIT.
    */
   async completeAndClaim(
     owner: string,
@@ -209,11 +221,27 @@ export class PgChangeLog {
     const client = await this.#pool.connect();
     let failure: Error | undefined;
     try {
-      // one round trip: begin, lock the cursor, and read the window's next changes as far as this
-      // feed completed them (discarded below when another live feed holds the cursor)
-      const [, locked, fetched] = (await client.query(
-        this.#sql.lockAndFetch(owner, doneUpTo, limit, relations),
-      )) as unknown as [unknown, pg.QueryResult<CursorRow>, pg.QueryResult<ChangeRow>];
+      // One round trip: begin, lock the cursor, and read the window's next changes as far as this feed
+      // completed them — or, when the window has none left, open the next window and read its first
+      // changes (all discarded below when another live feed holds the cursor). Prepared statements:
+      // planning these took several times longer than running them.
+      const sql = this.#sql;
+      const fetch = sql.fetch(limit);
+      const lock = sql.lock(relations);
+      const needed = [lock, fetch, sql.take, sql.idle];
+      let have = preparedOn.get(client);
+      const prepare = needed.filter((p) => !have?.has(p.name));
+      const results = (await client.query(
+        `${prepare.map((p) => p.prepare).join("")}BEGIN;
+        EXECUTE ${lock.name};
+        EXECUTE ${fetch.name}(${quoteLiteral(owner)}, ${int(doneUpTo)})`,
+      )) as unknown as pg.QueryResult[];
+      if (prepare.length > 0) {
+        if (!have) preparedOn.set(client, (have = new Set()));
+        for (const p of prepare) have.add(p.name);
+      }
+      const locked = results[results.length - 2] as pg.QueryResult<CursorRow>;
+      const fetched = results[results.length - 1] as pg.QueryResult<FetchedRow>;
       const cursor = locked.rows[0]!;
       let done = Number(cursor.done);
       let doneMax = Number(cursor.doneMax);
@@ -239,20 +267,25 @@ export class PgChangeLog {
       let hi = cursor.hi;
       // read after the same `done` as computed above (doneUpTo counts only when the cursor is this feed's)
       let rows = fetched.rows;
-      if (rows.length === 0) {
-        // the window is exhausted (or there is none): what it held is done, and the next one opens now
+      // never empty: a window with nothing left reads as the next one (a row even when that has nothing)
+      if (rows.length === 0) throw new Error("change log: a claim read neither the window nor the next one");
+      const next = rows[0]!.hi === null ? null : rows[0]!;
+      if (next) {
+        // the window was exhausted (or there was none): what it held is done, and the read opened the next
         lo = hi ?? lo;
-        const next = (await client.query<{ hi: string; first: string | null }>(this.#sql.open, [lo])).rows[0]!;
         hi = next.hi;
         if (next.first === null) {
-          await client.query(this.#sql.idleAndCommit(hi, doneMax));
+          await client.query(`EXECUTE ${sql.idle.name}(${quoteLiteral(hi!)}, ${int(doneMax)}); COMMIT`);
           return [];
         }
         done = Number(next.first) - 1;
-        rows = (await client.query<ChangeRow>(this.#sql.fetch, [lo, hi, done, limit])).rows;
+        if (next.seq === null) rows = [];
       }
       const last = rows.length > 0 ? Number(rows[rows.length - 1]!.seq) : done;
-      await client.query(this.#sql.takeAndCommit(lo, hi!, done, doneMax, owner, last, now + leaseMs));
+      await client.query(
+        `EXECUTE ${sql.take.name}(${quoteLiteral(lo)}, ${quoteLiteral(hi!)}, ${int(done)}, ${int(doneMax)}, ` +
+          `${quoteLiteral(owner)}, ${int(last)}, ${int(now + leaseMs)}); COMMIT`,
+      );
       if (held !== "free" && rows.length > 0) {
         this.#tookOver = { from: cursor.owner!, why: held, after: done };
       }
@@ -276,13 +309,13 @@ export class PgChangeLog {
 
   /** Marks this feed's changes up to `upTo` done and gives the cursor back. False when the cursor is no longer this feed's. */
   async complete(owner: string, upTo: number): Promise<boolean> {
-    const { rowCount } = await this.#pool.query(this.#sql.complete, [owner, upTo]);
+    const { rowCount } = await this.#pool.query({ ...this.#sql.complete, values: [owner, upTo] });
     return rowCount === 1;
   }
 
   /** Extends this feed's hold on the cursor to `until` (this machine's clock), counted from the server's. */
   async renew(owner: string, until: number): Promise<void> {
-    await this.#pool.query(this.#sql.renew, [owner, Math.max(0, until - Date.now())]);
+    await this.#pool.query({ ...this.#sql.renew, values: [owner, Math.max(0, until - Date.now())] });
   }
 
   /**
@@ -290,12 +323,12 @@ export class PgChangeLog {
    * `count`; changes not dispatched yet always stay.
    */
   async prune(retain: { count: number; ageMs: number }): Promise<number> {
-    const { rowCount } = await this.#pool.query(this.#sql.prune, [retain.count, retain.ageMs]);
+    const { rowCount } = await this.#pool.query({ ...this.#sql.prune, values: [retain.count, retain.ageMs] });
     return rowCount ?? 0;
   }
 }
 
-/** An integer inlined into SQL (claims run as one simple-protocol round trip, which takes no parameters). */
+/** An integer inlined into SQL (claims run as simple-protocol round trips, which take no parameters). */
 function int(value: number): string {
   if (!Number.isSafeInteger(value)) throw new TypeError(`not an integer: ${value}`);
   return String(value);
@@ -306,10 +339,37 @@ function textArray(values: readonly string[]): string {
   return values.length === 0 ? "'{}'::text[]" : `ARRAY[${values.map(quoteLiteral).join(", ")}]::text[]`;
 }
 
+/**
+ * A statement prepared on the server (SQL `PREPARE`), named after its text
+ * so that two logs of one schema share it and two schemas do not collide.
+ */
+interface Prepared {
+  name: string;
+  /** `PREPARE name (types) AS …;` */
+  prepare: string;
+}
+
+function prepared(kind: string, types: string, body: string): Prepared {
+  const name = `_turbocast_${kind}_${createHash("sha1").update(body).digest("hex").slice(0, 16)}`;
+  return { name, prepare: `PREPARE ${name}${types ? ` (${types})` : ""} AS ${body};\n` };
+}
+
+/** A node-postgres query config whose statement is parsed once per connection (the protocol's named statements). */
+function named(kind: string, text: string): { name: string; text: string } {
+  return { name: `_turbocast_${kind}_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`, text };
+}
+
+/** The names each connection has prepared (a connection that fails mid-claim is dropped, and with it its entry). */
+const preparedOn = new WeakMap<object, Set<string>>();
+
 function statements(schema: string) {
   const { changes: T, cursor: C } = logNames(schema);
+  const fetches = new Map<number, Prepared>();
+  const locks = new Map<string, Prepared>();
   return {
-    poll: `
+    poll: named(
+      "poll",
+      `
       SELECT c.owner, c.lease_until::text AS "leaseUntil", c.done_max::text AS "doneMax", ${signatureSubquery("$1")} AS signature,
         ${SERVER_MS} AS "serverNow",
         EXISTS (
@@ -320,64 +380,113 @@ function statements(schema: string) {
             AND NOT (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)
         ) AS pending
       FROM ${C} c WHERE c.id = 1`,
-    /** BEGIN; the cursor, locked; the window's next changes after what `owner` completed (`doneUpTo`). One round trip. */
-    lockAndFetch: (owner: string, doneUpTo: number, limit: number, relations: readonly string[]) => `
-      BEGIN;
+    ),
+    /**
+     * The cursor, locked, with the server's clock and the schema signature of `relations` (inlined: a
+     * statement without parameters keeps one plan, where a text[] parameter had it planned every time).
+     */
+    lock(relations: readonly string[]): Prepared {
+      const key = JSON.stringify(relations);
+      let statement = locks.get(key);
+      if (statement) return statement;
+      statement = prepared(
+        "lock",
+        "",
+        `
       SELECT ${SERVER_MS} AS "serverNow", done_snapshot::text AS lo, window_snapshot::text AS hi, window_done::text AS done,
              done_max::text AS "doneMax", owner, lease_until::text AS "leaseUntil",
              ${signatureSubquery(textArray(relations))} AS signature
-      FROM ${C} WHERE id = 1 FOR UPDATE;
-      SELECT l.seq::text AS seq, l.tbl, l.op, l.row_data::text AS row, l.old_data::text AS previous, l.request_id
-      FROM ${T} l
-      -- scalar subqueries, evaluated once: the bound on seq is an index condition, the scan stops after the limit
-      WHERE l.seq > (
-          SELECT greatest(window_done, CASE WHEN owner = ${quoteLiteral(owner)} THEN ${int(doneUpTo)} ELSE 0 END)
-          FROM ${C} WHERE id = 1 AND window_snapshot IS NOT NULL)
-        AND pg_visible_in_snapshot(l.xid, (SELECT window_snapshot FROM ${C} WHERE id = 1))
-        AND NOT pg_visible_in_snapshot(l.xid, (SELECT done_snapshot FROM ${C} WHERE id = 1))
-      ORDER BY l.seq LIMIT ${int(limit)}`,
-    // in seq order from the window's first change: the primary key serves it, stopping after $4 rows
-    fetch: `
-      SELECT l.seq::text AS seq, l.tbl, l.op, l.row_data::text AS row, l.old_data::text AS previous, l.request_id
-      FROM ${T} l
-      WHERE l.seq > $3 AND pg_visible_in_snapshot(l.xid, $2::pg_snapshot) AND NOT pg_visible_in_snapshot(l.xid, $1::pg_snapshot)
-      ORDER BY l.seq LIMIT $4`,
-    // the next window: a snapshot taken now, and its first change (the xid index serves it)
-    open: `
-      WITH s AS (SELECT pg_current_snapshot() AS hi)
-      SELECT s.hi::text AS hi, (
-        SELECT min(seq) FROM ${T}
-        WHERE xid >= pg_snapshot_xmin($1::pg_snapshot) AND xid < pg_snapshot_xmax(s.hi)
-          AND pg_visible_in_snapshot(xid, s.hi) AND NOT pg_visible_in_snapshot(xid, $1::pg_snapshot)
-      )::text AS first
-      FROM s`,
-    idleAndCommit: (hi: string, doneMax: number) => `
-      UPDATE ${C} SET done_snapshot = ${quoteLiteral(hi)}::pg_snapshot, window_snapshot = NULL, window_done = 0,
-        done_max = ${int(doneMax)}, owner = NULL, claimed_seq = NULL, lease_until = NULL
-      WHERE id = 1;
-      COMMIT`,
-    takeAndCommit: (
-      lo: string,
-      hi: string,
-      done: number,
-      doneMax: number,
-      owner: string,
-      last: number,
-      leaseUntil: number,
-    ) => `
-      UPDATE ${C} SET done_snapshot = ${quoteLiteral(lo)}::pg_snapshot, window_snapshot = ${quoteLiteral(hi)}::pg_snapshot,
-        window_done = ${int(done)}, done_max = ${int(doneMax)}, owner = ${quoteLiteral(owner)}, claimed_seq = ${int(last)},
-        lease_until = ${int(leaseUntil)}
-      WHERE id = 1;
-      COMMIT`,
-    complete: `
+      FROM ${C} WHERE id = 1 FOR UPDATE`,
+      );
+      locks.set(key, statement);
+      return statement;
+    },
+    /**
+     * The window's next `limit` changes after what the feed $1 completed ($2) — or, when the window
+     * has none left (or there is none), the next window: a snapshot taken now, its first change, and
+     * its first `limit` changes (one row with a null seq when it has none). Run with the cursor locked.
+     */
+    fetch(limit: number): Prepared {
+      let statement = fetches.get(limit);
+      if (statement) return statement;
+      statement = prepared(
+        `fetch${int(limit)}`,
+        "text, bigint",
+        `
+      WITH rest AS MATERIALIZED (
+        SELECT l.seq, l.tbl, l.op, l.row_data, l.old_data, l.request_id
+        FROM ${T} l
+        -- scalar subqueries, evaluated once: the bound on seq is an index condition, the scan stops after the limit
+        WHERE l.seq > (
+            SELECT greatest(window_done, CASE WHEN owner = $1 THEN $2 ELSE 0 END)
+            FROM ${C} WHERE id = 1 AND window_snapshot IS NOT NULL)
+          AND pg_visible_in_snapshot(l.xid, (SELECT window_snapshot FROM ${C} WHERE id = 1))
+          AND NOT pg_visible_in_snapshot(l.xid, (SELECT done_snapshot FROM ${C} WHERE id = 1))
+        ORDER BY l.seq LIMIT ${int(limit)}
+      ), next AS MATERIALIZED (
+        -- what the last window's snapshot (or the done one) did not see and one taken now does; its first
+        -- change found through the xid index
+        SELECT s.hi, s.lo, (
+          SELECT min(seq) FROM ${T}
+          WHERE xid >= pg_snapshot_xmin(s.lo) AND xid < pg_snapshot_xmax(s.hi)
+            AND pg_visible_in_snapshot(xid, s.hi) AND NOT pg_visible_in_snapshot(xid, s.lo)
+        ) AS first
+        FROM (
+          SELECT pg_current_snapshot() AS hi, coalesce(window_snapshot, done_snapshot) AS lo
+          FROM ${C} WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM rest)
+        ) s
+      )
+      SELECT NULL AS hi, NULL AS first, r.seq::text AS seq, r.tbl, r.op, r.row_data::text AS row,
+             r.old_data::text AS previous, r.request_id, r.seq AS k
+      FROM rest r
+      UNION ALL
+      -- then in seq order from the first change, through the primary key
+      SELECT n.hi::text, n.first::text, l.seq::text, l.tbl, l.op, l.row_data::text, l.old_data::text, l.request_id, l.seq
+      FROM next n LEFT JOIN LATERAL (
+        SELECT * FROM ${T} l
+        WHERE l.seq >= n.first AND pg_visible_in_snapshot(l.xid, n.hi) AND NOT pg_visible_in_snapshot(l.xid, n.lo)
+        ORDER BY l.seq LIMIT ${int(limit)}
+      ) l ON true
+      ORDER BY k`,
+      );
+      fetches.set(limit, statement);
+      return statement;
+    },
+    /** Nothing in the next window ($1 its snapshot): it is done, and the cursor free. */
+    idle: prepared(
+      "idle",
+      "pg_snapshot, bigint",
+      `
+      UPDATE ${C} SET done_snapshot = $1, window_snapshot = NULL, window_done = 0,
+        done_max = $2, owner = NULL, claimed_seq = NULL, lease_until = NULL
+      WHERE id = 1`,
+    ),
+    /** The cursor taken: done ($1), window ($2) dispatched up to $3, owner $5 up to $6 until $7. */
+    take: prepared(
+      "take",
+      "pg_snapshot, pg_snapshot, bigint, bigint, text, bigint, bigint",
+      `
+      UPDATE ${C} SET done_snapshot = $1, window_snapshot = $2, window_done = $3, done_max = $4,
+        owner = $5, claimed_seq = $6, lease_until = $7
+      WHERE id = 1`,
+    ),
+    complete: named(
+      "complete",
+      `
       UPDATE ${C} SET window_done = greatest(window_done, $2), done_max = greatest(done_max, $2),
         owner = NULL, claimed_seq = NULL, lease_until = NULL
       WHERE id = 1 AND owner = $1`,
-    renew: `UPDATE ${C} SET lease_until = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2 WHERE id = 1 AND owner = $1`,
-    prune: `
+    ),
+    renew: named(
+      "renew",
+      `UPDATE ${C} SET lease_until = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2 WHERE id = 1 AND owner = $1`,
+    ),
+    prune: named(
+      "prune",
+      `
       DELETE FROM ${T} l USING ${C} c
       WHERE c.id = 1 AND pg_visible_in_snapshot(l.xid, c.done_snapshot)
         AND (l.seq <= (SELECT max(seq) FROM ${T}) - $1 OR l.at <= now() - $2 * interval '1 millisecond')`,
+    ),
   };
 }

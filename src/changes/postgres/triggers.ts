@@ -15,8 +15,8 @@ import { logDdl, logNames } from "./log.js";
  *   _turbocast_ins      AFTER INSERT, each row: the new row
  *   _turbocast_upd      AFTER UPDATE, each row WHEN (OLD.* *<> NEW.*): the new row and the old one
  *   _turbocast_del      AFTER DELETE, each row: the old row
- *   _turbocast_notify   AFTER INSERT OR UPDATE OR DELETE, each statement: pg_notify(channel, ''),
- *                       unless the session set turbocast.quiet = 'on'
+ *   _turbocast_notify   AFTER INSERT OR UPDATE OR DELETE, each statement
+ *                       WHEN (the session did not set turbocast.quiet = 'on'): pg_notify(channel, '')
  *
  * The triggers live on the table; the functions they call
  * (`_turbocast_capture_ins` / `_upd` / `_del`, `_turbocast_notify`) live
@@ -95,7 +95,9 @@ export const PG_TRIGGERS: Record<PgTriggerKind, TriggerSpec> = {
     fn: `${NAMESPACE}notify`,
     event: "INSERT OR UPDATE OR DELETE",
     tgtype: 28,
-    when: "",
+    // in the trigger, not the function: a quiet writer's statement calls no plpgsql at all (and the
+    // condition's function and operator are resolved once, when the trigger is created)
+    when: " WHEN (pg_catalog.current_setting('turbocast.quiet', true) IS DISTINCT FROM 'on')",
     named: false,
   },
 };
@@ -110,12 +112,9 @@ export function channelFor(logSchema: string): string {
 /** The body of each function (compared with pg_proc.prosrc to decide whether to replace it). */
 export function functionBody(kind: PgTriggerKind, logSchema: string): string {
   if (kind === "notify") {
-    // OPERATOR(pg_catalog.=): no operator looked up through the writer's search_path
+    // one channel and an empty payload: PostgreSQL folds a transaction's identical notifications into one
     return `
 BEGIN
-  IF pg_catalog.current_setting('turbocast.quiet', true) OPERATOR(pg_catalog.=) 'on' THEN
-    RETURN NULL;
-  END IF;
   PERFORM pg_catalog.pg_notify(${quoteLiteral(channelFor(logSchema))}, '');
   RETURN NULL;
 END
