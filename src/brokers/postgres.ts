@@ -45,8 +45,9 @@ type State = "new" | "connecting" | "open" | "down" | "closed";
  * the seq and the listener reads the frame) — and a subscriber that
  * reconnects to another process resumes from the table.
  *
- * Connections: a pool for publish, history and head, and one client that
- * LISTENs. While PostgreSQL is unreachable publishes fail at once with a
+ * Connections: a pool for history, head and control messages, one client
+ * that LISTENs, and one (pipelined, made at the first publish) that
+ * publishes go through. While PostgreSQL is unreachable publishes fail at once with a
  * BrokerError (nothing is queued), the outage is logged once, the broker
  * reconnects with backoff, and then every subscriber gets a refresh.
  */
