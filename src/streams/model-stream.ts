@@ -5,7 +5,7 @@ import type { BroadcastMapping } from "./declarative.js";
 import { rowStreamName, tableStreamName } from "./names.js";
 import { runtimeOf } from "./runtime.js";
 import { Stream, type StreamInit } from "./stream.js";
-import { type BoundTable, type TableInfo, isBoundTable, tableInfo } from "./table.js";
+import { type BoundTable, type TableInfo, isBoundTable, knownTableInfo, tableInfo } from "./table.js";
 
 /** A single primary-key value, or `{ column: value }` for composite keys. */
 export type PrimaryKeyInput = string | number | bigint | Record<string, unknown>;
@@ -168,6 +168,9 @@ export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream 
   /** @internal */
   static tableInfo(): TableInfo {
     const model = (this as typeof ModelStream).model;
+    // every change asks (for(), baseName()): a table seen before skips Drizzle's type check
+    const known = knownTableInfo(model);
+    if (known !== undefined) return known;
     if (!isBoundTable(model)) {
       throw new InvalidStreamClassError(
         `${this.name} extends ModelStream but its static model is not a Drizzle SQLite or PostgreSQL table`,

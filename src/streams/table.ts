@@ -38,6 +38,11 @@ export function isBoundTable(value: unknown): value is BoundTable {
   return isSQLiteTable(value) || isPgTable(value);
 }
 
+/** The info of a table `tableInfo` already computed (so a bound table), else undefined: one WeakMap lookup, no type check. */
+export function knownTableInfo(value: unknown): TableInfo | undefined {
+  return typeof value === "object" && value !== null ? cache.get(value as BoundTable) : undefined;
+}
+
 export function tableInfo(table: BoundTable): TableInfo {
   let info = cache.get(table);
   if (info) return info;
