@@ -2,7 +2,7 @@ import type { DecodedChange } from "../changes/dispatch.js";
 import type { MappedStreams } from "../streams/declarative.js";
 import type { AnyModelStreamClass } from "../streams/registry.js";
 import { dataChannel } from "./channel.js";
-import { dataFields, keyOfRow, projectRow } from "./fields.js";
+import { type DataFields, dataFields, keyOfRow, projectRow } from "./fields.js";
 
 export { DATA_PREFIX, dataChannel, isDataChannel } from "./channel.js";
 
@@ -32,6 +32,11 @@ export function versionOf(json: string): number | null {
   return Number.isSafeInteger(version) ? version : null;
 }
 
+/** The data action of a change's operation, where the row stays. */
+export function dataAction(op: DecodedChange["op"]): DataAction {
+  return op === "insert" ? "created" : op === "delete" ? "deleted" : "updated";
+}
+
 /**
  * Which streams get a change's data event, and as what: the streams its HTML
  * goes to. With broadcastsTo / broadcastsRefreshesTo, the row's mapped
@@ -45,9 +50,9 @@ export function dataTargets(
   mapped: MappedStreams | null,
 ): Map<string, DataAction> {
   const targets = new Map<string, DataAction>();
-  const action: DataAction = change.op === "insert" ? "created" : change.op === "delete" ? "deleted" : "updated";
+  const action = dataAction(change.op);
   if (mapped === null) {
-    targets.set(cls.for(change.entity as never).name, action);
+    targets.set(rowStreamName(cls, change), action);
     targets.set(cls.all().name, action);
     return targets;
   }
@@ -65,7 +70,9 @@ export function dataTargets(
  * Publishes a change's data events: each built once (the projection through
  * `static fields` once per change, the JSON once per action), whatever the
  * number of streams and of subscribers. `mapped`: the streams the
- * declarative broadcasts mapped the row to (null: the class declares none).
+ * declarative broadcasts mapped the row to (null: the class declares none,
+ * so one event goes to the row's own stream and the table-wide one — the
+ * common case, with no map of targets built).
  */
 export function publishDataEvents(
   cls: AnyModelStreamClass,
@@ -73,15 +80,29 @@ export function publishDataEvents(
   mapped: MappedStreams | null,
   publish: (channel: string, json: string) => unknown,
 ): void {
+  const fields = dataFields(cls);
+  if (mapped === null) {
+    const json = eventJson(fields, change, dataAction(change.op));
+    publish(dataChannel(rowStreamName(cls, change)), json);
+    publish(fields.tableChannel, json);
+    return;
+  }
   const targets = dataTargets(cls, change, mapped);
   if (targets.size === 0) return;
-  const fields = dataFields(cls);
-  const key = keyOfRow(fields, change.entity);
-  const data = projectRow(fields, change.entity);
   const built = new Map<DataAction, string>();
   for (const [stream, action] of targets) {
     let json = built.get(action);
-    if (json === undefined) built.set(action, (json = dataEventJson(action, change.table, key, data, change.seq)));
+    if (json === undefined) built.set(action, (json = eventJson(fields, change, action)));
     publish(dataChannel(stream), json);
   }
+}
+
+function eventJson(fields: DataFields, change: DecodedChange, action: DataAction): string {
+  const { entity } = change;
+  return dataEventJson(action, change.table, keyOfRow(fields, entity), projectRow(fields, entity), change.seq);
+}
+
+/** The row's own stream name: its `.stream` made by the dispatcher, else made here. */
+function rowStreamName(cls: AnyModelStreamClass, change: DecodedChange): string {
+  return (change.stream ?? cls.for(change.entity as never)).name;
 }

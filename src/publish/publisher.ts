@@ -42,27 +42,29 @@ export class Publisher {
         ? Promise.reject(new ClosedError("turbocast instance"))
         : this.#broker.publish(stream, frame);
     this.#pending++;
-    published.then(
-      () => {
-        this.#settled();
-        // 0 as well when nothing failed: one map lookup per publish
-        const counted = this.#throttle.recovered(FAILED);
-        if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
-      },
-      (error: unknown) => {
-        this.#settled();
-        this.#throttle.log(
-          FAILED,
-          "warn",
-          `broadcast to ${stream} failed; further failures are counted until one succeeds`,
-          {
-            error,
-          },
-        );
-      },
-    );
+    // one closure per publish (the failure's log line names the stream); a success shares #published
+    published.then(this.#published, (error: unknown) => this.#failed(stream, error));
     return published;
   };
+
+  readonly #published = (): void => {
+    this.#settled();
+    // 0 as well when nothing failed: one map lookup per publish
+    const counted = this.#throttle.recovered(FAILED);
+    if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
+  };
+
+  #failed(stream: string, error: unknown): void {
+    this.#settled();
+    this.#throttle.log(
+      FAILED,
+      "warn",
+      `broadcast to ${stream} failed; further failures are counted until one succeeds`,
+      {
+        error,
+      },
+    );
+  }
 
   /** Calls `listener` with every frame published from now on; returns the function that stops it. */
   tap(listener: (stream: string, frame: string) => void): () => void {
