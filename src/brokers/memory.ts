@@ -12,8 +12,15 @@ import {
 } from "./broker.js";
 
 interface StreamHistory {
+  /** Frames in seq order from `head` on (before it: evicted, not yet cut off the array). */
   frames: Published[];
   times: number[];
+  /**
+   * The oldest frame kept. Eviction moves it; the evicted prefix is cut off
+   * once it is as long as what is kept, so a stream at its cap (every
+   * publish evicting one frame) costs no copy of the whole window per publish.
+   */
+  head: number;
   /** seq of the newest frame evicted from this stream (0: none yet). */
   floor: number;
 }
@@ -57,7 +64,7 @@ export class MemoryBroker implements Broker {
     const now = Date.now();
     let history = this.#streams.get(stream);
     if (!history) {
-      history = { frames: [], times: [], floor: 0 };
+      history = { frames: [], times: [], head: 0, floor: 0 };
       this.#streams.set(stream, history);
     }
     history.frames.push(published);
@@ -78,7 +85,7 @@ export class MemoryBroker implements Broker {
       this.#evict(history, Date.now());
       if (cursor.seq < history.floor) return null;
       // frames are in seq order: binary-search the first one after the cursor
-      let lo = 0;
+      let lo = history.head;
       let hi = history.frames.length;
       while (lo < hi) {
         const mid = (lo + hi) >>> 1;
@@ -112,13 +119,18 @@ export class MemoryBroker implements Broker {
 
   #evict(history: StreamHistory, now: number): void {
     const { frames: keep, ageMs, maxFrames } = this.#history;
-    let drop = 0;
-    const n = history.frames.length;
-    while (n - drop > keep && (n - drop > maxFrames || now - history.times[drop]! > ageMs)) drop++;
-    if (drop === 0) return;
-    history.floor = history.frames[drop - 1]!.seq;
-    history.frames.splice(0, drop);
-    history.times.splice(0, drop);
+    const { frames, times } = history;
+    const n = frames.length;
+    let head = history.head;
+    while (n - head > keep && (n - head > maxFrames || now - times[head]! > ageMs)) head++;
+    if (head === history.head) return;
+    history.floor = frames[head - 1]!.seq;
+    if (head * 2 >= n) {
+      frames.splice(0, head);
+      times.splice(0, head);
+      head = 0;
+    }
+    history.head = head;
   }
 
   #evictAll(now: number): void {
@@ -128,9 +140,10 @@ export class MemoryBroker implements Broker {
       // writes to any more stop costing memory. Its newest seq becomes a
       // broker-wide floor: a cursor older than it may have missed that
       // stream's frames, so it gets a refresh — never a silent gap.
-      const newest = history.times[history.times.length - 1];
+      const kept = history.head < history.frames.length;
+      const newest = kept ? history.times[history.times.length - 1] : undefined;
       if (newest === undefined || now - newest > this.#idleMs) {
-        this.#forgottenFloor = Math.max(this.#forgottenFloor, history.frames.at(-1)?.seq ?? history.floor);
+        this.#forgottenFloor = Math.max(this.#forgottenFloor, kept ? history.frames.at(-1)!.seq : history.floor);
         this.#streams.delete(name);
       }
     }
