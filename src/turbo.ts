@@ -267,7 +267,7 @@ export async function createTurbo(options: TurboOptions): Promise<Turbo> {
       const page = opts?.toOthers === true ? currentScope()?.page : undefined;
       return publish(stream, page === undefined ? frame : exceptFrame(frame, pageDigest(page)));
     },
-    publishData: (channel, json) => publish(channel, json),
+    publishData: publisher.publishData,
     db,
     // a refresh caused by a request names it, so the page that made it can ignore it
     refresh: (stream, spec) => refreshes.refresh(stream, spec.requestId ?? currentRequestId()),

@@ -74,6 +74,13 @@ export interface Broker {
   /** Publish a frame; resolves once the broker has accepted it, with its position. */
   publish(stream: string, frame: string): Promise<Published>;
   /**
+   * Optional, for a broker that takes a frame synchronously (in-process):
+   * publishes as `publish` does, delivering to this process before it
+   * returns, and throws where `publish` would reject. Data events, whose
+   * promises nobody awaits, go through it when a broker has it.
+   */
+  publishNow?(stream: string, frame: string): Published;
+  /**
    * Frames of `streams` after the position `after`, oldest first; `null` when
    * the retained history no longer reaches back to `after` (or `after` comes
    * from another epoch): the caller must send a refresh.

@@ -58,6 +58,14 @@ export class MemoryBroker implements Broker {
   }
 
   async publish(stream: string, frame: string): Promise<Published> {
+    return this.publishNow(stream, frame);
+  }
+
+  /**
+   * Publishes and delivers before returning (see Broker.publishNow): what a
+   * data event takes, with no promise made for it.
+   */
+  publishNow(stream: string, frame: string): Published {
     if (this.#state === "closed") throw new ClosedError("memory broker");
     const seq = ++this.#seq;
     const published: Published = { stream, seq, position: formatPosition(this.epoch, seq), frame };

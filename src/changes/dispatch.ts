@@ -262,7 +262,7 @@ export class HookDispatcher {
   /** The change's data events (data/events.ts); a failure is logged like a hook's, and the hook still runs. */
   #publishData(cls: AnyModelStreamClass, decoded: Decoded, mapped: MappedStreams | null): void {
     try {
-      // runtime.publishData logs its own failures (Publisher): the promise is not needed here
+      // runtime.publishData logs its own failures (Publisher)
       publishDataEvents(cls, decoded, mapped, runtimeOf(cls).publishData);
       this.#succeeded(cls, decoded.change, "dataEvents");
     } catch (error) {

@@ -47,15 +47,43 @@ export class Publisher {
     return published;
   };
 
+  /**
+   * Publishes a data event (data/events.ts), whose promise nobody awaits:
+   * through the broker's synchronous `publishNow` when it has one (the
+   * in-memory broker), so the event costs no promise and is never pending;
+   * else as `publish`. A failure is logged as a publish's is.
+   */
+  publishData = (channel: string, json: string): void => {
+    if (this.#broker.publishNow === undefined || this.#state !== "open") {
+      void this.publish(channel, json);
+      return;
+    }
+    try {
+      this.#broker.publishNow(channel, json);
+    } catch (error) {
+      this.#logFailure(channel, error);
+      return;
+    }
+    this.#recovered();
+  };
+
   readonly #published = (): void => {
     this.#settled();
+    this.#recovered();
+  };
+
+  #recovered(): void {
     // 0 as well when nothing failed: one map lookup per publish
     const counted = this.#throttle.recovered(FAILED);
     if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
-  };
+  }
 
   #failed(stream: string, error: unknown): void {
     this.#settled();
+    this.#logFailure(stream, error);
+  }
+
+  #logFailure(stream: string, error: unknown): void {
     this.#throttle.log(
       FAILED,
       "warn",
