@@ -81,6 +81,14 @@ export interface Broker {
    */
   publishNow?(stream: string, frame: string): Published;
   /**
+   * Optional: this process begins subscriptions of `streams` (before it
+   * reads their position or history); the returned function says they
+   * ended. A broker that keeps the history of some streams only from when
+   * someone may resume them — the in-memory broker, for data channels —
+   * starts keeping them here. The hub and data subscriptions call it.
+   */
+  watch?(streams: readonly string[]): () => void;
+  /**
    * Frames of `streams` after the position `after`, oldest first; `null` when
    * the retained history no longer reaches back to `after` (or `after` comes
    * from another epoch): the caller must send a refresh.

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { isDataChannel } from "../data/channel.js";
 import { ClosedError } from "../errors.js";
 import {
   type Broker,
@@ -23,11 +24,25 @@ interface StreamHistory {
   head: number;
   /** seq of the newest frame evicted from this stream (0: none yet). */
   floor: number;
+  /** When a watch of this data channel last ended (0: never): an idle channel is forgotten idleMs after its last frame or watch. */
+  watchedAt: number;
 }
 
 /**
  * The default broker: one process, history in memory. A restart starts a
  * new epoch, so cursors from before it get a refresh.
+ *
+ * Data channels (data/channel.ts) are kept for replay only from when this
+ * process first watches them (a data subscription or a dataHandler cache of
+ * that stream, see `watch`), and from then on as any stream: every change
+ * publishes data events to its row's own channel and the table-wide one,
+ * and keeping the events of channels nobody subscribed to — the row
+ * channels of most rows — cost more than the rest of their dispatch (the
+ * garbage collector copies what a broker keeps for minutes). Nothing is
+ * lost by it: only this process's subscribers can resume from this broker,
+ * and a subscriber of a channel has watched it. A cursor from before a
+ * channel was watched, when events of unwatched channels went unkept after
+ * it, gets a gap (a refresh: the data subscriber syncs again), never silence.
  */
 export class MemoryBroker implements Broker {
   readonly kind = "memory";
@@ -41,6 +56,10 @@ export class MemoryBroker implements Broker {
   #idleMs: number;
   /** seq of the newest frame of any stream forgotten for being idle: older cursors get a refresh. */
   #forgottenFloor = 0;
+  /** Data channels watched now, by number of watchers: kept, and never forgotten while watched. */
+  #watchers = new Map<string, number>();
+  /** seq of the newest data event not kept (its channel never watched): a channel watched later starts after it. */
+  #unkeptFloor = 0;
   #sweep: NodeJS.Timeout | null = null;
 
   constructor(options: MemoryBrokerOptions = {}) {
@@ -72,7 +91,13 @@ export class MemoryBroker implements Broker {
     const now = Date.now();
     let history = this.#streams.get(stream);
     if (!history) {
-      history = { frames: [], times: [], head: 0, floor: 0 };
+      if (isDataChannel(stream)) {
+        // never watched (or forgotten since): nobody here can resume it, so it is not kept
+        this.#unkeptFloor = seq;
+        this.#deliver?.(published);
+        return published;
+      }
+      history = { frames: [], times: [], head: 0, floor: 0, watchedAt: 0 };
       this.#streams.set(stream, history);
     }
     history.frames.push(published);
@@ -82,6 +107,38 @@ export class MemoryBroker implements Broker {
     return published;
   }
 
+  /**
+   * Starts keeping the data channels among `streams` (see the class
+   * comment): a channel not kept yet gets a history whose floor is the
+   * newest data event not kept, so a cursor older than that gets a gap.
+   * The returned function ends this watch; a channel stays kept after its
+   * last watch ends (a subscriber that reconnects resumes from it), until it
+   * is idle for `idleMs` like any stream.
+   */
+  watch(streams: readonly string[]): () => void {
+    const channels = streams.filter(isDataChannel);
+    if (channels.length === 0 || this.#state === "closed") return () => {};
+    for (const channel of channels) {
+      this.#watchers.set(channel, (this.#watchers.get(channel) ?? 0) + 1);
+      if (!this.#streams.has(channel)) {
+        this.#streams.set(channel, { frames: [], times: [], head: 0, floor: this.#unkeptFloor, watchedAt: 0 });
+      }
+    }
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      const now = Date.now();
+      for (const channel of channels) {
+        const count = (this.#watchers.get(channel) ?? 1) - 1;
+        if (count > 0) this.#watchers.set(channel, count);
+        else this.#watchers.delete(channel);
+        const history = this.#streams.get(channel);
+        if (history) history.watchedAt = now;
+      }
+    };
+  }
+
   async history(streams: readonly string[], after: string): Promise<Published[] | null> {
     const cursor = parsePosition(after);
     if (!cursor || cursor.epoch !== this.epoch || cursor.seq > this.#seq) return null;
@@ -89,7 +146,11 @@ export class MemoryBroker implements Broker {
     const out: Published[] = [];
     for (const name of streams) {
       const history = this.#streams.get(name);
-      if (!history) continue;
+      if (!history) {
+        // a data channel not kept: its events after the cursor may not have been
+        if (isDataChannel(name) && cursor.seq < this.#unkeptFloor) return null;
+        continue;
+      }
       this.#evict(history, Date.now());
       if (cursor.seq < history.floor) return null;
       // frames are in seq order: binary-search the first one after the cursor
@@ -123,6 +184,7 @@ export class MemoryBroker implements Broker {
     if (this.#sweep) clearInterval(this.#sweep);
     this.#sweep = null;
     this.#streams.clear();
+    this.#watchers.clear();
   }
 
   #evict(history: StreamHistory, now: number): void {
@@ -148,10 +210,14 @@ export class MemoryBroker implements Broker {
       // writes to any more stop costing memory. Its newest seq becomes a
       // broker-wide floor: a cursor older than it may have missed that
       // stream's frames, so it gets a refresh — never a silent gap.
+      if (this.#watchers.has(name)) continue;
       const kept = history.head < history.frames.length;
-      const newest = kept ? history.times[history.times.length - 1] : undefined;
-      if (newest === undefined || now - newest > this.#idleMs) {
-        this.#forgottenFloor = Math.max(this.#forgottenFloor, kept ? history.frames.at(-1)!.seq : history.floor);
+      const newest = kept ? history.times[history.times.length - 1]! : 0;
+      if (Math.max(newest, history.watchedAt) === 0 || now - Math.max(newest, history.watchedAt) > this.#idleMs) {
+        const last = kept ? history.frames.at(-1)!.seq : history.floor;
+        // a data channel not kept answers a gap below #unkeptFloor (see history): other streams are not concerned
+        if (isDataChannel(name)) this.#unkeptFloor = Math.max(this.#unkeptFloor, last);
+        else this.#forgottenFloor = Math.max(this.#forgottenFloor, last);
         this.#streams.delete(name);
       }
     }

@@ -402,6 +402,37 @@ describe("data subscriptions (hub level)", () => {
     expect(fromSync.got.map((g) => g.event.data?.body)).toEqual(["two", "one, edited", "three"]);
   });
 
+  it("keeps a channel's events for resuming from its first subscription on; a resume from before that, across events nobody kept, gets a refresh", async () => {
+    const { turbo, db } = await openApp();
+    const before = await turbo.broker.head();
+    // nobody subscribes to room 1's data yet: the in-memory broker keeps none of its events
+    db.insert(messages).values({ roomId: 1, body: "kept by nobody" }).run();
+    await turbo.feed.drain();
+    const frames: Published[] = [];
+    const reader = new SyncReader({ source: sqliteSyncSource(sqliteClient(app!.db)), maxRows: 1000 });
+    const init = { hub: turbo.hub, broker: turbo.broker, registry: turbo.registry, reader };
+    const unsubscribe = await subscribeData(
+      init,
+      [RoomStream.for(1).name],
+      { send: (frame) => frames.push(frame) },
+      { sync: false, after: before, version: null },
+    );
+    cleanups.push(unsubscribe);
+    // never a silent gap: the subscriber is told to sync again
+    await waitFor(() => frames.length === 1);
+    expect(frames[0]!.frame).toContain('action="refresh"');
+    // from its subscription on, the channel is kept: a later resume replays what was missed
+    const first = subscriber(turbo);
+    const stop = await first.subscribe({ sync: true, after: null, version: null });
+    stop();
+    db.insert(messages).values({ roomId: 1, body: "while away" }).run();
+    await turbo.feed.drain();
+    const again = subscriber(turbo);
+    await again.subscribe({ sync: false, after: first.got[0]!.position, version: first.got[0]!.event.version });
+    await waitFor(() => again.got.length === 1);
+    expect(again.got.map((g) => [g.event.action, g.event.data?.body])).toEqual([["created", "while away"]]);
+  });
+
   it("refuses a sync of a stream without one, or of several streams at once", async () => {
     const { turbo } = await openApp();
     const reader = new SyncReader({ source: sqliteSyncSource(sqliteClient(app!.db)), maxRows: 1000 });
