@@ -5,6 +5,7 @@ import {
   type Broker,
   type BrokerEvents,
   type ControlMessage,
+  type FrameText,
   type HistoryOptions,
   type Published,
   formatPosition,
@@ -77,29 +78,37 @@ export class MemoryBroker implements Broker {
   }
 
   async publish(stream: string, frame: string): Promise<Published> {
-    return this.publishNow(stream, frame);
+    return this.#publish(stream, frame, false)!;
+  }
+
+  /** Publishes and delivers before returning (see Broker.publishNow); a data event nobody watched is neither built nor delivered. */
+  publishNow(stream: string, frame: string | FrameText): void {
+    this.#publish(stream, frame, true);
   }
 
   /**
-   * Publishes and delivers before returning (see Broker.publishNow): what a
-   * data event takes, with no promise made for it.
+   * The published frame. An event of a data channel never watched is not
+   * kept; `publishNow` does not even deliver it (null): every subscription
+   * here watches its streams first, so nobody here could receive it.
    */
-  publishNow(stream: string, frame: string): Published {
+  #publish(stream: string, text: string | FrameText, skipUnwatched: boolean): Published | null {
     if (this.#state === "closed") throw new ClosedError("memory broker");
     const seq = ++this.#seq;
-    const published: Published = { stream, seq, position: formatPosition(this.epoch, seq), frame };
-    const now = Date.now();
     let history = this.#streams.get(stream);
+    if (!history && isDataChannel(stream)) {
+      // never watched (or forgotten since): nobody here can resume it
+      this.#unkeptFloor = seq;
+      if (skipUnwatched) return null;
+      const published: Published = { stream, seq, position: formatPosition(this.epoch, seq), frame: frameText(text) };
+      this.#deliver?.(published);
+      return published;
+    }
     if (!history) {
-      if (isDataChannel(stream)) {
-        // never watched (or forgotten since): nobody here can resume it, so it is not kept
-        this.#unkeptFloor = seq;
-        this.#deliver?.(published);
-        return published;
-      }
       history = { frames: [], times: [], head: 0, floor: 0, watchedAt: 0 };
       this.#streams.set(stream, history);
     }
+    const published: Published = { stream, seq, position: formatPosition(this.epoch, seq), frame: frameText(text) };
+    const now = Date.now();
     history.frames.push(published);
     history.times.push(now);
     this.#evict(history, now);
@@ -222,6 +231,10 @@ export class MemoryBroker implements Broker {
       }
     }
   }
+}
+
+function frameText(text: string | FrameText): string {
+  return typeof text === "string" ? text : text.text;
 }
 
 export interface MemoryBrokerOptions {

@@ -1,3 +1,4 @@
+import type { FrameText } from "../brokers/broker.js";
 import type { DecodedChange } from "../changes/dispatch.js";
 import type { MappedStreams } from "../streams/declarative.js";
 import type { AnyModelStreamClass } from "../streams/registry.js";
@@ -67,9 +68,10 @@ export function dataTargets(
 }
 
 /**
- * Publishes a change's data events: each built once (the projection through
- * `static fields` once per change, the JSON once per action), whatever the
- * number of streams and of subscribers. `mapped`: the streams the
+ * Publishes a change's data events: each built once at most (the JSON once
+ * per action, when a broker first reads it: the in-memory broker reads none
+ * for channels nobody watched), whatever the number of streams and of
+ * subscribers. `mapped`: the streams the
  * declarative broadcasts mapped the row to (null: the class declares none,
  * so one event goes to the row's own stream and the table-wide one — the
  * common case, with no map of targets built).
@@ -78,22 +80,41 @@ export function publishDataEvents(
   cls: AnyModelStreamClass,
   change: DecodedChange,
   mapped: MappedStreams | null,
-  publish: (channel: string, json: string) => unknown,
+  publish: (channel: string, json: string | FrameText) => unknown,
 ): void {
   const fields = dataFields(cls);
   if (mapped === null) {
-    const json = eventJson(fields, change, dataAction(change.op));
-    publish(dataChannel(rowStreamName(cls, change)), json);
-    publish(fields.tableChannel, json);
+    const event = new EventText(fields, change, dataAction(change.op));
+    publish(dataChannel(rowStreamName(cls, change)), event);
+    publish(fields.tableChannel, event);
     return;
   }
   const targets = dataTargets(cls, change, mapped);
   if (targets.size === 0) return;
-  const built = new Map<DataAction, string>();
+  const built = new Map<DataAction, EventText>();
   for (const [stream, action] of targets) {
-    let json = built.get(action);
-    if (json === undefined) built.set(action, (json = eventJson(fields, change, action)));
-    publish(dataChannel(stream), json);
+    let event = built.get(action);
+    if (event === undefined) built.set(action, (event = new EventText(fields, change, action)));
+    publish(dataChannel(stream), event);
+  }
+}
+
+/** A change's data event for one action, built on first read (see FrameText). */
+class EventText implements FrameText {
+  readonly #fields: DataFields;
+  readonly #change: DecodedChange;
+  readonly #action: DataAction;
+  #text: string | undefined;
+
+  constructor(fields: DataFields, change: DecodedChange, action: DataAction) {
+    this.#fields = fields;
+    this.#change = change;
+    this.#action = action;
+  }
+
+  get text(): string {
+    this.#text ??= eventJson(this.#fields, this.#change, this.#action);
+    return this.#text;
   }
 }
 

@@ -1,4 +1,4 @@
-import type { Broker, Published } from "../brokers/broker.js";
+import type { Broker, FrameText, Published } from "../brokers/broker.js";
 import { isDataChannel } from "../data/channel.js";
 import { ClosedError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
@@ -50,12 +50,13 @@ export class Publisher {
   /**
    * Publishes a data event (data/events.ts), whose promise nobody awaits:
    * through the broker's synchronous `publishNow` when it has one (the
-   * in-memory broker), so the event costs no promise and is never pending;
-   * else as `publish`. A failure is logged as a publish's is.
+   * in-memory broker), so the event costs no promise and is never pending
+   * (and, given as a FrameText, is built only if the broker keeps or
+   * delivers it); else as `publish`. A failure is logged as a publish's is.
    */
-  publishData = (channel: string, json: string): void => {
+  publishData = (channel: string, json: string | FrameText): void => {
     if (this.#broker.publishNow === undefined || this.#state !== "open") {
-      void this.publish(channel, json);
+      void this.publish(channel, typeof json === "string" ? json : json.text);
       return;
     }
     try {

@@ -61,6 +61,26 @@ describe("memory broker: data channels", () => {
     await broker.close();
   });
 
+  it("neither builds nor delivers a data event published with publishNow to a channel nobody watched, but moves the position past it", async () => {
+    const { broker, delivered } = await start();
+    const before = await broker.head();
+    broker.publishNow("data:row:t:1", {
+      get text(): string {
+        throw new Error("an event nobody can receive was built");
+      },
+    });
+    expect(delivered).toEqual([]);
+    const after = await broker.head();
+    expect(after).not.toBe(before);
+    expect(await broker.history(["data:row:t:1"], before)).toBeNull();
+    const unwatch = broker.watch(["data:row:t:1"]);
+    broker.publishNow("data:row:t:1", { text: "built" });
+    expect(delivered.map((f) => [f.stream, f.frame])).toEqual([["data:row:t:1", "built"]]);
+    expect((await broker.history(["data:row:t:1"], after))!.map((f) => f.frame)).toEqual(["built"]);
+    unwatch();
+    await broker.close();
+  });
+
   it("answers a gap for a cursor older than an unkept event of a channel watched after it", async () => {
     const { broker } = await start();
     const before = await broker.head();
