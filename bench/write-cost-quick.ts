@@ -3,8 +3,9 @@
  * bench/procs/write-cost.ts (or, with --pg, bench/procs/write-cost-pg.ts) as
  * `npm run bench` does, `runs` times, and prints each workload's slowdown
  * (median without / median with; on PostgreSQL the median of the paired
- * rounds' ratios) of each run, then the median slowdown over the runs and
- * their range.
+ * rounds' ratios) of each run — on SQLite in wall-clock time and in the
+ * process's CPU time (steadier on a shared machine, blind to I/O waits) —
+ * then the median slowdowns over the runs and their range.
  *
  * Run: npx tsx bench/write-cost-quick.ts [--pg] [runs=3] [inserts=5000 (--pg: 1000)] [rounds=5 (--pg: 12)]
  * Not part of npm test.
@@ -23,6 +24,7 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 const ratios: Record<string, number[]> = {};
+const cpuRatios: Record<string, number[]> = {};
 for (let run = 0; run < runs; run++) {
   const writer = await Child.spawn(pg ? "procs/write-cost-pg.ts" : "procs/write-cost.ts", { name: "write-cost" });
   try {
@@ -37,7 +39,12 @@ for (let run = 0; run < runs; run++) {
         "cached" in w && w.cached && w.cached.length > 0
           ? ` (cache only ${Math.round(median(w.cached))}, capture alone ${(median(w.cached) / median(w.with)).toFixed(3)}x)`
           : "";
-      return `${w.workload} ${Math.round(median(w.without))}/${Math.round(median(w.with))} = ${r.toFixed(3)}x${cached}`;
+      const cpu =
+        "withCpu" in w && w.withoutCpu && w.withCpu && w.withCpu.length > 0
+          ? median(w.withoutCpu) / median(w.withCpu)
+          : Number.NaN;
+      if (!Number.isNaN(cpu)) (cpuRatios[w.workload] ??= []).push(cpu);
+      return `${w.workload} ${Math.round(median(w.without))}/${Math.round(median(w.with))} = ${r.toFixed(3)}x${cached}, cpu ${cpu.toFixed(3)}x`;
     });
     console.log(`run ${run + 1}: ${line.join("  ")}`);
   } finally {
@@ -46,9 +53,9 @@ for (let run = 0; run < runs; run++) {
 }
 console.log(
   Object.entries(ratios)
-    .map(
-      ([w, rs]) =>
-        `${w} median ${median(rs).toFixed(3)}x, range ${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)} [${rs.map((r) => r.toFixed(2)).join(", ")}]`,
-    )
+    .map(([w, rs]) => {
+      const cpu = cpuRatios[w] ?? [];
+      return `${w} median ${median(rs).toFixed(3)}x, range ${Math.min(...rs).toFixed(2)}-${Math.max(...rs).toFixed(2)} [${rs.map((r) => r.toFixed(2)).join(", ")}], cpu ${cpu.length > 0 ? median(cpu).toFixed(3) : "–"}x [${cpu.map((r) => r.toFixed(2)).join(", ")}]`;
+    })
     .join("\n"),
 );

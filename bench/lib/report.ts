@@ -417,17 +417,21 @@ export function renderReport(results: Results, chartFile: string): string {
         "turbocast keeps the app's prepared write statements (INSERT, UPDATE, DELETE without RETURNING) and hands them back, " +
         "so a trigger is compiled once per statement text. *cache only* is bare Drizzle with that cache and no capture: " +
         "*slowdown* is what an app sees when it adds turbocast, *capture alone* what the triggers, claims and dispatch cost " +
-        "next to the same cache.",
+        "next to the same cache. *CPU slowdown* is the same ratio in the process's CPU time (user + system, GC threads " +
+        "included): on a shared machine the wall clock moves with the other load and the CPU time much less; it does not " +
+        "see I/O waits (the WAL checkpoints' fsyncs, more frequent with capture since every write also appends to the change log).",
       "",
-      "| workload | without turbocast, inserts/s | cache only, inserts/s | with capture, inserts/s | slowdown | capture alone | rounds without / cache only / with |",
-      "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+      "| workload | without turbocast, inserts/s | cache only, inserts/s | with capture, inserts/s | slowdown | capture alone | CPU slowdown | rounds without / cache only / with |",
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     );
     for (const x of w.workloads) {
       const cached = x.cached ?? [];
       const cachedMedian = cached.length > 0 ? median(cached) : Number.NaN;
+      const cpu =
+        x.withoutCpu && x.withCpu && x.withCpu.length > 0 ? times(median(x.withoutCpu) / median(x.withCpu)) : "–";
       out.push(
         `| ${x.workload} | ${int(median(x.without))} | ${cached.length > 0 ? int(cachedMedian) : "–"} | ${int(median(x.with))} | ` +
-          `${times(median(x.without) / median(x.with))} | ${cached.length > 0 ? times(cachedMedian / median(x.with)) : "–"} | ` +
+          `${times(median(x.without) / median(x.with))} | ${cached.length > 0 ? times(cachedMedian / median(x.with)) : "–"} | ${cpu} | ` +
           `${x.without.map(int).join(", ")} / ${cached.map(int).join(", ") || "–"} / ${x.with.map(int).join(", ")} |`,
       );
     }

@@ -68,6 +68,15 @@ export interface WriteCost {
     cached?: number[];
     /** With turbocast and change capture. */
     with: number[];
+    /**
+     * The same rounds in writes per second of the process's CPU time (user +
+     * system, every thread: GC included): steadier than the wall clock on a
+     * shared machine, and blind to I/O waits (WAL checkpoints). Absent in runs
+     * before it was measured.
+     */
+    withoutCpu?: number[];
+    cachedCpu?: number[];
+    withCpu?: number[];
   }>;
 }
 

@@ -30,6 +30,7 @@ import { instrumentDatabase } from "../../src/db/instrument.js";
 import { ModelStream, createTurbo } from "../../src/index.js";
 import { silentLogger } from "../../src/logger.js";
 import { serve } from "../lib/ipc.js";
+import type { WriteCost } from "../lib/results.js";
 
 const messages = sqliteTable("messages", {
   id: integer("id").primaryKey({ autoIncrement: true }),
@@ -57,8 +58,8 @@ const dir = mkdtempSync(path.join(os.tmpdir(), "turbocast-write-cost-"));
 process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
 let files = 0;
 
-/** One round: `n` writes; returns writes per second. */
-async function round(mode: Mode, workload: Workload, n: number): Promise<number> {
+/** One round: `n` writes; returns writes per second of wall-clock time and of the process's CPU time. */
+async function round(mode: Mode, workload: Workload, n: number): Promise<{ wall: number; cpu: number }> {
   const sqlite = new Database(path.join(dir, `${files++}.db`));
   sqlite.pragma("journal_mode = WAL");
   sqlite.pragma("synchronous = NORMAL");
@@ -88,6 +89,7 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
   }
   dispatched = 0;
   const started = process.hrtime.bigint();
+  const cpuAtStart = process.cpuUsage();
   if (workload === "update") {
     for (let i = 0; i < n; i++) {
       db.update(messages)
@@ -109,10 +111,11 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<number>
     if (dispatched !== n) throw new Error(`expected ${n} writes dispatched to onSave, got ${dispatched}`);
   }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const cpu = process.cpuUsage(cpuAtStart);
   await turbo?.close();
   cacheOnly?.restore();
   sqlite.close();
-  return n / seconds;
+  return { wall: n / seconds, cpu: n / ((cpu.user + cpu.system) / 1e6) };
 }
 
 serve({
@@ -121,12 +124,24 @@ serve({
     for (const mode of ["without", "cached", "with"] as const) {
       for (const workload of WORKLOADS) await round(mode, workload, Math.min(1000, args.inserts));
     }
-    const out: Array<{ workload: Workload; without: number[]; cached: number[]; with: number[] }> = [];
+    const out: WriteCost["workloads"] = [];
     for (const workload of WORKLOADS) {
-      const result = { workload, without: [] as number[], cached: [] as number[], with: [] as number[] };
+      const result = {
+        workload,
+        without: [] as number[],
+        cached: [] as number[],
+        with: [] as number[],
+        withoutCpu: [] as number[],
+        cachedCpu: [] as number[],
+        withCpu: [] as number[],
+      };
       for (let r = 0; r < args.rounds; r++) {
         const order: Mode[] = r % 2 === 0 ? ["without", "cached", "with"] : ["with", "cached", "without"];
-        for (const mode of order) result[mode].push(await round(mode, workload, args.inserts));
+        for (const mode of order) {
+          const { wall, cpu } = await round(mode, workload, args.inserts);
+          result[mode].push(wall);
+          result[`${mode}Cpu`].push(cpu);
+        }
       }
       out.push(result);
     }

@@ -33,6 +33,11 @@ export interface Published {
   };
 }
 
+/** A frame's markup built when first read (see Broker.publishNow): one data event for several channels, built once or never. */
+export interface FrameText {
+  readonly text: string;
+}
+
 export interface BrokerEvents {
   /** Frames may have been missed (an outage); every live subscriber should refresh. */
   gap(reason: string): void;
@@ -87,6 +92,24 @@ export interface Broker {
    * the publishes it awaits) before claiming more changes.
    */
   backlog?(limit: number): Promise<void> | undefined;
+  /**
+   * Optional, for a broker that takes a frame synchronously (in-process):
+   * publishes as `publish` does, delivering to this process before it
+   * returns, and throws where `publish` would reject. The frame may be a
+   * FrameText built on first read: a broker reads it only for a frame it
+   * keeps or delivers (the in-memory broker keeps no event of a data channel
+   * nobody here watched, and nobody here can receive one). Data events,
+   * whose promises nobody awaits, go through it when a broker has it.
+   */
+  publishNow?(stream: string, frame: string | FrameText): void;
+  /**
+   * Optional: this process begins subscriptions of `streams` (before it
+   * reads their position or history); the returned function says they
+   * ended. A broker that keeps the history of some streams only from when
+   * someone may resume them — the in-memory broker, for data channels —
+   * starts keeping them here. The hub and data subscriptions call it.
+   */
+  watch?(streams: readonly string[]): () => void;
   /**
    * Frames of `streams` after the position `after`, oldest first; `null` when
    * the retained history no longer reaches back to `after` (or `after` comes

@@ -39,6 +39,8 @@ export interface DecodedChange {
   requestId: string | undefined;
   /** The user of the request that wrote the change (see SaveContext.actor); set between decode and run. */
   actor: unknown;
+  /** The row's stream (the entity's `.stream`); set when the dispatcher runs the change. */
+  stream: ModelStream | undefined;
 }
 
 export type HookStep = "decode" | "dataEvents" | "broadcastsTo" | "broadcastsRefreshesTo" | "onSave" | "onDelete";
@@ -117,7 +119,7 @@ export class HookDispatcher {
     // a change written inside turbo.suppressingBroadcasts stays in the log, and goes no further
     const scope = requestId === undefined ? undefined : this.#requests?.scope?.(requestId);
     if (scope?.suppressed === true) return undefined;
-    let decoded: DecodedChange;
+    let decoded: Decoded;
     try {
       decoded = this.decode(cls, change, requestId);
     } catch (error) {
@@ -130,26 +132,26 @@ export class HookDispatcher {
     if (typeof (actor as PromiseLike<unknown> | undefined)?.then === "function") {
       return (actor as Promise<unknown>).then((user) => {
         decoded.actor = user ?? undefined;
-        return this.#runAndClose(decoded, change);
+        return this.#runAndClose(decoded);
       });
     }
     decoded.actor = actor ?? undefined;
-    return this.#runAndClose(decoded, change);
+    return this.#runAndClose(decoded);
   }
 
   /** Runs the hook; a delete's subscriptions are closed after it, so the frames it published go out first. */
-  #runAndClose(decoded: DecodedChange, change: ChangeRecord): Promise<void> | undefined {
-    const pending = this.run(decoded, change);
+  #runAndClose(decoded: Decoded): Promise<void> | undefined {
+    const pending = this.run(decoded);
     if (decoded.op !== "delete" || this.#afterDelete === undefined) return pending;
     if (pending === undefined) return void this.#deleted(decoded);
     return pending.then(() => this.#deleted(decoded));
   }
 
-  #deleted(decoded: DecodedChange): void {
-    const stream = (decoded.entity as { stream?: unknown }).stream;
+  #deleted(decoded: Decoded): void {
+    const stream = decoded.stream;
     if (stream === undefined) return;
     try {
-      this.#afterDelete?.(stream as ModelStream);
+      this.#afterDelete?.(stream);
     } catch (error) {
       // never into the drain: the next change must still be dispatched
       this.#throttle.log("afterDelete", "error", `closing the subscriptions of deleted ${decoded.table} rows failed`, {
@@ -164,60 +166,68 @@ export class HookDispatcher {
    * read (by a hook that asks, or a declarative class): a hook that only
    * wants the row pays nothing for them.
    */
-  decode(cls: AnyModelStreamClass, change: ChangeRecord, requestId: string | undefined): DecodedChange {
+  decode(cls: AnyModelStreamClass, change: ChangeRecord, requestId: string | undefined): Decoded {
     let decode = this.#decoders.get(cls);
     if (!decode) this.#decoders.set(cls, (decode = this.#decoderFor(cls.tableInfo())));
     return new Decoded(change, cls, decode(change.row), requestId, decode);
   }
 
-  /** Runs a decoded change's broadcasts and hook (see dispatch); `change` is the raw record, for the failure's log line. */
-  run(decoded: DecodedChange, change: ChangeRecord): Promise<void> | undefined {
-    const { model: cls, entity, op, requestId } = decoded;
+  /** Runs a decoded change's broadcasts and hook (see dispatch). */
+  run(decoded: Decoded): Promise<void> | undefined {
+    const { model: cls, entity, change } = decoded;
     // a class whose for() throws is logged as a decoding failure, as before the hook runs
-    let step: HookStep = "decode";
+    decoded.step = "decode";
     try {
       const stream = cls.for(entity) as ModelStream;
       // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
       // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
-      Object.defineProperty(entity, "stream", {
-        value: stream,
-        configurable: true,
-        enumerable: false,
-        writable: false,
-      });
+      STREAM_PROPERTY.value = stream;
+      Object.defineProperty(entity, "stream", STREAM_PROPERTY);
+      STREAM_PROPERTY.value = undefined;
       stream.entity = entity as ModelStream["entity"];
-      const declared = declaredBroadcasts(cls);
-      const hook: HookStep = op === "delete" ? "onDelete" : "onSave";
-      const runStreamHook = (): unknown => {
-        step = hook;
-        return runHook(stream, decoded);
-      };
-      const body = (): unknown => {
-        if (declared === null) {
-          // no declaration: the row's own stream and the table-wide one
-          this.#publishData(cls, decoded, null, change);
-          return runStreamHook();
-        }
-        step = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
-        const broadcast = this.#broadcast(cls, declared, decoded, change);
-        // an async mapping: the hook runs after the change's declared frames are published, as with a sync one
-        return broadcast === undefined ? runStreamHook() : broadcast.then(runStreamHook);
-      };
+      decoded.stream = stream;
       // passes run outside any request (the feed's #startPass): a change written in one runs inside its scope again
-      const result = requestId === undefined ? body() : this.#requests!.run(requestId, body);
+      const result =
+        decoded.requestId === undefined
+          ? this.#body(decoded)
+          : this.#requests!.run(decoded.requestId, () => this.#body(decoded));
       // most hooks and mappings are synchronous (they fire broadcasts and return): no timer for those
       if (typeof (result as PromiseLike<unknown> | undefined)?.then === "function") {
         return this.#settled(Promise.resolve(result)).then(
-          () => this.#succeeded(cls, change, hook),
+          () => this.#succeeded(cls, change, decoded.step),
           // `step`: a mapping that never settles is logged as the mapping's failure, not the hook's
-          (error: unknown) => this.#hookFailed(cls, change, step, error),
+          (error: unknown) => this.#hookFailed(cls, change, decoded.step, error),
         );
       }
-      this.#succeeded(cls, change, step);
+      this.#succeeded(cls, change, decoded.step);
     } catch (error) {
-      this.#hookFailed(cls, change, step, error);
+      this.#hookFailed(cls, change, decoded.step, error);
     }
     return undefined;
+  }
+
+  /**
+   * The declarative broadcasts (or, without a declaration, the data events of
+   * the row's own and the table-wide stream), then the hook. Methods, not
+   * closures made per change: the hot path of every write.
+   */
+  #body(decoded: Decoded): unknown {
+    const cls = decoded.model;
+    const declared = declaredBroadcasts(cls);
+    if (declared === null) {
+      // no declaration: the row's own stream and the table-wide one
+      this.#publishData(cls, decoded, null);
+      return this.#hook(decoded);
+    }
+    decoded.step = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
+    const broadcast = this.#broadcast(cls, declared, decoded);
+    // an async mapping: the hook runs after the change's declared frames are published, as with a sync one
+    return broadcast === undefined ? this.#hook(decoded) : broadcast.then(() => this.#hook(decoded));
+  }
+
+  #hook(decoded: Decoded): unknown {
+    decoded.step = decoded.op === "delete" ? "onDelete" : "onSave";
+    return runHook(decoded.stream!, decoded);
   }
 
   /**
@@ -225,12 +235,8 @@ export class HookDispatcher {
    * hook's, and the hook still runs. A promise (never rejecting) while an
    * async mapping is pending.
    */
-  #broadcast(
-    cls: AnyModelStreamClass,
-    declared: DeclaredBroadcasts,
-    decoded: DecodedChange,
-    change: ChangeRecord,
-  ): Promise<void> | undefined {
+  #broadcast(cls: AnyModelStreamClass, declared: DeclaredBroadcasts, decoded: Decoded): Promise<void> | undefined {
+    const change = decoded.change;
     const step: HookStep = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
     try {
       // the data events go to the streams the HTML went to, from the same mapping
@@ -238,7 +244,7 @@ export class HookDispatcher {
         cls,
         declared,
         { op: decoded.op, entity: decoded.entity, previous: decoded.previous },
-        (mapped) => this.#publishData(cls, decoded, mapped, change),
+        (mapped) => this.#publishData(cls, decoded, mapped),
       );
       if (pending) {
         return pending.then(
@@ -254,18 +260,13 @@ export class HookDispatcher {
   }
 
   /** The change's data events (data/events.ts); a failure is logged like a hook's, and the hook still runs. */
-  #publishData(
-    cls: AnyModelStreamClass,
-    decoded: DecodedChange,
-    mapped: MappedStreams | null,
-    change: ChangeRecord,
-  ): void {
+  #publishData(cls: AnyModelStreamClass, decoded: Decoded, mapped: MappedStreams | null): void {
     try {
-      const runtime = runtimeOf(cls);
-      publishDataEvents(cls, decoded, mapped, (channel, json) => void runtime.publishData(channel, json));
-      this.#succeeded(cls, change, "dataEvents");
+      // runtime.publishData logs its own failures (Publisher)
+      publishDataEvents(cls, decoded, mapped, runtimeOf(cls).publishData);
+      this.#succeeded(cls, decoded.change, "dataEvents");
     } catch (error) {
-      this.#hookFailed(cls, change, "dataEvents", error);
+      this.#hookFailed(cls, decoded.change, "dataEvents", error);
     }
   }
 
@@ -325,6 +326,10 @@ class Decoded implements DecodedChange {
   readonly table: string;
   readonly op: ChangeOp;
   actor: unknown = undefined;
+  /** The row's stream, once `run` made it (the entity's `.stream`). */
+  stream: ModelStream | undefined = undefined;
+  /** The step running now: what a failure is logged as. */
+  step: HookStep = "decode";
   /** null: not decoded yet. */
   #previous: Record<string, unknown> | undefined | null = null;
   #changed: string[] | undefined;
@@ -332,7 +337,7 @@ class Decoded implements DecodedChange {
   readonly #decode: RowDecoder;
 
   constructor(
-    change: ChangeRecord,
+    readonly change: ChangeRecord,
     readonly model: AnyModelStreamClass,
     readonly entity: Record<string, unknown>,
     readonly requestId: string | undefined,
@@ -364,12 +369,35 @@ class Decoded implements DecodedChange {
   }
 }
 
-/** Calls the change's hook on its stream with its context; returns what the hook returned (a promise for an async one). */
+/** The entity's `.stream` property, filled in per change (one descriptor object for every change). */
+const STREAM_PROPERTY: PropertyDescriptor = {
+  value: undefined,
+  configurable: true,
+  enumerable: false,
+  writable: false,
+};
+
+/**
+ * Calls the change's hook on its stream with its context; returns what the
+ * hook returned (a promise for an async one). An update's `previous` and
+ * `changed` are getters, decoded on first read; an insert has nothing to
+ * decode, and gets plain properties (an object literal with getters costs
+ * V8 more than the rest of a change's dispatch).
+ */
 function runHook(stream: ModelStream, change: DecodedChange): unknown {
   const { entity, op, seq: version, actor } = change;
   if (op === "delete") return stream.onDelete(entity as never, { version, actor: actor as never });
+  if (op === "insert") {
+    return stream.onSave(entity as never, {
+      created: true,
+      previous: undefined,
+      changed: change.changed as never,
+      version,
+      actor: actor as never,
+    });
+  }
   return stream.onSave(entity as never, {
-    created: op === "insert",
+    created: false,
     get previous() {
       return change.previous as never;
     },

@@ -1,8 +1,9 @@
+import type { FrameText } from "../brokers/broker.js";
 import type { DecodedChange } from "../changes/dispatch.js";
 import type { MappedStreams } from "../streams/declarative.js";
 import type { AnyModelStreamClass } from "../streams/registry.js";
 import { dataChannel } from "./channel.js";
-import { dataFields, keyOfRow, projectRow } from "./fields.js";
+import { type DataFields, dataFields, keyOfRow, projectRow } from "./fields.js";
 
 export { DATA_PREFIX, dataChannel, isDataChannel } from "./channel.js";
 
@@ -32,6 +33,11 @@ export function versionOf(json: string): number | null {
   return Number.isSafeInteger(version) ? version : null;
 }
 
+/** The data action of a change's operation, where the row stays. */
+export function dataAction(op: DecodedChange["op"]): DataAction {
+  return op === "insert" ? "created" : op === "delete" ? "deleted" : "updated";
+}
+
 /**
  * Which streams get a change's data event, and as what: the streams its HTML
  * goes to. With broadcastsTo / broadcastsRefreshesTo, the row's mapped
@@ -45,9 +51,9 @@ export function dataTargets(
   mapped: MappedStreams | null,
 ): Map<string, DataAction> {
   const targets = new Map<string, DataAction>();
-  const action: DataAction = change.op === "insert" ? "created" : change.op === "delete" ? "deleted" : "updated";
+  const action = dataAction(change.op);
   if (mapped === null) {
-    targets.set(cls.for(change.entity as never).name, action);
+    targets.set(rowStreamName(cls, change), action);
     targets.set(cls.all().name, action);
     return targets;
   }
@@ -62,26 +68,62 @@ export function dataTargets(
 }
 
 /**
- * Publishes a change's data events: each built once (the projection through
- * `static fields` once per change, the JSON once per action), whatever the
- * number of streams and of subscribers. `mapped`: the streams the
- * declarative broadcasts mapped the row to (null: the class declares none).
+ * Publishes a change's data events: each built once at most (the JSON once
+ * per action, when a broker first reads it: the in-memory broker reads none
+ * for channels nobody watched), whatever the number of streams and of
+ * subscribers. `mapped`: the streams the
+ * declarative broadcasts mapped the row to (null: the class declares none,
+ * so one event goes to the row's own stream and the table-wide one — the
+ * common case, with no map of targets built).
  */
 export function publishDataEvents(
   cls: AnyModelStreamClass,
   change: DecodedChange,
   mapped: MappedStreams | null,
-  publish: (channel: string, json: string) => unknown,
+  publish: (channel: string, json: string | FrameText) => unknown,
 ): void {
+  const fields = dataFields(cls);
+  if (mapped === null) {
+    const event = new EventText(fields, change, dataAction(change.op));
+    publish(dataChannel(rowStreamName(cls, change)), event);
+    publish(fields.tableChannel, event);
+    return;
+  }
   const targets = dataTargets(cls, change, mapped);
   if (targets.size === 0) return;
-  const fields = dataFields(cls);
-  const key = keyOfRow(fields, change.entity);
-  const data = projectRow(fields, change.entity);
-  const built = new Map<DataAction, string>();
+  const built = new Map<DataAction, EventText>();
   for (const [stream, action] of targets) {
-    let json = built.get(action);
-    if (json === undefined) built.set(action, (json = dataEventJson(action, change.table, key, data, change.seq)));
-    publish(dataChannel(stream), json);
+    let event = built.get(action);
+    if (event === undefined) built.set(action, (event = new EventText(fields, change, action)));
+    publish(dataChannel(stream), event);
   }
+}
+
+/** A change's data event for one action, built on first read (see FrameText). */
+class EventText implements FrameText {
+  readonly #fields: DataFields;
+  readonly #change: DecodedChange;
+  readonly #action: DataAction;
+  #text: string | undefined;
+
+  constructor(fields: DataFields, change: DecodedChange, action: DataAction) {
+    this.#fields = fields;
+    this.#change = change;
+    this.#action = action;
+  }
+
+  get text(): string {
+    this.#text ??= eventJson(this.#fields, this.#change, this.#action);
+    return this.#text;
+  }
+}
+
+function eventJson(fields: DataFields, change: DecodedChange, action: DataAction): string {
+  const { entity } = change;
+  return dataEventJson(action, change.table, keyOfRow(fields, entity), projectRow(fields, entity), change.seq);
+}
+
+/** The row's own stream name: its `.stream` made by the dispatcher, else made here. */
+function rowStreamName(cls: AnyModelStreamClass, change: DecodedChange): string {
+  return (change.stream ?? cls.for(change.entity as never)).name;
 }

@@ -1,5 +1,6 @@
 import { DataFieldsError } from "../errors.js";
 import type { AnyModelStreamClass } from "../streams/registry.js";
+import { dataChannel } from "./channel.js";
 
 /** What `static fields` may hold: column (row property) names, or "*" for every column. */
 export type FieldsOption = "*" | readonly string[];
@@ -10,12 +11,14 @@ export interface DataFields {
   readonly names: readonly string[];
   /** The key's row property names. */
   readonly keys: readonly string[];
+  /** The data channel of the class's table-wide stream (`cls.all()`), which every change of a class without declared broadcasts goes to. */
+  readonly tableChannel: string;
 }
 
 const resolved = new WeakMap<AnyModelStreamClass, DataFields>();
 
 /**
- * The columns a class's data events carry: its key columns, then what
+ * The columns a class's data events carry (and its table-wide data channel): its key columns, then what
  * `static fields` lists (default none: the key alone, so a column added
  * later — a password hash, a private note — never leaks by default; "*"
  * every column). Throws DataFieldsError naming a column the table does not
@@ -42,7 +45,11 @@ export function dataFields(cls: AnyModelStreamClass): DataFields {
   } else {
     throw new DataFieldsError(cls.name, `must be "*" or an array of column names, got ${String(option)}`);
   }
-  const fields: DataFields = { names: [...new Set([...keys, ...listed])], keys };
+  const fields: DataFields = {
+    names: [...new Set([...keys, ...listed])],
+    keys,
+    tableChannel: dataChannel(cls.all().name),
+  };
   resolved.set(cls, fields);
   return fields;
 }

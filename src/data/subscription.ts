@@ -104,10 +104,18 @@ export async function subscribeData(
     throw new SyncError(names.join(" "), 400, "a sync is for one stream: subscribe each stream to sync on its own");
   }
   const stream = init.registry.resolve(names[0]!);
-  // every event published after this position reaches the gate (it subscribes before the read)
-  const position = await init.broker.head();
+  // kept for resuming from the sync's position on (a broker that keeps data channels only while watched)
+  const unwatch = init.broker.watch?.(channels);
   const gate = new DataGate(sink, { hold: true, version: null });
-  const unsubscribe = await init.hub.subscribe(channels, gate, {});
+  let unsubscribe: () => void;
+  let position: string;
+  try {
+    // every event published after this position reaches the gate (it subscribes before the read)
+    position = await init.broker.head();
+    unsubscribe = await init.hub.subscribe(channels, gate, {});
+  } finally {
+    unwatch?.();
+  }
   try {
     const set = await init.reader.read(stream);
     const seq = parsePosition(position)?.seq ?? 0;

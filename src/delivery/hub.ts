@@ -107,6 +107,8 @@ export class Hub {
       lastSeq: 0,
       closed: false,
     };
+    // a broker that keeps some streams only while watched (data channels in memory) keeps them from here
+    const unwatch = this.#broker.watch?.(streams);
     for (const name of streams) {
       let set = this.#byStream.get(name);
       if (!set) this.#byStream.set(name, (set = new Set()));
@@ -117,6 +119,7 @@ export class Hub {
       if (entry.closed) return;
       entry.closed = true;
       this.#count--;
+      unwatch?.();
       for (const name of streams) {
         const set = this.#byStream.get(name);
         if (!set) continue;

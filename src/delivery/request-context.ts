@@ -70,9 +70,14 @@ export function currentRequestId(): string | undefined {
   return storage.getStore()?.requestId;
 }
 
-/** Runs `fn` outside any request scope (timers it schedules carry no request id). */
+/**
+ * Runs `fn` outside any request scope (timers it schedules carry no request
+ * id). As a scope of `undefined`, not `storage.exit`: on Node 20 exit()
+ * disables and re-enables the async hook behind the storage, some
+ * microseconds a call — and this runs after every write the app makes.
+ */
 export function outsideRequest<T>(fn: () => T): T {
-  return storage.exit(fn);
+  return storage.run(undefined as unknown as RequestScope, fn);
 }
 
 /** A scope is remembered this long after its last write: the feed dispatches within milliseconds, a stalled one within seconds. */
@@ -127,7 +132,7 @@ export class ScopeTokens {
   /** Runs `fn` inside the scope a token names (outside any, if forgotten). */
   run<T>(token: string, fn: () => T): T {
     const scope = this.scope(token);
-    return scope === undefined ? storage.exit(fn) : storage.run(scope, fn);
+    return scope === undefined ? outsideRequest(fn) : storage.run(scope, fn);
   }
 
   /**

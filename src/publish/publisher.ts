@@ -1,4 +1,4 @@
-import type { Broker, Published } from "../brokers/broker.js";
+import type { Broker, FrameText, Published } from "../brokers/broker.js";
 import { isDataChannel } from "../data/channel.js";
 import { ClosedError } from "../errors.js";
 import { LogThrottle } from "../log-throttle.js";
@@ -42,42 +42,58 @@ export class Publisher {
         ? Promise.reject(new ClosedError("turbocast instance"))
         : this.#broker.publish(stream, frame);
     this.#pending++;
-    published.then(
-      () => {
-        this.#settled();
-        // 0 as well when nothing failed: one map lookup per publish
-        const counted = this.#throttle.recovered(FAILED);
-        if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
-      },
-      (error: unknown) => {
-        this.#settled();
-        this.#throttle.log(
-          FAILED,
-          "warn",
-          `broadcast to ${stream} failed; further failures are counted until one succeeds`,
-          {
-            error,
-          },
-        );
-      },
-    );
+    // one closure per publish (the failure's log line names the stream); a success shares #published
+    published.then(this.#published, (error: unknown) => this.#failed(stream, error));
     return published;
   };
 
   /**
    * Publishes a data event (data/events.ts), whose promise nobody awaits:
-   * through the broker's `publishUnawaited` when it has one, so the event
-   * costs no promise; else as `publish`. A failure is logged as a publish's.
+   * through the broker's synchronous `publishNow` when it has one (the
+   * in-memory broker: no promise, never pending, and a FrameText is built
+   * only if the broker keeps or delivers it), else its `publishUnawaited`
+   * (a queued broker: no promise, counted by its `backlog`), else as
+   * `publish`. A failure is logged as a publish's is.
    */
-  publishData = (channel: string, json: string): void => {
-    if (this.#broker.publishUnawaited === undefined || this.#state !== "open") {
-      void this.publish(channel, json);
+  publishData = (channel: string, json: string | FrameText): void => {
+    const broker = this.#broker;
+    if (this.#state === "open" && broker.publishNow !== undefined) {
+      try {
+        broker.publishNow(channel, json);
+      } catch (error) {
+        this.#logFailure(channel, error);
+        return;
+      }
+      this.#recovered();
       return;
     }
-    this.#broker.publishUnawaited(channel, json, this.#unawaitedFailed);
+    const text = typeof json === "string" ? json : json.text;
+    if (this.#state === "open" && broker.publishUnawaited !== undefined) {
+      broker.publishUnawaited(channel, text, this.#unawaitedFailed);
+      return;
+    }
+    void this.publish(channel, text);
   };
 
-  readonly #unawaitedFailed = (error: unknown, stream: string): void => {
+  readonly #unawaitedFailed = (error: unknown, stream: string): void => this.#logFailure(stream, error);
+
+  readonly #published = (): void => {
+    this.#settled();
+    this.#recovered();
+  };
+
+  #recovered(): void {
+    // 0 as well when nothing failed: one map lookup per publish
+    const counted = this.#throttle.recovered(FAILED);
+    if (counted > 0) this.#logger.info(`broadcasts work again after ${counted + 1} failed`);
+  }
+
+  #failed(stream: string, error: unknown): void {
+    this.#settled();
+    this.#logFailure(stream, error);
+  }
+
+  #logFailure(stream: string, error: unknown): void {
     this.#throttle.log(
       FAILED,
       "warn",
@@ -86,7 +102,7 @@ export class Publisher {
         error,
       },
     );
-  };
+  }
 
   /** Calls `listener` with every frame published from now on; returns the function that stops it. */
   tap(listener: (stream: string, frame: string) => void): () => void {

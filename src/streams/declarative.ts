@@ -2,7 +2,7 @@ import { BroadcastConfigError, FrameOptionsError, TemplateRenderError } from "..
 import { buildFrame } from "../frames/frame.js";
 import { domId, singularOf } from "./dom-id.js";
 import type { ModelStream } from "./model-stream.js";
-import { type BroadcastOptions, runtimeOf } from "./runtime.js";
+import { type BroadcastOptions, type StreamRuntime, runtimeOf } from "./runtime.js";
 import { Stream } from "./stream.js";
 
 /** What `broadcastsTo` / `broadcastsRefreshesTo` return for a row: a stream, several, or nothing (the row is in no list). */
@@ -162,23 +162,23 @@ export function broadcastDeclared(
   onMapped?: (mapped: MappedStreams) => void,
 ): Promise<void> | undefined {
   const { op, entity, previous } = change;
+  // no closures made per change here: this runs for every change of a declarative class
   const pending: Promise<unknown>[] = [];
-  const settle = <T>(compute: () => T): T => {
-    try {
-      const value = compute();
-      if (isPromise(value)) pending.push(value);
-      return value;
-    } catch (error) {
-      // the earlier promises are dropped with this change: their rejections are not the one to report
-      for (const promise of pending) promise.catch(() => {});
-      throw error;
-    }
-  };
-  const after = settle(() => streamsOf(cls, declared, entity));
-  const before = settle(() => (previous === undefined ? null : streamsOf(cls, declared, previous)));
-  const locals = settle(() =>
-    declared.kind === "partials" && op !== "delete" ? (declared.locals as LocalsOf | undefined)?.(entity) : undefined,
-  );
+  let after: Streams | Promise<Streams>;
+  let before: Streams | Promise<Streams> | null;
+  let locals: object | Promise<object> | undefined;
+  try {
+    after = tracked(pending, streamsOf(cls, declared, entity));
+    before = previous === undefined ? null : tracked(pending, streamsOf(cls, declared, previous));
+    locals =
+      declared.kind === "partials" && op !== "delete"
+        ? tracked(pending, (declared.locals as LocalsOf | undefined)?.(entity))
+        : undefined;
+  } catch (error) {
+    // the earlier promises are dropped with this change: their rejections are not the one to report
+    for (const promise of pending) promise.catch(() => {});
+    throw error;
+  }
   if (pending.length > 0) {
     return Promise.all([after, before, locals]).then(([after, before, locals]) => {
       publishDeclared(cls, declared, change, after, before, locals);
@@ -188,6 +188,12 @@ export function broadcastDeclared(
   publishDeclared(cls, declared, change, after as Streams, before as Streams | null, locals as object | undefined);
   onMapped?.({ before: before as Streams | null, after: after as Streams });
   return undefined;
+}
+
+/** `value`, noting it in `pending` when it is a promise (an async mapping or locals). */
+function tracked<T>(pending: Promise<unknown>[], value: T): T {
+  if (isPromise(value)) pending.push(value);
+  return value;
 }
 
 /** The streams a change's row mapped to, by name, after it and (for an update whose previous row is known) before it. */
@@ -216,47 +222,69 @@ function publishDeclared(
     }
     return;
   }
-  const runtime = runtimeOf(cls);
-  const options: BroadcastOptions | undefined = declared.toOthers ? { toOthers: true } : undefined;
-  let html: string | undefined;
-  const rendered = (): string => {
-    if (html === undefined) {
-      try {
-        html = runtime.render(declared.partial, { ...locals, [declared.local]: entity });
-      } catch (error) {
-        throw error instanceof TemplateRenderError ? error : new TemplateRenderError(declared.partial, error);
-      }
-    }
-    return html;
-  };
-  const publish = (stream: Stream, frame: string): void => {
-    void runtime.publish(stream.name, frame, options);
-  };
-  const insert = (stream: Stream): void => {
-    const target =
-      typeof declared.target === "function" ? (declared.target as (row: unknown) => string)(entity) : declared.target;
-    publish(stream, buildFrame({ action: declared.insertsBy, target, html: rendered() }));
-  };
+  const frames = new PartialFrames(runtimeOf(cls), declared, entity, locals);
   if (op === "insert") {
-    for (const stream of after.values()) insert(stream);
+    for (const stream of after.values()) frames.insert(stream);
   } else if (op === "delete") {
     const id = domId(entity);
-    for (const stream of after.values()) publish(stream, buildFrame({ action: "remove", target: id }));
+    for (const stream of after.values()) frames.publish(stream, buildFrame({ action: "remove", target: id }));
   } else if (before === null) {
     // logged before the log kept previous rows: replace where the row is now, as hooks used to
     const id = domId(entity);
     for (const stream of after.values())
-      publish(stream, buildFrame({ action: "replace", target: id, html: rendered() }));
+      frames.publish(stream, buildFrame({ action: "replace", target: id, html: frames.html() }));
   } else {
     // the element on the page still has the old id when the key itself changed
     const id = domId(previous!);
     for (const [name, stream] of before) {
-      if (!after.has(name)) publish(stream, buildFrame({ action: "remove", target: id }));
+      if (!after.has(name)) frames.publish(stream, buildFrame({ action: "remove", target: id }));
     }
     for (const [name, stream] of after) {
-      if (before.has(name)) publish(stream, buildFrame({ action: "replace", target: id, html: rendered() }));
-      else insert(stream);
+      if (before.has(name)) frames.publish(stream, buildFrame({ action: "replace", target: id, html: frames.html() }));
+      else frames.insert(stream);
     }
+  }
+}
+
+/** One change's frames for a class with a partial: the row rendered once at most, however many streams get it. */
+class PartialFrames {
+  readonly #runtime: StreamRuntime;
+  readonly #declared: DeclaredBroadcasts;
+  readonly #entity: object;
+  readonly #locals: object | undefined;
+  readonly #options: BroadcastOptions | undefined;
+  #html: string | undefined;
+
+  constructor(runtime: StreamRuntime, declared: DeclaredBroadcasts, entity: object, locals: object | undefined) {
+    this.#runtime = runtime;
+    this.#declared = declared;
+    this.#entity = entity;
+    this.#locals = locals;
+    this.#options = declared.toOthers ? { toOthers: true } : undefined;
+  }
+
+  /** The partial rendered with the row (and the class's locals). */
+  html(): string {
+    if (this.#html === undefined) {
+      const { partial, local } = this.#declared;
+      try {
+        this.#html = this.#runtime.render(partial, { ...this.#locals, [local]: this.#entity });
+      } catch (error) {
+        throw error instanceof TemplateRenderError ? error : new TemplateRenderError(partial, error);
+      }
+    }
+    return this.#html;
+  }
+
+  publish(stream: Stream, frame: string): void {
+    void this.#runtime.publish(stream.name, frame, this.#options);
+  }
+
+  /** The row inserted into a list it entered (or was created in). */
+  insert(stream: Stream): void {
+    const { target, insertsBy } = this.#declared;
+    const id = typeof target === "function" ? (target as (row: unknown) => string)(this.#entity) : target;
+    this.publish(stream, buildFrame({ action: insertsBy, target: id, html: this.html() }));
   }
 }
 
@@ -268,22 +296,23 @@ function streamsOf(cls: typeof ModelStream, declared: DeclaredBroadcasts, row: o
 
 function collect(cls: typeof ModelStream, declared: DeclaredBroadcasts, mapped: unknown): Streams {
   const streams: Streams = new Map();
-  const add = (value: unknown): void => {
-    if (value === null || value === undefined || value === false) return;
-    if (Array.isArray(value)) {
-      for (const item of value) add(item);
-      return;
-    }
-    if (!(value instanceof Stream)) {
-      const what = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
-      throw new FrameOptionsError(
-        `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, nothing, or a promise of one of these`,
-      );
-    }
-    if (!streams.has(value.name)) streams.set(value.name, value);
-  };
-  add(mapped);
+  addStreams(streams, cls, declared, mapped);
   return streams;
+}
+
+function addStreams(streams: Streams, cls: typeof ModelStream, declared: DeclaredBroadcasts, value: unknown): void {
+  if (value === null || value === undefined || value === false) return;
+  if (Array.isArray(value)) {
+    for (const item of value) addStreams(streams, cls, declared, item);
+    return;
+  }
+  if (!(value instanceof Stream)) {
+    const what = declared.kind === "partials" ? "broadcastsTo" : "broadcastsRefreshesTo";
+    throw new FrameOptionsError(
+      `${cls.name}.${what} returned ${describe(value)}: return a Stream (XStream.for(...)), an array of them, nothing, or a promise of one of these`,
+    );
+  }
+  if (!streams.has(value.name)) streams.set(value.name, value);
 }
 
 function isPromise(value: unknown): value is Promise<unknown> {

@@ -204,24 +204,23 @@ export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream 
     const cls = this as unknown as typeof ModelStream;
     const info = cls.tableInfo();
     const keys = info.keys;
-    const columnNames = keys.map((k) => k.key);
     let values: unknown[];
     let entity: Record<string, unknown> | undefined;
     if (entityOrPk !== null && typeof entityOrPk === "object" && !(entityOrPk instanceof Date)) {
       const record = entityOrPk as Record<string, unknown>;
       values = keys.map((k) => record[k.key]);
       // a full row (more than its key columns) is kept as the stream's entity
-      if (Object.keys(record).some((name) => !columnNames.includes(name))) entity = record;
+      if (hasOtherProperty(record, keys)) entity = record;
     } else {
       if (keys.length > 1 && entityOrPk !== undefined && entityOrPk !== null) {
         throw new FrameOptionsError(
-          `${cls.name}.for(): table "${info.name}" has a composite key (${columnNames.join(", ")}); pass a row or { ${columnNames.join(", ")} }`,
+          `${cls.name}.for(): table "${info.name}" has a composite key (${keyNames(keys).join(", ")}); pass a row or { ${keyNames(keys).join(", ")} }`,
         );
       }
       values = [entityOrPk];
     }
     if (values.some((v) => v === undefined || v === null || (typeof v === "number" && Number.isNaN(v)))) {
-      throw new MissingPrimaryKeyError(info.name, columnNames);
+      throw new MissingPrimaryKeyError(info.name, keyNames(keys));
     }
     const parts = values.map((v) => (v instanceof Date ? String(v.getTime()) : String(v)));
     const pk = keys.length === 1 ? values[0] : Object.fromEntries(keys.map((k, i) => [k.key, values[i]]));
@@ -262,4 +261,28 @@ export class ModelStream<TTable extends BoundTable = BoundTable> extends Stream 
 
   /** Called after commit for every deleted row, with the row as it was. */
   onDelete(_entity: InferSelectModel<TTable>, _context: DeleteContext): void | Promise<void> {}
+}
+
+function keyNames(keys: TableInfo["keys"]): string[] {
+  return keys.map((k) => k.key);
+}
+
+/**
+ * Whether a row has an own enumerable property that is not one of its key
+ * columns (so it is a row, not a bare key object). No array made: every
+ * change dispatched asks.
+ */
+function hasOtherProperty(record: Record<string, unknown>, keys: TableInfo["keys"]): boolean {
+  for (const name in record) {
+    if (!Object.hasOwn(record, name)) continue;
+    let isKey = false;
+    for (const key of keys) {
+      if (key.key === name) {
+        isKey = true;
+        break;
+      }
+    }
+    if (!isKey) return true;
+  }
+  return false;
 }

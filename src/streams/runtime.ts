@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from "node:async_hooks";
-import type { Published } from "../brokers/broker.js";
+import type { FrameText, Published } from "../brokers/broker.js";
 import { NotBoundError } from "../errors.js";
 import type { FrameSpec } from "../frames/frame.js";
 
@@ -28,7 +28,7 @@ export interface StreamRuntime {
    */
   publish(stream: string, frame: string, options?: BroadcastOptions): Promise<Published>;
   /** Publishes a data event (JSON) on a data channel (data/events.ts), unawaited; failures are logged like a frame's. Called unbound. */
-  readonly publishData: (channel: string, json: string) => void;
+  readonly publishData: (channel: string, json: string | FrameText) => void;
   /** Publishes one refresh per stream per debounce window (turbo-rails' debounced refresh). */
   refresh(stream: string, spec: Pick<FrameSpec, "requestId">): Promise<Published>;
   /** The app's Drizzle database (`this.db` on streams). */

@@ -296,6 +296,35 @@ describeDialects("data events", (context) => {
       expect(fromSync.got.map((g) => g.event.data?.body)).toEqual(["one", "two", "one, edited", "three"]);
     });
 
+    it("keeps a channel's events for resuming from its first subscription on; a resume from before that, across events nobody kept, gets a refresh", async () => {
+      const app = await context.open();
+      const { turbo } = app;
+      const before = await turbo.broker.head();
+      // nobody subscribes to room 1's data yet: the in-memory broker keeps none of its events
+      await app.write("insert into messages (room_id, body) values (1, 'kept by nobody')");
+      const frames: Published[] = [];
+      const init = { hub: turbo.hub, broker: turbo.broker, registry: turbo.registry, reader: app.reader() };
+      const unsubscribe = await subscribeData(
+        init,
+        [context.streams.RoomStream.for(1).name],
+        { send: (frame) => frames.push(frame) },
+        { sync: false, after: before, version: null },
+      );
+      // never a silent gap: the subscriber is told to sync again
+      await waitFor(() => frames.length === 1);
+      expect(frames[0]!.frame).toContain('action="refresh"');
+      unsubscribe();
+      // from its first subscription on, the channel is kept: a later resume replays what was missed
+      const first = subscriber(app);
+      const stop = await first.subscribe({ sync: true, after: null, version: null });
+      stop();
+      await app.write("insert into messages (room_id, body) values (1, 'while away')");
+      const again = subscriber(app);
+      await again.subscribe({ sync: false, after: first.got[0]!.position, version: first.got[0]!.event.version });
+      await waitFor(() => again.got.length === 1);
+      expect(again.got.map((g) => [g.event.action, g.event.data?.body])).toEqual([["created", "while away"]]);
+    });
+
     it("refuses a sync of a stream without one, or of several streams at once", async () => {
       const { RoomStream, UserStream } = context.streams;
       const { turbo, reader } = await context.open();
