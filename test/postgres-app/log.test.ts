@@ -169,14 +169,18 @@ describe("PostgreSQL capture triggers and change log", () => {
 
   it("takes over a claim whose lease ran out (by the server's clock), from where it was completed", async () => {
     await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 5) g");
-    const crashed = await log.completeAndClaim("dead", 0, Date.now(), 50, 3);
+    // a lease long enough that the next claim surely falls inside it (the first claims also PREPARE their statements)
+    const crashed = await log.completeAndClaim("dead", 0, Date.now(), 1000, 3);
     expect(crashed.map((r) => r.seq)).toEqual([1, 2, 3]);
     expect(await log.completeAndClaim("alive", 0, Date.now(), 30_000, 10)).toEqual([]);
     // leases run on the server's clock: wait them out
-    const taken = await waitFor(async () => {
-      const batch = await log.completeAndClaim("alive", 0, Date.now(), 30_000, 10);
-      return batch.length > 0 ? batch : null;
-    });
+    const taken = await waitFor(
+      async () => {
+        const batch = await log.completeAndClaim("alive", 0, Date.now(), 30_000, 10);
+        return batch.length > 0 ? batch : null;
+      },
+      { timeoutMs: 10_000 },
+    );
     expect(taken.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
     expect(log.tookOver).toMatchObject({ from: "dead", why: "expired" });
     expect(await log.complete("dead", 3)).toBe(false);
