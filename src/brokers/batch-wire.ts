@@ -42,23 +42,16 @@ export function encodeFrames(frames: readonly OutgoingFrame[]): EncodedBatch {
   const body = Buffer.allocUnsafe(chars * 3);
   const byteLengths: number[] = new Array(frames.length);
   const streamIndexes: number[] = new Array(frames.length);
-  const streams: string[] = [];
-  const indexOf = new Map<string, number>();
+  const streams = new StreamIndex();
   let offset = 0;
   for (let i = 0; i < frames.length; i++) {
     const { stream, frame } = frames[i]!;
-    let index = indexOf.get(stream);
-    if (index === undefined) {
-      index = streams.length;
-      streams.push(stream);
-      indexOf.set(stream, index);
-    }
-    streamIndexes[i] = index;
+    streamIndexes[i] = streams.of(stream);
     const written = writeUtf8(body, frame, offset);
     byteLengths[i] = written;
     offset += written;
   }
-  return { body: body.subarray(0, offset), byteLengths, streams, streamIndexes };
+  return { body: body.subarray(0, offset), byteLengths, streams: streams.names, streamIndexes };
 }
 
 /**
@@ -78,22 +71,15 @@ const writeUtf8: (buffer: Buffer, text: string, offset: number) => number =
  * index, each frame's length, and the newline the body follows.
  */
 export function messageTail(frames: readonly OutgoingFrame[], from = 0, to = frames.length): string {
-  const streams: string[] = [];
-  const indexOf = new Map<string, number>();
+  const streams = new StreamIndex();
   const indexes: number[] = new Array(to - from);
   const lengths: number[] = new Array(to - from);
   for (let i = from; i < to; i++) {
     const { stream, frame } = frames[i]!;
-    let index = indexOf.get(stream);
-    if (index === undefined) {
-      index = streams.length;
-      streams.push(stream);
-      indexOf.set(stream, index);
-    }
-    indexes[i - from] = index;
+    indexes[i - from] = streams.of(stream);
     lengths[i - from] = frame.length;
   }
-  return `"k":${JSON.stringify(streams)},"x":[${indexes.join(",")}],"l":[${lengths.join(",")}]}\n`;
+  return `"k":${JSON.stringify(streams.names)},"x":[${indexes.join(",")}],"l":[${lengths.join(",")}]}\n`;
 }
 
 /**
@@ -144,4 +130,20 @@ export function framesOfBody(
     offset += length;
   }
   return offset === body.length ? frames : null;
+}
+
+/** A batch's distinct stream names in first-seen order: a frame carries its stream's index, not the name. */
+class StreamIndex {
+  readonly names: string[] = [];
+  readonly #indexes = new Map<string, number>();
+
+  of(stream: string): number {
+    let index = this.#indexes.get(stream);
+    if (index === undefined) {
+      index = this.names.length;
+      this.names.push(stream);
+      this.#indexes.set(stream, index);
+    }
+    return index;
+  }
 }
