@@ -175,12 +175,16 @@ ${layout}<div id="lobby">${list("lobby")}</div>
           await new Promise((resolve) => setTimeout(resolve, 40));
         }
       })();
-      await page.click("#to-3");
-      await page.waitForURL(/\/page\/3/);
-      await waitFor(() => allConnected(page, 3), { message: "room 3's sources connected" });
-      await waitFor(async () => (await page.locator("#side > p").count()) === 1);
-      publishing = false;
-      await publisher;
+      try {
+        await page.click("#to-3");
+        await page.waitForURL(/\/page\/3/);
+        await waitFor(() => allConnected(page, 3), { message: "room 3's sources connected" });
+        await waitFor(async () => (await page.locator("#side > p").count()) === 1);
+      } finally {
+        // a failure here must not leave the loop publishing into the tests that follow
+        publishing = false;
+        await publisher;
+      }
       const lastRoom = await publish(room(3));
       const lastLobby = await publish("lobby");
       await waitFor(
