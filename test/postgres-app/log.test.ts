@@ -255,6 +255,18 @@ describe("PostgreSQL capture triggers and change log", () => {
     expect(bodies(await drainAll())).toEqual([["insert", "pending"]]);
   });
 
+  it("prunes a window marked done by complete, though no later claim closed it", async () => {
+    await pool.query("INSERT INTO items (body) SELECT 'p' || g FROM generate_series(1, 10) g");
+    // a feed that claims, dispatches and gives the cursor back with nothing written after: the window stays open
+    const batch = await log.completeAndClaim("me", 0, Date.now(), 30_000, 100);
+    expect(batch).toHaveLength(10);
+    expect(await log.complete("me", 7)).toBe(true);
+    await log.prune({ count: 0, ageMs: 3_600_000 });
+    const { rows } = await pool.query("SELECT seq::int FROM _turbocast_changes ORDER BY seq");
+    expect(rows.map((r) => r.seq)).toEqual([8, 9, 10]);
+    expect(bodies(await drainAll())).toEqual([8, 9, 10].map((n) => ["insert", `p${n}`]));
+  });
+
   it("claims a 10,000-row UPDATE in batches quickly", async () => {
     await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 10000) g");
     await drainAll("me", 1000);

@@ -485,7 +485,11 @@ function statements(schema: string) {
       "prune",
       `
       DELETE FROM ${T} l USING ${C} c
-      WHERE c.id = 1 AND pg_visible_in_snapshot(l.xid, c.done_snapshot)
+      -- dispatched: done, or in the window up to what was marked done there (the last window stays open
+      -- until a later write opens the next one)
+      WHERE c.id = 1
+        AND (pg_visible_in_snapshot(l.xid, c.done_snapshot)
+          OR (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done))
         AND (l.seq <= (SELECT max(seq) FROM ${T}) - $1 OR l.at <= now() - $2 * interval '1 millisecond')`,
     ),
   };
