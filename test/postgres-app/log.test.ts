@@ -186,6 +186,40 @@ describe("PostgreSQL capture triggers and change log", () => {
     expect(await log.complete("dead", 3)).toBe(false);
   });
 
+  it("takes over at once a claim whose process is gone, from where it was completed", async () => {
+    await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 5) g");
+    expect((await log.completeAndClaim("dead", 0, Date.now(), 60_000, 3)).map((r) => r.seq)).toEqual([1, 2, 3]);
+    // the holder ran on this host and its pid no longer exists (owner.ts): no need to wait out its lease
+    const alive = new PgChangeLog(pool, schema.name, { mayBeAlive: (owner) => owner !== "dead" });
+    const taken = await alive.completeAndClaim("alive", 0, Date.now(), 30_000, 10);
+    expect(taken.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(alive.tookOver).toMatchObject({ from: "dead", why: "gone", after: 0 });
+  });
+
+  it("takes over a gone feed's claim only while that feed still holds it (not one another feed took meanwhile)", async () => {
+    await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 5) g");
+    await log.completeAndClaim("dead", 0, Date.now(), 60_000, 3);
+    // between the claim that found the holder gone and the one that takes over, another feed takes the cursor
+    const racing = schema.pool(2);
+    const connect = racing.connect.bind(racing) as () => Promise<pg.PoolClient>;
+    let connects = 0;
+    (racing as unknown as { connect: () => Promise<pg.PoolClient> }).connect = async () => {
+      const client = await connect();
+      if (++connects === 2) {
+        await client.query(
+          "UPDATE _turbocast_cursor SET owner = 'other', lease_until = (extract(epoch from clock_timestamp()) * 1000)::bigint + 60000",
+        );
+      }
+      return client;
+    };
+    const late = new PgChangeLog(racing, schema.name, { mayBeAlive: (owner) => owner !== "dead" });
+    expect(await late.completeAndClaim("late", 0, Date.now(), 30_000, 10)).toEqual([]);
+    expect(connects).toBe(2);
+    expect(late.tookOver).toBeNull();
+    const { rows } = await pool.query("SELECT owner FROM _turbocast_cursor");
+    expect(rows[0].owner).toBe("other");
+  });
+
   it("notifies its channel at commit, once per transaction", async () => {
     const listener = await pool.connect();
     try {

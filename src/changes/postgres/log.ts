@@ -98,35 +98,30 @@ export interface PgChangeRecord {
 }
 
 /** The server's clock in ms since the epoch (leases are measured in it). */
-const SERVER_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint::text";
+const SERVER_MS_BIGINT = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+const SERVER_MS = `${SERVER_MS_BIGINT}::text`;
 
-interface CursorRow {
-  serverNow: string;
-  lo: string;
-  hi: string | null;
-  done: string;
+/**
+ * A claim's answer: a first row with the cursor as it was and what the claim did (change columns
+ * null), then one row per claimed change (state columns null).
+ */
+interface ClaimRow {
+  /** The cursor's owner before the claim. */
+  prior: string | null;
+  /** Whether the claim took the cursor (false: another feed's lease is live). */
+  taken: boolean;
+  /** Whether the prior owner's lease had run out. */
+  expired: boolean;
+  /** done_max after the claim. */
   doneMax: string;
-  owner: string | null;
-  leaseUntil: string | null;
-  signature: string | null;
-}
-
-interface ChangeRow {
+  /** The seq after which the claimed window's changes are dispatched. */
+  after: string;
   seq: string;
   tbl: string;
   op: ChangeOp;
   row: string;
   previous: string | null;
   request_id: string | null;
-}
-
-/**
- * A claim's read: the window's next changes (hi null), or the next window's snapshot (hi), its first
- * change (first, null when it has none) and its first changes (one row with a null seq when none).
- */
-interface FetchedRow extends ChangeRow {
-  hi: string | null;
-  first: string | null;
 }
 
 /** What a poll read: is there work this feed could claim, how far dispatch got, and the schema signature. */
@@ -207,8 +202,8 @@ export class PgChangeLog {
    * next `limit` changes and returns them in dispatch order. Empty when
    * there is nothing to dispatch or another live feed holds the cursor.
    * The lease runs `leaseMs` from the server's clock (`_now` is unused).
-   * Two round trips: the lock and the read, then the cursor's update and
-   * COMMIT.
+   * One round trip (see the claim statement); a second one only to take
+   * over from a feed whose lease is live but whose process is gone.
    */
   async completeAndClaim(
     owner: string,
@@ -218,76 +213,56 @@ export class PgChangeLog {
     limit: number,
     relations: readonly string[] = [],
   ): Promise<PgChangeRecord[]> {
+    const first = await this.#claim(owner, doneUpTo, leaseMs, limit, relations, null);
+    if (typeof first !== "string") return first;
+    // the holder's lease is live but its process is gone (owner.ts): take it over now — if it still holds it
+    const taken = await this.#claim(owner, doneUpTo, leaseMs, limit, relations, first);
+    return typeof taken === "string" ? [] : taken;
+  }
+
+  async #claim(
+    owner: string,
+    doneUpTo: number,
+    leaseMs: number,
+    limit: number,
+    relations: readonly string[],
+    gone: string | null,
+  ): Promise<PgChangeRecord[] | string> {
     const client = await this.#pool.connect();
     let failure: Error | undefined;
     try {
-      // One round trip: begin, lock the cursor, and read the window's next changes as far as this feed
-      // completed them — or, when the window has none left, open the next window and read its first
-      // changes (all discarded below when another live feed holds the cursor). Prepared statements:
-      // planning these took several times longer than running them.
+      // One round trip, one implicit transaction: lock the cursor, then (a statement of its own, so that
+      // its snapshot is taken with the lock held) read the next changes and move the cursor. Prepared
+      // statements: planning these took several times longer than running them.
       const sql = this.#sql;
-      const fetch = sql.fetch(limit);
+      const claim = sql.claim(limit);
       const lock = sql.lock(relations);
-      const needed = [lock, fetch, sql.take, sql.idle];
+      const needed = [lock, claim];
       let have = preparedOn.get(client);
       const prepare = needed.filter((p) => !have?.has(p.name));
       const results = (await client.query(
-        `${prepare.map((p) => p.prepare).join("")}BEGIN;
-        EXECUTE ${lock.name};
-        EXECUTE ${fetch.name}(${quoteLiteral(owner)}, ${int(doneUpTo)})`,
+        `${prepare.map((p) => p.prepare).join("")}EXECUTE ${lock.name};
+        EXECUTE ${claim.name}(${quoteLiteral(owner)}, ${int(doneUpTo)}, ${int(leaseMs)}, ${gone === null ? "NULL" : quoteLiteral(gone)})`,
       )) as unknown as pg.QueryResult[];
       if (prepare.length > 0) {
         if (!have) preparedOn.set(client, (have = new Set()));
         for (const p of prepare) have.add(p.name);
       }
-      const locked = results[results.length - 2] as pg.QueryResult<CursorRow>;
-      const fetched = results[results.length - 1] as pg.QueryResult<FetchedRow>;
-      const cursor = locked.rows[0]!;
-      let done = Number(cursor.done);
-      let doneMax = Number(cursor.doneMax);
-      this.#signature = cursor.signature ?? "";
-      this.#lostClaim = false;
+      const locked = results[results.length - 2] as pg.QueryResult<{ signature: string | null }>;
+      const claimed = results[results.length - 1] as pg.QueryResult<ClaimRow>;
+      const state = claimed.rows[0]!;
+      this.#signature = locked.rows[0]?.signature ?? "";
+      this.#lostClaim = doneUpTo > 0 && state.prior !== owner;
       this.#tookOver = null;
-      if (doneUpTo > 0) {
-        if (cursor.owner === owner) {
-          done = Math.max(done, doneUpTo);
-          doneMax = Math.max(doneMax, doneUpTo);
-        } else {
-          this.#lostClaim = true;
-        }
+      this.#doneSeq = Number(state.doneMax);
+      if (!state.taken) {
+        // another feed holds the cursor with a live lease (by the server's clock): leave it, unless its
+        // process is gone (then the holder's name: take it over)
+        return gone === null && state.prior !== null && !this.#mayBeAlive(state.prior) ? state.prior : [];
       }
-      this.#doneSeq = doneMax;
-      const now = Number(cursor.serverNow);
-      const held = this.#heldBy(cursor, owner, now);
-      if (held === "live") {
-        await client.query("COMMIT");
-        return [];
-      }
-      let lo = cursor.lo;
-      let hi = cursor.hi;
-      // read after the same `done` as computed above (doneUpTo counts only when the cursor is this feed's)
-      let rows = fetched.rows;
-      // never empty: a window with nothing left reads as the next one (a row even when that has nothing)
-      if (rows.length === 0) throw new Error("change log: a claim read neither the window nor the next one");
-      const next = rows[0]!.hi === null ? null : rows[0]!;
-      if (next) {
-        // the window was exhausted (or there was none): what it held is done, and the read opened the next
-        lo = hi ?? lo;
-        hi = next.hi;
-        if (next.first === null) {
-          await client.query(`EXECUTE ${sql.idle.name}(${quoteLiteral(hi!)}, ${int(doneMax)}); COMMIT`);
-          return [];
-        }
-        done = Number(next.first) - 1;
-        if (next.seq === null) rows = [];
-      }
-      const last = rows.length > 0 ? Number(rows[rows.length - 1]!.seq) : done;
-      await client.query(
-        `EXECUTE ${sql.take.name}(${quoteLiteral(lo)}, ${quoteLiteral(hi!)}, ${int(done)}, ${int(doneMax)}, ` +
-          `${quoteLiteral(owner)}, ${int(last)}, ${int(now + leaseMs)}); COMMIT`,
-      );
-      if (held !== "free" && rows.length > 0) {
-        this.#tookOver = { from: cursor.owner!, why: held, after: done };
+      const rows = claimed.rows.slice(1);
+      if (state.prior !== null && state.prior !== owner && rows.length > 0) {
+        this.#tookOver = { from: state.prior, why: state.expired ? "expired" : "gone", after: Number(state.after) };
       }
       return rows.map((r) => ({
         seq: Number(r.seq),
@@ -298,11 +273,10 @@ export class PgChangeLog {
         requestId: r.request_id || null,
       }));
     } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
       failure = error as Error;
       throw error;
     } finally {
-      // a connection that failed mid-transaction is not given back to the pool
+      // a connection that failed mid-claim is not given back to the pool (nor its prepared statements)
       client.release(failure);
     }
   }
@@ -364,7 +338,7 @@ const preparedOn = new WeakMap<object, Set<string>>();
 
 function statements(schema: string) {
   const { changes: T, cursor: C } = logNames(schema);
-  const fetches = new Map<number, Prepared>();
+  const claims = new Map<number, Prepared>();
   const locks = new Map<string, Prepared>();
   return {
     poll: named(
@@ -382,8 +356,8 @@ function statements(schema: string) {
       FROM ${C} c WHERE c.id = 1`,
     ),
     /**
-     * The cursor, locked, with the server's clock and the schema signature of `relations` (inlined: a
-     * statement without parameters keeps one plan, where a text[] parameter had it planned every time).
+     * Locks the cursor, and reads the schema signature of `relations` (inlined: a statement without
+     * parameters keeps one plan, where a text[] parameter had it planned every time).
      */
     lock(relations: readonly string[]): Prepared {
       const key = JSON.stringify(relations);
@@ -392,36 +366,42 @@ function statements(schema: string) {
       statement = prepared(
         "lock",
         "",
-        `
-      SELECT ${SERVER_MS} AS "serverNow", done_snapshot::text AS lo, window_snapshot::text AS hi, window_done::text AS done,
-             done_max::text AS "doneMax", owner, lease_until::text AS "leaseUntil",
-             ${signatureSubquery(textArray(relations))} AS signature
-      FROM ${C} WHERE id = 1 FOR UPDATE`,
+        `SELECT ${signatureSubquery(textArray(relations))} AS signature FROM ${C} WHERE id = 1 FOR UPDATE`,
       );
       locks.set(key, statement);
       return statement;
     },
     /**
-     * The window's next `limit` changes after what the feed $1 completed ($2) — or, when the window
-     * has none left (or there is none), the next window: a snapshot taken now, its first change, and
-     * its first `limit` changes (one row with a null seq when it has none). Run with the cursor locked.
+     * The claim, run after `lock` in the same transaction (a statement of its own, so its snapshot sees
+     * the cursor as its last holder committed it): for the feed $1, which dispatched up to $2 (counted
+     * only while the cursor is still its own), unless another feed holds the cursor with a live lease
+     * (one held by $4, a feed whose process is gone, is taken) — the window's next `limit` changes, or, when the window has none
+     * left (or there is none), the next window: a snapshot taken now (pg_current_snapshot() is the
+     * statement's), its first change, and its first `limit` changes. It moves the cursor accordingly,
+     * with a lease of $3 ms on the server's clock; a next window with nothing in it is done at once,
+     * and the cursor left free.
      */
-    fetch(limit: number): Prepared {
-      let statement = fetches.get(limit);
+    claim(limit: number): Prepared {
+      let statement = claims.get(limit);
       if (statement) return statement;
       statement = prepared(
-        `fetch${int(limit)}`,
-        "text, bigint",
+        `claim${int(limit)}`,
+        "text, bigint, bigint, text",
         `
-      WITH rest AS MATERIALIZED (
+      WITH st AS MATERIALIZED (
+        SELECT c.*,
+          CASE WHEN c.owner = $1 THEN greatest(c.window_done, $2) ELSE c.window_done END AS done,
+          CASE WHEN c.owner = $1 THEN greatest(c.done_max, $2) ELSE c.done_max END AS dmax,
+          coalesce(c.lease_until, 0) <= c.now AS expired,
+          c.owner IS NULL OR c.owner = $1 OR coalesce(c.lease_until, 0) <= c.now OR c.owner = $4 AS taken
+        FROM (SELECT *, ${SERVER_MS_BIGINT} AS now FROM ${C} WHERE id = 1) c
+      ), rest AS MATERIALIZED (
         SELECT l.seq, l.tbl, l.op, l.row_data, l.old_data, l.request_id
         FROM ${T} l
         -- scalar subqueries, evaluated once: the bound on seq is an index condition, the scan stops after the limit
-        WHERE l.seq > (
-            SELECT greatest(window_done, CASE WHEN owner = $1 THEN $2 ELSE 0 END)
-            FROM ${C} WHERE id = 1 AND window_snapshot IS NOT NULL)
-          AND pg_visible_in_snapshot(l.xid, (SELECT window_snapshot FROM ${C} WHERE id = 1))
-          AND NOT pg_visible_in_snapshot(l.xid, (SELECT done_snapshot FROM ${C} WHERE id = 1))
+        WHERE l.seq > (SELECT done FROM st WHERE taken AND window_snapshot IS NOT NULL)
+          AND pg_visible_in_snapshot(l.xid, (SELECT window_snapshot FROM st))
+          AND NOT pg_visible_in_snapshot(l.xid, (SELECT done_snapshot FROM st))
         ORDER BY l.seq LIMIT ${int(limit)}
       ), next AS MATERIALIZED (
         -- what the last window's snapshot (or the done one) did not see and one taken now does; its first
@@ -433,43 +413,48 @@ function statements(schema: string) {
         ) AS first
         FROM (
           SELECT pg_current_snapshot() AS hi, coalesce(window_snapshot, done_snapshot) AS lo
-          FROM ${C} WHERE id = 1 AND NOT EXISTS (SELECT 1 FROM rest)
+          FROM st WHERE taken AND NOT EXISTS (SELECT 1 FROM rest)
         ) s
+      ), got AS MATERIALIZED (
+        SELECT * FROM rest
+        UNION ALL
+        -- then in seq order from the first change, through the primary key
+        SELECT l.seq, l.tbl, l.op, l.row_data, l.old_data, l.request_id
+        FROM next n CROSS JOIN LATERAL (
+          SELECT * FROM ${T} l
+          WHERE l.seq >= n.first AND pg_visible_in_snapshot(l.xid, n.hi) AND NOT pg_visible_in_snapshot(l.xid, n.lo)
+          ORDER BY l.seq LIMIT ${int(limit)}
+        ) l
+      ), moved AS (
+        -- the window goes on (no next), or the next one is opened, or it is empty: done, and the cursor free
+        UPDATE ${C} c SET
+          done_snapshot = CASE WHEN n.hi IS NULL THEN c.done_snapshot WHEN n.first IS NULL THEN n.hi ELSE n.lo END,
+          window_snapshot = CASE WHEN n.hi IS NULL THEN c.window_snapshot WHEN n.first IS NULL THEN NULL ELSE n.hi END,
+          window_done = CASE WHEN n.hi IS NULL THEN s.done WHEN n.first IS NULL THEN 0 ELSE n.first - 1 END,
+          done_max = s.dmax,
+          owner = CASE WHEN n.hi IS NOT NULL AND n.first IS NULL THEN NULL ELSE $1 END,
+          claimed_seq = CASE WHEN n.hi IS NOT NULL AND n.first IS NULL THEN NULL
+            ELSE coalesce((SELECT max(seq) FROM got), CASE WHEN n.hi IS NULL THEN s.done ELSE n.first - 1 END) END,
+          lease_until = CASE WHEN n.hi IS NOT NULL AND n.first IS NULL THEN NULL ELSE s.now + $3 END
+        FROM st s LEFT JOIN next n ON true
+        WHERE c.id = 1 AND s.taken
       )
-      SELECT NULL AS hi, NULL AS first, r.seq::text AS seq, r.tbl, r.op, r.row_data::text AS row,
-             r.old_data::text AS previous, r.request_id, r.seq AS k
-      FROM rest r
-      UNION ALL
-      -- then in seq order from the first change, through the primary key
-      SELECT n.hi::text, n.first::text, l.seq::text, l.tbl, l.op, l.row_data::text, l.old_data::text, l.request_id, l.seq
-      FROM next n LEFT JOIN LATERAL (
-        SELECT * FROM ${T} l
-        WHERE l.seq >= n.first AND pg_visible_in_snapshot(l.xid, n.hi) AND NOT pg_visible_in_snapshot(l.xid, n.lo)
-        ORDER BY l.seq LIMIT ${int(limit)}
-      ) l ON true
-      ORDER BY k`,
+      -- the cursor as it was and what the claim did, on a first row of its own; then one row per change
+      SELECT u.prior, u.taken, u.expired, u."doneMax", u.after, u.seq::text AS seq, u.tbl, u.op, u.row, u.previous, u.request_id
+      FROM (
+        SELECT s.owner AS prior, s.taken, s.expired, s.dmax::text AS "doneMax",
+          coalesce((SELECT first - 1 FROM next), s.done)::text AS after,
+          NULL::bigint AS seq, NULL AS tbl, NULL AS op, NULL AS row, NULL AS previous, NULL AS request_id
+        FROM st s
+        UNION ALL
+        SELECT NULL, NULL, NULL, NULL, NULL, g.seq, g.tbl, g.op, g.row_data::text, g.old_data::text, g.request_id
+        FROM got g
+      ) u
+      ORDER BY u.seq NULLS FIRST`,
       );
-      fetches.set(limit, statement);
+      claims.set(limit, statement);
       return statement;
     },
-    /** Nothing in the next window ($1 its snapshot): it is done, and the cursor free. */
-    idle: prepared(
-      "idle",
-      "pg_snapshot, bigint",
-      `
-      UPDATE ${C} SET done_snapshot = $1, window_snapshot = NULL, window_done = 0,
-        done_max = $2, owner = NULL, claimed_seq = NULL, lease_until = NULL
-      WHERE id = 1`,
-    ),
-    /** The cursor taken: done ($1), window ($2) dispatched up to $3, owner $5 up to $6 until $7. */
-    take: prepared(
-      "take",
-      "pg_snapshot, pg_snapshot, bigint, bigint, text, bigint, bigint",
-      `
-      UPDATE ${C} SET done_snapshot = $1, window_snapshot = $2, window_done = $3, done_max = $4,
-        owner = $5, claimed_seq = $6, lease_until = $7
-      WHERE id = 1`,
-    ),
     complete: named(
       "complete",
       `
