@@ -66,6 +66,28 @@ const kinds = pgTable("kinds", {
   note: text("note"),
 });
 
+/** Only types that plain JSON.parse reads exactly (decode.ts PLAIN_JSON_TYPES): decoded without parseRowJson. */
+const plainKinds = pgTable("plain_kinds", {
+  id: serial("id").primaryKey(),
+  small: smallint("small"),
+  int: integer("int"),
+  price: real("price"),
+  ratio: doublePrecision("ratio"),
+  flag: boolean("flag"),
+  at: timestamp("at"),
+  atZone: timestamp("at_zone", { withTimezone: true }),
+  atZoneText: timestamp("at_zone_text", { withTimezone: true, mode: "string", precision: 6 }),
+  day: date("day"),
+  clock: time("clock"),
+  span: interval("span"),
+  doc: jsonb("doc").$type<unknown>(),
+  plainDoc: json("plain_doc").$type<unknown>(),
+  uid: uuid("uid"),
+  counts: integer("counts").array(),
+  stamps: timestamp("stamps", { withTimezone: true }).array(),
+  name: varchar("name", { length: 40 }),
+});
+
 const DDL = `
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE TABLE kinds (
@@ -74,6 +96,11 @@ CREATE TABLE kinds (
   at timestamp, at_zone timestamptz, at_text timestamp(6), at_zone_text timestamptz, day date, day_date date,
   clock time, span interval, doc jsonb, plain_doc json, uid uuid, mood mood, tags text[], counts integer[],
   bigs bigint[], stamps timestamp[], grid integer[][], name varchar(40), note text
+);
+CREATE TABLE plain_kinds (
+  id serial PRIMARY KEY, small smallint, int integer, price real, ratio double precision, flag boolean,
+  at timestamp, at_zone timestamptz, at_zone_text timestamptz(6), day date, clock time, span interval, doc jsonb,
+  plain_doc json, uid uuid, counts integer[], stamps timestamptz[], name varchar(40)
 );`;
 
 let schema: TestSchema;
@@ -81,6 +108,7 @@ let pool: pg.Pool;
 let db: ReturnType<typeof drizzle>;
 let log: PgChangeLog;
 let decode: ReturnType<typeof pgRowDecoder>;
+let decodePlain: ReturnType<typeof pgRowDecoder>;
 
 beforeAll(async () => {
   schema = await createTestSchema("tcdecode");
@@ -89,10 +117,17 @@ beforeAll(async () => {
   await pool.query(DDL);
   const client = await pool.connect();
   try {
-    const sync = await syncPgTriggers(client, [{ name: "kinds", keys: ["id"], columns: [] }]);
+    const sync = await syncPgTriggers(client, [
+      { name: "kinds", keys: ["id"], columns: [] },
+      { name: "plain_kinds", keys: ["id"], columns: [] },
+    ]);
     decode = pgRowDecoder(
       getTableColumns(kinds) as unknown as Record<string, DecodableColumn>,
       sync.types.get("kinds")!,
+    );
+    decodePlain = pgRowDecoder(
+      getTableColumns(plainKinds) as unknown as Record<string, DecodableColumn>,
+      sync.types.get("plain_kinds")!,
     );
   } finally {
     client.release();
@@ -173,6 +208,45 @@ describe("decoding captured PostgreSQL rows through the Drizzle columns", () => 
     expect(first.ratio).toBe(0.1 + 0.2);
     expect((first.atZone as Date).toISOString()).toBe("2024-05-06T07:08:09.456Z");
     expect(decode(records[2]!.row).atZoneText).toBe("0100-01-01 01:00:00+00");
+  });
+
+  it("gives what db.select() reads for a table with no int8 or numeric column (read with plain JSON.parse)", async () => {
+    await db.insert(plainKinds).values({
+      small: -3,
+      int: 2_000_000_000,
+      price: 1.1,
+      ratio: 0.1 + 0.2,
+      flag: false,
+      at: new Date("2024-05-06T07:08:09.123Z"),
+      atZone: new Date("2024-05-06T07:08:09.456Z"),
+      atZoneText: "2024-05-06 07:08:09.123456+00",
+      day: "2024-02-29",
+      clock: "23:59:58.5",
+      span: "1 day 02:03:04",
+      doc: { big: 1234567890123456, n: 1.5, nested: [1, "two", { three: null }] },
+      plainDoc: { a: [1, 2.5] },
+      uid: "0b5e6f4c-3c56-4c0b-9f0e-2d7a1c2b3a40",
+      counts: [1, -2, 3],
+      stamps: [new Date("2024-01-01T10:00:00Z"), new Date("2024-01-02T11:30:00.25Z")],
+      name: "emoji 🎉 and ' quotes",
+    });
+    await db.insert(plainKinds).values({});
+    const other = await pool.connect();
+    try {
+      await other.query("SET TimeZone = 'America/St_Johns'");
+      await other.query(
+        `INSERT INTO plain_kinds (at_zone, at_zone_text, stamps, price, ratio, doc, plain_doc) VALUES ('2024-05-06 07:08:09.5-02:30', '0099-12-31 23:00:00-02', '{"2024-01-01 10:00:00+00"}', 'NaN', '-Infinity', '{"big": 12345678901234567890, "n": 1.50}', '{"a": [1.0, 2.50], "big": 12345678901234567890}')`,
+      );
+      await other.query("RESET TimeZone");
+    } finally {
+      other.release();
+    }
+    const records = (await claimAll()).filter((r) => r.table === "plain_kinds");
+    expect(records).toHaveLength(3);
+    const rows = await db.select().from(plainKinds).orderBy(plainKinds.id);
+    for (const [i, record] of records.entries()) expect(decodePlain(record.row)).toEqual(rows[i]);
+    expect(decodePlain(records[0]!.row).atZoneText).toBe("2024-05-06 07:08:09.123456+00");
+    expect(decodePlain(records[2]!.row).atZoneText).toBe("0100-01-01 01:00:00+00");
   });
 
   it("decodes the old row of an update and the row of a delete alike", async () => {

@@ -70,6 +70,37 @@ function driverParser(oid: number): (text: string) => unknown {
 const NUMBER_MARK = "\u0000";
 const TOKENS = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 
+/**
+ * Types whose values come out of JSON.parse as the driver reads them: no number in them that JSON.parse
+ * would round (int8, numeric, and types the decoder does not know, which may hold either), so a row of
+ * only these is read with plain JSON.parse, about twice as fast as parseRowJson. A number JSON.parse
+ * gives goes through the driver's parser as its JSON text (int2 and int4 exactly; float4 and float8
+ * round-trip), and json / jsonb values are what the driver's own JSON.parse makes of them.
+ */
+const PLAIN_JSON_TYPES = new Set([
+  16, // bool
+  21, // int2
+  23, // int4
+  25, // text
+  114, // json
+  700, // float4
+  701, // float8
+  1042, // bpchar
+  1043, // varchar
+  1082, // date
+  1083, // time
+  1114, // timestamp
+  1184, // timestamptz
+  1186, // interval
+  1266, // timetz
+  2950, // uuid
+  3802, // jsonb
+]);
+
+/** Whether a column's values parse exactly with plain JSON.parse (see PLAIN_JSON_TYPES). */
+const plainJsonType = (type: PgColumnType | undefined): boolean =>
+  type !== undefined && PLAIN_JSON_TYPES.has(type.elem === 0 ? type.oid : type.elem);
+
 /** JSON.parse, but every number comes back as NUMBER_MARK + its exact digits. */
 export function parseRowJson(json: string): unknown {
   const marked = json.replace(TOKENS, (token) => (token.charCodeAt(0) === 34 ? token : `"\\u0000${token}"`));
@@ -106,6 +137,10 @@ const ZONED = /^(\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?([+-])(\d\d):
 
 /** jsonb's `2024-05-06T09:08:09.5+02:00` as the text output of a UTC session: `2024-05-06 07:08:09.5+00`. */
 function zonedText(value: string): string {
+  // written in a UTC session (the common case): only the separator and the offset's form change
+  if (value.length >= 25 && value.endsWith("+00:00") && value.charCodeAt(4) === 45 && value.charCodeAt(10) === 84) {
+    return `${value.slice(0, 10)} ${value.slice(11, -6)}+00`;
+  }
   const m = ZONED.exec(value);
   if (!m) return value.replace("T", " "); // infinity, BC dates: as they are
   const [, y, mo, d, h, mi, sec, fraction = "", sign, oh, om, os = "0"] = m;
@@ -180,7 +215,9 @@ export function pgRowDecoder(
 ): PgRowDecoder {
   const fields = Object.entries(columns).map(([key, column]) => ({ key, name: column.name, column }));
   return (json) => {
-    const raw = parseRowJson(json) as Record<string, unknown>;
+    let plain = true;
+    for (const { name } of fields) if (!plainJsonType(types.get(name))) plain = false;
+    const raw = (plain ? JSON.parse(json) : parseRowJson(json)) as Record<string, unknown>;
     const entity: Record<string, unknown> = {};
     for (const { key, name, column } of fields) {
       const value = driverValue(raw[name], types.get(name));
