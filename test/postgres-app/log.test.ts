@@ -1,7 +1,7 @@
 import pg from "pg";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { CaptureInstallError } from "../../src/errors.js";
-import { PgChangeLog, type PgChangeRecord } from "../../src/changes/postgres/log.js";
+import { LOG_CONNECTION_OPTIONS, PgChangeLog, type PgChangeRecord } from "../../src/changes/postgres/log.js";
 import { channelFor, syncPgTriggers } from "../../src/changes/postgres/triggers.js";
 import { waitFor } from "../helpers.js";
 import { createTestSchema, type TestSchema } from "./pg-helpers.js";
@@ -218,6 +218,56 @@ describe("PostgreSQL capture triggers and change log", () => {
     expect(late.tookOver).toBeNull();
     const { rows } = await pool.query("SELECT owner FROM _turbocast_cursor");
     expect(rows[0].owner).toBe("other");
+  });
+
+  it("reads only about its own window in a claim, however large the log and however long another transaction has run", async () => {
+    // the feed's connection, as PgCapture opens it; its claim planned (and its generic plan kept) while the log was small
+    const feedPool = new pg.Pool({
+      ...schema.config,
+      options: `${schema.config.options} ${LOG_CONNECTION_OPTIONS}`,
+      max: 1,
+    });
+    const feed = new PgChangeLog(feedPool, schema.name);
+    const claimAll = async () => {
+      let done = 0;
+      for (;;) {
+        const batch = await feed.completeAndClaim("feed", done, Date.now(), 30_000, 100);
+        if (batch.length === 0) return;
+        done = batch[batch.length - 1]!.seq;
+      }
+    };
+    // a transaction running elsewhere on the server (it holds every snapshot's xmin back)
+    const holder = await schema.admin.connect();
+    try {
+      for (let i = 0; i < 8; i++) {
+        await pool.query("INSERT INTO items (body) VALUES ('small log')");
+        await claimAll();
+      }
+      await holder.query("BEGIN; SELECT pg_current_xact_id()");
+      await pool.query("INSERT INTO items (body) SELECT 'r' || g FROM generate_series(1, 10000) g");
+      await claimAll();
+      await pool.query("INSERT INTO items (body) SELECT 'new ' || g FROM generate_series(1, 10) g");
+      const client = await feedPool.connect();
+      try {
+        const { rows: statements } = await client.query<{ name: string }>("SELECT name FROM pg_prepared_statements");
+        const named = (kind: string) => statements.find((s) => s.name.startsWith(`_turbocast_${kind}`))!.name;
+        await client.query(`BEGIN; EXECUTE ${named("lock")}`);
+        const { rows } = await client.query(
+          `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE ${named("claim100")}('feed', 0, 30000, NULL)`,
+        );
+        await client.query("ROLLBACK");
+        const plan = rows[0]["QUERY PLAN"][0].Plan;
+        // the whole log is about 250 pages; the window, its index entries and the cursor a few
+        expect(plan["Actual Rows"]).toBe(11);
+        expect(plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]).toBeLessThan(60);
+      } finally {
+        client.release();
+      }
+    } finally {
+      await holder.query("ROLLBACK");
+      holder.release();
+      await feedPool.end();
+    }
   });
 
   it("notifies its channel at commit, once per transaction", async () => {

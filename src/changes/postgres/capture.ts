@@ -6,7 +6,7 @@ import type { TableInfo } from "../../streams/table.js";
 import type { CaptureAdapter, CapturePoll, CaptureSync, Claim } from "../capture.js";
 import { type PgColumnType, type PgRowDecoder, type DecodableColumn, pgRowDecoder } from "./decode.js";
 import { PgChangeListener } from "./listener.js";
-import { PgChangeLog } from "./log.js";
+import { LOG_CONNECTION_OPTIONS, PgChangeLog } from "./log.js";
 import { type PgCaptureTable, channelFor, relationNames, syncPgTriggers } from "./triggers.js";
 
 export interface PgCaptureInit {
@@ -74,6 +74,7 @@ export class PgCapture implements CaptureAdapter {
         connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
         query_timeout: QUERY_TIMEOUT_MS,
         ...this.#config,
+        options: `${this.#config.options ?? ""} ${LOG_CONNECTION_OPTIONS}`.trim(),
         max: POOL_SIZE,
         idleTimeoutMillis: 30_000,
         keepAlive: true,

@@ -84,6 +84,15 @@ export function logDdl(schema: string): string[] {
   ];
 }
 
+/**
+ * Startup options of the connections a PgChangeLog runs on (the feed's own): plan with ordered index
+ * scans. Its claim and poll are prepared once per connection and their generic plans kept; planned
+ * while the log was small (a new app's), they read it whole — a claim at 10,000 retained changes cost
+ * three times one on a small log — and a bitmap scan reads a whole 10,000-row window to return its
+ * first 100. Every statement of the log has an index to go by.
+ */
+export const LOG_CONNECTION_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off";
+
 /** One captured change, as claimed from the log. */
 export interface PgChangeRecord {
   seq: number;
@@ -133,7 +142,7 @@ export interface PgPoll {
 
 /**
  * The change log of one schema. Every method runs on a pool connection of
- * its own; `relations` (relationNames of the bound tables) lets a poll or a
+ * its own (opened with LOG_CONNECTION_OPTIONS); `relations` (relationNames of the bound tables) lets a poll or a
  * claim read the schema signature in the same round trip.
  */
 export class PgChangeLog {
@@ -302,6 +311,15 @@ export class PgChangeLog {
   }
 }
 
+/**
+ * NOT_SEEN — how the claim and the poll find the transactions a snapshot `lo` did not see, through the
+ * xid index: those running when it was taken (its xip list) and those that started after (xid >=
+ * its xmax). A committed transaction is visible in a snapshot exactly when it is in neither, so this is
+ * `NOT pg_visible_in_snapshot(xid, lo)` in two index scans. Not `xid >= pg_snapshot_xmin(lo)`: the
+ * xmin is the oldest transaction running anywhere on the server, so one long transaction (in any
+ * database) made every claim read every change logged since it began.
+ */
+
 /** An integer inlined into SQL (claims run as simple-protocol round trips, which take no parameters). */
 function int(value: number): string {
   if (!Number.isSafeInteger(value)) throw new TypeError(`not an integer: ${value}`);
@@ -346,10 +364,15 @@ function statements(schema: string) {
       `
       SELECT c.owner, c.lease_until::text AS "leaseUntil", c.done_max::text AS "doneMax", ${signatureSubquery("$1")} AS signature,
         ${SERVER_MS} AS "serverNow",
+        -- changes visible now that the done snapshot did not see (see NOT_SEEN), but those of the window marked done
         EXISTS (
           SELECT 1 FROM ${T} l
-          WHERE l.xid >= pg_snapshot_xmin(c.done_snapshot)
-            AND NOT pg_visible_in_snapshot(l.xid, c.done_snapshot)
+          WHERE l.xid = ANY (ARRAY(SELECT pg_snapshot_xip(c.done_snapshot)))
+            AND pg_visible_in_snapshot(l.xid, pg_current_snapshot())
+            AND NOT (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)
+        ) OR EXISTS (
+          SELECT 1 FROM ${T} l
+          WHERE l.xid >= pg_snapshot_xmax(c.done_snapshot) AND l.xid < pg_snapshot_xmax(pg_current_snapshot())
             AND pg_visible_in_snapshot(l.xid, pg_current_snapshot())
             AND NOT (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)
         ) AS pending
@@ -405,12 +428,20 @@ function statements(schema: string) {
         ORDER BY l.seq LIMIT ${int(limit)}
       ), next AS MATERIALIZED (
         -- what the last window's snapshot (or the done one) did not see and one taken now does; its first
-        -- change found through the xid index
-        SELECT s.hi, s.lo, (
-          SELECT min(seq) FROM ${T}
-          WHERE xid >= pg_snapshot_xmin(s.lo) AND xid < pg_snapshot_xmax(s.hi)
-            AND pg_visible_in_snapshot(xid, s.hi) AND NOT pg_visible_in_snapshot(xid, s.lo)
-        ) AS first
+        -- change found through the xid index (see NOT_SEEN)
+        -- (OFFSET 0: min(seq) would otherwise be planned as a walk of the primary key from its start)
+        SELECT s.hi, s.lo, least((
+          SELECT min(seq) FROM (
+            SELECT seq FROM ${T}
+            WHERE xid = ANY (ARRAY(SELECT pg_snapshot_xip(s.lo))) AND pg_visible_in_snapshot(xid, s.hi) OFFSET 0
+          ) running
+        ), (
+          SELECT min(seq) FROM (
+            SELECT seq FROM ${T}
+            WHERE xid >= pg_snapshot_xmax(s.lo) AND xid < pg_snapshot_xmax(s.hi) AND pg_visible_in_snapshot(xid, s.hi)
+            OFFSET 0
+          ) later
+        )) AS first
         FROM (
           SELECT pg_current_snapshot() AS hi, coalesce(window_snapshot, done_snapshot) AS lo
           FROM st WHERE taken AND NOT EXISTS (SELECT 1 FROM rest)
