@@ -89,9 +89,11 @@ export function logDdl(schema: string): string[] {
  * scans. Its claim and poll are prepared once per connection and their generic plans kept; planned
  * while the log was small (a new app's), they read it whole — a claim at 10,000 retained changes cost
  * three times one on a small log — and a bitmap scan reads a whole 10,000-row window to return its
- * first 100. Every statement of the log has an index to go by.
+ * first 100. Every claim and poll has an index to go by. No JIT: a statement that must scan a table
+ * (the prune, some catalog reads of a sync) is costed past jit_above_cost once sequential scans are
+ * "disabled", and compiling it took 70-170 ms where running it takes 2.
  */
-export const LOG_CONNECTION_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off";
+export const LOG_CONNECTION_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c jit=off";
 
 /** One captured change, as claimed from the log. */
 export interface PgChangeRecord {
