@@ -39,10 +39,13 @@ for (let run = 0; run < runs; run++) {
         "cached" in w && w.cached && w.cached.length > 0
           ? ` (cache only ${Math.round(median(w.cached))}, capture alone ${(median(w.cached) / median(w.with)).toFixed(3)}x)`
           : "";
+      // PostgreSQL: the median of the paired rounds' CPU ratios, as for the wall clock
       const cpu =
-        "withCpu" in w && w.withoutCpu && w.withCpu && w.withCpu.length > 0
-          ? median(w.withoutCpu) / median(w.withCpu)
-          : Number.NaN;
+        "cpuRatios" in w && w.cpuRatios?.length
+          ? median(w.cpuRatios)
+          : "withCpu" in w && w.withoutCpu && w.withCpu && w.withCpu.length > 0
+            ? median(w.withoutCpu) / median(w.withCpu)
+            : Number.NaN;
       if (!Number.isNaN(cpu)) (cpuRatios[w.workload] ??= []).push(cpu);
       return `${w.workload} ${Math.round(median(w.without))}/${Math.round(median(w.with))} = ${r.toFixed(3)}x${cached}, cpu ${cpu.toFixed(3)}x`;
     });

@@ -104,6 +104,17 @@ export interface PostgresCapture {
     with: number[];
     /** Per round, without / with of the two measured back to back (absent in runs before it was measured). */
     ratios?: number[];
+    /**
+     * The same rounds in inserts per second of CPU time: the bench process's (user + system, the
+     * feed's dispatch included) plus that of the side's own server backends (its pool's, and the
+     * feed's and LISTEN connections'), read from /proc — absent when the server's processes cannot be
+     * read there, and in runs before it was measured. The server's shared work (WAL writer,
+     * checkpointer, autovacuum) is not in it. Steadier than the wall clock on a shared machine.
+     */
+    withoutCpu?: number[];
+    withCpu?: number[];
+    /** Per round, the CPU time with capture over that without, of the two measured back to back. */
+    cpuRatios?: number[];
   }>;
   /** One UPDATE of `rows` rows: changes dispatched per second (statement start to last onSave), per round. */
   bulk: { rows: number; sqlite: number[]; postgres: number[] };

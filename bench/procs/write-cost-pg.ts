@@ -16,11 +16,16 @@
  *   last onSave, on PostgreSQL and on SQLite (WAL) side by side: changes
  *   dispatched per second by the feed alone (no broker: the hook counts).
  *
+ * Each segment's CPU time is measured too: this process's and that of the
+ * side's own server backends (application_name is the side's schema, which
+ * the feed's connections copy), read from /proc/<pid>/schedstat when the
+ * server runs on this machine.
+ *
  * The server is BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432/test);
  * every schema it creates is dropped.
  */
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import Database from "better-sqlite3";
@@ -87,12 +92,18 @@ const turboOptions = (streams: AnyStreamClass[]) => ({
   logger: silentLogger,
 });
 
-/** A fresh schema with the messages table, a pool whose search_path is it, and its cleanup. */
-async function freshSchema(): Promise<{ pool: pg.Pool; drop: () => Promise<void> }> {
+/** A fresh schema with the messages table, a pool whose search_path is it (named after it), and its cleanup. */
+async function freshSchema(): Promise<{ name: string; pool: pg.Pool; drop: () => Promise<void> }> {
   const name = `bench_${randomBytes(4).toString("hex")}`;
   await admin.query(`CREATE SCHEMA ${name}; SET search_path = ${name}; ${DDL}; RESET search_path`);
-  const pool = new pg.Pool({ connectionString: url, options: `-c search_path=${name}`, max: 10 });
+  const pool = new pg.Pool({
+    connectionString: url,
+    options: `-c search_path=${name}`,
+    application_name: name,
+    max: 10,
+  });
   return {
+    name,
     pool,
     async drop() {
       await pool.end();
@@ -116,16 +127,19 @@ const waitForDispatched = (n: number): Promise<void> => {
 /** One side of the comparison: a schema of its own and a Drizzle db over it, with turbocast running or not. */
 interface Side {
   mode: Mode;
+  /** The side's schema, and the application_name of its connections (the feed's copy the pool's). */
+  name: string;
   db: ReturnType<typeof drizzle>;
   close(): Promise<void>;
 }
 
 async function openSide(mode: Mode): Promise<Side> {
-  const { pool, drop } = await freshSchema();
+  const { name, pool, drop } = await freshSchema();
   const db = drizzle(pool);
   const turbo = mode === "with" ? await createTurbo({ db, ...turboOptions([MessageStream]) }) : undefined;
   return {
     mode,
+    name,
     db,
     async close() {
       await turbo?.close();
@@ -136,13 +150,39 @@ async function openSide(mode: Mode): Promise<Side> {
 
 let rows = 0;
 
-/** One segment: `n` inserts on `side`, and with capture until each reached onSave; returns inserts per second. */
-async function segment(side: Side, workload: Workload, n: number): Promise<number> {
+/**
+ * CPU ns so far of the server backends of `side` (by application_name), or null when their
+ * /proc/<pid>/schedstat cannot be read (the server runs elsewhere). A backend that exits between two
+ * readings takes its time with it: the sides' connections stay open for the whole measurement.
+ */
+async function serverCpuNs(side: Side): Promise<number | null> {
+  const { rows: backends } = await admin.query<{ pid: number }>(
+    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+    [side.name],
+  );
+  let ns = 0;
+  for (const { pid } of backends) {
+    try {
+      ns += Number(readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[0]);
+    } catch {
+      return null;
+    }
+  }
+  return ns;
+}
+
+/**
+ * One segment: `n` inserts on `side`, and with capture until each reached onSave; returns inserts per
+ * second, and per second of CPU time (null when the server's could not be read).
+ */
+async function segment(side: Side, workload: Workload, n: number): Promise<{ wall: number; cpu: number | null }> {
   dispatched = 0;
   const row = () => {
     const i = rows++;
     return { roomId: i % 10, body: `message number ${i} with a little text`, createdAt: new Date() };
   };
+  const serverAtStart = await serverCpuNs(side);
+  const cpuAtStart = process.cpuUsage();
   const started = process.hrtime.bigint();
   if (workload === "per-turn") {
     for (let i = 0; i < n; i++) await side.db.insert(messages).values(row());
@@ -151,7 +191,10 @@ async function segment(side: Side, workload: Workload, n: number): Promise<numbe
   }
   if (side.mode === "with") await waitForDispatched(n);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  return n / seconds;
+  const cpu = process.cpuUsage(cpuAtStart);
+  const serverAtEnd = serverAtStart === null ? null : await serverCpuNs(side);
+  const cpuSeconds = serverAtEnd === null ? null : (cpu.user + cpu.system) / 1e6 + (serverAtEnd - serverAtStart!) / 1e9;
+  return { wall: n / seconds, cpu: cpuSeconds === null ? null : n / cpuSeconds };
 }
 
 /** One bulk UPDATE of `rows` rows; returns changes dispatched per second, from the statement's start. */
@@ -203,6 +246,9 @@ serve({
       without: [] as number[],
       with: [] as number[],
       ratios: [] as number[],
+      withoutCpu: [] as number[],
+      withCpu: [] as number[],
+      cpuRatios: [] as number[],
     }));
     try {
       for (const { workload } of workloads) {
@@ -212,11 +258,16 @@ serve({
       for (let r = 0; r < args.rounds; r++) {
         for (const result of workloads) {
           const order: Mode[] = r % 2 === 0 ? ["without", "with"] : ["with", "without"];
-          const pair = {} as Record<Mode, number>;
+          const pair = {} as Record<Mode, { wall: number; cpu: number | null }>;
           for (const mode of order) pair[mode] = await segment(sides[mode], result.workload, args.inserts);
-          result.without.push(pair.without);
-          result.with.push(pair.with);
-          result.ratios.push(pair.without / pair.with);
+          result.without.push(pair.without.wall);
+          result.with.push(pair.with.wall);
+          result.ratios.push(pair.without.wall / pair.with.wall);
+          if (pair.without.cpu !== null && pair.with.cpu !== null) {
+            result.withoutCpu.push(pair.without.cpu);
+            result.withCpu.push(pair.with.cpu);
+            result.cpuRatios.push(pair.without.cpu / pair.with.cpu);
+          }
         }
       }
     } finally {
