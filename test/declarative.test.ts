@@ -386,6 +386,30 @@ describe("previous and changed", () => {
     }
   });
 
+  it("are own enumerable getters of an update's context, the same functions for every update", async () => {
+    const { turbo, db } = await openApp();
+    db.insert(cards).values({ id: 1, boardId: 1, title: "start" }).run();
+    db.update(cards).set({ title: "one" }).where(eq(cards.id, 1)).run();
+    db.update(cards).set({ title: "two" }).where(eq(cards.id, 1)).run();
+    await turbo.feed.drain();
+    const [, first, second] = cardHooks.saves.map((s) => s.context);
+    expect(Object.keys(first!)).toEqual(["created", "previous", "changed", "version", "actor"]);
+    const previous = Object.getOwnPropertyDescriptor(first, "previous")!;
+    const changed = Object.getOwnPropertyDescriptor(first, "changed")!;
+    expect(previous).toMatchObject({ enumerable: true, configurable: true });
+    expect(typeof previous.get).toBe("function");
+    // getters made per change (an object literal's) cost every update a promotion of its whole change (see UpdateContext)
+    expect(Object.getOwnPropertyDescriptor(second, "previous")!.get).toBe(previous.get);
+    expect(Object.getOwnPropertyDescriptor(second, "changed")!.get).toBe(changed.get);
+    expect({ ...second }).toEqual({
+      created: false,
+      previous: { id: 1, boardId: 1, title: "one", archived: false, at: null },
+      changed: ["title"],
+      version: 3,
+      actor: undefined,
+    });
+  });
+
   it("keeps the previous row in the change log next to the new one, and adds the column to an older log", async () => {
     const file = path.join(tmp.dir, "old.db");
     const old = new Database(file);

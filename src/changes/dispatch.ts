@@ -380,9 +380,8 @@ const STREAM_PROPERTY: PropertyDescriptor = {
 /**
  * Calls the change's hook on its stream with its context; returns what the
  * hook returned (a promise for an async one). An update's `previous` and
- * `changed` are getters, decoded on first read; an insert has nothing to
- * decode, and gets plain properties (an object literal with getters costs
- * V8 more than the rest of a change's dispatch).
+ * `changed` are decoded on first read (UpdateContext); an insert has
+ * nothing to decode, and gets plain properties.
  */
 function runHook(stream: ModelStream, change: DecodedChange): unknown {
   const { entity, op, seq: version, actor } = change;
@@ -396,17 +395,52 @@ function runHook(stream: ModelStream, change: DecodedChange): unknown {
       actor: actor as never,
     });
   }
-  return stream.onSave(entity as never, {
-    created: false,
-    get previous() {
-      return change.previous as never;
+  return stream.onSave(entity as never, new UpdateContext(change) as never);
+}
+
+/**
+ * An update's SaveContext: `previous` and `changed` are own, enumerable
+ * getters (as an object literal's would be: spreading, JSON and toEqual see
+ * them) that decode on first read. Not an object literal with getters: V8
+ * gives each such literal's getters an accessor pair allocated in the old
+ * generation, which points at the young change — so every update's decoded
+ * row, stream and log text outlived the next scavenges and was copied and
+ * promoted (in the write-cost bench's update workload, twice the scavenge
+ * time and several full collections per round). Getters shared by every
+ * context stay in the object's hidden class instead; the change sits in a
+ * private field.
+ */
+class UpdateContext {
+  static readonly #previous: PropertyDescriptor = {
+    configurable: true,
+    enumerable: true,
+    get(this: UpdateContext) {
+      return this.#change.previous;
     },
-    get changed() {
-      return change.changed as never;
+  };
+  static readonly #changed: PropertyDescriptor = {
+    configurable: true,
+    enumerable: true,
+    get(this: UpdateContext) {
+      return this.#change.changed;
     },
-    version,
-    actor: actor as never,
-  });
+  };
+  readonly #change: DecodedChange;
+  // assigned in the constructor, in the key order of the literal this replaces
+  declare readonly created: false;
+  declare readonly previous: Record<string, unknown> | undefined;
+  declare readonly changed: string[];
+  declare readonly version: number;
+  declare readonly actor: unknown;
+
+  constructor(change: DecodedChange) {
+    this.created = false;
+    Object.defineProperty(this, "previous", UpdateContext.#previous);
+    Object.defineProperty(this, "changed", UpdateContext.#changed);
+    this.version = change.seq;
+    this.actor = change.actor;
+    this.#change = change;
+  }
 }
 
 /** The keys of `after` whose value differs from `before`'s (decoded values: dates, buffers, JSON compared by value). */
