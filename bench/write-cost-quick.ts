@@ -7,13 +7,18 @@
  * process's CPU time (steadier on a shared machine, blind to I/O waits) —
  * then the median slowdowns over the runs and their range.
  *
- * Run: npx tsx bench/write-cost-quick.ts [--pg] [runs=3] [inserts=5000 (--pg: 1000)] [rounds=5 (--pg: 12)]
- * Not part of npm test.
+ * Run: npx tsx bench/write-cost-quick.ts [--pg] [--only=update] [runs=3] [inserts=5000 (--pg: 1000)] [rounds=5 (--pg: 12)]
+ * `--only=` measures only the listed SQLite workloads (comma-separated: per-turn, burst, update), so more
+ * rounds of one fit in a turn of the shared bench lock. Not part of npm test.
  */
 import { Child } from "./lib/ipc.js";
 import type { PostgresCapture, WriteCost } from "./lib/results.js";
 
 const pg = process.argv.includes("--pg");
+const only = process.argv
+  .find((a) => a.startsWith("--only="))
+  ?.slice("--only=".length)
+  .split(",");
 const [runs = 3, inserts = pg ? 1000 : 5000, rounds = pg ? 12 : 5] = process.argv
   .slice(2)
   .filter((a) => !a.startsWith("--"))
@@ -30,7 +35,7 @@ for (let run = 0; run < runs; run++) {
   try {
     const workloads = pg
       ? (await writer.request<PostgresCapture>("measure", { inserts, rounds, bulkRows: 0 }, 900_000)).workloads
-      : await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds }, 600_000);
+      : await writer.request<WriteCost["workloads"]>("measure", { inserts, rounds, workloads: only }, 600_000);
     const line = workloads.map((w: WriteCost["workloads"][number] | PostgresCapture["workloads"][number]) => {
       // PostgreSQL rounds come in pairs measured back to back: the median of their ratios, as the report takes it
       const r = "ratios" in w && w.ratios?.length ? median(w.ratios) : median(w.without) / median(w.with);

@@ -119,13 +119,15 @@ async function round(mode: Mode, workload: Workload, n: number): Promise<{ wall:
 }
 
 serve({
-  async measure(args: { inserts: number; rounds: number }) {
+  /** `workloads`: measure only these (bench/write-cost-quick.ts --only=...); default all. */
+  async measure(args: { inserts: number; rounds: number; workloads?: Workload[] }) {
+    const workloads = WORKLOADS.filter((w) => args.workloads === undefined || args.workloads.includes(w));
     // warm up both paths (JIT, page cache)
     for (const mode of ["without", "cached", "with"] as const) {
-      for (const workload of WORKLOADS) await round(mode, workload, Math.min(1000, args.inserts));
+      for (const workload of workloads) await round(mode, workload, Math.min(1000, args.inserts));
     }
     const out: WriteCost["workloads"] = [];
-    for (const workload of WORKLOADS) {
+    for (const workload of workloads) {
       const result = {
         workload,
         without: [] as number[],
