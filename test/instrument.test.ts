@@ -81,6 +81,17 @@ describe("rows of bound tables carry a non-enumerable .stream", () => {
     expect((updated as unknown as Streamed).stream.name).toBe("row:rooms:1");
   });
 
+  it("through one getter per class, not one per row", async () => {
+    const [first, second] = await db.select().from(rooms);
+    const getter = (row: object) => Object.getOwnPropertyDescriptor(row, "stream")!.get;
+    // a getter made per row costs each row read an old-generation accessor pair (see attachStream)
+    expect(getter(first!)).toBe(getter(second!));
+    expect((second as unknown as Streamed).stream.name).toBe("row:rooms:2");
+    const [message] = await db.select().from(messages);
+    expect(getter(message!)).not.toBe(getter(first!));
+    expect((message as unknown as Streamed).stream).toBeInstanceOf(MessageStream);
+  });
+
   it("with composite keys", async () => {
     const [m] = await db.select().from(memberships);
     expect((m as unknown as Streamed).stream.name).toBe("row:members:ann:1");
