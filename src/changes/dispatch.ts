@@ -180,7 +180,7 @@ export class HookDispatcher {
     try {
       const stream = cls.for(entity) as ModelStream;
       // the entity's non-enumerable `.stream`, as on rows read through db: here the very stream the hook runs on
-      // (a data property: attachStream's per-row getter costs more than the rest of the dispatch)
+      // (a data property holding it: attachStream's getter would make a stream again at every read)
       STREAM_PROPERTY.value = stream;
       Object.defineProperty(entity, "stream", STREAM_PROPERTY);
       STREAM_PROPERTY.value = undefined;
