@@ -314,13 +314,12 @@ export class PgChangeLog {
 }
 
 /**
- * NOT_SEEN — how the claim and the poll find the transactions a snapshot `lo` did not see, through the
- * xid index: those running when it was taken (its xip list) and those that started after (xid >=
- * its xmax). A committed transaction is visible in a snapshot exactly when it is in neither, so this is
- * `NOT pg_visible_in_snapshot(xid, lo)` in two index scans. Not `xid >= pg_snapshot_xmin(lo)`: the
- * xmin is the oldest transaction running anywhere on the server, so one long transaction (in any
- * database) made every claim read every change logged since it began.
+ * A logged change `l` in the open window of the cursor `c`, and no further than what was marked done
+ * there: dispatched, though not yet in the done snapshot (the window becomes that only when a later
+ * claim opens the next one).
  */
+const DONE_IN_WINDOW =
+  "(c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)";
 
 /** An integer inlined into SQL (claims run as simple-protocol round trips, which take no parameters). */
 function int(value: number): string {
@@ -356,6 +355,14 @@ function named(kind: string, text: string): { name: string; text: string } {
 /** The names each connection has prepared (a connection that fails mid-claim is dropped, and with it its entry). */
 const preparedOn = new WeakMap<object, Set<string>>();
 
+/**
+ * NOT_SEEN — how the claim and the poll find the transactions a snapshot `lo` did not see, through the
+ * xid index: those running when it was taken (its xip list) and those that started after (xid >=
+ * its xmax). A committed transaction is visible in a snapshot exactly when it is in neither, so this is
+ * `NOT pg_visible_in_snapshot(xid, lo)` in two index scans. Not `xid >= pg_snapshot_xmin(lo)`: the
+ * xmin is the oldest transaction running anywhere on the server, so one long transaction (in any
+ * database) made every claim read every change logged since it began.
+ */
 function statements(schema: string) {
   const { changes: T, cursor: C } = logNames(schema);
   const claims = new Map<number, Prepared>();
@@ -371,12 +378,12 @@ function statements(schema: string) {
           SELECT 1 FROM ${T} l
           WHERE l.xid = ANY (ARRAY(SELECT pg_snapshot_xip(c.done_snapshot)))
             AND pg_visible_in_snapshot(l.xid, pg_current_snapshot())
-            AND NOT (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)
+            AND NOT ${DONE_IN_WINDOW}
         ) OR EXISTS (
           SELECT 1 FROM ${T} l
           WHERE l.xid >= pg_snapshot_xmax(c.done_snapshot) AND l.xid < pg_snapshot_xmax(pg_current_snapshot())
             AND pg_visible_in_snapshot(l.xid, pg_current_snapshot())
-            AND NOT (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done)
+            AND NOT ${DONE_IN_WINDOW}
         ) AS pending
       FROM ${C} c WHERE c.id = 1`,
     ),
@@ -495,10 +502,7 @@ function statements(schema: string) {
         owner = NULL, claimed_seq = NULL, lease_until = NULL
       WHERE id = 1 AND owner = $1`,
     ),
-    renew: named(
-      "renew",
-      `UPDATE ${C} SET lease_until = (extract(epoch from clock_timestamp()) * 1000)::bigint + $2 WHERE id = 1 AND owner = $1`,
-    ),
+    renew: named("renew", `UPDATE ${C} SET lease_until = ${SERVER_MS_BIGINT} + $2 WHERE id = 1 AND owner = $1`),
     prune: named(
       "prune",
       `
@@ -507,7 +511,7 @@ function statements(schema: string) {
       -- until a later write opens the next one)
       WHERE c.id = 1
         AND (pg_visible_in_snapshot(l.xid, c.done_snapshot)
-          OR (c.window_snapshot IS NOT NULL AND pg_visible_in_snapshot(l.xid, c.window_snapshot) AND l.seq <= c.window_done))
+          OR ${DONE_IN_WINDOW})
         AND (l.seq <= (SELECT max(seq) FROM ${T}) - $1 OR l.at <= now() - $2 * interval '1 millisecond')`,
     ),
   };
