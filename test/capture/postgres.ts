@@ -36,7 +36,7 @@ export const postgresDialect: CaptureDialect<PostgresDatabase> = {
   hasShell: true,
   dispatchesInSeqOrder: false,
   objectsFor: (names) =>
-    names.flatMap((t) => ["del", "ins", "notify", "upd"].map((trigger) => `${t}._turbocast_${trigger}`)).sort(),
+    names.flatMap((t) => ["del", "ins", "upd"].map((trigger) => `${t}._turbocast_${trigger}`)).sort(),
   affectedRows: (result) => (result as pg.QueryResult).rowCount ?? 0,
   kinds: {
     values: {

@@ -9,24 +9,29 @@ import { logDdl, logNames } from "./log.js";
  * table that append the row, as jsonb, to the change log in the writer's own
  * transaction — so every writer is seen (Drizzle, raw SQL, bulk statements,
  * `psql`, another service), a rolled-back write (or savepoint) leaves
- * nothing, and a committed one survives a crash — and one statement-level
- * trigger that wakes the feeds:
+ * nothing, and a committed one survives a crash — and, unless the session
+ * set turbocast.quiet = 'on', wake the feeds (pg_notify(channel, '')):
  *
  *   _turbocast_ins      AFTER INSERT, each row: the new row
  *   _turbocast_upd      AFTER UPDATE, each row WHEN (OLD.* *<> NEW.*): the new row and the old one
  *   _turbocast_del      AFTER DELETE, each row: the old row
- *   _turbocast_notify   AFTER INSERT OR UPDATE OR DELETE, each statement
- *                       WHEN (the session did not set turbocast.quiet = 'on'): pg_notify(channel, '')
  *
  * The triggers live on the table; the functions they call
- * (`_turbocast_capture_ins` / `_upd` / `_del`, `_turbocast_notify`) live
- * next to the change log. `*<>` compares the rows' stored bytes, so an
- * UPDATE that changes no column is not a change (turbo-rails #610) while
- * `12.50` -> `12.5` or `'a'` -> `'A'` under a case-insensitive collation
- * still is; it also works for column types without an equality operator
- * (json, point). NOTIFY is sent once per statement, not per row (a bulk
- * UPDATE sends one), and PostgreSQL folds a transaction's identical
- * notifications into one, delivered at commit.
+ * (`_turbocast_capture_ins` / `_upd` / `_del`) live next to the change log.
+ * `*<>` compares the rows' stored bytes, so an UPDATE that changes no column
+ * is not a change (turbo-rails #610) while `12.50` -> `12.5` or `'a'` ->
+ * `'A'` under a case-insensitive collation still is; it also works for
+ * column types without an equality operator (json, point). PostgreSQL folds
+ * a transaction's identical notifications into one, delivered at commit.
+ *
+ * Why the quiet test is in the row functions and not a statement-level
+ * trigger's WHEN (earlier versions' `_turbocast_notify`, dropped at start):
+ * PostgreSQL reads and compiles a trigger's WHEN condition again for every
+ * statement, so a quiet writer paid for it on every INSERT — about a
+ * quarter of the triggers' server CPU for one-row statements (9 of 33 µs
+ * in a one-row-transaction loop). Inside the function the test is a few
+ * hundred nanoseconds a row; a non-quiet writer's repeated pg_notify is
+ * folded into the one already queued.
  *
  * Why turbocast's own connections are quiet: a transaction that NOTIFYs
  * holds a database-wide lock from just before its commit until after it
@@ -66,7 +71,7 @@ export interface PgCaptureTable {
   columns: readonly string[];
 }
 
-export type PgTriggerKind = "ins" | "upd" | "del" | "notify";
+export type PgTriggerKind = "ins" | "upd" | "del";
 
 interface TriggerSpec {
   name: string;
@@ -75,32 +80,28 @@ interface TriggerSpec {
   /** pg_trigger.tgtype: 1 row, 4 insert, 8 delete, 16 update (AFTER is the absence of 2) */
   tgtype: number;
   when: string;
-  /** Whether the trigger passes the table's name to its function. */
-  named: boolean;
 }
 
 export const PG_TRIGGERS: Record<PgTriggerKind, TriggerSpec> = {
-  ins: { name: `${NAMESPACE}ins`, fn: `${NAMESPACE}capture_ins`, event: "INSERT", tgtype: 5, when: "", named: true },
+  ins: { name: `${NAMESPACE}ins`, fn: `${NAMESPACE}capture_ins`, event: "INSERT", tgtype: 5, when: "" },
   upd: {
     name: `${NAMESPACE}upd`,
     fn: `${NAMESPACE}capture_upd`,
     event: "UPDATE",
     tgtype: 17,
     when: " WHEN (OLD.* *<> NEW.*)",
-    named: true,
   },
-  del: { name: `${NAMESPACE}del`, fn: `${NAMESPACE}capture_del`, event: "DELETE", tgtype: 9, when: "", named: true },
-  notify: {
-    name: `${NAMESPACE}notify`,
-    fn: `${NAMESPACE}notify`,
-    event: "INSERT OR UPDATE OR DELETE",
-    tgtype: 28,
-    // in the trigger, not the function: a quiet writer's statement calls no plpgsql at all (and the
-    // condition's function and operator are resolved once, when the trigger is created)
-    when: " WHEN (pg_catalog.current_setting('turbocast.quiet', true) IS DISTINCT FROM 'on')",
-    named: false,
-  },
+  del: { name: `${NAMESPACE}del`, fn: `${NAMESPACE}capture_del`, event: "DELETE", tgtype: 9, when: "" },
 };
+
+/**
+ * The statement-level trigger (and its function) that earlier versions woke the feeds with: dropped at
+ * start. Not when syncing after a schema change, where it may be an older process's, still running in a
+ * rolling deploy: that process would put it back at its next sync (changing the signature), and the two
+ * would take turns with DDL on the app's tables. Left there meanwhile it only notifies twice (folded into
+ * one).
+ */
+const EARLIER_NOTIFY = `${NAMESPACE}notify`;
 
 const KINDS = Object.keys(PG_TRIGGERS) as PgTriggerKind[];
 
@@ -111,15 +112,6 @@ export function channelFor(logSchema: string): string {
 
 /** The body of each function (compared with pg_proc.prosrc to decide whether to replace it). */
 export function functionBody(kind: PgTriggerKind, logSchema: string): string {
-  if (kind === "notify") {
-    // one channel and an empty payload: PostgreSQL folds a transaction's identical notifications into one
-    return `
-BEGIN
-  PERFORM pg_catalog.pg_notify(${quoteLiteral(channelFor(logSchema))}, '');
-  RETURN NULL;
-END
-`;
-  }
   const log = logNames(logSchema).changes;
   const request = "pg_catalog.current_setting('turbocast.request_id', true)";
   const values =
@@ -128,9 +120,15 @@ END
       : kind === "ins"
         ? `'insert', pg_catalog.to_jsonb(NEW), NULL`
         : `'delete', pg_catalog.to_jsonb(OLD), NULL`;
+  // OPERATOR(pg_catalog.=): a bare = would be looked up in the writer's search_path, and run as the owner.
+  // One channel and an empty payload, so that PostgreSQL folds a transaction's notifications into one.
   return `
 BEGIN
   INSERT INTO ${log} (tbl, op, row_data, old_data, request_id) VALUES (TG_ARGV[0], ${values}, ${request});
+  IF pg_catalog.current_setting('turbocast.quiet', true) OPERATOR(pg_catalog.=) 'on' THEN
+    RETURN NULL;
+  END IF;
+  PERFORM pg_catalog.pg_notify(${quoteLiteral(channelFor(logSchema))}, '');
   RETURN NULL;
 END
 `;
@@ -144,9 +142,8 @@ AS $turbocast$${functionBody(kind, logSchema)}$turbocast$`;
 
 function createTrigger(kind: PgTriggerKind, relation: string, logSchema: string, name: string): string {
   const t = PG_TRIGGERS[kind];
-  const each = kind === "notify" ? "STATEMENT" : "ROW";
-  const args = t.named ? quoteLiteral(name) : "";
-  return `CREATE TRIGGER ${quoteIdent(t.name)} AFTER ${t.event} ON ${relation} FOR EACH ${each}${t.when} EXECUTE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(t.fn)}(${args})`;
+  // the table's name as the log records it, passed to the function
+  return `CREATE TRIGGER ${quoteIdent(t.name)} AFTER ${t.event} ON ${relation} FOR EACH ROW${t.when} EXECUTE FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(t.fn)}(${quoteLiteral(name)})`;
 }
 
 export interface PgTriggerSync {
@@ -250,7 +247,7 @@ async function syncInTransaction(
   const functions = await client.query<{ name: string; oid: number }>(
     `SELECT p.proname AS name, p.oid::int AS oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
      WHERE n.nspname = $1 AND p.proname = ANY($2::text[])`,
-    [logSchema, KINDS.map((k) => PG_TRIGGERS[k].fn)],
+    [logSchema, [...KINDS.map((k) => PG_TRIGGERS[k].fn), EARLIER_NOTIFY]],
   );
   const functionOid = new Map(functions.rows.map((f) => [f.name, f.oid]));
   const ourFunctions = [...functionOid.values()];
@@ -323,7 +320,7 @@ async function syncInTransaction(
         have !== undefined &&
         Number(have.fn) === functionOid.get(want.fn) &&
         have.tgtype === want.tgtype &&
-        have.args === (want.named ? `${table.name}\\000` : "") &&
+        have.args === `${table.name}\\000` &&
         have.qual === (want.when !== "");
       if (matches) continue;
       if (!rel.may) {
@@ -357,9 +354,13 @@ async function syncInTransaction(
       [ourFunctions],
     );
     for (const t of ours.rows) {
-      if (capturedOids.has(t.rel)) continue;
+      if (capturedOids.has(t.rel) && t.name !== EARLIER_NOTIFY) continue;
       await client.query(`DROP TRIGGER ${quoteIdent(t.name)} ON ${t.relation}`);
       result.dropped.push(`${t.relation}.${t.name}`);
+    }
+    // every trigger calling it is gone with the loop above
+    if (functionOid.has(EARLIER_NOTIFY)) {
+      await client.query(`DROP FUNCTION ${quoteIdent(logSchema)}.${quoteIdent(EARLIER_NOTIFY)}()`);
     }
   }
   result.signature = await schemaSignature(client, tables);
@@ -413,8 +414,8 @@ FROM (SELECT rel, to_regclass(rel)::oid AS oid, ord FROM unnest(${param}::text[]
  * Drops turbocast's triggers of one table (`table`: its name as a query
  * finds it, optionally schema-qualified), or of every table captured into
  * this log — for tearing capture down by hand. In SQL: `DROP TRIGGER IF
- * EXISTS _turbocast_ins ON <table>;` and likewise `_turbocast_upd`,
- * `_turbocast_del`, `_turbocast_notify`.
+ * EXISTS _turbocast_ins ON <table>;` and likewise `_turbocast_upd` and
+ * `_turbocast_del` (and an earlier version's `_turbocast_notify`).
  */
 export async function dropPgCaptureTriggers(
   client: pg.ClientBase,
