@@ -78,24 +78,41 @@ const WRITE_STATEMENT = /^\s*(?:insert|replace|update|delete)\b/i;
  * A write statement is never in use when it is handed out again: `run()`
  * finishes before it returns, and SQLite refuses to run a statement from
  * inside a user function.
+ *
+ * A hit is one Map lookup: the entry notes when it was last used, and the
+ * least recently used one is found by a scan only when a new statement
+ * enters a full cache (after a prepare, which costs far more). Moving the
+ * entry to the end of the Map instead (delete and set again) hashed and
+ * looked the SQL text up twice more, on every write.
  */
 export function cachingPrepare(client: ClientLike, size = STATEMENT_CACHE_SIZE): (sql: string) => StatementLike {
-  const cache = new Map<string, StatementLike>();
+  const cache = new Map<string, { statement: StatementLike; used: number }>();
+  let uses = 0;
   return (sql) => {
     const cached = cache.get(sql);
     if (cached !== undefined) {
-      // most recently used last: Map iteration order is insertion order
-      cache.delete(sql);
-      cache.set(sql, cached);
-      return cached;
+      cached.used = ++uses;
+      return cached.statement;
     }
     const statement = client.prepare(sql);
     if (!statement.reader && sql.length <= CACHED_SQL_MAX_LENGTH && WRITE_STATEMENT.test(sql)) {
-      cache.set(sql, statement);
-      if (cache.size > size) cache.delete(cache.keys().next().value!);
+      if (cache.size >= size) cache.delete(leastRecentlyUsed(cache));
+      cache.set(sql, { statement, used: ++uses });
     }
     return statement;
   };
+}
+
+function leastRecentlyUsed(cache: Map<string, { used: number }>): string {
+  let oldest: string | undefined;
+  let oldestUse = Number.POSITIVE_INFINITY;
+  for (const [sql, { used }] of cache) {
+    if (used < oldestUse) {
+      oldest = sql;
+      oldestUse = used;
+    }
+  }
+  return oldest!;
 }
 
 /** One field of a relational query's selection, as Drizzle describes it (`_toSQL().query.selection`). */
