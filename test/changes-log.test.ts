@@ -5,7 +5,7 @@ import Database from "better-sqlite3";
 import { getTableConfig, integer, sqliteTable, text } from "drizzle-orm/sqlite-core";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { rowDecoder } from "../src/changes/decode.js";
-import { ChangeLog } from "../src/changes/log.js";
+import { ChangeLog, MARK_DONE_MS } from "../src/changes/log.js";
 import { newOwner, ownerMayBeAlive } from "../src/changes/owner.js";
 import {
   type CaptureTable,
@@ -256,6 +256,46 @@ describe("the change log", () => {
     expect(logB.completeAndClaim("B", 3, later, lease, 10)).toEqual([]);
     expect(logB.lostClaim).toBe(false);
     expect(cursor(a)).toMatchObject({ done_seq: 3, owner: null });
+  });
+
+  it("while a feed holds the cursor, claims what follows its dispatched batch with a read alone, marked done within MARK_DONE_MS", () => {
+    const a = open();
+    const b = open();
+    seed(a, 8);
+    const logA = new ChangeLog(a);
+    const logB = new ChangeLog(b);
+    const now = 1_000_000;
+    const lease = 30_000;
+    expect(logA.completeAndClaim("A", 0, now, lease, 2).map((c) => c.seq)).toEqual([1, 2]);
+    // 1 and 2 dispatched: 3 and 4 are read, the cursor is not written
+    expect(logA.completeAndClaim("A", 2, now + 1, lease, 2).map((c) => c.seq)).toEqual([3, 4]);
+    expect(cursor(a)).toEqual({ done_seq: 0, owner: "A", claimed_seq: 2, lease_until: now + lease });
+    expect(logB.completeAndClaim("B", 0, now + 1, lease, 10)).toEqual([]);
+    // MARK_DONE_MS after the last write, the claim writes: 1..4 done, 5 and 6 claimed
+    expect(logA.completeAndClaim("A", 4, now + MARK_DONE_MS, lease, 2).map((c) => c.seq)).toEqual([5, 6]);
+    const written = now + MARK_DONE_MS;
+    expect(cursor(a)).toEqual({ done_seq: 4, owner: "A", claimed_seq: 6, lease_until: written + lease });
+    // with half the lease or less left (no renewal), the claim writes and renews it
+    expect(logA.completeAndClaim("A", 6, written + 1, lease, 1).map((c) => c.seq)).toEqual([7]);
+    expect(cursor(a)).toMatchObject({ done_seq: 4, claimed_seq: 6 });
+    const late = written + lease / 2;
+    expect(logA.completeAndClaim("A", 7, late, lease, 1).map((c) => c.seq)).toEqual([8]);
+    expect(cursor(a)).toEqual({ done_seq: 7, owner: "A", claimed_seq: 8, lease_until: late + lease });
+    expect(logA.complete("A", 8)).toBe(true);
+    expect(cursor(a)).toEqual({ done_seq: 8, owner: null, claimed_seq: null, lease_until: null });
+  });
+
+  it("marks done what a read-only claim left unmarked when the feed gives the cursor back before dispatching more", () => {
+    const db = open();
+    seed(db, 4);
+    const log = new ChangeLog(db);
+    const now = 1_000_000;
+    log.completeAndClaim("A", 0, now, 30_000, 2);
+    expect(log.completeAndClaim("A", 2, now, 30_000, 2).map((c) => c.seq)).toEqual([3, 4]);
+    // closing before 3 was dispatched: 1 and 2 are done, 3 and 4 free for any feed
+    expect(log.complete("A", 0)).toBe(true);
+    expect(cursor(db)).toEqual({ done_seq: 2, owner: null, claimed_seq: null, lease_until: null });
+    expect(log.completeAndClaim("B", 0, now, 30_000, 10).map((c) => c.seq)).toEqual([3, 4]);
   });
 
   it("prunes dispatched changes by count and age, never pending ones nor the newest", () => {

@@ -32,7 +32,13 @@ import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
  * a time, changes are dispatched in seq order across processes, not only
  * within one. `seq` is never reused — the newest row is never pruned, so the
  * next rowid stays above `done_seq`.
+ *
+ * A feed that holds the cursor with most of its lease left, and dispatched
+ * all it claimed, claims what follows with a read alone (see Hold): no other
+ * feed can take the cursor before the lease runs out, and what it dispatched
+ * is marked done by the next claim that writes, at most MARK_DONE_MS later.
  */
+export const MARK_DONE_MS = 10;
 export const LOG_DDL = [
   `CREATE TABLE IF NOT EXISTS ${quoteIdent(LOG_TABLE)} (
   seq INTEGER PRIMARY KEY,
@@ -65,6 +71,26 @@ export interface PollResult {
   claimable: boolean;
 }
 
+/**
+ * The cursor as this feed last wrote it, while it holds it. A claim that
+ * writes — BEGIN IMMEDIATE, two cursor updates, COMMIT and its WAL frame —
+ * costs several microseconds a change under a stream of writes (a claim
+ * every couple of milliseconds, each statement run with caches cold from the
+ * app's work); a read of the next changes, a fraction of that. A crash then
+ * dispatches again the changes of up to MARK_DONE_MS rather than one batch.
+ */
+interface Hold {
+  owner: string;
+  /** The last seq claimed. */
+  claimedSeq: number;
+  /** The lease as written (or renewed). */
+  leaseUntil: number;
+  /** When a claim last wrote the cursor. */
+  writtenAt: number;
+  /** Dispatched, not marked done yet (0: none): the next write marks it. */
+  unmarked: number;
+}
+
 interface CursorRow {
   doneSeq: number;
   owner: string | null;
@@ -91,6 +117,7 @@ export class ChangeLog {
   #lostClaim = false;
   #tookOver: TakeOver | null = null;
   #doneSeq = -1;
+  #hold: Hold | null = null;
   readonly #mayBeAlive: (owner: string) => boolean;
   readonly #claim: Database.Transaction<
     (owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number) => ChangeRecord[]
@@ -140,10 +167,7 @@ export class ChangeLog {
         const held = this.#heldBy(cursor, owner, now);
         if (held === "live") return [];
         // ours, free, or left by a feed whose lease ran out: its range is dispatched again from done_seq
-        const rows = this.#pending(limit).all({ after: cursor.doneSeq }) as Array<
-          [number, string, ChangeOp, string, string | null]
-        >;
-        const batch = rows.map(([seq, table, op, row, previous]): ChangeRecord => ({ seq, table, op, row, previous }));
+        const batch = this.#read(cursor.doneSeq, limit);
         if (batch.length === 0) {
           if (cursor.owner !== null) this.#let.run({ owner: cursor.owner, upTo: 0 });
           return [];
@@ -175,6 +199,11 @@ export class ChangeLog {
       this.#pendingBy.set(limit, statement);
     }
     return statement;
+  }
+
+  #read(after: number, limit: number): ChangeRecord[] {
+    const rows = this.#pending(limit).all({ after }) as Array<[number, string, ChangeOp, string, string | null]>;
+    return rows.map(([seq, table, op, row, previous]): ChangeRecord => ({ seq, table, op, row, previous }));
   }
 
   /** `PRAGMA schema_version` as the last poll or claim read it (-1: neither ran yet). */
@@ -225,9 +254,39 @@ export class ChangeLog {
    * changes up to `doneUpTo` done (0: none), then takes the cursor for the
    * next `limit` changes and returns them in seq order. Empty when there is
    * nothing to dispatch or another live feed holds the cursor.
+   *
+   * When this feed holds the cursor, dispatched every change it claimed
+   * (`doneUpTo`), has more than half its lease left and wrote the cursor
+   * less than MARK_DONE_MS ago, the next changes are read without a write
+   * (see Hold); `doneUpTo` is marked done by the next claim that writes, or
+   * by `complete`. `doneSeq` then stays as the last write read it.
    */
   completeAndClaim(owner: string, doneUpTo: number, now: number, leaseMs: number, limit: number): ChangeRecord[] {
-    return this.#claim.immediate(owner, doneUpTo, now, leaseMs, limit);
+    const hold = this.#hold?.owner === owner ? this.#hold : null;
+    if (
+      hold !== null &&
+      doneUpTo === hold.claimedSeq &&
+      now >= hold.writtenAt &&
+      now - hold.writtenAt < MARK_DONE_MS &&
+      hold.leaseUntil - now > leaseMs / 2
+    ) {
+      this.#schemaVersion = this.#schema.get() as number;
+      const batch = this.#read(hold.claimedSeq, limit);
+      if (batch.length > 0) {
+        hold.unmarked = doneUpTo;
+        hold.claimedSeq = batch[batch.length - 1]!.seq;
+        this.#lostClaim = false;
+        this.#tookOver = null;
+        return batch;
+      }
+      // nothing more: the write below marks everything done and gives the cursor back
+    }
+    const batch = this.#claim.immediate(owner, Math.max(doneUpTo, hold?.unmarked ?? 0), now, leaseMs, limit);
+    this.#hold =
+      batch.length === 0
+        ? null
+        : { owner, claimedSeq: batch[batch.length - 1]!.seq, leaseUntil: now + leaseMs, writtenAt: now, unmarked: 0 };
+    return batch;
   }
 
   /**
@@ -236,12 +295,20 @@ export class ChangeLog {
    * longer this feed's (its lease ran out and another feed took it over).
    */
   complete(owner: string, upTo: number): boolean {
-    return this.#let.run({ owner, upTo }).changes === 1;
+    const unmarked = this.#hold?.owner === owner ? this.#hold.unmarked : 0;
+    const completed = this.#let.run({ owner, upTo: Math.max(upTo, unmarked) }).changes === 1;
+    this.#hold = null;
+    return completed;
   }
 
   /** Extends this feed's hold on the cursor: it is alive and still dispatching. */
   renew(owner: string, until: number): void {
-    this.#renew.run({ owner, until });
+    const renewed = this.#renew.run({ owner, until }).changes === 1;
+    const hold = this.#hold;
+    if (hold?.owner !== owner) return;
+    // lost: the next claim writes, and finds out
+    if (renewed) hold.leaseUntil = until;
+    else this.#hold = null;
   }
 
   /**
