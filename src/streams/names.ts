@@ -21,8 +21,16 @@ export const MAX_STREAM_NAME_LENGTH = 512;
 
 const enc = (segment: string): string => encodeURIComponent(segment);
 
+/** The last row-name head made: every change dispatched names a row of mostly the same few tables. */
+let lastRowPrefix: string | undefined;
+let lastRowHead = "";
+
 export function rowStreamName(prefix: string, parts: readonly string[]): string {
-  return `row:${enc(prefix)}:${parts.map(enc).join(":")}`;
+  if (prefix !== lastRowPrefix) {
+    lastRowHead = `row:${enc(prefix)}:`;
+    lastRowPrefix = prefix;
+  }
+  return lastRowHead + (parts.length === 1 ? enc(parts[0]!) : parts.map(enc).join(":"));
 }
 
 export function tableStreamName(prefix: string): string {
