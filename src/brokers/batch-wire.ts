@@ -10,18 +10,17 @@ import type { OutgoingFrame } from "./publish-batcher.js";
  * the body, each frame's byte length and each frame's stream. The server
  * stores each frame as it is and passes the body on.
  *
- * On the channel, one message per batch (Redis) or per chunk of it that fits
- * a NOTIFY (PostgreSQL):
+ * On the channel, one message per batch (on PostgreSQL when it fits a
+ * NOTIFY; a larger batch is named by its seq range, see postgres-sql.ts):
  *
- *     {"o":<origin>,"n":<batch>[,"i":<index>],"e":<epoch>,"s":<first seq>,"k":[<streams>],"x":[<stream of each frame>],"l":[<length of each frame>]}\n<frames>
+ *     {"o":<origin>,"n":<batch>,"e":<epoch>,"s":<first seq>,"k":[<streams>],"x":[<stream of each frame>],"l":[<length of each frame>]}\n<frames>
  *
  * `k` lists the message's streams once each, `x` indexes it per frame, `l`
  * gives each frame's length in UTF-16 code units (what String#slice counts:
  * the receiver has the message as a string). The JSON part has no raw
  * newline (JSON.stringify escapes it), so the first "\n" ends it. `o` and `n`
  * let the publishing process recognise its own batch by the opening alone
- * (see OWN_OPENING) and deliver it from what it sent; `i` is where a chunk's
- * frames start in its batch.
+ * (see OWN_OPENING) and deliver it from what it sent.
  */
 export interface EncodedBatch {
   /** The frames' UTF-8 bytes, back to back. */
@@ -66,25 +65,10 @@ const writeUtf8: (buffer: Buffer, text: string, offset: number) => number =
     : (buffer, text, offset) => buffer.write(text, offset);
 
 /**
- * The end of a channel message's JSON part, from `"k"` on, for frames
- * `from`..`to` (exclusive) of a batch: their streams, each frame's stream
- * index, each frame's length, and the newline the body follows.
- */
-export function messageTail(frames: readonly OutgoingFrame[], from = 0, to = frames.length): string {
-  const streams = new StreamIndex();
-  const indexes: number[] = new Array(to - from);
-  const lengths: number[] = new Array(to - from);
-  for (let i = from; i < to; i++) {
-    const { stream, frame } = frames[i]!;
-    indexes[i - from] = streams.of(stream);
-    lengths[i - from] = frame.length;
-  }
-  return `"k":${JSON.stringify(streams.names)},"x":[${indexes.join(",")}],"l":[${lengths.join(",")}]}\n`;
-}
-
-/**
- * `messageTail` for a whole batch already encoded: its streams and stream
- * indexes as `encodeFrames` found them (`indexes`: those joined with commas).
+ * The end of a channel message's JSON part, from `"k"` on: the batch's
+ * streams and each frame's stream index, as `encodeFrames` found them
+ * (`indexes`: those joined with commas), each frame's length, and the
+ * newline the body follows.
  */
 export function batchTail(frames: readonly OutgoingFrame[], encoded: EncodedBatch, indexes: string): string {
   const lengths: number[] = new Array(frames.length);
@@ -93,16 +77,16 @@ export function batchTail(frames: readonly OutgoingFrame[], encoded: EncodedBatc
 }
 
 /** The start of a channel message's JSON part: who published the batch, and its number there. */
-export function messageHead(origin: string, batch: number, index?: number): string {
-  return index === undefined ? `{"o":"${origin}","n":${batch},` : `{"o":"${origin}","n":${batch},"i":${index},`;
+export function messageHead(origin: string, batch: number): string {
+  return `{"o":"${origin}","n":${batch},`;
 }
 
 /**
  * A message's opening, as the publishing process recognises it: origin,
- * batch number, index (absent on Redis: one message per batch), epoch, first
- * seq. Origins and epochs are base64url.
+ * batch number, epoch, seq (the first; a PostgreSQL notice that names its
+ * batch gives the last). Origins and epochs are base64url.
  */
-export const OWN_OPENING = /^\{"o":"([A-Za-z0-9_-]+)","n":(\d+),(?:"i":(\d+),)?"e":"([A-Za-z0-9_-]+)","s":(\d+),/;
+export const OWN_OPENING = /^\{"o":"([A-Za-z0-9_-]+)","n":(\d+),"e":"([A-Za-z0-9_-]+)","s":(\d+),/;
 
 /** How much of a message OWN_OPENING needs to see. */
 export const OPENING_LENGTH = 200;

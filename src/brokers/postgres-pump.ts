@@ -4,16 +4,15 @@ import { errorMessage } from "./connection.js";
 
 /**
  * Frames announced on the channel, `c` of them at consecutive seqs from `s`:
- * carried inline (`frames`, from `offset`: a notice's part of a batch), or
- * only named (`frames` null: a frame too large for a notice, or an old
- * notice of frames up to a seq) and read from the table.
+ * carried inline or known to this process (`frames`), or only named
+ * (`frames` null: another process's batch too large for a notice) and read
+ * from the table.
  */
 export type FrameNotice = {
   e: string;
   s: number;
   c: number;
   frames: readonly Published[] | null;
-  offset: number;
 };
 
 /** A control message's notice: handed over in its place among the frames. */
@@ -103,7 +102,7 @@ export class NoticePump {
         const from = this.delivered ?? notice.s - 1;
         if (notice.s <= from + 1 && notice.frames !== null) {
           // inline and nothing missing before it: hand over what is new
-          for (let i = from + 1 - notice.s; i < notice.c; i++) this.#hand(notice.frames[notice.offset + i]!);
+          for (let i = from + 1 - notice.s; i < notice.c; i++) this.#hand(notice.frames[i]!);
           continue;
         }
         const pool = host.pool();

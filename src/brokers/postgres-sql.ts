@@ -5,104 +5,49 @@
  * checked against `IDENTIFIER` (it is spliced into the SQL as a quoted name).
  */
 
-import { encodeFrames, messageTail } from "./batch-wire.js";
+import { batchTail, encodeFrames } from "./batch-wire.js";
 import type { OutgoingFrame } from "./publish-batcher.js";
 
 /** A table prefix or channel name that is safe to splice into SQL as a quoted identifier. */
 export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
 
-/** NOTIFY payloads must stay under 8000 bytes; a frame that does not fit travels by seq and is read from the table. */
+/** NOTIFY payloads must stay under 8000 bytes; a batch that does not fit one travels by seq range and is read from the table. */
 export const NOTIFY_LIMIT = 7_900;
 
-/** What a notice has besides its frames and their streams: `{"o":…,"n":…,"i":…,"e":…,"s":…,"k":[…],"x":[…],"l":[…]}` and a newline. */
-const NOTICE_OVERHEAD = 160;
-
-/** What a frame adds to a notice besides its bytes: its stream index and length in `x` and `l`, and commas. */
-const PER_FRAME_OVERHEAD = 16;
-
-/** The tail of a notice that stands for one frame too large for a notice: listeners read it from the table. */
-const OVERSIZED_TAIL = '"c":1}';
+/** What a notice has besides its tail and its frames: `{"o":…,"n":…,"e":…,"s":…,` (the origin and the epoch are 8 characters of base64url). */
+const NOTICE_OVERHEAD = 120;
 
 /**
  * A batch as the publish statement takes it (see batch-wire.ts): the frames'
  * bytes back to back, each frame's stream, byte offset and length, and the
- * notices — consecutive frames share one while it stays under NOTIFY's limit,
- * and a frame too large for a notice gets one of its own that only names it.
- * Each notice is its frames' part of the body (an offset and length in
- * bytes) after its JSON tail (batch-wire's `messageTail`, or OVERSIZED_TAIL);
- * the tails are joined with U+0001, which JSON text never contains raw, and
- * `starts` says where each notice's first frame is in the batch (1-based).
+ * tail of its one notice. A batch whose notice fits NOTIFY's limit travels
+ * in it (`tail` is batch-wire's `batchTail`, the body follows it); a larger
+ * one is only named by its seq range (`tail` null), and other processes read
+ * it from the table in one query — the publishing process delivers it from
+ * what it sent, so a bulk update's frames cross the wire once, not twice, and
+ * the server does not copy them through its notification queue.
  */
 export function encodeBatch(batch: readonly OutgoingFrame[]): {
   body: Buffer;
   streams: string;
   offsets: number[];
   lengths: readonly number[];
-  tails: string;
-  starts: number[];
-  noticeOffsets: number[];
-  noticeLengths: number[];
+  tail: string | null;
 } {
-  const { body, byteLengths } = encodeFrames(batch);
+  const encoded = encodeFrames(batch);
+  const { body, byteLengths } = encoded;
   const offsets: number[] = new Array(batch.length);
-  const tails: string[] = [];
-  const starts: number[] = [];
-  const noticeOffsets: number[] = [];
-  const noticeLengths: number[] = [];
   let offset = 0;
-  let from = 0;
-  let fromOffset = 0;
-  let size = NOTICE_OVERHEAD;
-  let streams = new Set<string>();
-  const flush = (to: number): void => {
-    if (to > from) {
-      tails.push(messageTail(batch, from, to));
-      starts.push(from + 1);
-      noticeOffsets.push(fromOffset);
-      noticeLengths.push(offset - fromOffset);
-    }
-    from = to;
-    fromOffset = offset;
-    size = NOTICE_OVERHEAD;
-    streams = new Set();
-  };
   for (let i = 0; i < batch.length; i++) {
     offsets[i] = offset;
-    const { stream } = batch[i]!;
-    const length = byteLengths[i]!;
-    // a stream named in the notice costs its JSON at most: 6 characters of escape per code unit
-    const named = stream.length * 6 + 3;
-    if (NOTICE_OVERHEAD + named + length + PER_FRAME_OVERHEAD > NOTIFY_LIMIT) {
-      flush(i);
-      tails.push(OVERSIZED_TAIL);
-      starts.push(i + 1);
-      noticeOffsets.push(offset);
-      noticeLengths.push(0);
-      offset += length;
-      from = i + 1;
-      fromOffset = offset;
-      continue;
-    }
-    let extra = length + PER_FRAME_OVERHEAD + (streams.has(stream) ? 0 : named);
-    if (size + extra > NOTIFY_LIMIT) {
-      flush(i);
-      extra = length + PER_FRAME_OVERHEAD + named;
-    }
-    streams.add(stream);
-    size += extra;
-    offset += length;
+    offset += byteLengths[i]!;
   }
-  flush(batch.length);
-  return {
-    body,
-    streams: JSON.stringify(batch.map((f) => f.stream)),
-    offsets,
-    lengths: byteLengths,
-    tails: tails.join("\u0001"),
-    starts,
-    noticeOffsets,
-    noticeLengths,
-  };
+  let tail: string | null = null;
+  if (NOTICE_OVERHEAD + body.length < NOTIFY_LIMIT) {
+    const inline = batchTail(batch, encoded, encoded.streamIndexes.join(","));
+    if (NOTICE_OVERHEAD + Buffer.byteLength(inline) + body.length <= NOTIFY_LIMIT) tail = inline;
+  }
+  return { body, streams: JSON.stringify(batch.map((f) => f.stream)), offsets, lengths: byteLengths, tail };
 }
 
 /** An int[] parameter as PostgreSQL's array text (node-postgres would quote and escape each number). */
@@ -152,14 +97,12 @@ export function statements(prefix: string) {
     // delivery order) equals seq order. A rollback undoes the increment too,
     // so seqs have no holes. Parameters (see encodeBatch): $1 the frames'
     // streams as a JSON array, $2 the body (bytea), $3 and $4 each frame's
-    // byte offset and length in it, $5 the count, $6 the channel; the
-    // notices: $7 their opening (`{"o":<origin>,"n":<batch>,`), $8 their JSON
-    // tails, $9 where each starts in the batch, $10 and $11 the byte offset
-    // and length of its frames in the body. A notice is batch-wire's message
-    // for its frames (`{o, n, i, e, s, k, x, l}`, a newline, the frames), or,
-    // for a frame too large for one, `{o, n, i, e, s: its seq, c: 1}`, which
-    // listeners read from the table — except the publishing process, which
-    // knows its own frames.
+    // byte offset and length in it, $5 the count, $6 the channel; its one
+    // notice: $7 its opening (`{"o":<origin>,"n":<batch>,`), $8 its JSON
+    // tail. The notice is batch-wire's message for the batch (`{o, n, e, s:
+    // the first seq, k, x, l}`, a newline, the frames), or, with no tail,
+    // `{o, n, e, s: the last seq, c: the count}`, which listeners read from
+    // the table — except the publishing process, which knows its own frames.
     publish: `
       with input as (
              select stream, off, len, ord
@@ -171,10 +114,9 @@ export function statements(prefix: string) {
                  select m.base + input.ord, input.stream, convert_from(substring($2::bytea from input.off + 1 for input.len), 'UTF8')
                  from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             (select count(pg_notify($6, $7::text || '"i":' || (c.start - 1) || ',"e":' || to_json(m.epoch)::text ||
-                       ',"s":' || (m.base + c.start) || ',' || c.tail ||
-                       convert_from(substring($2::bytea from c.off + 1 for c.len), 'UTF8')))
-              from unnest(string_to_array($8, chr(1)), $9::int[], $10::int[], $11::int[]) as c(tail, start, off, len)) as notices
+             pg_notify($6, $7::text || '"e":' || to_json(m.epoch)::text || ',"s":' ||
+               case when $8::text is null then (m.base + $5::int) || ',"c":' || $5::int || '}'
+                    else (m.base + 1) || ',' || $8::text || convert_from($2::bytea, 'UTF8') end) as notified
       from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the

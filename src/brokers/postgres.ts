@@ -219,9 +219,9 @@ export class PostgresBroker implements Broker {
 
   /**
    * One statement for a batch of frames (see PublishBatcher): consecutive
-   * seqs, one commit, its notices. The batch stays in #own until its last
-   * notice comes back, so this process delivers its own frames without
-   * decoding them (or reading the large ones back from the table).
+   * seqs, one commit, one notice. The batch stays in #own until its notice
+   * comes back, so this process delivers its own frames without decoding
+   * them (or reading them back from the table).
    */
   async #publishBatch(batch: readonly OutgoingFrame[]): Promise<Published[]> {
     const pool = this.#pool;
@@ -231,11 +231,7 @@ export class PostgresBroker implements Broker {
     }
     const encoded = encodeBatch(batch);
     const number = ++this.#batches;
-    const counts = new Map<number, number>();
-    const { starts } = encoded;
-    for (let i = 0; i < starts.length; i++)
-      counts.set(starts[i]! - 1, (starts[i + 1] ?? batch.length + 1) - starts[i]!);
-    const own: OwnBatch = { frames: batch, counts, published: null };
+    const own: OwnBatch = { frames: batch, inline: encoded.tail !== null, published: null };
     this.#own.set(number, own);
     try {
       return await this.#runPublish(pool, batch, own, [
@@ -246,10 +242,7 @@ export class PostgresBroker implements Broker {
         batch.length,
         this.#channel,
         messageHead(this.#continuity.id, number),
-        encoded.tails,
-        intArray(starts),
-        intArray(encoded.noticeOffsets),
-        intArray(encoded.noticeLengths),
+        encoded.tail,
       ]);
     } catch (error) {
       this.#own.delete(number);
@@ -577,7 +570,7 @@ export class PostgresBroker implements Broker {
           frame: frames[i]!.frame,
         };
       }
-      this.#pump.push({ e: epoch, s: seq, c: frames.length, frames: published, offset: 0 });
+      this.#pump.push({ e: epoch, s: seq, c: frames.length, frames: published });
     } else if (message.stream !== undefined && message.frame !== undefined) {
       const { epoch, seq, stream, frame } = message;
       this.#pump.push({
@@ -585,39 +578,37 @@ export class PostgresBroker implements Broker {
         s: seq,
         c: 1,
         frames: [{ stream, seq, position: formatPosition(epoch, seq), frame }],
-        offset: 0,
       });
     } else {
       // frames up to seq, `count` of them, to be read from the table
       const count = message.count ?? 1;
-      this.#pump.push({ e: message.epoch, s: message.seq - count + 1, c: count, frames: null, offset: 0 });
+      this.#pump.push({ e: message.epoch, s: message.seq - count + 1, c: count, frames: null });
     }
   }
 
   /**
-   * A notice of a batch this broker published (its opening names this broker
-   * and the batch) goes to the pump with the frames this process already
-   * has: true. Notices come in commit order, so own batches before it that are
-   * still held never came (a failed statement): dropped.
+   * The notice of a batch this broker published (its opening names this
+   * broker and the batch) goes to the pump with the frames this process
+   * already has: true. Notices come in commit order, so own batches before it
+   * that are still held never came (a failed statement): dropped.
    */
   #ownNotice(payload: string): boolean {
     if (this.#own.size === 0) return false;
     const opening = OWN_OPENING.exec(payload.length > OPENING_LENGTH ? payload.slice(0, OPENING_LENGTH) : payload);
     if (opening === null || opening[1] !== this.#continuity.id) return false;
     const number = Number(opening[2]);
-    const index = Number(opening[3]);
     const batch = this.#own.get(number);
     for (const held of this.#own.keys()) {
-      if (held >= number) break;
+      if (held > number) break;
       this.#own.delete(held);
     }
-    const count = batch?.counts.get(index);
-    if (batch === undefined || count === undefined) return false;
-    const epoch = opening[4]!;
-    const seq = Number(opening[5]);
-    batch.published ??= publishedFrames(batch.frames, epoch, seq - index);
-    if (index + count === batch.frames.length) this.#own.delete(number);
-    this.#pump.push({ e: epoch, s: seq, c: count, frames: batch.published, offset: index });
+    if (batch === undefined) return false;
+    const epoch = opening[3]!;
+    const { frames } = batch;
+    // a notice with the frames names the first one's seq, one that only names the batch its last
+    const first = batch.inline ? Number(opening[4]) : Number(opening[4]) - frames.length + 1;
+    batch.published ??= publishedFrames(frames, epoch, first);
+    this.#pump.push({ e: epoch, s: first, c: frames.length, frames: batch.published });
     return true;
   }
 
@@ -674,10 +665,10 @@ export function postgresBroker(options: PostgresBrokerOptions | string): Broker 
   return new PostgresBroker(options);
 }
 
-/** A batch this broker published: its frames, how many each notice carries (by its first frame's index), and the frames as published once numbered. */
+/** A batch this broker published: its frames, whether its notice carries them, and the frames as published once numbered. */
 interface OwnBatch {
   readonly frames: readonly OutgoingFrame[];
-  readonly counts: ReadonlyMap<number, number>;
+  readonly inline: boolean;
   published: Published[] | null;
 }
 

@@ -515,7 +515,7 @@ export class RedisBroker implements Broker {
       this.#own.delete(held);
     }
     if (batch === undefined) return null;
-    return { batch, epoch: opening[4]!, first: Number(opening[5]) };
+    return { batch, epoch: opening[3]!, first: Number(opening[4]) };
   }
 
   #onFrame(epoch: string, frame: Published): void {

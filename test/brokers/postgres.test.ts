@@ -1,6 +1,7 @@
 import type pg from "pg";
 import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
-import type { Broker } from "../../src/brokers/broker.js";
+import { type Broker, parsePosition } from "../../src/brokers/broker.js";
+import { decodeChannelMessage } from "../../src/brokers/continuity.js";
 import { type PostgresBrokerOptions, postgresBroker } from "../../src/brokers/postgres.js";
 import * as index from "../../src/index.js";
 import { waitFor } from "../helpers.js";
@@ -84,6 +85,42 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     const rows = async () => Number((await admin.query(`select count(*) from "${ns.prefix}_frames"`)).rows[0].count);
     expect(await rows()).toBe(2);
     await waitFor(async () => (await rows()) === 0, { message: "idle streams are dropped" });
+  });
+
+  it("announces a batch too large for one notice by its seq range alone, and a small one with its frames", async () => {
+    const ns = namespace();
+    const listener = pgClient();
+    await listener.connect();
+    const notices: string[] = [];
+    listener.on("notification", (n) => notices.push(n.payload ?? ""));
+    try {
+      await listener.query(`listen "${ns.prefix}"`);
+      const { broker, delivered } = await startWithHub(make({ connectionString: PG_URL, ...ns }));
+      // 100 frames of 200 bytes in one turn: one batch, over NOTIFY's 8000 bytes
+      const big = await Promise.all(
+        Array.from({ length: 100 }, (_, i) => broker.publish(`s${i % 3}`, frame(`${i} ${"x".repeat(200)}`))),
+      );
+      const small = await broker.publish("s0", frame("small"));
+      await waitFor(() => notices.length === 2 && delivered.length === 101);
+      const last = big[99]!;
+      expect(JSON.parse(notices[0]!)).toEqual({
+        o: expect.any(String),
+        n: 1,
+        e: parsePosition(last.position)!.epoch,
+        s: last.seq,
+        c: 100,
+      });
+      expect(decodeChannelMessage(notices[1]!)).toEqual({
+        kind: "frames",
+        epoch: parsePosition(small.position)!.epoch,
+        seq: small.seq,
+        frames: [{ stream: "s0", frame: frame("small") }],
+      });
+      // the publishing process delivered its own batch from what it sent
+      expect(delivered.map((f) => f.position)).toEqual([...big, small].map((p) => p.position));
+    } finally {
+      await listener.end();
+    }
   });
 
   it("says once that its tables lost their history when they are dropped under it", async () => {

@@ -152,50 +152,61 @@ describe("PublishBatcher: publishes nobody awaits", () => {
 });
 
 describe("encodeBatch (PostgreSQL notices)", () => {
-  /** The notices as the statement builds them, for a batch whose first frame got `first`. */
-  function notices(batch: OutgoingFrame[], first: number): string[] {
-    const encoded = encodeBatch(batch);
-    const tails = encoded.tails.split("\u0001");
-    return tails.map((tail, n) => {
-      const start = encoded.starts[n]!;
-      const body = encoded.body.subarray(
-        encoded.noticeOffsets[n]!,
-        encoded.noticeOffsets[n]! + encoded.noticeLengths[n]!,
-      );
-      return `{"o":"O","n":1,"i":${start - 1},"e":"E","s":${first + start - 1},${tail}${body.toString()}`;
-    });
+  /** The notice as the publish statement builds it, for a batch whose first frame got `first`. */
+  function notice(batch: OutgoingFrame[], first: number): string {
+    const { tail, body } = encodeBatch(batch);
+    return tail === null
+      ? `{"o":"O","n":1,"e":"E","s":${first + batch.length - 1},"c":${batch.length}}`
+      : `{"o":"O","n":1,"e":"E","s":${first},${tail}${body.toString()}`;
   }
 
-  it("puts consecutive frames in one notice while it fits, and a frame too large for a notice in one of its own", () => {
-    const small = { stream: "s", frame: "x".repeat(3000) };
-    const huge = { stream: "s", frame: "y".repeat(NOTIFY_LIMIT) };
-    const odd = { stream: 'q"uote\n', frame: "ü\n\u0001 — 🎉" };
-    const batch = [small, small, small, huge, small, odd];
+  const small = { stream: "s", frame: "x".repeat(3000) };
+  const odd = { stream: 'q"uote\n', frame: "ü\n\u0001 — 🎉" };
+
+  it("cuts the body into the frames by their byte offsets and lengths, and lists their streams", () => {
+    const batch = [small, odd, { stream: "t", frame: "" }, small];
     const encoded = encodeBatch(batch);
     expect(JSON.parse(encoded.streams)).toEqual(batch.map((f) => f.stream));
-    // the body holds every frame, cut by offsets and byte lengths
     expect(
       batch.map((_, i) =>
         encoded.body.subarray(encoded.offsets[i]!, encoded.offsets[i]! + encoded.lengths[i]!).toString(),
       ),
     ).toEqual(batch.map((f) => f.frame));
-    // two 3,000-byte frames fill a notice; the huge one is only named; notices never straddle it
-    expect(encoded.starts).toEqual([1, 3, 4, 5]);
-    const sent = notices(batch, 100);
-    for (const notice of sent) expect(Buffer.byteLength(notice)).toBeLessThan(8000);
-    expect(sent.map((notice) => decodeChannelMessage(notice))).toEqual([
-      { kind: "frames", epoch: "E", seq: 100, frames: [small, small] },
-      { kind: "frames", epoch: "E", seq: 102, frames: [small] },
-      { kind: "frame", epoch: "E", seq: 103, stream: undefined, frame: undefined, count: 1 },
-      { kind: "frames", epoch: "E", seq: 104, frames: [small, odd] },
-    ]);
   });
 
-  it("keeps notices under NOTIFY's limit whatever the streams' names cost", () => {
-    const batch = Array.from({ length: 400 }, (_, i) => ({ stream: `"\u0001${i}"`.repeat(8), frame: `<p>${i}</p>` }));
-    const sent = notices(batch, 1);
-    expect(sent.length).toBeGreaterThan(1);
-    for (const notice of sent) expect(Buffer.byteLength(notice)).toBeLessThan(8000);
-    expect(sent.flatMap((notice) => (decodeChannelMessage(notice) as { frames: unknown[] }).frames)).toEqual(batch);
+  it("carries a batch that fits one notice in it, frames and all", () => {
+    const batch = [small, odd, small];
+    const sent = notice(batch, 100);
+    expect(Buffer.byteLength(sent)).toBeLessThan(8000);
+    expect(decodeChannelMessage(sent)).toEqual({ kind: "frames", epoch: "E", seq: 100, frames: batch });
+  });
+
+  it("names a larger batch, or one frame too large for a notice, by its last seq and count only", () => {
+    const huge = { stream: "s", frame: "y".repeat(NOTIFY_LIMIT) };
+    expect(encodeBatch([small, small, small]).tail).toBeNull();
+    expect(decodeChannelMessage(notice([small, small, small], 100))).toEqual({
+      kind: "frame",
+      epoch: "E",
+      seq: 102,
+      stream: undefined,
+      frame: undefined,
+      count: 3,
+    });
+    expect(encodeBatch([huge]).tail).toBeNull();
+    expect(decodeChannelMessage(notice([huge], 7))).toMatchObject({ kind: "frame", seq: 7, count: 1 });
+  });
+
+  it("keeps the notice under NOTIFY's limit whatever the streams' names cost", () => {
+    const kinds = new Set<string>();
+    for (let n = 10; n <= 400; n += 10) {
+      const batch = Array.from({ length: n }, (_, i) => ({ stream: `"\u0001${i}"`.repeat(8), frame: `<p>${i}</p>` }));
+      const sent = notice(batch, 1);
+      expect(Buffer.byteLength(sent)).toBeLessThan(8000);
+      const decoded = decodeChannelMessage(sent)!;
+      kinds.add(decoded.kind);
+      if (decoded.kind === "frames") expect(decoded.frames).toEqual(batch);
+      else expect(decoded).toMatchObject({ kind: "frame", seq: n, count: n });
+    }
+    expect(kinds).toEqual(new Set(["frames", "frame"]));
   });
 });
