@@ -35,22 +35,27 @@ export interface EncodedBatch {
 
 /** The batch's frames as one body, with their byte lengths and streams. */
 export function encodeFrames(frames: readonly OutgoingFrame[]): EncodedBatch {
+  const { body, byteLengths } = encodeBody(frames);
+  const streamIndexes: number[] = new Array(frames.length);
+  const streams = new StreamIndex();
+  for (let i = 0; i < frames.length; i++) streamIndexes[i] = streams.of(frames[i]!.stream);
+  return { body, byteLengths, streams: streams.names, streamIndexes };
+}
+
+/** The batch's frames as one body, with their byte lengths (`encodeFrames` without the streams). */
+export function encodeBody(frames: readonly OutgoingFrame[]): Pick<EncodedBatch, "body" | "byteLengths"> {
   let chars = 0;
   for (let i = 0; i < frames.length; i++) chars += frames[i]!.frame.length;
   // a UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, 2 units, is 4)
   const body = Buffer.allocUnsafe(chars * 3);
   const byteLengths: number[] = new Array(frames.length);
-  const streamIndexes: number[] = new Array(frames.length);
-  const streams = new StreamIndex();
   let offset = 0;
   for (let i = 0; i < frames.length; i++) {
-    const { stream, frame } = frames[i]!;
-    streamIndexes[i] = streams.of(stream);
-    const written = writeUtf8(body, frame, offset);
+    const written = writeUtf8(body, frames[i]!.frame, offset);
     byteLengths[i] = written;
     offset += written;
   }
-  return { body: body.subarray(0, offset), byteLengths, streams: streams.names, streamIndexes };
+  return { body: body.subarray(0, offset), byteLengths };
 }
 
 /**

@@ -5,7 +5,7 @@
  * checked against `IDENTIFIER` (it is spliced into the SQL as a quoted name).
  */
 
-import { batchTail, encodeFrames } from "./batch-wire.js";
+import { batchTail, encodeBody, encodeFrames } from "./batch-wire.js";
 import type { OutgoingFrame } from "./publish-batcher.js";
 
 /** A table prefix or channel name that is safe to splice into SQL as a quoted identifier. */
@@ -19,8 +19,8 @@ const NOTICE_OVERHEAD = 120;
 
 /**
  * A batch as the publish statement takes it (see batch-wire.ts): the frames'
- * bytes back to back, each frame's stream, byte offset and length, and the
- * tail of its one notice. A batch whose notice fits NOTIFY's limit travels
+ * bytes back to back, each frame's stream and byte length, and the tail of
+ * its one notice. A batch whose notice fits NOTIFY's limit travels
  * in it (`tail` is batch-wire's `batchTail`, the body follows it); a larger
  * one is only named by its seq range (`tail` null), and other processes read
  * it from the table in one query — the publishing process delivers it from
@@ -30,24 +30,22 @@ const NOTICE_OVERHEAD = 120;
 export function encodeBatch(batch: readonly OutgoingFrame[]): {
   body: Buffer;
   streams: string;
-  offsets: number[];
   lengths: readonly number[];
   tail: string | null;
 } {
+  const streams = JSON.stringify(batch.map((f) => f.stream));
+  let chars = 0;
+  for (let i = 0; i < batch.length; i++) chars += batch[i]!.frame.length;
+  // a UTF-16 code unit is one byte of UTF-8 at least: a batch this long cannot fit (its streams need not be indexed)
+  if (NOTICE_OVERHEAD + chars > NOTIFY_LIMIT) {
+    const { body, byteLengths } = encodeBody(batch);
+    return { body, streams, lengths: byteLengths, tail: null };
+  }
   const encoded = encodeFrames(batch);
   const { body, byteLengths } = encoded;
-  const offsets: number[] = new Array(batch.length);
-  let offset = 0;
-  for (let i = 0; i < batch.length; i++) {
-    offsets[i] = offset;
-    offset += byteLengths[i]!;
-  }
-  let tail: string | null = null;
-  if (NOTICE_OVERHEAD + body.length < NOTIFY_LIMIT) {
-    const inline = batchTail(batch, encoded, encoded.streamIndexes.join(","));
-    if (NOTICE_OVERHEAD + Buffer.byteLength(inline) + body.length <= NOTIFY_LIMIT) tail = inline;
-  }
-  return { body, streams: JSON.stringify(batch.map((f) => f.stream)), offsets, lengths: byteLengths, tail };
+  const inline = batchTail(batch, encoded, encoded.streamIndexes.join(","));
+  const fits = NOTICE_OVERHEAD + Buffer.byteLength(inline) + body.length <= NOTIFY_LIMIT;
+  return { body, streams, lengths: byteLengths, tail: fits ? inline : null };
 }
 
 /** An int[] parameter as PostgreSQL's array text (node-postgres would quote and escape each number). */
@@ -96,27 +94,26 @@ export function statements(prefix: string) {
     // commit, so publishers are serialized and commit order (which is NOTIFY
     // delivery order) equals seq order. A rollback undoes the increment too,
     // so seqs have no holes. Parameters (see encodeBatch): $1 the frames'
-    // streams as a JSON array, $2 the body (bytea), $3 and $4 each frame's
-    // byte offset and length in it, $5 the count, $6 the channel; its one
-    // notice: $7 its opening (`{"o":<origin>,"n":<batch>,`), $8 its JSON
-    // tail. The notice is batch-wire's message for the batch (`{o, n, e, s:
+    // streams as a JSON array, $2 the body (bytea), $3 each frame's byte
+    // length in it, $4 the count, $5 the channel; its one notice: $6 its
+    // opening (`{"o":<origin>,"n":<batch>,`), $7 its JSON tail. The notice is batch-wire's message for the batch (`{o, n, e, s:
     // the first seq, k, x, l}`, a newline, the frames), or, with no tail,
     // `{o, n, e, s: the last seq, c: the count}`, which listeners read from
     // the table — except the publishing process, which knows its own frames.
     publish: `
       with input as (
-             select stream, off, len, ord
-             from rows from (json_array_elements_text($1::json), unnest($3::int[]), unnest($4::int[]))
-                  with ordinality as i(stream, off, len, ord)
+             select stream, (sum(len) over (order by ord) - len)::int as off, len, ord
+             from rows from (json_array_elements_text($1::json), unnest($3::int[]))
+                  with ordinality as i(stream, len, ord)
            ),
-           m as (update ${meta} set seq = seq + $5::int where id = 1 returning epoch, seq - $5::int as base),
+           m as (update ${meta} set seq = seq + $4::int where id = 1 returning epoch, seq - $4::int as base),
            f as (insert into ${frames} (seq, stream, frame)
                  select m.base + input.ord, input.stream, convert_from(substring($2::bytea from input.off + 1 for input.len), 'UTF8')
                  from m, input)
       select m.epoch, (m.base + 1)::text as first,
-             pg_notify($6, $7::text || '"e":' || to_json(m.epoch)::text || ',"s":' ||
-               case when $8::text is null then (m.base + $5::int) || ',"c":' || $5::int || '}'
-                    else (m.base + 1) || ',' || $8::text || convert_from($2::bytea, 'UTF8') end) as notified
+             pg_notify($5, $6::text || '"e":' || to_json(m.epoch)::text || ',"s":' ||
+               case when $7::text is null then (m.base + $4::int) || ',"c":' || $4::int || '}'
+                    else (m.base + 1) || ',' || $7::text || convert_from($2::bytea, 'UTF8') end) as notified
       from m`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the

@@ -237,7 +237,6 @@ export class PostgresBroker implements Broker {
       return await this.#runPublish(pool, batch, own, [
         encoded.streams,
         encoded.body,
-        intArray(encoded.offsets),
         intArray(encoded.lengths),
         batch.length,
         this.#channel,
