@@ -106,10 +106,15 @@ export interface Broker {
    * Optional: this process begins subscriptions of `streams` (before it
    * reads their position or history); the returned function says they
    * ended. A broker that keeps the history of some streams only from when
-   * someone may resume them — the in-memory broker, for data channels —
-   * starts keeping them here. The hub and data subscriptions call it.
+   * someone may resume them — data channels — starts keeping them here: the
+   * in-memory broker at once (it returns the function), the Redis and
+   * PostgreSQL brokers once the server has registered them for every process
+   * (a promise; it rejects with a BrokerError when the server is
+   * unreachable). A cursor read before that gets a gap for them, one read
+   * after resumes. The hub and data subscriptions await it before reading
+   * the head or history.
    */
-  watch?(streams: readonly string[]): () => void;
+  watch?(streams: readonly string[]): (() => void) | Promise<() => void>;
   /**
    * Frames of `streams` after the position `after`, oldest first; `null` when
    * the retained history no longer reaches back to `after` (or `after` comes

@@ -3,6 +3,7 @@ import { type HistoryOptions, resolveHistory } from "./broker.js";
 import { redactUrl } from "./connection.js";
 import { type ConnectionConfig, withDefaultUser } from "./postgres-connection.js";
 import { IDENTIFIER } from "./postgres-sql.js";
+import { WATCH_TTL_MS } from "./watches.js";
 
 /** Options of postgresBroker. Every default is listed here. */
 export interface PostgresBrokerOptions {
@@ -10,7 +11,7 @@ export interface PostgresBrokerOptions {
   connectionString: string;
   /**
    * Prefix of the broker's tables, created when missing: `<prefix>_frames`,
-   * `<prefix>_meta`, `<prefix>_floors`. Brokers that share it share frames.
+   * `<prefix>_meta`, `<prefix>_floors`, `<prefix>_watches`. Brokers that share it share frames.
    * Lowercase letters, digits and `_`. Default `"turbocast"`.
    */
   prefix?: string;
@@ -24,6 +25,13 @@ export interface PostgresBrokerOptions {
    * stream's last frame gets a refresh. Default 24 hours, never less than `history.ageMs`.
    */
   idleMs?: number;
+  /**
+   * A data channel's watch (a data subscription, see Broker.watch) is kept
+   * in `<prefix>_watches` this long and renewed every quarter of it while
+   * held; other processes skip the data events of channels nobody watches.
+   * Default 2 minutes.
+   */
+  watchTtlMs?: number;
   /** `application_name` of the broker's connections (shown by `pg_stat_activity`). Default `"turbocast"`. */
   applicationName?: string;
   /** Pooled connections for publish, history and head (plus one for LISTEN). Default 4. */
@@ -41,6 +49,7 @@ export interface PostgresBrokerOptions {
 export const DEFAULTS = {
   prefix: "turbocast",
   idleMs: 24 * 60 * 60_000,
+  watchTtlMs: WATCH_TTL_MS,
   applicationName: "turbocast",
   poolSize: 4,
   commandTimeoutMs: 2_000,
@@ -82,6 +91,7 @@ export function resolvePostgresOptions(options: PostgresBrokerOptions | string) 
     history,
     idleMs: Math.max(options.idleMs ?? DEFAULTS.idleMs, history.ageMs),
     connection,
+    watchTtlMs: options.watchTtlMs ?? DEFAULTS.watchTtlMs,
     connectTimeoutMs: options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
     maxBackoffMs: options.maxBackoffMs ?? DEFAULTS.maxBackoffMs,
     sweepIntervalMs: options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(history.ageMs / 2))),

@@ -8,6 +8,9 @@
 import { batchTail, encodeBody, encodeFrames } from "./batch-wire.js";
 import type { OutgoingFrame } from "./publish-batcher.js";
 
+/** The stream of the frame row that takes the seq a watch registration reserves: no subscriber's. */
+export const WATCH_MARK = "~watched";
+
 /** A table prefix or channel name that is safe to splice into SQL as a quoted identifier. */
 export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
 
@@ -58,14 +61,18 @@ export type Statements = ReturnType<typeof statements>;
 
 /**
  * The SQL of one broker namespace. Frames live in `<prefix>_frames`; the
- * epoch and the seq counter in the single row of `<prefix>_meta`; each
- * stream's floor (the newest seq pruned from it) in `<prefix>_floors`, and
- * `expired_floor` in meta is the newest seq of any stream dropped whole.
+ * epoch, the seq counter and the watch generation in the single row of
+ * `<prefix>_meta`; each stream's floor (the newest seq pruned from it) in
+ * `<prefix>_floors`, and `expired_floor` in meta is the newest seq of any
+ * stream dropped whole; the watched data channels and when their watch
+ * expires (server ms) in `<prefix>_watches` (see watches.ts).
  */
 export function statements(prefix: string) {
   const frames = `"${prefix}_frames"`;
   const meta = `"${prefix}_meta"`;
   const floors = `"${prefix}_floors"`;
+  const watches = `"${prefix}_watches"`;
+  const nowMs = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
   return {
     schema: `
       create table if not exists ${frames} (
@@ -79,9 +86,18 @@ export function statements(prefix: string) {
         id smallint primary key check (id = 1),
         epoch text not null,
         seq bigint not null,
-        expired_floor bigint not null default 0
+        expired_floor bigint not null default 0,
+        watch_gen bigint not null default 0
       );
-      create table if not exists ${floors} (stream text primary key, floor bigint not null);`,
+      create table if not exists ${floors} (stream text primary key, floor bigint not null);
+      create table if not exists ${watches} (channel text primary key, until bigint not null);
+      -- a meta table from before watches: ALTER only then (it locks the table out for everyone)
+      do $$ begin
+        if not exists (select 1 from pg_attribute
+                       where attrelid = '${meta}'::regclass and attname = 'watch_gen' and not attisdropped) then
+          alter table ${meta} add column watch_gen bigint not null default 0;
+        end if;
+      end $$;`,
     // a new epoch's seqs start above every earlier one's (see EPOCH_SEQ_MARGIN)
     createEpoch: `
       insert into ${meta} (id, epoch, seq)
@@ -100,13 +116,18 @@ export function statements(prefix: string) {
     // the first seq, k, x, l}`, a newline, the frames), or, with no tail,
     // `{o, n, e, s: the last seq, c: the count}`, which listeners read from
     // the table — except the publishing process, which knows its own frames.
+    // $8 and $9: the epoch and watch generation the batch's skipped data
+    // events were skipped by (null: none); when they are not the meta row's,
+    // nothing is written and no row returned (refused).
     publish: `
       with input as (
              select stream, (sum(len) over (order by ord) - len)::int as off, len, ord
              from rows from (json_array_elements_text($1::json), unnest($3::int[]))
                   with ordinality as i(stream, len, ord)
            ),
-           m as (update ${meta} set seq = seq + $4::int where id = 1 returning epoch, seq - $4::int as base),
+           m as (update ${meta} set seq = seq + $4::int
+                 where id = 1 and ($8::text is null or (epoch = $8::text and watch_gen = $9::bigint))
+                 returning epoch, seq - $4::int as base),
            f as (insert into ${frames} (seq, stream, frame)
                  select m.base + input.ord, input.stream, convert_from(substring($2::bytea from input.off + 1 for input.len), 'UTF8')
                  from m, input)
@@ -115,6 +136,38 @@ export function statements(prefix: string) {
                case when $7::text is null then (m.base + $4::int) || ',"c":' || $4::int || '}'
                     else (m.base + 1) || ',' || $7::text || convert_from($2::bytea, 'UTF8') end) as notified
       from m`,
+    // Registers watches (see WatchServer.register), with the meta row locked
+    // (lockMeta, in the same transaction): $1 the channels, $2 the ttl in ms.
+    // A new channel (absent or expired) restarts its history: its frames go,
+    // its floor is a reserved seq, whose frame row (stream WATCH_MARK) keeps
+    // the seqs without holes for listeners. Expired watches go, with the
+    // floors of their channels that have no frames.
+    lockMeta: `select 1 from ${meta} where id = 1 for update`,
+    register: `
+      with t as (select ${nowMs} as now),
+           given as (select distinct channel from unnest($1::text[]) as g(channel)),
+           fresh as (select g.channel from given g cross join t left join ${watches} w on w.channel = g.channel
+                     where w.channel is null or w.until <= t.now),
+           m as (update ${meta} set seq = seq + 1, watch_gen = watch_gen + 1
+                 where id = 1 and exists (select 1 from fresh) returning seq, watch_gen),
+           gone as (delete from ${frames} f using fresh where f.stream = fresh.channel),
+           floored as (insert into ${floors} (stream, floor) select fresh.channel, m.seq from fresh, m
+                       on conflict (stream) do update set floor = excluded.floor),
+           marked as (insert into ${frames} (seq, stream, frame) select m.seq, '${WATCH_MARK}', '' from m),
+           renewed as (insert into ${watches} (channel, until) select channel, t.now + $2::bigint from given, t
+                       on conflict (channel) do update set until = greatest(${watches}.until, excluded.until)),
+           expired as (delete from ${watches} w using t where w.until <= t.now and not (w.channel = any($1::text[]))
+                       returning w.channel),
+           unfloored as (delete from ${floors} fl using expired e
+                         where fl.stream = e.channel and not exists (select 1 from ${frames} f where f.stream = e.channel))
+      select meta.epoch, meta.watch_gen::text as before, coalesce(m.watch_gen, meta.watch_gen)::text as after,
+             array(select channel from fresh) as fresh
+      from ${meta} meta left join m on true where meta.id = 1`,
+    // the watched channels and the generation, from one snapshot
+    watched: `
+      select epoch, watch_gen::text as generation,
+             array(select channel from ${watches} where until > ${nowMs}) as channels
+      from ${meta} where id = 1`,
     fetchRange: `select seq::text as seq, stream, frame from ${frames} where seq > $1 and seq <= $2 order by seq`,
     // read frames first, floors after: a prune in between can only raise the
     // floor, so a cursor that passes the later check saw complete frames

@@ -30,8 +30,15 @@ import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
 import { type Statements, encodeBatch, intArray, statements } from "./postgres-sql.js";
-import { type OutgoingFrame, POSTGRES_BATCH_LIMITS, POSTGRES_IN_FLIGHT, PublishBatcher } from "./publish-batcher.js";
+import {
+  type OutgoingFrame,
+  POSTGRES_BATCH_LIMITS,
+  POSTGRES_IN_FLIGHT,
+  PublishBatcher,
+  type WatchFilter,
+} from "./publish-batcher.js";
 import { Sweeper } from "./postgres-sweeper.js";
+import { type Registration, Watches } from "./watches.js";
 
 export { withDefaultUser } from "./postgres-connection.js";
 export type { PostgresBrokerOptions } from "./postgres-options.js";
@@ -79,13 +86,16 @@ export class PostgresBroker implements Broker {
   #timers = new TimerSet();
   #intervals: NodeJS.Timeout[] = [];
   #batcher = new PublishBatcher({
-    send: (frames) => this.#publishBatch(frames),
+    send: (frames, check) => this.#publishBatch(frames, check),
     limits: POSTGRES_BATCH_LIMITS,
     // one pipelined connection (#publisher): PostgreSQL runs the statements in the order sent
     inFlight: POSTGRES_IN_FLIGHT,
     failure: (stream, error) =>
       new BrokerError(`postgres broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
+    refused: () => this.#watches.reload(),
+    watchedHere: (channel) => this.#watches.has(channel),
   });
+  #watches: Watches;
   #closing: Promise<void> | null = null;
   /**
    * The connection publishes go through (createPublisher), made at the first
@@ -135,6 +145,12 @@ export class PostgresBroker implements Broker {
       },
       this.#timers,
     );
+    this.#watches = new Watches({
+      server: { register: (channels, ttlMs) => this.#register(channels, ttlMs), load: () => this.#loadWatches() },
+      batcher: this.#batcher,
+      gap: (reason) => this.#continuity.gap(reason),
+      ttlMs: resolved.watchTtlMs,
+    });
   }
 
   /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
@@ -179,6 +195,7 @@ export class PostgresBroker implements Broker {
       }
     }
     this.#state = "open";
+    this.#watches.start();
     void this.#pump.run();
     this.#every(this.#sweepIntervalMs, () => void this.#sweep());
     // a LISTEN connection that silently died (a cut network) would never say so: ask it now and then
@@ -203,6 +220,58 @@ export class PostgresBroker implements Broker {
     return this.#batcher.backlog(limit);
   }
 
+  /** See Broker.watch: registers the data channels among `streams` in PostgreSQL (see watches.ts). */
+  watch(streams: readonly string[]): (() => void) | Promise<() => void> {
+    return this.#watches.watch(streams);
+  }
+
+  async #register(channels: readonly string[], ttlMs: number): Promise<Registration> {
+    const client = await this.#openPool("watch data channels").connect();
+    let failure: unknown;
+    try {
+      await client.query("begin");
+      // the publish statement's row lock: registrations and publishes take turns
+      await client.query(this.#sql.lockMeta);
+      const row = (
+        await client.query<{ epoch: string; before: string; after: string; fresh: string[] }>(this.#sql.register, [
+          channels,
+          ttlMs,
+        ])
+      ).rows[0];
+      await client.query("commit");
+      if (!row) throw new Error("its meta row is missing");
+      return { epoch: row.epoch, before: Number(row.before), after: Number(row.after), fresh: row.fresh };
+    } catch (error) {
+      failure = error;
+      await client.query("rollback").catch(() => {});
+      this.#queryFailed(error);
+      throw new BrokerError(`postgres broker could not watch data channels: ${errorMessage(error)}`, { cause: error });
+    } finally {
+      client.release(failure !== undefined && isConnectionError(failure) ? (failure as Error) : undefined);
+    }
+  }
+
+  async #loadWatches(): Promise<WatchFilter | null> {
+    const pool = this.#openPool("read the watched data channels");
+    try {
+      const row = (await pool.query<{ epoch: string; generation: string; channels: string[] }>(this.#sql.watched))
+        .rows[0];
+      return row ? { epoch: row.epoch, generation: Number(row.generation), channels: new Set(row.channels) } : null;
+    } catch (error) {
+      this.#queryFailed(error);
+      throw error;
+    }
+  }
+
+  /** The pool while the broker is open; else throws a BrokerError saying what could not be done. */
+  #openPool(what: string): pg.Pool {
+    if (this.#state === "closed") throw new ClosedError("postgres broker");
+    const pool = this.#pool;
+    if (this.#state === "new" || this.#state === "connecting" || !pool) throw notStartedError("postgres");
+    if (this.#state === "down") throw new BrokerError(`postgres broker cannot ${what}: ${this.#target} is unreachable`);
+    return pool;
+  }
+
   /** Why a publish is refused before it is queued (the error it rejects with), or null. */
   #refusal(stream: string, frame: string): Error | null {
     if (this.#state === "closed") return new ClosedError("postgres broker");
@@ -223,7 +292,7 @@ export class PostgresBroker implements Broker {
    * comes back, so this process delivers its own frames without decoding
    * them (or reading them back from the table).
    */
-  async #publishBatch(batch: readonly OutgoingFrame[]): Promise<Published[]> {
+  async #publishBatch(batch: readonly OutgoingFrame[], check: WatchFilter | null): Promise<Published[] | null> {
     const pool = this.#pool;
     if (!pool || this.#state === "down") {
       this.#refused(batch.length);
@@ -234,7 +303,7 @@ export class PostgresBroker implements Broker {
     const own: OwnBatch = { frames: batch, inline: encoded.tail !== null, published: null };
     this.#own.set(number, own);
     try {
-      return await this.#runPublish(pool, batch, own, [
+      return await this.#runPublish(pool, batch, own, check !== null, [
         encoded.streams,
         encoded.body,
         intArray(encoded.lengths),
@@ -242,6 +311,8 @@ export class PostgresBroker implements Broker {
         this.#channel,
         messageHead(this.#continuity.id, number),
         encoded.tail,
+        check?.epoch ?? null,
+        check?.generation ?? null,
       ]);
     } catch (error) {
       this.#own.delete(number);
@@ -253,8 +324,9 @@ export class PostgresBroker implements Broker {
     pool: pg.Pool,
     batch: readonly OutgoingFrame[],
     own: OwnBatch,
+    checked: boolean,
     values: unknown[],
-  ): Promise<Published[]> {
+  ): Promise<Published[] | null> {
     for (let attempt = 0; ; attempt++) {
       let result: pg.QueryResult<{ epoch: string; first: string }>;
       try {
@@ -282,6 +354,8 @@ export class PostgresBroker implements Broker {
         throw error;
       }
       const row = result.rows[0];
+      // the watch generation moved (see PublishBatcher): nothing was written
+      if (!row && checked) return null;
       if (!row) {
         // the meta row is gone (history lost): start a new epoch and try once more
         if (attempt === 0) {
@@ -399,6 +473,7 @@ export class PostgresBroker implements Broker {
   async #close(): Promise<void> {
     const wasOpen = this.#state === "open";
     this.#state = "closed";
+    this.#watches.close();
     // frames published before close still go out (or fail) on the publish connection
     if (wasOpen) await this.#batcher.idle();
     this.#timers.clearAll();
@@ -486,6 +561,8 @@ export class PostgresBroker implements Broker {
     this.#attempt = 0;
     this.#lastError = undefined;
     this.#state = "open";
+    // the watches may have changed meanwhile
+    this.#watches.start();
     // the listener was down: this process's subscribers may have missed frames
     const request = this.#continuity.recovered("the postgres connection was interrupted");
     void this.#pump.run();

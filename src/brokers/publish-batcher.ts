@@ -1,3 +1,4 @@
+import { isDataChannel } from "../data/channel.js";
 import type { Published } from "./broker.js";
 
 /** A frame on its way to the broker's server. */
@@ -45,9 +46,23 @@ export const POSTGRES_IN_FLIGHT = 2;
  */
 export const POSTGRES_BATCH_LIMITS: BatchLimits = Object.freeze({ frames: 2000, bytes: 2 << 20 });
 
+/**
+ * The data channels some process watches, as this process last read them
+ * together with the watch generation: a batch that skips the data events of
+ * other channels by it is checked against that generation by the server
+ * (see PublishBatcher).
+ */
+export interface WatchFilter {
+  readonly epoch: string;
+  readonly generation: number;
+  readonly channels: ReadonlySet<string>;
+}
+
 interface Waiting extends OutgoingFrame {
   /** null: a publish nobody awaits (see `publishUnawaited`). */
   resolve: ((published: Published) => void) | null;
+  /** A data event nobody awaits: skipped when its channel is watched nowhere. */
+  skippable: boolean;
   /** The promise's reject, or (a publish nobody awaits) the function told about its failure. */
   reject(error: unknown, stream: string): void;
 }
@@ -57,8 +72,15 @@ export interface PublishBatcherInit {
    * Sends frames to the server in one round trip, atomically: resolves with
    * their positions in the same order, or throws and none of them was
    * published (or none is reported as published: the whole batch fails).
+   * With a `check`, the server first compares its watch epoch and
+   * generation with the check's and, when they differ, writes nothing and
+   * resolves with null (refused).
    */
-  send(frames: readonly OutgoingFrame[]): Promise<Published[]>;
+  send(frames: readonly OutgoingFrame[], check: WatchFilter | null): Promise<Published[] | null>;
+  /** A batch was refused: the watch filter is stale (and dropped); read it again. */
+  refused?(): void;
+  /** Whether this process watches a data channel itself (its events are never skipped). */
+  watchedHere?(channel: string): boolean;
   /** The error one publish of a failed batch rejects with (a BrokerError naming its stream). */
   failure(stream: string, error: unknown): unknown;
   limits: BatchLimits;
@@ -87,6 +109,16 @@ export interface PublishBatcherInit {
  * order within this process (the server serializes processes); each publish
  * settles with its own position, and a failed batch rejects each of its
  * publishes (with `failure`) and none resolves.
+ *
+ * Watches (Redis and PostgreSQL): with a `filter` set, a batch leaves out the
+ * data events (`publishUnawaited` on a data channel) of channels that
+ * neither the filter nor this process watches, and carries the filter as its
+ * check. A refused batch goes again at once, whole and unchecked (it cannot
+ * be refused twice), and batches go unchecked until the broker sets a new
+ * filter. A checked batch in flight is refused only together with every
+ * later one of the same check (the generation never goes back), so a batch
+ * with another check, or none, waits until none is in flight: the resends
+ * then go in the original order, before anything published after them.
  */
 export class PublishBatcher {
   #send: PublishBatcherInit["send"];
@@ -107,12 +139,31 @@ export class PublishBatcher {
   #flushWaiters: Array<{ upTo: number; resolve: () => void }> = [];
   /** backlog() callers, each told once at most its limit of frames are unanswered. */
   #backlogWaiters: Array<{ limit: number; resolve: () => void }> = [];
+  #refused: () => void;
+  #watchedHere: (channel: string) => boolean;
+  /** What the next batch skips by and is checked against (null: skips nothing, unchecked). */
+  #filter: WatchFilter | null = null;
+  /** Checked batches in flight, all with the check #checking (see the class comment). */
+  #checkedInFlight = 0;
+  #checking: WatchFilter | null = null;
 
   constructor(init: PublishBatcherInit) {
     this.#send = init.send;
     this.#failure = init.failure;
     this.#limits = init.limits;
     this.#maxInFlight = Math.max(1, init.inFlight ?? 1);
+    this.#refused = init.refused ?? (() => {});
+    this.#watchedHere = init.watchedHere ?? (() => false);
+  }
+
+  /** The watch filter batches skip data events by from now on (null: none skipped, no check). */
+  set filter(filter: WatchFilter | null) {
+    this.#filter = filter;
+    this.#schedule();
+  }
+
+  get filter(): WatchFilter | null {
+    return this.#filter;
   }
 
   /** Frames waiting for a batch. */
@@ -127,7 +178,7 @@ export class PublishBatcher {
 
   publish(stream: string, frame: string): Promise<Published> {
     const published = new Promise<Published>((resolve, reject) => {
-      this.#queue.push({ stream, frame, resolve, reject });
+      this.#queue.push({ stream, frame, resolve, reject, skippable: false });
     });
     this.#taken++;
     this.#schedule();
@@ -141,7 +192,7 @@ export class PublishBatcher {
    * it is told the frame's stream).
    */
   publishUnawaited(stream: string, frame: string, failed: (error: unknown, stream: string) => void): void {
-    this.#queue.push({ stream, frame, resolve: null, reject: failed });
+    this.#queue.push({ stream, frame, resolve: null, reject: failed, skippable: isDataChannel(stream) });
     this.#taken++;
     this.#schedule();
   }
@@ -183,28 +234,66 @@ export class PublishBatcher {
 
   #start = (): void => {
     this.#scheduled = false;
-    while (this.#inFlight < this.#maxInFlight && this.#head < this.#queue.length) this.#sendBatch(this.#take());
+    while (this.#inFlight < this.#maxInFlight && this.#head < this.#queue.length) {
+      // behind a checked batch only one of the same check: if it is refused, they all are
+      if (this.#checkedInFlight > 0 && this.#filter !== this.#checking) break;
+      this.#sendBatch(this.#take(), this.#filter);
+    }
     if (this.#isIdle()) this.#wakeIdle();
   };
 
-  #sendBatch(batch: Waiting[]): void {
+  #sendBatch(batch: Waiting[], check: WatchFilter | null): void {
     this.#inFlight++;
-    let sent: Promise<Published[]>;
+    if (check !== null) {
+      this.#checkedInFlight++;
+      this.#checking = check;
+    }
+    const frames = check === null ? batch : batch.filter((waiting) => !this.#skips(check, waiting));
+    let sent: Promise<Published[] | null>;
     try {
-      sent = this.#send(batch);
+      sent = this.#send(frames, check);
     } catch (error) {
       sent = Promise.reject(error);
     }
     sent.then(
       (published) => {
-        for (let i = 0; i < batch.length; i++) batch[i]!.resolve?.(published[i]!);
+        if (check !== null) this.#checkedInFlight--;
+        if (published === null) {
+          this.#resend(batch, check!);
+          return;
+        }
+        if (frames === batch) for (let i = 0; i < batch.length; i++) batch[i]!.resolve?.(published[i]!);
+        else for (let i = 0; i < frames.length; i++) frames[i]!.resolve?.(published[i]!);
         this.#answered(batch.length);
       },
       (error: unknown) => {
+        if (check !== null) this.#checkedInFlight--;
         for (const waiting of batch) waiting.reject(this.#failure(waiting.stream, error), waiting.stream);
         this.#answered(batch.length);
       },
     );
+  }
+
+  /** A data event of a channel watched neither by `check` nor here. */
+  #skips(check: WatchFilter, waiting: Waiting): boolean {
+    return waiting.skippable && !check.channels.has(waiting.stream) && !this.#watchedHere(waiting.stream);
+  }
+
+  /**
+   * The server refused a batch (its watch generation is not the check's):
+   * the batch goes again at once, in the slot it had, with every frame and
+   * no check. Later checked batches in flight are refused too and follow it
+   * in order; until the broker reads a new filter nothing is skipped.
+   */
+  #resend(batch: Waiting[], check: WatchFilter): void {
+    this.#inFlight--;
+    if (this.#filter === check) {
+      this.#filter = null;
+      this.#refused();
+    }
+    this.#sendBatch(batch, null);
+    // a batch held back behind the refused one's check may go now
+    this.#schedule();
   }
 
   #answered(frames: number): void {

@@ -1,6 +1,7 @@
 import { ConfigError } from "../errors.js";
 import { type HistoryOptions, resolveHistory } from "./broker.js";
 import { redactUrl } from "./connection.js";
+import { WATCH_TTL_MS } from "./watches.js";
 
 /** Options of redisBroker. Every default is listed here. */
 export interface RedisBrokerOptions {
@@ -16,6 +17,12 @@ export interface RedisBrokerOptions {
    * older than this gets a refresh. Default 24 hours, never less than `history.ageMs`.
    */
   idleMs?: number;
+  /**
+   * A data channel's watch (a data subscription, see Broker.watch) is kept
+   * in Redis this long and renewed every quarter of it while held; other
+   * processes skip the data events of channels nobody watches. Default 2 minutes.
+   */
+  watchTtlMs?: number;
   /** A publish, history read or head read that takes longer fails, and the connection is recycled. Default 2,000 ms. */
   commandTimeoutMs?: number;
   /** `start()` fails with TURBOCAST_BROKER when Redis cannot be reached for this long. Default 10,000 ms. */
@@ -29,6 +36,7 @@ export interface RedisBrokerOptions {
 export const DEFAULTS = {
   keyPrefix: "turbocast:",
   idleMs: 24 * 60 * 60_000,
+  watchTtlMs: WATCH_TTL_MS,
   commandTimeoutMs: 2_000,
   connectTimeoutMs: 10_000,
   maxBackoffMs: 2_000,
@@ -54,6 +62,7 @@ export function resolveRedisOptions(options: RedisBrokerOptions | string) {
     keyPrefix: options.keyPrefix ?? DEFAULTS.keyPrefix,
     history,
     idleMs: Math.max(options.idleMs ?? DEFAULTS.idleMs, history.ageMs),
+    watchTtlMs: options.watchTtlMs ?? DEFAULTS.watchTtlMs,
     commandTimeoutMs: options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs,
     connectTimeoutMs: options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
     maxBackoffMs: options.maxBackoffMs ?? DEFAULTS.maxBackoffMs,

@@ -6,9 +6,12 @@ import { createHash } from "node:crypto";
  * publish order equal seq order for every subscriber of every process.
  *
  * Keys (under the broker's prefix):
- * - `meta`: a hash `{ epoch, seq }`. Both live in one key so they can only be
- *   lost together: a Redis that lost `seq` has lost `epoch` too, and the next
- *   script starts a new epoch instead of reusing old positions.
+ * - `meta`: a hash `{ epoch, seq, watches }`. They live in one key so they can
+ *   only be lost together: a Redis that lost `seq` has lost `epoch` too, and
+ *   the next script starts a new epoch instead of reusing old positions;
+ *   `watches` is the watch generation (absent: 0), compared with the epoch.
+ * - `watch`: a sorted set of the data channels some process watches, scored
+ *   by the Redis time in ms their watch expires at (see watches.ts).
  * - `clock`: a sorted set of checkpoints, Redis time in ms -> the seq taken at
  *   that time, at most one per `clockStepMs`. It tells how old a cursor is, so
  *   a cursor older than `idleMs` — whose streams may have expired whole — is
@@ -52,10 +55,17 @@ end
  * KEYS from 3, counting from 0; comma-separated), each frame's byte length
  * (comma-separated), and the body (the frames back to back). No frame is
  * encoded or decoded on either side: the script cuts the body into members,
- * and the channel message carries the body as it came.
- * Returns { epoch, seq of the first frame }.
+ * and the channel message carries the body as it came. Then the check: the
+ * epoch and watch generation the batch's skipped data events were skipped
+ * by ('' and '': none).
+ * Returns { epoch, seq of the first frame }, or 0 when the check fails
+ * (nothing was written: the batch is sent again unchecked).
  */
 export const PUBLISH_SCRIPT = `
+if ARGV[15] ~= '' then
+  local state = redis.call('HMGET', KEYS[1], 'epoch', 'watches')
+  if state[1] ~= ARGV[15] or (state[2] or '0') ~= ARGV[16] then return 0 end
+end
 -- all or nothing: a key of another type (someone else's) fails the batch
 -- before anything is written. The count is kept for retention (0: a new
 -- stream, whose floor marker goes in with its frames).
@@ -173,6 +183,50 @@ for i = 3, #KEYS do
   out[#out + 1] = members
 end
 return out
+`;
+
+/**
+ * Registers watches of data channels (see WatchServer.register).
+ * KEYS: meta, watch, then s:<channel> of each channel. ARGV: epoch candidate,
+ * min seq of a new epoch, ttlMs, idleMs, then the channels (as many as KEYS
+ * from 3). A new channel's key is restarted with its floor marker at the
+ * reserved seq, so a cursor from before it gets a gap and one read after it
+ * resumes. Expired watches are dropped.
+ * Returns { epoch, generation before, generation after, new channels }.
+ */
+export const WATCH_SCRIPT = `${NOW_AND_META}
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local before = tonumber(redis.call('HGET', KEYS[1], 'watches') or '0')
+local expires = now + tonumber(ARGV[3])
+local fresh = {}
+local seq = nil
+for k = 3, #KEYS do
+  local channel = ARGV[k + 2]
+  local score = redis.call('ZSCORE', KEYS[2], channel)
+  if not score or tonumber(score) <= now then
+    if not seq then seq = redis.call('HINCRBY', KEYS[1], 'seq', 1) end
+    redis.call('DEL', KEYS[k])
+    redis.call('ZADD', KEYS[k], seq, '~floor')
+    redis.call('PEXPIRE', KEYS[k], ARGV[4])
+    fresh[#fresh + 1] = channel
+  end
+  if not score or tonumber(score) < expires then redis.call('ZADD', KEYS[2], expires, channel) end
+end
+local after = before
+if seq then after = redis.call('HINCRBY', KEYS[1], 'watches', 1) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+return { epoch, before, after, fresh }
+`;
+
+/**
+ * KEYS: meta, watch. Returns { epoch or false, watch generation, the data
+ * channels whose watch has not expired }, read together.
+ */
+export const WATCHED_SCRIPT = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'epoch', 'watches')
+return { state[1], tonumber(state[2] or '0'), redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf') }
 `;
 
 export function sha1(text: string): string {

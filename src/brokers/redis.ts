@@ -20,8 +20,15 @@ import { TimerSet, backoffMs, errorMessage, notStartedError } from "./connection
 import { Continuity, type RefreshRequest, decodeChannelMessage, encodeControl } from "./continuity.js";
 import { disconnect, isReplyError, runScript } from "./redis-connection.js";
 import { type RedisBrokerOptions, resolveRedisOptions } from "./redis-options.js";
-import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT } from "./redis-scripts.js";
-import { type OutgoingFrame, PublishBatcher, REDIS_BATCH_LIMITS, REDIS_IN_FLIGHT } from "./publish-batcher.js";
+import { HEAD_SCRIPT, HISTORY_SCRIPT, PUBLISH_SCRIPT, WATCHED_SCRIPT, WATCH_SCRIPT } from "./redis-scripts.js";
+import {
+  type OutgoingFrame,
+  PublishBatcher,
+  REDIS_BATCH_LIMITS,
+  REDIS_IN_FLIGHT,
+  type WatchFilter,
+} from "./publish-batcher.js";
+import { type Registration, Watches } from "./watches.js";
 
 export type { RedisBrokerOptions } from "./redis-options.js";
 
@@ -70,13 +77,16 @@ export class RedisBroker implements Broker {
   #timers = new TimerSet();
   #opened: { resolve: () => void; reject: (error: unknown) => void } | null = null;
   #batcher = new PublishBatcher({
-    send: (frames) => this.#publishBatch(frames),
+    send: (frames, check) => this.#publishBatch(frames, check),
     limits: REDIS_BATCH_LIMITS,
     // one connection: Redis runs the script calls in the order they were sent
     inFlight: REDIS_IN_FLIGHT,
     failure: (stream, error) =>
       new BrokerError(`redis broker could not publish to "${stream}": ${errorMessage(error)}`, { cause: error }),
+    refused: () => this.#watches.reload(),
+    watchedHere: (channel) => this.#watches.has(channel),
   });
+  #watches: Watches;
   #closing: Promise<void> | null = null;
   /** Batches this broker published (numbered in its channel messages), until their message comes back. */
   #own = new Map<number, OwnBatch>();
@@ -108,6 +118,12 @@ export class RedisBroker implements Broker {
       },
       this.#timers,
     );
+    this.#watches = new Watches({
+      server: { register: (channels, ttlMs) => this.#register(channels, ttlMs), load: () => this.#loadWatches() },
+      batcher: this.#batcher,
+      gap: (reason) => this.#continuity.gap(reason),
+      ttlMs: resolved.watchTtlMs,
+    });
   }
 
   /** 'new' → 'connecting' → 'open' ⇄ 'down' → 'closed'. */
@@ -161,6 +177,50 @@ export class RedisBroker implements Broker {
     return this.#batcher.backlog(limit);
   }
 
+  /** See Broker.watch: registers the data channels among `streams` in Redis (see watches.ts). */
+  watch(streams: readonly string[]): (() => void) | Promise<() => void> {
+    return this.#watches.watch(streams);
+  }
+
+  async #register(channels: readonly string[], ttlMs: number): Promise<Registration> {
+    const cmd = this.#commandConnection("watch data channels");
+    let reply: unknown;
+    try {
+      reply = await runScript(
+        cmd,
+        WATCH_SCRIPT,
+        [`${this.#prefix}meta`, `${this.#prefix}watch`, ...channels.map((c) => this.#streamKey(c))],
+        [this.#newEpoch(), this.#continuity.newEpochMinSeq(), ttlMs, this.#idleMs, ...channels],
+      );
+    } catch (error) {
+      this.#commandFailed(error);
+      throw new BrokerError(`redis broker could not watch data channels: ${errorMessage(error)}`, { cause: error });
+    }
+    const [epoch, before, after, fresh] = reply as [string, number, number, string[]];
+    return { epoch, before, after, fresh };
+  }
+
+  async #loadWatches(): Promise<WatchFilter | null> {
+    const cmd = this.#commandConnection("read the watched data channels");
+    const reply = await runScript(cmd, WATCHED_SCRIPT, [`${this.#prefix}meta`, `${this.#prefix}watch`], []).catch(
+      (error: unknown) => {
+        this.#commandFailed(error);
+        throw error;
+      },
+    );
+    const [epoch, generation, channels] = reply as [string | null, number, string[]];
+    return epoch ? { epoch, generation, channels: new Set(channels) } : null;
+  }
+
+  /** The command connection when it is up; else throws a BrokerError saying what could not be done. */
+  #commandConnection(what: string): Redis {
+    if (this.#state === "closed") throw new ClosedError("redis broker");
+    const cmd = this.#cmd;
+    if (this.#state === "new" || this.#state === "connecting" || !cmd) throw notStartedError("redis");
+    if (!this.#cmdUp) throw new BrokerError(`redis broker cannot ${what}: ${this.#target} is unreachable`);
+    return cmd;
+  }
+
   /** Why a publish is refused before it is queued (the error it rejects with), or null. */
   #refusal(stream: string, frame: string): Error | null {
     if (this.#state === "closed") return new ClosedError("redis broker");
@@ -180,7 +240,7 @@ export class RedisBroker implements Broker {
    * seqs, one channel message. The batch stays in #own until its message
    * comes back, so this process delivers its own frames without decoding them.
    */
-  async #publishBatch(frames: readonly OutgoingFrame[]): Promise<Published[]> {
+  async #publishBatch(frames: readonly OutgoingFrame[], check: WatchFilter | null): Promise<Published[] | null> {
     const cmd = this.#cmd;
     if (!cmd || !this.#cmdUp) {
       for (let i = 0; i < frames.length; i++) this.#continuity.refused();
@@ -206,6 +266,8 @@ export class RedisBroker implements Broker {
       indexes,
       encoded.byteLengths.join(","),
       encoded.body,
+      check?.epoch ?? "",
+      check?.generation ?? "",
     ];
     const own: OwnBatch = { frames, published: null };
     this.#own.set(number, own);
@@ -219,6 +281,11 @@ export class RedisBroker implements Broker {
       // every process is asked to refresh once Redis is back
       if (!isReplyError(error)) for (let i = 0; i < frames.length; i++) this.#continuity.refused();
       throw error;
+    }
+    if (reply === 0) {
+      // refused: the watch generation moved (see PublishBatcher), nothing was written
+      this.#own.delete(number);
+      return null;
     }
     const [epoch, first] = reply as [string, number];
     this.#seen(epoch, first + frames.length - 1);
@@ -308,6 +375,7 @@ export class RedisBroker implements Broker {
 
   async #close(): Promise<void> {
     this.#state = "closed";
+    this.#watches.close();
     this.#opened?.reject(new ClosedError("redis broker"));
     // frames published before close still go out (or fail) on the open connection
     await this.#batcher.idle();
@@ -432,6 +500,8 @@ export class RedisBroker implements Broker {
       const request = this.#continuity.recovered(missed);
       if (request) void this.#sendRequest(request);
     }
+    // the watches may have changed meanwhile, or been lost with the keys
+    this.#watches.start();
   }
 
   /** Publishes refused here were lost for every process: ask them all to refresh. */

@@ -105,7 +105,8 @@ export async function subscribeData(
   }
   const stream = init.registry.resolve(names[0]!);
   // kept for resuming from the sync's position on (a broker that keeps data channels only while watched)
-  const unwatch = init.broker.watch?.(channels);
+  const watching = init.broker.watch?.(channels);
+  const unwatch = watching instanceof Promise ? await watching : watching;
   const gate = new DataGate(sink, { hold: true, version: null });
   let unsubscribe: () => void;
   let position: string;

@@ -107,8 +107,10 @@ export class Hub {
       lastSeq: 0,
       closed: false,
     };
-    // a broker that keeps some streams only while watched (data channels in memory) keeps them from here
-    const unwatch = this.#broker.watch?.(streams);
+    // a broker that keeps some streams only while watched (data channels) keeps them from here:
+    // the in-memory broker at once, a scale-out one once its server registered them
+    const watching = this.#broker.watch?.(streams);
+    const unwatch = watching instanceof Promise ? await watching : watching;
     for (const name of streams) {
       let set = this.#byStream.get(name);
       if (!set) this.#byStream.set(name, (set = new Set()));

@@ -1,0 +1,190 @@
+import { isDataChannel } from "../data/channel.js";
+import type { PublishBatcher, WatchFilter } from "./publish-batcher.js";
+
+/** How long a registered watch lasts unless renewed (every quarter of it). Default of the brokers' `watchTtlMs`. */
+export const WATCH_TTL_MS = 120_000;
+
+/** Channels per registration call: one script or statement stays short. */
+const CHUNK = 500;
+
+/** What one registration call answers (see WatchServer.register). */
+export interface Registration {
+  epoch: string;
+  /** The watch generation before and after the call (after > before when a channel was new). */
+  before: number;
+  after: number;
+  /** The channels that were absent or expired, whose history now starts at a fresh seq. */
+  fresh: readonly string[];
+}
+
+/** A scale-out broker's side of watches: its script or statements. */
+export interface WatchServer {
+  /**
+   * Atomically, serialized with publishes: sets each channel's expiry to at
+   * least now + `ttlMs`; a channel absent or expired is new: one seq is
+   * reserved and its history restarted with that seq as its floor, and the
+   * generation goes up by one.
+   */
+  register(channels: readonly string[], ttlMs: number): Promise<Registration>;
+  /** The unexpired watched channels with the epoch and generation, in one atomic read; null when there is no epoch yet. */
+  load(): Promise<WatchFilter | null>;
+}
+
+interface Held {
+  /** Watches of this process holding the channel now. */
+  count: number;
+  /** A registration of it completed: a subscriber may have read a position after it. */
+  registered: boolean;
+}
+
+/**
+ * Which data channels some process watches, for a Redis or PostgreSQL
+ * broker: this process's watches (counted, registered on the server and
+ * renewed every quarter of their time to live; one no longer held is simply
+ * not renewed), and the filter its batcher skips data events by (read with
+ * its generation at start, after a refused batch and at each renewal).
+ *
+ * A renewal or registration that finds a channel held here new again (it
+ * expired: a stall or an outage longer than its time to live) means its
+ * events may have been skipped while this process's subscribers held it:
+ * `gap` gives them a refresh, never silence.
+ */
+export class Watches {
+  #server: WatchServer;
+  #batcher: PublishBatcher;
+  #gap: (reason: string) => void;
+  #ttlMs: number;
+  #held = new Map<string, Held>();
+  #renewal: NodeJS.Timeout | null = null;
+  #loading = false;
+  #loadAgain = false;
+  #closed = false;
+
+  constructor(init: {
+    server: WatchServer;
+    batcher: PublishBatcher;
+    gap: (reason: string) => void;
+    ttlMs: number;
+  }) {
+    this.#server = init.server;
+    this.#batcher = init.batcher;
+    this.#gap = init.gap;
+    this.#ttlMs = init.ttlMs;
+  }
+
+  /** The broker is connected: read the filter and renew from now on. Safe to call again (a reconnect). */
+  start(): void {
+    if (this.#closed) return;
+    this.reload();
+    if (this.#renewal !== null) return;
+    this.#renewal = setInterval(() => void this.#renew(), Math.max(10, Math.floor(this.#ttlMs / 4)));
+    this.#renewal.unref();
+  }
+
+  close(): void {
+    this.#closed = true;
+    if (this.#renewal !== null) clearInterval(this.#renewal);
+    this.#renewal = null;
+  }
+
+  /** Whether this process holds a watch of `channel` (its events are never skipped). */
+  has(channel: string): boolean {
+    return this.#held.has(channel);
+  }
+
+  /** See Broker.watch: resolves once the data channels among `streams` are registered (rejects when the server is unreachable). */
+  watch(streams: readonly string[]): (() => void) | Promise<() => void> {
+    const channels = [...new Set(streams.filter(isDataChannel))];
+    if (channels.length === 0) return () => {};
+    // held from now: their events are not skipped here while the registration is on its way
+    for (const channel of channels) {
+      const held = this.#held.get(channel);
+      if (held) held.count++;
+      else this.#held.set(channel, { count: 1, registered: false });
+    }
+    let ended = false;
+    const unwatch = (): void => {
+      if (ended) return;
+      ended = true;
+      for (const channel of channels) {
+        const held = this.#held.get(channel)!;
+        if (--held.count === 0) this.#held.delete(channel);
+      }
+    };
+    return this.#register(channels).then(
+      () => unwatch,
+      (error: unknown) => {
+        unwatch();
+        throw error;
+      },
+    );
+  }
+
+  /** Reads the filter again (once at a time; a call meanwhile reads once more after it). */
+  reload(): void {
+    if (this.#closed) return;
+    if (this.#loading) {
+      this.#loadAgain = true;
+      return;
+    }
+    this.#loading = true;
+    this.#server.load().then(
+      (filter) => {
+        this.#loading = false;
+        const current = this.#batcher.filter;
+        // a registration may have moved the filter on meanwhile (see #register): keep the newer
+        if (!(current && filter && current.epoch === filter.epoch && current.generation > filter.generation)) {
+          this.#batcher.filter = filter;
+        }
+        if (this.#loadAgain) {
+          this.#loadAgain = false;
+          this.reload();
+        }
+      },
+      () => {
+        // the server is unreachable: the batcher skips nothing until a later read succeeds
+        this.#loading = false;
+        this.#loadAgain = false;
+      },
+    );
+  }
+
+  async #register(channels: readonly string[]): Promise<void> {
+    for (let from = 0; from < channels.length; from += CHUNK) {
+      const chunk = channels.slice(from, from + CHUNK);
+      const registration = await this.#server.register(chunk, this.#ttlMs);
+      this.#registered(registration);
+      for (const channel of chunk) {
+        const held = this.#held.get(channel);
+        if (held) held.registered = true;
+      }
+    }
+  }
+
+  /**
+   * A registration's answer: a channel held and registered here before that
+   * was new had expired (gap); and when the generation moved only by this
+   * registration, the filter moves with it (its new channels added: a
+   * filter's channels may only grow), instead of a refused batch and a read.
+   */
+  #registered({ epoch, before, after, fresh }: Registration): void {
+    if (fresh.some((channel) => this.#held.get(channel)?.registered === true)) {
+      this.#gap("the watch of a data channel expired while it was held: its events may have been skipped");
+    }
+    const filter = this.#batcher.filter;
+    if (after === before || !filter || filter.epoch !== epoch || filter.generation !== before) return;
+    const channels = filter.channels as Set<string>;
+    for (const channel of fresh) channels.add(channel);
+    this.#batcher.filter = { epoch, generation: after, channels };
+  }
+
+  async #renew(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      await this.#register([...this.#held.keys()]);
+    } catch {
+      // unreachable: the next renewal tries again; one that finds a channel expired meanwhile gives a gap
+    }
+    this.reload();
+  }
+}
