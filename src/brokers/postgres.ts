@@ -195,11 +195,11 @@ export class PostgresBroker implements Broker {
       }
     }
     this.#state = "open";
-    this.#watches.start();
     void this.#pump.run();
     this.#every(this.#sweepIntervalMs, () => void this.#sweep());
     // a LISTEN connection that silently died (a cut network) would never say so: ask it now and then
     this.#every(Math.max(1_000, this.#config.commandTimeoutMs * 2), () => void this.#heartbeat());
+    await this.#watches.start();
   }
 
   publish(stream: string, frame: string): Promise<Published> {
@@ -562,7 +562,7 @@ export class PostgresBroker implements Broker {
     this.#lastError = undefined;
     this.#state = "open";
     // the watches may have changed meanwhile
-    this.#watches.start();
+    void this.#watches.start();
     // the listener was down: this process's subscribers may have missed frames
     const request = this.#continuity.recovered("the postgres connection was interrupted");
     void this.#pump.run();

@@ -157,6 +157,7 @@ export class RedisBroker implements Broker {
       this.#clearTimer(timeout);
       this.#opened = null;
     }
+    await this.#watches.start();
   }
 
   publish(stream: string, frame: string): Promise<Published> {
@@ -499,9 +500,9 @@ export class RedisBroker implements Broker {
       this.#subMissed = false;
       const request = this.#continuity.recovered(missed);
       if (request) void this.#sendRequest(request);
+      // the watches may have changed meanwhile, or been lost with the keys
+      void this.#watches.start();
     }
-    // the watches may have changed meanwhile, or been lost with the keys
-    this.#watches.start();
   }
 
   /** Publishes refused here were lost for every process: ask them all to refresh. */

@@ -56,8 +56,9 @@ export class Watches {
   #ttlMs: number;
   #held = new Map<string, Held>();
   #renewal: NodeJS.Timeout | null = null;
-  #loading = false;
-  #loadAgain = false;
+  /** The read under way, and the one queued after it (a reason to read came meanwhile). */
+  #loading: Promise<void> | null = null;
+  #queued: Promise<void> | null = null;
   #closed = false;
 
   constructor(init: {
@@ -72,13 +73,14 @@ export class Watches {
     this.#ttlMs = init.ttlMs;
   }
 
-  /** The broker is connected: read the filter and renew from now on. Safe to call again (a reconnect). */
-  start(): void {
-    if (this.#closed) return;
-    this.reload();
-    if (this.#renewal !== null) return;
-    this.#renewal = setInterval(() => void this.#renew(), Math.max(10, Math.floor(this.#ttlMs / 4)));
-    this.#renewal.unref();
+  /** The broker is connected: read the filter (resolves once read, or not) and renew from now on. Safe to call again (a reconnect). */
+  start(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    if (this.#renewal === null) {
+      this.#renewal = setInterval(() => void this.#renew(), Math.max(10, Math.floor(this.#ttlMs / 4)));
+      this.#renewal.unref();
+    }
+    return this.reload();
   }
 
   close(): void {
@@ -120,33 +122,34 @@ export class Watches {
     );
   }
 
-  /** Reads the filter again (once at a time; a call meanwhile reads once more after it). */
-  reload(): void {
+  /** Reads the filter again, once at a time (a call meanwhile reads once more after it); resolves once read, or not. */
+  reload(): Promise<void> {
+    if (this.#loading === null) {
+      this.#loading = this.#load().finally(() => {
+        this.#loading = null;
+      });
+      return this.#loading;
+    }
+    this.#queued ??= this.#loading.then(() => {
+      this.#queued = null;
+      return this.reload();
+    });
+    return this.#queued;
+  }
+
+  async #load(): Promise<void> {
     if (this.#closed) return;
-    if (this.#loading) {
-      this.#loadAgain = true;
+    let filter: WatchFilter | null;
+    try {
+      filter = await this.#server.load();
+    } catch {
+      // the server is unreachable: the batcher skips nothing until a later read succeeds
       return;
     }
-    this.#loading = true;
-    this.#server.load().then(
-      (filter) => {
-        this.#loading = false;
-        const current = this.#batcher.filter;
-        // a registration may have moved the filter on meanwhile (see #register): keep the newer
-        if (!(current && filter && current.epoch === filter.epoch && current.generation > filter.generation)) {
-          this.#batcher.filter = filter;
-        }
-        if (this.#loadAgain) {
-          this.#loadAgain = false;
-          this.reload();
-        }
-      },
-      () => {
-        // the server is unreachable: the batcher skips nothing until a later read succeeds
-        this.#loading = false;
-        this.#loadAgain = false;
-      },
-    );
+    const current = this.#batcher.filter;
+    // a registration may have moved the filter on meanwhile (see #registered): keep the newer
+    if (current && filter && current.epoch === filter.epoch && current.generation > filter.generation) return;
+    this.#batcher.filter = filter;
   }
 
   async #register(channels: readonly string[]): Promise<void> {
@@ -185,6 +188,6 @@ export class Watches {
     } catch {
       // unreachable: the next renewal tries again; one that finds a channel expired meanwhile gives a gap
     }
-    this.reload();
+    await this.reload();
   }
 }

@@ -161,6 +161,29 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     expect(sinkB.frames.map((f) => (isRefresh(f) ? "refresh" : f.frame))).toEqual(["refresh", frame("next")]);
   });
 
+  it("adds the watch generation to a meta table from before watches, and alters no table that has it", async () => {
+    const ns = namespace();
+    await admin.query(`
+      create table "${ns.prefix}_meta" (id smallint primary key check (id = 1), epoch text not null,
+                                        seq bigint not null, expired_floor bigint not null default 0);
+      insert into "${ns.prefix}_meta" (id, epoch, seq) values (1, 'old', 5)`);
+    const first = make({ connectionString: PG_URL, ...ns });
+    await startWithHub(first);
+    await first.watch!(["data:row:t:1"]);
+    expect((await admin.query(`select epoch, watch_gen from "${ns.prefix}_meta"`)).rows).toEqual([
+      { epoch: "old", watch_gen: "1" },
+    ]);
+    // a reader holds the table: an ALTER would wait for it (and make everyone wait behind it)
+    await admin.query(`begin; lock table "${ns.prefix}_meta" in access share mode`);
+    try {
+      const second = make({ connectionString: PG_URL, ...ns, connectTimeoutMs: 3_000 });
+      await startWithHub(second);
+      expect((await second.publish("a", frame("1"))).position).toMatch(/^old\./);
+    } finally {
+      await admin.query("commit");
+    }
+  });
+
   it("closes every connection, is safe to close twice, and refuses to publish afterwards", async () => {
     const ns = namespace();
     const broker = make({ connectionString: PG_URL, ...ns });

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Published } from "../../src/brokers/broker.js";
 import { decodeChannelMessage } from "../../src/brokers/continuity.js";
 import { NOTIFY_LIMIT, encodeBatch } from "../../src/brokers/postgres-sql.js";
-import { type OutgoingFrame, PublishBatcher } from "../../src/brokers/publish-batcher.js";
+import { type OutgoingFrame, PublishBatcher, type WatchFilter } from "../../src/brokers/publish-batcher.js";
 
 /** A server that records each batch and answers when told to. */
 function fakeServer() {
@@ -148,6 +148,147 @@ describe("PublishBatcher: publishes nobody awaits", () => {
     await flushing;
     expect(batcher.unanswered).toBe(0);
     await batcher.idle();
+  });
+});
+
+/**
+ * A server with a watch generation: a checked batch whose generation is not
+ * the server's is refused (null), as the Redis script and the PostgreSQL
+ * statement do; it answers when told to, in the order it received batches.
+ */
+function watchingServer() {
+  const server = {
+    generation: 1,
+    /** Every batch received, with the generation it was checked against (null: unchecked). */
+    batches: [] as Array<{ frames: string[]; check: number | null }>,
+    /** What the server published, in its order. */
+    published: [] as string[],
+    answers: [] as Array<() => void>,
+    send(frames: readonly OutgoingFrame[], check: WatchFilter | null): Promise<Published[] | null> {
+      server.batches.push({ frames: frames.map((f) => f.frame), check: check?.generation ?? null });
+      return new Promise((resolve) => {
+        server.answers.push(() => {
+          if (check !== null && check.generation !== server.generation) return resolve(null);
+          resolve(
+            frames.map((f) => {
+              server.published.push(f.frame);
+              const seq = server.published.length;
+              return { ...f, seq, position: `E.${seq}` };
+            }),
+          );
+        });
+      });
+    },
+    /** Answers the oldest batch not answered yet. */
+    answer(): void {
+      server.answers.shift()!();
+    },
+  };
+  return server;
+}
+
+describe("PublishBatcher: watches", () => {
+  const filter = (generation: number, channels: string[]): WatchFilter => ({
+    epoch: "E",
+    generation,
+    channels: new Set(channels),
+  });
+
+  it("leaves out data events of channels watched neither by the filter nor here, and checks the batch", async () => {
+    const server = watchingServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 100, bytes: 1 << 20 },
+      watchedHere: (channel) => channel === "data:here",
+    });
+    batcher.filter = filter(1, ["data:watched"]);
+    const failed = () => {};
+    const html = batcher.publish("row:1", "h1");
+    for (const channel of ["data:watched", "data:nobody", "data:here"])
+      batcher.publishUnawaited(channel, channel, failed);
+    // an awaited publish is never left out, data channel or not
+    const awaited = batcher.publish("data:nobody", "awaited");
+    await tick();
+    expect(server.batches).toEqual([{ frames: ["h1", "data:watched", "data:here", "awaited"], check: 1 }]);
+    server.answer();
+    expect((await html).seq).toBe(1);
+    expect((await awaited).seq).toBe(4);
+    await batcher.idle();
+  });
+
+  it("sends a refused batch again at once, whole and unchecked, and keeps call order with two batches in flight", async () => {
+    const server = watchingServer();
+    let refusals = 0;
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 3, bytes: 1 << 20 },
+      inFlight: 2,
+      refused: () => refusals++,
+    });
+    batcher.filter = filter(1, []);
+    const failed = () => {};
+    const calls = ["h1", "e1", "e2", "h2", "e3", "e4", "h3", "e5"];
+    const awaited: Array<Promise<Published>> = [];
+    for (const call of calls) {
+      if (call.startsWith("h")) awaited.push(batcher.publish("row:1", call));
+      else batcher.publishUnawaited("data:row:1", call, failed);
+    }
+    await tick();
+    // two checked batches in flight, their data events left out; the third waits
+    expect(server.batches).toEqual([
+      { frames: ["h1"], check: 1 },
+      { frames: ["h2"], check: 1 },
+    ]);
+    // another process watches data:row:1 now
+    server.generation = 2;
+    server.answer();
+    await tick();
+    // the refused batch goes again whole, unchecked; nothing else may pass the second, which is refused too
+    expect(server.batches.slice(2)).toEqual([{ frames: ["h1", "e1", "e2"], check: null }]);
+    expect(refusals).toBe(1);
+    server.answer();
+    await tick();
+    expect(server.batches.slice(3)).toEqual([{ frames: ["h2", "e3", "e4"], check: null }]);
+    server.answer();
+    await tick();
+    // until the broker reads a new filter, batches skip nothing and carry no check
+    expect(server.batches.slice(4)).toEqual([{ frames: ["h3", "e5"], check: null }]);
+    server.answer();
+    server.answer();
+    expect((await Promise.all(awaited)).map((p) => p.seq)).toEqual([1, 4, 7]);
+    expect(server.published).toEqual(calls);
+    await batcher.idle();
+  });
+
+  it("sends no batch of another check, or none, behind a checked batch in flight", async () => {
+    const server = watchingServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 100, bytes: 1 << 20 },
+      inFlight: 2,
+    });
+    batcher.filter = filter(1, []);
+    const first = batcher.publish("row:1", "h1");
+    await tick();
+    // a newer filter: were its batch accepted and the one in flight refused, the resend would come after it
+    batcher.filter = filter(2, []);
+    const second = batcher.publish("row:1", "h2");
+    await tick();
+    expect(server.batches.map((b) => b.frames)).toEqual([["h1"]]);
+    server.generation = 2;
+    server.answer();
+    await tick();
+    // the resend first (it cannot be refused), the newer check's batch after it
+    expect(server.batches.slice(1)).toEqual([
+      { frames: ["h1"], check: null },
+      { frames: ["h2"], check: 2 },
+    ]);
+    server.answer();
+    server.answer();
+    expect([(await first).seq, (await second).seq]).toEqual([1, 2]);
   });
 });
 

@@ -106,7 +106,9 @@ export async function dropPostgresNamespace(url: string, prefix: string): Promis
   const client = pgClient(url);
   await client.connect();
   try {
-    await client.query(`drop table if exists "${prefix}_frames", "${prefix}_meta", "${prefix}_floors"`);
+    await client.query(
+      `drop table if exists "${prefix}_frames", "${prefix}_meta", "${prefix}_floors", "${prefix}_watches"`,
+    );
   } finally {
     await client.end();
   }

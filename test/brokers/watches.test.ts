@@ -1,0 +1,269 @@
+import { Redis } from "ioredis";
+import type pg from "pg";
+import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
+import type { Broker, Published } from "../../src/brokers/broker.js";
+import { postgresBroker } from "../../src/brokers/postgres.js";
+import { redisBroker } from "../../src/brokers/redis.js";
+import { waitFor } from "../helpers.js";
+import { isRefresh, recordingSink, startWithHub } from "./harness.js";
+import {
+  PG_URL,
+  REDIS_URL,
+  deleteRedisKeys,
+  describeWithServer,
+  dropPostgresNamespace,
+  pgClient,
+  postgresUnavailable,
+  redisUnavailable,
+  uniqueName,
+} from "./servers.js";
+
+/**
+ * Watches of data channels on the scale-out brokers (src/brokers/watches.ts):
+ * two brokers of one namespace are two processes. A skips the data events of
+ * channels nobody watches; B watching one must never lose them.
+ */
+
+/** One broker namespace on a server, as a test sees it. */
+interface Namespace {
+  make(options?: { watchTtlMs?: number }): Broker;
+  /** Whether the server keeps any history of `channel`. */
+  stored(channel: string): Promise<boolean>;
+  /** Lets the watch of `channel` expire now, as a stall longer than its time to live would. */
+  expire(channel: string): Promise<void>;
+  drop(): Promise<void>;
+}
+
+interface Kind {
+  title: string;
+  unavailable: string | null;
+  namespace(): Namespace;
+}
+
+let redisAdmin: Redis | null = null;
+let pgAdmin: pg.Client | null = null;
+
+const redisDown = await redisUnavailable();
+
+function redisKind(title: string, prefixOf: (name: string) => string): Kind {
+  return {
+    title,
+    unavailable: redisDown,
+    namespace() {
+      const keyPrefix = prefixOf(uniqueName("tcw"));
+      return {
+        make: (options) => redisBroker({ url: REDIS_URL, keyPrefix, ...options }),
+        stored: async (channel) => (await redisAdmin!.exists(`${keyPrefix}s:${channel}`)) === 1,
+        expire: async (channel) => void (await redisAdmin!.zadd(`${keyPrefix}watch`, 0, channel)),
+        drop: () => deleteRedisKeys(REDIS_URL, keyPrefix),
+      };
+    },
+  };
+}
+
+const kinds: Kind[] = [
+  redisKind("redis", (name) => `${name}:`),
+  // Lua counts a key's bytes, JavaScript its UTF-16 units: nothing may depend on either
+  redisKind("redis with a non-ASCII key prefix", (name) => `${name}-ü🎉:`),
+  {
+    title: "postgres",
+    unavailable: await postgresUnavailable(),
+    namespace() {
+      const prefix = uniqueName("tcw").replace(/[^a-z0-9_]/gi, "_");
+      return {
+        make: (options) => postgresBroker({ connectionString: PG_URL, prefix, ...options }),
+        stored: async (channel) =>
+          Number(
+            (await pgAdmin!.query(`select count(*) from "${prefix}_frames" where stream = $1`, [channel])).rows[0]
+              .count,
+          ) > 0,
+        expire: async (channel) =>
+          void (await pgAdmin!.query(`update "${prefix}_watches" set until = 0 where channel = $1`, [channel])),
+        drop: () => dropPostgresNamespace(PG_URL, prefix),
+      };
+    },
+  },
+];
+
+const html = (label: string) => `<turbo-stream action="append" target="t"><template>${label}</template></turbo-stream>`;
+
+/** The frames of `streams` among those delivered, as "<stream> <frame>". */
+const of = (delivered: readonly Published[], streams: readonly string[]): string[] =>
+  delivered.filter((f) => streams.includes(f.stream)).map((f) => `${f.stream} ${f.frame}`);
+
+for (const kind of kinds) {
+  describeWithServer(`watches of data channels on ${kind.title}`, kind.unavailable, () => {
+    let ns: Namespace | null = null;
+    const brokers: Broker[] = [];
+    const failures: unknown[] = [];
+    const failed = (error: unknown): void => void failures.push(error);
+
+    beforeAll(async () => {
+      redisAdmin ??= new Redis(REDIS_URL);
+      if (pgAdmin === null) {
+        pgAdmin = pgClient();
+        await pgAdmin.connect();
+      }
+    });
+    afterAll(async () => {
+      redisAdmin?.disconnect();
+      redisAdmin = null;
+      await pgAdmin?.end();
+      pgAdmin = null;
+    });
+    afterEach(async () => {
+      for (const broker of brokers.splice(0)) await broker.close();
+      await ns?.drop();
+      ns = null;
+      expect(failures.splice(0)).toEqual([]);
+    });
+
+    /** A started broker of the test's namespace with its hub: one process. */
+    async function process(options?: { watchTtlMs?: number }) {
+      ns ??= kind.namespace();
+      const broker = ns.make(options);
+      brokers.push(broker);
+      return startWithHub(broker);
+    }
+
+    it("neither stores nor delivers a data event of a channel nobody watches, and does once a process watches it", async () => {
+      const a = await process();
+      const b = await process();
+      a.broker.publishUnawaited!("data:row:t:1", "e1", failed);
+      await a.broker.publish("row:t:1", html("h1"));
+      await waitFor(() => of(b.delivered, ["row:t:1"]).length === 1);
+      expect(of(b.delivered, ["data:row:t:1"])).toEqual([]);
+      expect(of(a.delivered, ["data:row:t:1"])).toEqual([]);
+      expect(await ns!.stored("data:row:t:1")).toBe(false);
+
+      await b.broker.watch!(["data:row:t:1"]);
+      a.broker.publishUnawaited!("data:row:t:1", "e2", failed);
+      await a.broker.publish("row:t:1", html("h2"));
+      await waitFor(() => of(b.delivered, ["row:t:1"]).length === 2);
+      expect(of(b.delivered, ["data:row:t:1", "row:t:1"])).toEqual([
+        `row:t:1 ${html("h1")}`,
+        "data:row:t:1 e2",
+        `row:t:1 ${html("h2")}`,
+      ]);
+      expect(await ns!.stored("data:row:t:1")).toBe(true);
+    });
+
+    it("delivers the data events of a process that has not seen a new watch yet, in order with its HTML frames, with two batches in flight", async () => {
+      const a = await process();
+      const b = await process();
+      // a's watch set is stale from here on: its batches are refused and go again whole
+      await b.broker.watch!(["data:row:t:1"]);
+      // several batches' worth in one turn (1,000 frames a batch on Redis, 2,000 on PostgreSQL)
+      const calls: string[] = [];
+      const awaited: Array<Promise<Published>> = [];
+      for (let i = 0; i < 1500; i++) {
+        awaited.push(a.broker.publish("row:t:1", html(`h${i}`)));
+        a.broker.publishUnawaited!("data:row:t:1", `w${i}`, failed);
+        a.broker.publishUnawaited!("data:row:t:2", `u${i}`, failed);
+        calls.push(`row:t:1 ${html(`h${i}`)}`, `data:row:t:1 w${i}`);
+      }
+      const seqs = (await Promise.all(awaited)).map((p) => p.seq);
+      expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+      for (const { delivered } of [a, b]) {
+        await waitFor(() => of(delivered, ["row:t:1", "data:row:t:1"]).length === calls.length, {
+          message: "every frame of the watched channels",
+        });
+        expect(of(delivered, ["row:t:1", "data:row:t:1"])).toEqual(calls);
+      }
+    });
+
+    it("answers a cursor from before a registration with a gap, and resumes one read after it exactly", async () => {
+      const a = await process();
+      const b = await process();
+      const before = await b.broker.head();
+      a.broker.publishUnawaited!("data:row:t:1", "skipped", failed);
+      await a.broker.publish("row:t:1", html("h1"));
+      await b.broker.watch!(["data:row:t:1"]);
+      const after = await b.broker.head();
+      expect(await b.broker.history(["data:row:t:1"], before)).toBeNull();
+      expect(await a.broker.history(["data:row:t:1", "row:t:1"], before)).toBeNull();
+      expect(await b.broker.history(["data:row:t:1"], after)).toEqual([]);
+      a.broker.publishUnawaited!("data:row:t:1", "kept", failed);
+      await a.broker.publish("row:t:1", html("h2"));
+      expect((await b.broker.history(["data:row:t:1", "row:t:1"], after))!.map((f) => f.frame)).toEqual([
+        "kept",
+        html("h2"),
+      ]);
+      // a frame at the reserved seq goes nowhere: a process delivers only what was published
+      await waitFor(() => of(b.delivered, ["row:t:1"]).length === 2);
+      expect(of(b.delivered, ["data:row:t:1"])).toEqual(["data:row:t:1 kept"]);
+    });
+
+    it("loses nothing of a watched channel while another process registers 200 channels during 10,000 publishes", async () => {
+      const a = await process();
+      const b = await process();
+      const channels = Array.from({ length: 200 }, (_, i) => `data:row:t:${i}`);
+      const watched = new Set<string>();
+      const registering = (async () => {
+        for (const channel of channels) {
+          await b.broker.watch!([channel]);
+          watched.add(channel);
+        }
+      })();
+      const htmlCalls: string[] = [];
+      const dataCalls: Array<{ line: string; required: boolean }> = [];
+      const awaited: Array<Promise<Published>> = [];
+      for (let round = 0, n = 0; round < 200; round++) {
+        for (let j = 0; j < 25; j++, n++) {
+          const channel = channels[n % channels.length]!;
+          awaited.push(a.broker.publish(`row:t:${n % channels.length}`, html(`h${n}`)));
+          htmlCalls.push(`row:t:${n % channels.length} ${html(`h${n}`)}`);
+          // published after b's registration of its channel completed: b must get it
+          dataCalls.push({ line: `${channel} d${n}`, required: watched.has(channel) });
+          a.broker.publishUnawaited!(channel, `d${n}`, failed);
+        }
+        // a round trip a round: the registrations go on meanwhile
+        await awaited.at(-1);
+      }
+      await registering;
+      await Promise.all(awaited);
+      const rows = channels.map((c) => c.slice("data:".length));
+      await waitFor(() => of(b.delivered, rows).length === htmlCalls.length, { message: "every HTML frame" });
+      expect(of(b.delivered, rows)).toEqual(htmlCalls);
+      const received = of(b.delivered, channels);
+      expect(new Set(received).size).toBe(received.length);
+      // those received are in call order; every one published after its channel's registration is among them
+      const order = new Map(dataCalls.map((c, i) => [c.line, i]));
+      const positions = received.map((line) => order.get(line)!);
+      expect(positions).toEqual([...positions].sort((x, y) => x - y));
+      const missing = dataCalls.filter((c) => c.required && !received.includes(c.line));
+      expect(missing).toEqual([]);
+      // the test means something: many events were due, and some skipped
+      expect(dataCalls.filter((c) => c.required).length).toBeGreaterThan(1000);
+      expect(received.length).toBeLessThan(dataCalls.length);
+    }, 30_000);
+
+    it("registers 1,000 channels at once", async () => {
+      const a = await process();
+      const b = await process();
+      const channels = Array.from({ length: 1000 }, (_, i) => `data:row:t:${i}`);
+      await b.broker.watch!(channels);
+      for (const channel of channels) a.broker.publishUnawaited!(channel, `e ${channel}`, failed);
+      await a.broker.publish("row:t:0", html("after"));
+      await waitFor(() => of(b.delivered, ["row:t:0"]).length === 1);
+      expect(of(b.delivered, channels)).toEqual(channels.map((c) => `${c} e ${c}`));
+    });
+
+    it("gives a gap to this process's subscribers of a channel whose watch expired while it held it", async () => {
+      const b = await process({ watchTtlMs: 400 });
+      const sink = recordingSink();
+      await b.hub.subscribe(["data:row:t:1"], sink);
+      await ns!.expire("data:row:t:1");
+      // the next renewal finds it new: its events may have been skipped meanwhile
+      await waitFor(() => b.events.gaps.length > 0, { message: "a gap" });
+      expect(b.events.gaps[0]).toMatch(/watch of a data channel expired/);
+      await waitFor(() => sink.frames.some(isRefresh), { message: "a refresh" });
+    });
+
+    it("rejects a watch once the broker is closed", async () => {
+      const b = await process();
+      await b.broker.close();
+      await expect(b.broker.watch!(["data:row:t:1"])).rejects.toThrow(/closed/);
+    });
+  });
+}
