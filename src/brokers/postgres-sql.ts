@@ -138,10 +138,12 @@ export function statements(prefix: string) {
       from m`,
     // Registers watches (see WatchServer.register), with the meta row locked
     // (lockMeta, in the same transaction): $1 the channels, $2 the ttl in ms.
-    // A new channel (absent or expired) restarts its history: its frames go,
-    // its floor is a reserved seq, whose frame row (stream WATCH_MARK) keeps
-    // the seqs without holes for listeners. Expired watches go, with the
-    // floors of their channels that have no frames.
+    // A new channel (absent or expired) restarts its history: its floor is a
+    // reserved seq, whose frame row (stream WATCH_MARK) keeps the seqs without
+    // holes for listeners. Its older frames stay until pruned (history reads
+    // above the floor never reach them; a listener may still have to read
+    // them). Expired watches go, with the floors of their channels that have
+    // no frames.
     lockMeta: `select 1 from ${meta} where id = 1 for update`,
     register: `
       with t as (select ${nowMs} as now),
@@ -150,7 +152,6 @@ export function statements(prefix: string) {
                      where w.channel is null or w.until <= t.now),
            m as (update ${meta} set seq = seq + 1, watch_gen = watch_gen + 1
                  where id = 1 and exists (select 1 from fresh) returning seq, watch_gen),
-           gone as (delete from ${frames} f using fresh where f.stream = fresh.channel),
            floored as (insert into ${floors} (stream, floor) select fresh.channel, m.seq from fresh, m
                        on conflict (stream) do update set floor = excluded.floor),
            marked as (insert into ${frames} (seq, stream, frame) select m.seq, '${WATCH_MARK}', '' from m),
@@ -193,7 +194,8 @@ export function statements(prefix: string) {
       ), gone as (
         delete from ${frames} f using idle i where f.stream = i.stream
       ), forgotten as (
-        delete from ${floors} fl using idle i where fl.stream = i.stream
+        -- a floor above the stream's frames is a watch registered since (see register): it stays
+        delete from ${floors} fl using idle i where fl.stream = i.stream and fl.floor <= i.last
       )
       update ${meta} set expired_floor = greatest(expired_floor, (select coalesce(max(last), 0) from idle)) where id = 1`,
   };
