@@ -303,7 +303,7 @@ export class PostgresBroker implements Broker {
     const own: OwnBatch = { frames: batch, inline: encoded.tail !== null, published: null };
     this.#own.set(number, own);
     try {
-      return await this.#runPublish(pool, batch, own, check !== null, [
+      const published = await this.#runPublish(pool, batch, own, check !== null, [
         encoded.streams,
         encoded.body,
         intArray(encoded.lengths),
@@ -314,6 +314,9 @@ export class PostgresBroker implements Broker {
         check?.epoch ?? null,
         check?.generation ?? null,
       ]);
+      // refused: no notice will come
+      if (published === null) this.#own.delete(number);
+      return published;
     } catch (error) {
       this.#own.delete(number);
       throw error;

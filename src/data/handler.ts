@@ -21,6 +21,8 @@ interface CachedSet {
   generation: number;
   reading: Promise<void> | null;
   unsubscribe: (() => void) | null;
+  /** Settles once the set's data channel is subscribed (a scale-out broker registers its watch first): reads wait for it. */
+  subscribed: Promise<void>;
 }
 
 export interface DataCacheInit {
@@ -59,17 +61,31 @@ export class DataCache {
       this.#sets.delete(stream.name);
       this.#sets.set(stream.name, set);
     } else {
-      set = { body: null, etag: "", version: 0, generation: 0, reading: null, unsubscribe: null };
-      this.#sets.set(stream.name, set);
+      const entry: CachedSet = {
+        body: null,
+        etag: "",
+        version: 0,
+        generation: 0,
+        reading: null,
+        unsubscribe: null,
+        subscribed: Promise.resolve(),
+      };
+      set = entry;
+      this.#sets.set(stream.name, entry);
       this.#evict();
-      const entry = set;
-      // registered before the first read (the hub adds subscribers synchronously): no change slips between
-      void this.#hub
+      // subscribed before the first read: no change slips between
+      entry.subscribed = this.#hub
         .subscribe([dataChannel(stream.name)], { send: (frame) => this.#changed(entry, frame) })
-        .then((unsubscribe) => {
-          if (this.#sets.get(stream.name) === entry && this.#state === "open") entry.unsubscribe = unsubscribe;
-          else unsubscribe();
-        });
+        .then(
+          (unsubscribe) => {
+            if (this.#sets.get(stream.name) === entry && this.#state === "open") entry.unsubscribe = unsubscribe;
+            else unsubscribe();
+          },
+          () => {
+            // not subscribed (the broker is unreachable): nothing would mark it stale, so it is read but not kept
+            if (this.#sets.get(stream.name) === entry) this.#sets.delete(stream.name);
+          },
+        );
     }
     while (set.body === null) {
       set.reading ??= this.#read(stream, set);
@@ -90,6 +106,7 @@ export class DataCache {
   }
 
   async #read(stream: Stream, set: CachedSet): Promise<void> {
+    await set.subscribed;
     const generation = set.generation;
     try {
       const synced = await this.#reader.read(stream);
