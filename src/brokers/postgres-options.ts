@@ -32,6 +32,13 @@ export interface PostgresBrokerOptions {
    * Default 2 minutes.
    */
   watchTtlMs?: number;
+  /**
+   * Skip the data events of channels no process watches. Set false while
+   * processes of a turbocast from before watches (which do not register
+   * their data subscriptions) share the namespace: watches are still
+   * registered, nothing is skipped. Default true.
+   */
+  skipUnwatched?: boolean;
   /** `application_name` of the broker's connections (shown by `pg_stat_activity`). Default `"turbocast"`. */
   applicationName?: string;
   /** Pooled connections for publish, history and head (plus one for LISTEN). Default 4. */
@@ -50,6 +57,7 @@ export const DEFAULTS = {
   prefix: "turbocast",
   idleMs: 24 * 60 * 60_000,
   watchTtlMs: WATCH_TTL_MS,
+  skipUnwatched: true,
   applicationName: "turbocast",
   poolSize: 4,
   commandTimeoutMs: 2_000,
@@ -92,6 +100,7 @@ export function resolvePostgresOptions(options: PostgresBrokerOptions | string) 
     idleMs: Math.max(options.idleMs ?? DEFAULTS.idleMs, history.ageMs),
     connection,
     watchTtlMs: options.watchTtlMs ?? DEFAULTS.watchTtlMs,
+    skipUnwatched: options.skipUnwatched ?? DEFAULTS.skipUnwatched,
     connectTimeoutMs: options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
     maxBackoffMs: options.maxBackoffMs ?? DEFAULTS.maxBackoffMs,
     sweepIntervalMs: options.sweepIntervalMs ?? Math.min(30_000, Math.max(1_000, Math.floor(history.ageMs / 2))),

@@ -150,6 +150,7 @@ export class PostgresBroker implements Broker {
       batcher: this.#batcher,
       gap: (reason) => this.#continuity.gap(reason),
       ttlMs: resolved.watchTtlMs,
+      skip: resolved.skipUnwatched,
     });
   }
 

@@ -23,6 +23,13 @@ export interface RedisBrokerOptions {
    * processes skip the data events of channels nobody watches. Default 2 minutes.
    */
   watchTtlMs?: number;
+  /**
+   * Skip the data events of channels no process watches. Set false while
+   * processes of a turbocast from before watches (which do not register
+   * their data subscriptions) share the namespace: watches are still
+   * registered, nothing is skipped. Default true.
+   */
+  skipUnwatched?: boolean;
   /** A publish, history read or head read that takes longer fails, and the connection is recycled. Default 2,000 ms. */
   commandTimeoutMs?: number;
   /** `start()` fails with TURBOCAST_BROKER when Redis cannot be reached for this long. Default 10,000 ms. */
@@ -37,6 +44,7 @@ export const DEFAULTS = {
   keyPrefix: "turbocast:",
   idleMs: 24 * 60 * 60_000,
   watchTtlMs: WATCH_TTL_MS,
+  skipUnwatched: true,
   commandTimeoutMs: 2_000,
   connectTimeoutMs: 10_000,
   maxBackoffMs: 2_000,
@@ -63,6 +71,7 @@ export function resolveRedisOptions(options: RedisBrokerOptions | string) {
     history,
     idleMs: Math.max(options.idleMs ?? DEFAULTS.idleMs, history.ageMs),
     watchTtlMs: options.watchTtlMs ?? DEFAULTS.watchTtlMs,
+    skipUnwatched: options.skipUnwatched ?? DEFAULTS.skipUnwatched,
     commandTimeoutMs: options.commandTimeoutMs ?? DEFAULTS.commandTimeoutMs,
     connectTimeoutMs: options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
     maxBackoffMs: options.maxBackoffMs ?? DEFAULTS.maxBackoffMs,

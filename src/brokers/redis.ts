@@ -123,6 +123,7 @@ export class RedisBroker implements Broker {
       batcher: this.#batcher,
       gap: (reason) => this.#continuity.gap(reason),
       ttlMs: resolved.watchTtlMs,
+      skip: resolved.skipUnwatched,
     });
   }
 

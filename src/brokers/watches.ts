@@ -54,6 +54,8 @@ export class Watches {
   #batcher: PublishBatcher;
   #gap: (reason: string) => void;
   #ttlMs: number;
+  /** Whether the batcher skips by a filter at all (see the brokers' `skipUnwatched`). */
+  #skip: boolean;
   #held = new Map<string, Held>();
   #renewal: NodeJS.Timeout | null = null;
   /** The read under way, and the one queued after it (a reason to read came meanwhile). */
@@ -66,11 +68,13 @@ export class Watches {
     batcher: PublishBatcher;
     gap: (reason: string) => void;
     ttlMs: number;
+    skip: boolean;
   }) {
     this.#server = init.server;
     this.#batcher = init.batcher;
     this.#gap = init.gap;
     this.#ttlMs = init.ttlMs;
+    this.#skip = init.skip;
   }
 
   /** The broker is connected: read the filter (resolves once read, or not) and renew from now on. Safe to call again (a reconnect). */
@@ -138,7 +142,7 @@ export class Watches {
   }
 
   async #load(): Promise<void> {
-    if (this.#closed) return;
+    if (this.#closed || !this.#skip) return;
     let filter: WatchFilter | null;
     try {
       filter = await this.#server.load();

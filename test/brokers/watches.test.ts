@@ -27,6 +27,7 @@ import {
 /** What these tests set on a broker (a fast sweep where it has one, to see idle streams go). */
 interface BrokerOptions {
   watchTtlMs?: number;
+  skipUnwatched?: boolean;
   idleMs?: number;
   history?: { ageMs: number };
 }
@@ -298,6 +299,21 @@ for (const kind of kinds) {
       await waitFor(() => b.events.gaps.length > 0, { message: "a gap" });
       expect(b.events.gaps[0]).toMatch(/watch of a data channel expired/);
       await waitFor(() => sink.frames.some(isRefresh), { message: "a refresh" });
+    });
+
+    it("skips nothing with skipUnwatched: false, and still registers its watches for the others", async () => {
+      const a = await process({ skipUnwatched: false });
+      const b = await process({ skipUnwatched: false });
+      const c = await process();
+      a.broker.publishUnawaited!("data:row:t:1", "e1", failed);
+      await a.broker.publish("row:t:1", html("h1"));
+      await waitFor(() => of(b.delivered, ["row:t:1"]).length === 1);
+      expect(of(b.delivered, ["data:row:t:1"])).toEqual(["data:row:t:1 e1"]);
+      await b.broker.watch!(["data:row:t:2"]);
+      c.broker.publishUnawaited!("data:row:t:2", "e2", failed);
+      await c.broker.publish("row:t:1", html("h2"));
+      await waitFor(() => of(b.delivered, ["row:t:1"]).length === 2);
+      expect(of(b.delivered, ["data:row:t:2"])).toEqual(["data:row:t:2 e2"]);
     });
 
     it("rejects a watch once the broker is closed", async () => {
