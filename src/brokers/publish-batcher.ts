@@ -237,7 +237,7 @@ export class PublishBatcher {
     while (this.#inFlight < this.#maxInFlight && this.#head < this.#queue.length) {
       // behind a checked batch only one of the same check: if it is refused, they all are
       if (this.#checkedInFlight > 0 && this.#filter !== this.#checking) break;
-      this.#sendBatch(this.#take(), this.#filter);
+      this.#sendBatch(this.#take(this.#filter), this.#filter);
     }
     if (this.#isIdle()) this.#wakeIdle();
   };
@@ -281,8 +281,8 @@ export class PublishBatcher {
 
   /**
    * The server refused a batch (its watch generation is not the check's):
-   * the batch goes again at once, in the slot it had, with every frame and
-   * no check. Later checked batches in flight are refused too and follow it
+   * the batch goes again at once, in the slot it had (and more where it is
+   * more than one batch's worth), with every frame and no check. Later checked batches in flight are refused too and follow it
    * in order; until the broker reads a new filter nothing is skipped.
    */
   #resend(batch: Waiting[], check: WatchFilter): void {
@@ -291,7 +291,12 @@ export class PublishBatcher {
       this.#filter = null;
       this.#refused();
     }
-    this.#sendBatch(batch, null);
+    // whole, it may be more than one batch's worth: as many as it takes, back to back
+    for (let from = 0; from < batch.length; ) {
+      const to = this.#end(batch, from, null);
+      this.#sendBatch(from === 0 && to === batch.length ? batch : batch.slice(from, to), null);
+      from = to;
+    }
     // a batch held back behind the refused one's check may go now
     this.#schedule();
   }
@@ -326,16 +331,10 @@ export class PublishBatcher {
     for (const wake of waiters) wake();
   }
 
-  #take(): Waiting[] {
-    const { frames, bytes } = this.#limits;
+  /** The next batch (see #end). */
+  #take(filter: WatchFilter | null): Waiting[] {
     const start = this.#head;
-    let end = start;
-    let size = 0;
-    while (end < this.#queue.length && end - start < frames) {
-      size += this.#queue[end]!.frame.length;
-      if (size > bytes && end > start) break;
-      end++;
-    }
+    const end = this.#end(this.#queue, start, filter);
     const batch = this.#queue.slice(start, end);
     if (end === this.#queue.length) {
       this.#queue = [];
@@ -348,5 +347,25 @@ export class PublishBatcher {
       this.#head = end;
     }
     return batch;
+  }
+  /**
+   * Where a batch of `list` from `start` ends: `frames` of it sent at most
+   * (what `filter` skips is not counted: its checks are cheap, and a batch of
+   * mostly skipped events sends as many frames as one of none), `bytes` of
+   * frame markup in all.
+   */
+  #end(list: readonly Waiting[], start: number, filter: WatchFilter | null): number {
+    const { frames, bytes } = this.#limits;
+    let end = start;
+    let size = 0;
+    let sent = 0;
+    while (end < list.length && sent < frames) {
+      const waiting = list[end]!;
+      size += waiting.frame.length;
+      if (size > bytes && end > start) break;
+      if (filter === null || !this.#skips(filter, waiting)) sent++;
+      end++;
+    }
+    return end;
   }
 }

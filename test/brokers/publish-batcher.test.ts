@@ -194,6 +194,29 @@ describe("PublishBatcher: watches", () => {
     channels: new Set(channels),
   });
 
+  it("counts only the frames it sends against the batch limit", async () => {
+    const server = watchingServer();
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 2, bytes: 1 << 20 },
+    });
+    batcher.filter = filter(1, []);
+    for (let i = 0; i < 5; i++) {
+      void batcher.publish("row:1", `h${i}`);
+      for (let j = 0; j < 3; j++) batcher.publishUnawaited("data:row:1", `e${i}.${j}`, () => {});
+    }
+    await tick();
+    // two frames a batch, as without data events
+    expect(server.batches).toEqual([{ frames: ["h0", "h1"], check: 1 }]);
+    for (let i = 0; i < 3; i++) {
+      server.answer();
+      await tick();
+    }
+    expect(server.batches.map((b) => b.frames)).toEqual([["h0", "h1"], ["h2", "h3"], ["h4"]]);
+    await batcher.idle();
+  });
+
   it("leaves out data events of channels watched neither by the filter nor here, and checks the batch", async () => {
     const server = watchingServer();
     const batcher = new PublishBatcher({
@@ -223,41 +246,48 @@ describe("PublishBatcher: watches", () => {
     const batcher = new PublishBatcher({
       send: server.send,
       failure: (_stream, error) => error,
-      limits: { frames: 3, bytes: 1 << 20 },
+      limits: { frames: 2, bytes: 1 << 20 },
       inFlight: 2,
       refused: () => refusals++,
     });
     batcher.filter = filter(1, []);
     const failed = () => {};
-    const calls = ["h1", "e1", "e2", "h2", "e3", "e4", "h3", "e5"];
+    const calls = ["h1", "e1", "h2", "h3", "e2", "h4", "h5", "e3"];
     const awaited: Array<Promise<Published>> = [];
     for (const call of calls) {
       if (call.startsWith("h")) awaited.push(batcher.publish("row:1", call));
       else batcher.publishUnawaited("data:row:1", call, failed);
     }
     await tick();
-    // two checked batches in flight, their data events left out; the third waits
+    // two frames sent a batch (the limit), the data events among them left out:
+    // two checked batches in flight, the third waits
     expect(server.batches).toEqual([
-      { frames: ["h1"], check: 1 },
-      { frames: ["h2"], check: 1 },
+      { frames: ["h1", "h2"], check: 1 },
+      { frames: ["h3", "h4"], check: 1 },
     ]);
     // another process watches data:row:1 now
     server.generation = 2;
     server.answer();
     await tick();
-    // the refused batch goes again whole, unchecked; nothing else may pass the second, which is refused too
-    expect(server.batches.slice(2)).toEqual([{ frames: ["h1", "e1", "e2"], check: null }]);
+    // the refused batch goes again whole, unchecked (two batches' worth now, back to back);
+    // nothing else may pass the second, which is refused too
+    expect(server.batches.slice(2)).toEqual([
+      { frames: ["h1", "e1"], check: null },
+      { frames: ["h2"], check: null },
+    ]);
     expect(refusals).toBe(1);
     server.answer();
     await tick();
-    expect(server.batches.slice(3)).toEqual([{ frames: ["h2", "e3", "e4"], check: null }]);
-    server.answer();
+    expect(server.batches.slice(4)).toEqual([
+      { frames: ["h3", "e2"], check: null },
+      { frames: ["h4"], check: null },
+    ]);
+    for (let i = 0; i < 4; i++) server.answer();
     await tick();
     // until the broker reads a new filter, batches skip nothing and carry no check
-    expect(server.batches.slice(4)).toEqual([{ frames: ["h3", "e5"], check: null }]);
+    expect(server.batches.slice(6)).toEqual([{ frames: ["h5", "e3"], check: null }]);
     server.answer();
-    server.answer();
-    expect((await Promise.all(awaited)).map((p) => p.seq)).toEqual([1, 4, 7]);
+    expect((await Promise.all(awaited)).map((p) => p.seq)).toEqual([1, 3, 4, 6, 7]);
     expect(server.published).toEqual(calls);
     await batcher.idle();
   });
