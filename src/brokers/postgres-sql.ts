@@ -164,6 +164,8 @@ export function statements(prefix: string) {
       select meta.epoch, meta.watch_gen::text as before, coalesce(m.watch_gen, meta.watch_gen)::text as after,
              array(select channel from fresh) as fresh
       from ${meta} meta left join m on true where meta.id = 1`,
+    // a checked batch whose frames were all skipped: the check alone (a row: passed)
+    watchCheck: `select 1 from ${meta} where id = 1 and epoch = $1::text and watch_gen = $2::bigint`,
     // the watched channels and the generation, from one snapshot
     watched: `
       select epoch, watch_gen::text as generation,

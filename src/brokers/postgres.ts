@@ -299,6 +299,7 @@ export class PostgresBroker implements Broker {
       this.#refused(batch.length);
       throw new Error(`${this.#target} is unreachable`);
     }
+    if (batch.length === 0) return this.#checkOnly(check!);
     const encoded = encodeBatch(batch);
     const number = ++this.#batches;
     const own: OwnBatch = { frames: batch, inline: encoded.tail !== null, published: null };
@@ -320,6 +321,18 @@ export class PostgresBroker implements Broker {
       return published;
     } catch (error) {
       this.#own.delete(number);
+      throw error;
+    }
+  }
+
+  /** A checked batch whose every frame was skipped: its check, in order with the publishes (null: refused). */
+  async #checkOnly(check: WatchFilter): Promise<Published[] | null> {
+    try {
+      const publisher = await this.#publishConnection();
+      const result = await publisher.query(this.#sql.watchCheck, [check.epoch, check.generation]);
+      return result.rows.length > 0 ? [] : null;
+    } catch (error) {
+      this.#queryFailed(error);
       throw error;
     }
   }

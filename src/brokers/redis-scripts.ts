@@ -59,12 +59,15 @@ end
  * epoch and watch generation the batch's skipped data events were skipped
  * by ('' and '': none).
  * Returns { epoch, seq of the first frame }, or 0 when the check fails
- * (nothing was written: the batch is sent again unchecked).
+ * (nothing was written: the batch is sent again unchecked), or 1 when it
+ * passed for a batch of no frames.
  */
 export const PUBLISH_SCRIPT = `
 if ARGV[15] ~= '' then
   local state = redis.call('HMGET', KEYS[1], 'epoch', 'watches')
   if state[1] ~= ARGV[15] or (state[2] or '0') ~= ARGV[16] then return 0 end
+  -- every frame of the batch was skipped: the check was all it had to do
+  if ARGV[11] == '0' then return 1 end
 end
 -- all or nothing: a key of another type (someone else's) fails the batch
 -- before anything is written. The count is kept for retention (0: a new

@@ -284,10 +284,10 @@ export class RedisBroker implements Broker {
       if (!isReplyError(error)) for (let i = 0; i < frames.length; i++) this.#continuity.refused();
       throw error;
     }
-    if (reply === 0) {
-      // refused: the watch generation moved (see PublishBatcher), nothing was written
+    if (reply === 0 || reply === 1) {
+      // refused: the watch generation moved (see PublishBatcher), nothing was written; or checked and empty
       this.#own.delete(number);
-      return null;
+      return reply === 0 ? null : [];
     }
     const [epoch, first] = reply as [string, number];
     this.#seen(epoch, first + frames.length - 1);

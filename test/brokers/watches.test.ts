@@ -180,6 +180,19 @@ for (const kind of kinds) {
       }
     });
 
+    it("checks a batch whose every frame is skipped, and sends it again when refused", async () => {
+      const a = await process();
+      const b = await process();
+      // nothing but a data event nobody watches: the batch is its check alone
+      a.broker.publishUnawaited!("data:row:t:2", "skipped", failed);
+      await (a.broker as { backlog(limit: number): Promise<void> | undefined }).backlog(0);
+      await b.broker.watch!(["data:row:t:1"]);
+      // a's watch set is stale: refused, and sent again whole
+      a.broker.publishUnawaited!("data:row:t:1", "due", failed);
+      await waitFor(() => of(b.delivered, ["data:row:t:1"]).length === 1, { message: "the data event" });
+      expect(of(b.delivered, ["data:row:t:1", "data:row:t:2"])).toEqual(["data:row:t:1 due"]);
+    });
+
     it("answers a cursor from before a registration with a gap, and resumes one read after it exactly", async () => {
       const a = await process();
       const b = await process();
