@@ -296,7 +296,8 @@ export class PostgresBroker implements Broker {
   async #publishBatch(batch: readonly OutgoingFrame[], check: WatchFilter | null): Promise<Published[] | null> {
     const pool = this.#pool;
     if (!pool || this.#state === "down") {
-      this.#refused(batch.length);
+      // one at least: a batch whose data events were all skipped may have had due ones
+      this.#refused(Math.max(1, batch.length));
       throw new Error(`${this.#target} is unreachable`);
     }
     if (batch.length === 0) return this.#checkOnly(check!);
@@ -332,7 +333,12 @@ export class PostgresBroker implements Broker {
       const result = await publisher.query(this.#sql.watchCheck, [check.epoch, check.generation]);
       return result.rows.length > 0 ? [] : null;
     } catch (error) {
-      this.#queryFailed(error);
+      // its skipped data events may have been due: lost as a failed publish's frames are
+      if (isTimeout(error)) this.#requestRefreshSoon("a postgres publish timed out");
+      else if (isConnectionError(error)) {
+        this.#refused(1);
+        this.#lost("its connection", error);
+      }
       throw error;
     }
   }

@@ -245,7 +245,7 @@ export class RedisBroker implements Broker {
   async #publishBatch(frames: readonly OutgoingFrame[], check: WatchFilter | null): Promise<Published[] | null> {
     const cmd = this.#cmd;
     if (!cmd || !this.#cmdUp) {
-      for (let i = 0; i < frames.length; i++) this.#continuity.refused();
+      this.#lostFrames(frames.length);
       throw new Error(`${this.#target} is unreachable`);
     }
     const number = ++this.#batches;
@@ -281,7 +281,7 @@ export class RedisBroker implements Broker {
       this.#commandFailed(error);
       // publishes lost to the connection are frames nobody gets: counted, so
       // every process is asked to refresh once Redis is back
-      if (!isReplyError(error)) for (let i = 0; i < frames.length; i++) this.#continuity.refused();
+      if (!isReplyError(error)) this.#lostFrames(frames.length);
       throw error;
     }
     if (reply === 0 || reply === 1) {
@@ -294,6 +294,11 @@ export class RedisBroker implements Broker {
     // the channel message may have come first and made them already; else it takes these
     own.published ??= publishedFrames(own, epoch, first);
     return own.published;
+  }
+
+  /** Frames of a batch were lost (one at least: a batch whose data events were all skipped may have had due ones). */
+  #lostFrames(count: number): void {
+    for (let i = 0; i < Math.max(1, count); i++) this.#continuity.refused();
   }
 
   async control(message: ControlMessage): Promise<void> {
