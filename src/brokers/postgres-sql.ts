@@ -90,7 +90,7 @@ export function statements(prefix: string) {
         watch_gen bigint not null default 0
       );
       create table if not exists ${floors} (stream text primary key, floor bigint not null);
-      create table if not exists ${watches} (channel text primary key, until bigint not null);
+      create table if not exists ${watches} (channel text primary key, until bigint not null, since bigint not null);
       -- a meta table from before watches: ALTER only then (it locks the table out for everyone)
       do $$ begin
         if not exists (select 1 from pg_attribute
@@ -138,8 +138,8 @@ export function statements(prefix: string) {
       from m`,
     // Registers watches (see WatchServer.register), with the meta row locked
     // (lockMeta, in the same transaction): $1 the channels, $2 the ttl in ms.
-    // A new channel (absent or expired) restarts its history: its floor is a
-    // reserved seq, whose frame row (stream WATCH_MARK) keeps the seqs without
+    // A new channel (absent or expired) restarts its history: its floor, and
+    // its watch's \`since\`, is a reserved seq, whose frame row (stream WATCH_MARK) keeps the seqs without
     // holes for listeners. Its older frames stay until pruned (history reads
     // above the floor never reach them; a listener may still have to read
     // them). Expired watches go, with the floors of their channels that have
@@ -155,14 +155,19 @@ export function statements(prefix: string) {
            floored as (insert into ${floors} (stream, floor) select fresh.channel, m.seq from fresh, m
                        on conflict (stream) do update set floor = excluded.floor),
            marked as (insert into ${frames} (seq, stream, frame) select m.seq, '${WATCH_MARK}', '' from m),
-           renewed as (insert into ${watches} (channel, until) select channel, t.now + $2::bigint from given, t
-                       on conflict (channel) do update set until = greatest(${watches}.until, excluded.until)),
+           renewed as (insert into ${watches} (channel, until, since)
+                       select g.channel, t.now + $2::bigint, coalesce(m.seq, 0) from given g cross join t left join m on true
+                       on conflict (channel) do update
+                       set until = greatest(${watches}.until, excluded.until),
+                           since = case when ${watches}.until <= excluded.until - $2::bigint
+                                        then excluded.since else ${watches}.since end
+                       returning channel, since),
            expired as (delete from ${watches} w using t where w.until <= t.now and not (w.channel = any($1::text[]))
                        returning w.channel),
            unfloored as (delete from ${floors} fl using expired e
                          where fl.stream = e.channel and not exists (select 1 from ${frames} f where f.stream = e.channel))
       select meta.epoch, meta.watch_gen::text as before, coalesce(m.watch_gen, meta.watch_gen)::text as after,
-             array(select channel from fresh) as fresh
+             array(select channel from fresh) as fresh, (select json_object_agg(channel, since) from renewed) as since
       from ${meta} meta left join m on true where meta.id = 1`,
     // a checked batch whose frames were all skipped: the check alone (a row: passed)
     watchCheck: `select 1 from ${meta} where id = 1 and epoch = $1::text and watch_gen = $2::bigint`,

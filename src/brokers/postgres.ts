@@ -234,14 +234,23 @@ export class PostgresBroker implements Broker {
       // the publish statement's row lock: registrations and publishes take turns
       await client.query(this.#sql.lockMeta);
       const row = (
-        await client.query<{ epoch: string; before: string; after: string; fresh: string[] }>(this.#sql.register, [
-          channels,
-          ttlMs,
-        ])
+        await client.query<{
+          epoch: string;
+          before: string;
+          after: string;
+          fresh: string[];
+          since: Record<string, number>;
+        }>(this.#sql.register, [channels, ttlMs])
       ).rows[0];
       await client.query("commit");
       if (!row) throw new Error("its meta row is missing");
-      return { epoch: row.epoch, before: Number(row.before), after: Number(row.after), fresh: row.fresh };
+      return {
+        epoch: row.epoch,
+        before: Number(row.before),
+        after: Number(row.after),
+        fresh: row.fresh,
+        since: channels.map((channel) => row.since[channel]!),
+      };
     } catch (error) {
       failure = error;
       await client.query("rollback").catch(() => {});

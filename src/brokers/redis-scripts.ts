@@ -190,35 +190,43 @@ return out
 
 /**
  * Registers watches of data channels (see WatchServer.register).
- * KEYS: meta, watch, then s:<channel> of each channel. ARGV: epoch candidate,
- * min seq of a new epoch, ttlMs, idleMs, then the channels (as many as KEYS
- * from 3). A new channel's key is restarted with its floor marker at the
- * reserved seq, so a cursor from before it gets a gap and one read after it
- * resumes. Expired watches are dropped.
- * Returns { epoch, generation before, generation after, new channels }.
+ * KEYS: meta, watch, since, then s:<channel> of each channel. ARGV: epoch
+ * candidate, min seq of a new epoch, ttlMs, idleMs, then the channels (as
+ * many as KEYS from 4). Expired watches go first. A new channel's key is
+ * restarted with its floor marker at the reserved seq, which `since` (a hash)
+ * keeps as the start of its watch: a cursor from before gets a gap, one read
+ * after resumes.
+ * Returns { epoch, generation before, generation after, new channels, each
+ * channel's since }.
  */
 export const WATCH_SCRIPT = `${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local before = tonumber(redis.call('HGET', KEYS[1], 'watches') or '0')
 local expires = now + tonumber(ARGV[3])
+for _, channel in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('HDEL', KEYS[3], channel)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local fresh = {}
+local since = {}
 local seq = nil
-for k = 3, #KEYS do
-  local channel = ARGV[k + 2]
+for k = 4, #KEYS do
+  local channel = ARGV[k + 1]
   local score = redis.call('ZSCORE', KEYS[2], channel)
-  if not score or tonumber(score) <= now then
+  if not score then
     if not seq then seq = redis.call('HINCRBY', KEYS[1], 'seq', 1) end
     redis.call('DEL', KEYS[k])
     redis.call('ZADD', KEYS[k], seq, '~floor')
     redis.call('PEXPIRE', KEYS[k], ARGV[4])
+    redis.call('HSET', KEYS[3], channel, seq)
     fresh[#fresh + 1] = channel
   end
   if not score or tonumber(score) < expires then redis.call('ZADD', KEYS[2], expires, channel) end
+  since[#since + 1] = redis.call('HGET', KEYS[3], channel)
 end
 local after = before
 if seq then after = redis.call('HINCRBY', KEYS[1], 'watches', 1) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-return { epoch, before, after, fresh }
+return { epoch, before, after, fresh, since }
 `;
 
 /**

@@ -191,15 +191,20 @@ export class RedisBroker implements Broker {
       reply = await runScript(
         cmd,
         WATCH_SCRIPT,
-        [`${this.#prefix}meta`, `${this.#prefix}watch`, ...channels.map((c) => this.#streamKey(c))],
+        [
+          `${this.#prefix}meta`,
+          `${this.#prefix}watch`,
+          `${this.#prefix}since`,
+          ...channels.map((c) => this.#streamKey(c)),
+        ],
         [this.#newEpoch(), this.#continuity.newEpochMinSeq(), ttlMs, this.#idleMs, ...channels],
       );
     } catch (error) {
       this.#commandFailed(error);
       throw new BrokerError(`redis broker could not watch data channels: ${errorMessage(error)}`, { cause: error });
     }
-    const [epoch, before, after, fresh] = reply as [string, number, number, string[]];
-    return { epoch, before, after, fresh };
+    const [epoch, before, after, fresh, since] = reply as [string, number, number, string[], string[]];
+    return { epoch, before, after, fresh, since: since.map(Number) };
   }
 
   async #loadWatches(): Promise<WatchFilter | null> {

@@ -15,6 +15,8 @@ export interface Registration {
   after: number;
   /** The channels that were absent or expired, whose history now starts at a fresh seq. */
   fresh: readonly string[];
+  /** Each channel's (in the order given) seq its watch started at: another means it expired meanwhile. */
+  since: readonly number[];
 }
 
 /** A scale-out broker's side of watches: its script or statements. */
@@ -22,8 +24,8 @@ export interface WatchServer {
   /**
    * Atomically, serialized with publishes: sets each channel's expiry to at
    * least now + `ttlMs`; a channel absent or expired is new: one seq is
-   * reserved and its history restarted with that seq as its floor, and the
-   * generation goes up by one.
+   * reserved, its history restarted with that seq as its floor and its watch
+   * `since` it, and the generation goes up by one.
    */
   register(channels: readonly string[], ttlMs: number): Promise<Registration>;
   /** The unexpired watched channels with the epoch and generation, in one atomic read; null when there is no epoch yet. */
@@ -33,8 +35,12 @@ export interface WatchServer {
 interface Held {
   /** Watches of this process holding the channel now. */
   count: number;
-  /** A registration of it completed: a subscriber may have read a position after it. */
-  registered: boolean;
+  /**
+   * The seq its watch started at, as the last registration of it here found
+   * (null: none completed yet). Another later means the watch expired in
+   * between, whoever registered it again: a subscriber here may have missed events.
+   */
+  since: number | null;
 }
 
 /**
@@ -44,10 +50,11 @@ interface Held {
  * not renewed), and the filter its batcher skips data events by (read with
  * its generation at start, after a refused batch and at each renewal).
  *
- * A renewal or registration that finds a channel held here new again (it
- * expired: a stall or an outage longer than its time to live) means its
- * events may have been skipped while this process's subscribers held it:
- * `gap` gives them a refresh, never silence.
+ * A renewal or registration that finds a channel held here started again
+ * since the last one (it expired: a stall or an outage longer than its time
+ * to live, and this process or another registered it anew) means its events
+ * may have been skipped while this process's subscribers held it: `gap`
+ * gives them a refresh, never silence.
  */
 export class Watches {
   #server: WatchServer;
@@ -106,7 +113,7 @@ export class Watches {
     for (const channel of channels) {
       const held = this.#held.get(channel);
       if (held) held.count++;
-      else this.#held.set(channel, { count: 1, registered: false });
+      else this.#held.set(channel, { count: 1, since: null });
     }
     let ended = false;
     const unwatch = (): void => {
@@ -159,25 +166,26 @@ export class Watches {
   async #register(channels: readonly string[]): Promise<void> {
     for (let from = 0; from < channels.length; from += CHUNK) {
       const chunk = channels.slice(from, from + CHUNK);
-      const registration = await this.#server.register(chunk, this.#ttlMs);
-      this.#registered(registration);
-      for (const channel of chunk) {
-        const held = this.#held.get(channel);
-        if (held) held.registered = true;
-      }
+      this.#registered(chunk, await this.#server.register(chunk, this.#ttlMs));
     }
   }
 
   /**
-   * A registration's answer: a channel held and registered here before that
-   * was new had expired (gap); and when the generation moved only by this
-   * registration, the filter moves with it (its new channels added: a
-   * filter's channels may only grow), instead of a refused batch and a read.
+   * A registration's answer: a channel held here whose watch started again
+   * since the last registration here had expired (gap); and when the
+   * generation moved only by this registration, the filter moves with it
+   * (its new channels added: a filter's channels may only grow), instead of
+   * a refused batch and a read.
    */
-  #registered({ epoch, before, after, fresh }: Registration): void {
-    if (fresh.some((channel) => this.#held.get(channel)?.registered === true)) {
-      this.#gap("the watch of a data channel expired while it was held: its events may have been skipped");
+  #registered(registered: readonly string[], { epoch, before, after, fresh, since }: Registration): void {
+    let expired = false;
+    for (let i = 0; i < registered.length; i++) {
+      const held = this.#held.get(registered[i]!);
+      if (!held) continue;
+      if (held.since !== null && held.since !== since[i]) expired = true;
+      held.since = since[i]!;
     }
+    if (expired) this.#gap("the watch of a data channel expired while it was held: its events may have been skipped");
     const filter = this.#batcher.filter;
     if (after === before || !filter || filter.epoch !== epoch || filter.generation !== before) return;
     const channels = filter.channels as Set<string>;

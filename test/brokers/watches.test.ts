@@ -329,6 +329,20 @@ for (const kind of kinds) {
       expect(of(b.delivered, ["data:row:t:2"])).toEqual(["data:row:t:2 e2"]);
     });
 
+    it("gives a gap to this process's subscribers of a channel whose watch expired and another process registered again", async () => {
+      const b = await process({ watchTtlMs: 2_000 });
+      const c = await process();
+      const sink = recordingSink();
+      await b.hub.subscribe(["data:row:t:1"], sink);
+      await ns!.expire("data:row:t:1");
+      // registered anew by another process before b renews it: b's renewal does not find it new
+      await c.broker.watch!(["data:row:t:1"]);
+      await waitFor(() => b.events.gaps.length > 0, { message: "a gap", timeoutMs: 3_000 });
+      expect(b.events.gaps[0]).toMatch(/watch of a data channel expired/);
+      await waitFor(() => sink.frames.some(isRefresh), { message: "a refresh" });
+      expect(c.events.gaps).toEqual([]);
+    });
+
     it("rejects a watch once the broker is closed", async () => {
       const b = await process();
       await b.broker.close();
