@@ -159,7 +159,9 @@ function makeBroker(kind: BrokerKind, round: number): { broker: Broker; cleanup:
   return {
     broker: postgresBroker({ connectionString: PG_URL, prefix: name }),
     cleanup: async () => {
-      await adminPool().query(`drop table if exists "${name}_frames", "${name}_meta", "${name}_floors", "${name}_watches"`);
+      await adminPool().query(
+        `drop table if exists "${name}_frames", "${name}_meta", "${name}_floors", "${name}_watches"`,
+      );
     },
   };
 }
