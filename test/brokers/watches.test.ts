@@ -343,10 +343,12 @@ for (const kind of kinds) {
       expect(c.events.gaps).toEqual([]);
     });
 
-    it("rejects a watch once the broker is closed", async () => {
+    it("rejects a watch once the broker is closed, and fails the hub subscription that needed it", async () => {
       const b = await process();
       await b.broker.close();
       await expect(b.broker.watch!(["data:row:t:1"])).rejects.toThrow(/closed/);
+      await expect(b.hub.subscribe(["row:t:1", "data:row:t:1"], recordingSink())).rejects.toThrow(/closed/);
+      expect(b.hub.size).toBe(0);
     });
   });
 }
