@@ -593,7 +593,7 @@ export class PostgresBroker implements Broker {
     this.#attempt = 0;
     this.#lastError = undefined;
     this.#state = "open";
-    // the watches may have changed meanwhile
+    // the watches may have expired meanwhile, or been lost: registered again, then read
     void this.#watches.start();
     // the listener was down: this process's subscribers may have missed frames
     const request = this.#continuity.recovered("the postgres connection was interrupted");
@@ -731,7 +731,10 @@ export class PostgresBroker implements Broker {
   // --- helpers -------------------------------------------------------------
 
   #seen(epoch: string, seq: number): void {
-    if (this.#continuity.seen(epoch, seq) === "new") this.#pump.newEpoch();
+    if (this.#continuity.seen(epoch, seq) !== "new") return;
+    this.#pump.newEpoch();
+    // the watches went with the meta row: other processes skip this one's channels until registered again
+    void this.#watches.renew();
   }
 
   /** (A method, not a field read, so TypeScript does not narrow it away across awaits.) */

@@ -511,7 +511,7 @@ export class RedisBroker implements Broker {
       this.#subMissed = false;
       const request = this.#continuity.recovered(missed);
       if (request) void this.#sendRequest(request);
-      // the watches may have changed meanwhile, or been lost with the keys
+      // the watches may have expired meanwhile, or been lost with the keys: registered again, then read
       void this.#watches.start();
     }
   }
@@ -615,7 +615,11 @@ export class RedisBroker implements Broker {
     // first contact: every frame up to here was published before this broker started
     if (change === "first") this.#delivered = seq;
     // a new epoch's seqs start above the old ones; this keeps it so even if clocks disagree
-    else if (change === "new") this.#delivered = Math.min(this.#delivered, seq - 1);
+    else if (change === "new") {
+      this.#delivered = Math.min(this.#delivered, seq - 1);
+      // the watches went with the keys: other processes skip this one's channels until registered again
+      void this.#watches.renew();
+    }
   }
 
   /** (A method, not a field read, so TypeScript does not narrow it away across awaits.) */

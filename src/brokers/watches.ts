@@ -84,14 +84,32 @@ export class Watches {
     this.#skip = init.skip;
   }
 
-  /** The broker is connected: read the filter (resolves once read, or not) and renew from now on. Safe to call again (a reconnect). */
+  /**
+   * The broker is connected: registers the channels held here again, reads
+   * the filter (resolves once done, or not) and renews from now on. Safe to
+   * call again: on a reconnect the server may have lost the watches or let
+   * them expire meanwhile (see `renew`).
+   */
   start(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     if (this.#renewal === null) {
       this.#renewal = setInterval(() => void this.#renew(), Math.max(10, Math.floor(this.#ttlMs / 4)));
       this.#renewal.unref();
     }
-    return this.reload();
+    return this.#renew();
+  }
+
+  /**
+   * The server lost its watches (a new epoch: keys lost, a restart, the
+   * namespace recreated): registers every channel held here again at once,
+   * then reads the filter. Until then other processes skip these channels'
+   * events by the new epoch's empty watch set; the registration finds each
+   * watch started anew and gives this process's subscribers a gap, so what
+   * was skipped meanwhile is never lost silently — and no renewal tick (up
+   * to a quarter of the time to live) is waited for.
+   */
+  renew(): Promise<void> {
+    return this.#renew();
   }
 
   close(): void {

@@ -39,6 +39,8 @@ interface Namespace {
   stored(channel: string): Promise<boolean>;
   /** Lets the watch of `channel` expire now, as a stall longer than its time to live would. */
   expire(channel: string): Promise<void>;
+  /** Loses the namespace's whole state under running brokers (Redis: its keys deleted; PostgreSQL: its tables dropped). */
+  wipe(): Promise<void>;
   drop(): Promise<void>;
 }
 
@@ -63,6 +65,7 @@ function redisKind(title: string, prefixOf: (name: string) => string): Kind {
         make: (options) => redisBroker({ url: REDIS_URL, keyPrefix, ...options }),
         stored: async (channel) => (await redisAdmin!.exists(`${keyPrefix}s:${channel}`)) === 1,
         expire: async (channel) => void (await redisAdmin!.zadd(`${keyPrefix}watch`, 0, channel)),
+        wipe: () => deleteRedisKeys(REDIS_URL, keyPrefix),
         drop: () => deleteRedisKeys(REDIS_URL, keyPrefix),
       };
     },
@@ -87,6 +90,7 @@ const kinds: Kind[] = [
           ) > 0,
         expire: async (channel) =>
           void (await pgAdmin!.query(`update "${prefix}_watches" set until = 0 where channel = $1`, [channel])),
+        wipe: () => dropPostgresNamespace(PG_URL, prefix),
         drop: () => dropPostgresNamespace(PG_URL, prefix),
       };
     },
@@ -312,6 +316,36 @@ for (const kind of kinds) {
       await waitFor(() => b.events.gaps.length > 0, { message: "a gap" });
       expect(b.events.gaps[0]).toMatch(/watch of a data channel expired/);
       await waitFor(() => sink.frames.some(isRefresh), { message: "a refresh" });
+    });
+
+    it("registers its channels again as soon as it sees the namespace lost, so the others do not skip them until a renewal", async () => {
+      // no renewal tick within the test: only the epoch change can bring the watch back
+      const b = await process({ watchTtlMs: 600_000 });
+      const sink = recordingSink();
+      await b.hub.subscribe(["row:t:1", "data:row:t:1"], sink);
+      await ns!.wipe();
+      // started after the loss: its watch set is the new epoch's, empty, and it skips by it
+      const a = await process();
+      // each round's data event reaches b, or b's subscribers get a refresh after it: never silence
+      let round = 0;
+      await waitFor(
+        async () => {
+          const n = round++;
+          a.broker.publishUnawaited!("data:row:t:1", `d${n}`, failed);
+          await a.broker.publish("row:t:1", html(`h${n}`));
+          await waitFor(() => sink.frames.some((f) => f.frame === html(`h${n}`)), { message: `h${n}` });
+          return sink.frames.some((f) => f.frame === `d${n}`);
+        },
+        { message: "a data event published after b saw the new epoch", timeoutMs: 5_000 },
+      );
+      const frames = sink.frames.map((f) => (isRefresh(f) ? "refresh" : f.frame));
+      for (let n = 0; n < round; n++) {
+        if (frames.includes(`d${n}`)) continue;
+        expect(
+          frames.indexOf("refresh", frames.indexOf(html(`h${n}`))),
+          `a refresh after skipped d${n}`,
+        ).toBeGreaterThan(0);
+      }
     });
 
     it("skips nothing with skipUnwatched: false, and still registers its watches for the others", async () => {
