@@ -11,6 +11,18 @@ import type { OutgoingFrame } from "./publish-batcher.js";
 /** The stream of the frame row that takes the seq a watch registration reserves: no subscriber's. */
 export const WATCH_MARK = "~watched";
 
+/**
+ * The notice of a registration's reserved seq, after its epoch and seq: an
+ * inline batch of the one WATCH_MARK frame (empty), as a publish's notice
+ * carries its frames, so listeners take the seq in order instead of reading
+ * the hole from the table (and taking a pruned mark for lost frames).
+ */
+export const MARK_TAIL = batchTail(
+  [{ stream: WATCH_MARK, frame: "" }],
+  encodeFrames([{ stream: WATCH_MARK, frame: "" }]),
+  "0",
+);
+
 /** A table prefix or channel name that is safe to splice into SQL as a quoted identifier. */
 export const IDENTIFIER = /^[a-z_][a-z0-9_]{0,40}$/;
 
@@ -137,13 +149,14 @@ export function statements(prefix: string) {
                     else (m.base + 1) || ',' || $7::text || convert_from($2::bytea, 'UTF8') end) as notified
       from m`,
     // Registers watches (see WatchServer.register), with the meta row locked
-    // (lockMeta, in the same transaction): $1 the channels, $2 the ttl in ms.
-    // A new channel (absent or expired) restarts its history: its floor, and
-    // its watch's \`since\`, is a reserved seq, whose frame row (stream WATCH_MARK) keeps the seqs without
-    // holes for listeners. Its older frames stay until pruned (history reads
-    // above the floor never reach them; a listener may still have to read
-    // them). Expired watches go, with the floors of their channels that have
-    // no frames.
+    // (lockMeta, in the same transaction): $1 the channels, $2 the ttl in ms,
+    // $3 the channel its notice goes to, $4 MARK_TAIL. A new channel (absent
+    // or expired) restarts its history: its floor, and its watch's `since`,
+    // is a reserved seq, whose frame row (stream WATCH_MARK) and notice keep
+    // the seqs without holes for listeners. Its older frames stay until
+    // pruned (history reads above the floor never reach them; a listener may
+    // still have to read them). Expired watches go, with the floors of their
+    // channels that have no frames.
     lockMeta: `select 1 from ${meta} where id = 1 for update`,
     register: `
       with t as (select ${nowMs} as now),
@@ -167,7 +180,9 @@ export function statements(prefix: string) {
            unfloored as (delete from ${floors} fl using expired e
                          where fl.stream = e.channel and not exists (select 1 from ${frames} f where f.stream = e.channel))
       select meta.epoch, meta.watch_gen::text as before, coalesce(m.watch_gen, meta.watch_gen)::text as after,
-             array(select channel from fresh) as fresh, (select json_object_agg(channel, since) from renewed) as since
+             array(select channel from fresh) as fresh, (select json_object_agg(channel, since) from renewed) as since,
+             case when m.seq is not null
+                  then pg_notify($3, '{"e":' || to_json(meta.epoch)::text || ',"s":' || m.seq || ',' || $4::text) end as notified
       from ${meta} meta left join m on true where meta.id = 1`,
     // a checked batch whose frames were all skipped: the check alone (a row: passed)
     watchCheck: `select 1 from ${meta} where id = 1 and epoch = $1::text and watch_gen = $2::bigint`,

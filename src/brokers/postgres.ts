@@ -29,7 +29,7 @@ import {
 import { isConnectionError, isMissingTable, isTimeout } from "./postgres-errors.js";
 import { NoticePump } from "./postgres-pump.js";
 import { type PostgresBrokerOptions, resolvePostgresOptions } from "./postgres-options.js";
-import { type Statements, encodeBatch, intArray, statements } from "./postgres-sql.js";
+import { MARK_TAIL, type Statements, encodeBatch, intArray, statements } from "./postgres-sql.js";
 import {
   type OutgoingFrame,
   POSTGRES_BATCH_LIMITS,
@@ -240,7 +240,7 @@ export class PostgresBroker implements Broker {
           after: string;
           fresh: string[];
           since: Record<string, number>;
-        }>(this.#sql.register, [channels, ttlMs])
+        }>(this.#sql.register, [channels, ttlMs, this.#channel, MARK_TAIL])
       ).rows[0];
       await client.query("commit");
       if (!row) throw new Error("its meta row is missing");

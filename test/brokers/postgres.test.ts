@@ -184,6 +184,22 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     }
   });
 
+  it("announces a watch registration's reserved seq, so listeners neither read it from the table nor call it lost when pruned", async () => {
+    const ns = namespace();
+    const a = await startWithHub(make({ connectionString: PG_URL, ...ns }));
+    const b = await startWithHub(make({ connectionString: PG_URL, ...ns, applicationName: `${ns.applicationName}_b` }));
+    await a.broker.watch!(["data:row:t:1"]);
+    // the mark's row pruned before any listener read it
+    await admin.query(`delete from "${ns.prefix}_frames" where stream = '~watched'`);
+    const next = await a.broker.publish("s", frame("next"));
+    for (const { delivered } of [a, b]) await waitFor(() => delivered.some((f) => f.position === next.position));
+    expect([...a.events.gaps, ...b.events.gaps]).toEqual([]);
+    expect(b.delivered.map((f) => [f.stream, f.seq])).toEqual([
+      ["~watched", next.seq - 1],
+      ["s", next.seq],
+    ]);
+  });
+
   it("closes every connection, is safe to close twice, and refuses to publish afterwards", async () => {
     const ns = namespace();
     const broker = make({ connectionString: PG_URL, ...ns });
