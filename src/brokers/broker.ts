@@ -110,7 +110,8 @@ export interface Broker {
    * in-memory broker at once (it returns the function), the Redis and
    * PostgreSQL brokers once the server has registered them for every process
    * (a promise; it rejects with a BrokerError when the server is
-   * unreachable). A cursor read before that gets a gap for them, one read
+   * unreachable; the function at once when this process registered them
+   * lately). A cursor read before that gets a gap for them, one read
    * after resumes. The hub and data subscriptions await it before reading
    * the head or history.
    */

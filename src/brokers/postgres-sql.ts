@@ -148,8 +148,8 @@ export function statements(prefix: string) {
                case when $7::text is null then (m.base + $4::int) || ',"c":' || $4::int || '}'
                     else (m.base + 1) || ',' || $7::text || convert_from($2::bytea, 'UTF8') end) as notified
       from m`,
-    // Registers watches (see WatchServer.register), with the meta row locked
-    // (lockMeta, in the same transaction): $1 the channels, $2 the ttl in ms,
+    // Registers watches (see WatchServer.register), after lockMeta in the
+    // same transaction: $1 the channels, $2 the ttl in ms,
     // $3 the channel its notice goes to, $4 MARK_TAIL. A new channel (absent
     // or expired) restarts its history: its floor, and its watch's `since`,
     // is a reserved seq, whose frame row (stream WATCH_MARK) and notice keep
@@ -157,7 +157,16 @@ export function statements(prefix: string) {
     // pruned (history reads above the floor never reach them; a listener may
     // still have to read them). Expired watches go, with the floors of their
     // channels that have no frames.
-    lockMeta: `select 1 from ${meta} where id = 1 for update`,
+    // The lock only when a channel is new (at this statement's snapshot): a
+    // renewal takes no turn among publishes. One that becomes new after it
+    // (expiring in between) is locked by the register statement's update,
+    // which is enough not to lose events: that update waits for the publish
+    // in progress, and its floor is above the events that publish skipped.
+    lockMeta: `
+      select 1 from ${meta}
+      where id = 1 and exists (select 1 from unnest($1::text[]) as g(channel) left join ${watches} w on w.channel = g.channel
+                               where w.channel is null or w.until <= ${nowMs})
+      for update`,
     register: `
       with t as (select ${nowMs} as now),
            given as (select distinct channel from unnest($1::text[]) as g(channel)),

@@ -32,6 +32,25 @@ export interface WatchServer {
   load(): Promise<WatchFilter | null>;
 }
 
+/**
+ * A moment by both clocks: the monotonic one does not run while the machine
+ * sleeps (the server's does), the wall clock may be set back. Time since it
+ * counts only when both say so.
+ */
+interface Instant {
+  monotonic: number;
+  wall: number;
+}
+
+function now(): Instant {
+  return { monotonic: performance.now(), wall: Date.now() };
+}
+
+/** Whether `at` is after `since` by both clocks (the wall clock counts whole ms: the same ms will do). */
+function isAfter(at: Instant, since: Instant): boolean {
+  return at.monotonic > since.monotonic && at.wall >= since.wall;
+}
+
 interface Held {
   /** Watches of this process holding the channel now. */
   count: number;
@@ -41,6 +60,8 @@ interface Held {
    * between, whoever registered it again: a subscriber here may have missed events.
    */
   since: number | null;
+  /** When the last registration of it here that completed was sent (null: none). */
+  registeredAt: Instant | null;
 }
 
 /**
@@ -69,6 +90,8 @@ export class Watches {
   #loading: Promise<void> | null = null;
   #queued: Promise<void> | null = null;
   #closed = false;
+  /** When the server was last found to have lost the watches (see `renew`). */
+  #lostAt: Instant = { monotonic: Number.NEGATIVE_INFINITY, wall: Number.NEGATIVE_INFINITY };
 
   constructor(init: {
     server: WatchServer;
@@ -96,7 +119,7 @@ export class Watches {
       this.#renewal = setInterval(() => void this.#renew(), Math.max(10, Math.floor(this.#ttlMs / 4)));
       this.#renewal.unref();
     }
-    return this.#renew();
+    return this.renew();
   }
 
   /**
@@ -109,6 +132,8 @@ export class Watches {
    * to a quarter of the time to live) is waited for.
    */
   renew(): Promise<void> {
+    // registrations sent before count no more: a watch() goes to the server again
+    this.#lostAt = now();
     return this.#renew();
   }
 
@@ -123,15 +148,27 @@ export class Watches {
     return this.#held.has(channel);
   }
 
-  /** See Broker.watch: resolves once the data channels among `streams` are registered (rejects when the server is unreachable). */
+  /**
+   * See Broker.watch: resolves once the data channels among `streams` are
+   * registered (rejects when the server is unreachable); returns at once
+   * when each is held here and was registered less than half its time to
+   * live ago (its renewals go on as they would).
+   */
   watch(streams: readonly string[]): (() => void) | Promise<() => void> {
     const channels = [...new Set(streams.filter(isDataChannel))];
     if (channels.length === 0) return () => {};
+    // registered here less than half their time to live ago: their watches cannot have expired
+    const { monotonic, wall } = now();
+    const half = this.#ttlMs / 2;
+    const recent = { monotonic: monotonic - half, wall: wall - half };
+    let registered = true;
     // held from now: their events are not skipped here while the registration is on its way
     for (const channel of channels) {
       const held = this.#held.get(channel);
       if (held) held.count++;
-      else this.#held.set(channel, { count: 1, since: null });
+      else this.#held.set(channel, { count: 1, since: null, registeredAt: null });
+      const at = held?.registeredAt ?? null;
+      if (at === null || !isAfter(at, recent) || !isAfter(at, this.#lostAt)) registered = false;
     }
     let ended = false;
     const unwatch = (): void => {
@@ -142,6 +179,8 @@ export class Watches {
         if (--held.count === 0) this.#held.delete(channel);
       }
     };
+    // a subscribe storm on channels held here costs no round trip each (nor, on PostgreSQL, a lock)
+    if (registered) return unwatch;
     return this.#register(channels).then(
       () => unwatch,
       (error: unknown) => {
@@ -184,7 +223,8 @@ export class Watches {
   async #register(channels: readonly string[]): Promise<void> {
     for (let from = 0; from < channels.length; from += CHUNK) {
       const chunk = channels.slice(from, from + CHUNK);
-      this.#registered(chunk, await this.#server.register(chunk, this.#ttlMs));
+      const sentAt = now();
+      this.#registered(chunk, sentAt, await this.#server.register(chunk, this.#ttlMs));
     }
   }
 
@@ -195,13 +235,19 @@ export class Watches {
    * (its new channels added: a filter's channels may only grow), instead of
    * a refused batch and a read.
    */
-  #registered(registered: readonly string[], { epoch, before, after, fresh, since }: Registration): void {
+  #registered(
+    registered: readonly string[],
+    sentAt: Instant,
+    { epoch, before, after, fresh, since }: Registration,
+  ): void {
     let expired = false;
     for (let i = 0; i < registered.length; i++) {
       const held = this.#held.get(registered[i]!);
       if (!held) continue;
       if (held.since !== null && held.since !== since[i]) expired = true;
       held.since = since[i]!;
+      // the server set its expiry at least its time to live after this
+      if (held.registeredAt === null || isAfter(sentAt, held.registeredAt)) held.registeredAt = sentAt;
     }
     if (expired) this.#gap("the watch of a data channel expired while it was held: its events may have been skipped");
     const filter = this.#batcher.filter;

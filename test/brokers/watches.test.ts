@@ -231,7 +231,8 @@ for (const kind of kinds) {
       // the watch lapses: a's events of the channel may be skipped from here
       await ns!.expire("data:row:t:1");
       const lapsed = await b.broker.head();
-      await b.broker.watch!(["data:row:t:1"]);
+      // (by a: b registered it lately, so its own watch() of it asks the server nothing)
+      await a.broker.watch!(["data:row:t:1"]);
       // the old frames go idle and are dropped (registrations of other channels keep going meanwhile,
       // as they would in an app); the floor the registration set stays
       let other = 0;
@@ -346,6 +347,28 @@ for (const kind of kinds) {
           `a refresh after skipped d${n}`,
         ).toBeGreaterThan(0);
       }
+    });
+
+    it("answers a watch of channels held here and registered lately at once, and goes to the server for any other", async () => {
+      const a = await process();
+      const b = await process({ watchTtlMs: 600_000 });
+      const first = await b.broker.watch!(["data:row:t:1"]);
+      const again = b.broker.watch!(["data:row:t:1"]);
+      expect(typeof again).toBe("function");
+      const mixed = b.broker.watch!(["data:row:t:1", "data:row:t:2"]);
+      expect(mixed).toBeInstanceOf(Promise);
+      await mixed;
+      // held while any of its watches is
+      first();
+      (again as () => void)();
+      a.broker.publishUnawaited!("data:row:t:1", "e1", failed);
+      a.broker.publishUnawaited!("data:row:t:2", "e2", failed);
+      await a.broker.publish("row:t:1", html("h1"));
+      await waitFor(() => of(b.delivered, ["row:t:1"]).length === 1);
+      expect(of(b.delivered, ["data:row:t:1", "data:row:t:2"])).toEqual(["data:row:t:1 e1", "data:row:t:2 e2"]);
+      // let go of: a watch of it goes to the server again
+      (await mixed)();
+      expect(b.broker.watch!(["data:row:t:1"])).toBeInstanceOf(Promise);
     });
 
     it("skips nothing with skipUnwatched: false, and still registers its watches for the others", async () => {
