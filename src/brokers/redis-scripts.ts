@@ -190,12 +190,15 @@ return out
 
 /**
  * Registers watches of data channels (see WatchServer.register).
- * KEYS: meta, watch, since, then s:<channel> of each channel. ARGV: epoch
- * candidate, min seq of a new epoch, ttlMs, idleMs, then the channels (as
- * many as KEYS from 4). Expired watches go first. A new channel's key is
- * restarted with its floor marker at the reserved seq, which `since` (a hash)
- * keeps as the start of its watch: a cursor from before gets a gap, one read
- * after resumes.
+ * KEYS: meta, clock, watch, since, then s:<channel> of each channel. ARGV:
+ * epoch candidate, min seq of a new epoch, ttlMs, idleMs, clockStepMs, then
+ * the channels (as many as KEYS from 5). Expired watches go first. A new
+ * channel's key is restarted with its floor marker at the reserved seq,
+ * which `since` (a hash) keeps as the start of its watch: a cursor from
+ * before gets a gap, one read after resumes. The reserved seq gets a clock
+ * checkpoint as a publish's first seq does: without one, in a namespace
+ * with none younger than idleMs, the head would pass a cursor equal to it
+ * and HISTORY_SCRIPT would take it for an idle one.
  * Returns { epoch, generation before, generation after, new channels, each
  * channel's since }.
  */
@@ -203,29 +206,36 @@ export const WATCH_SCRIPT = `${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local before = tonumber(redis.call('HGET', KEYS[1], 'watches') or '0')
 local expires = now + tonumber(ARGV[3])
-for _, channel in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
-  redis.call('HDEL', KEYS[3], channel)
+for _, channel in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('HDEL', KEYS[4], channel)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local fresh = {}
 local since = {}
 local seq = nil
-for k = 4, #KEYS do
+for k = 5, #KEYS do
   local channel = ARGV[k + 1]
-  local score = redis.call('ZSCORE', KEYS[2], channel)
+  local score = redis.call('ZSCORE', KEYS[3], channel)
   if not score then
     if not seq then seq = redis.call('HINCRBY', KEYS[1], 'seq', 1) end
     redis.call('DEL', KEYS[k])
     redis.call('ZADD', KEYS[k], seq, '~floor')
     redis.call('PEXPIRE', KEYS[k], ARGV[4])
-    redis.call('HSET', KEYS[3], channel, seq)
+    redis.call('HSET', KEYS[4], channel, seq)
     fresh[#fresh + 1] = channel
   end
-  if not score or tonumber(score) < expires then redis.call('ZADD', KEYS[2], expires, channel) end
-  since[#since + 1] = redis.call('HGET', KEYS[3], channel)
+  if not score or tonumber(score) < expires then redis.call('ZADD', KEYS[3], expires, channel) end
+  since[#since + 1] = redis.call('HGET', KEYS[4], channel)
 end
 local after = before
-if seq then after = redis.call('HINCRBY', KEYS[1], 'watches', 1) end
+if seq then
+  after = redis.call('HINCRBY', KEYS[1], 'watches', 1)
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[5]) then
+    redis.call('ZADD', KEYS[2], now, seq)
+    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[4])))
+  end
+end
 return { epoch, before, after, fresh, since }
 `;
 

@@ -193,11 +193,12 @@ export class RedisBroker implements Broker {
         WATCH_SCRIPT,
         [
           `${this.#prefix}meta`,
+          `${this.#prefix}clock`,
           `${this.#prefix}watch`,
           `${this.#prefix}since`,
           ...channels.map((c) => this.#streamKey(c)),
         ],
-        [this.#newEpoch(), this.#continuity.newEpochMinSeq(), ttlMs, this.#idleMs, ...channels],
+        [this.#newEpoch(), this.#continuity.newEpochMinSeq(), ttlMs, this.#idleMs, this.#clockStepMs, ...channels],
       );
     } catch (error) {
       this.#commandFailed(error);

@@ -246,6 +246,21 @@ for (const kind of kinds) {
       expect(await b.broker.history(["data:row:t:1"], lapsed)).toBeNull();
     });
 
+    it("resumes a cursor equal to the head after a registration in a namespace idle for idleMs", async () => {
+      const a = await process({ idleMs: 300, history: { ageMs: 100 } });
+      const before = await a.broker.head();
+      await a.broker.publish("row:t:1", html("h"));
+      // nothing published for idleMs: a cursor older than the head counts as idle
+      await waitFor(async () => (await a.broker.history(["row:t:2"], before)) === null, {
+        message: "the namespace idle",
+      });
+      const cursor = await a.broker.head();
+      expect(await a.broker.history(["row:t:2"], cursor)).toEqual([]);
+      // the registration takes a seq: a cursor equal to the head before it is not idle for that
+      await a.broker.watch!(["data:row:t:1"]);
+      expect(await a.broker.history(["row:t:2"], cursor)).toEqual([]);
+    });
+
     it("loses nothing of a watched channel while another process registers 200 channels during 10,000 publishes", async () => {
       const a = await process();
       const b = await process();
