@@ -237,18 +237,22 @@ export class PublishBatcher {
     while (this.#inFlight < this.#maxInFlight && this.#head < this.#queue.length) {
       // behind a checked batch only one of the same check: if it is refused, they all are
       if (this.#checkedInFlight > 0 && this.#filter !== this.#checking) break;
-      this.#sendBatch(this.#take(this.#filter), this.#filter);
+      const filter = this.#filter;
+      // what the filter skips is decided once, here
+      const sent: Waiting[] | null = filter === null ? null : [];
+      const batch = this.#take(filter, sent);
+      this.#sendBatch(batch, filter, sent ?? batch);
     }
     if (this.#isIdle()) this.#wakeIdle();
   };
 
-  #sendBatch(batch: Waiting[], check: WatchFilter | null): void {
+  /** Sends `frames`, which are `batch` but for the data events `check` skips (a refused batch goes again whole). */
+  #sendBatch(batch: Waiting[], check: WatchFilter | null, frames: Waiting[]): void {
     this.#inFlight++;
     if (check !== null) {
       this.#checkedInFlight++;
       this.#checking = check;
     }
-    const frames = check === null ? batch : batch.filter((waiting) => !this.#skips(check, waiting));
     let sent: Promise<Published[] | null>;
     try {
       sent = this.#send(frames, check);
@@ -262,8 +266,7 @@ export class PublishBatcher {
           this.#resend(batch, check!);
           return;
         }
-        if (frames === batch) for (let i = 0; i < batch.length; i++) batch[i]!.resolve?.(published[i]!);
-        else for (let i = 0; i < frames.length; i++) frames[i]!.resolve?.(published[i]!);
+        for (let i = 0; i < frames.length; i++) frames[i]!.resolve?.(published[i]!);
         this.#answered(batch.length);
       },
       (error: unknown) => {
@@ -293,8 +296,9 @@ export class PublishBatcher {
     }
     // whole, it may be more than one batch's worth: as many as it takes, back to back
     for (let from = 0; from < batch.length; ) {
-      const to = this.#end(batch, from, null);
-      this.#sendBatch(from === 0 && to === batch.length ? batch : batch.slice(from, to), null);
+      const to = this.#end(batch, from, null, null);
+      const part = from === 0 && to === batch.length ? batch : batch.slice(from, to);
+      this.#sendBatch(part, null, part);
       from = to;
     }
     // a batch held back behind the refused one's check may go now
@@ -332,9 +336,9 @@ export class PublishBatcher {
   }
 
   /** The next batch (see #end). */
-  #take(filter: WatchFilter | null): Waiting[] {
+  #take(filter: WatchFilter | null, sent: Waiting[] | null): Waiting[] {
     const start = this.#head;
-    const end = this.#end(this.#queue, start, filter);
+    const end = this.#end(this.#queue, start, filter, sent);
     const batch = this.#queue.slice(start, end);
     if (end === this.#queue.length) {
       this.#queue = [];
@@ -349,21 +353,27 @@ export class PublishBatcher {
     return batch;
   }
   /**
-   * Where a batch of `list` from `start` ends: `frames` of it sent at most
-   * (what `filter` skips is not counted: its checks are cheap, and a batch of
-   * mostly skipped events sends as many frames as one of none), `bytes` of
-   * frame markup in all.
+   * Where a batch of `list` from `start` ends: `frames` of it sent at most,
+   * with `bytes` of frame markup in all (a single larger frame goes alone).
+   * What `filter` skips counts for neither: its checks are cheap, and a batch
+   * of mostly skipped events sends as many frames as one of none. The frames
+   * sent go to `sent` (with a filter).
    */
-  #end(list: readonly Waiting[], start: number, filter: WatchFilter | null): number {
+  #end(list: readonly Waiting[], start: number, filter: WatchFilter | null, sent: Waiting[] | null): number {
     const { frames, bytes } = this.#limits;
     let end = start;
     let size = 0;
-    let sent = 0;
-    while (end < list.length && sent < frames) {
+    let count = 0;
+    while (end < list.length && count < frames) {
       const waiting = list[end]!;
+      if (filter !== null && this.#skips(filter, waiting)) {
+        end++;
+        continue;
+      }
       size += waiting.frame.length;
-      if (size > bytes && end > start) break;
-      if (filter === null || !this.#skips(filter, waiting)) sent++;
+      if (size > bytes && count > 0) break;
+      sent?.push(waiting);
+      count++;
       end++;
     }
     return end;

@@ -217,6 +217,29 @@ describe("PublishBatcher: watches", () => {
     await batcher.idle();
   });
 
+  it("counts only the bytes of the frames it sends against the batch's byte limit, and decides each skip once", async () => {
+    const server = watchingServer();
+    let asked = 0;
+    const batcher = new PublishBatcher({
+      send: server.send,
+      failure: (_stream, error) => error,
+      limits: { frames: 100, bytes: 10 },
+      watchedHere: () => {
+        asked++;
+        return false;
+      },
+    });
+    batcher.filter = filter(1, []);
+    void batcher.publish("row:1", "h0xxx");
+    for (let j = 0; j < 3; j++) batcher.publishUnawaited("data:row:1", `event ${j} of twenty`, () => {});
+    void batcher.publish("row:1", "h1xxx");
+    await tick();
+    expect(server.batches).toEqual([{ frames: ["h0xxx", "h1xxx"], check: 1 }]);
+    expect(asked).toBe(3);
+    server.answer();
+    await batcher.idle();
+  });
+
   it("leaves out data events of channels watched neither by the filter nor here, and checks the batch", async () => {
     const server = watchingServer();
     const batcher = new PublishBatcher({
