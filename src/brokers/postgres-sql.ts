@@ -157,16 +157,14 @@ export function statements(prefix: string) {
     // pruned (history reads above the floor never reach them; a listener may
     // still have to read them). Expired watches go, with the floors of their
     // channels that have no frames.
-    // The lock only when a channel is new (at this statement's snapshot): a
-    // renewal takes no turn among publishes. One that becomes new after it
-    // (expiring in between) is locked by the register statement's update,
-    // which is enough not to lose events: that update waits for the publish
-    // in progress, and its floor is above the events that publish skipped.
-    lockMeta: `
-      select 1 from ${meta}
-      where id = 1 and exists (select 1 from unnest($1::text[]) as g(channel) left join ${watches} w on w.channel = g.channel
-                               where w.channel is null or w.until <= ${nowMs})
-      for update`,
+    // Always taken: a registration then runs between two publishes, never
+    // beside one. (Taking it only for a channel new at the lock's snapshot let
+    // a channel expire between that snapshot and the statement's, and a
+    // concurrent registration's generation go unseen in the answer's
+    // `before`: a filter moved on past a channel it lacked.) A renewal is one
+    // turn among publishes every quarter of the time to live; a subscribe
+    // storm on channels held here takes none (see Watches.watch).
+    lockMeta: `select 1 from ${meta} where id = 1 for update`,
     register: `
       with t as (select ${nowMs} as now),
            given as (select distinct channel from unnest($1::text[]) as g(channel)),

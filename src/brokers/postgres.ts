@@ -231,8 +231,8 @@ export class PostgresBroker implements Broker {
     let failure: unknown;
     try {
       await client.query("begin");
-      // the publish statement's row lock when a channel is new: such registrations and publishes take turns
-      await client.query(this.#sql.lockMeta, [channels]);
+      // the publish statement's row lock: registrations and publishes take turns
+      await client.query(this.#sql.lockMeta);
       const row = (
         await client.query<{
           epoch: string;

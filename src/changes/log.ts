@@ -37,6 +37,10 @@ import { CURSOR_TABLE, LOG_TABLE, quoteIdent } from "./sql.js";
  * all it claimed, claims what follows with a read alone (see Hold): no other
  * feed can take the cursor before the lease runs out, and what it dispatched
  * is marked done by the next claim that writes, at most MARK_DONE_MS later.
+ * So `done_seq` lags by up to MARK_DONE_MS of dispatched changes: a feed
+ * that takes the cursor over (a crash, or a stall longer than the lease)
+ * dispatches those again, and a stalled feed learns it lost the cursor
+ * only at its next claim that writes.
  */
 export const MARK_DONE_MS = 10;
 export const LOG_DDL = [

@@ -200,29 +200,6 @@ describeWithServer("postgres broker", await postgresUnavailable(), () => {
     ]);
   });
 
-  it("renews a watch without waiting for the lock publishes take", async () => {
-    const ns = namespace();
-    const a = await startWithHub(make({ connectionString: PG_URL, ...ns }));
-    const b = await startWithHub(make({ connectionString: PG_URL, ...ns, applicationName: `${ns.applicationName}_b` }));
-    await a.broker.watch!(["data:row:t:1"]);
-    const locker = pgClient();
-    await locker.connect();
-    try {
-      await locker.query("begin");
-      await locker.query(`select * from "${ns.prefix}_meta" for update`);
-      // watched already (by a): nothing new, no seq to take
-      let registered = false;
-      const watching = Promise.resolve(b.broker.watch!(["data:row:t:1"])).then(() => {
-        registered = true;
-      });
-      await waitFor(() => registered, { message: "the registration", timeoutMs: 2_000 });
-      await watching;
-    } finally {
-      await locker.query("rollback");
-      await locker.end();
-    }
-  });
-
   it("closes every connection, is safe to close twice, and refuses to publish afterwards", async () => {
     const ns = namespace();
     const broker = make({ connectionString: PG_URL, ...ns });
