@@ -433,12 +433,7 @@ export class PostgresBroker implements Broker {
   }
 
   async control(message: ControlMessage): Promise<void> {
-    if (this.#state === "closed") throw new ClosedError("postgres broker");
-    const pool = this.#pool;
-    if (this.#state === "new" || this.#state === "connecting" || !pool) throw notStartedError("postgres");
-    if (this.#state === "down") {
-      throw new BrokerError(`postgres broker cannot send a control message: ${this.#target} is unreachable`);
-    }
+    const pool = this.#openPool("send a control message");
     // after this process's frames published before it (they may still wait for their batch)
     await this.#batcher.flushed();
     // NOTIFY on the frames' channel, committed when the query returns: notices arrive in commit

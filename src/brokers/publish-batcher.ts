@@ -284,9 +284,10 @@ export class PublishBatcher {
 
   /**
    * The server refused a batch (its watch generation is not the check's):
-   * the batch goes again at once, in the slot it had (and more where it is
-   * more than one batch's worth), with every frame and no check. Later checked batches in flight are refused too and follow it
-   * in order; until the broker reads a new filter nothing is skipped.
+   * the batch goes again at once, in the slot it had (as more than one
+   * batch where it is more than one batch's worth), with every frame and no
+   * check. Later checked batches in flight are refused too and follow it in
+   * order; until the broker reads a new filter nothing is skipped.
    */
   #resend(batch: Waiting[], check: WatchFilter): void {
     this.#inFlight--;
@@ -352,6 +353,7 @@ export class PublishBatcher {
     }
     return batch;
   }
+
   /**
    * Where a batch of `list` from `start` ends: `frames` of it sent at most,
    * with `bytes` of frame markup in all (a single larger frame goes alone).

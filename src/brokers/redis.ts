@@ -308,11 +308,7 @@ export class RedisBroker implements Broker {
   }
 
   async control(message: ControlMessage): Promise<void> {
-    if (this.#state === "closed") throw new ClosedError("redis broker");
-    const cmd = this.#cmd;
-    if (this.#state === "new" || this.#state === "connecting" || !cmd) throw notStartedError("redis");
-    if (!this.#cmdUp)
-      throw new BrokerError(`redis broker cannot send a control message: ${this.#target} is unreachable`);
+    const cmd = this.#commandConnection("send a control message");
     // after this process's frames published before it (they may still wait for their batch)
     await this.#batcher.flushed();
     // the channel the frames take: Redis pushes to subscribers in the order it ran the PUBLISHes,
