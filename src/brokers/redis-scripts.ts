@@ -44,6 +44,20 @@ end
 `;
 
 /**
+ * A clock checkpoint (see `clock` above) naming `seq` at `now`, unless one
+ * was taken less than `step` ms before; checkpoints older than `idle` ms go.
+ */
+const CHECKPOINT = `
+local function checkpoint(clock, now, seq, step, idle)
+  local last = redis.call('ZRANGE', clock, -1, -1, 'WITHSCORES')
+  if #last == 0 or now - tonumber(last[2]) >= step then
+    redis.call('ZADD', clock, now, seq)
+    redis.call('ZREMRANGEBYSCORE', clock, '-inf', '(' .. (now - idle))
+  end
+end
+`;
+
+/**
  * Publishes a batch of frames in one call: they take consecutive seqs in
  * the order given, so the batch is one step of the seq order for every process.
  *
@@ -62,7 +76,7 @@ end
  * (nothing was written: the batch is sent again unchecked), or 1 when it
  * passed for a batch of no frames.
  */
-export const PUBLISH_SCRIPT = `
+export const PUBLISH_SCRIPT = `${CHECKPOINT}
 if ARGV[15] ~= '' then
   local state = redis.call('HMGET', KEYS[1], 'epoch', 'watches')
   if state[1] ~= ARGV[15] or (state[2] or '0') ~= ARGV[16] then return 0 end
@@ -141,11 +155,7 @@ end
 
 -- the checkpoint names the batch's first seq: every frame published before
 -- now has a lower one
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[8]) then
-  redis.call('ZADD', KEYS[2], now, first)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[6])))
-end
+checkpoint(KEYS[2], now, first, tonumber(ARGV[8]), tonumber(ARGV[6]))
 
 -- the epoch is base64url: nothing to escape
 redis.call('PUBLISH', ARGV[7], ARGV[9] .. '"e":"' .. epoch .. '","s":' .. string.format('%d', first) .. ',' .. ARGV[10] .. body)
@@ -202,7 +212,7 @@ return out
  * Returns { epoch, generation before, generation after, new channels, each
  * channel's since }.
  */
-export const WATCH_SCRIPT = `${NOW_AND_META}
+export const WATCH_SCRIPT = `${CHECKPOINT}${NOW_AND_META}
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local before = tonumber(redis.call('HGET', KEYS[1], 'watches') or '0')
 local expires = now + tonumber(ARGV[3])
@@ -230,11 +240,7 @@ end
 local after = before
 if seq then
   after = redis.call('HINCRBY', KEYS[1], 'watches', 1)
-  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  if #last == 0 or now - tonumber(last[2]) >= tonumber(ARGV[5]) then
-    redis.call('ZADD', KEYS[2], now, seq)
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[4])))
-  end
+  checkpoint(KEYS[2], now, seq, tonumber(ARGV[5]), tonumber(ARGV[4]))
 end
 return { epoch, before, after, fresh, since }
 `;
